@@ -1,0 +1,127 @@
+//! Capped exponential backoff with jitter, shared by every backend loop.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Capped exponential backoff with jitter.
+///
+/// Each [`next_delay`](Backoff::next_delay) returns the current base delay multiplied by a
+/// random factor in `[0.5, 1.5)`, capped at `max`, and doubles the base. This matches
+/// go-kit's `conn.Exponential` growth (CONSUL-7: from 10 ms up to 1 min) while keeping the
+/// jitter at the cap, so many clients that failed together do not retry in lockstep.
+///
+/// ```
+/// use std::time::Duration;
+/// use sd_core::Backoff;
+/// let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(60)).with_seed(7);
+/// let first = b.next_delay();
+/// assert!(first >= Duration::from_millis(5) && first < Duration::from_millis(15));
+/// b.reset();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    base: Duration,
+    rng: StdRng,
+}
+
+impl Backoff {
+    /// go-kit's Consul values: 10 ms initial, 1 minute cap.
+    pub const GOKIT_INITIAL: Duration = Duration::from_millis(10);
+    /// go-kit's cap.
+    pub const GOKIT_MAX: Duration = Duration::from_secs(60);
+
+    /// A backoff from `initial` up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_micros(1));
+        Backoff {
+            initial,
+            max: max.max(initial),
+            base: initial,
+            rng: StdRng::from_entropy(),
+        }
+    }
+
+    /// The same backoff with a fixed random seed, for reproducible tests.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = StdRng::seed_from_u64(seed);
+        self
+    }
+
+    /// The delay to wait now; advances the backoff.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor: f64 = self.rng.gen_range(0.5..1.5);
+        let delay = self.base.mul_f64(factor).min(self.max);
+        self.base = (self.base * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the initial delay, after a success.
+    pub fn reset(&mut self) {
+        self.base = self.initial;
+    }
+
+    /// The configured cap.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Self::GOKIT_INITIAL, Self::GOKIT_MAX)
+    }
+}
+
+/// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, for poll intervals.
+pub fn jittered(d: Duration, spread: f64) -> Duration {
+    let spread = spread.clamp(0.0, 1.0);
+    if spread == 0.0 || d.is_zero() {
+        return d;
+    }
+    d.mul_f64(rand::thread_rng().gen_range(1.0 - spread..=1.0 + spread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_with_jitter_and_caps() {
+        let mut b = Backoff::default().with_seed(1);
+        let mut base = Duration::from_millis(10);
+        for _ in 0..20 {
+            let d = b.next_delay();
+            let lo = base.mul_f64(0.5).min(Backoff::GOKIT_MAX);
+            let hi = base.mul_f64(1.5).min(Backoff::GOKIT_MAX);
+            assert!(d >= lo && d <= hi, "{d:?} not in [{lo:?}, {hi:?}]");
+            base = (base * 2).min(Backoff::GOKIT_MAX);
+        }
+        // At the cap the delay stays within [30 s, 60 s].
+        let d = b.next_delay();
+        assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(60));
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(15));
+    }
+
+    #[test]
+    fn seeded_backoffs_repeat() {
+        let mut a = Backoff::default().with_seed(42);
+        let mut b = Backoff::default().with_seed(42);
+        for _ in 0..10 {
+            assert_eq!(a.next_delay(), b.next_delay());
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10), 0.1);
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
+        }
+        assert_eq!(jittered(Duration::from_secs(1), 0.0), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,157 @@
+//! The instance cache: stores the latest event and fans it out to subscribers.
+//!
+//! Every backend Instancer publishes through an [`InstanceCache`]. Compared with go-kit's
+//! `internal/instance.Cache` (behaviours C-1..C-9):
+//!
+//! - events are sorted and identical updates suppressed, as in go-kit (C-2, C-3);
+//! - fan-out is latest-value (`tokio::sync::watch`): publishing never blocks, a slow
+//!   subscriber only misses intermediate states, and there is no lock held while anyone
+//!   receives, so go-kit's deadlocks (C-9) cannot happen;
+//! - a new subscriber sees the current state at once (C-5), and dropping the
+//!   [`Subscription`] unsubscribes (C-6);
+//! - events are shared immutable values, so there is nothing to deep-copy (C-4) and no
+//!   caller's data is sorted in place (C-2's side effect is gone).
+//! - the state before the first publish is "unknown" (`None`), not an empty set, so a
+//!   consumer can tell "no instances" from "not known yet" (replaces C-1 and C-3a).
+
+use std::sync::Mutex;
+
+use futures::Stream;
+use tokio::sync::watch;
+
+use crate::event::Event;
+
+/// Stores the current [`Event`] and hands it to subscribers. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct InstanceCache {
+    tx: Mutex<Option<watch::Sender<Option<Event>>>>,
+    rx: watch::Receiver<Option<Event>>,
+}
+
+impl Default for InstanceCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InstanceCache {
+    /// An empty cache whose state is not known yet.
+    pub fn new() -> Self {
+        let (tx, rx) = watch::channel(None);
+        InstanceCache {
+            tx: Mutex::new(Some(tx)),
+            rx,
+        }
+    }
+
+    /// Publishes `event` unless it equals the current state. Returns whether it was published.
+    ///
+    /// Instance sets arrive sorted (an [`InstanceSet`](crate::InstanceSet) always is).
+    /// Instances equal to ones already published keep their old handles, so consumers
+    /// detect unchanged instances with a pointer comparison. After [`close`](Self::close),
+    /// nothing is published.
+    pub fn update(&self, event: Event) -> bool {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return false;
+        };
+        tx.send_if_modified(|state| {
+            if state.as_ref() == Some(&event) {
+                return false;
+            }
+            let event = match (state.as_ref(), event) {
+                (Some(Event::Instances(old)), Event::Instances(new)) => {
+                    Event::Instances(new.canonicalize(old))
+                }
+                (_, e) => e,
+            };
+            *state = Some(event);
+            true
+        })
+    }
+
+    /// The current state: `None` until the first event.
+    pub fn state(&self) -> Option<Event> {
+        self.rx.borrow().clone()
+    }
+
+    /// A new subscription. Its first [`next`](Subscription::next) returns the current state
+    /// at once, if there is one.
+    pub fn subscribe(&self) -> Subscription {
+        let mut rx = self.rx.clone();
+        if rx.borrow().is_some() {
+            rx.mark_changed();
+        } else {
+            rx.mark_unchanged();
+        }
+        Subscription { rx }
+    }
+
+    /// Stops publishing for good. Subscribers receive any state they have not seen yet, and
+    /// then `None`. Idempotent.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+}
+
+/// A subscriber's view of an [`Instancer`](crate::Instancer): latest-value, never blocking
+/// the publisher. Drop it to unsubscribe.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    rx: watch::Receiver<Option<Event>>,
+}
+
+impl Subscription {
+    /// Waits for a state this subscription has not returned yet and returns it.
+    ///
+    /// Returns the current state at once on the first call if there is one. If several
+    /// events were published since the last call, only the latest is returned. Returns
+    /// `None` once the instancer has stopped and the last state has been returned.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.rx.changed().await.is_err() {
+                return None;
+            }
+            if let Some(e) = self.rx.borrow_and_update().clone() {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Returns an unseen state without waiting, marking it seen.
+    pub fn try_next(&mut self) -> Option<Event> {
+        if self.rx.has_changed().unwrap_or(false) {
+            self.rx.borrow_and_update().clone()
+        } else {
+            None
+        }
+    }
+
+    /// The current state, without marking it seen; `None` until the first event.
+    pub fn current(&self) -> Option<Event> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits until there is a state (the first event) and returns it, without marking it seen.
+    ///
+    /// Returns `None` if the instancer stopped before publishing anything.
+    pub async fn first(&mut self) -> Option<Event> {
+        self.rx
+            .wait_for(|s| s.is_some())
+            .await
+            .ok()
+            .and_then(|s| s.clone())
+    }
+
+    /// This subscription as a [`Stream`] of events (the same semantics as [`next`](Self::next)).
+    pub fn into_stream(self) -> impl Stream<Item = Event> + Send + Unpin + 'static {
+        Box::pin(futures::stream::unfold(self, |mut s| async move {
+            s.next().await.map(|e| (e, s))
+        }))
+    }
+}

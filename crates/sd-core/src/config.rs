@@ -1,0 +1,423 @@
+//! Registry URLs: parsing, typed options, secrets. Shared by every backend so the grammar is
+//! the same everywhere (see `docs/URLS.md`).
+//!
+//! ```text
+//! scheme://host[:port][,host[:port]...][/path]?option=value&...
+//! ```
+//!
+//! Options are query parameters. Every backend reads the options it knows and then calls
+//! [`RegistryUrl::finish`], which rejects any option nobody read, naming it and listing the
+//! known ones. Secrets are given either inline (`token=...`) or, better, by naming an
+//! environment variable (`token_env=CONSUL_TOKEN`); either way they are held in a
+//! [`Secret`], which never prints its value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// A secret (token, password): `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that sends it (a header, an auth call).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A parsed registry URL with typed access to its options.
+#[derive(Clone)]
+pub struct RegistryUrl {
+    raw_redacted: String,
+    scheme: String,
+    hosts: Vec<String>,
+    path: String,
+    params: BTreeMap<String, String>,
+    read: BTreeSet<String>,
+}
+
+/// Names of options whose values are redacted in every rendering of a URL.
+const SECRET_KEYS: [&str; 3] = ["token", "password", "secret"];
+
+fn is_secret_key(k: &str) -> bool {
+    SECRET_KEYS.iter().any(|s| k == *s)
+}
+
+impl RegistryUrl {
+    /// Parses `s`. Fails with a message that names the bad part.
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            Error::config(format!(
+                "registry URL {:?}: missing scheme, expected e.g. consul://127.0.0.1:8500",
+                redact(s)
+            ))
+        })?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+        {
+            return Err(Error::config(format!(
+                "registry URL {:?}: bad scheme {scheme:?}",
+                redact(s)
+            )));
+        }
+        let rest = rest.split('#').next().unwrap_or_default();
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, q),
+            None => (rest, ""),
+        };
+        let (authority, path) = match before_query.find('/') {
+            Some(i) => (&before_query[..i], &before_query[i..]),
+            None => (before_query, ""),
+        };
+        if authority.contains('@') {
+            return Err(Error::config(format!(
+                "registry URL {:?}: credentials in the authority are not accepted; \
+                 use options such as username=...&password_env=VAR",
+                redact(s)
+            )));
+        }
+        let hosts: Vec<String> = authority
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut params = BTreeMap::new();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if params.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(Error::config(format!(
+                    "registry URL {:?}: option {k:?} given twice",
+                    redact(s)
+                )));
+            }
+        }
+        Ok(RegistryUrl {
+            raw_redacted: redact(s),
+            scheme,
+            hosts,
+            path: path.to_string(),
+            params,
+            read: BTreeSet::new(),
+        })
+    }
+
+    /// The scheme, lower-cased (`consul`, `dns+srv`, ...).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The comma-separated hosts of the authority, as written (`host`, `host:port`, `[::1]:port`).
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// The hosts as `(host, port)` pairs, `default_port` where none is given.
+    pub fn host_ports(&self, default_port: u16) -> Result<Vec<(String, u16)>> {
+        self.hosts
+            .iter()
+            .map(|h| split_host_port(h, default_port).map_err(|m| self.error(m)))
+            .collect()
+    }
+
+    /// The path, with its leading `/` (empty when absent).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// An error about this URL, naming it (secrets redacted).
+    pub fn error(&self, message: impl fmt::Display) -> Error {
+        Error::config(format!("registry URL {:?}: {message}", self.raw_redacted))
+    }
+
+    /// The raw value of option `key`, marking it as known.
+    pub fn param(&mut self, key: &str) -> Option<String> {
+        self.read.insert(key.to_string());
+        self.params.get(key).cloned()
+    }
+
+    /// A non-empty string option.
+    pub fn string(&mut self, key: &str) -> Result<Option<String>> {
+        match self.param(key) {
+            Some(v) if v.is_empty() => Err(self.error(format!("option {key} is empty"))),
+            v => Ok(v),
+        }
+    }
+
+    /// A comma-separated list option; absent gives an empty list.
+    pub fn list(&mut self, key: &str) -> Vec<String> {
+        self.param(key)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A boolean option: `true/false/1/0/yes/no`; a bare `?key` means true.
+    pub fn bool(&mut self, key: &str) -> Result<Option<bool>> {
+        match self.param(key).as_deref() {
+            None => Ok(None),
+            Some("" | "true" | "1" | "yes") => Ok(Some(true)),
+            Some("false" | "0" | "no") => Ok(Some(false)),
+            Some(v) => Err(self.error(format!(
+                "option {key}={v:?} is not a boolean (use true or false)"
+            ))),
+        }
+    }
+
+    /// A duration option such as `500ms`, `10s`, `5m`, `1h`.
+    pub fn duration(&mut self, key: &str) -> Result<Option<Duration>> {
+        match self.param(key) {
+            None => Ok(None),
+            Some(v) => parse_duration(&v)
+                .map(Some)
+                .map_err(|m| self.error(format!("option {key}={v:?}: {m}"))),
+        }
+    }
+
+    /// An integer option.
+    pub fn number<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>> {
+        match self.param(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.error(format!("option {key}={v:?} is not a valid number"))),
+        }
+    }
+
+    /// A secret: `key=value` inline, or `key_env=VAR` to read it from the environment.
+    ///
+    /// Fails if both are given, or if the named variable is not set.
+    pub fn secret(&mut self, key: &str) -> Result<Option<Secret>> {
+        let env_key = format!("{key}_env");
+        let inline = self.param(key);
+        let var = self.param(&env_key);
+        match (inline, var) {
+            (Some(_), Some(_)) => Err(self.error(format!(
+                "give either {key} or {env_key}, not both"
+            ))),
+            (Some(v), None) => Ok(Some(Secret(v))),
+            (None, Some(var)) => match std::env::var(&var) {
+                Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
+                _ => Err(self.error(format!(
+                    "option {env_key}: environment variable {var} is not set"
+                ))),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Fails if the URL has an option no one read, naming it and listing the known ones.
+    pub fn finish(&self) -> Result<()> {
+        let unknown: Vec<&String> = self
+            .params
+            .keys()
+            .filter(|k| !self.read.contains(*k))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.read.iter().map(String::as_str).collect();
+        Err(self.error(format!(
+            "unknown option{} {}; known options for {}:// are: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.scheme,
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        )))
+    }
+}
+
+impl fmt::Debug for RegistryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegistryUrl({})", self.raw_redacted)
+    }
+}
+
+impl fmt::Display for RegistryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw_redacted)
+    }
+}
+
+/// `s` with the values of secret options replaced by `***`.
+pub fn redact(s: &str) -> String {
+    let Some((head, query)) = s.split_once('?') else {
+        return s.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", parts.join("&"))
+}
+
+/// Splits `host:port` / `[v6]:port` / `host`, using `default_port` when there is none.
+pub fn split_host_port(s: &str, default_port: u16) -> std::result::Result<(String, u16), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("host {s:?}: missing ']'"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("host {s:?}: bad port {p:?}"))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("host {s:?}: unexpected {after:?} after ']'")),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => Err(format!(
+            "host {s:?}: IPv6 addresses must be bracketed, e.g. [::1]:8500"
+        )),
+        Some((h, p)) => {
+            if h.is_empty() {
+                return Err(format!("host {s:?}: empty host"));
+            }
+            let port = p
+                .parse()
+                .map_err(|_| format!("host {s:?}: bad port {p:?}"))?;
+            Ok((h.to_string(), port))
+        }
+        None => Ok((s.to_string(), default_port)),
+    }
+}
+
+/// Parses `250ms`, `10s`, `1.5s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| "missing unit (use e.g. 500ms, 10s, 5m, 1h)".to_string())?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a number followed by ms, s, m or h".to_string())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| "duration out of range".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_path_and_options() {
+        let mut u = RegistryUrl::parse("etcd://h1:2379,[::1]:2380,h3/services/web?dial_timeout=2s&tls=true").unwrap();
+        assert_eq!(u.scheme(), "etcd");
+        assert_eq!(
+            u.host_ports(2379).unwrap(),
+            vec![("h1".into(), 2379), ("::1".into(), 2380), ("h3".into(), 2379)]
+        );
+        assert_eq!(u.path(), "/services/web");
+        assert_eq!(u.duration("dial_timeout").unwrap(), Some(Duration::from_secs(2)));
+        assert_eq!(u.bool("tls").unwrap(), Some(true));
+        u.finish().unwrap();
+    }
+
+    #[test]
+    fn unknown_options_are_named_with_the_known_ones() {
+        let mut u = RegistryUrl::parse("consul://127.0.0.1:8500?dc=a&colour=blue").unwrap();
+        let _ = u.param("dc");
+        let _ = u.param("token");
+        let err = u.finish().unwrap_err().to_string();
+        assert!(err.contains("unknown option colour"), "{err}");
+        assert!(err.contains("dc, token"), "{err}");
+    }
+
+    #[test]
+    fn bad_parts_are_named() {
+        for (url, needle) in [
+            ("127.0.0.1:8500", "missing scheme"),
+            ("consul://user:pw@h:1", "credentials"),
+            ("consul://h:1?a=1&a=2", "given twice"),
+        ] {
+            let err = RegistryUrl::parse(url).unwrap_err().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+        let u = RegistryUrl::parse("consul://h:99999").unwrap();
+        assert!(u.host_ports(1).unwrap_err().to_string().contains("bad port"));
+        let u = RegistryUrl::parse("consul://::1:80").unwrap();
+        assert!(u.host_ports(1).unwrap_err().to_string().contains("bracketed"));
+        let mut u = RegistryUrl::parse("consul://h?wait=10").unwrap();
+        assert!(u.duration("wait").unwrap_err().to_string().contains("missing unit"));
+        let mut u = RegistryUrl::parse("consul://h?passing=maybe").unwrap();
+        assert!(u.bool("passing").unwrap_err().to_string().contains("not a boolean"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_never_print() {
+        std::env::set_var("SD_CORE_TEST_TOKEN", "hunter2");
+        let mut u = RegistryUrl::parse("consul://h?token_env=SD_CORE_TEST_TOKEN").unwrap();
+        let s = u.secret("token").unwrap().unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+
+        let mut u = RegistryUrl::parse("consul://h?token=hunter3").unwrap();
+        let s = u.secret("token").unwrap().unwrap();
+        assert_eq!(s.expose(), "hunter3");
+        assert!(!format!("{u:?} {u}").contains("hunter3"), "{u:?}");
+        assert!(!u.error("x").to_string().contains("hunter3"));
+
+        let mut u = RegistryUrl::parse("consul://h?token_env=SD_CORE_TEST_UNSET_VAR").unwrap();
+        let err = u.secret("token").unwrap_err().to_string();
+        assert!(err.contains("SD_CORE_TEST_UNSET_VAR is not set"), "{err}");
+
+        let mut u = RegistryUrl::parse("consul://h?token=a&token_env=B").unwrap();
+        assert!(u.secret("token").unwrap_err().to_string().contains("not both"));
+    }
+}

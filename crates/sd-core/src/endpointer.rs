@@ -1,0 +1,588 @@
+//! The [`Endpointer`]: instances in, endpoints out, kept across updates.
+//!
+//! [`DefaultEndpointer`] subscribes to an [`Instancer`], turns each new instance into an
+//! endpoint through a [`Factory`], keeps endpoints whose instance survives an update, and
+//! closes the ones whose instance left. go-kit's behaviours EP-1..EP-12, with its bugs fixed:
+//!
+//! | go-kit | here |
+//! |---|---|
+//! | EP-1 initial state applied asynchronously | applied before the constructor returns when the instancer has one; [`DefaultEndpointer::ready`] waits for it otherwise |
+//! | EP-6 duplicate instances leak an endpoint | instances are keyed by `(addr, id)`: one endpoint per key, each closed exactly once |
+//! | EP-9 invalidation is lazy (on the next read) | a timer closes the endpoints at the deadline; reads also honour the deadline strictly |
+//! | EP-11 `RLock` on every read | a lock-free, allocation-free [`Snapshot`] behind `arc-swap` |
+//! | EP-12 `Close` leaks endpoints, panics twice | [`DefaultEndpointer::close`] closes every endpoint once, waits for the loop, is idempotent |
+//! | EP-13 a factory failure is retried only when the set changes | failed instances are also retried with backoff |
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::cache::Subscription;
+use crate::endpoint::{Endpoint, Factory};
+use crate::error::Error;
+use crate::event::{Event, InstanceSet};
+use crate::instance::Instance;
+use crate::instancer::Instancer;
+use crate::task::BackgroundTask;
+
+/// The discovery status carried by an endpoint [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No state received from the instancer yet.
+    Pending,
+    /// The endpoints reflect the registry.
+    Current,
+    /// The last event was an error; the endpoints are the last known good ones and are served
+    /// (the default, go-kit EP-7).
+    Stale(Error),
+    /// In the error state with `InvalidateOnError`: the endpoints are served until `deadline`.
+    Invalidating {
+        /// The first error of this error state.
+        error: Error,
+        /// When the endpoints are dropped.
+        deadline: Instant,
+    },
+    /// The endpoints were invalidated (or the endpointer closed); reads fail with this error.
+    Failed(Error),
+}
+
+/// One immutable state of an endpointer: the endpoints, sorted by instance, and the status.
+pub struct Endpoints<E> {
+    list: Vec<Endpoint<E>>,
+    status: Status,
+    version: u64,
+}
+
+impl<E> Endpoints<E> {
+    fn new(list: Vec<Endpoint<E>>, status: Status, version: u64) -> Self {
+        Endpoints {
+            list,
+            status,
+            version,
+        }
+    }
+
+    /// The endpoints to use, or the discovery error (go-kit's `Endpoints()`).
+    ///
+    /// `Ok` with an empty slice means "no instances" (or none known yet). This reads the clock
+    /// only in the `Invalidating` state.
+    #[inline]
+    pub fn get(&self) -> Result<&[Endpoint<E>], &Error> {
+        match &self.status {
+            Status::Pending | Status::Current | Status::Stale(_) => Ok(&self.list),
+            Status::Invalidating { error, deadline } => {
+                if Instant::now() < *deadline {
+                    Ok(&self.list)
+                } else {
+                    Err(error)
+                }
+            }
+            Status::Failed(e) => Err(e),
+        }
+    }
+
+    /// The endpoints held, whatever the status.
+    pub fn all(&self) -> &[Endpoint<E>] {
+        &self.list
+    }
+
+    /// The status.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// Increases with every published state; 0 while pending.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether the first state from the instancer has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.status != Status::Pending
+    }
+
+    /// The most recent discovery error, if the current state is an error state.
+    pub fn last_error(&self) -> Option<&Error> {
+        match &self.status {
+            Status::Stale(e) | Status::Failed(e) => Some(e),
+            Status::Invalidating { error, .. } => Some(error),
+            Status::Pending | Status::Current => None,
+        }
+    }
+}
+
+impl<E> fmt::Debug for Endpoints<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("list", &self.list)
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// A lock-free view of an endpointer's current state. Dereferences to [`Endpoints`].
+///
+/// Taking one costs an `arc-swap` load: no lock and no allocation. Hold it briefly (for one
+/// pick); clone an [`Endpoint`] out of it to keep using that endpoint.
+pub struct Snapshot<E>(Guard<Arc<Endpoints<E>>>);
+
+impl<E> Deref for Snapshot<E> {
+    type Target = Endpoints<E>;
+    #[inline]
+    fn deref(&self) -> &Endpoints<E> {
+        &self.0
+    }
+}
+
+impl<E> fmt::Debug for Snapshot<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// Notifies when an endpointer publishes a new state.
+#[derive(Debug, Clone)]
+pub struct Changes(watch::Receiver<u64>);
+
+impl Changes {
+    /// Waits for the next published state. Returns `false` once the endpointer is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
+/// The current endpoints of one service (go-kit's `sd.Endpointer`).
+///
+/// Usable as a trait object: `Arc<dyn Endpointer<E>>`.
+pub trait Endpointer<E>: Send + Sync {
+    /// The current state, lock-free.
+    fn endpoints(&self) -> Snapshot<E>;
+
+    /// A notifier of new states (for adapters such as tower's `Discover`).
+    fn changes(&self) -> Changes;
+}
+
+impl<E, T: Endpointer<E> + ?Sized> Endpointer<E> for Arc<T> {
+    fn endpoints(&self) -> Snapshot<E> {
+        (**self).endpoints()
+    }
+    fn changes(&self) -> Changes {
+        (**self).changes()
+    }
+}
+
+/// A fixed list of endpoints (go-kit's `FixedEndpointer`).
+pub struct FixedEndpointer<E> {
+    current: ArcSwap<Endpoints<E>>,
+    tx: watch::Sender<u64>,
+}
+
+impl<E> FixedEndpointer<E> {
+    /// Endpoints for the given `(instance, value)` pairs, sorted by instance.
+    pub fn new(pairs: impl IntoIterator<Item = (Instance, E)>) -> Self {
+        let mut list: Vec<Endpoint<E>> = pairs
+            .into_iter()
+            .map(|(i, e)| Endpoint::new(i, e))
+            .collect();
+        list.sort_by(|a, b| a.instance().cmp(b.instance()));
+        FixedEndpointer {
+            current: ArcSwap::from_pointee(Endpoints::new(list, Status::Current, 1)),
+            tx: watch::channel(1).0,
+        }
+    }
+}
+
+impl<E: Send + Sync> Endpointer<E> for FixedEndpointer<E> {
+    fn endpoints(&self) -> Snapshot<E> {
+        Snapshot(self.current.load())
+    }
+    fn changes(&self) -> Changes {
+        Changes(self.tx.subscribe())
+    }
+}
+
+/// Options for a [`DefaultEndpointer`]; see [`DefaultEndpointer::builder`].
+#[must_use]
+pub struct EndpointerBuilder<E> {
+    sub: Subscription,
+    factory: Box<dyn Factory<E>>,
+    invalidate_on_error: Option<Duration>,
+    factory_retry: Backoff,
+    name: String,
+}
+
+impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
+    /// go-kit's `InvalidateOnError(timeout)`: after an error event, keep serving the old
+    /// endpoints until `timeout` has passed, then close them all and return the **first**
+    /// error until a good event arrives. With a zero timeout, reads fail at once.
+    ///
+    /// Without it (the default), the last known good endpoints are served through errors.
+    pub fn invalidate_on_error(mut self, timeout: Duration) -> Self {
+        self.invalidate_on_error = Some(timeout);
+        self
+    }
+
+    /// The backoff for retrying instances whose factory failed (default 100 ms .. 30 s).
+    pub fn factory_retry(mut self, backoff: Backoff) -> Self {
+        self.factory_retry = backoff;
+        self
+    }
+
+    /// A name for logs (e.g. the service name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Starts the endpointer. Applies the instancer's current state, if it has one, before
+    /// returning.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn build(self) -> DefaultEndpointer<E> {
+        let (tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            current: ArcSwap::from_pointee(Endpoints::new(Vec::new(), Status::Pending, 0)),
+            factory: self.factory,
+            invalidate_after: self.invalidate_on_error,
+            name: self.name,
+            tx,
+            state: Mutex::new(State {
+                instances: None,
+                failed: Vec::new(),
+                error: None,
+                closed: false,
+                version: 0,
+                retry: self.factory_retry,
+                retry_at: None,
+            }),
+        });
+        let mut sub = self.sub;
+        if let Some(event) = sub.try_next() {
+            shared.apply(event);
+        }
+        let loop_shared = shared.clone();
+        let task = BackgroundTask::spawn(move |token| async move {
+            let shared = loop_shared;
+            let mut sub = Some(sub);
+            loop {
+                let (deadline, retry_at) = shared.timers();
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    event = async { sub.as_mut()?.next().await }, if sub.is_some() => match event {
+                        Some(event) => shared.apply(event),
+                        // The instancer stopped: keep the last state, keep running timers.
+                        None => sub = None,
+                    },
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                        shared.invalidate_if_due();
+                    }
+                    _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                        shared.retry_failed();
+                    }
+                }
+            }
+        });
+        DefaultEndpointer { shared, task }
+    }
+}
+
+struct State {
+    /// The last good instance set.
+    instances: Option<InstanceSet>,
+    /// Instances whose factory failed, to retry.
+    failed: Vec<Instance>,
+    /// The current error state: the first error and, with invalidation, its deadline.
+    error: Option<(Error, Option<Instant>)>,
+    closed: bool,
+    version: u64,
+    retry: Backoff,
+    /// When to retry the failed factories.
+    retry_at: Option<Instant>,
+}
+
+struct Shared<E> {
+    current: ArcSwap<Endpoints<E>>,
+    factory: Box<dyn Factory<E>>,
+    invalidate_after: Option<Duration>,
+    name: String,
+    tx: watch::Sender<u64>,
+    state: Mutex<State>,
+}
+
+impl<E: 'static> Shared<E> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, st: &mut State, list: Vec<Endpoint<E>>, status: Status) {
+        st.version += 1;
+        self.current
+            .store(Arc::new(Endpoints::new(list, status, st.version)));
+        self.tx.send_replace(st.version);
+    }
+
+    fn close_endpoint(&self, ep: &Endpoint<E>) {
+        self.factory.close(ep.instance(), ep.value());
+    }
+
+    /// When the invalidation deadline is due, and when to retry failed factories.
+    fn timers(&self) -> (Option<Instant>, Option<Instant>) {
+        let st = self.lock();
+        let deadline = match &st.error {
+            Some((_, Some(d))) if !st.closed && !self.current.load().all().is_empty() => Some(*d),
+            _ => None,
+        };
+        let retry = if st.closed || st.error.is_some() {
+            None
+        } else {
+            st.retry_at
+        };
+        (deadline, retry)
+    }
+
+    fn apply(&self, event: Event) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        match event {
+            Event::Instances(set) => {
+                st.error = None;
+                self.rebuild(&mut st, set);
+            }
+            Event::Error(err) => self.apply_error(&mut st, err),
+        }
+    }
+
+    /// Reuses surviving endpoints, makes new ones, closes departed ones (EP-2..EP-4).
+    fn rebuild(&self, st: &mut State, set: InstanceSet) {
+        let old = self.current.load_full();
+        let mut old_iter = old.all().iter().peekable();
+        let mut list = Vec::with_capacity(set.len());
+        let mut failed = Vec::new();
+        for inst in set.iter() {
+            // Endpoints whose key sorts before this instance have left.
+            while let Some(o) = old_iter.peek() {
+                if Instance::ptr_eq(o.instance(), inst) || o.instance().key() >= inst.key() {
+                    break;
+                }
+                self.close_endpoint(o);
+                old_iter.next();
+            }
+            match old_iter.peek() {
+                Some(o) if Instance::ptr_eq(o.instance(), inst) => {
+                    list.push((*o).clone());
+                    old_iter.next();
+                }
+                Some(o) if o.instance().key() == inst.key() => {
+                    if o.instance() == inst {
+                        list.push((*o).clone());
+                    } else {
+                        list.push(o.with_instance(inst.clone()));
+                    }
+                    old_iter.next();
+                }
+                _ => match self.factory.make(inst) {
+                    Ok(value) => list.push(Endpoint::new(inst.clone(), value)),
+                    Err(error) => {
+                        tracing::warn!(endpointer = %self.name, instance = %inst, error = %error,
+                            "factory failed; instance skipped, will retry");
+                        failed.push(inst.clone());
+                    }
+                },
+            }
+        }
+        for o in old_iter {
+            self.close_endpoint(o);
+        }
+        st.retry_at = if failed.is_empty() {
+            st.retry.reset();
+            None
+        } else {
+            Some(Instant::now() + st.retry.next_delay())
+        };
+        st.failed = failed;
+        st.instances = Some(set);
+        self.publish(st, list, Status::Current);
+    }
+
+    fn apply_error(&self, st: &mut State, err: Error) {
+        tracing::warn!(endpointer = %self.name, error = %err, "discovery error");
+        let Some(timeout) = self.invalidate_after else {
+            // Last known good: keep the endpoints, record the error (EP-7).
+            st.error = Some((err.clone(), None));
+            let list = self.current.load().all().to_vec();
+            let status = if st.instances.is_some() {
+                Status::Stale(err)
+            } else {
+                Status::Failed(err)
+            };
+            self.publish(st, list, status);
+            return;
+        };
+        if st.error.is_some() {
+            // The first error wins; later ones change neither error nor deadline (EP-8).
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        st.error = Some((err.clone(), Some(deadline)));
+        if timeout.is_zero() {
+            self.invalidate(st, err);
+        } else {
+            let list = self.current.load().all().to_vec();
+            self.publish(
+                st,
+                list,
+                Status::Invalidating {
+                    error: err,
+                    deadline,
+                },
+            );
+        }
+    }
+
+    fn invalidate_if_due(&self) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        if let Some((err, Some(deadline))) = st.error.clone() {
+            if Instant::now() >= deadline && !self.current.load().all().is_empty() {
+                self.invalidate(&mut st, err);
+            }
+        }
+    }
+
+    /// Closes every endpoint and fails reads with `err` until a good event (EP-9, EP-10).
+    fn invalidate(&self, st: &mut State, err: Error) {
+        tracing::warn!(endpointer = %self.name, error = %err, "invalidating endpoints after discovery error");
+        for ep in self.current.load().all() {
+            self.close_endpoint(ep);
+        }
+        st.instances = None;
+        st.failed.clear();
+        self.publish(st, Vec::new(), Status::Failed(err));
+    }
+
+    fn retry_failed(&self) {
+        let mut st = self.lock();
+        if st.closed || st.failed.is_empty() || st.error.is_some() {
+            return;
+        }
+        st.retry_at = None;
+        if let Some(set) = st.instances.clone() {
+            self.rebuild(&mut st, set);
+        }
+    }
+
+    fn close_all(&self) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        for ep in self.current.load().all() {
+            self.close_endpoint(ep);
+        }
+        st.failed.clear();
+        self.publish(&mut st, Vec::new(), Status::Failed(Error::Stopped));
+    }
+}
+
+/// The standard [`Endpointer`]: subscribes to an [`Instancer`] and keeps endpoints made by a
+/// [`Factory`].
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use sd_core::{BoxError, DefaultEndpointer, Endpointer, FixedInstancer, Instance};
+/// let instancer = FixedInstancer::from_addrs(["10.0.0.1:80", "10.0.0.2:80"]).unwrap();
+/// let endpointer = DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
+///     Ok(format!("http://{}", i.addr()))
+/// });
+/// let snapshot = endpointer.endpoints();
+/// let urls: Vec<&str> = snapshot.get().unwrap().iter().map(|e| e.as_str()).collect();
+/// assert_eq!(urls, ["http://10.0.0.1:80", "http://10.0.0.2:80"]);
+/// endpointer.close().await;
+/// # });
+/// ```
+pub struct DefaultEndpointer<E: 'static> {
+    shared: Arc<Shared<E>>,
+    task: BackgroundTask,
+}
+
+impl<E: Send + Sync + 'static> DefaultEndpointer<E> {
+    /// An endpointer with default options (last known good on error).
+    pub fn new<I, F>(instancer: &I, factory: F) -> Self
+    where
+        I: Instancer + ?Sized,
+        F: Factory<E>,
+    {
+        Self::builder(instancer, factory).build()
+    }
+
+    /// An endpointer with options.
+    pub fn builder<I, F>(instancer: &I, factory: F) -> EndpointerBuilder<E>
+    where
+        I: Instancer + ?Sized,
+        F: Factory<E>,
+    {
+        EndpointerBuilder {
+            sub: instancer.subscribe(),
+            factory: Box::new(factory),
+            invalidate_on_error: None,
+            factory_retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            name: String::new(),
+        }
+    }
+
+    /// Waits until the first state from the instancer has been applied (no polling).
+    ///
+    /// Returns at once if it already has; returns `false` if the endpointer closed first.
+    pub async fn ready(&self) -> bool {
+        let mut rx = self.shared.tx.subscribe();
+        rx.wait_for(|v| *v > 0).await.is_ok() && !self.shared.lock().closed
+    }
+
+    /// Stops following the instancer and closes every endpoint exactly once. Idempotent;
+    /// once it returns no endpoint is made or closed any more, and reads return
+    /// [`Error::Stopped`]. It does not stop the instancer (which others may share).
+    pub async fn close(&self) {
+        self.task.stop().await;
+        self.shared.close_all();
+    }
+}
+
+impl<E: Send + Sync + 'static> Endpointer<E> for DefaultEndpointer<E> {
+    #[inline]
+    fn endpoints(&self) -> Snapshot<E> {
+        Snapshot(self.shared.current.load())
+    }
+
+    fn changes(&self) -> Changes {
+        Changes(self.shared.tx.subscribe())
+    }
+}
+
+impl<E: 'static> Drop for DefaultEndpointer<E> {
+    fn drop(&mut self) {
+        self.task.cancel();
+        self.shared.close_all();
+    }
+}
+
+impl<E: 'static> fmt::Debug for DefaultEndpointer<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DefaultEndpointer")
+            .field("name", &self.shared.name)
+            .field("state", &**self.shared.current.load())
+            .finish()
+    }
+}

@@ -1,0 +1,404 @@
+//! The typed service instance every backend produces.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::error::Error;
+
+/// The health a registry reports for an instance.
+///
+/// Backends map their own vocabulary onto this: Consul's aggregated check status,
+/// Eureka's `UP`/`DOWN`/`OUT_OF_SERVICE`/`STARTING`. Backends without health (DNS,
+/// etcd, ZooKeeper) report [`Health::Passing`] for every instance they publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Health {
+    /// Healthy and serving.
+    #[default]
+    Passing,
+    /// Serving, but with a warning (Consul `warning`).
+    Warning,
+    /// Failing or out of service (Consul `critical`, Eureka `DOWN`/`OUT_OF_SERVICE`).
+    Critical,
+    /// The registry does not know (Eureka `STARTING`/`UNKNOWN`).
+    Unknown,
+}
+
+impl Health {
+    /// The lower-case name used in logs and metadata: `passing`, `warning`, `critical`, `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct Data {
+    addr: String,
+    id: String,
+    host: String,
+    port: u16,
+    tags: Vec<String>,
+    meta: BTreeMap<String, String>,
+    weight: u32,
+    health: Health,
+}
+
+/// One instance of a service: where it is and what the registry says about it.
+///
+/// An `Instance` is an immutable value behind an `Arc`: cloning it is a reference-count
+/// increment, and two clones compare equal in one pointer comparison. Build one with
+/// [`Instance::new`] or [`Instance::builder`], or parse a go-kit style `host:port` string
+/// with [`Instance::parse`].
+///
+/// Its [`addr`](Instance::addr) is the go-kit instance string: `host:port`, with IPv6 hosts
+/// bracketed (`[::1]:80`). Instances order by `addr`, then `id`, then the rest, so every
+/// published set is sorted deterministically.
+///
+/// ```
+/// use sd_core::{Instance, Health};
+/// let i = Instance::builder("::1", 8080).id("web-1").tag("v2").meta("zone", "a").weight(5).build();
+/// assert_eq!(i.addr(), "[::1]:8080");
+/// assert_eq!(i.weight(), 5);
+/// assert_eq!(i.health(), Health::Passing);
+/// assert_eq!(Instance::parse("10.0.0.1:80").unwrap().port(), 80);
+/// ```
+#[derive(Clone)]
+pub struct Instance(Arc<Data>);
+
+/// The default weight of an instance when the registry gives none.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+impl Instance {
+    /// An instance at `host:port` with no id, tags or metadata, weight 1, passing.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self::builder(host, port).build()
+    }
+
+    /// Starts building an instance at `host:port`.
+    pub fn builder(host: impl Into<String>, port: u16) -> InstanceBuilder {
+        let mut host = host.into();
+        // Accept a bracketed IPv6 literal as well as a bare one.
+        if host.starts_with('[') && host.ends_with(']') && host.len() >= 2 {
+            host = host[1..host.len() - 1].to_string();
+        }
+        InstanceBuilder {
+            host,
+            port,
+            id: String::new(),
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+            weight: DEFAULT_WEIGHT,
+            health: Health::Passing,
+        }
+    }
+
+    /// Parses a go-kit instance string `host:port` (`[v6]:port` for IPv6).
+    ///
+    /// A scheme prefix such as `http://` is accepted and dropped (go-kit's etcd examples store
+    /// `http://1.2.3.4:8080`); a path after the port is rejected.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let rest = match s.find("://") {
+            Some(i) => &s[i + 3..],
+            None => s,
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if let Ok(sa) = rest.parse::<SocketAddr>() {
+            return Ok(Self::new(sa.ip().to_string(), sa.port()));
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+            Error::config(format!("instance {s:?}: expected host:port, found no port"))
+        })?;
+        if host.is_empty() {
+            return Err(Error::config(format!("instance {s:?}: empty host")));
+        }
+        if host.contains(':') || host.contains('/') || host.contains('[') {
+            return Err(Error::config(format!(
+                "instance {s:?}: bad host {host:?} (IPv6 hosts must be bracketed, e.g. [::1]:80)"
+            )));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Error::config(format!("instance {s:?}: bad port {port:?}")))?;
+        Ok(Self::new(host, port))
+    }
+
+    /// The go-kit instance string: `host:port`, IPv6 bracketed.
+    pub fn addr(&self) -> &str {
+        &self.0.addr
+    }
+
+    /// The registry's id for this instance (Consul service ID, Eureka instanceId, the
+    /// etcd key or znode name); empty when the registry has none (DNS, static).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The host, without brackets.
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+
+    /// The tags, as the registry gave them.
+    pub fn tags(&self) -> &[String] {
+        &self.0.tags
+    }
+
+    /// Whether the instance has `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.0.tags.iter().any(|t| t == tag)
+    }
+
+    /// String metadata (Consul `Meta`, Eureka `metadata`, node and datacenter, ...).
+    pub fn meta(&self) -> &BTreeMap<String, String> {
+        &self.0.meta
+    }
+
+    /// The relative weight for weighted balancers; 0 means "only if nothing else".
+    pub fn weight(&self) -> u32 {
+        self.0.weight
+    }
+
+    /// The health the registry reports.
+    pub fn health(&self) -> Health {
+        self.0.health
+    }
+
+    /// The socket address, when the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.0
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.0.port))
+    }
+
+    /// The identity used to keep an endpoint across updates: `(addr, id)`.
+    ///
+    /// Two entries with the same address but different ids (two registrations of the same
+    /// `host:port`) are two instances; a change of tags, metadata, weight or health keeps the
+    /// identity, so the endpoint built for it survives.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.0.addr, &self.0.id)
+    }
+
+    /// Whether two handles share the same allocation (a fast path for equality).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// A builder pre-filled with this instance's fields.
+    pub fn to_builder(&self) -> InstanceBuilder {
+        InstanceBuilder {
+            host: self.0.host.clone(),
+            port: self.0.port,
+            id: self.0.id.clone(),
+            tags: self.0.tags.clone(),
+            meta: self.0.meta.clone(),
+            weight: self.0.weight,
+            health: self.0.health,
+        }
+    }
+}
+
+/// Formats `host:port`, bracketing IPv6 hosts.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Builds an [`Instance`]; see [`Instance::builder`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct InstanceBuilder {
+    host: String,
+    port: u16,
+    id: String,
+    tags: Vec<String>,
+    meta: BTreeMap<String, String>,
+    weight: u32,
+    health: Health,
+}
+
+impl InstanceBuilder {
+    /// Sets the registry id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+    /// Replaces the tags.
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Adds one metadata pair.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the weight.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+    /// Sets the health.
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+    /// Finishes the instance.
+    pub fn build(self) -> Instance {
+        Instance(Arc::new(Data {
+            addr: join_host_port(&self.host, self.port),
+            id: self.id,
+            host: self.host,
+            port: self.port,
+            tags: self.tags,
+            meta: self.meta,
+            weight: self.weight,
+            health: self.health,
+        }))
+    }
+}
+
+impl PartialEq for Instance {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Eq for Instance {}
+
+impl std::hash::Hash for Instance {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+impl Ord for Instance {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return Ordering::Equal;
+        }
+        let (a, b) = (&*self.0, &*other.0);
+        a.addr
+            .cmp(&b.addr)
+            .then_with(|| a.id.cmp(&b.id))
+            .then_with(|| a.tags.cmp(&b.tags))
+            .then_with(|| a.meta.cmp(&b.meta))
+            .then_with(|| a.weight.cmp(&b.weight))
+            .then_with(|| a.health.cmp(&b.health))
+    }
+}
+
+impl PartialOrd for Instance {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.addr)
+    }
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &*self.0;
+        let mut s = f.debug_struct("Instance");
+        s.field("addr", &d.addr);
+        if !d.id.is_empty() {
+            s.field("id", &d.id);
+        }
+        if !d.tags.is_empty() {
+            s.field("tags", &d.tags);
+        }
+        if !d.meta.is_empty() {
+            s.field("meta", &d.meta);
+        }
+        s.field("weight", &d.weight).field("health", &d.health).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_formats_match_gokit() {
+        assert_eq!(Instance::new("10.0.0.1", 80).addr(), "10.0.0.1:80");
+        assert_eq!(Instance::new("::1", 80).addr(), "[::1]:80");
+        assert_eq!(Instance::new("[::1]", 80).addr(), "[::1]:80");
+        assert_eq!(Instance::new("[::1]", 80).host(), "::1");
+        assert_eq!(Instance::new("host.example.", 8080).addr(), "host.example.:8080");
+    }
+
+    #[test]
+    fn parse_accepts_gokit_strings_and_rejects_bad_ones() {
+        assert_eq!(Instance::parse("1.2.3.4:8080").unwrap().addr(), "1.2.3.4:8080");
+        assert_eq!(Instance::parse("http://1.2.3.4:8080").unwrap().addr(), "1.2.3.4:8080");
+        assert_eq!(Instance::parse("[fe80::1]:9").unwrap().host(), "fe80::1");
+        assert_eq!(Instance::parse("svc.local:1").unwrap().host(), "svc.local");
+        for bad in ["", "nohost", ":80", "h:99999", "h:x", "::1:80", "h:80/path"] {
+            let err = Instance::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
+            assert!(err.to_string().contains("instance"), "{err}");
+        }
+    }
+
+    #[test]
+    fn order_is_addr_then_id() {
+        let mut v = vec![
+            Instance::builder("b", 1).id("1").build(),
+            Instance::builder("a", 2).id("2").build(),
+            Instance::builder("a", 2).id("1").build(),
+        ];
+        v.sort();
+        let got: Vec<_> = v.iter().map(|i| format!("{}/{}", i.addr(), i.id())).collect();
+        assert_eq!(got, ["a:2/1", "a:2/2", "b:1/1"]);
+    }
+
+    #[test]
+    fn equality_covers_metadata_but_key_does_not() {
+        let a = Instance::builder("h", 1).id("x").weight(1).build();
+        let b = Instance::builder("h", 1).id("x").weight(2).build();
+        assert_ne!(a, b);
+        assert_eq!(a.key(), b.key());
+        assert_eq!(a, a.clone());
+        assert!(Instance::ptr_eq(&a, &a.clone()));
+        assert_eq!(a.to_builder().weight(2).build(), b);
+    }
+
+    #[test]
+    fn socket_addr_only_for_ip_hosts() {
+        assert_eq!(
+            Instance::new("::1", 5).socket_addr(),
+            Some("[::1]:5".parse().unwrap())
+        );
+        assert_eq!(Instance::new("name", 5).socket_addr(), None);
+    }
+}

@@ -1,0 +1,356 @@
+//! The embedded in-memory registry (`memory://`): a real Registrar and Instancer inside the
+//! process, with optional TTL expiry. The default when no registry is configured.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::cache::{InstanceCache, Subscription};
+use crate::error::Result;
+use crate::event::{Event, InstanceSet};
+use crate::instance::Instance;
+use crate::instancer::Instancer;
+use crate::registrar::{Registrar, Registration};
+use crate::registry::{Registry, ServiceQuery};
+use crate::task::BackgroundTask;
+
+type Key = (String, String);
+
+struct Entry {
+    instance: Instance,
+    expires: Option<Instant>,
+}
+
+struct View {
+    query: ServiceQuery,
+    cache: Weak<InstanceCache>,
+}
+
+#[derive(Default)]
+struct Service {
+    entries: BTreeMap<Key, Entry>,
+    views: Vec<View>,
+}
+
+impl Service {
+    fn publish(&mut self) {
+        self.views.retain(|v| v.cache.strong_count() > 0);
+        for v in &self.views {
+            if let Some(cache) = v.cache.upgrade() {
+                cache.update(Event::Instances(self.filtered(&v.query)));
+            }
+        }
+    }
+
+    fn filtered(&self, q: &ServiceQuery) -> InstanceSet {
+        self.entries
+            .values()
+            .filter(|e| q.matches(&e.instance))
+            .map(|e| e.instance.clone())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    services: Mutex<HashMap<String, Service>>,
+    /// Wakes the reaper when an entry with an earlier expiry arrives.
+    reaper_wake: Notify,
+    reaper: Mutex<Option<BackgroundTask>>,
+}
+
+/// An in-process registry. Clones share the same registry.
+///
+/// [`MemoryRegistry::named`] returns a process-wide registry per name, which is what
+/// `memory://name` URLs resolve to, so every part of a program that parses the same URL
+/// sees the same services.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use sd_core::{Instance, Instancer, MemoryRegistry, Registrar, Registration};
+/// let registry = MemoryRegistry::new();
+/// let instancer = registry.instancer("web");
+/// let registrar = registry.registrar(Registration::new("web", Instance::new("127.0.0.1", 8080)));
+/// registrar.register().await.unwrap();
+/// let mut sub = instancer.subscribe();
+/// assert_eq!(sub.next().await.unwrap().addrs(), ["127.0.0.1:8080"]);
+/// # });
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryRegistry {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let services = self.lock();
+        f.debug_struct("MemoryRegistry")
+            .field("services", &services.len())
+            .finish()
+    }
+}
+
+impl MemoryRegistry {
+    /// A new, empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide registry called `name` (created on first use).
+    pub fn named(name: &str) -> Self {
+        static NAMED: OnceLock<Mutex<HashMap<String, MemoryRegistry>>> = OnceLock::new();
+        let map = NAMED.get_or_init(Default::default);
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Service>> {
+        self.inner
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches every instance of `service`.
+    pub fn instancer(&self, service: &str) -> MemoryInstancer {
+        self.instancer_for(&ServiceQuery::new(service))
+    }
+
+    /// Watches the instances matching `query` (tags ANDed, passing-only).
+    pub fn instancer_for(&self, query: &ServiceQuery) -> MemoryInstancer {
+        let cache = Arc::new(InstanceCache::new());
+        let mut services = self.lock();
+        let svc = services.entry(query.service.clone()).or_default();
+        cache.update(Event::Instances(svc.filtered(query)));
+        svc.views.push(View {
+            query: query.clone(),
+            cache: Arc::downgrade(&cache),
+        });
+        MemoryInstancer { cache }
+    }
+
+    /// A registrar for `registration` (registered on [`Registrar::register`]).
+    pub fn registrar(&self, registration: Registration) -> MemoryRegistrar {
+        MemoryRegistrar {
+            registry: self.clone(),
+            registration,
+            heartbeat: Mutex::new(None),
+        }
+    }
+
+    /// Adds or replaces an instance directly. With a `ttl`, it expires unless
+    /// [`renew`](Self::renew)ed in time.
+    pub fn insert(&self, service: &str, instance: Instance, ttl: Option<Duration>) {
+        let expires = ttl.map(|t| Instant::now() + t);
+        {
+            let mut services = self.lock();
+            let svc = services.entry(service.to_string()).or_default();
+            let key = (instance.addr().to_string(), instance.id().to_string());
+            svc.entries.insert(key, Entry { instance, expires });
+            svc.publish();
+        }
+        if expires.is_some() {
+            self.ensure_reaper();
+            self.inner.reaper_wake.notify_one();
+        }
+    }
+
+    /// Removes an instance; returns whether it was there.
+    pub fn remove(&self, service: &str, instance: &Instance) -> bool {
+        let mut services = self.lock();
+        let Some(svc) = services.get_mut(service) else {
+            return false;
+        };
+        let key = (instance.addr().to_string(), instance.id().to_string());
+        let removed = svc.entries.remove(&key).is_some();
+        if removed {
+            svc.publish();
+        }
+        removed
+    }
+
+    /// Extends a TTL registration; returns `false` if it is not registered (any more).
+    pub fn renew(&self, service: &str, instance: &Instance, ttl: Duration) -> bool {
+        let mut services = self.lock();
+        let key = (instance.addr().to_string(), instance.id().to_string());
+        match services
+            .get_mut(service)
+            .and_then(|s| s.entries.get_mut(&key))
+        {
+            Some(e) => {
+                e.expires = Some(Instant::now() + ttl);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The instances of `service` right now.
+    pub fn instances(&self, service: &str) -> Vec<Instance> {
+        self.lock()
+            .get(service)
+            .map(|s| s.entries.values().map(|e| e.instance.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes expired entries; returns the next expiry, if any.
+    fn reap(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut services = self.lock();
+        for (name, svc) in services.iter_mut() {
+            let before = svc.entries.len();
+            svc.entries.retain(|_, e| match e.expires {
+                Some(t) if t <= now => {
+                    tracing::info!(service = %name, instance = %e.instance, "registration expired");
+                    false
+                }
+                Some(t) => {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                    true
+                }
+                None => true,
+            });
+            if svc.entries.len() != before {
+                svc.publish();
+            }
+        }
+        next
+    }
+
+    fn ensure_reaper(&self) {
+        let mut reaper = self.inner.reaper.lock().unwrap_or_else(|p| p.into_inner());
+        if reaper.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        *reaper = Some(BackgroundTask::spawn(move |token| async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let registry = MemoryRegistry { inner };
+                let next = registry.reap();
+                let wake = registry.inner.clone();
+                drop(registry);
+                let sleep = async {
+                    match next {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = wake.reaper_wake.notified() => {}
+                    _ = sleep => {}
+                }
+            }
+        }));
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    fn scheme(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
+        Ok(Arc::new(self.instancer_for(query)))
+    }
+
+    async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
+        registration.validate()?;
+        Ok(Arc::new(MemoryRegistry::registrar(self, registration)))
+    }
+}
+
+/// An instancer over a [`MemoryRegistry`] service.
+#[derive(Debug)]
+pub struct MemoryInstancer {
+    cache: Arc<InstanceCache>,
+}
+
+#[async_trait]
+impl Instancer for MemoryInstancer {
+    fn subscribe(&self) -> Subscription {
+        self.cache.subscribe()
+    }
+    async fn stop(&self) {
+        self.cache.close();
+    }
+}
+
+/// A registrar into a [`MemoryRegistry`]. With a TTL check it renews the registration every
+/// third of the TTL while registered.
+pub struct MemoryRegistrar {
+    registry: MemoryRegistry,
+    registration: Registration,
+    heartbeat: Mutex<Option<BackgroundTask>>,
+}
+
+impl fmt::Debug for MemoryRegistrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryRegistrar")
+            .field("registration", &self.registration)
+            .finish()
+    }
+}
+
+impl MemoryRegistrar {
+    fn instance(&self) -> Instance {
+        let r = &self.registration;
+        if r.instance.id().is_empty() {
+            r.instance.to_builder().id(r.instance_id()).build()
+        } else {
+            r.instance.clone()
+        }
+    }
+}
+
+#[async_trait]
+impl Registrar for MemoryRegistrar {
+    async fn register(&self) -> Result<()> {
+        self.registration.validate()?;
+        let service = self.registration.service.clone();
+        let instance = self.instance();
+        let ttl = self.registration.ttl();
+        self.registry.insert(&service, instance.clone(), ttl);
+        let mut hb = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(ttl), None) = (ttl, hb.as_ref()) {
+            let registry = self.registry.clone();
+            *hb = Some(BackgroundTask::spawn(move |token| async move {
+                let period = ttl / 3;
+                while crate::task::sleep_or_cancel(&token, period).await {
+                    if !registry.renew(&service, &instance, ttl) {
+                        // The registry dropped us (expired): register again.
+                        tracing::warn!(service = %service, instance = %instance, "registration lost; re-registering");
+                        registry.insert(&service, instance.clone(), Some(ttl));
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self) -> Result<()> {
+        let task = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.stop().await;
+        }
+        self.registry
+            .remove(&self.registration.service, &self.instance());
+        Ok(())
+    }
+
+    fn registration(&self) -> &Registration {
+        &self.registration
+    }
+}

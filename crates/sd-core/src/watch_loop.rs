@@ -1,0 +1,203 @@
+//! The shared watch loop every backend instancer runs.
+//!
+//! A backend implements [`Source`]: one round of talking to its registry, which is a
+//! blocking query (Consul), a wait for a watch event followed by a read (etcd, ZooKeeper),
+//! or a plain poll (Eureka, DNS). [`WatchedInstancer::start`] runs the first round before it
+//! returns (go-kit's constructors do the same, e.g. CONSUL-1), then loops in the background:
+//!
+//! - a [`Step::Publish`] publishes the set and resets the backoff, then waits the poll
+//!   interval, if any;
+//! - a [`Step::Fail`] publishes the error **at once** (go-kit publishes it only after the
+//!   backoff sleep, CONSUL-6.2) and backs off;
+//! - a [`Step::Skip`] publishes nothing and backs off (go-kit's "index is not sane").
+//!
+//! Stopping cancels the round in flight (dropping its future aborts the HTTP request or
+//! watch) and any sleep, and waits for the loop to end (fixes CONSUL-9).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::backoff::{jittered, Backoff};
+use crate::cache::{InstanceCache, Subscription};
+use crate::error::Error;
+use crate::event::{Event, InstanceSet};
+use crate::instance::Instance;
+use crate::instancer::Instancer;
+use crate::task::{sleep_or_cancel, BackgroundTask};
+
+/// The outcome of one round of a [`Source`].
+#[derive(Debug)]
+pub enum Step {
+    /// The complete current set.
+    Publish(Vec<Instance>),
+    /// Discovery failed; the error is published and the loop backs off.
+    Fail(Error),
+    /// Nothing to publish, but the loop should back off before the next round
+    /// (e.g. a blocking-query index that is not sane).
+    Skip(String),
+}
+
+/// One backend's way of reading its registry, one round at a time.
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// Performs one round. Long-polling sources block here until something changes or their
+    /// wait time ends. The future is dropped when the instancer stops.
+    async fn next_step(&mut self) -> Step;
+}
+
+/// How the loop paces itself.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// The backend name, for logs.
+    pub backend: &'static str,
+    /// What is watched (service name, prefix, path), for logs.
+    pub target: String,
+    /// Wait this long after a successful round (poll-based sources). `None` for sources that
+    /// block by themselves.
+    pub interval: Option<Duration>,
+    /// Jitter applied to `interval`, as a fraction (0.1 = ±10 %).
+    pub interval_jitter: f64,
+    /// Backoff after failures.
+    pub backoff: Backoff,
+}
+
+impl LoopConfig {
+    /// A config with go-kit's backoff (10 ms .. 1 min) and no poll interval.
+    pub fn new(backend: &'static str, target: impl Into<String>) -> Self {
+        LoopConfig {
+            backend,
+            target: target.into(),
+            interval: None,
+            interval_jitter: 0.1,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Sets the poll interval.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Replaces the backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
+
+/// An [`Instancer`] driven by a [`Source`] on the shared loop. Backends return this (or wrap it).
+pub struct WatchedInstancer {
+    cache: Arc<InstanceCache>,
+    task: BackgroundTask,
+    config: LoopConfig,
+}
+
+impl fmt::Debug for WatchedInstancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchedInstancer")
+            .field("backend", &self.config.backend)
+            .field("target", &self.config.target)
+            .finish()
+    }
+}
+
+fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> Option<Step> {
+    match step {
+        Step::Publish(list) => {
+            let (set, dropped) = InstanceSet::new_counting(list);
+            if dropped > 0 {
+                tracing::warn!(backend = config.backend, target = %config.target, dropped,
+                    "registry returned entries with the same address and id; kept one of each");
+            }
+            let n = set.len();
+            if cache.update(Event::Instances(set)) {
+                tracing::debug!(backend = config.backend, target = %config.target, instances = n, "instances changed");
+            }
+            None
+        }
+        Step::Fail(e) => {
+            tracing::warn!(backend = config.backend, target = %config.target, error = %e, "discovery failed");
+            cache.update(Event::Error(e.clone()));
+            Some(Step::Fail(e))
+        }
+        Step::Skip(reason) => {
+            tracing::warn!(backend = config.backend, target = %config.target, reason = %reason, "discovery round skipped");
+            Some(Step::Skip(reason))
+        }
+    }
+}
+
+impl WatchedInstancer {
+    /// Runs the first round now, publishes it, and starts the loop.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub async fn start<S: Source>(mut source: S, config: LoopConfig) -> Self {
+        let cache = Arc::new(InstanceCache::new());
+        let first = source.next_step().await;
+        let first_failed = publish(&cache, &config, first).is_some();
+        let loop_cache = cache.clone();
+        let mut loop_config = config.clone();
+        let task = BackgroundTask::spawn(move |token| async move {
+            let cfg = &mut loop_config;
+            let mut wait = if first_failed {
+                Some(cfg.backoff.next_delay())
+            } else {
+                cfg.interval.map(|i| jittered(i, cfg.interval_jitter))
+            };
+            loop {
+                if let Some(d) = wait.take() {
+                    if !sleep_or_cancel(&token, d).await {
+                        return;
+                    }
+                }
+                let step = tokio::select! {
+                    _ = token.cancelled() => return,
+                    step = source.next_step() => step,
+                };
+                if token.is_cancelled() {
+                    return;
+                }
+                wait = match publish(&loop_cache, cfg, step) {
+                    None => {
+                        cfg.backoff.reset();
+                        cfg.interval.map(|i| jittered(i, cfg.interval_jitter))
+                    }
+                    Some(_) => Some(cfg.backoff.next_delay()),
+                };
+            }
+        });
+        WatchedInstancer {
+            cache,
+            task,
+            config,
+        }
+    }
+
+    /// The current state (for tests and diagnostics).
+    pub fn state(&self) -> Option<Event> {
+        self.cache.state()
+    }
+}
+
+#[async_trait]
+impl Instancer for WatchedInstancer {
+    fn subscribe(&self) -> Subscription {
+        self.cache.subscribe()
+    }
+
+    async fn stop(&self) {
+        self.task.stop().await;
+        self.cache.close();
+    }
+}
+
+impl Drop for WatchedInstancer {
+    fn drop(&mut self) {
+        self.task.cancel();
+        self.cache.close();
+    }
+}
