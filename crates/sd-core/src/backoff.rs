@@ -122,6 +122,9 @@ mod tests {
             let d = jittered(Duration::from_secs(10), 0.1);
             assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
         }
-        assert_eq!(jittered(Duration::from_secs(1), 0.0), Duration::from_secs(1));
+        assert_eq!(
+            jittered(Duration::from_secs(1), 0.0),
+            Duration::from_secs(1)
+        );
     }
 }

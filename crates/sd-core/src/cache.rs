@@ -111,7 +111,8 @@ impl Subscription {
     ///
     /// Returns the current state at once on the first call if there is one. If several
     /// events were published since the last call, only the latest is returned. Returns
-    /// `None` once the instancer has stopped and the last state has been returned.
+    /// `None` once the instancer has stopped (or was dropped) and the last state has been
+    /// returned.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
             if self.rx.changed().await.is_err() {

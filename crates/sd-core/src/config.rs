@@ -60,7 +60,7 @@ pub struct RegistryUrl {
 const SECRET_KEYS: [&str; 3] = ["token", "password", "secret"];
 
 fn is_secret_key(k: &str) -> bool {
-    SECRET_KEYS.iter().any(|s| k == *s)
+    SECRET_KEYS.contains(&k)
 }
 
 impl RegistryUrl {
@@ -221,9 +221,9 @@ impl RegistryUrl {
         let inline = self.param(key);
         let var = self.param(&env_key);
         match (inline, var) {
-            (Some(_), Some(_)) => Err(self.error(format!(
-                "give either {key} or {env_key}, not both"
-            ))),
+            (Some(_), Some(_)) => {
+                Err(self.error(format!("give either {key} or {env_key}, not both")))
+            }
             (Some(v), None) => Ok(Some(Secret(v))),
             (None, Some(var)) => match std::env::var(&var) {
                 Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
@@ -298,7 +298,9 @@ pub fn split_host_port(s: &str, default_port: u16) -> std::result::Result<(Strin
             .split_once(']')
             .ok_or_else(|| format!("host {s:?}: missing ']'"))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("host {s:?}: bad port {p:?}"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("host {s:?}: bad port {p:?}"))?,
             None if after.is_empty() => default_port,
             None => return Err(format!("host {s:?}: unexpected {after:?} after ']'")),
         };
@@ -347,14 +349,24 @@ mod tests {
 
     #[test]
     fn parses_hosts_path_and_options() {
-        let mut u = RegistryUrl::parse("etcd://h1:2379,[::1]:2380,h3/services/web?dial_timeout=2s&tls=true").unwrap();
+        let mut u = RegistryUrl::parse(
+            "etcd://h1:2379,[::1]:2380,h3/services/web?dial_timeout=2s&tls=true",
+        )
+        .unwrap();
         assert_eq!(u.scheme(), "etcd");
         assert_eq!(
             u.host_ports(2379).unwrap(),
-            vec![("h1".into(), 2379), ("::1".into(), 2380), ("h3".into(), 2379)]
+            vec![
+                ("h1".into(), 2379),
+                ("::1".into(), 2380),
+                ("h3".into(), 2379)
+            ]
         );
         assert_eq!(u.path(), "/services/web");
-        assert_eq!(u.duration("dial_timeout").unwrap(), Some(Duration::from_secs(2)));
+        assert_eq!(
+            u.duration("dial_timeout").unwrap(),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(u.bool("tls").unwrap(), Some(true));
         u.finish().unwrap();
     }
@@ -380,13 +392,29 @@ mod tests {
             assert!(err.contains(needle), "{url}: {err}");
         }
         let u = RegistryUrl::parse("consul://h:99999").unwrap();
-        assert!(u.host_ports(1).unwrap_err().to_string().contains("bad port"));
+        assert!(u
+            .host_ports(1)
+            .unwrap_err()
+            .to_string()
+            .contains("bad port"));
         let u = RegistryUrl::parse("consul://::1:80").unwrap();
-        assert!(u.host_ports(1).unwrap_err().to_string().contains("bracketed"));
+        assert!(u
+            .host_ports(1)
+            .unwrap_err()
+            .to_string()
+            .contains("bracketed"));
         let mut u = RegistryUrl::parse("consul://h?wait=10").unwrap();
-        assert!(u.duration("wait").unwrap_err().to_string().contains("missing unit"));
+        assert!(u
+            .duration("wait")
+            .unwrap_err()
+            .to_string()
+            .contains("missing unit"));
         let mut u = RegistryUrl::parse("consul://h?passing=maybe").unwrap();
-        assert!(u.bool("passing").unwrap_err().to_string().contains("not a boolean"));
+        assert!(u
+            .bool("passing")
+            .unwrap_err()
+            .to_string()
+            .contains("not a boolean"));
     }
 
     #[test]
@@ -418,6 +446,10 @@ mod tests {
         assert!(err.contains("SD_CORE_TEST_UNSET_VAR is not set"), "{err}");
 
         let mut u = RegistryUrl::parse("consul://h?token=a&token_env=B").unwrap();
-        assert!(u.secret("token").unwrap_err().to_string().contains("not both"));
+        assert!(u
+            .secret("token")
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
     }
 }

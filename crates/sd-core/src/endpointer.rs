@@ -551,6 +551,15 @@ impl<E: Send + Sync + 'static> DefaultEndpointer<E> {
         rx.wait_for(|v| *v > 0).await.is_ok() && !self.shared.lock().closed
     }
 
+    /// Applies `event` now, on the caller's thread, as if the instancer had published it.
+    ///
+    /// For sources that are not an [`Instancer`] and for benchmarks; an endpointer fed this
+    /// way usually follows a [`FixedInstancer`](crate::FixedInstancer) or an empty
+    /// [`InstanceCache`](crate::InstanceCache). Ignored after [`close`](Self::close).
+    pub fn apply(&self, event: Event) {
+        self.shared.apply(event);
+    }
+
     /// Stops following the instancer and closes every endpoint exactly once. Idempotent;
     /// once it returns no endpoint is made or closed any more, and reads return
     /// [`Error::Stopped`]. It does not stop the instancer (which others may share).

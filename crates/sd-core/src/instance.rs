@@ -340,7 +340,9 @@ impl fmt::Debug for Instance {
         if !d.meta.is_empty() {
             s.field("meta", &d.meta);
         }
-        s.field("weight", &d.weight).field("health", &d.health).finish()
+        s.field("weight", &d.weight)
+            .field("health", &d.health)
+            .finish()
     }
 }
 
@@ -354,13 +356,22 @@ mod tests {
         assert_eq!(Instance::new("::1", 80).addr(), "[::1]:80");
         assert_eq!(Instance::new("[::1]", 80).addr(), "[::1]:80");
         assert_eq!(Instance::new("[::1]", 80).host(), "::1");
-        assert_eq!(Instance::new("host.example.", 8080).addr(), "host.example.:8080");
+        assert_eq!(
+            Instance::new("host.example.", 8080).addr(),
+            "host.example.:8080"
+        );
     }
 
     #[test]
     fn parse_accepts_gokit_strings_and_rejects_bad_ones() {
-        assert_eq!(Instance::parse("1.2.3.4:8080").unwrap().addr(), "1.2.3.4:8080");
-        assert_eq!(Instance::parse("http://1.2.3.4:8080").unwrap().addr(), "1.2.3.4:8080");
+        assert_eq!(
+            Instance::parse("1.2.3.4:8080").unwrap().addr(),
+            "1.2.3.4:8080"
+        );
+        assert_eq!(
+            Instance::parse("http://1.2.3.4:8080").unwrap().addr(),
+            "1.2.3.4:8080"
+        );
         assert_eq!(Instance::parse("[fe80::1]:9").unwrap().host(), "fe80::1");
         assert_eq!(Instance::parse("svc.local:1").unwrap().host(), "svc.local");
         for bad in ["", "nohost", ":80", "h:99999", "h:x", "::1:80", "h:80/path"] {
@@ -378,7 +389,10 @@ mod tests {
             Instance::builder("a", 2).id("1").build(),
         ];
         v.sort();
-        let got: Vec<_> = v.iter().map(|i| format!("{}/{}", i.addr(), i.id())).collect();
+        let got: Vec<_> = v
+            .iter()
+            .map(|i| format!("{}/{}", i.addr(), i.id()))
+            .collect();
         assert_eq!(got, ["a:2/1", "a:2/2", "b:1/1"]);
     }
 

@@ -61,7 +61,7 @@ pub use cache::{InstanceCache, Subscription};
 pub use config::{RegistryUrl, Secret};
 pub use endpoint::{Endpoint, Factory};
 pub use endpointer::{
-    Changes, DefaultEndpointer, EndpointerBuilder, Endpointer, Endpoints, FixedEndpointer,
+    Changes, DefaultEndpointer, Endpointer, EndpointerBuilder, Endpoints, FixedEndpointer,
     Snapshot, Status,
 };
 pub use error::{BoxError, Error, Result};

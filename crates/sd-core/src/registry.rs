@@ -59,7 +59,8 @@ impl ServiceQuery {
     /// Whether `instance` satisfies the tag and health filters (client-side filtering).
     pub fn matches(&self, instance: &Instance) -> bool {
         self.tags.iter().all(|t| instance.has_tag(t))
-            && (!self.passing_only || matches!(instance.health(), Health::Passing | Health::Warning))
+            && (!self.passing_only
+                || matches!(instance.health(), Health::Passing | Health::Warning))
     }
 }
 

@@ -106,7 +106,11 @@ mod tests {
         assert!(after >= 1000);
         task.stop().await;
         tokio::task::yield_now().await;
-        assert_eq!(ticks.load(Ordering::SeqCst), after, "nothing runs after stop");
+        assert_eq!(
+            ticks.load(Ordering::SeqCst),
+            after,
+            "nothing runs after stop"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,401 @@
+//! go-kit behaviours EP-1..EP-12 (reference §2.C), with regressions for its bugs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sd_core::{
+    BoxError, DefaultEndpointer, Endpointer, Error, Event, Factory, Instance, InstanceCache,
+    InstanceSet, Instancer, Status, Subscription,
+};
+
+/// An instancer driven by the test.
+#[derive(Debug, Default)]
+struct TestInstancer(InstanceCache);
+
+#[async_trait::async_trait]
+impl Instancer for TestInstancer {
+    fn subscribe(&self) -> Subscription {
+        self.0.subscribe()
+    }
+    async fn stop(&self) {
+        self.0.close();
+    }
+}
+
+impl TestInstancer {
+    fn send(&self, addrs: &[&str]) {
+        let s: InstanceSet = addrs.iter().map(|a| Instance::parse(a).unwrap()).collect();
+        self.0.update(Event::Instances(s));
+    }
+    fn send_instances(&self, v: Vec<Instance>) {
+        self.0.update(Event::instances(v));
+    }
+    fn fail(&self, msg: &str) {
+        self.0.update(Event::Error(Error::unavailable("test", msg)));
+    }
+}
+
+/// Counts makes and closes per address; can be told to fail for some addresses.
+#[derive(Clone, Default)]
+struct Counting {
+    made: Arc<Mutex<HashMap<String, usize>>>,
+    closed: Arc<Mutex<HashMap<String, usize>>>,
+    fail: Arc<Mutex<Vec<String>>>,
+}
+
+impl Counting {
+    fn made(&self, a: &str) -> usize {
+        *self.made.lock().unwrap().get(a).unwrap_or(&0)
+    }
+    fn closed(&self, a: &str) -> usize {
+        *self.closed.lock().unwrap().get(a).unwrap_or(&0)
+    }
+    fn total_made(&self) -> usize {
+        self.made.lock().unwrap().values().sum()
+    }
+    fn total_closed(&self) -> usize {
+        self.closed.lock().unwrap().values().sum()
+    }
+}
+
+impl Factory<String> for Counting {
+    fn make(&self, i: &Instance) -> Result<String, BoxError> {
+        if self.fail.lock().unwrap().iter().any(|f| f == i.addr()) {
+            return Err(format!("cannot connect to {}", i.addr()).into());
+        }
+        *self
+            .made
+            .lock()
+            .unwrap()
+            .entry(i.addr().to_string())
+            .or_default() += 1;
+        Ok(i.addr().to_string())
+    }
+    fn close(&self, i: &Instance, _: &String) {
+        *self
+            .closed
+            .lock()
+            .unwrap()
+            .entry(i.addr().to_string())
+            .or_default() += 1;
+    }
+}
+
+fn addrs(ep: &DefaultEndpointer<String>) -> Vec<String> {
+    ep.endpoints()
+        .get()
+        .unwrap()
+        .iter()
+        .map(|e| (**e).clone())
+        .collect()
+}
+
+/// Waits (bounded) until the endpointer has published a state satisfying `f`.
+async fn until(ep: &DefaultEndpointer<String>, f: impl Fn(&sd_core::Endpoints<String>) -> bool) {
+    let mut changes = ep.changes();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !f(&ep.endpoints()) {
+            changes.changed().await;
+        }
+    })
+    .await
+    .expect("endpointer did not reach the expected state");
+}
+
+/// EP-1 (fixed): the instancer's current state is applied before `new` returns; `ready()`
+/// waits for the first state when there is none yet.
+#[tokio::test]
+async fn ep1_initial_state_is_synchronous() {
+    let inst = TestInstancer::default();
+    inst.send(&["a:1", "b:1"]);
+    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    assert_eq!(addrs(&ep), ["a:1", "b:1"]);
+    assert!(ep.ready().await);
+
+    let empty = TestInstancer::default();
+    let ep = Arc::new(DefaultEndpointer::new(&empty, Counting::default()));
+    assert!(!ep.endpoints().is_ready());
+    assert_eq!(*ep.endpoints().status(), Status::Pending);
+    let waiter = tokio::spawn({
+        let ep = ep.clone();
+        async move { ep.ready().await }
+    });
+    empty.send(&["c:1"]);
+    assert!(waiter.await.unwrap());
+    assert_eq!(addrs(&ep), ["c:1"]);
+}
+
+/// EP-2: a good event clears the error state, even with the same instances as before.
+#[tokio::test]
+async fn ep2_good_event_clears_error() {
+    let inst = TestInstancer::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    inst.fail("boom");
+    until(&ep, |s| s.last_error().is_some()).await;
+    inst.send(&["a:1"]);
+    until(&ep, |s| *s.status() == Status::Current).await;
+    assert_eq!(addrs(&ep), ["a:1"]);
+}
+
+/// EP-3: endpoints survive updates; the factory runs once per new instance; a factory error
+/// skips that instance alone.
+#[tokio::test]
+async fn ep3_endpoints_survive_and_factory_errors_skip_one() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    f.fail.lock().unwrap().push("bad:1".into());
+    inst.send(&["a:1", "bad:1"]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    assert_eq!(addrs(&ep), ["a:1"]);
+    let first = ep.endpoints().get().unwrap()[0].clone();
+    inst.send(&["a:1", "b:1", "bad:1"]);
+    until(&ep, |s| s.all().len() == 2).await;
+    assert_eq!(f.made("a:1"), 1, "a:1 was not rebuilt");
+    let again = ep.endpoints().get().unwrap()[0].clone();
+    assert!(sd_core::Endpoint::same_value(&first, &again));
+}
+
+/// EP-4: departed instances are closed exactly once; an empty set closes everything.
+#[tokio::test]
+async fn ep4_departed_closed_once() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1", "b:1", "c:1"]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    inst.send(&["a:1", "c:1"]);
+    until(&ep, |s| s.all().len() == 2).await;
+    assert_eq!(f.closed("b:1"), 1);
+    assert_eq!(f.closed("a:1"), 0);
+    inst.send(&[]);
+    until(&ep, |s| s.all().is_empty()).await;
+    assert_eq!(
+        (f.closed("a:1"), f.closed("b:1"), f.closed("c:1")),
+        (1, 1, 1)
+    );
+}
+
+/// EP-5: endpoints are ordered by instance (address, then id).
+#[tokio::test]
+async fn ep5_sorted_by_instance() {
+    let inst = TestInstancer::default();
+    inst.send(&["c:1", "a:1", "b:1"]);
+    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    assert_eq!(addrs(&ep), ["a:1", "b:1", "c:1"]);
+}
+
+/// EP-6 [BUG] regression: duplicates no longer leak. Exact duplicates collapse to one
+/// endpoint; two registrations of one address with different ids are two endpoints, each
+/// made once and closed once.
+#[tokio::test]
+async fn ep6_duplicates_do_not_leak() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send_instances(vec![Instance::new("a", 1), Instance::new("a", 1)]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    assert_eq!(addrs(&ep), ["a:1"]);
+    assert_eq!(f.made("a:1"), 1);
+
+    inst.send_instances(vec![
+        Instance::builder("a", 1).id("x").build(),
+        Instance::builder("a", 1).id("y").build(),
+    ]);
+    until(&ep, |s| s.all().len() == 2).await;
+    // The id-less endpoint left; two new ones were made.
+    assert_eq!(f.made("a:1"), 3);
+    assert_eq!(f.closed("a:1"), 1);
+    ep.close().await;
+    assert_eq!(
+        f.closed("a:1"),
+        3,
+        "every endpoint made was closed exactly once"
+    );
+}
+
+/// EP-7: without InvalidateOnError, an error keeps the endpoints and reads succeed; the
+/// error is visible as `last_error`.
+#[tokio::test(start_paused = true)]
+async fn ep7_last_known_good_by_default() {
+    let inst = TestInstancer::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    inst.fail("registry down");
+    until(&ep, |s| s.last_error().is_some()).await;
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(addrs(&ep), ["a:1"]);
+    assert!(matches!(ep.endpoints().status(), Status::Stale(_)));
+}
+
+/// EP-8: with InvalidateOnError the first error wins: later errors change neither the
+/// error nor the deadline.
+/// EP-9 (fixed): endpoints are served strictly before the deadline, and at the deadline a
+/// timer closes them all (go-kit waited for the next read); reads then return the first error.
+#[tokio::test(start_paused = true)]
+async fn ep8_ep9_invalidate_on_error() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1", "b:1"]);
+    let ep = DefaultEndpointer::builder(&inst, f.clone())
+        .invalidate_on_error(Duration::from_secs(10))
+        .build();
+    inst.fail("sd error");
+    until(&ep, |s| s.last_error().is_some()).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    inst.fail("another sd error");
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(5) - Duration::from_nanos(1)).await;
+    assert_eq!(addrs(&ep), ["a:1", "b:1"], "served until the deadline");
+    assert_eq!(f.total_closed(), 0);
+    tokio::time::advance(Duration::from_nanos(1)).await;
+    // Strict deadline: at now == deadline reads fail, with the first error.
+    let snap = ep.endpoints();
+    let e = snap.get().unwrap_err();
+    assert_eq!(e, &Error::unavailable("test", "sd error"));
+    drop(snap);
+    // The timer closes everything without anyone reading.
+    until(&ep, |s| s.all().is_empty()).await;
+    assert_eq!((f.closed("a:1"), f.closed("b:1")), (1, 1));
+}
+
+/// EP-9: with a zero timeout the first read after an error fails.
+#[tokio::test]
+async fn ep9_zero_timeout_fails_at_once() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::builder(&inst, f.clone())
+        .invalidate_on_error(Duration::ZERO)
+        .build();
+    inst.fail("x");
+    until(&ep, |s| s.get().is_err()).await;
+    assert_eq!(f.closed("a:1"), 1);
+}
+
+/// EP-10: after invalidation, a good event clears the error and makes every endpoint again.
+#[tokio::test(start_paused = true)]
+async fn ep10_recovery_after_invalidation() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::builder(&inst, f.clone())
+        .invalidate_on_error(Duration::from_secs(1))
+        .build();
+    inst.fail("x");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    until(&ep, |s| s.get().is_err()).await;
+    inst.send(&["a:1"]);
+    until(&ep, |s| s.get().is_ok_and(|l| l.len() == 1)).await;
+    assert_eq!(f.made("a:1"), 2);
+}
+
+/// EP-11 (fixed): reading takes no lock: a snapshot can be held while updates proceed, and it
+/// stays consistent.
+#[tokio::test]
+async fn ep11_snapshot_is_stable_during_updates() {
+    let inst = TestInstancer::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let held = ep.endpoints();
+    inst.send(&["b:1"]);
+    until(&ep, |s| {
+        s.all()
+            .first()
+            .is_some_and(|e| e.instance().addr() == "b:1")
+    })
+    .await;
+    assert_eq!(held.get().unwrap()[0].instance().addr(), "a:1");
+    assert!(held.version() < ep.endpoints().version());
+}
+
+/// EP-12 [BUG] regression: close closes every endpoint exactly once, is idempotent, and
+/// nothing is made or closed afterwards; reads return `Stopped`.
+#[tokio::test]
+async fn ep12_close_closes_endpoints_once() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1", "b:1"]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    ep.close().await;
+    ep.close().await;
+    assert_eq!((f.closed("a:1"), f.closed("b:1")), (1, 1));
+    inst.send(&["c:1"]);
+    tokio::task::yield_now().await;
+    assert_eq!(f.made("c:1"), 0);
+    assert_eq!(ep.endpoints().get().unwrap_err(), &Error::Stopped);
+    drop(ep);
+    assert_eq!(f.total_closed(), 2, "drop after close closes nothing again");
+}
+
+/// Dropping an endpointer without close still closes each endpoint once.
+#[tokio::test]
+async fn drop_closes_endpoints() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1"]);
+    drop(DefaultEndpointer::new(&inst, f.clone()));
+    assert_eq!(f.closed("a:1"), 1);
+}
+
+/// §4.13 [BUG] regression: a failed factory is retried with backoff even when the instance
+/// set does not change (go-kit retried only on a changed set).
+#[tokio::test(start_paused = true)]
+async fn factory_failures_are_retried_without_a_new_event() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    f.fail.lock().unwrap().push("a:1".into());
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    assert!(addrs(&ep).is_empty());
+    f.fail.lock().unwrap().clear();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    until(&ep, |s| s.all().len() == 1).await;
+    assert_eq!(f.made("a:1"), 1);
+}
+
+/// A metadata change keeps the endpoint (no new factory call) but updates its instance.
+#[tokio::test]
+async fn metadata_change_keeps_the_endpoint() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send_instances(vec![Instance::builder("a", 1).weight(1).build()]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    inst.send_instances(vec![Instance::builder("a", 1).weight(7).build()]);
+    until(&ep, |s| s.all()[0].instance().weight() == 7).await;
+    assert_eq!(f.made("a:1"), 1);
+    assert_eq!(f.closed("a:1"), 0);
+}
+
+/// The first event being an error leaves no good endpoints: reads return the error.
+#[tokio::test]
+async fn first_event_error_is_returned() {
+    let inst = TestInstancer::default();
+    inst.fail("unreachable");
+    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    assert_eq!(
+        ep.endpoints().get().unwrap_err(),
+        &Error::unavailable("test", "unreachable")
+    );
+}
+
+/// When the instancer stops, the endpointer keeps its last state.
+#[tokio::test]
+async fn instancer_stop_keeps_last_state() {
+    let inst = TestInstancer::default();
+    let f = Counting::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::new(&inst, f.clone());
+    inst.stop().await;
+    tokio::task::yield_now().await;
+    assert_eq!(addrs(&ep), ["a:1"]);
+    assert_eq!(f.total_made(), 1);
+}
+
+/// Endpointers are usable as trait objects.
+#[tokio::test]
+async fn endpointer_as_trait_object() {
+    let inst: Arc<dyn Instancer> = Arc::new(sd_core::FixedInstancer::from_addrs(["a:1"]).unwrap());
+    let ep: Arc<dyn Endpointer<String>> =
+        Arc::new(DefaultEndpointer::new(&inst, Counting::default()));
+    assert_eq!(ep.endpoints().get().unwrap().len(), 1);
+}

@@ -1,0 +1,206 @@
+//! The shared watch loop: first round before return, errors published at once, backoff,
+//! skip rounds, and a stop that cancels the round in flight.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sd_core::{
+    Backoff, Error, Event, Instance, Instancer, LoopConfig, Source, Step, WatchedInstancer,
+};
+
+/// A source that plays a script, then blocks forever (like a long poll with no change).
+struct Script {
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    rounds: Arc<AtomicUsize>,
+    times: Arc<Mutex<Vec<tokio::time::Instant>>>,
+}
+
+#[async_trait::async_trait]
+impl Source for Script {
+    async fn next_step(&mut self) -> Step {
+        self.rounds.fetch_add(1, Ordering::SeqCst);
+        self.times.lock().unwrap().push(tokio::time::Instant::now());
+        let next = self.steps.lock().unwrap().pop_front();
+        match next {
+            Some(s) => s,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn script(
+    steps: Vec<Step>,
+) -> (
+    Script,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<tokio::time::Instant>>>,
+) {
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    (
+        Script {
+            steps: Arc::new(Mutex::new(steps.into())),
+            rounds: rounds.clone(),
+            times: times.clone(),
+        },
+        rounds,
+        times,
+    )
+}
+
+fn pub_(addrs: &[&str]) -> Step {
+    Step::Publish(addrs.iter().map(|a| Instance::parse(a).unwrap()).collect())
+}
+
+fn cfg() -> LoopConfig {
+    LoopConfig::new("test", "svc")
+        .backoff(Backoff::new(Duration::from_millis(10), Duration::from_secs(60)).with_seed(3))
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_round_runs_before_start_returns() {
+    let (src, rounds, _) = script(vec![pub_(&["a:1"])]);
+    let inst = WatchedInstancer::start(src, cfg()).await;
+    assert!(rounds.load(Ordering::SeqCst) >= 1);
+    assert_eq!(inst.state().unwrap().addrs(), ["a:1"]);
+    inst.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_are_published_at_once_and_recovery_follows() {
+    let (src, _, times) = script(vec![
+        pub_(&["a:1"]),
+        Step::Fail(Error::unavailable("test", "down")),
+        pub_(&["a:1", "b:1"]),
+    ]);
+    let inst = WatchedInstancer::start(src, cfg()).await;
+    let mut sub = inst.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs(), ["a:1"]);
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(
+        sub.next().await.unwrap(),
+        Event::Error(Error::unavailable("test", "down"))
+    );
+    assert_eq!(
+        tokio::time::Instant::now(),
+        t0,
+        "error published before any backoff sleep"
+    );
+    assert_eq!(sub.next().await.unwrap().addrs(), ["a:1", "b:1"]);
+    // The round after the error waited for a backoff of 10 ms ± 50 %.
+    let t = times.lock().unwrap().clone();
+    let gap = t[2] - t[1];
+    assert!(
+        gap >= Duration::from_millis(5) && gap <= Duration::from_millis(15),
+        "{gap:?}"
+    );
+    inst.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_over_consecutive_failures_and_skips_publish_nothing() {
+    let (src, _, times) = script(vec![
+        pub_(&["a:1"]),
+        Step::Skip("index is not sane".into()),
+        Step::Skip("index went backwards".into()),
+        Step::Fail(Error::unavailable("test", "x")),
+        Step::Fail(Error::unavailable("test", "x")),
+        pub_(&["b:1"]),
+    ]);
+    let inst = WatchedInstancer::start(src, cfg()).await;
+    let mut sub = inst.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs(), ["a:1"]);
+    // Skips publish nothing: the next event is the error.
+    assert!(sub.next().await.unwrap().as_error().is_some());
+    assert_eq!(sub.next().await.unwrap().addrs(), ["b:1"]);
+    let t = times.lock().unwrap().clone();
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    // gaps[0] follows a publish (no interval): zero. Then 10, 20, 40, 80 ms bases, ±50 %.
+    assert_eq!(gaps[0], Duration::ZERO);
+    for (i, base) in [10u64, 20, 40, 80].iter().enumerate() {
+        let g = gaps[i + 1];
+        let b = Duration::from_millis(*base);
+        assert!(g >= b / 2 && g <= b * 3 / 2, "gap {i}: {g:?} vs base {b:?}");
+    }
+    inst.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_interval_paces_successful_rounds() {
+    let (src, _, times) = script(vec![pub_(&["a:1"]), pub_(&["a:1"]), pub_(&["b:1"])]);
+    let inst = WatchedInstancer::start(src, cfg().interval(Duration::from_secs(30))).await;
+    let mut sub = inst.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs(), ["a:1"]);
+    assert_eq!(
+        sub.next().await.unwrap().addrs(),
+        ["b:1"],
+        "identical poll suppressed"
+    );
+    let t = times.lock().unwrap().clone();
+    for w in t.windows(2) {
+        let g = w[1] - w[0];
+        assert!(
+            g >= Duration::from_secs(27) && g <= Duration::from_secs(33),
+            "{g:?}"
+        );
+    }
+    inst.stop().await;
+}
+
+/// CONSUL-9 [BUG] regression: stop cancels the round in flight (a blocked long poll) at
+/// once, is idempotent, and nothing is published afterwards.
+#[tokio::test(start_paused = true)]
+async fn stop_cancels_the_round_in_flight() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    struct Blocking(Arc<AtomicUsize>, bool);
+    #[async_trait::async_trait]
+    impl Source for Blocking {
+        async fn next_step(&mut self) -> Step {
+            if !self.1 {
+                self.1 = true;
+                return pub_(&["a:1"]);
+            }
+            let _guard = Dropped(self.0.clone());
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let inst = WatchedInstancer::start(Blocking(dropped.clone(), false), cfg()).await;
+    let mut sub = inst.subscribe();
+    sub.next().await.unwrap();
+    tokio::task::yield_now().await;
+    inst.stop().await;
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the in-flight round was dropped"
+    );
+    inst.stop().await;
+    assert_eq!(sub.next().await, None, "no event after stop");
+}
+
+/// A stop during a backoff sleep returns at once (the sleep is cancelled).
+#[tokio::test(start_paused = true)]
+async fn stop_interrupts_backoff() {
+    let (src, rounds, _) = script(vec![Step::Fail(Error::unavailable("t", "x"))]);
+    let inst = WatchedInstancer::start(
+        src,
+        cfg().backoff(Backoff::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )),
+    )
+    .await;
+    let t0 = tokio::time::Instant::now();
+    inst.stop().await;
+    assert_eq!(tokio::time::Instant::now(), t0);
+    assert_eq!(rounds.load(Ordering::SeqCst), 1);
+}
