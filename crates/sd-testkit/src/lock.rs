@@ -1,0 +1,212 @@
+//! Cross-process exclusion for fault tests.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+
+use fs2::FileExt;
+
+use crate::control::{heal_blocking, registries_dir};
+use crate::Server;
+
+/// Holds the exclusive fault-test lock for one server; released on drop.
+///
+/// On drop the guard also runs `scripts/registries heal <name>`: a server left paused
+/// is resumed and one left dead is restarted, so a failing fault test does not break
+/// the shared server for the tests that follow. Then the lock is released.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ExclusiveGuard {
+    server: Server,
+    _file: File,
+}
+
+impl ExclusiveGuard {
+    /// The locked server.
+    pub fn server(&self) -> Server {
+        self.server
+    }
+}
+
+impl Drop for ExclusiveGuard {
+    fn drop(&mut self) {
+        if let Err(e) = heal_blocking(self.server) {
+            eprintln!(
+                "sd-testkit: could not heal {} after a fault test: {e}",
+                self.server
+            );
+        }
+        // `_file` is closed after this, which releases the flock.
+    }
+}
+
+/// Holds a shared (reader) lock on a server; see [`shared`]. Released on drop.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct SharedGuard {
+    server: Server,
+    _file: File,
+}
+
+impl SharedGuard {
+    /// The locked server.
+    pub fn server(&self) -> Server {
+        self.server
+    }
+}
+
+/// Path of the lock file for `server`: `<registries dir>/locks/<name>.lock`.
+pub(crate) fn lock_path(server: Server) -> PathBuf {
+    registries_dir()
+        .join("locks")
+        .join(format!("{}.lock", server.name()))
+}
+
+fn open_lock_file(server: Server) -> (PathBuf, File) {
+    let path = lock_path(server);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("cannot create lock directory {}: {e}", dir.display()));
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open lock file {}: {e}", path.display()));
+    (path, file)
+}
+
+/// Takes the exclusive lock for fault tests on `server`, waiting (blocking the thread)
+/// while another test — in this or any other process — holds it.
+///
+/// Fault tests (those that [`kill`](crate::kill), [`pause`](crate::pause) or
+/// [`restart`](crate::restart) a shared server) must hold this for their whole duration,
+/// so that two of them, possibly in different test binaries run by one `cargo test`,
+/// never disturb the same server at the same time. It is an advisory `flock(2)` on
+/// `target/registries/locks/<name>.lock` (under `SD_REGISTRIES_DIR` if set).
+///
+/// Normal tests do not take this lock and are never blocked by it. A normal test that
+/// happens to use the server while a fault test has it paused or dead will see errors;
+/// such a test can opt in to [`shared`], which waits for fault tests to finish, or the
+/// suite can run fault tests separately (`cargo test -- --skip fault_`, then
+/// `cargo test fault_`).
+///
+/// # Panics
+///
+/// If the lock file cannot be created or locked.
+pub fn exclusive(server: Server) -> ExclusiveGuard {
+    let (path, file) = open_lock_file(server);
+    if FileExt::try_lock_exclusive(&file).is_err() {
+        eprintln!(
+            "sd-testkit: waiting for the exclusive lock on {server} ({})",
+            path.display()
+        );
+        FileExt::lock_exclusive(&file)
+            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    }
+    ExclusiveGuard {
+        server,
+        _file: file,
+    }
+}
+
+/// Opt-in for normal tests that must not observe injected faults: takes a shared lock
+/// on `server`, waiting (blocking the thread) while a fault test holds [`exclusive`].
+///
+/// Any number of `shared` holders run concurrently; a fault test's [`exclusive`] waits
+/// until they are all done, and they wait until the fault test has finished and healed
+/// the server. Tests that take neither lock are never blocked.
+///
+/// # Panics
+///
+/// If the lock file cannot be created or locked.
+pub fn shared(server: Server) -> SharedGuard {
+    let (path, file) = open_lock_file(server);
+    // Fully qualified: std's inherent `File::lock_shared` (Rust 1.89+) would shadow fs2's.
+    if FileExt::try_lock_shared(&file).is_err() {
+        eprintln!(
+            "sd-testkit: waiting while a fault test holds {server} ({})",
+            path.display()
+        );
+        FileExt::lock_shared(&file)
+            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    }
+    SharedGuard {
+        server,
+        _file: file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn lock_path_is_per_server() {
+        let a = lock_path(Server::Etcd);
+        let b = lock_path(Server::Etcd35);
+        assert_ne!(a, b);
+        assert!(a.ends_with("locks/etcd.lock"));
+    }
+
+    /// The flock excludes a second holder even inside one process (separate open file
+    /// descriptions), which is what makes parallel test threads wait too.
+    #[test]
+    fn second_open_of_the_lock_file_is_excluded() {
+        let dir = std::env::temp_dir().join(crate::unique_name("sd-testkit-lock"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.lock");
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        let first = open();
+        first.lock_exclusive().unwrap();
+        let second = open();
+        assert!(second.try_lock_exclusive().is_err());
+
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            second.lock_exclusive().unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        waiter.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shared_holders_coexist_and_exclude_a_writer() {
+        let dir = std::env::temp_dir().join(crate::unique_name("sd-testkit-lock"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("y.lock");
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        let (r1, r2, w) = (open(), open(), open());
+        FileExt::try_lock_shared(&r1).unwrap();
+        FileExt::try_lock_shared(&r2).unwrap();
+        assert!(FileExt::try_lock_exclusive(&w).is_err());
+        drop(r1);
+        assert!(FileExt::try_lock_exclusive(&w).is_err());
+        drop(r2);
+        FileExt::try_lock_exclusive(&w).unwrap();
+        let r3 = open();
+        assert!(FileExt::try_lock_shared(&r3).is_err());
+        drop((w, r3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
