@@ -56,13 +56,14 @@ impl InstanceCache {
             return false;
         };
         tx.send_if_modified(|state| {
-            if state.as_ref() == Some(&event) {
-                return false;
-            }
             let event = match (state.as_ref(), event) {
-                (Some(Event::Instances(old)), Event::Instances(new)) => {
-                    Event::Instances(new.canonicalize(old))
-                }
+                // One merge both detects "unchanged" and re-uses the old handles.
+                (Some(Event::Instances(old)), Event::Instances(new)) => match new.canonicalize(old)
+                {
+                    Some(set) => Event::Instances(set),
+                    None => return false,
+                },
+                (Some(old), e) if *old == e => return false,
                 (_, e) => e,
             };
             *state = Some(event);

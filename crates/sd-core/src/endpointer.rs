@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -52,19 +52,77 @@ pub enum Status {
     Failed(Error),
 }
 
+/// Keeps endpoints alive for the snapshots that may still point at them.
+///
+/// Published snapshots hold *non-owning* copies of the endpoint handles (so publishing costs a
+/// `memcpy`, not one reference-count update per endpoint). Every snapshot holds its epoch; each
+/// epoch holds the next one. Endpoints dropped by the update that ended epoch `k` are parked in
+/// epoch `k`'s graveyard, so they live exactly as long as some snapshot of epoch `k` or older.
+struct Epoch<E> {
+    graveyard: Mutex<Vec<Endpoint<E>>>,
+    next: OnceLock<Arc<Epoch<E>>>,
+}
+
+impl<E> Epoch<E> {
+    fn new(graveyard: Vec<Endpoint<E>>) -> Arc<Self> {
+        Arc::new(Epoch {
+            graveyard: Mutex::new(graveyard),
+            next: OnceLock::new(),
+        })
+    }
+}
+
+impl<E> Drop for Epoch<E> {
+    fn drop(&mut self) {
+        // Unlink iteratively so a long chain (a snapshot held across many updates) cannot
+        // overflow the stack when it is finally released.
+        let mut next = self.next.take();
+        while let Some(arc) = next {
+            match Arc::try_unwrap(arc) {
+                Ok(mut epoch) => next = epoch.next.take(),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A non-owning bitwise copy of `owned`, for a snapshot. See [`Epoch`] for why this is sound.
+fn borrowed_copy<E>(owned: &[Endpoint<E>]) -> Vec<Endpoint<E>> {
+    let mut v = Vec::with_capacity(owned.len());
+    // SAFETY: `Endpoint<E>` is a single `Arc` pointer. The copies are never dropped as owners:
+    // `Endpoints::drop` forgets them (`set_len(0)`), and every endpoint they point to is kept
+    // alive by its owner (the endpointer state) or by the epoch chain the snapshot holds.
+    unsafe {
+        std::ptr::copy_nonoverlapping(owned.as_ptr(), v.as_mut_ptr(), owned.len());
+        v.set_len(owned.len());
+    }
+    v
+}
+
 /// One immutable state of an endpointer: the endpoints, sorted by instance, and the status.
 pub struct Endpoints<E> {
+    /// Non-owning copies; see [`Epoch`].
     list: Vec<Endpoint<E>>,
     status: Status,
     version: u64,
+    epoch: Arc<Epoch<E>>,
+}
+
+impl<E> Drop for Endpoints<E> {
+    fn drop(&mut self) {
+        // SAFETY: the handles in `list` are borrowed copies (see `borrowed_copy`); forgetting
+        // them frees the buffer without touching the endpoints' reference counts.
+        unsafe { self.list.set_len(0) }
+    }
 }
 
 impl<E> Endpoints<E> {
-    fn new(list: Vec<Endpoint<E>>, status: Status, version: u64) -> Self {
+    fn new(owned: &[Endpoint<E>], status: Status, version: u64, epoch: Arc<Epoch<E>>) -> Self {
         Endpoints {
-            list,
+            list: borrowed_copy(owned),
             status,
             version,
+            epoch,
         }
     }
 
@@ -192,8 +250,15 @@ impl<E> FixedEndpointer<E> {
             .map(|(i, e)| Endpoint::new(i, e))
             .collect();
         list.sort_by(|a, b| a.instance().cmp(b.instance()));
+        let snapshot = Endpoints::new(&list, Status::Current, 1, Epoch::new(Vec::new()));
+        // The epoch owns the endpoints for as long as any snapshot lives.
+        *snapshot
+            .epoch
+            .graveyard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = list;
         FixedEndpointer {
-            current: ArcSwap::from_pointee(Endpoints::new(list, Status::Current, 1)),
+            current: ArcSwap::from_pointee(snapshot),
             tx: watch::channel(1).0,
         }
     }
@@ -249,12 +314,18 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
     pub fn build(self) -> DefaultEndpointer<E> {
         let (tx, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            current: ArcSwap::from_pointee(Endpoints::new(Vec::new(), Status::Pending, 0)),
+            current: ArcSwap::from_pointee(Endpoints::new(
+                &[],
+                Status::Pending,
+                0,
+                Epoch::new(Vec::new()),
+            )),
             factory: self.factory,
             invalidate_after: self.invalidate_on_error,
             name: self.name,
             tx,
             state: Mutex::new(State {
+                owned: Vec::new(),
                 instances: None,
                 failed: Vec::new(),
                 error: None,
@@ -294,7 +365,9 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
     }
 }
 
-struct State {
+struct State<E> {
+    /// The current endpoints, owned, sorted by instance.
+    owned: Vec<Endpoint<E>>,
     /// The last good instance set.
     instances: Option<InstanceSet>,
     /// Instances whose factory failed, to retry.
@@ -314,18 +387,33 @@ struct Shared<E> {
     invalidate_after: Option<Duration>,
     name: String,
     tx: watch::Sender<u64>,
-    state: Mutex<State>,
+    state: Mutex<State<E>>,
 }
 
 impl<E: 'static> Shared<E> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<E>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, st: &mut State, list: Vec<Endpoint<E>>, status: Status) {
+    /// Publishes `st.owned` with `status`. `dead` are endpoints the state no longer owns;
+    /// they are parked with the outgoing snapshot's epoch until no snapshot can reach them.
+    fn publish(&self, st: &mut State<E>, dead: Vec<Endpoint<E>>, status: Status) {
         st.version += 1;
-        self.current
-            .store(Arc::new(Endpoints::new(list, status, st.version)));
+        let epoch = Epoch::new(Vec::new());
+        let old = self.current.load();
+        if !dead.is_empty() {
+            old.epoch
+                .graveyard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(dead);
+        }
+        // Each epoch is published once, so `next` is always empty here.
+        let _ = old.epoch.next.set(epoch.clone());
+        drop(old);
+        self.current.store(Arc::new(Endpoints::new(
+            &st.owned, status, st.version, epoch,
+        )));
         self.tx.send_replace(st.version);
     }
 
@@ -337,7 +425,7 @@ impl<E: 'static> Shared<E> {
     fn timers(&self) -> (Option<Instant>, Option<Instant>) {
         let st = self.lock();
         let deadline = match &st.error {
-            Some((_, Some(d))) if !st.closed && !self.current.load().all().is_empty() => Some(*d),
+            Some((_, Some(d))) if !st.closed && !st.owned.is_empty() => Some(*d),
             _ => None,
         };
         let retry = if st.closed || st.error.is_some() {
@@ -363,34 +451,30 @@ impl<E: 'static> Shared<E> {
     }
 
     /// Reuses surviving endpoints, makes new ones, closes departed ones (EP-2..EP-4).
-    fn rebuild(&self, st: &mut State, set: InstanceSet) {
-        let old = self.current.load_full();
-        let mut old_iter = old.all().iter().peekable();
+    fn rebuild(&self, st: &mut State<E>, set: InstanceSet) {
+        let mut old = std::mem::take(&mut st.owned).into_iter().peekable();
         let mut list = Vec::with_capacity(set.len());
+        let mut dead = Vec::new();
         let mut failed = Vec::new();
         for inst in set.iter() {
-            // Endpoints whose key sorts before this instance have left.
-            while let Some(o) = old_iter.peek() {
-                if Instance::ptr_eq(o.instance(), inst) || o.instance().key() >= inst.key() {
-                    break;
-                }
-                self.close_endpoint(o);
-                old_iter.next();
+            // Fast path: the cache hands unchanged instances over with the same handle.
+            if let Some(o) = old.next_if(|o| Instance::ptr_eq(o.instance(), inst)) {
+                list.push(o);
+                continue;
             }
-            match old_iter.peek() {
-                Some(o) if Instance::ptr_eq(o.instance(), inst) => {
-                    list.push((*o).clone());
-                    old_iter.next();
+            // Endpoints whose key sorts before this instance have left.
+            while let Some(o) = old.next_if(|o| o.instance().key() < inst.key()) {
+                self.close_endpoint(&o);
+                dead.push(o);
+            }
+            match old.next_if(|o| o.instance().key() == inst.key()) {
+                Some(o) if o.instance() == inst => list.push(o),
+                Some(o) => {
+                    // Same instance, new metadata: keep the endpoint value, describe it anew.
+                    list.push(o.with_instance(inst.clone()));
+                    dead.push(o);
                 }
-                Some(o) if o.instance().key() == inst.key() => {
-                    if o.instance() == inst {
-                        list.push((*o).clone());
-                    } else {
-                        list.push(o.with_instance(inst.clone()));
-                    }
-                    old_iter.next();
-                }
-                _ => match self.factory.make(inst) {
+                None => match self.factory.make(inst) {
                     Ok(value) => list.push(Endpoint::new(inst.clone(), value)),
                     Err(error) => {
                         tracing::warn!(endpointer = %self.name, instance = %inst, error = %error,
@@ -400,8 +484,9 @@ impl<E: 'static> Shared<E> {
                 },
             }
         }
-        for o in old_iter {
-            self.close_endpoint(o);
+        for o in old {
+            self.close_endpoint(&o);
+            dead.push(o);
         }
         st.retry_at = if failed.is_empty() {
             st.retry.reset();
@@ -411,21 +496,21 @@ impl<E: 'static> Shared<E> {
         };
         st.failed = failed;
         st.instances = Some(set);
-        self.publish(st, list, Status::Current);
+        st.owned = list;
+        self.publish(st, dead, Status::Current);
     }
 
-    fn apply_error(&self, st: &mut State, err: Error) {
+    fn apply_error(&self, st: &mut State<E>, err: Error) {
         tracing::warn!(endpointer = %self.name, error = %err, "discovery error");
         let Some(timeout) = self.invalidate_after else {
             // Last known good: keep the endpoints, record the error (EP-7).
             st.error = Some((err.clone(), None));
-            let list = self.current.load().all().to_vec();
             let status = if st.instances.is_some() {
                 Status::Stale(err)
             } else {
                 Status::Failed(err)
             };
-            self.publish(st, list, status);
+            self.publish(st, Vec::new(), status);
             return;
         };
         if st.error.is_some() {
@@ -437,10 +522,9 @@ impl<E: 'static> Shared<E> {
         if timeout.is_zero() {
             self.invalidate(st, err);
         } else {
-            let list = self.current.load().all().to_vec();
             self.publish(
                 st,
-                list,
+                Vec::new(),
                 Status::Invalidating {
                     error: err,
                     deadline,
@@ -455,21 +539,22 @@ impl<E: 'static> Shared<E> {
             return;
         }
         if let Some((err, Some(deadline))) = st.error.clone() {
-            if Instant::now() >= deadline && !self.current.load().all().is_empty() {
+            if Instant::now() >= deadline && !st.owned.is_empty() {
                 self.invalidate(&mut st, err);
             }
         }
     }
 
     /// Closes every endpoint and fails reads with `err` until a good event (EP-9, EP-10).
-    fn invalidate(&self, st: &mut State, err: Error) {
+    fn invalidate(&self, st: &mut State<E>, err: Error) {
         tracing::warn!(endpointer = %self.name, error = %err, "invalidating endpoints after discovery error");
-        for ep in self.current.load().all() {
+        let dead = std::mem::take(&mut st.owned);
+        for ep in &dead {
             self.close_endpoint(ep);
         }
         st.instances = None;
         st.failed.clear();
-        self.publish(st, Vec::new(), Status::Failed(err));
+        self.publish(st, dead, Status::Failed(err));
     }
 
     fn retry_failed(&self) {
@@ -489,11 +574,12 @@ impl<E: 'static> Shared<E> {
             return;
         }
         st.closed = true;
-        for ep in self.current.load().all() {
+        let dead = std::mem::take(&mut st.owned);
+        for ep in &dead {
             self.close_endpoint(ep);
         }
         st.failed.clear();
-        self.publish(&mut st, Vec::new(), Status::Failed(Error::Stopped));
+        self.publish(&mut st, dead, Status::Failed(Error::Stopped));
     }
 }
 

@@ -48,8 +48,10 @@ impl InstanceSet {
 
     /// A copy of `self` in which every instance equal to one in `previous` is replaced by
     /// `previous`'s handle, so that consumers can detect "unchanged" with a pointer
-    /// comparison. Both sets are sorted, so this is one linear merge.
-    pub(crate) fn canonicalize(&self, previous: &InstanceSet) -> InstanceSet {
+    /// comparison. Both sets are sorted, so this is one linear merge. Returns `None` when
+    /// `self` equals `previous` (nothing to publish).
+    pub(crate) fn canonicalize(&self, previous: &InstanceSet) -> Option<InstanceSet> {
+        let mut reused = 0;
         let mut out = Vec::with_capacity(self.0.len());
         let mut old = previous.0.iter().peekable();
         for inst in self.0.iter() {
@@ -61,11 +63,17 @@ impl InstanceSet {
                 }
             }
             match old.peek() {
-                Some(o) if *o == inst => out.push((*o).clone()),
+                Some(o) if *o == inst => {
+                    reused += 1;
+                    out.push((*o).clone());
+                }
                 _ => out.push(inst.clone()),
             }
         }
-        InstanceSet(out.into())
+        if reused == self.0.len() && reused == previous.0.len() {
+            return None;
+        }
+        Some(InstanceSet(out.into()))
     }
 }
 

@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn order_is_addr_then_id() {
-        let mut v = vec![
+        let mut v = [
             Instance::builder("b", 1).id("1").build(),
             Instance::builder("a", 2).id("2").build(),
             Instance::builder("a", 2).id("1").build(),

@@ -53,6 +53,7 @@ pub mod instancer;
 pub mod memory;
 pub mod registrar;
 pub mod registry;
+pub mod static_registry;
 pub mod task;
 pub mod watch_loop;
 
@@ -71,5 +72,6 @@ pub use instancer::{FixedInstancer, Instancer};
 pub use memory::{MemoryInstancer, MemoryRegistrar, MemoryRegistry};
 pub use registrar::{HealthCheck, Registrar, Registration, RegistrationGuard};
 pub use registry::{Registry, ServiceQuery};
+pub use static_registry::StaticRegistry;
 pub use task::BackgroundTask;
 pub use watch_loop::{LoopConfig, Source, Step, WatchedInstancer};

@@ -1,0 +1,77 @@
+//! The `static://host:port,host:port` registry: a fixed list, read-only.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::event::InstanceSet;
+use crate::instance::Instance;
+use crate::instancer::{FixedInstancer, Instancer};
+use crate::registrar::{Registrar, Registration};
+use crate::registry::{Registry, ServiceQuery};
+
+/// A registry whose every service has the same fixed instances (go-kit's `FixedInstancer`
+/// behind the [`Registry`] trait). It cannot register anything.
+///
+/// ```
+/// use sd_core::StaticRegistry;
+/// let r = StaticRegistry::from_addrs(["10.0.0.1:80", "[::1]:81"]).unwrap();
+/// assert_eq!(r.instances().len(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StaticRegistry {
+    instances: InstanceSet,
+}
+
+impl StaticRegistry {
+    /// A registry over `instances`.
+    pub fn new(instances: impl Into<InstanceSet>) -> Self {
+        StaticRegistry {
+            instances: instances.into(),
+        }
+    }
+
+    /// Parses `host:port` strings.
+    pub fn from_addrs<I, S>(addrs: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list = addrs
+            .into_iter()
+            .map(|a| Instance::parse(a.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(list))
+    }
+
+    /// The fixed instances.
+    pub fn instances(&self) -> &InstanceSet {
+        &self.instances
+    }
+}
+
+#[async_trait]
+impl Registry for StaticRegistry {
+    fn scheme(&self) -> &'static str {
+        "static"
+    }
+
+    async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
+        let list: Vec<Instance> = self
+            .instances
+            .iter()
+            .filter(|i| query.matches(i))
+            .cloned()
+            .collect();
+        Ok(Arc::new(FixedInstancer::new(list)))
+    }
+
+    async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
+        Err(Error::config(format!(
+            "static:// registries are read-only: cannot register {:?}; list instances in the URL \
+             or use memory:// or a real registry",
+            registration.service
+        )))
+    }
+}
