@@ -4,7 +4,7 @@ use std::fmt;
 
 /// Name of the variable that turns a missing server into a test failure.
 ///
-/// `SD_INTEGRATION=1` (also `true`/`yes`/`on`, case-insensitive) makes [`require`] panic
+/// `SD_INTEGRATION=1` (also `true`/`yes`/`on`, case-insensitive) makes [`require()`] panic
 /// when a server's `SD_TEST_*` variable is missing; any other value, or no value, makes it
 /// skip the test instead.
 pub const INTEGRATION_ENV: &str = "SD_INTEGRATION";
@@ -72,7 +72,7 @@ impl fmt::Display for Server {
     }
 }
 
-/// What [`require`] should do, decided purely from the variable values.
+/// What [`require()`] should do, decided purely from the variable values.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
     /// The server is configured at this address.
@@ -126,7 +126,7 @@ pub fn require(server: Server) -> Option<String> {
     )
 }
 
-/// [`require`] with the variable values passed in (testable without touching the
+/// [`require()`] with the variable values passed in (testable without touching the
 /// process environment).
 #[track_caller]
 pub(crate) fn require_with(

@@ -10,7 +10,7 @@
 //!
 //! This crate is meant to be used as a `dev-dependency` only (`publish = false`). It offers:
 //!
-//! * [`Server`], [`require`] and the [`require!`] macro: find a server's address from the
+//! * [`Server`], [`require()`] and the [`require!`] macro: find a server's address from the
 //!   environment, or skip the test (print a notice and return) when it is not set. With
 //!   `SD_INTEGRATION=1` a missing server is a hard failure instead, so CI cannot silently
 //!   skip everything.
@@ -52,7 +52,7 @@ pub use names::unique_name;
 /// Returns the address of a registry server, or returns early from the calling test.
 ///
 /// `require!(server)` evaluates to the `String` value of the server's `SD_TEST_*`
-/// variable (see [`require`]). When the variable is missing the enclosing function
+/// variable (see [`require()`]). When the variable is missing the enclosing function
 /// returns `()` after printing `skipping integration test: SD_TEST_X not set` — or the
 /// test panics if `SD_INTEGRATION=1`.
 ///
