@@ -8,19 +8,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Event, Instance, InstanceCache, InstanceSet,
-    Instancer, Subscription,
 };
-
-#[derive(Debug, Default)]
-struct Manual(InstanceCache);
-
-#[async_trait::async_trait]
-impl Instancer for Manual {
-    fn subscribe(&self) -> Subscription {
-        self.0.subscribe()
-    }
-    async fn stop(&self) {}
-}
 
 fn instances(n: usize) -> Vec<Instance> {
     (0..n)
@@ -46,7 +34,7 @@ fn bench(c: &mut Criterion) {
 
     let mut read = c.benchmark_group("snapshot_read");
     for n in [10usize, 1000, 10_000] {
-        let src = Manual::default();
+        let src = InstanceCache::new();
         let ep = DefaultEndpointer::new(&src, factory);
         ep.apply(Event::instances(instances(n)));
         read.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -60,7 +48,7 @@ fn bench(c: &mut Criterion) {
 
     let mut update = c.benchmark_group("apply_one_change");
     for n in [1000usize, 10_000] {
-        let src = Manual::default();
+        let src = InstanceCache::new();
         let ep = DefaultEndpointer::new(&src, factory);
         let base = instances(n);
         let a = InstanceSet::new(base.clone());

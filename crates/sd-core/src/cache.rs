@@ -16,10 +16,12 @@
 
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::watch;
 
 use crate::event::Event;
+use crate::instancer::Instancer;
 
 /// Stores the current [`Event`] and hands it to subscribers. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -97,6 +99,18 @@ impl InstanceCache {
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+}
+
+/// A cache is itself an [`Instancer`] driven by hand: publish with
+/// [`update`](InstanceCache::update). Handy for custom sources and tests.
+#[async_trait]
+impl Instancer for InstanceCache {
+    fn subscribe(&self) -> Subscription {
+        InstanceCache::subscribe(self)
+    }
+    async fn stop(&self) {
+        self.close();
     }
 }
 

@@ -129,6 +129,15 @@ impl Instance {
         Ok(Self::new(host, port))
     }
 
+    /// Parses a list of go-kit instance strings; fails on the first bad one.
+    pub fn parse_all<I, S>(addrs: I) -> Result<Vec<Self>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        addrs.into_iter().map(|s| Self::parse(s.as_ref())).collect()
+    }
+
     /// The go-kit instance string: `host:port`, IPv6 bracketed.
     pub fn addr(&self) -> &str {
         &self.0.addr

@@ -80,11 +80,7 @@ impl FixedInstancer {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let list = addrs
-            .into_iter()
-            .map(|s| Instance::parse(s.as_ref()))
-            .collect::<crate::Result<Vec<_>>>()?;
-        Ok(Self::new(list))
+        Ok(Self::new(Instance::parse_all(addrs)?))
     }
 }
 

@@ -38,11 +38,7 @@ impl StaticRegistry {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let list = addrs
-            .into_iter()
-            .map(|a| Instance::parse(a.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self::new(list))
+        Ok(Self::new(Instance::parse_all(addrs)?))
     }
 
     /// The fixed instances.

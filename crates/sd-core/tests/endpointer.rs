@@ -6,20 +6,17 @@ use std::time::Duration;
 
 use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Error, Event, Factory, Instance, InstanceCache,
-    InstanceSet, Instancer, Status, Subscription,
+    InstanceSet, Instancer, Status,
 };
 
-/// An instancer driven by the test.
+/// An instancer driven by the test: an `InstanceCache` with helpers.
 #[derive(Debug, Default)]
 struct TestInstancer(InstanceCache);
 
-#[async_trait::async_trait]
-impl Instancer for TestInstancer {
-    fn subscribe(&self) -> Subscription {
-        self.0.subscribe()
-    }
-    async fn stop(&self) {
-        self.0.close();
+impl std::ops::Deref for TestInstancer {
+    type Target = InstanceCache;
+    fn deref(&self) -> &InstanceCache {
+        &self.0
     }
 }
 
@@ -109,12 +106,12 @@ async fn until(ep: &DefaultEndpointer<String>, f: impl Fn(&sd_core::Endpoints<St
 async fn ep1_initial_state_is_synchronous() {
     let inst = TestInstancer::default();
     inst.send(&["a:1", "b:1"]);
-    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
     assert_eq!(addrs(&ep), ["a:1", "b:1"]);
     assert!(ep.ready().await);
 
     let empty = TestInstancer::default();
-    let ep = Arc::new(DefaultEndpointer::new(&empty, Counting::default()));
+    let ep = Arc::new(DefaultEndpointer::new(&empty.0, Counting::default()));
     assert!(!ep.endpoints().is_ready());
     assert_eq!(*ep.endpoints().status(), Status::Pending);
     let waiter = tokio::spawn({
@@ -131,7 +128,7 @@ async fn ep1_initial_state_is_synchronous() {
 async fn ep2_good_event_clears_error() {
     let inst = TestInstancer::default();
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
     inst.fail("boom");
     until(&ep, |s| s.last_error().is_some()).await;
     inst.send(&["a:1"]);
@@ -147,7 +144,7 @@ async fn ep3_endpoints_survive_and_factory_errors_skip_one() {
     let f = Counting::default();
     f.fail.lock().unwrap().push("bad:1".into());
     inst.send(&["a:1", "bad:1"]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
     assert_eq!(addrs(&ep), ["a:1"]);
     let first = ep.endpoints().get().unwrap()[0].clone();
     inst.send(&["a:1", "b:1", "bad:1"]);
@@ -163,7 +160,7 @@ async fn ep4_departed_closed_once() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1", "b:1", "c:1"]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
     inst.send(&["a:1", "c:1"]);
     until(&ep, |s| s.all().len() == 2).await;
     assert_eq!(f.closed("b:1"), 1);
@@ -181,7 +178,7 @@ async fn ep4_departed_closed_once() {
 async fn ep5_sorted_by_instance() {
     let inst = TestInstancer::default();
     inst.send(&["c:1", "a:1", "b:1"]);
-    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
     assert_eq!(addrs(&ep), ["a:1", "b:1", "c:1"]);
 }
 
@@ -193,7 +190,7 @@ async fn ep6_duplicates_do_not_leak() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send_instances(vec![Instance::new("a", 1), Instance::new("a", 1)]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
     assert_eq!(addrs(&ep), ["a:1"]);
     assert_eq!(f.made("a:1"), 1);
 
@@ -219,7 +216,7 @@ async fn ep6_duplicates_do_not_leak() {
 async fn ep7_last_known_good_by_default() {
     let inst = TestInstancer::default();
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
     inst.fail("registry down");
     until(&ep, |s| s.last_error().is_some()).await;
     tokio::time::advance(Duration::from_secs(3600)).await;
@@ -236,7 +233,7 @@ async fn ep8_ep9_invalidate_on_error() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1", "b:1"]);
-    let ep = DefaultEndpointer::builder(&inst, f.clone())
+    let ep = DefaultEndpointer::builder(&inst.0, f.clone())
         .invalidate_on_error(Duration::from_secs(10))
         .build();
     inst.fail("sd error");
@@ -264,7 +261,7 @@ async fn ep9_zero_timeout_fails_at_once() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::builder(&inst, f.clone())
+    let ep = DefaultEndpointer::builder(&inst.0, f.clone())
         .invalidate_on_error(Duration::ZERO)
         .build();
     inst.fail("x");
@@ -278,7 +275,7 @@ async fn ep10_recovery_after_invalidation() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::builder(&inst, f.clone())
+    let ep = DefaultEndpointer::builder(&inst.0, f.clone())
         .invalidate_on_error(Duration::from_secs(1))
         .build();
     inst.fail("x");
@@ -295,7 +292,7 @@ async fn ep10_recovery_after_invalidation() {
 async fn ep11_snapshot_is_stable_during_updates() {
     let inst = TestInstancer::default();
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
     let held = ep.endpoints();
     inst.send(&["b:1"]);
     until(&ep, |s| {
@@ -315,7 +312,7 @@ async fn ep12_close_closes_endpoints_once() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1", "b:1"]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
     ep.close().await;
     ep.close().await;
     assert_eq!((f.closed("a:1"), f.closed("b:1")), (1, 1));
@@ -333,7 +330,7 @@ async fn drop_closes_endpoints() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1"]);
-    drop(DefaultEndpointer::new(&inst, f.clone()));
+    drop(DefaultEndpointer::new(&inst.0, f.clone()));
     assert_eq!(f.closed("a:1"), 1);
 }
 
@@ -345,7 +342,7 @@ async fn factory_failures_are_retried_without_a_new_event() {
     let f = Counting::default();
     f.fail.lock().unwrap().push("a:1".into());
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
     assert!(addrs(&ep).is_empty());
     f.fail.lock().unwrap().clear();
     tokio::time::advance(Duration::from_secs(1)).await;
@@ -359,7 +356,7 @@ async fn metadata_change_keeps_the_endpoint() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send_instances(vec![Instance::builder("a", 1).weight(1).build()]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
     inst.send_instances(vec![Instance::builder("a", 1).weight(7).build()]);
     until(&ep, |s| s.all()[0].instance().weight() == 7).await;
     assert_eq!(f.made("a:1"), 1);
@@ -371,7 +368,7 @@ async fn metadata_change_keeps_the_endpoint() {
 async fn first_event_error_is_returned() {
     let inst = TestInstancer::default();
     inst.fail("unreachable");
-    let ep = DefaultEndpointer::new(&inst, Counting::default());
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
     assert_eq!(
         ep.endpoints().get().unwrap_err(),
         &Error::unavailable("test", "unreachable")
@@ -384,8 +381,8 @@ async fn instancer_stop_keeps_last_state() {
     let inst = TestInstancer::default();
     let f = Counting::default();
     inst.send(&["a:1"]);
-    let ep = DefaultEndpointer::new(&inst, f.clone());
-    inst.stop().await;
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
+    inst.0.stop().await;
     tokio::task::yield_now().await;
     assert_eq!(addrs(&ep), ["a:1"]);
     assert_eq!(f.total_made(), 1);

@@ -25,11 +25,20 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn snapshot_reads_do_not_allocate() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _g = rt.enter();
     let inst = FixedInstancer::new(Vec::<Instance>::new());
-    let ep = DefaultEndpointer::new(&inst, |i: &Instance| -> Result<u16, BoxError> { Ok(i.port()) });
-    ep.apply(Event::instances((1..=100).map(|p| Instance::new("10.0.0.1", p)).collect::<Vec<_>>()));
+    let ep = DefaultEndpointer::new(&inst, |i: &Instance| -> Result<u16, BoxError> {
+        Ok(i.port())
+    });
+    ep.apply(Event::instances(
+        (1..=100)
+            .map(|p| Instance::new("10.0.0.1", p))
+            .collect::<Vec<_>>(),
+    ));
     // Warm up arc-swap's thread-local debt slots.
     let _ = ep.endpoints();
     let before = ALLOCS.load(Ordering::SeqCst);

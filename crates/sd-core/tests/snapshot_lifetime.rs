@@ -9,19 +9,8 @@ use std::sync::Arc;
 
 use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Event, FixedEndpointer, Instance, InstanceCache,
-    Instancer, Snapshot, Subscription,
+    Snapshot,
 };
-
-#[derive(Debug, Default)]
-struct Manual(InstanceCache);
-
-#[async_trait::async_trait]
-impl Instancer for Manual {
-    fn subscribe(&self) -> Subscription {
-        self.0.subscribe()
-    }
-    async fn stop(&self) {}
-}
 
 /// An endpoint value that counts its drops and checks it is alive when read.
 struct Tracked {
@@ -59,7 +48,7 @@ fn check(snap: &Snapshot<Tracked>) {
 async fn held_snapshots_keep_their_endpoints_alive() {
     let made = Arc::new(AtomicUsize::new(0));
     let drops = Arc::new(AtomicUsize::new(0));
-    let src = Manual::default();
+    let src = InstanceCache::new();
     let (m, d) = (made.clone(), drops.clone());
     let ep = DefaultEndpointer::new(&src, move |i: &Instance| -> Result<Tracked, BoxError> {
         m.fetch_add(1, Ordering::SeqCst);
@@ -116,7 +105,7 @@ async fn held_snapshots_keep_their_endpoints_alive() {
 #[tokio::test]
 async fn a_snapshot_may_outlive_its_endpointer() {
     let drops = Arc::new(AtomicUsize::new(0));
-    let src = Manual::default();
+    let src = InstanceCache::new();
     let d = drops.clone();
     let ep = DefaultEndpointer::new(&src, move |i: &Instance| -> Result<Tracked, BoxError> {
         Ok(Tracked {
@@ -162,7 +151,7 @@ fn fixed_endpointer_snapshots_outlive_it() {
 /// A snapshot held across a very long chain of updates is released without deep recursion.
 #[tokio::test]
 async fn long_epoch_chains_release_iteratively() {
-    let src = Manual::default();
+    let src = InstanceCache::new();
     let ep = DefaultEndpointer::new(&src, |i: &Instance| -> Result<u16, BoxError> {
         Ok(i.port())
     });
