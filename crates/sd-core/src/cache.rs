@@ -114,7 +114,7 @@ impl Instancer for InstanceCache {
     }
 }
 
-/// A subscriber's view of an [`Instancer`](crate::Instancer): latest-value, never blocking
+/// A subscriber's view of an [`Instancer`]: latest-value, never blocking
 /// the publisher. Drop it to unsubscribe.
 #[derive(Debug, Clone)]
 pub struct Subscription {

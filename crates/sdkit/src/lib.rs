@@ -1,0 +1,107 @@
+//! # sdkit
+//!
+//! Client-side service discovery and load balancing for Rust, after go-kit's `sd` package:
+//! find the instances of a service in Consul, etcd, ZooKeeper, Eureka or DNS SRV, turn them
+//! into endpoints, balance requests over them, and announce your own service — and swap one
+//! registry for another by changing a URL, not code.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use sdkit::{Instance, Registration, ServiceQuery};
+//!
+//! // `SD_REGISTRY=consul://127.0.0.1:8500` (with the `consul` feature) would need no code change.
+//! let registry = sdkit::connect("memory://docs")?;
+//!
+//! let registrar = registry.registrar(Registration::new("web", Instance::new("127.0.0.1", 8080))).await?;
+//! registrar.register().await?;
+//!
+//! let instancer = registry.instancer(&ServiceQuery::new("web")).await?;
+//! let mut events = instancer.subscribe();
+//! assert_eq!(events.next().await.unwrap().addrs(), ["127.0.0.1:8080"]);
+//! # Ok::<(), sdkit::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Registries and features
+//!
+//! | URL | feature | backend |
+//! |---|---|---|
+//! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
+//! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
+//!
+//! `consul://`, `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+pub use sd_core::*;
+
+/// The environment variable [`from_env`] reads.
+pub const ENV_VAR: &str = "SD_REGISTRY";
+
+/// The registry used when [`ENV_VAR`] is unset: the process-wide embedded registry.
+pub const DEFAULT_URL: &str = "memory://default";
+
+/// Every scheme this crate knows, whether or not its feature is on in this build.
+pub const SCHEMES: &[&str] = &[
+    "memory", "static", "consul", "etcd", "zk", "eureka", "dns+srv",
+];
+
+/// Opens the registry named by `url`. No network traffic happens here; bad URLs and options
+/// fail now, with a message that names the bad part.
+///
+/// ```
+/// let err = sdkit::connect("foo://x").unwrap_err().to_string();
+/// assert!(err.contains("unknown registry scheme foo://"));
+/// assert!(err.contains("memory, static, consul"));
+/// ```
+pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
+    let parsed = RegistryUrl::parse(url)?;
+    match parsed.scheme() {
+        "memory" => {
+            if !parsed.path().is_empty() && parsed.path() != "/" {
+                return Err(parsed.error("memory:// takes a name only, e.g. memory://tests"));
+            }
+            let name = match parsed.hosts() {
+                [] => "default".to_string(),
+                [one] => one.clone(),
+                _ => return Err(parsed.error("memory:// takes one name, not a list")),
+            };
+            parsed.finish()?;
+            Ok(Arc::new(MemoryRegistry::named(&name)))
+        }
+        "static" => {
+            if parsed.hosts().is_empty() {
+                return Err(parsed.error(
+                    "static:// needs at least one host:port, e.g. static://10.0.0.1:80,10.0.0.2:80",
+                ));
+            }
+            let registry =
+                StaticRegistry::from_addrs(parsed.hosts()).map_err(|e| parsed.error(e))?;
+            parsed.finish()?;
+            Ok(Arc::new(registry))
+        }
+        "consul" | "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
+            .error(format!(
+                "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
+                parsed.scheme()
+            ))),
+        other => Err(parsed.error(format!(
+            "unknown registry scheme {other}://; known schemes: {}",
+            SCHEMES.join(", ")
+        ))),
+    }
+}
+
+/// Opens the registry named by the `SD_REGISTRY` environment variable, or the embedded
+/// `memory://default` registry when it is unset or empty.
+pub fn from_env() -> Result<Arc<dyn Registry>> {
+    match std::env::var(ENV_VAR) {
+        Ok(url) if !url.trim().is_empty() => connect(&url).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{ENV_VAR}: {m}")),
+            other => other,
+        }),
+        _ => connect(DEFAULT_URL),
+    }
+}

@@ -1,0 +1,89 @@
+//! The facade's URL selection: schemes, features, error messages, secrets.
+
+use sdkit::{Instance, Registration, ServiceQuery};
+
+fn err(url: &str) -> String {
+    sdkit::connect(url).unwrap_err().to_string()
+}
+
+#[tokio::test]
+async fn memory_urls_share_named_registries() {
+    let a = sdkit::connect("memory://facade-test").unwrap();
+    let b = sdkit::connect("memory://facade-test").unwrap();
+    assert_eq!(a.scheme(), "memory");
+    let r = a
+        .registrar(Registration::new("svc", Instance::new("127.0.0.1", 1)))
+        .await
+        .unwrap();
+    r.register().await.unwrap();
+    let inst = b.instancer(&ServiceQuery::new("svc")).await.unwrap();
+    assert_eq!(
+        inst.subscribe().next().await.unwrap().addrs(),
+        ["127.0.0.1:1"]
+    );
+    assert_eq!(sdkit::connect("memory://").unwrap().scheme(), "memory");
+}
+
+#[tokio::test]
+async fn static_urls_list_instances_and_are_read_only() {
+    let reg = sdkit::connect("static://10.0.0.2:80,[::1]:81,10.0.0.1:80").unwrap();
+    let inst = reg.instancer(&ServiceQuery::new("anything")).await.unwrap();
+    assert_eq!(
+        inst.subscribe().next().await.unwrap().addrs(),
+        ["10.0.0.1:80", "10.0.0.2:80", "[::1]:81"]
+    );
+    let e = reg
+        .registrar(Registration::new("s", Instance::new("h", 1)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("read-only"), "{e}");
+}
+
+#[test]
+fn errors_say_what_to_fix() {
+    let e = err("nonsense");
+    assert!(e.contains("missing scheme"), "{e}");
+    let e = err("redis://h:1");
+    assert!(e.contains("unknown registry scheme redis://"), "{e}");
+    assert!(
+        e.contains("memory, static, consul, etcd, zk, eureka, dns+srv"),
+        "{e}"
+    );
+    let e = err("static://");
+    assert!(e.contains("needs at least one host:port"), "{e}");
+    let e = err("static://h:notaport");
+    assert!(e.contains("bad port"), "{e}");
+    let e = err("memory://x?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("etcd://127.0.0.1:2379");
+    assert!(e.contains("not built yet"), "{e}");
+}
+
+#[test]
+fn planned_backends_say_so() {
+    for url in ["consul://127.0.0.1:8500", "zk://127.0.0.1:2181", "dns+srv://x"] {
+        let e = err(url);
+        assert!(e.contains("not built yet"), "{url}: {e}");
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    let e = err("memory://x?token=hunter2");
+    assert!(!e.contains("hunter2"), "{e}");
+    assert!(e.contains("token=***"), "{e}");
+}
+
+#[test]
+fn from_env_defaults_to_memory_and_reads_the_variable() {
+    // One test touches the variable, so there is no race between tests.
+    std::env::remove_var(sdkit::ENV_VAR);
+    assert_eq!(sdkit::from_env().unwrap().scheme(), "memory");
+    std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9");
+    assert_eq!(sdkit::from_env().unwrap().scheme(), "static");
+    std::env::set_var(sdkit::ENV_VAR, "bogus://x");
+    let e = sdkit::from_env().unwrap_err().to_string();
+    assert!(e.contains("SD_REGISTRY"), "{e}");
+    std::env::remove_var(sdkit::ENV_VAR);
+}
