@@ -82,11 +82,12 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             parsed.finish()?;
             Ok(Arc::new(registry))
         }
-        "consul" | "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
-            .error(format!(
+        "consul" | "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => {
+            Err(parsed.error(format!(
                 "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
                 parsed.scheme()
-            ))),
+            )))
+        }
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")

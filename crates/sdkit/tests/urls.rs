@@ -62,7 +62,11 @@ fn errors_say_what_to_fix() {
 
 #[test]
 fn planned_backends_say_so() {
-    for url in ["consul://127.0.0.1:8500", "zk://127.0.0.1:2181", "dns+srv://x"] {
+    for url in [
+        "consul://127.0.0.1:8500",
+        "zk://127.0.0.1:2181",
+        "dns+srv://x",
+    ] {
         let e = err(url);
         assert!(e.contains("not built yet"), "{url}: {e}");
     }
