@@ -1,0 +1,780 @@
+//! The HTTP client for the Consul agent API: options, TLS, the ACL token, timeouts.
+//!
+//! A [`Client`] is cheap to clone (it shares one connection pool) and is what the
+//! [`ConsulInstancer`](crate::ConsulInstancer) and the [`ConsulRegistrar`](crate::ConsulRegistrar)
+//! talk through. It is go-kit's `consul.Client` seam, but concrete: the behaviour it
+//! depends on is tested against a real agent, not a mock.
+//!
+//! ```
+//! use std::time::Duration;
+//! use sd_consul::{Client, ClientConfig};
+//! use sd_core::Secret;
+//!
+//! let client = Client::new(
+//!     ClientConfig::new("127.0.0.1:8500")
+//!         .datacenter("eu1")
+//!         .token(Secret::new("s3cr3t"))
+//!         .wait(Duration::from_secs(30)),
+//! )?;
+//! // The token is sent as the X-Consul-Token header only, and never printed.
+//! assert!(!format!("{client:?}").contains("s3cr3t"));
+//! # Ok::<(), sd_core::Error>(())
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use sd_core::{Error, Result, Secret};
+use serde::Serialize;
+use url::Url;
+
+/// The backend name used in errors and logs.
+pub const BACKEND: &str = "consul";
+
+/// The agent's default HTTP port.
+pub const DEFAULT_PORT: u16 = 8500;
+
+/// The default timeout of a non-blocking request (and the margin added to blocking ones).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default blocking-query wait.
+///
+/// Consul's own default is 5 minutes. sdkit uses one minute: a frozen agent or a dead TCP
+/// path is then noticed (and published as an error) within about `wait + wait/16 + timeout`
+/// ≈ 74 s instead of ≈ 5.5 min, for the cost of one empty round trip per minute per watched
+/// service.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The name of the header carrying the ACL token.
+pub const TOKEN_HEADER: &str = "X-Consul-Token";
+
+/// How to reach and authenticate to a Consul agent.
+///
+/// Built with [`ClientConfig::new`] and the setters, or from a `consul://` URL by
+/// [`ConsulRegistry::from_url`](crate::ConsulRegistry::from_url). `Debug` never shows the
+/// token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The agent's `host:port` (`[v6]:port` for IPv6).
+    pub address: String,
+    /// Talk HTTPS instead of HTTP. Implied by `ca_file` and `cert_file`.
+    pub tls: bool,
+    /// The datacenter to query (`?dc=`); the agent's own when `None`.
+    pub datacenter: Option<String>,
+    /// The ACL token, sent as the `X-Consul-Token` header.
+    pub token: Option<Secret>,
+    /// The namespace (`?ns=`, Consul Enterprise).
+    pub namespace: Option<String>,
+    /// The admin partition (`?partition=`, Consul Enterprise).
+    pub partition: Option<String>,
+    /// Timeout of each non-blocking request, and the margin added to blocking ones.
+    pub timeout: Duration,
+    /// How long a blocking query waits for a change (`?wait=`).
+    pub wait: Duration,
+    /// A PEM file with extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM file with the client certificate (chain), for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// A PEM file with the client certificate's private key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClientConfig {
+    /// A config for the agent at `address` (`host:port`), plain HTTP, no token,
+    /// [`DEFAULT_TIMEOUT`] and [`DEFAULT_WAIT`].
+    pub fn new(address: impl Into<String>) -> Self {
+        ClientConfig {
+            address: address.into(),
+            tls: false,
+            datacenter: None,
+            token: None,
+            namespace: None,
+            partition: None,
+            timeout: DEFAULT_TIMEOUT,
+            wait: DEFAULT_WAIT,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+
+    /// Sets the datacenter.
+    #[must_use]
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// Sets the ACL token.
+    #[must_use]
+    pub fn token(mut self, token: Secret) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Reads the ACL token from the environment variable `var`; fails if it is unset or empty.
+    pub fn token_from_env(mut self, var: &str) -> Result<Self> {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {
+                self.token = Some(Secret::new(v));
+                Ok(self)
+            }
+            _ => Err(Error::config(format!(
+                "consul: token environment variable {var} is not set"
+            ))),
+        }
+    }
+
+    /// Sets the namespace.
+    #[must_use]
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+
+    /// Sets the admin partition.
+    #[must_use]
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
+    /// Sets the request timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the blocking-query wait.
+    #[must_use]
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Uses HTTPS.
+    #[must_use]
+    pub fn tls(mut self, yes: bool) -> Self {
+        self.tls = yes;
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file (implies HTTPS).
+    #[must_use]
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) for mutual TLS (implies HTTPS).
+    #[must_use]
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert_file = Some(cert.into());
+        self.key_file = Some(key.into());
+        self
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.tls || self.ca_file.is_some() || self.cert_file.is_some()
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    config: ClientConfig,
+}
+
+/// A client for one Consul agent. Clones share the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.config;
+        f.debug_struct("Client")
+            .field("base", &self.inner.base.as_str())
+            .field("datacenter", &c.datacenter)
+            .field("namespace", &c.namespace)
+            .field("partition", &c.partition)
+            .field("token", &c.token)
+            .field("wait", &c.wait)
+            .field("timeout", &c.timeout)
+            .finish()
+    }
+}
+
+/// The answer of a health query: the raw entries and the blocking-query index.
+#[derive(Debug, Clone)]
+pub struct HealthAnswer {
+    /// The `X-Consul-Index` header.
+    pub index: u64,
+    /// The JSON entries, one per service instance (parsed one by one by the instancer, so a
+    /// bad entry is skipped alone).
+    pub entries: Vec<serde_json::Value>,
+}
+
+/// The outcome of a TTL check update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckUpdate {
+    /// The agent updated the check.
+    Updated,
+    /// The agent does not know the check: the registration was lost (agent restart, or
+    /// someone deregistered it).
+    Unknown,
+}
+
+fn read_file(what: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "consul: cannot read {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The message of a reqwest error with its causes (e.g. "connection refused"), which
+/// reqwest's own `Display` leaves out. URLs carry no secret (the token is a header).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+fn transport_error(what: &str, e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout {
+            backend: BACKEND,
+            message: format!("{what}: {}", describe(&e)),
+        }
+    } else {
+        Error::unavailable(BACKEND, format!("{what}: {}", describe(&e)))
+    }
+}
+
+/// Longest error body quoted in an error message.
+const MAX_BODY_IN_ERROR: usize = 300;
+
+fn truncate(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= MAX_BODY_IN_ERROR {
+        return s.to_string();
+    }
+    let mut end = MAX_BODY_IN_ERROR;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Turns a failure status into an error: 400/401/403 are [`Error::Rejected`] (retrying the
+/// same request will not help), anything else [`Error::Unavailable`].
+async fn status_error(what: &str, resp: Response) -> Error {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let message = format!("{what}: HTTP {status}: {}", truncate(&body));
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Error::Rejected {
+                backend: BACKEND,
+                message,
+            }
+        }
+        _ => Error::unavailable(BACKEND, message),
+    }
+}
+
+impl Client {
+    /// Builds a client. Fails with [`Error::Config`] on a bad address or unreadable or invalid
+    /// TLS files. No request is sent.
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        let scheme = if config.uses_tls() { "https" } else { "http" };
+        if config.address.trim().is_empty() {
+            return Err(Error::config("consul: empty agent address"));
+        }
+        let base = Url::parse(&format!("{scheme}://{}/", config.address)).map_err(|e| {
+            Error::config(format!(
+                "consul: bad agent address {:?}: {e} (expected host:port)",
+                config.address
+            ))
+        })?;
+        if base.path() != "/" || base.query().is_some() || base.host_str().is_none() {
+            return Err(Error::config(format!(
+                "consul: bad agent address {:?} (expected host:port)",
+                config.address
+            )));
+        }
+        if config.cert_file.is_some() != config.key_file.is_some() {
+            return Err(Error::config(
+                "consul: a client certificate needs both cert and key files",
+            ));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(config.timeout)
+            .tcp_nodelay(true);
+        if let Some(ca) = &config.ca_file {
+            let pem = read_file("CA", ca)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::config(format!(
+                    "consul: CA file {}: not a PEM certificate bundle: {e}",
+                    ca.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::config(format!(
+                    "consul: CA file {}: no certificate found",
+                    ca.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            let mut pem = read_file("client certificate", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_file("client key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::config(format!(
+                    "consul: client certificate {} / key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::config(format!("consul: cannot build HTTP client: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner { http, base, config }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The base URL of the agent (`http://host:port/`).
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    /// `base` + `/v1/<segments>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.clear().push("v1").extend(segments);
+        }
+        url
+    }
+
+    /// A request with the token header, the namespace and partition (and, when `with_dc`,
+    /// the datacenter) and a timeout.
+    fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+        with_dc: bool,
+        timeout: Duration,
+    ) -> RequestBuilder {
+        let c = &self.inner.config;
+        let mut url = self.url(segments);
+        {
+            let mut q = url.query_pairs_mut();
+            if with_dc {
+                if let Some(dc) = &c.datacenter {
+                    q.append_pair("dc", dc);
+                }
+            }
+            if let Some(ns) = &c.namespace {
+                q.append_pair("ns", ns);
+            }
+            if let Some(p) = &c.partition {
+                q.append_pair("partition", p);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let mut req = self.inner.http.request(method, url).timeout(timeout);
+        if let Some(token) = &c.token {
+            req = req.header(TOKEN_HEADER, token.expose());
+        }
+        req
+    }
+
+    /// The request [`health_service`](Self::health_service) sends (exposed for tests).
+    #[doc(hidden)]
+    pub fn health_request(
+        &self,
+        service: &str,
+        tag: Option<&str>,
+        passing: bool,
+        index: u64,
+    ) -> RequestBuilder {
+        let c = &self.inner.config;
+        let blocking = index > 0;
+        let timeout = if blocking {
+            c.wait + c.wait / 16 + c.timeout
+        } else {
+            c.timeout
+        };
+        let mut req = self.request(Method::GET, &["health", "service", service], true, timeout);
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(tag) = tag {
+            q.push(("tag", tag.to_string()));
+        }
+        if passing {
+            q.push(("passing", "1".to_string()));
+        }
+        if blocking {
+            q.push(("index", index.to_string()));
+            q.push(("wait", format!("{}ms", c.wait.as_millis())));
+        }
+        if !q.is_empty() {
+            req = req.query(&q);
+        }
+        req
+    }
+
+    /// `GET /v1/health/service/<service>`: the instances of `service` with their node and
+    /// checks. With `index > 0` this is a blocking query that returns when the index moves
+    /// past `index` or after the configured wait.
+    ///
+    /// Fails with [`Error::Malformed`] when the body is not a JSON array or the
+    /// `X-Consul-Index` header is missing or not a number.
+    pub async fn health_service(
+        &self,
+        service: &str,
+        tag: Option<&str>,
+        passing: bool,
+        index: u64,
+    ) -> Result<HealthAnswer> {
+        let what = format!("health query for service {service:?}");
+        let resp = self
+            .health_request(service, tag, passing, index)
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(&what, resp).await);
+        }
+        let index = match resp.headers().get("X-Consul-Index") {
+            None => {
+                return Err(Error::malformed(
+                    BACKEND,
+                    format!("{what}: the answer has no X-Consul-Index header"),
+                ))
+            }
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::malformed(
+                        BACKEND,
+                        format!("{what}: X-Consul-Index header {v:?} is not a number"),
+                    )
+                })?,
+        };
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            Error::malformed(
+                BACKEND,
+                format!(
+                    "{what}: body is not JSON ({e}): {}",
+                    truncate(&String::from_utf8_lossy(&body))
+                ),
+            )
+        })?;
+        let entries = match value {
+            serde_json::Value::Array(entries) => entries,
+            serde_json::Value::Null => Vec::new(),
+            other => {
+                return Err(Error::malformed(
+                    BACKEND,
+                    format!(
+                        "{what}: expected a JSON array of entries, got {}",
+                        truncate(&other.to_string())
+                    ),
+                ))
+            }
+        };
+        Ok(HealthAnswer { index, entries })
+    }
+
+    /// `PUT /v1/agent/service/register` with `registration` as the JSON body (an upsert).
+    pub async fn register<T: Serialize + ?Sized>(&self, registration: &T) -> Result<()> {
+        let what = "service registration";
+        let resp = self
+            .request(
+                Method::PUT,
+                &["agent", "service", "register"],
+                false,
+                self.inner.config.timeout,
+            )
+            .json(registration)
+            .send()
+            .await
+            .map_err(|e| transport_error(what, e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(status_error(what, resp).await)
+        }
+    }
+
+    /// `PUT /v1/agent/service/deregister/<id>`. Returns `false` when the agent did not know
+    /// the service (not an error: deregistration is idempotent).
+    pub async fn deregister(&self, id: &str) -> Result<bool> {
+        let what = format!("deregistration of {id:?}");
+        let resp = self
+            .request(
+                Method::PUT,
+                &["agent", "service", "deregister", id],
+                false,
+                self.inner.config.timeout,
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(status_error(&what, resp).await),
+        }
+    }
+
+    /// `PUT /v1/agent/check/pass/<check_id>`: marks a TTL check passing.
+    ///
+    /// Returns [`CheckUpdate::Unknown`] when the agent does not know the check (HTTP 404, or
+    /// the older "does not have associated TTL" 500), which means the registration was lost.
+    pub async fn pass_ttl(&self, check_id: &str) -> Result<CheckUpdate> {
+        let what = format!("TTL check update of {check_id:?}");
+        let resp = self
+            .request(
+                Method::PUT,
+                &["agent", "check", "pass", check_id],
+                false,
+                self.inner.config.timeout,
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(CheckUpdate::Updated);
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Ok(CheckUpdate::Unknown);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        if status == StatusCode::INTERNAL_SERVER_ERROR
+            && (body.contains("does not have associated TTL") || body.contains("Unknown check"))
+        {
+            return Ok(CheckUpdate::Unknown);
+        }
+        Err(Error::unavailable(
+            BACKEND,
+            format!("{what}: HTTP {status}: {}", truncate(&body)),
+        ))
+    }
+
+    /// `GET /v1/agent/service/<id>`: the agent's view of a local service, `None` when the
+    /// agent does not know it.
+    pub async fn agent_service(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        let what = format!("agent service lookup of {id:?}");
+        let resp = self
+            .request(
+                Method::GET,
+                &["agent", "service", id],
+                false,
+                self.inner.config.timeout,
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
+        match resp.status() {
+            s if s.is_success() => {
+                let v = resp
+                    .json::<serde_json::Value>()
+                    .await
+                    .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
+                Ok(Some(v))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(&what, resp).await),
+        }
+    }
+
+    /// `GET /v1/agent/checks`: the agent's local checks, keyed by check id.
+    pub async fn agent_checks(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let what = "agent checks listing";
+        let resp = self
+            .request(
+                Method::GET,
+                &["agent", "checks"],
+                false,
+                self.inner.config.timeout,
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(what, e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(what, resp).await);
+        }
+        match resp.json::<serde_json::Value>().await {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(other) => Err(Error::malformed(
+                BACKEND,
+                format!("{what}: expected an object, got {}", truncate(&other.to_string())),
+            )),
+            Err(e) => Err(Error::malformed(BACKEND, format!("{what}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(config: ClientConfig) -> Client {
+        Client::new(config).unwrap()
+    }
+
+    #[test]
+    fn token_goes_in_a_header_never_in_the_url_or_debug() {
+        let c = client(
+            ClientConfig::new("127.0.0.1:8500")
+                .token(Secret::new("tok-123"))
+                .datacenter("dc9")
+                .namespace("team")
+                .partition("part"),
+        );
+        let req = c.health_request("web", Some("v1"), true, 0).build().unwrap();
+        assert_eq!(req.headers()[TOKEN_HEADER], "tok-123");
+        let url = req.url().as_str();
+        assert!(!url.contains("tok-123"), "{url}");
+        assert_eq!(
+            url,
+            "http://127.0.0.1:8500/v1/health/service/web?dc=dc9&ns=team&partition=part&tag=v1&passing=1"
+        );
+        assert!(!format!("{c:?}").contains("tok-123"));
+        assert!(format!("{c:?}").contains("***"));
+        // Agent endpoints are local: no dc, but ns and partition.
+        let req = c
+            .request(
+                Method::PUT,
+                &["agent", "service", "register"],
+                false,
+                DEFAULT_TIMEOUT,
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            req.url().as_str(),
+            "http://127.0.0.1:8500/v1/agent/service/register?ns=team&partition=part"
+        );
+        assert_eq!(req.headers()[TOKEN_HEADER], "tok-123");
+    }
+
+    #[test]
+    fn blocking_requests_carry_index_wait_and_a_longer_timeout() {
+        let c = client(ClientConfig::new("127.0.0.1:8500").wait(Duration::from_secs(16)));
+        let req = c.health_request("a b/c", None, false, 42).build().unwrap();
+        assert_eq!(
+            req.url().as_str(),
+            "http://127.0.0.1:8500/v1/health/service/a%20b%2Fc?index=42&wait=16000ms"
+        );
+        assert_eq!(
+            req.timeout(),
+            Some(&(Duration::from_secs(17) + DEFAULT_TIMEOUT))
+        );
+        assert!(req.headers().get(TOKEN_HEADER).is_none());
+        let req = c.health_request("web", None, false, 0).build().unwrap();
+        assert_eq!(req.url().query(), None);
+        assert_eq!(req.timeout(), Some(&DEFAULT_TIMEOUT));
+    }
+
+    #[test]
+    fn tls_options_select_https_and_bad_files_are_named() {
+        assert_eq!(
+            client(ClientConfig::new("h:1").tls(true)).base_url().scheme(),
+            "https"
+        );
+        assert_eq!(
+            client(ClientConfig::new("[::1]:8501")).base_url().as_str(),
+            "http://[::1]:8501/"
+        );
+        let err = Client::new(ClientConfig::new("h:1").ca_file("/nonexistent/ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
+        let dir = std::env::temp_dir().join(format!("sd-consul-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = Client::new(ClientConfig::new("h:1").ca_file(&junk))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CA file"), "{err}");
+        let err = Client::new(ClientConfig::new("h:1").client_cert(&junk, &junk))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client certificate"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_addresses_are_config_errors() {
+        for bad in ["", "h:1/path", "h:notaport", "::1:80"] {
+            let err = Client::new(ClientConfig::new(bad)).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_from_env() {
+        std::env::set_var("SD_CONSUL_UNIT_TOKEN", "abc");
+        let c = ClientConfig::new("h:1")
+            .token_from_env("SD_CONSUL_UNIT_TOKEN")
+            .unwrap();
+        assert_eq!(c.token.unwrap().expose(), "abc");
+        let err = ClientConfig::new("h:1")
+            .token_from_env("SD_CONSUL_UNIT_TOKEN_UNSET")
+            .unwrap_err();
+        assert!(err.to_string().contains("SD_CONSUL_UNIT_TOKEN_UNSET is not set"));
+    }
+
+    #[test]
+    fn long_bodies_are_truncated_on_a_char_boundary() {
+        let s = "é".repeat(400);
+        let t = truncate(&s);
+        assert!(t.ends_with("..."));
+        assert!(t.len() <= MAX_BODY_IN_ERROR + 3);
+    }
+}

@@ -1,0 +1,424 @@
+//! The instancer: blocking queries on `/v1/health/service/<name>`, run on the shared loop.
+//!
+//! [`HealthSource`] is one [`Source`]: each round is one health query, blocking on the
+//! last index. [`ConsulInstancer`] runs it on [`WatchedInstancer`], which does the first
+//! round before returning (CONSUL-1), publishes errors at once, backs off from 10 ms to
+//! 1 min with jitter (CONSUL-7) and cancels the request in flight on `stop` (fixes CONSUL-9).
+//!
+//! What a round does with the answer (CONSUL-6, with CONSUL-8 fixed):
+//!
+//! | answer | step | next query |
+//! |---|---|---|
+//! | entries with index `i > 0`, `i >= last` | publish the set | blocks on `i` |
+//! | index `0` | skip (nothing published), back off | non-blocking (index reset to 0) |
+//! | index `< last` | skip, back off | non-blocking (index reset to 0) |
+//! | an error (transport, status, malformed body) | publish the error, back off | **non-blocking** (index 0), so recovery is published at once |
+//!
+//! go-kit kept the old index after an error, so after the agent came back the next query
+//! blocked on it and the error state lasted until something changed or the wait ended
+//! (up to 5 minutes, CONSUL-8).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use sd_core::{
+    Backoff, Event, Health, Instance, Instancer, LoopConfig, ServiceQuery, Source, Step,
+    Subscription, WatchedInstancer,
+};
+use serde::Deserialize;
+
+use crate::client::{Client, BACKEND};
+
+/// Metadata key holding the Consul node name of an instance.
+pub const META_NODE: &str = "consul.node";
+
+/// Metadata key holding the datacenter of an instance.
+///
+/// Consul restricts service `Meta` keys to `[A-Za-z0-9_-]`, so the dotted keys sdkit adds
+/// can never collide with a service's own metadata.
+pub const META_DATACENTER: &str = "consul.datacenter";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EntryJson {
+    node: Option<NodeJson>,
+    service: Option<ServiceJson>,
+    #[serde(default)]
+    checks: Option<Vec<CheckJson>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct NodeJson {
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    datacenter: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceJson {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    weights: Option<WeightsJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WeightsJson {
+    #[serde(default = "one")]
+    passing: i64,
+    #[serde(default = "one")]
+    warning: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckJson {
+    #[serde(default)]
+    status: String,
+}
+
+/// Consul's aggregated status over every check of an entry (node checks included, as the
+/// agent's `?passing` filter does): any `critical` or `maintenance` makes it
+/// [`Health::Critical`], else any unrecognised status [`Health::Unknown`], else any
+/// `warning` [`Health::Warning`], else (including no checks at all) [`Health::Passing`].
+pub fn aggregate_health<'a>(statuses: impl IntoIterator<Item = &'a str>) -> Health {
+    let (mut critical, mut unknown, mut warning) = (false, false, false);
+    for s in statuses {
+        match s {
+            "passing" => {}
+            "warning" => warning = true,
+            "critical" | "maintenance" => critical = true,
+            _ => unknown = true,
+        }
+    }
+    if critical {
+        Health::Critical
+    } else if unknown {
+        Health::Unknown
+    } else if warning {
+        Health::Warning
+    } else {
+        Health::Passing
+    }
+}
+
+fn clamp_weight(w: i64) -> u32 {
+    u32::try_from(w.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Converts one entry of a `/v1/health/service` answer into an [`Instance`].
+///
+/// - address: the service address, else the node address (CONSUL-4); IPv6 is bracketed in
+///   [`Instance::addr`];
+/// - id: the service ID; tags and `Meta` as given, plus [`META_NODE`] and
+///   [`META_DATACENTER`];
+/// - health: [`aggregate_health`] over the entry's checks;
+/// - weight: `Weights.Passing` when passing, `Weights.Warning` when warning (both default
+///   to 1), 0 ("only if nothing else") when critical or unknown.
+///
+/// Fails, with the reason, when the entry has no usable address or port.
+pub fn entry_to_instance(entry: &serde_json::Value) -> Result<Instance, String> {
+    let e = EntryJson::deserialize(entry).map_err(|err| format!("unexpected entry shape: {err}"))?;
+    let svc = e.service.ok_or("entry has no Service")?;
+    let node = e.node.unwrap_or_default();
+    let host = if svc.address.trim().is_empty() {
+        node.address.trim()
+    } else {
+        svc.address.trim()
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "service {:?} has neither a service nor a node address",
+            svc.id
+        ));
+    }
+    let port = match svc.port {
+        Some(p) if (1..=65535).contains(&p) => p as u16,
+        Some(p) => return Err(format!("service {:?} has port {p}", svc.id)),
+        None => return Err(format!("service {:?} has no port", svc.id)),
+    };
+    let health = aggregate_health(
+        e.checks
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.status.as_str()),
+    );
+    let (w_pass, w_warn) = svc
+        .weights
+        .map(|w| (clamp_weight(w.passing), clamp_weight(w.warning)))
+        .unwrap_or((1, 1));
+    let weight = match health {
+        Health::Passing => w_pass,
+        Health::Warning => w_warn,
+        Health::Critical | Health::Unknown => 0,
+    };
+    let mut b = Instance::builder(host, port)
+        .id(svc.id)
+        .tags(svc.tags.unwrap_or_default())
+        .weight(weight)
+        .health(health);
+    for (k, v) in svc.meta.unwrap_or_default() {
+        b = b.meta(k, v);
+    }
+    if !node.node.is_empty() {
+        b = b.meta(META_NODE, node.node);
+    }
+    if !node.datacenter.is_empty() {
+        b = b.meta(META_DATACENTER, node.datacenter);
+    }
+    Ok(b.build())
+}
+
+/// One Consul health watch as a [`Source`]: each round is one (blocking) health query.
+///
+/// Tags are ANDed: the first is filtered by the agent (`?tag=`), the others here
+/// (CONSUL-2; Consul issue #294). Passing-only is the agent's `?passing` filter
+/// (CONSUL-3), which keeps only entries whose checks are **all** passing (warning excluded).
+pub struct HealthSource {
+    client: Client,
+    query: ServiceQuery,
+    index: u64,
+}
+
+impl fmt::Debug for HealthSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthSource")
+            .field("query", &self.query)
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl HealthSource {
+    /// A source for `query`, starting with a non-blocking query.
+    pub fn new(client: Client, query: ServiceQuery) -> Self {
+        HealthSource {
+            client,
+            query,
+            index: 0,
+        }
+    }
+
+    /// The index the next query blocks on (0: non-blocking).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    fn instances(&self, entries: &[serde_json::Value]) -> Vec<Instance> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry_to_instance(entry) {
+                Ok(i) => {
+                    if self.query.tags.iter().all(|t| i.has_tag(t)) {
+                        out.push(i);
+                    }
+                }
+                Err(reason) => tracing::warn!(
+                    backend = BACKEND,
+                    service = %self.query.service,
+                    %reason,
+                    "skipping an unusable entry"
+                ),
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Source for HealthSource {
+    async fn next_step(&mut self) -> Step {
+        let tag = self.query.tags.first().map(String::as_str);
+        let answer = self
+            .client
+            .health_service(&self.query.service, tag, self.query.passing_only, self.index)
+            .await;
+        match answer {
+            Err(e) => {
+                // CONSUL-8 fix: do not block on the old index once the agent is back.
+                self.index = 0;
+                Step::Fail(e)
+            }
+            Ok(a) if a.index == 0 => {
+                self.index = 0;
+                Step::Skip("index is not sane (0); next query is non-blocking".into())
+            }
+            Ok(a) if a.index < self.index => {
+                let last = self.index;
+                self.index = 0;
+                Step::Skip(format!(
+                    "index went backwards ({} < {last}); resetting to 0",
+                    a.index
+                ))
+            }
+            Ok(a) => {
+                self.index = a.index;
+                Step::Publish(self.instances(&a.entries))
+            }
+        }
+    }
+}
+
+/// Watches the instances of one service in Consul.
+///
+/// ```no_run
+/// # async fn demo() -> sd_core::Result<()> {
+/// use sd_consul::{Client, ClientConfig, ConsulInstancer};
+/// use sd_core::{Instancer, ServiceQuery};
+///
+/// let client = Client::new(ClientConfig::new("127.0.0.1:8500"))?;
+/// let instancer = ConsulInstancer::start(client, ServiceQuery::new("web").tag("v2").passing_only(true)).await;
+/// let mut events = instancer.subscribe();
+/// println!("{:?}", events.next().await); // the first query already ran
+/// instancer.stop().await; // cancels the blocking query in flight
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ConsulInstancer {
+    inner: WatchedInstancer,
+}
+
+impl ConsulInstancer {
+    /// Runs the first query, publishes its result, and starts watching, with go-kit's
+    /// backoff (10 ms .. 1 min, jittered).
+    pub async fn start(client: Client, query: ServiceQuery) -> Self {
+        Self::start_with_backoff(client, query, Backoff::default()).await
+    }
+
+    /// Like [`start`](Self::start), with another backoff after failures.
+    pub async fn start_with_backoff(client: Client, query: ServiceQuery, backoff: Backoff) -> Self {
+        let target = if query.tags.is_empty() {
+            query.service.clone()
+        } else {
+            format!("{} tags={:?}", query.service, query.tags)
+        };
+        let config = LoopConfig::new(BACKEND, target).backoff(backoff);
+        let inner = WatchedInstancer::start(HealthSource::new(client, query), config).await;
+        ConsulInstancer { inner }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Option<Event> {
+        self.inner.state()
+    }
+}
+
+#[async_trait]
+impl Instancer for ConsulInstancer {
+    fn subscribe(&self) -> Subscription {
+        self.inner.subscribe()
+    }
+
+    async fn stop(&self) {
+        self.inner.stop().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(svc_addr: &str, node_addr: &str, port: i64, checks: &[&str]) -> serde_json::Value {
+        json!({
+            "Node": {"Node": "n1", "Address": node_addr, "Datacenter": "dc1"},
+            "Service": {"ID": "web-1", "Service": "web", "Tags": ["a", "b"], "Address": svc_addr,
+                        "Port": port, "Meta": {"version": "2"},
+                        "Weights": {"Passing": 10, "Warning": 3}},
+            "Checks": checks.iter().map(|s| json!({"Status": s})).collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn consul_4_service_address_else_node_address() {
+        let i = entry_to_instance(&entry("10.0.0.10", "10.0.0.1", 9000, &[])).unwrap();
+        assert_eq!(i.addr(), "10.0.0.10:9000");
+        let i = entry_to_instance(&entry("", "10.0.0.1", 9000, &[])).unwrap();
+        assert_eq!(i.addr(), "10.0.0.1:9000");
+    }
+
+    #[test]
+    fn ipv6_is_bracketed() {
+        let i = entry_to_instance(&entry("fe80::1", "10.0.0.1", 80, &[])).unwrap();
+        assert_eq!(i.addr(), "[fe80::1]:80");
+        assert_eq!(i.host(), "fe80::1");
+        let i = entry_to_instance(&entry("", "::1", 80, &[])).unwrap();
+        assert_eq!(i.addr(), "[::1]:80");
+    }
+
+    #[test]
+    fn id_tags_meta_node_dc_and_weights() {
+        let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["passing", "passing"])).unwrap();
+        assert_eq!(i.id(), "web-1");
+        assert_eq!(i.tags(), ["a", "b"]);
+        assert_eq!(i.meta()["version"], "2");
+        assert_eq!(i.meta()[META_NODE], "n1");
+        assert_eq!(i.meta()[META_DATACENTER], "dc1");
+        assert_eq!(i.health(), Health::Passing);
+        assert_eq!(i.weight(), 10);
+        let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["passing", "warning"])).unwrap();
+        assert_eq!((i.health(), i.weight()), (Health::Warning, 3));
+        let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["warning", "critical"])).unwrap();
+        assert_eq!((i.health(), i.weight()), (Health::Critical, 0));
+        let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["maintenance"])).unwrap();
+        assert_eq!(i.health(), Health::Critical);
+        let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["bogus", "warning"])).unwrap();
+        assert_eq!((i.health(), i.weight()), (Health::Unknown, 0));
+    }
+
+    #[test]
+    fn missing_weights_default_to_one() {
+        let v = json!({"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "x", "Port": 1}});
+        let i = entry_to_instance(&v).unwrap();
+        assert_eq!((i.weight(), i.health()), (1, Health::Passing));
+        assert!(i.meta().is_empty());
+        assert!(i.tags().is_empty());
+    }
+
+    #[test]
+    fn unusable_entries_say_why() {
+        for (v, why) in [
+            (entry("", "", 80, &[]), "neither a service nor a node address"),
+            (entry("10.0.0.1", "", 0, &[]), "port 0"),
+            (entry("10.0.0.1", "", 70000, &[]), "port 70000"),
+            (json!({"Node": {"Address": "h"}, "Service": {"ID": "x"}}), "no port"),
+            (json!({"Node": {"Address": "h"}}), "no Service"),
+            (json!({"Service": {"Port": "eighty"}}), "unexpected entry shape"),
+            (json!(42), "unexpected entry shape"),
+        ] {
+            let err = entry_to_instance(&v).unwrap_err();
+            assert!(err.contains(why), "{v}: {err}");
+        }
+    }
+
+    #[test]
+    fn health_aggregation_matches_consul() {
+        assert_eq!(aggregate_health([]), Health::Passing);
+        assert_eq!(aggregate_health(["passing", "warning"]), Health::Warning);
+        assert_eq!(
+            aggregate_health(["warning", "critical", "passing"]),
+            Health::Critical
+        );
+        assert_eq!(aggregate_health(["maintenance"]), Health::Critical);
+    }
+}

@@ -1,0 +1,518 @@
+//! The registrar: agent register/deregister, checks, TTL heartbeats, re-registration.
+//!
+//! [`ConsulRegistrar::register`] sends `PUT /v1/agent/service/register` with the instance
+//! (ID, name, address, port, tags, `Meta`, `Weights`) and its check, then keeps a background
+//! task running until [`deregister`](ConsulRegistrar::deregister):
+//!
+//! - with a TTL check, it heartbeats (`PUT /v1/agent/check/pass/<check>`) every third of the
+//!   TTL; the check is registered with status `passing`, so the instance is discoverable by
+//!   passing-only watchers at once instead of after the first heartbeat;
+//! - with any other check or none, it looks the service up on the agent
+//!   (`GET /v1/agent/service/<id>`) every [`DEFAULT_RECHECK`].
+//!
+//! When the agent answers that it does not know the check or the service (it restarted —
+//! a `-dev` agent forgets everything — or someone deregistered it), the registrar registers
+//! again. go-kit never does this (its registrar has no heartbeat at all). Failures to reach
+//! the agent are logged and retried with a backoff from 100 ms up to the period.
+//!
+//! Both calls are idempotent: registering again re-sends the registration (Consul upserts)
+//! and keeps the one background task; deregistering when not registered does nothing.
+//! Deregistration on shutdown is explicit ([`deregister`](ConsulRegistrar::deregister)) or
+//! through [`RegistrationGuard`](sd_core::RegistrationGuard); dropping the registrar
+//! stops the heartbeats only, so a TTL check then goes critical.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sd_core::task::sleep_or_cancel;
+use sd_core::{Backoff, BackgroundTask, Error, HealthCheck, Registrar, Registration, Result};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::client::{CheckUpdate, Client, BACKEND};
+
+/// How often a registrar without a TTL check verifies that the agent still has its service.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(10);
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+struct CheckBody {
+    #[serde(rename = "CheckID")]
+    check_id: String,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(rename = "TTL", skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
+    http: Option<String>,
+    #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]
+    tcp: Option<String>,
+    #[serde(rename = "GRPC", skip_serializing_if = "Option::is_none")]
+    grpc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deregister_critical_service_after: Option<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+struct WeightsBody {
+    passing: u32,
+    warning: u32,
+}
+
+/// The JSON body of `PUT /v1/agent/service/register`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceBody {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    tags: Vec<String>,
+    address: String,
+    port: u16,
+    meta: BTreeMap<String, String>,
+    weights: WeightsBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<CheckBody>,
+}
+
+/// A Consul duration: whole milliseconds, which Go's `time.ParseDuration` accepts.
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// The check id sdkit registers a service's check under: `service:<service id>`, what
+/// Consul itself would pick for a service's only check.
+pub fn check_id(service_id: &str) -> String {
+    format!("service:{service_id}")
+}
+
+fn build_body(r: &Registration) -> Result<ServiceBody> {
+    r.validate()?;
+    let id = r.instance_id();
+    if r.instance.weight() == 0 {
+        return Err(Error::config(format!(
+            "registration of {:?}: weight 0 cannot be registered in Consul (Weights.Passing must be at least 1)",
+            r.service
+        )));
+    }
+    if r.deregister_critical_after.is_some() && r.check.is_none() {
+        return Err(Error::config(format!(
+            "registration of {:?}: deregister_critical_after needs a health check",
+            r.service
+        )));
+    }
+    let check = r.check.as_ref().map(|c| {
+        let mut body = CheckBody {
+            check_id: check_id(&id),
+            name: format!("Service '{}' check", r.service),
+            status: None,
+            ttl: None,
+            http: None,
+            tcp: None,
+            grpc: None,
+            interval: None,
+            deregister_critical_service_after: r.deregister_critical_after.map(go_duration),
+        };
+        match c {
+            HealthCheck::Ttl(ttl) => {
+                body.ttl = Some(go_duration(*ttl));
+                body.status = Some("passing");
+            }
+            HealthCheck::Http { url, interval } => {
+                body.http = Some(url.clone());
+                body.interval = Some(go_duration(*interval));
+            }
+            HealthCheck::Tcp { addr, interval } => {
+                body.tcp = Some(addr.clone());
+                body.interval = Some(go_duration(*interval));
+            }
+            HealthCheck::Grpc { target, interval } => {
+                body.grpc = Some(target.clone());
+                body.interval = Some(go_duration(*interval));
+            }
+            // `HealthCheck` is non-exhaustive; a future kind is not silently dropped.
+            #[allow(unreachable_patterns)]
+            other => body.name = format!("unsupported check {other:?}"),
+        }
+        body
+    });
+    if let Some(c) = &check {
+        if c.name.starts_with("unsupported check") {
+            return Err(Error::config(format!(
+                "registration of {:?}: {} in Consul",
+                r.service, c.name
+            )));
+        }
+    }
+    let meta = r
+        .instance
+        .meta()
+        .iter()
+        // The keys sdkit adds when reading (consul.node, consul.datacenter) are not
+        // registrable: Consul rejects dots in Meta keys.
+        .filter(|(k, _)| !k.starts_with("consul."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(ServiceBody {
+        id,
+        name: r.service.clone(),
+        tags: r.instance.tags().to_vec(),
+        address: r.instance.host().to_string(),
+        port: r.instance.port(),
+        meta,
+        weights: WeightsBody {
+            passing: r.instance.weight(),
+            warning: 1,
+        },
+        check,
+    })
+}
+
+struct Shared {
+    client: Client,
+    registration: Registration,
+    body: ServiceBody,
+    check_id: Option<String>,
+    reregistrations: AtomicU64,
+}
+
+impl Shared {
+    async fn put(&self) -> Result<()> {
+        self.client.register(&self.body).await
+    }
+
+    /// One maintenance round: heartbeat or presence check, re-registering when lost.
+    async fn maintain_once(&self) -> Result<()> {
+        let lost = match &self.check_id {
+            Some(check) => self.client.pass_ttl(check).await? == CheckUpdate::Unknown,
+            None => self.client.agent_service(&self.body.id).await?.is_none(),
+        };
+        if lost {
+            tracing::warn!(
+                backend = BACKEND,
+                service = %self.body.name,
+                id = %self.body.id,
+                "the agent lost the registration (restart or external deregistration); registering again"
+            );
+            self.put().await?;
+            self.reregistrations.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(backend = BACKEND, service = %self.body.name, id = %self.body.id, action = "reregister");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    registered: bool,
+    task: Option<BackgroundTask>,
+}
+
+/// Registers one instance with the local Consul agent and keeps it registered.
+///
+/// ```no_run
+/// # async fn demo() -> sd_core::Result<()> {
+/// use std::time::Duration;
+/// use sd_consul::{Client, ClientConfig, ConsulRegistrar};
+/// use sd_core::{HealthCheck, Instance, Registrar, Registration};
+///
+/// let client = Client::new(ClientConfig::new("127.0.0.1:8500"))?;
+/// let registrar = ConsulRegistrar::new(
+///     client,
+///     Registration::new("web", Instance::builder("127.0.0.1", 8080).id("web-1").tag("v2").build())
+///         .check(HealthCheck::Ttl(Duration::from_secs(10)))
+///         .deregister_critical_after(Duration::from_secs(90)),
+/// )?;
+/// registrar.register().await?;   // passing at once; heartbeats every ~3.3 s
+/// // ... serve ...
+/// registrar.deregister().await?; // on graceful shutdown
+/// # Ok(()) }
+/// ```
+pub struct ConsulRegistrar {
+    shared: Arc<Shared>,
+    period: Duration,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for ConsulRegistrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulRegistrar")
+            .field("service", &self.shared.body.name)
+            .field("id", &self.shared.body.id)
+            .field("tags", &self.shared.body.tags)
+            .field("address", &self.shared.registration.instance.addr())
+            .field("period", &self.period)
+            .finish()
+    }
+}
+
+impl ConsulRegistrar {
+    /// A registrar for `registration`. Fails with [`Error::Config`] when the registration
+    /// is invalid (see [`Registration::validate`]), has weight 0, or asks for
+    /// `deregister_critical_after` without a check. Nothing is sent yet.
+    pub fn new(client: Client, registration: Registration) -> Result<Self> {
+        let body = build_body(&registration)?;
+        let ttl = registration.ttl();
+        let period = match ttl {
+            Some(ttl) => ttl / 3,
+            None => DEFAULT_RECHECK,
+        };
+        let check_id = ttl.map(|_| check_id(&body.id));
+        Ok(ConsulRegistrar {
+            shared: Arc::new(Shared {
+                client,
+                registration,
+                body,
+                check_id,
+                reregistrations: AtomicU64::new(0),
+            }),
+            period,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Changes the heartbeat (TTL) or presence-check period. The default is a third of the
+    /// TTL, or [`DEFAULT_RECHECK`] without a TTL check. Takes effect at the next
+    /// registration.
+    #[must_use]
+    pub fn period(mut self, period: Duration) -> Self {
+        self.period = period.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The heartbeat or presence-check period.
+    pub fn current_period(&self) -> Duration {
+        self.period
+    }
+
+    /// The service ID registered.
+    pub fn service_id(&self) -> &str {
+        &self.shared.body.id
+    }
+
+    /// The TTL check's id, if the registration has a TTL check.
+    pub fn ttl_check_id(&self) -> Option<&str> {
+        self.shared.check_id.as_deref()
+    }
+
+    /// How many times the registrar found its registration lost and registered again.
+    pub fn reregistrations(&self) -> u64 {
+        self.shared.reregistrations.load(Ordering::Relaxed)
+    }
+
+    /// The JSON body sent to `/v1/agent/service/register`.
+    pub fn registration_body(&self) -> serde_json::Value {
+        serde_json::to_value(&self.shared.body).unwrap_or_default()
+    }
+
+    fn spawn_maintenance(&self) -> BackgroundTask {
+        let shared = self.shared.clone();
+        let period = self.period;
+        BackgroundTask::spawn(move |token| async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), period);
+            let mut delay = period;
+            loop {
+                if !sleep_or_cancel(&token, delay).await {
+                    return;
+                }
+                let outcome = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = shared.maintain_once() => r,
+                };
+                delay = match outcome {
+                    Ok(()) => {
+                        backoff.reset();
+                        period
+                    }
+                    Err(e) => {
+                        let d = backoff.next_delay();
+                        tracing::warn!(
+                            backend = BACKEND,
+                            service = %shared.body.name,
+                            id = %shared.body.id,
+                            error = %e,
+                            retry_in = ?d,
+                            "heartbeat failed"
+                        );
+                        d
+                    }
+                };
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Registrar for ConsulRegistrar {
+    async fn register(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let body = &self.shared.body;
+        if let Err(e) = self.shared.put().await {
+            tracing::warn!(backend = BACKEND, service = %body.name, tags = ?body.tags,
+                address = %self.shared.registration.instance.addr(), error = %e, "register failed");
+            return Err(e);
+        }
+        tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
+            address = %self.shared.registration.instance.addr(), action = "register");
+        state.registered = true;
+        if state.task.as_ref().map_or(true, BackgroundTask::is_finished) {
+            state.task = Some(self.spawn_maintenance());
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        if let Some(task) = state.task.take() {
+            task.stop().await;
+        }
+        if !state.registered {
+            return Ok(());
+        }
+        let body = &self.shared.body;
+        match self.shared.client.deregister(&body.id).await {
+            Ok(_) => {
+                state.registered = false;
+                tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
+                    address = %self.shared.registration.instance.addr(), action = "deregister");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(backend = BACKEND, service = %body.name, id = %body.id, error = %e,
+                    "deregister failed; heartbeats stopped, call deregister again to retry");
+                Err(e)
+            }
+        }
+    }
+
+    fn registration(&self) -> &Registration {
+        &self.shared.registration
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientConfig;
+    use sd_core::Instance;
+    use serde_json::json;
+
+    fn body(r: Registration) -> serde_json::Value {
+        serde_json::to_value(build_body(&r).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ttl_check_is_registered_passing_with_deregister_after() {
+        let inst = Instance::builder("10.0.0.1", 8080)
+            .id("web-1")
+            .tag("v2")
+            .meta("zone", "a")
+            .meta(crate::META_NODE, "ignored")
+            .weight(5)
+            .build();
+        let b = body(
+            Registration::new("web", inst)
+                .check(HealthCheck::Ttl(Duration::from_secs(10)))
+                .deregister_critical_after(Duration::from_secs(90)),
+        );
+        assert_eq!(
+            b,
+            json!({
+                "ID": "web-1", "Name": "web", "Tags": ["v2"], "Address": "10.0.0.1", "Port": 8080,
+                "Meta": {"zone": "a"}, "Weights": {"Passing": 5, "Warning": 1},
+                "Check": {"CheckID": "service:web-1", "Name": "Service 'web' check",
+                          "Status": "passing", "TTL": "10000ms",
+                          "DeregisterCriticalServiceAfter": "90000ms"}
+            })
+        );
+    }
+
+    #[test]
+    fn http_tcp_grpc_checks() {
+        let inst = || Instance::new("127.0.0.1", 9000);
+        let b = body(Registration::new("api", inst()).check(HealthCheck::Http {
+            url: "http://127.0.0.1:9000/health".into(),
+            interval: Duration::from_secs(5),
+        }));
+        assert_eq!(b["ID"], "api-127.0.0.1-9000");
+        assert_eq!(b["Check"]["HTTP"], "http://127.0.0.1:9000/health");
+        assert_eq!(b["Check"]["Interval"], "5000ms");
+        assert!(b["Check"].get("Status").is_none());
+        let b = body(Registration::new("api", inst()).check(HealthCheck::Tcp {
+            addr: "127.0.0.1:9000".into(),
+            interval: Duration::from_millis(1500),
+        }));
+        assert_eq!(b["Check"]["TCP"], "127.0.0.1:9000");
+        assert_eq!(b["Check"]["Interval"], "1500ms");
+        let b = body(Registration::new("api", inst()).check(HealthCheck::Grpc {
+            target: "127.0.0.1:9000/api".into(),
+            interval: Duration::from_secs(1),
+        }));
+        assert_eq!(b["Check"]["GRPC"], "127.0.0.1:9000/api");
+        let b = body(Registration::new("api", inst()));
+        assert!(b.get("Check").is_none());
+    }
+
+    #[test]
+    fn invalid_registrations_are_config_errors() {
+        let client = Client::new(ClientConfig::new("127.0.0.1:1")).unwrap();
+        for (r, needle) in [
+            (
+                Registration::new("web", Instance::builder("h", 1).weight(0).build()),
+                "weight 0",
+            ),
+            (
+                Registration::new("web", Instance::new("h", 1))
+                    .deregister_critical_after(Duration::from_secs(60)),
+                "needs a health check",
+            ),
+            (Registration::new("", Instance::new("h", 1)), "empty service"),
+            (
+                Registration::new("web", Instance::new("h", 1))
+                    .check(HealthCheck::Ttl(Duration::from_millis(10))),
+                "TTL",
+            ),
+        ] {
+            let err = ConsulRegistrar::new(client.clone(), r).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_period_is_a_third_of_the_ttl() {
+        let client = Client::new(ClientConfig::new("127.0.0.1:1")).unwrap();
+        let r = ConsulRegistrar::new(
+            client.clone(),
+            Registration::new("web", Instance::new("h", 1))
+                .check(HealthCheck::Ttl(Duration::from_secs(9))),
+        )
+        .unwrap();
+        assert_eq!(r.current_period(), Duration::from_secs(3));
+        assert_eq!(r.ttl_check_id(), Some("service:web-h-1"));
+        let r = ConsulRegistrar::new(client, Registration::new("web", Instance::new("h", 1))).unwrap();
+        assert_eq!(r.current_period(), DEFAULT_RECHECK);
+        assert_eq!(r.ttl_check_id(), None);
+    }
+
+    #[tokio::test]
+    async fn deregister_without_register_sends_nothing_and_register_errors_are_returned() {
+        // Port 1 on loopback refuses connections: a real transport error, no fake.
+        let client = Client::new(ClientConfig::new("127.0.0.1:1").timeout(Duration::from_secs(2))).unwrap();
+        let r = ConsulRegistrar::new(client, Registration::new("web", Instance::new("h", 1))).unwrap();
+        r.deregister().await.unwrap();
+        let err = r.register().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("service registration"), "{err}");
+        // Nothing was registered, so deregistering is still a no-op.
+        r.deregister().await.unwrap();
+    }
+}
