@@ -1,0 +1,460 @@
+//! The [`Balancer`] trait, the [`Picked`] completion guard and the helpers every balancer
+//! shares.
+
+use std::cell::Cell;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::{ArcSwap, Guard};
+use sd_core::{Endpoint, Endpoints, Snapshot};
+
+use crate::error::LbError;
+
+/// Picks one endpoint per request from an endpointer's current snapshot.
+///
+/// Every balancer in this crate follows go-kit's LB-1: when the endpointer reports an
+/// error, [`pick`](Balancer::pick) returns it unchanged as [`LbError::Discovery`]; when
+/// there are no endpoints it returns [`LbError::NoEndpoints`]. Picking takes no lock and
+/// makes no allocation.
+///
+/// [`pick_with`](Balancer::pick_with) is the full form: it takes a [`Request`] (a key for
+/// consistent hashing, endpoints to avoid) and returns a [`Picked`] guard that feeds the
+/// outcome back to load-aware balancers and to outlier ejection when it is finished or
+/// dropped.
+pub trait Balancer<E: 'static>: Send + Sync {
+    /// Picks one endpoint. Load-aware balancers count the request as finished at once; use
+    /// [`pick_with`](Balancer::pick_with) to keep it counted while it runs.
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        self.pick_with(&Request::new()).map(Picked::into_endpoint)
+    }
+
+    /// Picks one endpoint for `request`, returning a guard that reports the outcome.
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError>;
+
+    /// The current snapshot of the endpointer this balancer picks from.
+    fn snapshot(&self) -> Snapshot<E>;
+}
+
+impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Arc<B> {
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        (**self).pick()
+    }
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
+        (**self).pick_with(request)
+    }
+    fn snapshot(&self) -> Snapshot<E> {
+        (**self).snapshot()
+    }
+}
+
+impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for &B {
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        (**self).pick()
+    }
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
+        (**self).pick_with(request)
+    }
+    fn snapshot(&self) -> Snapshot<E> {
+        (**self).snapshot()
+    }
+}
+
+impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Box<B> {
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        (**self).pick()
+    }
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
+        (**self).pick_with(request)
+    }
+    fn snapshot(&self) -> Snapshot<E> {
+        (**self).snapshot()
+    }
+}
+
+/// What a [`Balancer::pick_with`] call should take into account.
+///
+/// ```
+/// use sd_lb::Request;
+/// let tried: Vec<sd_core::Endpoint<String>> = Vec::new();
+/// let avoid = |e: &sd_core::Endpoint<String>| tried.iter().any(|t| sd_core::Endpoint::same_value(t, e));
+/// let req = Request::new().key_of("user-42").avoid(&avoid);
+/// assert!(req.key().is_some());
+/// ```
+pub struct Request<'a, E> {
+    key: Option<u64>,
+    avoid: Option<&'a (dyn Fn(&Endpoint<E>) -> bool + Sync)>,
+}
+
+impl<E> Default for Request<'_, E> {
+    fn default() -> Self {
+        Request {
+            key: None,
+            avoid: None,
+        }
+    }
+}
+
+impl<'a, E> Request<'a, E> {
+    /// A request with no key and nothing to avoid.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The request key for consistent hashing (ignored by the other balancers).
+    pub fn key(&self) -> Option<u64> {
+        self.key
+    }
+
+    /// Sets the consistent-hashing key to `key`.
+    pub fn with_key(mut self, key: u64) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the consistent-hashing key to a stable hash of `key` (the same in every process).
+    pub fn key_of<K: Hash + ?Sized>(mut self, key: &K) -> Self {
+        self.key = Some(hash_key(key));
+        self
+    }
+
+    /// Endpoints for which `avoid` returns `true` are picked only when every endpoint is
+    /// avoided (a preference, never a reason to fail).
+    pub fn avoid(mut self, avoid: &'a (dyn Fn(&Endpoint<E>) -> bool + Sync)) -> Self {
+        self.avoid = Some(avoid);
+        self
+    }
+
+    /// Whether this request prefers not to use `endpoint`.
+    #[inline]
+    pub fn avoids(&self, endpoint: &Endpoint<E>) -> bool {
+        match self.avoid {
+            Some(f) => f(endpoint),
+            None => false,
+        }
+    }
+
+    /// Whether an avoid filter is set.
+    #[inline]
+    pub fn has_avoid(&self) -> bool {
+        self.avoid.is_some()
+    }
+}
+
+/// How a request on a picked endpoint ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request succeeded.
+    Success,
+    /// The request failed in a way that reflects on the endpoint.
+    Failure,
+    /// Not reported (the guard was dropped): counts as finished, neither success nor failure.
+    Unknown,
+}
+
+/// Receives the outcome of a request made on a picked endpoint (load tracking, outlier
+/// ejection). Implemented by this crate's load-aware balancers; implement it for your own.
+pub trait Feedback<E>: Send + Sync {
+    /// The request on `endpoint`, started at `start` (nanoseconds on the balancer's
+    /// [`Clock`]), ended with `outcome`.
+    fn done(&self, endpoint: &Endpoint<E>, start: u64, outcome: Outcome);
+}
+
+/// An endpoint picked by a [`Balancer`], with the load tracking of the request made on it.
+///
+/// Report the outcome with [`success`](Picked::success) or [`failure`](Picked::failure).
+/// A guard that is dropped unreported still ends the request (in-flight counts go down,
+/// latency is recorded), so a cancelled request never leaks load.
+pub struct Picked<E: 'static> {
+    endpoint: Endpoint<E>,
+    start: u64,
+    hooks: [Option<Arc<dyn Feedback<E>>>; 2],
+}
+
+impl<E: 'static> Picked<E> {
+    /// An untracked pick.
+    #[inline]
+    pub fn new(endpoint: Endpoint<E>) -> Self {
+        Picked {
+            endpoint,
+            start: 0,
+            hooks: [None, None],
+        }
+    }
+
+    /// A pick reported to `feedback` when it ends; `start` is the time on the balancer's clock.
+    pub fn tracked(endpoint: Endpoint<E>, start: u64, feedback: Arc<dyn Feedback<E>>) -> Self {
+        Picked {
+            endpoint,
+            start,
+            hooks: [Some(feedback), None],
+        }
+    }
+
+    /// Adds a second receiver of the outcome (used by wrappers such as outlier ejection).
+    pub fn and_then(mut self, feedback: Arc<dyn Feedback<E>>) -> Self {
+        if self.hooks[0].is_none() {
+            self.hooks[0] = Some(feedback);
+        } else {
+            self.hooks[1] = Some(feedback);
+        }
+        self
+    }
+
+    /// The endpoint.
+    #[inline]
+    pub fn endpoint(&self) -> &Endpoint<E> {
+        &self.endpoint
+    }
+
+    /// Reports success.
+    pub fn success(self) {
+        self.finish(Outcome::Success)
+    }
+
+    /// Reports failure.
+    pub fn failure(self) {
+        self.finish(Outcome::Failure)
+    }
+
+    /// Reports `outcome`.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.report(outcome);
+    }
+
+    /// Ends the request now (outcome unknown) and returns the endpoint.
+    #[inline]
+    pub fn into_endpoint(mut self) -> Endpoint<E> {
+        self.report(Outcome::Unknown);
+        self.endpoint.clone()
+    }
+
+    #[inline]
+    fn report(&mut self, outcome: Outcome) {
+        for hook in &mut self.hooks {
+            if let Some(h) = hook.take() {
+                h.done(&self.endpoint, self.start, outcome);
+            }
+        }
+    }
+}
+
+impl<E: 'static> Drop for Picked<E> {
+    fn drop(&mut self) {
+        self.report(Outcome::Unknown);
+    }
+}
+
+impl<E: 'static> std::fmt::Debug for Picked<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Picked")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// The time source of load tracking and outlier ejection, in nanoseconds.
+///
+/// [`Clock::Std`] (the default) reads `std::time::Instant`; [`Clock::tokio`] reads
+/// `tokio::time::Instant`, so tests under `tokio::time::pause` control it.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    /// `std::time::Instant`.
+    #[default]
+    Std,
+    /// `tokio::time::Instant`, measured from the given origin.
+    Tokio(tokio::time::Instant),
+}
+
+impl Clock {
+    /// A clock that follows tokio's (pausable) time, starting now.
+    pub fn tokio() -> Self {
+        Clock::Tokio(tokio::time::Instant::now())
+    }
+
+    /// Nanoseconds since this clock's origin.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::Std => {
+                static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+                let origin = ORIGIN.get_or_init(std::time::Instant::now);
+                origin.elapsed().as_nanos() as u64
+            }
+            Clock::Tokio(origin) => tokio::time::Instant::now()
+                .saturating_duration_since(*origin)
+                .as_nanos() as u64,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers.
+
+/// Reads the snapshot's endpoints, mapping errors as LB-1 requires.
+#[inline]
+pub(crate) fn endpoints_of<E>(snap: &Endpoints<E>) -> Result<&[Endpoint<E>], LbError> {
+    match snap.get() {
+        Ok([]) => Err(LbError::NoEndpoints),
+        Ok(list) => Ok(list),
+        Err(e) => Err(LbError::Discovery(e.clone())),
+    }
+}
+
+/// Starting at `start`, the first index (cyclically) whose endpoint the request does not
+/// avoid; `start` itself when every endpoint is avoided.
+#[inline]
+pub(crate) fn first_accepted<E>(list: &[Endpoint<E>], start: usize, req: &Request<'_, E>) -> usize {
+    if !req.has_avoid() {
+        return start;
+    }
+    let n = list.len();
+    for k in 0..n {
+        let i = (start + k) % n;
+        if !req.avoids(&list[i]) {
+            return i;
+        }
+    }
+    start
+}
+
+/// Maps a uniform `u64` to `0..n` without division (Lemire).
+#[inline]
+pub(crate) fn bounded(r: u64, n: usize) -> usize {
+    ((r as u128 * n as u128) >> 64) as usize
+}
+
+/// SplitMix64: a good 64-bit mix, used both as a seedable generator and as a hash finaliser.
+#[inline]
+pub(crate) fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed_thread());
+}
+
+fn seed_thread() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    let mut h = RandomState::new().build_hasher();
+    std::thread::current().id().hash(&mut h);
+    h.finish() | 1
+}
+
+/// A fast per-thread random number (xorshift64*): no lock, no allocation, no sharing.
+#[inline]
+pub(crate) fn thread_random() -> u64 {
+    RNG.with(|c| {
+        let mut x = c.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        c.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A stable 64-bit hash (FNV-1a over the `Hash` bytes, finished with SplitMix64): the same
+/// value in every process and on every platform of the same endianness.
+pub fn hash_key<K: Hash + ?Sized>(key: &K) -> u64 {
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            splitmix(self.0)
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= *b as u64;
+                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+            }
+        }
+    }
+    let mut h = Fnv(0xCBF2_9CE4_8422_2325);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// A counter on its own cache line, so that counters of different balancers (or a counter
+/// and the data next to it) do not share a line.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct PaddedCounter(pub(crate) AtomicU64);
+
+impl PaddedCounter {
+    #[inline]
+    pub(crate) fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// State derived from one endpointer snapshot (a weighted schedule, a hash table, load
+/// statistics), rebuilt when the snapshot's version changes. Reading it is one `arc-swap`
+/// load; rebuilding takes a mutex, only on the first pick after an update.
+pub(crate) struct Derived<T> {
+    current: ArcSwap<Versioned<T>>,
+    rebuild: Mutex<()>,
+}
+
+pub(crate) struct Versioned<T> {
+    pub(crate) version: u64,
+    pub(crate) value: T,
+}
+
+impl<T> Derived<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Derived {
+            current: ArcSwap::from_pointee(Versioned {
+                version: u64::MAX,
+                value,
+            }),
+            rebuild: Mutex::new(()),
+        }
+    }
+
+    /// The state for `snap`, rebuilt with `build(endpoints, previous)` when out of date.
+    #[inline]
+    pub(crate) fn get<E>(
+        &self,
+        snap: &Endpoints<E>,
+        build: impl FnOnce(&[Endpoint<E>], &T) -> T,
+    ) -> Guard<Arc<Versioned<T>>> {
+        let cur = self.current.load();
+        if cur.version == snap.version() {
+            return cur;
+        }
+        drop(cur);
+        self.rebuild_for(snap, build)
+    }
+
+    #[cold]
+    fn rebuild_for<E>(
+        &self,
+        snap: &Endpoints<E>,
+        build: impl FnOnce(&[Endpoint<E>], &T) -> T,
+    ) -> Guard<Arc<Versioned<T>>> {
+        let _lock = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current.load();
+        if cur.version == snap.version() {
+            return cur;
+        }
+        // Never replace a newer state with an older one (another thread may be ahead).
+        if cur.version != u64::MAX && cur.version > snap.version() {
+            let value = build(snap.all(), &cur.value);
+            return Guard::from_inner(Arc::new(Versioned {
+                version: snap.version(),
+                value,
+            }));
+        }
+        let value = build(snap.all(), &cur.value);
+        let next = Arc::new(Versioned {
+            version: snap.version(),
+            value,
+        });
+        self.current.store(next.clone());
+        Guard::from_inner(next)
+    }
+}
