@@ -191,6 +191,15 @@ impl<E> fmt::Debug for Endpoints<E> {
 /// pick); clone an [`Endpoint`] out of it to keep using that endpoint.
 pub struct Snapshot<E>(Guard<Arc<Endpoints<E>>>);
 
+impl<E> Snapshot<E> {
+    /// The same snapshot, holding its own reference count instead of one of `arc-swap`'s
+    /// per-thread slots: for keeping a snapshot across many reads (a per-thread cache
+    /// validated with [`Changes::has_changed`]). Costs one reference-count increment.
+    pub fn detach(self) -> Snapshot<E> {
+        Snapshot(Guard::from_inner(Guard::into_inner(self.0)))
+    }
+}
+
 impl<E> Deref for Snapshot<E> {
     type Target = Endpoints<E>;
     #[inline]
@@ -213,6 +222,22 @@ impl Changes {
     /// Waits for the next published state. Returns `false` once the endpointer is gone.
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
+    }
+
+    /// Whether a state newer than the last one seen was published, without waiting: one
+    /// atomic load, no lock, no allocation. `true` once the endpointer is gone.
+    ///
+    /// With [`mark_seen`](Changes::mark_seen) this lets a reader cache a [`Snapshot`] and
+    /// reload it only after an update: call `mark_seen` first, then take the snapshot.
+    #[inline]
+    pub fn has_changed(&self) -> bool {
+        self.0.has_changed().unwrap_or(true)
+    }
+
+    /// Marks the latest published state as seen.
+    #[inline]
+    pub fn mark_seen(&mut self) {
+        self.0.mark_unchanged();
     }
 }
 

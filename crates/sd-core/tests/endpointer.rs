@@ -396,3 +396,32 @@ async fn endpointer_as_trait_object() {
         Arc::new(DefaultEndpointer::new(&inst, Counting::default()));
     assert_eq!(ep.endpoints().get().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn changes_has_changed_and_detached_snapshots_support_cached_reads() {
+    let inst = TestInstancer::default();
+    inst.send(&["10.0.0.1:80"]);
+    let ep = DefaultEndpointer::new(&*inst, |i: &Instance| -> Result<String, BoxError> {
+        Ok(i.addr().to_string())
+    });
+    let mut changes = ep.changes();
+    changes.mark_seen();
+    let cached = ep.endpoints().detach();
+    assert!(!changes.has_changed());
+    assert_eq!(cached.get().unwrap().len(), 1);
+
+    inst.send(&["10.0.0.1:80", "10.0.0.2:80"]);
+    until(&ep, |s| s.all().len() == 2).await;
+    assert!(changes.has_changed());
+    // The detached snapshot still reads the old state, with its endpoints alive.
+    assert_eq!(cached.get().unwrap()[0].as_str(), "10.0.0.1:80");
+    changes.mark_seen();
+    assert!(!changes.has_changed());
+    assert_eq!(ep.endpoints().detach().get().unwrap().len(), 2);
+    drop(cached);
+
+    ep.close().await;
+    assert!(changes.has_changed(), "close publishes a final state");
+    drop(ep);
+    assert!(changes.has_changed(), "a dropped endpointer reads as changed");
+}
