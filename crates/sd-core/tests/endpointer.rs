@@ -423,5 +423,8 @@ async fn changes_has_changed_and_detached_snapshots_support_cached_reads() {
     ep.close().await;
     assert!(changes.has_changed(), "close publishes a final state");
     drop(ep);
-    assert!(changes.has_changed(), "a dropped endpointer reads as changed");
+    assert!(
+        changes.has_changed(),
+        "a dropped endpointer reads as changed"
+    );
 }
