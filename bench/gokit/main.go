@@ -328,7 +328,7 @@ func main() {
 		case "pick":
 			for _, n := range []int{10, 1000} {
 				for _, t := range []int{1, 2} {
-					pick(n, t, 20_000_000/scale)
+					pick(n, t, 10_000_000/scale)
 				}
 			}
 		case "update":

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Aggregates the JSON lines of bench/compare.sh into the go-kit vs sdkit ratio table.
+
+    compare.py RESULTS.jsonl [--docs docs/BENCHMARKS.md --header-file FILE]
+
+Every (impl, scenario, n, threads) measurement appears once per round; the table shows the
+median over the rounds and, per side, the relative spread (max - min) / median. With --docs,
+the table replaces the text between the markers
+<!-- gokit-compare:begin --> and <!-- gokit-compare:end --> in that file.
+"""
+
+import json
+import statistics
+import sys
+
+BEGIN = "<!-- gokit-compare:begin -->"
+END = "<!-- gokit-compare:end -->"
+
+# (scenario, metric, label, kind) in table order; label gets n/threads filled in.
+ROWS = [
+    ("pick", "ns_per_op", "pick, round robin, N={n}, {threads} thread{s}: ns/pick", "time"),
+    ("pick", "allocs_per_op", "pick, N={n}, {threads} thread{s}: allocations/pick", "allocs"),
+    ("update", "ns_per_op", "update: one change in {n}, applied to the endpointer", "time"),
+    ("update", "allocs_per_op", "update: allocations per update ({n})", "allocs"),
+    ("fanout", "p50_ns", "fan-out: {n} instances to {threads} subscribers, p50", "time"),
+    ("fanout", "p99_ns", "fan-out: {n} instances to {threads} subscribers, p99", "time"),
+    ("fanout", "allocs_per_op", "fan-out: allocations per publish ({n} instances)", "allocs"),
+    ("consul", "p50_ns", "Consul: register/deregister → endpointer, p50", "time"),
+    ("consul", "p99_ns", "Consul: register/deregister → endpointer, p99", "time"),
+    ("memory", "bytes_per_instance", "memory: resident bytes/instance, {n} instances", "bytes"),
+    ("memory", "heap_bytes_per_instance", "memory: heap bytes/instance, {n} instances", "bytes"),
+]
+
+
+def fmt(v, kind):
+    if v is None:
+        return "—"
+    if kind == "time":
+        if v >= 1e6:
+            return f"{v / 1e6:.2f} ms"
+        if v >= 1e3:
+            return f"{v / 1e3:.1f} µs"
+        return f"{v:.1f} ns"
+    if kind == "allocs":
+        return "0" if v < 0.005 else f"{v:.2f}" if v < 10 else f"{v:.0f}"
+    return f"{v:.0f} B"
+
+
+def spread(vals):
+    if len(vals) < 2:
+        return "—"
+    med = statistics.median(vals)
+    if med == 0:
+        return "0" if max(vals) == min(vals) else "—"
+    return f"±{100 * (max(vals) - min(vals)) / 2 / med:.0f}%"
+
+
+def load(path):
+    data, skipped = {}, {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            if r.get("skipped"):
+                skipped[(r["impl"], r["scenario"])] = r["skipped"]
+                continue
+            key = (r["scenario"], r["n"], r["threads"])
+            for metric, v in r.items():
+                if isinstance(v, (int, float)) and metric not in ("n", "threads", "ops"):
+                    data.setdefault(key, {}).setdefault(metric, {}).setdefault(r["impl"], []).append(v)
+    return data, skipped
+
+
+def table(data, skipped):
+    out = [
+        "| scenario | go-kit | sdkit | go-kit ÷ sdkit | better | spread go-kit / sdkit |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = sorted(data.keys(), key=lambda k: (k[1], k[2]))
+    rounds = 0
+    for scenario, metric, label, kind in ROWS:
+        for key in keys:
+            if key[0] != scenario or metric not in data[key]:
+                continue
+            vals = data[key][metric]
+            g, s = vals.get("gokit", []), vals.get("sdkit", [])
+            rounds = max(rounds, len(g), len(s))
+            gm = statistics.median(g) if g else None
+            sm = statistics.median(s) if s else None
+            ratio, better = "—", "—"
+            if gm is not None and sm is not None:
+                if gm < 0.005 and sm < 0.005:
+                    better = "tie"
+                elif sm < 0.005 or gm < 0.005:
+                    better = "sdkit" if sm < gm else "go-kit"
+                else:
+                    r = gm / sm
+                    ratio = f"{r:.2f}"
+                    if 0.95 <= r <= 1.05:
+                        better = "tie (±5%)"
+                    elif r > 1:
+                        better = f"**sdkit** {r:.1f}×"
+                    else:
+                        better = f"**go-kit** {1 / r:.1f}×"
+            name = label.format(n=f"{key[1]:,}".replace(",", " "), threads=key[2],
+                                s="" if key[2] == 1 else "s")
+            out.append(f"| {name} | {fmt(gm, kind)} | {fmt(sm, kind)} | {ratio} | {better} | "
+                       f"{spread(g)} / {spread(s)} |")
+    for (impl, scenario), why in sorted(skipped.items()):
+        out.append(f"| {scenario}: skipped ({impl}) | | | | | {why} |")
+    return "\n".join(out), rounds
+
+
+def main():
+    args = sys.argv[1:]
+    if not args:
+        print(__doc__, file=sys.stderr)
+        return 2
+    data, skipped = load(args[0])
+    text, rounds = table(data, skipped)
+    print(text)
+    print(f"\n(median of {rounds} rounds per side; spread = (max - min) / 2 / median)")
+    if "--docs" in args:
+        docs = args[args.index("--docs") + 1]
+        header = ""
+        if "--header-file" in args:
+            with open(args[args.index("--header-file") + 1]) as f:
+                header = f.read().rstrip() + "\n\n"
+        with open(docs) as f:
+            content = f.read()
+        if BEGIN not in content or END not in content:
+            print(f"{docs}: markers {BEGIN} / {END} not found; not written", file=sys.stderr)
+            return 1
+        before, rest = content.split(BEGIN, 1)
+        _, after = rest.split(END, 1)
+        block = (f"{BEGIN}\n{header}{text}\n\nMedian of {rounds} rounds per side; spread = "
+                 f"(max − min) / 2 / median over the rounds.\n{END}")
+        with open(docs, "w") as f:
+            f.write(before + block + after)
+        print(f"wrote the table into {docs}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

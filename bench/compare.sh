@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: go-kit's sd package (bench/gokit) vs sdkit (bench/rust, sd-compare).
+#
+#   bench/compare.sh [--rounds N] [--quick] [--write-docs] [--no-build] [--scenarios LIST]
+#
+# Builds both sides (Go with `go build`, Rust with `cargo build --release`), runs them
+# interleaved (go-kit, sdkit, go-kit, sdkit, ... N rounds; the memory scenario in a fresh
+# process of its own), then prints a markdown table of the medians with go-kit's figure, ours,
+# the ratio and the spread over the rounds. --write-docs also puts the table, with the date,
+# the machine and this command, into docs/BENCHMARKS.md (section "go-kit comparison").
+#
+# The Consul scenario runs against the agent of scripts/registries when SD_TEST_CONSUL is set
+# (eval "$(scripts/registries up)"); otherwise both sides print a "skipped" line.
+# Raw JSON lines are kept in target/bench-compare/. A full run takes about two minutes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+ROUNDS=5
+QUICK=""
+WRITE_DOCS=""
+BUILD=1
+SCENARIOS="pick,update,fanout,consul,memory"
+COMMAND="bench/compare.sh $*"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --quick) QUICK="-quick"; shift ;;
+        --write-docs) WRITE_DOCS=1; shift ;;
+        --no-build) BUILD=""; shift ;;
+        --scenarios) SCENARIOS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "compare.sh: --rounds needs a positive number" >&2; exit 2 ;; esac
+
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="$TARGET/bench-compare"
+mkdir -p "$OUT"
+GOBIN="$OUT/gokit-bench"
+RUSTBIN="$TARGET/release/sd-compare"
+
+if [ -n "$BUILD" ]; then
+    echo "[compare] building go-kit side (go build)" >&2
+    (cd bench/gokit && go build -o "$GOBIN" .)
+    echo "[compare] building sdkit side (cargo build --release -p sd-compare)" >&2
+    cargo build --release -p sd-compare >&2
+fi
+[ -x "$GOBIN" ] || { echo "compare.sh: $GOBIN missing (run without --no-build)" >&2; exit 1; }
+[ -x "$RUSTBIN" ] || { echo "compare.sh: $RUSTBIN missing (run without --no-build)" >&2; exit 1; }
+
+if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
+    echo "[compare] SD_TEST_CONSUL not set: the Consul scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
+
+# Memory runs in a process of its own, so earlier scenarios do not blur the RSS reading.
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/^,*//; s/,*$//')"
+WITH_MEMORY=""
+if [[ ",$SCENARIOS," == *",memory,"* ]]; then WITH_MEMORY=1; fi
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+RESULTS="$OUT/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+: > "$RESULTS"
+start=$(date +%s)
+for round in $(seq 1 "$ROUNDS"); do
+    for side in gokit sdkit; do
+        bin="$GOBIN"; [ "$side" = sdkit ] && bin="$RUSTBIN"
+        echo "[compare] round $round/$ROUNDS: $side" >&2
+        if [ -n "$MAIN" ]; then "$bin" -scenarios "$MAIN" $QUICK >> "$RESULTS"; fi
+        if [ -n "$WITH_MEMORY" ]; then "$bin" -scenarios memory >> "$RESULTS"; fi
+    done
+done
+echo "[compare] $ROUNDS rounds in $(( $(date +%s) - start )) s; raw results: $RESULTS" >&2
+
+HEADER="$OUT/header.md"
+{
+    echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores" \
+         "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))," \
+         "load average before the run: $LOAD_BEFORE," \
+         "Go $(go env GOVERSION 2>/dev/null | sed 's/^go//'), $(rustc --version | cut -d' ' -f1-2), with:"
+    echo
+    echo '```sh'
+    echo "$COMMAND"
+    echo '```'
+} > "$HEADER"
+
+ARGS=("$RESULTS")
+[ -n "$WRITE_DOCS" ] && ARGS+=(--docs "$ROOT/docs/BENCHMARKS.md" --header-file "$HEADER")
+cat "$HEADER"
+echo
+python3 bench/compare.py "${ARGS[@]}"

@@ -1,0 +1,111 @@
+//! `sd-compare`: the sdkit side of the side-by-side benchmark against go-kit's `sd` package.
+//!
+//! `bench/compare.sh` runs this binary and `bench/gokit` (the go-kit side) in turn and prints
+//! the ratio table that goes into `docs/BENCHMARKS.md`. Each scenario uses the same
+//! parameters and the same timing method as the Go program, and prints one JSON line:
+//!
+//! ```text
+//! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
+//! ```
+//!
+//! Usage: `sd-compare [--scenarios pick,update,fanout,memory,consul] [--quick]`.
+//! Allocations are counted by a counting global allocator (every thread).
+
+mod alloc;
+mod scenarios;
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
+
+/// One JSON line. Optional fields are left out when unset.
+#[derive(Serialize, Default)]
+pub struct Record {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub scenario: &'static str,
+    pub n: usize,
+    pub threads: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_per_op: Option<f64>,
+    pub allocs_per_op: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_instance: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_bytes_per_instance: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+impl Record {
+    pub fn new(scenario: &'static str, n: usize, threads: usize) -> Self {
+        Record {
+            implementation: "sdkit",
+            scenario,
+            n,
+            threads,
+            ..Default::default()
+        }
+    }
+
+    pub fn emit(&self) {
+        match serde_json::to_string(self) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("sd-compare: json: {e}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut scenarios = String::from("pick,update,fanout");
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--scenarios" | "-scenarios" => match args.next() {
+                Some(s) => scenarios = s,
+                None => {
+                    eprintln!("sd-compare: --scenarios needs a value");
+                    return ExitCode::from(2);
+                }
+            },
+            "--quick" | "-quick" => quick = true,
+            "--help" | "-h" => {
+                eprintln!(
+                    "usage: sd-compare [--scenarios pick,update,fanout,memory,consul] [--quick]"
+                );
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("sd-compare: unknown argument {other:?} (try --help)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let scale = if quick { 20 } else { 1 };
+    for s in scenarios.split(',').map(str::trim) {
+        let outcome = match s {
+            "pick" => scenarios::pick::run(scale),
+            "update" => scenarios::update::run(scale),
+            "fanout" => scenarios::fanout::run(scale),
+            "memory" => scenarios::memory::run(),
+            "consul" => scenarios::consul::run(scale),
+            "" => Ok(()),
+            other => Err(format!("unknown scenario {other:?}")),
+        };
+        if let Err(e) = outcome {
+            eprintln!("sd-compare: {s}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,44 @@
+//! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
+
+pub mod consul;
+pub mod fanout;
+pub mod memory;
+pub mod pick;
+pub mod update;
+
+use sd_core::{BoxError, Instance};
+
+/// The host of instance `i`: `10.x.y.z`, as on the Go side.
+pub fn host(i: usize) -> String {
+    format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)
+}
+
+/// `n` instances `10.x.y.z:8080`.
+pub fn instances(n: usize) -> Vec<Instance> {
+    (0..n).map(|i| Instance::new(host(i), 8080)).collect()
+}
+
+/// The factory: the endpoint holds its instance (the Go factory's closure captures the
+/// instance string; a real one would hold a client).
+pub fn factory(i: &Instance) -> Result<Instance, BoxError> {
+    Ok(i.clone())
+}
+
+/// The median and the 99th percentile (nearest rank), as in the Go program.
+pub fn percentiles(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let at = |q: f64| s[(q * (s.len() - 1) as f64 + 0.5) as usize];
+    (at(0.50), at(0.99))
+}
+
+/// A current-thread tokio runtime (the endpointer spawns its follower task on it).
+pub fn current_thread() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
