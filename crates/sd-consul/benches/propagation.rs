@@ -31,8 +31,13 @@ fn main() {
         eprintln!("propagation: run with `cargo bench -p sd-consul --bench propagation`");
         return;
     }
-    let Some(addr) = std::env::var("SD_TEST_CONSUL").ok().filter(|a| !a.is_empty()) else {
-        eprintln!("propagation: skipped, SD_TEST_CONSUL not set (eval \"$(scripts/registries up)\")");
+    let Some(addr) = std::env::var("SD_TEST_CONSUL")
+        .ok()
+        .filter(|a| !a.is_empty())
+    else {
+        eprintln!(
+            "propagation: skipped, SD_TEST_CONSUL not set (eval \"$(scripts/registries up)\")"
+        );
         return;
     };
     let changes: usize = std::env::var("SD_BENCH_CHANGES")
@@ -44,17 +49,37 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let registry = ConsulRegistry::from_url(&format!("consul://{addr}?wait=60s"))
-        .expect("consul registry");
+    let registry =
+        ConsulRegistry::from_url(&format!("consul://{addr}?wait=60s")).expect("consul registry");
     let service = format!("bench-propagation-{}", std::process::id());
     // Warm-up: connections, agent caches.
-    rt.block_on(propagation(&registry, &format!("{service}-warm"), 20, Duration::from_secs(5)))
-        .expect("warm-up");
+    rt.block_on(propagation(
+        &registry,
+        &format!("{service}-warm"),
+        20,
+        Duration::from_secs(5),
+    ))
+    .expect("warm-up");
     let samples = rt
-        .block_on(propagation(&registry, &service, changes, Duration::from_secs(5)))
+        .block_on(propagation(
+            &registry,
+            &service,
+            changes,
+            Duration::from_secs(5),
+        ))
         .expect("propagation run");
-    let reg = summarize(samples.iter().filter(|s| s.change == Change::Register).map(|s| s.latency));
-    let dereg = summarize(samples.iter().filter(|s| s.change == Change::Deregister).map(|s| s.latency));
+    let reg = summarize(
+        samples
+            .iter()
+            .filter(|s| s.change == Change::Register)
+            .map(|s| s.latency),
+    );
+    let dereg = summarize(
+        samples
+            .iter()
+            .filter(|s| s.change == Change::Deregister)
+            .map(|s| s.latency),
+    );
     let all = summarize(samples.iter().map(|s| s.latency));
     let req = summarize(samples.iter().map(|s| s.request));
     println!("{}", json("register", &reg));

@@ -4,8 +4,7 @@
 use std::time::{Duration, Instant};
 
 use sd_core::{
-    BoxError, DefaultEndpointer, Endpointer, Error, Instance, Registrar, Registration,
-    ServiceQuery,
+    BoxError, DefaultEndpointer, Endpointer, Error, Instance, Registrar, Registration, ServiceQuery,
 };
 
 use crate::client::BACKEND;
@@ -94,17 +93,18 @@ pub async fn propagation(
     changes: usize,
     per_change_timeout: Duration,
 ) -> Result<Vec<Sample>, Error> {
-    let instancer = registry
-        .consul_instancer(&ServiceQuery::new(service))
-        .await;
-    let endpointer = DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
-        Ok(i.id().to_string())
-    });
+    let instancer = registry.consul_instancer(&ServiceQuery::new(service)).await;
+    let endpointer =
+        DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(i.id().to_string())
+        });
     endpointer.ready().await;
     let id = format!("{service}-1");
     let registrar = registry.consul_registrar(Registration::new(
         service,
-        Instance::builder("127.0.0.1", 18_080).id(id.clone()).build(),
+        Instance::builder("127.0.0.1", 18_080)
+            .id(id.clone())
+            .build(),
     ))?;
     let mut changed = endpointer.changes();
     let mut samples = Vec::with_capacity(changes);

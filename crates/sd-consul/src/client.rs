@@ -495,10 +495,7 @@ impl Client {
                     )
                 })?,
         };
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&what, e))?;
+        let body = resp.bytes().await.map_err(|e| transport_error(&what, e))?;
         let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             Error::malformed(
                 BACKEND,
@@ -648,7 +645,10 @@ impl Client {
             Ok(serde_json::Value::Object(m)) => Ok(m),
             Ok(other) => Err(Error::malformed(
                 BACKEND,
-                format!("{what}: expected an object, got {}", truncate(&other.to_string())),
+                format!(
+                    "{what}: expected an object, got {}",
+                    truncate(&other.to_string())
+                ),
             )),
             Err(e) => Err(Error::malformed(BACKEND, format!("{what}: {e}"))),
         }
@@ -672,7 +672,10 @@ mod tests {
                 .namespace("team")
                 .partition("part"),
         );
-        let req = c.health_request("web", Some("v1"), true, 0).build().unwrap();
+        let req = c
+            .health_request("web", Some("v1"), true, 0)
+            .build()
+            .unwrap();
         assert_eq!(req.headers()[TOKEN_HEADER], "tok-123");
         let url = req.url().as_str();
         assert!(!url.contains("tok-123"), "{url}");
@@ -720,7 +723,9 @@ mod tests {
     #[test]
     fn tls_options_select_https_and_bad_files_are_named() {
         assert_eq!(
-            client(ClientConfig::new("h:1").tls(true)).base_url().scheme(),
+            client(ClientConfig::new("h:1").tls(true))
+                .base_url()
+                .scheme(),
             "https"
         );
         assert_eq!(
@@ -767,7 +772,9 @@ mod tests {
         let err = ClientConfig::new("h:1")
             .token_from_env("SD_CONSUL_UNIT_TOKEN_UNSET")
             .unwrap_err();
-        assert!(err.to_string().contains("SD_CONSUL_UNIT_TOKEN_UNSET is not set"));
+        assert!(err
+            .to_string()
+            .contains("SD_CONSUL_UNIT_TOKEN_UNSET is not set"));
     }
 
     #[test]

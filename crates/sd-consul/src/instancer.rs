@@ -137,7 +137,8 @@ fn clamp_weight(w: i64) -> u32 {
 ///
 /// Fails, with the reason, when the entry has no usable address or port.
 pub fn entry_to_instance(entry: &serde_json::Value) -> Result<Instance, String> {
-    let e = EntryJson::deserialize(entry).map_err(|err| format!("unexpected entry shape: {err}"))?;
+    let e =
+        EntryJson::deserialize(entry).map_err(|err| format!("unexpected entry shape: {err}"))?;
     let svc = e.service.ok_or("entry has no Service")?;
     let node = e.node.unwrap_or_default();
     let host = if svc.address.trim().is_empty() {
@@ -251,7 +252,12 @@ impl Source for HealthSource {
         let tag = self.query.tags.first().map(String::as_str);
         let answer = self
             .client
-            .health_service(&self.query.service, tag, self.query.passing_only, self.index)
+            .health_service(
+                &self.query.service,
+                tag,
+                self.query.passing_only,
+                self.index,
+            )
             .await;
         match answer {
             Err(e) => {
@@ -398,12 +404,21 @@ mod tests {
     #[test]
     fn unusable_entries_say_why() {
         for (v, why) in [
-            (entry("", "", 80, &[]), "neither a service nor a node address"),
+            (
+                entry("", "", 80, &[]),
+                "neither a service nor a node address",
+            ),
             (entry("10.0.0.1", "", 0, &[]), "port 0"),
             (entry("10.0.0.1", "", 70000, &[]), "port 70000"),
-            (json!({"Node": {"Address": "h"}, "Service": {"ID": "x"}}), "no port"),
+            (
+                json!({"Node": {"Address": "h"}, "Service": {"ID": "x"}}),
+                "no port",
+            ),
             (json!({"Node": {"Address": "h"}}), "no Service"),
-            (json!({"Service": {"Port": "eighty"}}), "unexpected entry shape"),
+            (
+                json!({"Service": {"Port": "eighty"}}),
+                "unexpected entry shape",
+            ),
             (json!(42), "unexpected entry shape"),
         ] {
             let err = entry_to_instance(&v).unwrap_err();

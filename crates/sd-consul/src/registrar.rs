@@ -23,15 +23,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::task::sleep_or_cancel;
-use sd_core::{Backoff, BackgroundTask, Error, HealthCheck, Registrar, Registration, Result};
+use sd_core::{BackgroundTask, Backoff, Error, HealthCheck, Registrar, Registration, Result};
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::client::{CheckUpdate, Client, BACKEND};
 
@@ -181,7 +180,7 @@ struct Shared {
     registration: Registration,
     body: ServiceBody,
     check_id: Option<String>,
-    reregistrations: AtomicU64,
+    reregistrations: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -203,7 +202,7 @@ impl Shared {
                 "the agent lost the registration (restart or external deregistration); registering again"
             );
             self.put().await?;
-            self.reregistrations.fetch_add(1, Ordering::Relaxed);
+            self.reregistrations.send_modify(|n| *n += 1);
             tracing::info!(backend = BACKEND, service = %self.body.name, id = %self.body.id, action = "reregister");
         }
         Ok(())
@@ -272,7 +271,7 @@ impl ConsulRegistrar {
                 registration,
                 body,
                 check_id,
-                reregistrations: AtomicU64::new(0),
+                reregistrations: watch::channel(0).0,
             }),
             period,
             state: Mutex::new(State::default()),
@@ -305,7 +304,13 @@ impl ConsulRegistrar {
 
     /// How many times the registrar found its registration lost and registered again.
     pub fn reregistrations(&self) -> u64 {
-        self.shared.reregistrations.load(Ordering::Relaxed)
+        *self.shared.reregistrations.borrow()
+    }
+
+    /// A receiver of the [`reregistrations`](Self::reregistrations) count, to be told when
+    /// the registrar had to register again (alerting, tests).
+    pub fn watch_reregistrations(&self) -> watch::Receiver<u64> {
+        self.shared.reregistrations.subscribe()
     }
 
     /// The JSON body sent to `/v1/agent/service/register`.
@@ -363,7 +368,11 @@ impl Registrar for ConsulRegistrar {
         tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
             address = %self.shared.registration.instance.addr(), action = "register");
         state.registered = true;
-        if state.task.as_ref().map_or(true, BackgroundTask::is_finished) {
+        if state
+            .task
+            .as_ref()
+            .map_or(true, BackgroundTask::is_finished)
+        {
             state.task = Some(self.spawn_maintenance());
         }
         Ok(())
@@ -474,7 +483,10 @@ mod tests {
                     .deregister_critical_after(Duration::from_secs(60)),
                 "needs a health check",
             ),
-            (Registration::new("", Instance::new("h", 1)), "empty service"),
+            (
+                Registration::new("", Instance::new("h", 1)),
+                "empty service",
+            ),
             (
                 Registration::new("web", Instance::new("h", 1))
                     .check(HealthCheck::Ttl(Duration::from_millis(10))),
@@ -498,7 +510,8 @@ mod tests {
         .unwrap();
         assert_eq!(r.current_period(), Duration::from_secs(3));
         assert_eq!(r.ttl_check_id(), Some("service:web-h-1"));
-        let r = ConsulRegistrar::new(client, Registration::new("web", Instance::new("h", 1))).unwrap();
+        let r =
+            ConsulRegistrar::new(client, Registration::new("web", Instance::new("h", 1))).unwrap();
         assert_eq!(r.current_period(), DEFAULT_RECHECK);
         assert_eq!(r.ttl_check_id(), None);
     }
@@ -506,8 +519,10 @@ mod tests {
     #[tokio::test]
     async fn deregister_without_register_sends_nothing_and_register_errors_are_returned() {
         // Port 1 on loopback refuses connections: a real transport error, no fake.
-        let client = Client::new(ClientConfig::new("127.0.0.1:1").timeout(Duration::from_secs(2))).unwrap();
-        let r = ConsulRegistrar::new(client, Registration::new("web", Instance::new("h", 1))).unwrap();
+        let client =
+            Client::new(ClientConfig::new("127.0.0.1:1").timeout(Duration::from_secs(2))).unwrap();
+        let r =
+            ConsulRegistrar::new(client, Registration::new("web", Instance::new("h", 1))).unwrap();
         r.deregister().await.unwrap();
         let err = r.register().await.unwrap_err();
         assert!(err.is_transient(), "{err}");

@@ -7,8 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sd_core::instance::join_host_port;
 use sd_core::{
-    Backoff, Error, Instancer, Registrar, Registration, Registry, RegistryUrl, Result,
-    ServiceQuery,
+    Backoff, Error, Instancer, Registrar, Registration, Registry, RegistryUrl, Result, ServiceQuery,
 };
 
 use crate::client::{Client, ClientConfig, DEFAULT_PORT};
@@ -71,10 +70,7 @@ impl ConsulRegistry {
     pub fn from_url(url: &str) -> Result<Self> {
         let mut u = RegistryUrl::parse(url)?;
         if u.scheme() != "consul" {
-            return Err(u.error(format!(
-                "expected a consul:// URL, got {}://",
-                u.scheme()
-            )));
+            return Err(u.error(format!("expected a consul:// URL, got {}://", u.scheme())));
         }
         if !u.path().is_empty() && u.path() != "/" {
             return Err(u.error(format!(
@@ -82,15 +78,14 @@ impl ConsulRegistry {
                 u.path()
             )));
         }
-        let address = match u.host_ports(DEFAULT_PORT)?.as_slice() {
-            [] => join_host_port("127.0.0.1", DEFAULT_PORT),
-            [(h, p)] => join_host_port(h, *p),
-            _ => {
-                return Err(u.error(
+        let address =
+            match u.host_ports(DEFAULT_PORT)?.as_slice() {
+                [] => join_host_port("127.0.0.1", DEFAULT_PORT),
+                [(h, p)] => join_host_port(h, *p),
+                _ => return Err(u.error(
                     "consul:// takes one agent address (talk to the local agent, not to servers)",
-                ))
-            }
-        };
+                )),
+            };
         let mut config = ClientConfig::new(address);
         config.datacenter = u.string("dc")?;
         config.token = u.secret("token")?;
@@ -117,7 +112,9 @@ impl ConsulRegistry {
         let passing_only = u.bool("passing")?.unwrap_or(false);
         u.finish()?;
         if config.cert_file.is_some() != config.key_file.is_some() {
-            return Err(u.error("options cert and key go together (client certificate and its key)"));
+            return Err(
+                u.error("options cert and key go together (client certificate and its key)")
+            );
         }
         if config.ca_file.is_some() || config.cert_file.is_some() {
             config.tls = true;
@@ -156,8 +153,7 @@ impl ConsulRegistry {
     pub async fn consul_instancer(&self, query: &ServiceQuery) -> ConsulInstancer {
         let mut query = query.clone();
         query.passing_only |= self.passing_only;
-        ConsulInstancer::start_with_backoff(self.client.clone(), query, self.backoff.clone())
-            .await
+        ConsulInstancer::start_with_backoff(self.client.clone(), query, self.backoff.clone()).await
     }
 
     /// A typed [`ConsulRegistrar`] (what [`Registry::registrar`] returns, boxed).
@@ -230,7 +226,10 @@ mod tests {
             ("consul://a:1,b:2", "one agent address"),
             ("consul://h?cert=/x.pem", "cert and key go together"),
             ("consul://h?ca=/nonexistent/ca.pem", "cannot read CA file"),
-            ("consul://h?token_env=SD_CONSUL_SURELY_UNSET", "SD_CONSUL_SURELY_UNSET is not set"),
+            (
+                "consul://h?token_env=SD_CONSUL_SURELY_UNSET",
+                "SD_CONSUL_SURELY_UNSET is not set",
+            ),
             ("consul://h?dc=", "option dc is empty"),
             ("consul://h?passing=maybe", "not a boolean"),
             ("etcd://h", "expected a consul:// URL"),

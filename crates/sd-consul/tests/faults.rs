@@ -1,0 +1,175 @@
+//! Fault tests on the real agent: kill it, restart it, freeze it. Each holds
+//! `sd_testkit::exclusive(Server::Consul)` for its whole duration and leaves the agent
+//! healthy (the guard heals it on drop even if the test fails).
+//!
+//! Short waits (`wait=1s`, `timeout=1s`) and a short backoff cap keep them fast; every wait
+//! is bounded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{by_id, wait_for_error, wait_for_set};
+use sd_consul::ConsulRegistry;
+use sd_core::{
+    Backoff, BoxError, DefaultEndpointer, Endpointer, Error, HealthCheck, Instance, Instancer,
+    Registrar, Registration, ServiceQuery,
+};
+use sd_testkit::{exclusive, require, unique_name, PauseGuard, Server};
+
+fn registry(addr: &str) -> ConsulRegistry {
+    ConsulRegistry::from_url(&format!("consul://{addr}?wait=1s&timeout=1s"))
+        .unwrap()
+        .with_backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(500),
+        ))
+}
+
+#[tokio::test]
+async fn fault_kill_keeps_the_last_good_set_then_restart_reregisters_and_recovers() {
+    let addr = require!(Server::Consul);
+    let _lock = exclusive(Server::Consul);
+    sd_testkit::wait_ready(Server::Consul).await.unwrap();
+    let reg = registry(&addr);
+    let service = unique_name("consul-kill");
+    let registrar = reg
+        .consul_registrar(
+            Registration::new(
+                service.as_str(),
+                Instance::builder("127.0.0.1", 21001).id("k1").build(),
+            )
+            .check(HealthCheck::Ttl(Duration::from_secs(3))),
+        )
+        .unwrap();
+    registrar.register().await.unwrap();
+    let instancer = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
+        .await;
+    let endpointer =
+        DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(i.id().to_string())
+        });
+    let mut sub = instancer.subscribe();
+    wait_for_set(&mut sub, "registered", |s| by_id(s, "k1").is_some()).await;
+
+    sd_testkit::kill(Server::Consul).await.unwrap();
+    let err = wait_for_error(&mut sub, "agent killed").await;
+    assert!(
+        matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("health query"), "{err}");
+    // Last known good: the endpoint is still served, flagged with the error.
+    let snap = endpointer.endpoints();
+    assert_eq!(
+        snap.get()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>(),
+        ["k1"]
+    );
+    assert_eq!(snap.last_error(), Some(&err));
+
+    // A -dev agent restarts empty: the registrar must notice and register again.
+    sd_testkit::restart(Server::Consul).await.unwrap();
+    let ready = Instant::now();
+    let set = wait_for_set(&mut sub, "recovered after restart", |s| {
+        by_id(s, "k1").is_some()
+    })
+    .await;
+    eprintln!(
+        "instance visible again {:?} after the agent was ready",
+        ready.elapsed()
+    );
+    assert!(
+        registrar.reregistrations() >= 1,
+        "registered again after the restart"
+    );
+    assert_eq!(set.len(), 1);
+    let mut changes = endpointer.changes();
+    tokio::time::timeout(common::BOUND, async {
+        while endpointer.endpoints().last_error().is_some() {
+            changes.changed().await;
+        }
+    })
+    .await
+    .expect("the endpointer clears the error");
+
+    registrar.deregister().await.unwrap();
+    wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;
+    endpointer.close().await;
+    instancer.stop().await;
+}
+
+#[tokio::test]
+async fn fault_pause_longer_than_the_wait_errors_without_panic_and_recovers() {
+    let addr = require!(Server::Consul);
+    let _lock = exclusive(Server::Consul);
+    sd_testkit::wait_ready(Server::Consul).await.unwrap();
+    let reg = registry(&addr);
+    let service = unique_name("consul-pause");
+    let registrar = reg
+        .consul_registrar(
+            Registration::new(
+                service.as_str(),
+                Instance::builder("127.0.0.1", 21002).id("p1").build(),
+            )
+            .check(HealthCheck::Ttl(Duration::from_secs(10))),
+        )
+        .unwrap();
+    registrar.register().await.unwrap();
+    let instancer = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
+        .await;
+    let mut sub = instancer.subscribe();
+    wait_for_set(&mut sub, "registered", |s| by_id(s, "p1").is_some()).await;
+
+    let paused = PauseGuard::pause(Server::Consul).await.unwrap();
+    // The blocking query (wait 1 s) cannot finish: its timeout (wait + wait/16 + 1 s) fires.
+    let err = wait_for_error(&mut sub, "agent frozen").await;
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    // Stays an error state while frozen; the set is not replaced by anything else.
+    assert!(sub.current().unwrap().as_error().is_some());
+    paused.resume().await.unwrap();
+    sd_testkit::wait_ready(Server::Consul).await.unwrap();
+    let ready = Instant::now();
+    wait_for_set(&mut sub, "recovered after resume", |s| {
+        by_id(s, "p1").is_some()
+    })
+    .await;
+    eprintln!("recovered {:?} after the agent was ready", ready.elapsed());
+
+    registrar.deregister().await.unwrap();
+    instancer.stop().await;
+}
+
+#[tokio::test]
+async fn fault_stop_during_backoff_and_register_while_the_agent_is_down() {
+    let addr = require!(Server::Consul);
+    let _lock = exclusive(Server::Consul);
+    sd_testkit::wait_ready(Server::Consul).await.unwrap();
+    let reg = ConsulRegistry::from_url(&format!("consul://{addr}?wait=1s&timeout=1s")).unwrap();
+    let service = unique_name("consul-down");
+    sd_testkit::kill(Server::Consul).await.unwrap();
+    // The first query fails and is the first state; the loop is then in its backoff.
+    let instancer = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    assert!(instancer.state().unwrap().as_error().is_some());
+    tokio::time::timeout(Duration::from_secs(5), instancer.stop())
+        .await
+        .expect("stop interrupts the backoff");
+    // Registering against a dead agent is a returned, transient error — not a panic.
+    let r = reg
+        .consul_registrar(Registration::new(
+            service.as_str(),
+            Instance::new("127.0.0.1", 21003),
+        ))
+        .unwrap();
+    let err = r.register().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    r.deregister().await.unwrap(); // nothing was registered
+    sd_testkit::restart(Server::Consul).await.unwrap();
+}
