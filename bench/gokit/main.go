@@ -333,6 +333,7 @@ func main() {
 			}
 		case "update":
 			update(10_000, 200/scale+10)
+			updatePath(10_000, 100/scale+5)
 		case "fanout":
 			for _, n := range []int{10, 1000} {
 				fanout(n, 100, 400/scale+10)

@@ -95,7 +95,9 @@ fn main() -> ExitCode {
     for s in scenarios.split(',').map(str::trim) {
         let outcome = match s {
             "pick" => scenarios::pick::run(scale),
-            "update" => scenarios::update::run(scale),
+            "update" => {
+                scenarios::update::run(scale).and_then(|()| scenarios::update::run_path(scale))
+            }
             "fanout" => scenarios::fanout::run(scale),
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::consul::run(scale),

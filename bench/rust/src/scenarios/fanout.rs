@@ -24,7 +24,7 @@ pub fn run(scale: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn build(answer: &[(String, u16)]) -> InstanceSet {
+pub fn build(answer: &[(String, u16)]) -> InstanceSet {
     answer
         .iter()
         .map(|(h, p)| Instance::new(h.clone(), *p))

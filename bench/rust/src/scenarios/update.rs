@@ -4,11 +4,12 @@
 //! unchanged instances share their handles, as the `InstanceCache` arranges for every real
 //! instancer (the go-kit side sends the same strings in fresh slices, as its cache does).
 
-use std::time::Instant;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use sd_core::{DefaultEndpointer, Endpointer, Event, Instance, InstanceCache, InstanceSet};
 
-use super::{current_thread, factory, instances};
+use super::{current_thread, factory, instances, percentiles};
 use crate::{alloc, Record};
 
 pub fn run(scale: usize) -> Result<(), String> {
@@ -51,5 +52,95 @@ pub fn run(scale: usize) -> Result<(), String> {
     r.ns_per_op = Some(d.as_nanos() as f64 / updates as f64);
     r.allocs_per_op = (m1 - m0) as f64 / updates as f64;
     r.emit();
+    Ok(())
+}
+
+/// Scenario 2b: the whole update path. One record changed in a registry answer of 10 000;
+/// the time from the answer in hand to the endpointer serving the new set: the instances
+/// are built, the `InstanceCache` compares and publishes, and the endpointer (following the
+/// cache on its own task) rebuilds and publishes its snapshot. A task waiting on
+/// `Endpointer::changes` takes t1. Mirrors `updatePath` in bench/gokit.
+pub fn run_path(scale: usize) -> Result<(), String> {
+    let n = 10_000;
+    let rounds = 100 / scale + 5;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let _guard = rt.enter();
+    let answer = |k: u16| -> Vec<(String, u16)> {
+        let mut v: Vec<(String, u16)> = (0..n).map(|i| (super::host(i), 8080)).collect();
+        v[n / 2].1 = 9000 + k;
+        v
+    };
+    let answers = [answer(0), answer(1)];
+    let cache = Arc::new(InstanceCache::new());
+    cache.update(Event::Instances(super::fanout::build(&answers[0])));
+    let ep = DefaultEndpointer::new(&*cache, factory);
+
+    let (done_tx, done_rx) = mpsc::channel::<Instant>();
+    let mut changes = ep.changes();
+    let watcher = rt.spawn(async move {
+        while changes.changed().await {
+            if done_tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (t0_tx, t0_rx) = mpsc::channel::<Instant>();
+    let publisher = {
+        let cache = cache.clone();
+        rt.spawn(async move {
+            while let Some(k) = go_rx.recv().await {
+                let t0 = Instant::now();
+                cache.update(Event::Instances(super::fanout::build(&answers[k])));
+                if t0_tx.send(t0).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let timeout = Duration::from_secs(10);
+    let mut lat = Vec::with_capacity(rounds);
+    let mut m0 = 0;
+    for r in 1..=rounds + 5 {
+        if r == 6 {
+            m0 = alloc::allocs();
+        }
+        go_tx
+            .send(r % 2)
+            .map_err(|_| "the publisher task ended".to_string())?;
+        let t0 = t0_rx
+            .recv_timeout(timeout)
+            .map_err(|_| "the publisher did not publish within 10 s".to_string())?;
+        let t1 = done_rx
+            .recv_timeout(timeout)
+            .map_err(|_| "the endpointer did not change within 10 s".to_string())?;
+        let snap = ep.endpoints();
+        let list = snap.get().map_err(|e| e.to_string())?;
+        if list.len() != n || list.iter().all(|e| e.port() != 9000 + (r % 2) as u16) {
+            return Err("the endpointer does not serve the new set".into());
+        }
+        drop(snap);
+        if r > 5 {
+            lat.push(t1.duration_since(t0).as_nanos() as f64);
+        }
+    }
+    let m1 = alloc::allocs();
+    drop(go_tx);
+    watcher.abort();
+    rt.block_on(async {
+        let _ = publisher.await;
+        ep.close().await;
+    });
+    let (p50, p99) = percentiles(&lat);
+    let mut rec = Record::new("update_path", n, 1);
+    rec.ops = Some(rounds);
+    rec.ns_per_op = Some(p50);
+    rec.p50_ns = Some(p50);
+    rec.p99_ns = Some(p99);
+    rec.allocs_per_op = (m1 - m0) as f64 / rounds as f64;
+    rec.emit();
     Ok(())
 }
