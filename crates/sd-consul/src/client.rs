@@ -319,6 +319,13 @@ impl Client {
                 config.address
             )));
         }
+        if let Some(token) = &config.token {
+            if reqwest::header::HeaderValue::from_str(token.expose()).is_err() {
+                return Err(Error::config(
+                    "consul: the ACL token contains characters not allowed in an HTTP header",
+                ));
+            }
+        }
         if config.cert_file.is_some() != config.key_file.is_some() {
             return Err(Error::config(
                 "consul: a client certificate needs both cert and key files",
@@ -416,7 +423,12 @@ impl Client {
         }
         let mut req = self.inner.http.request(method, url).timeout(timeout);
         if let Some(token) = &c.token {
-            req = req.header(TOKEN_HEADER, token.expose());
+            // Marked sensitive so that HTTP-level debug output redacts it too. (`new` has
+            // checked that the token is a valid header value.)
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(token.expose()) {
+                value.set_sensitive(true);
+                req = req.header(TOKEN_HEADER, value);
+            }
         }
         req
     }
@@ -677,6 +689,7 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(req.headers()[TOKEN_HEADER], "tok-123");
+        assert!(req.headers()[TOKEN_HEADER].is_sensitive());
         let url = req.url().as_str();
         assert!(!url.contains("tok-123"), "{url}");
         assert_eq!(
@@ -760,6 +773,15 @@ mod tests {
             let err = Client::new(ClientConfig::new(bad)).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_rejected_without_showing_it() {
+        let err = Client::new(ClientConfig::new("h:1").token(Secret::new("bad\ntoken")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not allowed in an HTTP header"), "{err}");
+        assert!(!err.contains("bad"), "{err}");
     }
 
     #[test]
