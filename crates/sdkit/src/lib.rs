@@ -28,14 +28,22 @@
 //! |---|---|---|
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
 //! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
+//! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
 //!
-//! `consul://`, `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
 
 pub use sd_core::*;
+
+/// Balancers, retry and outlier ejection over any [`Endpointer`] (the `sd-lb` crate).
+pub use sd_lb as lb;
+
+/// The Consul backend (the `sd-consul` crate), with the `consul` feature.
+#[cfg(feature = "consul")]
+pub use sd_consul as consul;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -82,17 +90,30 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             parsed.finish()?;
             Ok(Arc::new(registry))
         }
-        "consul" | "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => {
-            Err(parsed.error(format!(
+        "consul" => consul_registry(url),
+        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
+            .error(format!(
                 "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
                 parsed.scheme()
-            )))
-        }
+            ))),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
         ))),
     }
+}
+
+#[cfg(feature = "consul")]
+fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_consul::ConsulRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "consul"))]
+fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "consul:// needs the `consul` feature of sdkit: add `features = [\"consul\"]` to the sdkit dependency",
+    ))
 }
 
 /// Opens the registry named by the `SD_REGISTRY` environment variable, or the embedded

@@ -63,13 +63,36 @@ fn errors_say_what_to_fix() {
 #[test]
 fn planned_backends_say_so() {
     for url in [
-        "consul://127.0.0.1:8500",
         "zk://127.0.0.1:2181",
         "dns+srv://x",
+        "eureka://127.0.0.1:8761",
     ] {
         let e = err(url);
         assert!(e.contains("not built yet"), "{url}: {e}");
     }
+}
+
+#[cfg(not(feature = "consul"))]
+#[test]
+fn disabled_backend_names_the_feature() {
+    let e = err("consul://127.0.0.1:8500");
+    assert!(e.contains("`consul` feature"), "{e}");
+}
+
+#[cfg(feature = "consul")]
+#[test]
+fn consul_url_selects_the_consul_backend_without_network() {
+    // Construction does no I/O: a URL alone picks the backend.
+    let reg = sdkit::connect("consul://127.0.0.1:1?dc=dc1&wait=2s").unwrap();
+    assert_eq!(reg.scheme(), "consul");
+    let e = err("consul://127.0.0.1:8500?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("consul://127.0.0.1:8500?token_env=SDKIT_TEST_UNSET_TOKEN");
+    assert!(e.contains("SDKIT_TEST_UNSET_TOKEN is not set"), "{e}");
+    let e = err("consul://127.0.0.1:8500?token=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("consul://127.0.0.1:8500?token=hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
 }
 
 #[test]

@@ -1,0 +1,279 @@
+//! The quickstart, as a library so that tests can run exactly what `cargo run -p examples
+//! --example quickstart` runs, against any registry.
+//!
+//! It starts three real HTTP services on 127.0.0.1, each registering itself in the registry;
+//! a client discovers them (Instancer → Endpointer → round robin → retry) and calls them over
+//! HTTP; one service is killed mid-run and the traffic moves off it.
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_lb::{Retry, RoundRobin};
+use sdkit::{
+    BoxError, DefaultEndpointer, Endpoint, Endpointer, HealthCheck, Instance, Registration,
+    RegistrationGuard, Registry, ServiceQuery,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What one phase of the run observed.
+#[derive(Debug, Default, Clone)]
+pub struct Phase {
+    /// What was going on.
+    pub name: String,
+    /// Successful responses per service name.
+    pub hits: BTreeMap<String, usize>,
+    /// Requests that failed even after retries.
+    pub failures: usize,
+    /// Attempts beyond the first, over all requests.
+    pub retries: usize,
+}
+
+/// The whole run.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// The registry used (its URL scheme).
+    pub registry: String,
+    /// The service name registered.
+    pub service: String,
+    /// The three phases: all up, one killed, after discovery caught up.
+    pub phases: Vec<Phase>,
+    /// The service that was killed.
+    pub killed: String,
+}
+
+impl Report {
+    /// Whether the run showed what it should: no request lost, retries covering the dead
+    /// instance before discovery caught up, and no traffic to it afterwards.
+    pub fn check(&self) -> Result<(), String> {
+        if self.phases.len() != 3 {
+            return Err(format!("expected 3 phases, got {}", self.phases.len()));
+        }
+        for p in &self.phases {
+            if p.failures > 0 {
+                return Err(format!("{}: {} requests failed", p.name, p.failures));
+            }
+        }
+        if self.phases[0].hits.len() != 3 {
+            return Err(format!(
+                "all up: expected 3 services to answer, got {:?}",
+                self.phases[0].hits
+            ));
+        }
+        if self.phases[1].retries == 0 {
+            return Err("killed: expected retries to cover the dead instance".into());
+        }
+        if self.phases[2].hits.contains_key(&self.killed) || self.phases[2].retries > 0 {
+            return Err(format!(
+                "after discovery: traffic still reached {}",
+                self.killed
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "registry: {}://   service: {}",
+            self.registry, self.service
+        )?;
+        for p in &self.phases {
+            let hits: Vec<String> = p.hits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                f,
+                "  {:<40} answers: {:<26} retries: {:<3} failed: {}",
+                p.name,
+                hits.join(" "),
+                p.retries,
+                p.failures
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Options for [`run`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The service name to register (make it unique when the registry is shared).
+    pub service: String,
+    /// Requests per phase.
+    pub requests: usize,
+    /// How long to wait for discovery to reflect a change before giving up.
+    pub discovery_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            service: "hello".into(),
+            requests: 30,
+            discovery_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+struct Service {
+    name: String,
+    server: JoinHandle<()>,
+    registration: Option<RegistrationGuard>,
+}
+
+async fn start_service(
+    registry: &Arc<dyn Registry>,
+    service: &str,
+    name: &str,
+) -> Result<Service, BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let body = name.to_string();
+    let app = axum::Router::new().route("/", axum::routing::get(move || async move { body }));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let instance = Instance::builder("127.0.0.1", port)
+        .id(format!("{service}-{name}"))
+        .meta("name", name)
+        .build();
+    let registrar = registry
+        .registrar(
+            Registration::new(service, instance).check(HealthCheck::Ttl(Duration::from_secs(10))),
+        )
+        .await?;
+    let registration = RegistrationGuard::register(registrar).await?;
+    Ok(Service {
+        name: name.to_string(),
+        server,
+        registration: Some(registration),
+    })
+}
+
+/// Waits until the endpointer holds exactly `n` endpoints.
+async fn wait_for<E: Send + Sync + 'static>(
+    ep: &DefaultEndpointer<E>,
+    n: usize,
+    timeout: Duration,
+) -> Result<(), BoxError> {
+    let mut changes = ep.changes();
+    tokio::time::timeout(timeout, async {
+        while ep.endpoints().get().map(|l| l.len()).unwrap_or(0) != n {
+            changes.changed().await;
+        }
+    })
+    .await
+    .map_err(|_| format!("discovery did not show {n} instances within {timeout:?}").into())
+}
+
+/// Runs the quickstart against `registry`.
+pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, BoxError> {
+    let mut report = Report {
+        registry: registry.scheme().to_string(),
+        service: opts.service.clone(),
+        ..Report::default()
+    };
+
+    // Three real HTTP services, each registering itself.
+    let mut services = Vec::new();
+    for name in ["alpha", "bravo", "charlie"] {
+        services.push(start_service(&registry, &opts.service, name).await?);
+    }
+
+    // The client: Instancer -> Endpointer -> round robin -> retry.
+    let instancer = registry
+        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
+        .await?;
+    let endpointer = Arc::new(
+        DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(format!("http://{}/", i.addr()))
+        })
+        .name(opts.service.clone())
+        .build(),
+    );
+    wait_for(&endpointer, 3, opts.discovery_timeout).await?;
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let retry = Retry::new(RoundRobin::new(endpointer.clone()))
+        .max_attempts(3)
+        .timeout(Duration::from_secs(5));
+
+    let phase = |name: &str| Phase {
+        name: name.to_string(),
+        ..Phase::default()
+    };
+    let traffic = |mut p: Phase| {
+        let http = http.clone();
+        let retry = &retry;
+        async move {
+            for _ in 0..opts.requests {
+                let attempts = std::sync::atomic::AtomicUsize::new(0);
+                let result = retry
+                    .call(|ep: Endpoint<String>| {
+                        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let http = http.clone();
+                        async move {
+                            http.get(ep.as_str())
+                                .send()
+                                .await?
+                                .error_for_status()?
+                                .text()
+                                .await
+                        }
+                    })
+                    .await;
+                p.retries += attempts.into_inner().saturating_sub(1);
+                match result {
+                    Ok(body) => *p.hits.entry(body).or_default() += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "request failed");
+                        p.failures += 1;
+                    }
+                }
+            }
+            p
+        }
+    };
+
+    report.phases.push(traffic(phase("all three up")).await);
+
+    // Kill one service: its port closes at once; the registry still lists it.
+    let mut victim = services.remove(1);
+    victim.server.abort();
+    let _ = (&mut victim.server).await;
+    report.killed = victim.name.clone();
+    report.phases.push(
+        traffic(phase(&format!(
+            "{} killed, registry not yet updated",
+            victim.name
+        )))
+        .await,
+    );
+
+    // Its shutdown hook deregisters it; discovery drops it; traffic no longer goes there.
+    if let Some(guard) = victim.registration.take() {
+        guard.deregister().await?;
+    }
+    wait_for(&endpointer, 2, opts.discovery_timeout).await?;
+    report
+        .phases
+        .push(traffic(phase("after discovery dropped it")).await);
+
+    // Clean shutdown.
+    for mut s in services {
+        if let Some(guard) = s.registration.take() {
+            guard.deregister().await?;
+        }
+        s.server.abort();
+    }
+    endpointer.close().await;
+    instancer.stop().await;
+    Ok(report)
+}
