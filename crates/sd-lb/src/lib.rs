@@ -32,10 +32,22 @@
 
 pub mod balancer;
 pub mod error;
+pub mod hash;
+pub mod local;
+pub mod outlier;
+pub mod p2c;
+pub mod random;
 pub mod retry;
 pub mod round_robin;
+pub mod weighted;
 
 pub use balancer::{hash_key, Balancer, Clock, Feedback, Outcome, Picked, Request};
 pub use error::{AttemptTimeout, BudgetExhausted, LbError, RetryError, RetryErrorKind, Timeout};
+pub use hash::ConsistentHash;
+pub use local::LocalRoundRobin;
+pub use outlier::{Outlier, OutlierConfig};
+pub use p2c::{EndpointLoad, Load, P2c};
+pub use random::Random;
 pub use retry::{Decision, Retry, RetryBudget};
 pub use round_robin::{Counter, RoundRobin};
+pub use weighted::Weighted;

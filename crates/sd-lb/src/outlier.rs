@@ -1,0 +1,276 @@
+//! Outlier ejection: endpoints that fail repeatedly are left out for a while.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sd_core::{Endpoint, Snapshot};
+
+use crate::balancer::{Balancer, Clock, Feedback, Outcome, Picked, Request};
+use crate::error::LbError;
+
+/// Options of [`Outlier`] ejection (Envoy's consecutive-failure detector).
+#[derive(Debug, Clone, Copy)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject an endpoint (default 5).
+    pub consecutive_failures: u32,
+    /// The ejection time is `base_ejection × ejection count` (default 30 s)...
+    pub base_ejection: Duration,
+    /// ...capped at this (default 300 s).
+    pub max_ejection: Duration,
+    /// At most this share of the endpoints is ejected at once (default 0.5). At least one
+    /// endpoint may be ejected when there are two or more; the last one never is.
+    pub max_ejected_share: f64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_share: 0.5,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry<E> {
+    value: Weak<E>,
+    consecutive: u32,
+    ejections: u32,
+    /// Ejected until this time (clock nanoseconds); 0 when not ejected.
+    until: u64,
+}
+
+/// The ejected endpoints, by value pointer, with their return time.
+type EjectedList = Vec<(usize, u64)>;
+
+struct State<E> {
+    config: OutlierConfig,
+    clock: Clock,
+    /// How many entries `ejected` holds (0: the pick path does nothing extra).
+    count: AtomicUsize,
+    ejected: ArcSwap<EjectedList>,
+    entries: Mutex<HashMap<usize, Entry<E>>>,
+    /// Counts the endpoints (for the share limit); called only when a failure would eject.
+    total: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// Wraps any [`Balancer`] with outlier ejection.
+///
+/// After [`consecutive_failures`](OutlierConfig::consecutive_failures) failures in a row an
+/// endpoint is ejected for `base_ejection × (number of times it was ejected)`, capped at
+/// `max_ejection`; it comes back on its own when that time has passed. At most
+/// [`max_ejected_share`](OutlierConfig::max_ejected_share) of the endpoints are ejected at
+/// once. Outcomes come from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them).
+///
+/// Ejected endpoints are passed to the inner balancer as endpoints to avoid, so ejection works
+/// with every balancer, and keys of a [`ConsistentHash`](crate::ConsistentHash) fall through
+/// to their next endpoint. While nothing is ejected, a pick costs one extra atomic load; the
+/// outcome report takes a short mutex.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sd_core::{FixedEndpointer, Instance};
+/// use sd_lb::{Balancer, Outlier, OutlierConfig, Request, RoundRobin};
+/// let ep = Arc::new(FixedEndpointer::new((1..=4).map(|p| (Instance::new("10.0.0.1", p), p))));
+/// let lb = Outlier::new(RoundRobin::new(ep), OutlierConfig { consecutive_failures: 2, ..Default::default() });
+/// for _ in 0..2 {
+///     // Endpoint 1 fails twice in a row.
+///     loop {
+///         let p = lb.pick_with(&Request::new()).unwrap();
+///         if **p.endpoint() == 1 { p.failure(); break } else { p.success() }
+///     }
+/// }
+/// assert!((0..20).all(|_| *lb.pick().unwrap() != 1));
+/// ```
+pub struct Outlier<B, E: 'static> {
+    inner: Arc<B>,
+    state: Arc<State<E>>,
+}
+
+impl<B: Balancer<E> + 'static, E: Send + Sync + 'static> Outlier<B, E> {
+    /// Outlier ejection over `inner`.
+    pub fn new(inner: B, config: OutlierConfig) -> Self {
+        let inner = Arc::new(inner);
+        let weak = Arc::downgrade(&inner);
+        Outlier {
+            inner,
+            state: Arc::new(State {
+                config,
+                clock: Clock::default(),
+                count: AtomicUsize::new(0),
+                ejected: ArcSwap::from_pointee(Vec::new()),
+                entries: Mutex::new(HashMap::new()),
+                total: Box::new(move || weak.upgrade().map_or(0, |b| b.snapshot().all().len())),
+            }),
+        }
+    }
+
+    /// The clock for ejection times (e.g. [`Clock::tokio`] in tests). Set it before use.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.clock = clock;
+        }
+        self
+    }
+
+    /// The inner balancer.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// Whether `endpoint` is ejected now.
+    pub fn is_ejected(&self, endpoint: &Endpoint<E>) -> bool {
+        let now = self.state.clock.now();
+        let ptr = Arc::as_ptr(endpoint.value_arc()) as usize;
+        self.state
+            .ejected
+            .load()
+            .iter()
+            .any(|&(p, until)| p == ptr && until > now)
+    }
+
+    /// How many endpoints are ejected now.
+    pub fn ejected_count(&self) -> usize {
+        let now = self.state.clock.now();
+        self.state
+            .ejected
+            .load()
+            .iter()
+            .filter(|&&(_, until)| until > now)
+            .count()
+    }
+}
+
+impl<E> State<E> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Entry<E>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Republishes the ejected list from `entries` (dropping expired ejections and entries of
+    /// endpoints that are gone).
+    fn publish(&self, entries: &mut HashMap<usize, Entry<E>>, now: u64) {
+        entries.retain(|_, e| e.value.strong_count() > 0);
+        let list: EjectedList = entries
+            .iter()
+            .filter(|(_, e)| e.until > now)
+            .map(|(&p, e)| (p, e.until))
+            .collect();
+        self.count.store(list.len(), Ordering::Release);
+        self.ejected.store(Arc::new(list));
+    }
+}
+
+impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
+    fn done(&self, endpoint: &Endpoint<E>, _start: u64, outcome: Outcome) {
+        if outcome == Outcome::Unknown {
+            return;
+        }
+        let now = self.clock.now();
+        let ptr = Arc::as_ptr(endpoint.value_arc()) as usize;
+        let mut entries = self.lock();
+        let entry = entries.entry(ptr).or_insert_with(|| Entry {
+            value: Arc::downgrade(endpoint.value_arc()),
+            consecutive: 0,
+            ejections: 0,
+            until: 0,
+        });
+        match outcome {
+            Outcome::Success => {
+                entry.consecutive = 0;
+                // Healthy for a base ejection time since it came back: forget one ejection.
+                if entry.ejections > 0
+                    && entry.until != 0
+                    && now > entry.until + self.config.base_ejection.as_nanos() as u64
+                {
+                    entry.ejections -= 1;
+                    entry.until = if entry.ejections == 0 { 0 } else { now };
+                }
+                if entry.ejections == 0 && entry.until == 0 {
+                    entries.remove(&ptr);
+                }
+            }
+            Outcome::Failure => {
+                entry.consecutive += 1;
+                if entry.consecutive < self.config.consecutive_failures.max(1) || entry.until > now
+                {
+                    return;
+                }
+                let total = (self.total)();
+                let active = entries.values().filter(|e| e.until > now).count();
+                let share = (self.config.max_ejected_share.clamp(0.0, 1.0) * total as f64) as usize;
+                let allowed = share.max(1).min(total.saturating_sub(1));
+                let Some(entry) = entries.get_mut(&ptr) else {
+                    return;
+                };
+                if active >= allowed {
+                    tracing::debug!(endpoint = ?endpoint, "outlier: not ejected, ejection limit reached");
+                    return;
+                }
+                entry.consecutive = 0;
+                entry.ejections = entry.ejections.saturating_add(1);
+                let time = self
+                    .config
+                    .base_ejection
+                    .saturating_mul(entry.ejections)
+                    .min(self.config.max_ejection);
+                entry.until = now + time.as_nanos() as u64;
+                tracing::info!(endpoint = ?endpoint, ejections = entry.ejections, ?time, "outlier: endpoint ejected");
+                self.publish(&mut entries, now);
+            }
+            Outcome::Unknown => {}
+        }
+    }
+}
+
+impl<E, B> Balancer<E> for Outlier<B, E>
+where
+    E: Send + Sync + 'static,
+    B: Balancer<E>,
+{
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
+        let hook = self.state.clone() as Arc<dyn Feedback<E>>;
+        if self.state.count.load(Ordering::Acquire) == 0 {
+            return Ok(self.inner.pick_with(request)?.and_then(hook));
+        }
+        let list = self.state.ejected.load();
+        let now = self.state.clock.now();
+        if list.iter().all(|&(_, until)| until <= now) {
+            // Every ejection has expired: they are back.
+            if let Ok(mut entries) = self.state.entries.try_lock() {
+                self.state.publish(&mut entries, now);
+            }
+            return Ok(self.inner.pick_with(request)?.and_then(hook));
+        }
+        let avoid = |e: &Endpoint<E>| {
+            let ptr = Arc::as_ptr(e.value_arc()) as usize;
+            request.avoids(e) || list.iter().any(|&(p, until)| p == ptr && until > now)
+        };
+        let mut inner = Request::new().avoid(&avoid);
+        if let Some(k) = request.key() {
+            inner = inner.with_key(k);
+        }
+        Ok(self.inner.pick_with(&inner)?.and_then(hook))
+    }
+
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        self.pick_with(&Request::new()).map(Picked::into_endpoint)
+    }
+
+    fn snapshot(&self) -> Snapshot<E> {
+        self.inner.snapshot()
+    }
+}
+
+impl<B, E: 'static> std::fmt::Debug for Outlier<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outlier")
+            .field("config", &self.state.config)
+            .field("ejected", &self.state.count.load(Ordering::Relaxed))
+            .finish()
+    }
+}

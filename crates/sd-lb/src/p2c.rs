@@ -1,0 +1,299 @@
+//! Power of two choices with a pluggable load: in-flight requests or peak-EWMA latency.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sd_core::{Endpoint, Endpointer, Snapshot};
+
+use crate::balancer::{
+    bounded, endpoints_of, first_accepted, splitmix, thread_random, Balancer, Clock, Derived,
+    Feedback, Outcome, Picked, Request,
+};
+use crate::error::LbError;
+
+/// The load a [`P2c`] balancer compares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Requests in flight (tower's `PendingRequests`, least-request).
+    InFlight,
+    /// Peak-EWMA latency × (requests in flight + 1), as in Finagle and tower's `PeakEwma`.
+    ///
+    /// A latency above the estimate replaces it at once (the *peak*); lower ones pull it down
+    /// with weight `1 - exp(-elapsed / decay)`. When reading, the estimate decays toward zero
+    /// over `decay`, so an endpoint that stopped getting traffic is probed again.
+    PeakEwma {
+        /// The decay time constant (tower's example uses 10 s).
+        decay: Duration,
+        /// The estimate of an endpoint never measured.
+        default_rtt: Duration,
+    },
+}
+
+impl Load {
+    /// [`Load::PeakEwma`] with tower's defaults: decay 10 s, default RTT 30 ms.
+    pub fn peak_ewma() -> Self {
+        Load::PeakEwma {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+        }
+    }
+}
+
+/// Load statistics of one endpoint, shared by all the picks made on it.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    in_flight: AtomicU64,
+    /// The peak-EWMA estimate in nanoseconds, as `f64` bits.
+    cost: AtomicU64,
+    /// When `cost` was last updated, on `clock`.
+    stamp: AtomicU64,
+    clock: Clock,
+    /// The decay constant in nanoseconds; 0 for in-flight load.
+    decay_ns: f64,
+}
+
+impl EndpointLoad {
+    fn new(load: Load, clock: Clock) -> Self {
+        let (cost, decay_ns) = match load {
+            Load::InFlight => (0.0, 0.0),
+            Load::PeakEwma { decay, default_rtt } => (
+                default_rtt.as_nanos() as f64,
+                (decay.as_nanos() as f64).max(1.0),
+            ),
+        };
+        EndpointLoad {
+            in_flight: AtomicU64::new(0),
+            cost: AtomicU64::new(f64::to_bits(cost)),
+            stamp: AtomicU64::new(clock.now()),
+            clock,
+            decay_ns,
+        }
+    }
+
+    /// Requests picked on this endpoint and not finished yet.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The current peak-EWMA latency estimate (before read-time decay).
+    pub fn rtt_estimate(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.cost.load(Ordering::Relaxed)) as u64)
+    }
+
+    #[inline]
+    fn ewma_cost(&self, now: u64) -> f64 {
+        let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+        let decayed = cost * (-elapsed / self.decay_ns).exp();
+        decayed * (self.in_flight() + 1) as f64
+    }
+
+    fn observe(&self, now: u64, rtt: f64) {
+        let _ = self
+            .cost
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let cost = f64::from_bits(bits);
+                let next = if rtt > cost {
+                    rtt
+                } else {
+                    let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+                    let w = (-elapsed / self.decay_ns).exp();
+                    cost * w + rtt * (1.0 - w)
+                };
+                Some(f64::to_bits(next))
+            });
+        self.stamp.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+impl<E> Feedback<E> for EndpointLoad {
+    #[inline]
+    fn done(&self, _endpoint: &Endpoint<E>, start: u64, _outcome: Outcome) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.decay_ns > 0.0 {
+            let now = self.clock.now();
+            self.observe(now, now.saturating_sub(start) as f64);
+        }
+    }
+}
+
+/// One table entry: the endpoint value (weakly, for matching across updates) and its load.
+struct Slot<E> {
+    value: Weak<E>,
+    load: Arc<EndpointLoad>,
+}
+
+/// Power of two choices: draw two distinct endpoints at random, take the less loaded.
+///
+/// The load is pluggable ([`Load`]): requests in flight, or peak-EWMA latency. It is fed
+/// back through the [`Picked`] guard returned by [`pick_with`](Balancer::pick_with): a guard
+/// dropped without a report still ends its request. Statistics survive endpoint-set updates
+/// for the endpoints that stay. A pick takes two `arc-swap` loads (the endpoints and the
+/// statistics table), no lock and no allocation.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sd_core::{FixedEndpointer, Instance};
+/// use sd_lb::{Balancer, P2c, Request};
+/// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), 'a'), (Instance::new("10.0.0.2", 80), 'b')]));
+/// let p2c = P2c::in_flight(ep);
+/// let first = p2c.pick_with(&Request::new()).unwrap();   // one request in flight
+/// let second = p2c.pick_with(&Request::new()).unwrap();  // so the other endpoint is chosen
+/// assert_ne!(**first.endpoint(), **second.endpoint());
+/// ```
+pub struct P2c<P, E: 'static> {
+    endpointer: P,
+    load: Load,
+    clock: Clock,
+    table: Derived<Vec<Slot<E>>>,
+    seeded: Option<AtomicU64>,
+}
+
+impl<P, E: 'static> P2c<P, E> {
+    /// P2C comparing `load`.
+    pub fn new(endpointer: P, load: Load) -> Self {
+        P2c {
+            endpointer,
+            load,
+            clock: Clock::default(),
+            table: Derived::new(Vec::new()),
+            seeded: None,
+        }
+    }
+
+    /// P2C over requests in flight.
+    pub fn in_flight(endpointer: P) -> Self {
+        Self::new(endpointer, Load::InFlight)
+    }
+
+    /// P2C over peak-EWMA latency with tower's defaults ([`Load::peak_ewma`]).
+    pub fn peak_ewma(endpointer: P) -> Self {
+        Self::new(endpointer, Load::peak_ewma())
+    }
+
+    /// The clock for latency measurement (e.g. [`Clock::tokio`] in tests). Set it before the
+    /// first pick.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Draws from one shared sequence fixed by `seed` instead of a per-thread generator.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seeded = Some(AtomicU64::new(seed));
+        self
+    }
+
+    /// The load compared.
+    pub fn load(&self) -> Load {
+        self.load
+    }
+
+    #[inline]
+    fn random(&self) -> u64 {
+        match &self.seeded {
+            None => thread_random(),
+            Some(s) => splitmix(s.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)),
+        }
+    }
+
+    fn build(&self, list: &[Endpoint<E>], old: &[Slot<E>]) -> Vec<Slot<E>> {
+        let previous: HashMap<*const E, &Arc<EndpointLoad>> = old
+            .iter()
+            .filter(|s| s.value.strong_count() > 0)
+            .map(|s| (s.value.as_ptr(), &s.load))
+            .collect();
+        list.iter()
+            .map(|e| {
+                let ptr = Arc::as_ptr(e.value_arc());
+                let load = previous
+                    .get(&ptr)
+                    .map(|l| (*l).clone())
+                    .unwrap_or_else(|| Arc::new(EndpointLoad::new(self.load, self.clock)));
+                Slot {
+                    value: Arc::downgrade(e.value_arc()),
+                    load,
+                }
+            })
+            .collect()
+    }
+
+    /// The load statistics of `endpoint`, if it is in the current set.
+    pub fn load_of(&self, endpoint: &Endpoint<E>) -> Option<Arc<EndpointLoad>>
+    where
+        P: Endpointer<E>,
+    {
+        let snap = self.endpointer.endpoints();
+        let table = self.table.get(&snap, |l, old| self.build(l, old));
+        let i = snap
+            .all()
+            .iter()
+            .position(|e| Endpoint::same_value(e, endpoint))?;
+        Some(table.value[i].load.clone())
+    }
+}
+
+impl<P, E: 'static> std::fmt::Debug for P2c<P, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2c").field("load", &self.load).finish()
+    }
+}
+
+impl<E, P> Balancer<E> for P2c<P, E>
+where
+    E: Send + Sync + 'static,
+    P: Endpointer<E>,
+{
+    #[inline]
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
+        let snap = self.endpointer.endpoints();
+        let list = endpoints_of(&snap)?;
+        let table = self.table.get(&snap, |l, old| self.build(l, old));
+        let slots = &table.value;
+        let n = list.len();
+        let now = match self.load {
+            Load::InFlight => 0,
+            Load::PeakEwma { .. } => self.clock.now(),
+        };
+        let chosen = if n == 1 {
+            0
+        } else {
+            let r = self.random();
+            let i = bounded(r, n);
+            let mut j = bounded(splitmix(r), n - 1);
+            if j >= i {
+                j += 1;
+            }
+            let i = first_accepted(list, i, request);
+            let j = first_accepted(list, j, request);
+            let (li, lj) = match self.load {
+                Load::InFlight => (
+                    slots[i].load.in_flight() as f64,
+                    slots[j].load.in_flight() as f64,
+                ),
+                Load::PeakEwma { .. } => {
+                    (slots[i].load.ewma_cost(now), slots[j].load.ewma_cost(now))
+                }
+            };
+            if lj < li {
+                j
+            } else {
+                i
+            }
+        };
+        let load = &slots[chosen].load;
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        let start = now;
+        Ok(Picked::tracked(
+            list[chosen].clone(),
+            start,
+            load.clone() as Arc<dyn Feedback<E>>,
+        ))
+    }
+
+    fn snapshot(&self) -> Snapshot<E> {
+        self.endpointer.endpoints()
+    }
+}

@@ -1,0 +1,140 @@
+//! Weighted round robin: a smooth schedule precomputed per snapshot.
+
+use sd_core::{Endpoint, Endpointer, Snapshot};
+
+use crate::balancer::{endpoints_of, Balancer, Derived, PaddedCounter, Picked, Request};
+use crate::error::LbError;
+
+/// Weighted round robin over [`Instance::weight`](sd_core::Instance::weight).
+///
+/// When the endpoint set changes, the first pick builds a *schedule*: every endpoint appears
+/// `weight` times (weights reduced by their greatest common divisor, and scaled down when the
+/// total is very large), ordered by earliest virtual deadline (`(k + ½) / weight`, the EDF /
+/// stride order). The result is smooth like nginx's smooth weighted round robin: weights
+/// 5, 1, 1 give `a a a b c a a`, not `a a a a a b c`. A pick is then one shared counter
+/// increment and one index: no lock, no allocation.
+///
+/// An endpoint of weight 0 is never picked while one with a positive weight exists; when
+/// every weight is 0, all are picked equally.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sd_core::{FixedEndpointer, Instance};
+/// use sd_lb::{Balancer, Weighted};
+/// let ep = Arc::new(FixedEndpointer::new([
+///     (Instance::builder("10.0.0.1", 80).weight(3).build(), 'a'),
+///     (Instance::builder("10.0.0.2", 80).weight(1).build(), 'b'),
+/// ]));
+/// let w = Weighted::new(ep);
+/// let picks: String = (0..8).map(|_| *w.pick().unwrap()).collect();
+/// assert_eq!(picks, "aabaaaba");
+/// ```
+pub struct Weighted<P> {
+    endpointer: P,
+    counter: PaddedCounter,
+    schedule: Derived<Schedule>,
+}
+
+/// The precomputed order of picks for one snapshot.
+#[derive(Default)]
+struct Schedule {
+    /// Indices into the snapshot's endpoint list.
+    order: Vec<u32>,
+    /// Whether each endpoint has a positive weight (or all are zero).
+    eligible: Vec<bool>,
+}
+
+impl<P> Weighted<P> {
+    /// A weighted round robin over `endpointer`.
+    pub fn new(endpointer: P) -> Self {
+        Weighted {
+            endpointer,
+            counter: PaddedCounter::default(),
+            schedule: Derived::new(Schedule::default()),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for Weighted<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weighted").finish()
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+fn build<E>(list: &[Endpoint<E>]) -> Schedule {
+    let mut weights: Vec<u64> = list.iter().map(|e| e.instance().weight() as u64).collect();
+    if weights.iter().all(|w| *w == 0) {
+        weights.iter_mut().for_each(|w| *w = 1);
+    }
+    let eligible = weights.iter().map(|w| *w > 0).collect();
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    weights.iter_mut().for_each(|w| *w /= g);
+    let positive = weights.iter().filter(|w| **w > 0).count() as u64;
+    let cap = (1u64 << 16).max(16 * positive);
+    let total: u64 = weights.iter().sum();
+    if total > cap {
+        // Scale down, keeping every positive weight at least 1.
+        for w in weights.iter_mut().filter(|w| **w > 0) {
+            *w = ((*w as u128 * cap as u128 / total as u128) as u64).max(1);
+        }
+    }
+    let mut slots: Vec<(f64, u32)> = Vec::with_capacity(weights.iter().sum::<u64>() as usize);
+    for (i, &w) in weights.iter().enumerate() {
+        for k in 0..w {
+            slots.push(((k as f64 + 0.5) / w as f64, i as u32));
+        }
+    }
+    slots.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    Schedule {
+        order: slots.into_iter().map(|(_, i)| i).collect(),
+        eligible,
+    }
+}
+
+impl<E, P> Balancer<E> for Weighted<P>
+where
+    E: Send + Sync + 'static,
+    P: Endpointer<E>,
+{
+    #[inline]
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        let snap = self.endpointer.endpoints();
+        let list = endpoints_of(&snap)?;
+        let s = self.schedule.get(&snap, |l, _| build(l));
+        let order = &s.value.order;
+        let i = order[(self.counter.next() % order.len() as u64) as usize] as usize;
+        Ok(list[i].clone())
+    }
+
+    fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
+        let snap = self.endpointer.endpoints();
+        let list = endpoints_of(&snap)?;
+        let s = self.schedule.get(&snap, |l, _| build(l));
+        let order = &s.value.order;
+        let pos = (self.counter.next() % order.len() as u64) as usize;
+        let mut i = order[pos] as usize;
+        if request.has_avoid() && request.avoids(&list[i]) {
+            // The next eligible endpoint in list order that is not avoided; otherwise keep
+            // the scheduled one (never fall back to a zero-weight endpoint).
+            let n = list.len();
+            if let Some(j) = (1..n)
+                .map(|k| (i + k) % n)
+                .find(|&j| s.value.eligible[j] && !request.avoids(&list[j]))
+            {
+                i = j;
+            }
+        }
+        Ok(Picked::new(list[i].clone()))
+    }
+
+    fn snapshot(&self) -> Snapshot<E> {
+        self.endpointer.endpoints()
+    }
+}
