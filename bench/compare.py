@@ -16,9 +16,12 @@ import sys
 BEGIN = "<!-- gokit-compare:begin -->"
 END = "<!-- gokit-compare:end -->"
 
-# (scenario, metric, label, kind) in table order; label gets n/threads filled in.
+# (scenario, metric, label, kind) in table order; label gets n/threads filled in. A scenario
+# "ours:theirs" compares our scenario `ours` with go-kit's `theirs`.
 ROWS = [
     ("pick", "ns_per_op", "pick, round robin, N={n}, {threads} thread{s}: ns/pick", "time"),
+    ("pick_per_thread:pick", "ns_per_op",
+     "pick, sd-lb per-thread round robin vs go-kit's, N={n}, {threads} thread{s}", "time"),
     ("pick", "allocs_per_op", "pick, N={n}, {threads} thread{s}: allocations/pick", "allocs"),
     ("update", "ns_per_op", "update: one change in {n}, applied to the endpointer", "time"),
     ("update", "allocs_per_op", "update: allocations per update ({n})", "allocs"),
@@ -84,11 +87,13 @@ def table(data, skipped):
     keys = sorted(data.keys(), key=lambda k: (k[1], k[2]))
     rounds = 0
     for scenario, metric, label, kind in ROWS:
+        ours, _, theirs = scenario.partition(":")
+        theirs = theirs or ours
         for key in keys:
-            if key[0] != scenario or metric not in data[key]:
+            if key[0] != ours or metric not in data[key]:
                 continue
-            vals = data[key][metric]
-            g, s = vals.get("gokit", []), vals.get("sdkit", [])
+            s = data[key][metric].get("sdkit", [])
+            g = data.get((theirs,) + key[1:], {}).get(metric, {}).get("gokit", [])
             rounds = max(rounds, len(g), len(s))
             gm = statistics.median(g) if g else None
             sm = statistics.median(s) if s else None
