@@ -1,0 +1,193 @@
+//! Outlier ejection: consecutive failures eject, ejection time grows and is capped, the
+//! ejected share is limited, ejected endpoints come back on their own, every balancer works.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_core::{BoxError, Endpoint, FixedEndpointer, Instance};
+use sd_lb::{
+    Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, Random, Request, Retry,
+    RoundRobin, Weighted,
+};
+
+fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
+    Arc::new(FixedEndpointer::new(
+        (0..n).map(|p| (Instance::new("10.0.0.1", 1000 + p), p)),
+    ))
+}
+
+fn config(failures: u32) -> OutlierConfig {
+    OutlierConfig {
+        consecutive_failures: failures,
+        base_ejection: Duration::from_secs(30),
+        max_ejection: Duration::from_secs(75),
+        max_ejected_share: 0.5,
+    }
+}
+
+/// Sends `n` requests; endpoints in `bad` fail.
+fn traffic<B: Balancer<u16>>(lb: &B, n: usize, bad: &[u16]) -> Vec<usize> {
+    let mut c = vec![0usize; 8];
+    for _ in 0..n {
+        let p = lb.pick_with(&Request::new()).unwrap();
+        let v = **p.endpoint();
+        c[v as usize] += 1;
+        if bad.contains(&v) {
+            p.failure();
+        } else {
+            p.success();
+        }
+    }
+    c
+}
+
+fn find<B: Balancer<u16>>(lb: &B, v: u16) -> Endpoint<u16> {
+    lb.snapshot()
+        .all()
+        .iter()
+        .find(|e| ***e == v)
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_and_the_endpoint_comes_back() {
+    let lb = Outlier::new(RoundRobin::new(fixed(4)), config(3)).clock(Clock::tokio());
+    let bad = find(&lb, 1);
+    // 3 rounds of round robin: endpoint 1 fails 3 times in a row and is ejected.
+    traffic(&lb, 12, &[1]);
+    assert!(lb.is_ejected(&bad));
+    assert_eq!(lb.ejected_count(), 1);
+    let c = traffic(&lb, 300, &[1]);
+    assert_eq!(c[1], 0, "{c:?}");
+    assert_eq!(c[0] + c[2] + c[3], 300);
+
+    // Back after base_ejection × 1 = 30 s, with no action needed.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!lb.is_ejected(&bad));
+    let c = traffic(&lb, 4, &[]);
+    assert_eq!(c[1], 1, "back in the rotation");
+}
+
+#[tokio::test(start_paused = true)]
+async fn successes_reset_the_failure_streak() {
+    let lb = Outlier::new(RoundRobin::new(fixed(2)), config(3)).clock(Clock::tokio());
+    let e0 = find(&lb, 0);
+    for _ in 0..10 {
+        // Fail, fail, succeed: never 3 in a row.
+        for outcome in [false, false, true] {
+            let p = loop {
+                let p = lb.pick_with(&Request::new()).unwrap();
+                if **p.endpoint() == 0 {
+                    break p;
+                }
+                p.success();
+            };
+            if outcome {
+                p.success()
+            } else {
+                p.failure()
+            }
+        }
+    }
+    assert!(!lb.is_ejected(&e0));
+    // A dropped guard (outcome unknown) neither breaks nor extends a streak.
+    for _ in 0..5 {
+        drop(lb.pick_with(&Request::new()).unwrap());
+    }
+    assert_eq!(lb.ejected_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_time_grows_with_each_ejection_and_is_capped() {
+    let lb = Outlier::new(RoundRobin::new(fixed(2)), config(1)).clock(Clock::tokio());
+    let bad = find(&lb, 0);
+    for (round, secs) in [(1, 30u64), (2, 60), (3, 75), (4, 75)] {
+        traffic(&lb, 2, &[0]);
+        assert!(lb.is_ejected(&bad), "round {round}");
+        tokio::time::advance(Duration::from_secs(secs) - Duration::from_millis(1)).await;
+        assert!(
+            lb.is_ejected(&bad),
+            "round {round}: still out just before {secs}s"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!lb.is_ejected(&bad), "round {round}: back at {secs}s");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_the_configured_share_is_ejected() {
+    // 6 endpoints, all failing, share 0.5: three are ejected, three keep serving.
+    let lb = Outlier::new(RoundRobin::new(fixed(6)), config(2)).clock(Clock::tokio());
+    traffic(&lb, 200, &[0, 1, 2, 3, 4, 5]);
+    assert_eq!(lb.ejected_count(), 3);
+    // Two endpoints: one may be ejected, never both.
+    let lb = Outlier::new(RoundRobin::new(fixed(2)), config(1)).clock(Clock::tokio());
+    traffic(&lb, 50, &[0, 1]);
+    assert_eq!(lb.ejected_count(), 1);
+    // One endpoint: never ejected.
+    let lb = Outlier::new(RoundRobin::new(fixed(1)), config(1)).clock(Clock::tokio());
+    traffic(&lb, 10, &[0]);
+    assert_eq!(lb.ejected_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn works_with_every_balancer() {
+    let ep = fixed(5);
+    let all: Vec<(&str, Box<dyn Balancer<u16>>)> = vec![
+        ("round robin", Box::new(RoundRobin::new(ep.clone()))),
+        ("random", Box::new(Random::with_seed(ep.clone(), 5))),
+        ("weighted", Box::new(Weighted::new(ep.clone()))),
+        ("p2c", Box::new(P2c::in_flight(ep.clone()).seed(5))),
+        ("p2c ewma", Box::new(P2c::peak_ewma(ep.clone()).seed(5))),
+        ("hash", Box::new(ConsistentHash::new(ep.clone()))),
+    ];
+    for (name, inner) in all {
+        let lb = Outlier::new(inner, config(3)).clock(Clock::tokio());
+        traffic(&lb, 500, &[3]);
+        assert_eq!(lb.ejected_count(), 1, "{name}");
+        let c = traffic(&lb, 500, &[3]);
+        assert_eq!(c[3], 0, "{name}: {c:?}");
+        assert!(c.iter().filter(|&&x| x > 0).count() >= 3, "{name}: {c:?}");
+    }
+    // Keys owned by an ejected endpoint fall through to another one, consistently.
+    let lb = Outlier::new(ConsistentHash::new(fixed(5)), config(1)).clock(Clock::tokio());
+    let key = (0..1000)
+        .map(|k| format!("k{k}"))
+        .find(|k| **lb.pick_with(&Request::new().key_of(k)).unwrap().endpoint() == 3)
+        .unwrap();
+    lb.pick_with(&Request::new().key_of(&key))
+        .unwrap()
+        .failure();
+    let a = **lb
+        .pick_with(&Request::new().key_of(&key))
+        .unwrap()
+        .endpoint();
+    let b = **lb
+        .pick_with(&Request::new().key_of(&key))
+        .unwrap()
+        .endpoint();
+    assert_ne!(a, 3);
+    assert_eq!(a, b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_reports_outcomes_to_outlier_ejection() {
+    let lb = Outlier::new(RoundRobin::new(fixed(3)), config(2)).clock(Clock::tokio());
+    let retry = Retry::new(lb).max_attempts(3);
+    for _ in 0..10 {
+        let v = retry
+            .call(|ep: Endpoint<u16>| async move {
+                if *ep == 0 {
+                    Err::<u16, BoxError>("down".into())
+                } else {
+                    Ok(*ep)
+                }
+            })
+            .await
+            .unwrap();
+        assert_ne!(v, 0);
+    }
+    let bad = find(retry.balancer(), 0);
+    assert!(retry.balancer().is_ejected(&bad));
+}
