@@ -5,8 +5,9 @@
 //! task running until [`deregister`](ConsulRegistrar::deregister):
 //!
 //! - with a TTL check, it heartbeats (`PUT /v1/agent/check/pass/<check>`) every third of the
-//!   TTL; the check is registered with status `passing`, so the instance is discoverable by
-//!   passing-only watchers at once instead of after the first heartbeat;
+//!   TTL; the check is registered with status `passing` and passed once right after each
+//!   registration (Consul keeps an existing check's status when a service is registered
+//!   again), so the instance is discoverable by passing-only watchers at once;
 //! - with any other check or none, it looks the service up on the agent
 //!   (`GET /v1/agent/service/<id>`) every [`DEFAULT_RECHECK`].
 //!
@@ -184,8 +185,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Registers (an upsert) and, with a TTL check, marks it passing: re-registering keeps
+    /// an existing check's status, so a check that went critical would otherwise stay so
+    /// until the next heartbeat.
     async fn put(&self) -> Result<()> {
-        self.client.register(&self.body).await
+        self.client.register(&self.body).await?;
+        if let Some(check) = &self.check_id {
+            if self.client.pass_ttl(check).await? == CheckUpdate::Unknown {
+                return Err(Error::unavailable(
+                    BACKEND,
+                    format!("the agent does not know check {check:?} right after registering it"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// One maintenance round: heartbeat or presence check, re-registering when lost.

@@ -123,7 +123,7 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
                 service.as_str(),
                 instance("127.0.0.1", 20011, "alive").build(),
             )
-            .check(HealthCheck::Ttl(Duration::from_secs(1))),
+            .check(HealthCheck::Ttl(Duration::from_secs(2))),
         )
         .unwrap();
     lazy.register().await.unwrap();
@@ -150,8 +150,27 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
         0,
         "critical instances weigh 0"
     );
-    // The heartbeats (every ~333 ms) kept the other one passing all along.
-    assert_eq!(by_id(&set, "alive").unwrap().health(), Health::Passing);
+    // Use the lazy instance as a clock: re-registering makes it passing again and its
+    // 1 s TTL lapses again. After three more lapses (> 3 s) the other instance, with a
+    // 2 s TTL, is still passing only because its heartbeats (every ~667 ms) kept it so.
+    let mut set = set;
+    for round in 0..3 {
+        lazy.register().await.unwrap();
+        wait_for_set(&mut a, "lazy passing again", |s| {
+            by_id(s, "lazy").is_some_and(|i| i.health() == Health::Passing)
+        })
+        .await;
+        set = wait_for_set(&mut a, "lazy critical again", |s| {
+            by_id(s, "lazy").is_some_and(|i| i.health() == Health::Critical)
+        })
+        .await;
+        assert_eq!(
+            by_id(&set, "alive").unwrap().health(),
+            Health::Passing,
+            "round {round}"
+        );
+    }
+    assert_eq!(alive.reregistrations(), 0);
     lazy.deregister().await.unwrap();
     alive.deregister().await.unwrap();
     passing.stop().await;
