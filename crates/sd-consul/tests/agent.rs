@@ -153,14 +153,13 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
     // Use the lazy instance as a clock: re-registering makes it passing again and its
     // 1 s TTL lapses again. After three more lapses (> 3 s) the other instance, with a
     // 2 s TTL, is still passing only because its heartbeats (every ~667 ms) kept it so.
-    let mut set = set;
     for round in 0..3 {
         lazy.register().await.unwrap();
         wait_for_set(&mut a, "lazy passing again", |s| {
             by_id(s, "lazy").is_some_and(|i| i.health() == Health::Passing)
         })
         .await;
-        set = wait_for_set(&mut a, "lazy critical again", |s| {
+        let set = wait_for_set(&mut a, "lazy critical again", |s| {
             by_id(s, "lazy").is_some_and(|i| i.health() == Health::Critical)
         })
         .await;
