@@ -8,7 +8,8 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,update,fanout,memory,consul] [--quick]`.
+//! Usage: `sd-compare [--scenarios pick,update,fanout,memory,consul] [--quick]`; the extra
+//! scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
 mod alloc;
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
                 scenarios::update::run(scale).and_then(|()| scenarios::update::run_path(scale))
             }
             "fanout" => scenarios::fanout::run(scale),
+            "breakdown" => scenarios::update::breakdown(scale),
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::consul::run(scale),
             "" => Ok(()),

@@ -144,3 +144,64 @@ pub fn run_path(scale: usize) -> Result<(), String> {
     rec.emit();
     Ok(())
 }
+
+/// Where the whole update path's time goes on the sdkit side (not part of the comparison
+/// table): building 10 000 instances from a registry answer, `InstanceSet::new` (sort and
+/// dedup), `InstanceCache::update` (the merge against the previous set), dropping the fresh
+/// duplicates the merge replaced by the old handles, and the endpointer's apply. Medians
+/// over 50 updates, one change each, on one thread.
+pub fn breakdown(scale: usize) -> Result<(), String> {
+    let n = 10_000;
+    let rounds = 50 / scale + 5;
+    let rt = current_thread()?;
+    let _guard = rt.enter();
+    let answer = |k: u16| -> Vec<(String, u16)> {
+        let mut v: Vec<(String, u16)> = (0..n).map(|i| (super::host(i), 8080)).collect();
+        v[n / 2].1 = 9000 + k;
+        v
+    };
+    let answers = [answer(0), answer(1)];
+    let cache = InstanceCache::new();
+    cache.update(Event::Instances(super::fanout::build(&answers[0])));
+    let ep = DefaultEndpointer::new(&cache, factory);
+    let mut sub = cache.subscribe();
+    let _ = sub.try_next();
+    let mut parts: [Vec<f64>; 5] = Default::default();
+    for r in 1..=rounds {
+        let t0 = Instant::now();
+        let v: Vec<Instance> = answers[r % 2]
+            .iter()
+            .map(|(h, p)| Instance::new(h.clone(), *p))
+            .collect();
+        let t1 = Instant::now();
+        let set = InstanceSet::new(v);
+        let fresh = set.clone();
+        let t2 = Instant::now();
+        cache.update(Event::Instances(set));
+        let t3 = Instant::now();
+        drop(fresh);
+        let t4 = Instant::now();
+        let event = sub.try_next().ok_or("the cache did not publish")?;
+        let t5 = Instant::now();
+        ep.apply(event);
+        let t6 = Instant::now();
+        let spans = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t6 - t5];
+        for (p, d) in parts.iter_mut().zip(spans) {
+            p.push(d.as_nanos() as f64);
+        }
+    }
+    let med = |v: &[f64]| percentiles(v).0;
+    let line = serde_json::json!({
+        "impl": "sdkit",
+        "scenario": "update_path_breakdown",
+        "n": n,
+        "threads": 1,
+        "build_instances_ns": med(&parts[0]),
+        "instance_set_new_ns": med(&parts[1]),
+        "cache_update_ns": med(&parts[2]),
+        "drop_fresh_duplicates_ns": med(&parts[3]),
+        "endpointer_apply_ns": med(&parts[4]),
+    });
+    println!("{line}");
+    Ok(())
+}
