@@ -366,7 +366,7 @@ async fn deregister_critical_after_is_sent_and_accepted() {
 }
 
 #[tokio::test]
-async fn http_and_tcp_checks_are_run_by_the_agent() {
+async fn http_tcp_and_grpc_checks_are_run_by_the_agent() {
     let addr = require!(Server::Consul);
     let reg = registry(&addr, "");
     let service = unique_name("consul-checks");
@@ -405,9 +405,25 @@ async fn http_and_tcp_checks_are_run_by_the_agent() {
     })
     .await;
     assert_eq!(ids(&set), ["http", "tcp"]);
+    // A gRPC check (nothing serves gRPC here, so it is critical): the agent runs it as one.
+    let grpc = reg
+        .consul_registrar(
+            Registration::new(
+                service.as_str(),
+                instance("127.0.0.1", 20052, "grpc").build(),
+            )
+            .check(HealthCheck::Grpc {
+                target: "127.0.0.1:1/health".into(),
+                interval: Duration::from_secs(30),
+            }),
+        )
+        .unwrap();
+    grpc.register().await.unwrap();
     let checks = reg.client().agent_checks().await.unwrap();
     assert_eq!(checks["service:tcp"]["Type"], "tcp");
     assert_eq!(checks["service:http"]["Type"], "http");
+    assert_eq!(checks["service:grpc"]["Type"], "grpc");
+    grpc.deregister().await.unwrap();
     tcp.deregister().await.unwrap();
     http.deregister().await.unwrap();
     instancer.stop().await;
