@@ -39,6 +39,7 @@ pub mod p2c;
 pub mod random;
 pub mod retry;
 pub mod round_robin;
+pub mod tower;
 pub mod weighted;
 
 pub use balancer::{hash_key, Balancer, Clock, Feedback, Outcome, Picked, Request};

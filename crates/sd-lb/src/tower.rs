@@ -1,0 +1,423 @@
+//! tower integration: discovery as a [`tower::discover::Discover`], and balancers as a tower
+//! [`Service`] or [`Layer`].
+//!
+//! - [`Discovery`] turns an [`Endpointer`]'s full sets into [`Change::Insert`] /
+//!   [`Change::Remove`], so `tower::balance::p2c::Balance` (or anything else that takes a
+//!   `Discover`) can use sdkit's discovery.
+//! - [`Balanced`] is a [`Service`] that sends each request to the endpoint service a
+//!   [`Balancer`] picks; [`PickLayer`] instead hands `(endpoint, request)` to an inner
+//!   service, for a `ServiceBuilder` stack. Both report the outcome (success or error) to the
+//!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ::tower::discover::Change;
+use ::tower::util::Oneshot;
+use ::tower::{Layer, Service, ServiceExt};
+use futures::Stream;
+use sd_core::{BoxError, Changes, Endpoint, Endpointer};
+
+use crate::balancer::{Balancer, Picked, Request};
+
+/// The key of a discovered service: the instance's `(addr, id)`.
+pub type Key = (String, String);
+
+type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
+
+/// An [`Endpointer`] as a tower [`Discover`](tower::discover::Discover): a stream of
+/// [`Change`]s keyed by instance `(addr, id)`, whose services are clones of the endpoint
+/// values.
+///
+/// The first poll yields an `Insert` for every current endpoint. After that each published
+/// state is diffed against the last one: departed instances are removed, new ones inserted,
+/// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it). An
+/// endpointer in an error state keeps serving its last good endpoints, so nothing changes;
+/// one whose endpoints were invalidated (`invalidate_on_error`) reads as empty, removing
+/// every service. Errors are logged, not yielded, because a discovery error is fatal to
+/// tower's `Balance`. The stream ends when the endpointer is closed or dropped.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use futures::StreamExt;
+/// use sd_core::{FixedEndpointer, Instance};
+/// use sd_lb::tower::Discovery;
+/// use tower::discover::Change;
+/// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), "svc")]));
+/// let mut d = Discovery::new(ep);
+/// match d.next().await {
+///     Some(Ok(Change::Insert(key, svc))) => assert_eq!((key.0.as_str(), svc), ("10.0.0.1:80", "svc")),
+///     other => panic!("{other:?}"),
+/// }
+/// # });
+/// ```
+pub struct Discovery<P, E: 'static> {
+    endpointer: P,
+    known: HashMap<Key, Endpoint<E>>,
+    pending: VecDeque<Change<Key, E>>,
+    changes: Option<Changes>,
+    waiting: Option<Waiting>,
+    started: bool,
+    done: bool,
+}
+
+impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
+    /// Follows `endpointer`.
+    pub fn new(endpointer: P) -> Self {
+        let changes = endpointer.changes();
+        Discovery {
+            endpointer,
+            known: HashMap::new(),
+            pending: VecDeque::new(),
+            changes: Some(changes),
+            waiting: None,
+            started: false,
+            done: false,
+        }
+    }
+
+    /// Diffs the current snapshot against the known set; returns whether the endpointer has
+    /// stopped.
+    fn sync(&mut self) -> bool {
+        let snap = self.endpointer.endpoints();
+        let list: &[Endpoint<E>] = match snap.get() {
+            Ok(list) => list,
+            Err(sd_core::Error::Stopped) => &[],
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery: endpoints invalidated; removing all");
+                &[]
+            }
+        };
+        let stopped = matches!(snap.get(), Err(sd_core::Error::Stopped));
+        let mut next: HashMap<Key, Endpoint<E>> = HashMap::with_capacity(list.len());
+        for ep in list {
+            let (addr, id) = ep.instance().key();
+            let key = (addr.to_string(), id.to_string());
+            match self.known.get(&key) {
+                Some(old) if Endpoint::same_value(old, ep) => {}
+                _ => self
+                    .pending
+                    .push_back(Change::Insert(key.clone(), ep.value().clone())),
+            }
+            next.insert(key, ep.clone());
+        }
+        for key in self.known.keys() {
+            if !next.contains_key(key) {
+                self.pending.push_back(Change::Remove(key.clone()));
+            }
+        }
+        self.known = next;
+        stopped
+    }
+}
+
+impl<P, E> Stream for Discovery<P, E>
+where
+    P: Endpointer<E> + Unpin,
+    E: Clone + Send + Sync + Unpin + 'static,
+{
+    type Item = Result<Change<Key, E>, sd_core::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(change) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(change)));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if !this.started {
+                this.started = true;
+                if let Some(ch) = this.changes.as_mut() {
+                    ch.mark_seen();
+                }
+                this.done = this.sync();
+                continue;
+            }
+            if this.waiting.is_none() {
+                let Some(mut ch) = this.changes.take() else {
+                    this.done = true;
+                    continue;
+                };
+                this.waiting = Some(Box::pin(async move {
+                    let alive = ch.changed().await;
+                    (ch, alive)
+                }));
+            }
+            let Some(waiting) = this.waiting.as_mut() else {
+                continue;
+            };
+            match waiting.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready((ch, alive)) => {
+                    this.waiting = None;
+                    this.changes = Some(ch);
+                    this.done = this.sync() || !alive;
+                }
+            }
+        }
+    }
+}
+
+impl<P, E: 'static> std::fmt::Debug for Discovery<P, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("known", &self.known.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+/// A tower [`Service`] that sends each request to the endpoint a [`Balancer`] picks; the
+/// endpoint values are themselves services (cloned per request, as tower clients are).
+///
+/// It is always ready; a request fails with the pick error when no endpoint can be picked.
+/// The outcome (response or error) is reported to the pick's guard.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use sd_core::{BoxError, FixedEndpointer, Instance};
+/// use sd_lb::{tower::Balanced, RoundRobin};
+/// use tower::{service_fn, ServiceExt};
+///
+/// let backend = |name: &'static str| service_fn(move |req: String| async move { Ok::<_, BoxError>(format!("{name}: {req}")) });
+/// let ep = Arc::new(FixedEndpointer::new([
+///     (Instance::new("10.0.0.1", 80), backend("a")),
+///     (Instance::new("10.0.0.2", 80), backend("b")),
+/// ]));
+/// let svc = Balanced::new(RoundRobin::new(ep));
+/// assert_eq!(svc.clone().oneshot("hi".to_string()).await.unwrap(), "a: hi");
+/// assert_eq!(svc.oneshot("hi".to_string()).await.unwrap(), "b: hi");
+/// # });
+/// ```
+pub struct Balanced<B, E> {
+    balancer: B,
+    _e: PhantomData<fn() -> E>,
+}
+
+impl<B, E> Balanced<B, E> {
+    /// Balances requests with `balancer` (share one balancer between clones with an `Arc`).
+    pub fn new(balancer: B) -> Self {
+        Balanced {
+            balancer,
+            _e: PhantomData,
+        }
+    }
+}
+
+impl<B: Clone, E> Clone for Balanced<B, E> {
+    fn clone(&self) -> Self {
+        Balanced::new(self.balancer.clone())
+    }
+}
+
+impl<B, E> std::fmt::Debug for Balanced<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balanced").finish()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Balanced`] and [`Pick`]: the inner call, then the outcome
+    /// report.
+    pub struct Reporting<F, E: 'static> {
+        #[pin]
+        inner: Option<F>,
+        picked: Option<Picked<E>>,
+        error: Option<BoxError>,
+    }
+}
+
+impl<F, E: 'static> std::fmt::Debug for Reporting<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporting").finish()
+    }
+}
+
+impl<F, T, Er, E> Future for Reporting<F, E>
+where
+    F: Future<Output = Result<T, Er>>,
+    Er: Into<BoxError>,
+    E: 'static,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            let e = this
+                .error
+                .take()
+                .unwrap_or_else(|| "response future polled after completion".into());
+            return Poll::Ready(Err(e));
+        };
+        let out = match inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(out) => out,
+        };
+        this.inner.set(None);
+        if let Some(p) = this.picked.take() {
+            if out.is_ok() {
+                p.success()
+            } else {
+                p.failure()
+            }
+        }
+        Poll::Ready(out.map_err(Into::into))
+    }
+}
+
+impl<B, E, Req> Service<Req> for Balanced<B, E>
+where
+    B: Balancer<E>,
+    E: Service<Req> + Clone + Send + Sync + 'static,
+    E::Error: Into<BoxError>,
+{
+    type Response = E::Response;
+    type Error = BoxError;
+    type Future = Reporting<Oneshot<E, Req>, E>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.balancer.pick_with(&Request::new()) {
+            Ok(picked) => {
+                let svc = picked.endpoint().value().clone();
+                Reporting {
+                    inner: Some(svc.oneshot(req)),
+                    picked: Some(picked),
+                    error: None,
+                }
+            }
+            Err(e) => Reporting {
+                inner: None,
+                picked: None,
+                error: Some(Box::new(e)),
+            },
+        }
+    }
+}
+
+/// A [`Layer`] that picks an endpoint for each request and passes `(endpoint, request)` to
+/// the inner service.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use sd_core::{BoxError, Endpoint, FixedEndpointer, Instance};
+/// use sd_lb::{tower::PickLayer, P2c};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), "http://10.0.0.1/".to_string())]));
+/// let svc = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(1))
+///     .layer(PickLayer::new(Arc::new(P2c::peak_ewma(ep))))
+///     .service(service_fn(|(base, path): (Endpoint<String>, &str)| async move {
+///         Ok::<_, BoxError>(format!("GET {}{path}", *base))
+///     }));
+/// assert_eq!(svc.oneshot("users").await.unwrap(), "GET http://10.0.0.1/users");
+/// # });
+/// ```
+pub struct PickLayer<B, E> {
+    balancer: B,
+    _e: PhantomData<fn() -> E>,
+}
+
+impl<B, E> PickLayer<B, E> {
+    /// A layer picking with `balancer` (cloned into every service; use an `Arc`).
+    pub fn new(balancer: B) -> Self {
+        PickLayer {
+            balancer,
+            _e: PhantomData,
+        }
+    }
+}
+
+impl<B: Clone, E> Clone for PickLayer<B, E> {
+    fn clone(&self) -> Self {
+        PickLayer::new(self.balancer.clone())
+    }
+}
+
+impl<B, E> std::fmt::Debug for PickLayer<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PickLayer").finish()
+    }
+}
+
+impl<B: Clone, S, E> Layer<S> for PickLayer<B, E> {
+    type Service = Pick<S, B, E>;
+    fn layer(&self, inner: S) -> Pick<S, B, E> {
+        Pick {
+            inner,
+            balancer: self.balancer.clone(),
+            _e: PhantomData,
+        }
+    }
+}
+
+/// The service made by [`PickLayer`].
+pub struct Pick<S, B, E> {
+    inner: S,
+    balancer: B,
+    _e: PhantomData<fn() -> E>,
+}
+
+impl<S: Clone, B: Clone, E> Clone for Pick<S, B, E> {
+    fn clone(&self) -> Self {
+        Pick {
+            inner: self.inner.clone(),
+            balancer: self.balancer.clone(),
+            _e: PhantomData,
+        }
+    }
+}
+
+impl<S, B, E> std::fmt::Debug for Pick<S, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pick").finish()
+    }
+}
+
+impl<S, B, E, Req> Service<Req> for Pick<S, B, E>
+where
+    B: Balancer<E>,
+    E: Send + Sync + 'static,
+    S: Service<(Endpoint<E>, Req)>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Reporting<S::Future, E>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.balancer.pick_with(&Request::new()) {
+            Ok(picked) => {
+                let fut = self.inner.call((picked.endpoint().clone(), req));
+                Reporting {
+                    inner: Some(fut),
+                    picked: Some(picked),
+                    error: None,
+                }
+            }
+            Err(e) => Reporting {
+                inner: None,
+                picked: None,
+                error: Some(Box::new(e)),
+            },
+        }
+    }
+}
