@@ -191,7 +191,7 @@ impl<P, E: 'static> std::fmt::Debug for Discovery<P, E> {
 ///     (Instance::new("10.0.0.1", 80), backend("a")),
 ///     (Instance::new("10.0.0.2", 80), backend("b")),
 /// ]));
-/// let svc = Balanced::new(RoundRobin::new(ep));
+/// let svc = Balanced::new(Arc::new(RoundRobin::new(ep)));
 /// assert_eq!(svc.clone().oneshot("hi".to_string()).await.unwrap(), "a: hi");
 /// assert_eq!(svc.oneshot("hi".to_string()).await.unwrap(), "b: hi");
 /// # });
@@ -321,7 +321,7 @@ where
 /// let svc = ServiceBuilder::new()
 ///     .timeout(Duration::from_secs(1))
 ///     .layer(PickLayer::new(Arc::new(P2c::peak_ewma(ep))))
-///     .service(service_fn(|(base, path): (Endpoint<String>, &str)| async move {
+///     .service(service_fn(|(base, path): (Endpoint<String>, &'static str)| async move {
 ///         Ok::<_, BoxError>(format!("GET {}{path}", *base))
 ///     }));
 /// assert_eq!(svc.oneshot("users").await.unwrap(), "GET http://10.0.0.1/users");
