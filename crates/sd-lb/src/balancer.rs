@@ -83,8 +83,11 @@ impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Box<B> {
 /// ```
 pub struct Request<'a, E> {
     key: Option<u64>,
-    avoid: Option<&'a (dyn Fn(&Endpoint<E>) -> bool + Sync)>,
+    avoid: Option<&'a Avoid<'a, E>>,
 }
+
+/// A predicate naming endpoints a [`Request`] prefers not to use.
+pub type Avoid<'a, E> = dyn Fn(&Endpoint<E>) -> bool + Sync + 'a;
 
 impl<E> Default for Request<'_, E> {
     fn default() -> Self {
@@ -120,7 +123,7 @@ impl<'a, E> Request<'a, E> {
 
     /// Endpoints for which `avoid` returns `true` are picked only when every endpoint is
     /// avoided (a preference, never a reason to fail).
-    pub fn avoid(mut self, avoid: &'a (dyn Fn(&Endpoint<E>) -> bool + Sync)) -> Self {
+    pub fn avoid(mut self, avoid: &'a Avoid<'a, E>) -> Self {
         self.avoid = Some(avoid);
         self
     }
@@ -340,9 +343,7 @@ thread_local! {
 fn seed_thread() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::BuildHasher;
-    let mut h = RandomState::new().build_hasher();
-    std::thread::current().id().hash(&mut h);
-    h.finish() | 1
+    RandomState::new().hash_one(std::thread::current().id()) | 1
 }
 
 /// A fast per-thread random number (xorshift64*): no lock, no allocation, no sharing.

@@ -26,9 +26,9 @@ type Callback = dyn Fn(usize, &BoxError) -> Decision + Send + Sync;
 /// Calls a function on endpoints picked by a balancer until it succeeds, with go-kit's
 /// retry semantics and its flaws fixed.
 ///
-/// - **Attempts** (LB-4): at most [`max_attempts`](Retry::max_attempts) (default 3, at least
-///   1) attempts. A pick error such as "no endpoints available" counts as a failed attempt
-///   (LB-6).
+/// - **Attempts** (LB-4): at most [`max_attempts`](Retry::max_attempts) attempts (default
+///   3, and never fewer than one). A pick error such as "no endpoints available" counts as
+///   a failed attempt (LB-6).
 /// - **Callback** (LB-8, LB-12): [`callback`](Retry::callback) sees the 1-based attempt number
 ///   and the raw error, and can stop early and replace the final error.
 /// - **Errors** (LB-10, LB-11): the error is a [`RetryError`] holding every raw error and the
