@@ -426,6 +426,66 @@ mod tests {
         }
     }
 
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                "[a-z:.0-9]{0,8}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("Node".to_string()),
+                            Just("Service".to_string()),
+                            Just("Checks".to_string()),
+                            Just("Address".to_string()),
+                            Just("Port".to_string()),
+                            Just("Weights".to_string()),
+                            Just("Meta".to_string()),
+                            Just("Tags".to_string()),
+                            Just("Status".to_string()),
+                            "[A-Za-z]{1,6}",
+                        ],
+                        inner,
+                        0..5
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Whatever the agent (or something in between) sends, converting an entry never
+            /// panics, and an accepted entry always has a host and a non-zero port.
+            #[test]
+            fn any_entry_converts_or_is_rejected_with_a_reason(v in json_value()) {
+                match entry_to_instance(&v) {
+                    Ok(i) => prop_assert!(!i.host().is_empty() && i.port() != 0),
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            /// Realistic entries with one field replaced by anything.
+            #[test]
+            fn damaged_entries_never_panic(
+                field in prop_oneof![Just("Address"), Just("Port"), Just("Weights"), Just("Meta"), Just("Tags"), Just("ID")],
+                value in json_value(),
+            ) {
+                let mut e = entry("10.0.0.1", "10.0.0.2", 80, &["passing"]);
+                e["Service"][field] = value;
+                let _ = entry_to_instance(&e);
+            }
+        }
+    }
+
     #[test]
     fn health_aggregation_matches_consul() {
         assert_eq!(aggregate_health([]), Health::Passing);

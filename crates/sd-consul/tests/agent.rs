@@ -1,5 +1,7 @@
 //! The Consul backend against the real agent started by `scripts/registries up`
-//! (`SD_TEST_CONSUL`). Each test uses its own service name, so tests run in parallel.
+//! (`SD_TEST_CONSUL`). Each test uses its own service name, so tests run in parallel; each
+//! holds `sd_testkit::shared`, so none runs while a fault test (tests/faults.rs, in any
+//! process) has the agent killed or frozen.
 
 mod common;
 
@@ -12,7 +14,7 @@ use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Error, Event, Health, HealthCheck, Instance,
     Instancer, Registrar, Registration, RegistrationGuard, Registry, ServiceQuery,
 };
-use sd_testkit::{require, unique_name, Server};
+use sd_testkit::{require, shared, unique_name, Server};
 
 fn registry(addr: &str, options: &str) -> ConsulRegistry {
     ConsulRegistry::from_url(&format!("consul://{addr}?wait=2s&timeout=5s{options}")).unwrap()
@@ -25,6 +27,7 @@ fn instance(host: &str, port: u16, id: &str) -> sd_core::InstanceBuilder {
 #[tokio::test]
 async fn register_and_a_passing_only_instancer_sees_it_passing_at_once() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     std::env::set_var("SD_CONSUL_TEST_TOKEN", "ignored-by-a-dev-agent");
     let reg: Arc<dyn Registry> = Arc::new(registry(&addr, "&token_env=SD_CONSUL_TEST_TOKEN"));
     let service = unique_name("consul-register");
@@ -59,6 +62,7 @@ async fn register_and_a_passing_only_instancer_sees_it_passing_at_once() {
 #[tokio::test]
 async fn tags_are_anded_across_several_tags() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-tags");
     let mut registrars = Vec::new();
@@ -104,6 +108,7 @@ async fn tags_are_anded_across_several_tags() {
 #[tokio::test]
 async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-ttl");
     // A 1 s TTL and a heartbeat far beyond it: the check is left to go critical.
@@ -179,6 +184,7 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
 #[tokio::test]
 async fn deregister_removes_the_instance_and_both_calls_are_idempotent() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-dereg");
     let r = reg
@@ -222,6 +228,7 @@ async fn deregister_removes_the_instance_and_both_calls_are_idempotent() {
 #[tokio::test]
 async fn datacenter_node_meta_and_weights_show_up_on_the_instance() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-meta");
     let r = reg
@@ -278,6 +285,7 @@ async fn datacenter_node_meta_and_weights_show_up_on_the_instance() {
 #[tokio::test]
 async fn service_address_wins_over_node_address_ipv6_is_bracketed_and_same_addr_ids_stay_apart() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-addr");
     let mut rs = Vec::new();
@@ -341,6 +349,7 @@ async fn service_address_wins_over_node_address_ipv6_is_bracketed_and_same_addr_
 #[tokio::test]
 async fn deregister_critical_after_is_sent_and_accepted() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-dcsa");
     let r = reg
@@ -368,6 +377,7 @@ async fn deregister_critical_after_is_sent_and_accepted() {
 #[tokio::test]
 async fn http_tcp_and_grpc_checks_are_run_by_the_agent() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-checks");
     // The agent's own HTTP port is something that answers on loopback.
@@ -432,6 +442,7 @@ async fn http_tcp_and_grpc_checks_are_run_by_the_agent() {
 #[tokio::test]
 async fn a_registration_lost_behind_the_registrars_back_is_registered_again() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-lost");
     let ttl = reg
@@ -480,6 +491,7 @@ async fn a_registration_lost_behind_the_registrars_back_is_registered_again() {
 #[tokio::test]
 async fn datacenter_namespace_and_partition_reach_the_agent() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let service = unique_name("consul-opts");
     for (options, needle) in [
         ("&dc=nosuchdc", "No path to datacenter"),
@@ -513,6 +525,7 @@ async fn datacenter_namespace_and_partition_reach_the_agent() {
 #[tokio::test]
 async fn stop_cancels_a_blocking_query_at_once_consul_9() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = ConsulRegistry::from_url(&format!("consul://{addr}?wait=10m")).unwrap();
     let service = unique_name("consul-stop");
     let instancer = reg
@@ -531,6 +544,7 @@ async fn stop_cancels_a_blocking_query_at_once_consul_9() {
 #[tokio::test]
 async fn the_endpointer_follows_registrations() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg = registry(&addr, "");
     let service = unique_name("consul-endpointer");
     let instancer = reg
@@ -568,6 +582,7 @@ async fn the_endpointer_follows_registrations() {
 #[tokio::test]
 async fn an_unknown_service_is_an_empty_set_not_an_error() {
     let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul); // wait while a fault test has the agent down
     let reg: Arc<dyn Registry> = Arc::new(registry(&addr, ""));
     let instancer = reg
         .instancer(&ServiceQuery::new(unique_name("consul-nobody")))
