@@ -61,7 +61,7 @@ impl ConsulRegistry {
     /// | `wait` | blocking-query wait, at most `10m` | `60s` |
     /// | `timeout` | timeout of each non-blocking request | `10s` |
     /// | `tls` | use HTTPS | `false` |
-    /// | `ca` | PEM file of CA certificates to trust (implies `tls`) | system roots |
+    /// | `ca` | PEM file of extra CA certificates to trust (implies `tls`) | the built-in (webpki) roots |
     /// | `cert`, `key` | client certificate and key PEM files for mutual TLS (implies `tls`) | none |
     /// | `passing` | make every instancer passing-only | `false` |
     ///
