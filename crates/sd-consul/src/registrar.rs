@@ -373,13 +373,12 @@ impl Registrar for ConsulRegistrar {
     async fn register(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let body = &self.shared.body;
-        if let Err(e) = self.shared.put().await {
+        if let Err(e) = self.shared.client.register(body).await {
             tracing::warn!(backend = BACKEND, service = %body.name, tags = ?body.tags,
                 address = %self.shared.registration.instance.addr(), error = %e, "register failed");
             return Err(e);
         }
-        tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
-            address = %self.shared.registration.instance.addr(), action = "register");
+        // From here on the agent has the service: deregister() must remove it.
         state.registered = true;
         if state
             .task
@@ -387,6 +386,19 @@ impl Registrar for ConsulRegistrar {
             .map_or(true, BackgroundTask::is_finished)
         {
             state.task = Some(self.spawn_maintenance());
+        }
+        tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
+            address = %self.shared.registration.instance.addr(), action = "register");
+        if let Some(check) = &self.shared.check_id {
+            // Re-registering keeps an existing check's status (even critical): pass it now.
+            // A failure here is left to the heartbeat task, which retries with backoff.
+            match self.shared.client.pass_ttl(check).await {
+                Ok(CheckUpdate::Updated) => {}
+                Ok(CheckUpdate::Unknown) => tracing::warn!(backend = BACKEND, id = %body.id,
+                    "the agent does not know the TTL check right after registering it"),
+                Err(e) => tracing::warn!(backend = BACKEND, id = %body.id, error = %e,
+                    "could not pass the TTL check after registering; the heartbeat will retry"),
+            }
         }
         Ok(())
     }
