@@ -185,22 +185,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// Registers (an upsert) and, with a TTL check, marks it passing: re-registering keeps
-    /// an existing check's status, so a check that went critical would otherwise stay so
-    /// until the next heartbeat.
-    async fn put(&self) -> Result<()> {
-        self.client.register(&self.body).await?;
-        if let Some(check) = &self.check_id {
-            if self.client.pass_ttl(check).await? == CheckUpdate::Unknown {
-                return Err(Error::unavailable(
-                    BACKEND,
-                    format!("the agent does not know check {check:?} right after registering it"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// One maintenance round: heartbeat or presence check, re-registering when lost.
     async fn maintain_once(&self) -> Result<()> {
         let lost = match &self.check_id {
@@ -214,9 +198,14 @@ impl Shared {
                 id = %self.body.id,
                 "the agent lost the registration (restart or external deregistration); registering again"
             );
-            self.put().await?;
+            self.client.register(&self.body).await?;
             self.reregistrations.send_modify(|n| *n += 1);
             tracing::info!(backend = BACKEND, service = %self.body.name, id = %self.body.id, action = "reregister");
+            if let Some(check) = &self.check_id {
+                // A new check starts passing (registered so); this only matters if the
+                // agent kept an old, critical one.
+                self.client.pass_ttl(check).await?;
+            }
         }
         Ok(())
     }
