@@ -27,8 +27,9 @@ pub struct ServiceQuery {
     pub service: String,
     /// Only instances carrying **all** of these tags.
     pub tags: Vec<String>,
-    /// Only instances whose health is [`Health::Passing`] (or `Warning`, which Consul
-    /// also counts as passing when asked for passing-only).
+    /// Only instances whose health is exactly [`Health::Passing`]: `Warning`, `Critical`
+    /// and `Unknown` are left out. This is Consul's `?passing` filter (CONSUL-3), and every
+    /// backend applies the same rule, so swapping registries keeps the same set.
     pub passing_only: bool,
 }
 
@@ -59,8 +60,7 @@ impl ServiceQuery {
     /// Whether `instance` satisfies the tag and health filters (client-side filtering).
     pub fn matches(&self, instance: &Instance) -> bool {
         self.tags.iter().all(|t| instance.has_tag(t))
-            && (!self.passing_only
-                || matches!(instance.health(), Health::Passing | Health::Warning))
+            && (!self.passing_only || instance.health() == Health::Passing)
     }
 }
 

@@ -54,10 +54,19 @@ async fn queries_filter_tags_and_health() {
             .build(),
         None,
     );
+    // Warning is not passing (Consul's `?passing` rule, the same on every backend).
+    reg.insert(
+        "api",
+        Instance::builder("w", 1)
+            .tags(["v1", "eu"])
+            .health(Health::Warning)
+            .build(),
+        None,
+    );
     let q = ServiceQuery::new("api").tag("v1").tag("eu");
     let tagged = reg.instancer_for(&q);
     let mut all_tags = tagged.subscribe();
-    assert_eq!(next_addrs(&mut all_tags).await, ["a:1", "c:1"]);
+    assert_eq!(next_addrs(&mut all_tags).await, ["a:1", "c:1", "w:1"]);
     let passing_only = reg.instancer_for(&q.clone().passing_only(true));
     let mut passing = passing_only.subscribe();
     assert_eq!(next_addrs(&mut passing).await, ["a:1"]);
@@ -68,7 +77,10 @@ async fn queries_filter_tags_and_health() {
         None,
     );
     assert_eq!(next_addrs(&mut passing).await, ["a:1", "d:1"]);
-    assert_eq!(next_addrs(&mut all_tags).await, ["a:1", "c:1", "d:1"]);
+    assert_eq!(
+        next_addrs(&mut all_tags).await,
+        ["a:1", "c:1", "d:1", "w:1"]
+    );
     // A dropped instancer ends its subscriptions once their last state is read.
     drop(passing_only);
     assert_eq!(passing.next().await, None);
