@@ -65,7 +65,7 @@ def spread(vals):
 
 
 def load(path):
-    data, skipped = {}, {}
+    data, skipped = {}, []
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -73,7 +73,9 @@ def load(path):
                 continue
             r = json.loads(line)
             if r.get("skipped"):
-                skipped[(r["impl"], r["scenario"])] = r["skipped"]
+                item = (r["impl"], r["scenario"], r["skipped"])
+                if item not in skipped:
+                    skipped.append(item)
                 continue
             key = (r["scenario"], r["n"], r["threads"])
             for metric, v in r.items():
@@ -119,8 +121,9 @@ def table(data, skipped):
                                 s="" if key[2] == 1 else "s")
             out.append(f"| {name} | {fmt(gm, kind)} | {fmt(sm, kind)} | {ratio} | {better} | "
                        f"{spread(g)} / {spread(s)} |")
-    for (impl, scenario), why in sorted(skipped.items()):
-        out.append(f"| {scenario}: skipped ({impl}) | | | | | {why} |")
+    for impl, scenario, why in skipped:
+        side = "go-kit" if impl == "gokit" else impl
+        out.append(f"| {scenario}: skipped or failed ({side}) | | | | | {why} |")
     return "\n".join(out), rounds
 
 

@@ -56,21 +56,51 @@ if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
          "(eval \"\$(scripts/registries up)\" first)" >&2
 fi
 
-# Memory runs in a process of its own, so earlier scenarios do not blur the RSS reading.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/^,*//; s/,*$//')"
-WITH_MEMORY=""
-if [[ ",$SCENARIOS," == *",memory,"* ]]; then WITH_MEMORY=1; fi
+# Memory and Consul run in processes of their own: memory so that earlier scenarios do not
+# blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
+# test of another suite (which kills or pauses the agent under the exclusive lock) cannot
+# run in the middle of it.
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/^,*//; s/,*$//')"
+EXTRA=()
+if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
+if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
+CONSUL_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/consul.lock"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 RESULTS="$OUT/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+ERRORS="$OUT/stderr.log"
 : > "$RESULTS"
+: > "$ERRORS"
+
+# run SIDE BIN SCENARIOS: appends the JSON lines; a failure is recorded as a "skipped" line
+# (shown under the table) and the run goes on.
+run() {
+    local side="$1" bin="$2" list="$3" cmd=("$2" -scenarios "$3")
+    [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
+    if [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ] && command -v flock >/dev/null; then
+        mkdir -p "$(dirname "$CONSUL_LOCK")"
+        cmd=(flock --shared -w 120 "$CONSUL_LOCK" "${cmd[@]}")
+    fi
+    local err
+    err="$(mktemp)"
+    if ! "${cmd[@]}" >> "$RESULTS" 2> "$err"; then
+        local why
+        why="$(tail -n 1 "$err" | tr -d '"\\')"
+        echo "[compare] $side $list failed: $why" >&2
+        printf '{"impl":"%s","scenario":"%s","skipped":"failed in round %s: %s"}\n' \
+            "$side" "$list" "$round" "$why" >> "$RESULTS"
+    fi
+    cat "$err" >> "$ERRORS"
+    rm -f "$err"
+}
+
 start=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
     for side in gokit sdkit; do
         bin="$GOBIN"; [ "$side" = sdkit ] && bin="$RUSTBIN"
         echo "[compare] round $round/$ROUNDS: $side" >&2
-        if [ -n "$MAIN" ]; then "$bin" -scenarios "$MAIN" $QUICK >> "$RESULTS"; fi
-        if [ -n "$WITH_MEMORY" ]; then "$bin" -scenarios memory >> "$RESULTS"; fi
+        if [ -n "$MAIN" ]; then run "$side" "$bin" "$MAIN"; fi
+        for extra in "${EXTRA[@]}"; do run "$side" "$bin" "$extra"; done
     done
 done
 echo "[compare] $ROUNDS rounds in $(( $(date +%s) - start )) s; raw results: $RESULTS" >&2

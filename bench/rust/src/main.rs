@@ -67,6 +67,13 @@ impl Record {
 }
 
 fn main() -> ExitCode {
+    // sdkit's warnings (a failing watch loop, a factory error) go to stderr; RUST_LOG overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let mut scenarios = String::from("pick,update,fanout");
     let mut quick = false;
     let mut args = std::env::args().skip(1);
