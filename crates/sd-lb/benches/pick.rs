@@ -1,0 +1,207 @@
+//! Pick cost of every balancer at N = 1, 10, 100, 1 000 and 10 000 endpoints, on one thread
+//! and on two threads picking concurrently from the same balancer.
+//!
+//! Run: `cargo bench -p sd-lb --bench pick`
+//!
+//! Each figure is the time of one pick on one thread (for two threads: wall time of the
+//! concurrent run divided by the picks of one thread). A pick returns an owned `Endpoint`
+//! (one reference-count increment and decrement) except `rr_local`, which returns a
+//! reference. The `p2c_*` figures include ending the request (dropping the guard), which is
+//! where peak-EWMA reads the clock a second time; `p2c_*_pick_only` time the pick alone.
+//! Consistent hashing picks a different key each time.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use sd_core::{BoxError, DefaultEndpointer, Event, Instance, InstanceCache};
+use sd_lb::{
+    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
+};
+
+const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
+
+type Ep = Arc<DefaultEndpointer<u64>>;
+
+fn endpointer(n: usize) -> Ep {
+    let src = InstanceCache::new();
+    let ep = Arc::new(DefaultEndpointer::new(
+        &src,
+        |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
+    ));
+    ep.apply(Event::instances(
+        (0..n)
+            .map(|i| {
+                Instance::builder(
+                    format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                    8080,
+                )
+                .weight(1 + (i % 4) as u32)
+                .build()
+            })
+            .collect::<Vec<_>>(),
+    ));
+    ep
+}
+
+/// A picker: something that can be cloned into each thread and picks once per call.
+trait Picker: Send + Sync {
+    fn pick_once(&self, i: u64) -> u64;
+}
+
+struct Plain<B>(B);
+impl<B: Balancer<u64>> Picker for Plain<B> {
+    #[inline]
+    fn pick_once(&self, _: u64) -> u64 {
+        *self.0.pick().unwrap()
+    }
+}
+
+struct Guarded<B>(B);
+impl<B: Balancer<u64>> Picker for Guarded<B> {
+    #[inline]
+    fn pick_once(&self, _: u64) -> u64 {
+        let p = self.0.pick_with(&Request::new()).unwrap();
+        **p.endpoint()
+    }
+}
+
+struct Keyed<B>(B);
+impl<B: Balancer<u64>> Picker for Keyed<B> {
+    #[inline]
+    fn pick_once(&self, i: u64) -> u64 {
+        **self
+            .0
+            .pick_with(&Request::new().with_key(i))
+            .unwrap()
+            .endpoint()
+    }
+}
+
+fn run<P: Picker + 'static>(c: &mut Criterion, name: &str, make: impl Fn(Ep) -> P) {
+    let mut one = c.benchmark_group(format!("{name}/1thread"));
+    for n in SIZES {
+        let picker = make(endpointer(n));
+        one.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            let mut i = 0u64;
+            b.iter(|| {
+                i += 1;
+                black_box(picker.pick_once(i))
+            })
+        });
+    }
+    one.finish();
+
+    let mut two = c.benchmark_group(format!("{name}/2threads"));
+    for n in SIZES {
+        let picker = Arc::new(make(endpointer(n)));
+        two.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..2u64 {
+                        let picker = picker.clone();
+                        s.spawn(move || {
+                            for i in 0..iters {
+                                black_box(picker.pick_once(i.wrapping_mul(2) + t));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    two.finish();
+}
+
+/// The local round robin picks through `&mut self`: one handle per thread.
+fn run_local(c: &mut Criterion) {
+    let mut one = c.benchmark_group("rr_local/1thread");
+    for n in SIZES {
+        let ep = endpointer(n);
+        let mut rr = LocalRoundRobin::new(ep.clone());
+        one.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(**rr.pick().unwrap()))
+        });
+    }
+    one.finish();
+    let mut two = c.benchmark_group("rr_local/2threads");
+    for n in SIZES {
+        let ep = endpointer(n);
+        two.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..2 {
+                        let mut rr = LocalRoundRobin::new(ep.clone());
+                        s.spawn(move || {
+                            for _ in 0..iters {
+                                black_box(**rr.pick().unwrap());
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    two.finish();
+}
+
+/// P2C's pick alone: the guards are dropped (ending the requests) outside the timed region,
+/// in chunks of 10 000.
+fn run_pick_only(c: &mut Criterion, name: &str, make: impl Fn(Ep) -> P2c<Ep, u64>) {
+    let mut g = c.benchmark_group(format!("{name}/1thread"));
+    for n in SIZES {
+        let p2c = make(endpointer(n));
+        let mut held = Vec::with_capacity(10_000);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let chunk = left.min(10_000);
+                    let start = Instant::now();
+                    for _ in 0..chunk {
+                        held.push(p2c.pick_with(&Request::new()).unwrap());
+                    }
+                    total += start.elapsed();
+                    held.clear();
+                    left -= chunk;
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    run(c, "rr_shared", |ep| Plain(RoundRobin::new(ep)));
+    run(c, "rr_per_thread", |ep| Plain(RoundRobin::per_thread(ep)));
+    run_local(c);
+    run(c, "random", |ep| Plain(Random::new(ep)));
+    run(c, "weighted", |ep| Plain(Weighted::new(ep)));
+    run(c, "p2c_inflight", |ep| Guarded(P2c::in_flight(ep)));
+    run(c, "p2c_peak_ewma", |ep| Guarded(P2c::peak_ewma(ep)));
+    run_pick_only(c, "p2c_inflight_pick_only", P2c::in_flight);
+    run_pick_only(c, "p2c_peak_ewma_pick_only", P2c::peak_ewma);
+    run(c, "consistent_hash", |ep| Keyed(ConsistentHash::new(ep)));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(500))
+        .sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);
