@@ -138,7 +138,14 @@ pub(crate) fn require_with(
     match decide(value, integration) {
         Decision::Available(v) => Some(v),
         Decision::Skip => {
-            eprintln!("skipping integration test: {name} not set");
+            // Straight to the process's stderr: the test harness captures `eprintln!` of
+            // passing tests, which would make a skipped test look like one that ran.
+            use std::io::Write;
+            let line = format!(
+                "skipping integration test at {}: {name} not set\n",
+                std::panic::Location::caller()
+            );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             None
         }
         Decision::Fail => panic!(
