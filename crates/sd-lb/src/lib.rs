@@ -2,7 +2,26 @@
 //!
 //! Load balancing for **sdkit**: balancers that pick one endpoint per request from an
 //! [`Endpointer`](sd_core::Endpointer)'s lock-free snapshot, a [`Retry`] loop with go-kit's
-//! semantics and its flaws fixed, and integration with tower.
+//! semantics and its flaws fixed, outlier ejection, and integration with tower.
+//!
+//! | balancer | picks |
+//! |---|---|
+//! | [`RoundRobin`] | in turn (go-kit's shared counter, or [`RoundRobin::per_thread`]) |
+//! | [`LocalRoundRobin`] | in turn, from a cached snapshot: the fastest pick, one handle per thread |
+//! | [`Random`] | uniformly at random (seedable) |
+//! | [`Weighted`] | smooth weighted round robin over instance weights |
+//! | [`P2c`] | the less loaded of two random endpoints: in-flight requests or peak-EWMA latency |
+//! | [`ConsistentHash`] | the owner of a request key (Maglev) |
+//! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
+//!
+//! Which one to choose, with a simulation of each: `docs/BALANCERS.md`. In short: P2C with
+//! outlier ejection when backends differ in speed, consistent hashing when keys must stick,
+//! round robin when backends are identical.
+//!
+//! Every balancer returns the endpointer's discovery error unchanged and
+//! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1); a pick takes no lock
+//! and makes no allocation. [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
+//! request's outcome back to P2C and outlier ejection, even when it is just dropped.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -27,6 +46,21 @@
 //!     .unwrap();
 //! assert_eq!(body, "hello from http://10.0.0.1:80/");
 //! # });
+//! ```
+//!
+//! Reporting outcomes yourself:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sd_core::{FixedEndpointer, Instance};
+//! use sd_lb::{Balancer, Outlier, OutlierConfig, P2c, Request};
+//!
+//! let ep = Arc::new(FixedEndpointer::new((1..=3).map(|p| (Instance::new("10.0.0.1", p), p))));
+//! let lb = Outlier::new(P2c::peak_ewma(ep), OutlierConfig::default());
+//! let picked = lb.pick_with(&Request::new()).unwrap();
+//! let port = **picked.endpoint();
+//! // ... make the request on `picked.endpoint()` ...
+//! if port > 0 { picked.success() } else { picked.failure() }
 //! ```
 #![warn(missing_docs)]
 

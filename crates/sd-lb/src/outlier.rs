@@ -173,6 +173,25 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
         let now = self.clock.now();
         let ptr = Arc::as_ptr(endpoint.value_arc()) as usize;
         let mut entries = self.lock();
+        if outcome == Outcome::Success {
+            // Only endpoints with a failure streak or an ejection history have an entry.
+            let Some(entry) = entries.get_mut(&ptr) else {
+                return;
+            };
+            entry.consecutive = 0;
+            // Healthy for a base ejection time since it came back: forget one ejection.
+            if entry.ejections > 0
+                && entry.until != 0
+                && now > entry.until + self.config.base_ejection.as_nanos() as u64
+            {
+                entry.ejections -= 1;
+                entry.until = if entry.ejections == 0 { 0 } else { now };
+            }
+            if entry.ejections == 0 && entry.until == 0 {
+                entries.remove(&ptr);
+            }
+            return;
+        }
         let entry = entries.entry(ptr).or_insert_with(|| Entry {
             value: Arc::downgrade(endpoint.value_arc()),
             consecutive: 0,
@@ -180,20 +199,7 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             until: 0,
         });
         match outcome {
-            Outcome::Success => {
-                entry.consecutive = 0;
-                // Healthy for a base ejection time since it came back: forget one ejection.
-                if entry.ejections > 0
-                    && entry.until != 0
-                    && now > entry.until + self.config.base_ejection.as_nanos() as u64
-                {
-                    entry.ejections -= 1;
-                    entry.until = if entry.ejections == 0 { 0 } else { now };
-                }
-                if entry.ejections == 0 && entry.until == 0 {
-                    entries.remove(&ptr);
-                }
-            }
+            Outcome::Success | Outcome::Unknown => {}
             Outcome::Failure => {
                 entry.consecutive += 1;
                 if entry.consecutive < self.config.consecutive_failures.max(1) || entry.until > now
@@ -222,7 +228,6 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
                 tracing::info!(endpoint = ?endpoint, ejections = entry.ejections, ?time, "outlier: endpoint ejected");
                 self.publish(&mut entries, now);
             }
-            Outcome::Unknown => {}
         }
     }
 }

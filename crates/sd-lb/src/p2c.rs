@@ -52,6 +52,8 @@ pub struct EndpointLoad {
     clock: Clock,
     /// The decay constant in nanoseconds; 0 for in-flight load.
     decay_ns: f64,
+    /// `1 / decay_ns` (0 for in-flight load).
+    inv_decay: f64,
 }
 
 impl EndpointLoad {
@@ -69,6 +71,7 @@ impl EndpointLoad {
             stamp: AtomicU64::new(clock.now()),
             clock,
             decay_ns,
+            inv_decay: if decay_ns > 0.0 { 1.0 / decay_ns } else { 0.0 },
         }
     }
 
@@ -86,7 +89,7 @@ impl EndpointLoad {
     fn ewma_cost(&self, now: u64) -> f64 {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
-        let decayed = cost * exp_neg(elapsed / self.decay_ns);
+        let decayed = cost * exp_neg(elapsed * self.inv_decay);
         decayed * (self.in_flight() + 1) as f64
     }
 
@@ -99,7 +102,7 @@ impl EndpointLoad {
                     rtt
                 } else {
                     let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
-                    let w = exp_neg(elapsed / self.decay_ns);
+                    let w = exp_neg(elapsed * self.inv_decay);
                     cost * w + rtt * (1.0 - w)
                 };
                 Some(f64::to_bits(next))
@@ -115,6 +118,11 @@ impl EndpointLoad {
 pub(crate) fn exp_neg(x: f64) -> f64 {
     if x.is_nan() || x <= 0.0 {
         return 1.0;
+    }
+    if x < 1e-4 {
+        // The usual case on the pick path (microseconds against a decay of seconds); the
+        // error of 1 - x is below x²/2 < 5e-9.
+        return 1.0 - x;
     }
     if x > 700.0 {
         return 0.0;
