@@ -54,8 +54,11 @@ impl Backoff {
     /// The delay to wait now; advances the backoff.
     pub fn next_delay(&mut self) -> Duration {
         let factor: f64 = self.rng.gen_range(0.5..1.5);
-        let delay = self.base.mul_f64(factor).min(self.max);
-        self.base = (self.base * 2).min(self.max);
+        // Saturating arithmetic: a cap near `Duration::MAX` must not make this panic.
+        let delay = Duration::try_from_secs_f64(self.base.as_secs_f64() * factor)
+            .unwrap_or(self.max)
+            .min(self.max);
+        self.base = self.base.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -105,6 +108,14 @@ mod tests {
         assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(60));
         b.reset();
         assert!(b.next_delay() < Duration::from_millis(15));
+    }
+
+    #[test]
+    fn a_huge_cap_saturates_instead_of_panicking() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::MAX).with_seed(3);
+        for _ in 0..200 {
+            assert!(b.next_delay() <= Duration::MAX);
+        }
     }
 
     #[test]

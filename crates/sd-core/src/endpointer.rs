@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use crate::error::Error;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
-use crate::task::BackgroundTask;
+use crate::task::{deadline_after, BackgroundTask};
 
 /// The discovery status carried by an endpoint [`Snapshot`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +84,17 @@ impl<E> Drop for Epoch<E> {
                 Err(_) => break,
             }
         }
+    }
+}
+
+/// The text of a caught panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
     }
 }
 
@@ -442,8 +454,30 @@ impl<E: 'static> Shared<E> {
         self.tx.send_replace(st.version);
     }
 
+    /// Runs the factory for `inst`. A panic in it is caught and reported as a failure.
+    ///
+    /// No user code may unwind through [`rebuild`](Self::rebuild), [`invalidate`](Self::invalidate)
+    /// or [`close_all`](Self::close_all): while they run, endpoints that published snapshots
+    /// still point at (non-owning, see [`Epoch`]) are held in locals, and unwinding would free
+    /// them. So every call into the factory goes through this or
+    /// [`close_endpoint`](Self::close_endpoint), and the error is rendered inside the guard too.
+    fn make_endpoint(&self, inst: &Instance) -> Result<E, String> {
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.factory.make(inst).map_err(|e| e.to_string())
+        })) {
+            Ok(result) => result,
+            Err(panic) => Err(format!("factory panicked: {}", panic_message(&*panic))),
+        }
+    }
+
+    /// Runs the factory's close for `ep`; a panic in it is caught and logged.
     fn close_endpoint(&self, ep: &Endpoint<E>) {
-        self.factory.close(ep.instance(), ep.value());
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
+            self.factory.close(ep.instance(), ep.value())
+        })) {
+            tracing::error!(endpointer = %self.name, instance = %ep.instance(),
+                panic = %panic_message(&*panic), "factory close panicked; endpoint dropped anyway");
+        }
     }
 
     /// When the invalidation deadline is due, and when to retry failed factories.
@@ -499,7 +533,7 @@ impl<E: 'static> Shared<E> {
                     list.push(o.with_instance(inst.clone()));
                     dead.push(o);
                 }
-                None => match self.factory.make(inst) {
+                None => match self.make_endpoint(inst) {
                     Ok(value) => list.push(Endpoint::new(inst.clone(), value)),
                     Err(error) => {
                         tracing::warn!(endpointer = %self.name, instance = %inst, error = %error,
@@ -517,7 +551,7 @@ impl<E: 'static> Shared<E> {
             st.retry.reset();
             None
         } else {
-            Some(Instant::now() + st.retry.next_delay())
+            Some(deadline_after(st.retry.next_delay()))
         };
         st.failed = failed;
         st.instances = Some(set);
@@ -542,7 +576,7 @@ impl<E: 'static> Shared<E> {
             // The first error wins; later ones change neither error nor deadline (EP-8).
             return;
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         st.error = Some((err.clone(), Some(deadline)));
         if timeout.is_zero() {
             self.invalidate(st, err);

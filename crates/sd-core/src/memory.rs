@@ -17,7 +17,7 @@ use crate::instance::Instance;
 use crate::instancer::Instancer;
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
-use crate::task::BackgroundTask;
+use crate::task::{deadline_after, BackgroundTask};
 
 type Key = (String, String);
 
@@ -59,8 +59,10 @@ impl Service {
 #[derive(Default)]
 struct Inner {
     services: Mutex<HashMap<String, Service>>,
-    /// Wakes the reaper when an entry with an earlier expiry arrives.
-    reaper_wake: Notify,
+    /// Wakes the reaper when an entry with an earlier expiry arrives. Shared with the reaper
+    /// task on its own, so the task never holds `Inner` while it waits: dropping the last
+    /// registry handle drops `Inner`, whose `reaper` then cancels the task.
+    reaper_wake: Arc<Notify>,
     reaper: Mutex<Option<BackgroundTask>>,
 }
 
@@ -139,14 +141,14 @@ impl MemoryRegistry {
         MemoryRegistrar {
             registry: self.clone(),
             registration,
-            heartbeat: Mutex::new(None),
+            heartbeat: tokio::sync::Mutex::new(None),
         }
     }
 
     /// Adds or replaces an instance directly. With a `ttl`, it expires unless
     /// [`renew`](Self::renew)ed in time.
     pub fn insert(&self, service: &str, instance: Instance, ttl: Option<Duration>) {
-        let expires = ttl.map(|t| Instant::now() + t);
+        let expires = ttl.map(deadline_after);
         {
             let mut services = self.lock();
             let svc = services.entry(service.to_string()).or_default();
@@ -183,7 +185,7 @@ impl MemoryRegistry {
             .and_then(|s| s.entries.get_mut(&key))
         {
             Some(e) => {
-                e.expires = Some(Instant::now() + ttl);
+                e.expires = Some(deadline_after(ttl));
                 true
             }
             None => false,
@@ -229,13 +231,14 @@ impl MemoryRegistry {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
+        let wake = self.inner.reaper_wake.clone();
         *reaper = Some(BackgroundTask::spawn(move |token| async move {
             loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let registry = MemoryRegistry { inner };
-                let next = registry.reap();
-                let wake = registry.inner.clone();
-                drop(registry);
+                // Upgrade only for the reap itself; never hold `Inner` across the wait.
+                let next = match weak.upgrade() {
+                    Some(inner) => MemoryRegistry { inner }.reap(),
+                    None => return,
+                };
                 let sleep = async {
                     match next {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -244,7 +247,7 @@ impl MemoryRegistry {
                 };
                 tokio::select! {
                     _ = token.cancelled() => return,
-                    _ = wake.reaper_wake.notified() => {}
+                    _ = wake.notified() => {}
                     _ = sleep => {}
                 }
             }
@@ -289,7 +292,10 @@ impl Instancer for MemoryInstancer {
 pub struct MemoryRegistrar {
     registry: MemoryRegistry,
     registration: Registration,
-    heartbeat: Mutex<Option<BackgroundTask>>,
+    /// The heartbeat task while registered with a TTL. The async lock is held for the whole
+    /// of `register` and `deregister`, so the two never interleave (a deregister racing a
+    /// register could otherwise leave a heartbeat that re-inserts the entry for good).
+    heartbeat: tokio::sync::Mutex<Option<BackgroundTask>>,
 }
 
 impl fmt::Debug for MemoryRegistrar {
@@ -318,8 +324,8 @@ impl Registrar for MemoryRegistrar {
         let service = self.registration.service.clone();
         let instance = self.instance();
         let ttl = self.registration.ttl();
+        let mut hb = self.heartbeat.lock().await;
         self.registry.insert(&service, instance.clone(), ttl);
-        let mut hb = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(ttl), None) = (ttl, hb.as_ref()) {
             let registry = self.registry.clone();
             *hb = Some(BackgroundTask::spawn(move |token| async move {
@@ -337,12 +343,8 @@ impl Registrar for MemoryRegistrar {
     }
 
     async fn deregister(&self) -> Result<()> {
-        let task = self
-            .heartbeat
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
+        let mut hb = self.heartbeat.lock().await;
+        if let Some(task) = hb.take() {
             task.stop().await;
         }
         self.registry

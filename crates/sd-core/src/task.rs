@@ -69,6 +69,15 @@ impl Drop for BackgroundTask {
     }
 }
 
+/// `now + d`, saturating a century ahead instead of overflowing when `d` is huge (a
+/// `Duration::MAX` timeout or TTL given by code must not panic).
+pub(crate) fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Sleeps for `d` unless `token` is cancelled first. Returns `false` when cancelled.
 pub async fn sleep_or_cancel(token: &CancellationToken, d: std::time::Duration) -> bool {
     tokio::select! {

@@ -428,3 +428,91 @@ async fn changes_has_changed_and_detached_snapshots_support_cached_reads() {
         "a dropped endpointer reads as changed"
     );
 }
+
+/// A factory that panics (in `make` for some addresses, in `close` for others): the panic is
+/// contained, the instance is skipped like a factory error and retried, and the endpoints
+/// that snapshots still hold stay valid (unwinding through an update would free them).
+#[derive(Clone, Default)]
+struct Panicky {
+    panic_make: Arc<Mutex<Vec<String>>>,
+    panic_close: Arc<Mutex<Vec<String>>>,
+}
+
+impl Factory<String> for Panicky {
+    fn make(&self, i: &Instance) -> Result<String, BoxError> {
+        if self
+            .panic_make
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == i.addr())
+        {
+            panic!("factory bug for {}", i.addr());
+        }
+        Ok(i.addr().to_string())
+    }
+    fn close(&self, i: &Instance, _: &String) {
+        if self
+            .panic_close
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == i.addr())
+        {
+            panic!("close bug for {}", i.addr());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn factory_panics_are_contained() {
+    let inst = TestInstancer::default();
+    let f = Panicky::default();
+    f.panic_make.lock().unwrap().push("b:1".into());
+    f.panic_close.lock().unwrap().push("a:1".into());
+    inst.send(&["a:1", "c:1"]);
+    let ep = DefaultEndpointer::new(&inst.0, f.clone());
+    let held = ep.endpoints();
+    assert_eq!(addrs(&ep), ["a:1", "c:1"]);
+
+    // `apply` runs the update on this thread: a panicking make must not unwind out of it.
+    ep.apply(Event::instances(
+        Instance::parse_all(["a:1", "b:1", "c:1"]).unwrap(),
+    ));
+    assert_eq!(
+        addrs(&ep),
+        ["a:1", "c:1"],
+        "the panicking instance is skipped alone"
+    );
+
+    // Removing a:1 runs its panicking close; the update completes all the same.
+    ep.apply(Event::instances(
+        Instance::parse_all(["b:1", "c:1"]).unwrap(),
+    ));
+    assert_eq!(addrs(&ep), ["c:1"]);
+    // The snapshot taken before both updates still reads its endpoints (no use-after-free).
+    let old: Vec<String> = held.all().iter().map(|e| (**e).clone()).collect();
+    assert_eq!(old, ["a:1", "c:1"]);
+    drop(held);
+
+    // The panicking instance is retried like any factory failure, and recovers.
+    f.panic_make.lock().unwrap().clear();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    until(&ep, |s| s.all().len() == 2).await;
+    assert_eq!(addrs(&ep), ["b:1", "c:1"]);
+    ep.close().await;
+}
+
+/// Durations from code that would overflow `Instant` arithmetic saturate instead of panicking.
+#[tokio::test(start_paused = true)]
+async fn huge_invalidation_timeout_does_not_overflow() {
+    let inst = TestInstancer::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::builder(&inst.0, Counting::default())
+        .invalidate_on_error(Duration::MAX)
+        .build();
+    inst.fail("down");
+    until(&ep, |s| matches!(s.status(), Status::Invalidating { .. })).await;
+    assert_eq!(addrs(&ep), ["a:1"]);
+    ep.close().await;
+}

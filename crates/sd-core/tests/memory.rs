@@ -188,3 +188,52 @@ async fn stopped_memory_instancer_ends_subscriptions() {
     reg.insert("x", Instance::new("h", 1), None);
     assert_eq!(sub.next().await, None);
 }
+
+/// Dropping the last handle of a registry that had TTL entries ends its reaper task (the
+/// task used to hold the registry alive while waiting, a reference cycle that leaked both).
+#[tokio::test(start_paused = true)]
+async fn dropped_registry_ends_its_reaper() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let reg = MemoryRegistry::new();
+    let inst = Instance::new("10.0.0.1", 80);
+    reg.insert("svc", inst.clone(), Some(Duration::from_secs(5)));
+    tokio::task::yield_now().await;
+    assert_eq!(metrics.num_alive_tasks(), before + 1, "the reaper runs");
+    assert!(reg.remove("svc", &inst));
+    tokio::task::yield_now().await;
+    drop(reg);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        before,
+        "the reaper ended with the registry"
+    );
+}
+
+/// register and deregister never interleave: after both calls return, in whatever order
+/// they raced, a deregister that ran last leaves nothing registered and no heartbeat.
+#[tokio::test(start_paused = true)]
+async fn racing_register_and_deregister_leave_no_ghost() {
+    let reg = MemoryRegistry::new();
+    let r = Arc::new(
+        reg.registrar(
+            Registration::new("svc", Instance::new("10.0.0.1", 80))
+                .check(HealthCheck::Ttl(Duration::from_secs(3))),
+        ),
+    );
+    for _ in 0..20 {
+        let (a, b) = (r.clone(), r.clone());
+        let reg_task = tokio::spawn(async move { a.register().await });
+        let dereg_task = tokio::spawn(async move { b.deregister().await });
+        reg_task.await.unwrap().unwrap();
+        dereg_task.await.unwrap().unwrap();
+        r.deregister().await.unwrap();
+        // Long enough for any leftover heartbeat to have renewed or re-inserted.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tokio::task::yield_now().await;
+        assert!(reg.instances("svc").is_empty());
+    }
+}
