@@ -1,6 +1,7 @@
 //! Test-only helpers for integration tests against **real** service registries.
 //!
-//! The servers (Consul, etcd 3.4 and 3.5, ZooKeeper, Eureka, BIND DNS) are started on
+//! The servers (Consul, a second Consul agent with ACLs and mutual TLS, etcd 3.4 and 3.5,
+//! ZooKeeper, Eureka, BIND DNS) are started on
 //! 127.0.0.1 by `scripts/registries up`, which prints `export SD_TEST_...=...` lines:
 //!
 //! ```sh
@@ -45,7 +46,9 @@ pub use control::{
     kill, pause, registries_dir, repo_root, restart, resume, script_path, wait_ready, ControlError,
     PauseGuard,
 };
-pub use env::{dns_zone, integration_required, require, Server, INTEGRATION_ENV};
+pub use env::{
+    consul_secure_dir, dns_zone, integration_required, require, Server, INTEGRATION_ENV,
+};
 pub use lock::{exclusive, shared, ExclusiveGuard, SharedGuard};
 pub use names::unique_name;
 

@@ -420,3 +420,75 @@ async fn get_json_post(client: &reqwest::Client, url: &str, body: String) -> Val
     assert_eq!(resp.status(), 200, "POST {url}");
     resp.json().await.expect("JSON")
 }
+
+/// An HTTPS client for the consul-secure agent: its CA and (optionally) its client certificate.
+fn secure_http(with_client_cert: bool) -> reqwest::Client {
+    let dir = sd_testkit::consul_secure_dir();
+    let read = |f: &str| {
+        std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()))
+    };
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.pem")).expect("CA"));
+    if with_client_cert {
+        let mut pem = read("client.pem");
+        pem.extend(read("client.key"));
+        b = b.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
+    }
+    b.build().expect("reqwest client")
+}
+
+#[tokio::test]
+async fn consul_secure_needs_the_token_and_a_client_certificate() {
+    let addr = require!(Server::ConsulSecure);
+    let _guard = shared(Server::ConsulSecure);
+    let token =
+        std::fs::read_to_string(sd_testkit::consul_secure_dir().join("token")).expect("token file");
+    let token = token.trim();
+    let url = format!("https://{addr}/v1/agent/self");
+    let http = secure_http(true);
+
+    let resp = http
+        .get(&url)
+        .header("X-Consul-Token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["Config"]["Version"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("1."));
+    assert_eq!(body["DebugConfig"]["ACLsEnabled"], Value::Bool(true));
+
+    // ACLs are enforced: no token (anonymous) or a wrong token is refused.
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 403, "anonymous request");
+    let resp = http
+        .get(&url)
+        .header("X-Consul-Token", "00000000-0000-4000-8000-000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "unknown token");
+
+    // Mutual TLS is enforced: no client certificate, no HTTP exchange at all.
+    let err = secure_http(false)
+        .get(&url)
+        .header("X-Consul-Token", token)
+        .send()
+        .await
+        .expect_err("the agent requires a client certificate");
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+
+    // Plain HTTP is off.
+    assert!(http
+        .get(format!("http://{addr}/v1/agent/self"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true));
+}
