@@ -48,6 +48,9 @@ impl fmt::Display for Secret {
 /// A parsed registry URL with typed access to its options.
 #[derive(Clone)]
 pub struct RegistryUrl {
+    /// `scheme://authority/path`, as written.
+    head: String,
+    query: Vec<QueryPart>,
     raw_redacted: String,
     scheme: String,
     hosts: Vec<String>,
@@ -56,11 +59,55 @@ pub struct RegistryUrl {
     read: BTreeSet<String>,
 }
 
-/// Names of options whose values are redacted in every rendering of a URL.
-const SECRET_KEYS: [&str; 3] = ["token", "password", "secret"];
+/// Words that make an option a secret when its (decoded, lower-cased) name contains one.
+const SECRET_WORDS: [&str; 6] = ["token", "passw", "secret", "credential", "auth", "apikey"];
 
-fn is_secret_key(k: &str) -> bool {
-    SECRET_KEYS.contains(&k)
+/// Whether option `key` holds a secret: its decoded, lower-cased name contains one of
+/// [`SECRET_WORDS`] and it is not a `*_env` option (which names a variable, not a value).
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    !k.ends_with("_env") && SECRET_WORDS.iter().any(|w| k.contains(w))
+}
+
+/// One `key=value` of the query: the decoded key and the segment as written.
+#[derive(Clone)]
+struct QueryPart {
+    key: String,
+    raw: String,
+}
+
+/// Renders `head?query`, with `***` for the value of every part `hide` selects.
+fn render(head: &str, parts: &[QueryPart], hide: impl Fn(&QueryPart) -> bool) -> String {
+    if parts.is_empty() {
+        return head.to_string();
+    }
+    let query: Vec<String> = parts
+        .iter()
+        .map(|p| match p.raw.split_once('=') {
+            Some((k, _)) if hide(p) => format!("{k}=***"),
+            _ => p.raw.clone(),
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
+}
+
+fn split_query(s: &str) -> (&str, Vec<QueryPart>) {
+    let s = s.split('#').next().unwrap_or_default();
+    let Some((head, query)) = s.split_once('?') else {
+        return (s, Vec::new());
+    };
+    let parts = query
+        .split('&')
+        .filter(|seg| !seg.is_empty())
+        .map(|seg| QueryPart {
+            key: url::form_urlencoded::parse(seg.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default(),
+            raw: seg.to_string(),
+        })
+        .collect();
+    (head, parts)
 }
 
 impl RegistryUrl {
@@ -115,7 +162,10 @@ impl RegistryUrl {
                 )));
             }
         }
+        let (head, query) = split_query(s);
         Ok(RegistryUrl {
+            head: head.to_string(),
+            query,
             raw_redacted: redact(s),
             scheme,
             hosts,
@@ -236,6 +286,9 @@ impl RegistryUrl {
     }
 
     /// Fails if the URL has an option no one read, naming it and listing the known ones.
+    ///
+    /// The URL in this error also hides the values of the unknown options: a mistyped
+    /// secret option (`toekn=...`) must not print its value.
     pub fn finish(&self) -> Result<()> {
         let unknown: Vec<&String> = self
             .params
@@ -246,8 +299,11 @@ impl RegistryUrl {
             return Ok(());
         }
         let known: Vec<&str> = self.read.iter().map(String::as_str).collect();
-        Err(self.error(format!(
-            "unknown option{} {}; known options for {}:// are: {}",
+        let shown = render(&self.head, &self.query, |p| {
+            is_secret_key(&p.key) || !self.read.contains(&p.key)
+        });
+        Err(Error::config(format!(
+            "registry URL {shown:?}: unknown option{} {}; known options for {}:// are: {}",
             if unknown.len() > 1 { "s" } else { "" },
             unknown
                 .iter()
@@ -277,18 +333,13 @@ impl fmt::Display for RegistryUrl {
 }
 
 /// `s` with the values of secret options replaced by `***`.
+///
+/// An option is secret when its name, percent-decoded and lower-cased, contains `token`,
+/// `passw`, `secret`, `credential`, `auth` or `apikey` (so `Token=`, `tok%65n=` and
+/// `acl_token=` are all hidden); `*_env` options name a variable and are shown.
 pub fn redact(s: &str) -> String {
-    let Some((head, query)) = s.split_once('?') else {
-        return s.to_string();
-    };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-            _ => kv.to_string(),
-        })
-        .collect();
-    format!("{head}?{}", parts.join("&"))
+    let (head, parts) = split_query(s);
+    render(head, &parts, |p| is_secret_key(&p.key))
 }
 
 /// Splits `host:port` / `[v6]:port` / `host`, using `default_port` when there is none.
@@ -444,6 +495,28 @@ mod tests {
         let mut u = RegistryUrl::parse("consul://h?token_env=SD_CORE_TEST_UNSET_VAR").unwrap();
         let err = u.secret("token").unwrap_err().to_string();
         assert!(err.contains("SD_CORE_TEST_UNSET_VAR is not set"), "{err}");
+
+        // Variants of a secret's name are redacted too, and so is the value of a mistyped
+        // option in the unknown-option error.
+        for url in [
+            "consul://h?Token=hunter4",
+            "consul://h?tok%65n=hunter4",
+            "consul://h?acl_token=hunter4",
+            "consul://h?password=hunter4",
+        ] {
+            let u = RegistryUrl::parse(url).unwrap();
+            assert!(!format!("{u:?} {u}").contains("hunter4"), "{url}: {u:?}");
+            assert!(!u.finish().unwrap_err().to_string().contains("hunter4"));
+        }
+        let mut u = RegistryUrl::parse("consul://h?dc=eu1&toekn=hunter5").unwrap();
+        let _ = u.param("dc");
+        let err = u.finish().unwrap_err().to_string();
+        assert!(err.contains("unknown option toekn"), "{err}");
+        assert!(err.contains("dc=eu1") && !err.contains("hunter5"), "{err}");
+        assert_eq!(
+            redact("consul://h?token_env=VAR&token=x#frag"),
+            "consul://h?token_env=VAR&token=***"
+        );
 
         let mut u = RegistryUrl::parse("consul://h?token=a&token_env=B").unwrap();
         assert!(u

@@ -49,7 +49,9 @@ pub enum Status {
         /// When the endpoints are dropped.
         deadline: Instant,
     },
-    /// The endpoints were invalidated (or the endpointer closed); reads fail with this error.
+    /// Reads fail with this error, and no endpoints are held: the endpoints were invalidated
+    /// (the first error of the error state, as in go-kit EP-9), the endpointer was closed
+    /// ([`Error::Stopped`]), or the very first event was an error (nothing known to serve).
     Failed(Error),
 }
 

@@ -58,9 +58,6 @@ pub enum Error {
     /// The component was stopped or closed; no more results will come.
     #[error("stopped")]
     Stopped,
-    /// The discovery error state lasted longer than the configured invalidation timeout.
-    #[error("endpoints invalidated after discovery error: {0}")]
-    Invalidated(Box<Error>),
 }
 
 impl Error {
@@ -114,7 +111,6 @@ impl Error {
             Error::Rejected { .. } => 3,
             Error::Timeout { .. } => 4,
             Error::Stopped => 5,
-            Error::Invalidated(_) => 6,
         }
     }
 }

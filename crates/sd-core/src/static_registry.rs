@@ -14,6 +14,11 @@ use crate::registry::{Registry, ServiceQuery};
 /// A registry whose every service has the same fixed instances (go-kit's `FixedInstancer`
 /// behind the [`Registry`] trait). It cannot register anything.
 ///
+/// The list is served as it is to every query: the query's service name, tags and
+/// passing-only flag are not applied. A `static://` URL carries neither tags nor health, so
+/// filtering would silently turn a tagged query into an empty set; code that swaps a real
+/// registry for a static list by URL keeps working unchanged.
+///
 /// ```
 /// use sd_core::StaticRegistry;
 /// let r = StaticRegistry::from_addrs(["10.0.0.1:80", "[::1]:81"]).unwrap();
@@ -54,13 +59,8 @@ impl Registry for StaticRegistry {
     }
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
-        let list: Vec<Instance> = self
-            .instances
-            .iter()
-            .filter(|i| query.matches(i))
-            .cloned()
-            .collect();
-        Ok(Arc::new(FixedInstancer::new(list)))
+        let _ = query; // every query gets the whole list, see the type's docs
+        Ok(Arc::new(FixedInstancer::new(self.instances.clone())))
     }
 
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {

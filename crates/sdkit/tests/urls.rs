@@ -32,6 +32,10 @@ async fn static_urls_list_instances_and_are_read_only() {
         inst.subscribe().next().await.unwrap().addrs(),
         ["10.0.0.1:80", "10.0.0.2:80", "[::1]:81"]
     );
+    // Filters are not applied to a static list: a tagged, passing-only query sees it all.
+    let query = ServiceQuery::new("x").tag("v2").passing_only(true);
+    let inst = reg.instancer(&query).await.unwrap();
+    assert_eq!(inst.subscribe().next().await.unwrap().addrs().len(), 3);
     let e = reg
         .registrar(Registration::new("s", Instance::new("h", 1)))
         .await
