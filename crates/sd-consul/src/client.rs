@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use sd_core::{Error, Result, Secret};
+use sd_core::{Error, RegistryUrl, Result, Secret};
 use serde::Serialize;
 use url::Url;
 
@@ -116,17 +116,16 @@ impl ClientConfig {
         self
     }
 
-    /// Reads the ACL token from the environment variable `var`; fails if it is unset or empty.
+    /// Reads the ACL token from the environment variable `var`; fails with [`Error::Config`]
+    /// if it is unset or empty.
+    ///
+    /// This is the URL option `token_env=VAR`: the lookup is sd-core's
+    /// [`RegistryUrl::secret`], so both read the environment the same way.
     pub fn token_from_env(mut self, var: &str) -> Result<Self> {
-        match std::env::var(var) {
-            Ok(v) if !v.is_empty() => {
-                self.token = Some(Secret::new(v));
-                Ok(self)
-            }
-            _ => Err(Error::config(format!(
-                "consul: token environment variable {var} is not set"
-            ))),
-        }
+        let var: String = url::form_urlencoded::byte_serialize(var.as_bytes()).collect();
+        let mut url = RegistryUrl::parse(&format!("consul://?token_env={var}"))?;
+        self.token = url.secret("token")?;
+        Ok(self)
     }
 
     /// Sets the namespace.
@@ -331,8 +330,11 @@ impl Client {
                 "consul: a client certificate needs both cert and key files",
             ));
         }
+        // No proxy, whatever HTTP_PROXY / HTTPS_PROXY / ALL_PROXY say: the agent is local
+        // by design, and a proxy would see every request and the X-Consul-Token header.
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            .no_proxy()
             .connect_timeout(config.timeout)
             .tcp_nodelay(true);
         if let Some(ca) = &config.ca_file {
@@ -794,9 +796,22 @@ mod tests {
         let err = ClientConfig::new("h:1")
             .token_from_env("SD_CONSUL_UNIT_TOKEN_UNSET")
             .unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("SD_CONSUL_UNIT_TOKEN_UNSET is not set"));
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("environment variable SD_CONSUL_UNIT_TOKEN_UNSET is not set"),
+            "{err}"
+        );
+        // A name that would need escaping in a URL is looked up as given.
+        std::env::set_var("SD_CONSUL_UNIT&TOKEN#X", "def");
+        let c = ClientConfig::new("h:1")
+            .token_from_env("SD_CONSUL_UNIT&TOKEN#X")
+            .unwrap();
+        assert_eq!(c.token.unwrap().expose(), "def");
+        std::env::set_var("SD_CONSUL_UNIT_TOKEN_EMPTY", "");
+        assert!(ClientConfig::new("h:1")
+            .token_from_env("SD_CONSUL_UNIT_TOKEN_EMPTY")
+            .is_err());
     }
 
     #[test]
