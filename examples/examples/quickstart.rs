@@ -1,5 +1,6 @@
 //! The quickstart: three HTTP services register themselves, a client discovers and calls them
-//! through round robin and retry, one service is killed mid-run, and traffic moves off it.
+//! through round robin and retry, one service crashes mid-run (no deregistration), and
+//! traffic moves off it once discovery notices its TTL lapse.
 //!
 //! ```sh
 //! cargo run -p examples --example quickstart                                   # embedded registry
@@ -34,8 +35,10 @@ async fn main() -> ExitCode {
             match report.check() {
                 Ok(()) => {
                     println!(
-                        "ok: no request lost; traffic moved off {} once discovery caught up",
-                        report.killed
+                        "ok: no request lost; traffic moved off {} once discovery noticed the crash ({:.1} s later, TTL {} s)",
+                        report.killed,
+                        report.noticed_after.as_secs_f64(),
+                        examples::Options::default().ttl.as_secs()
                     );
                     ExitCode::SUCCESS
                 }

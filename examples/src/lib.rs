@@ -1,9 +1,13 @@
 //! The quickstart, as a library so that tests can run exactly what `cargo run -p examples
 //! --example quickstart` runs, against any registry.
 //!
-//! It starts three real HTTP services on 127.0.0.1, each registering itself in the registry;
-//! a client discovers them (Instancer → Endpointer → round robin → retry) and calls them over
-//! HTTP; one service is killed mid-run and the traffic moves off it.
+//! It starts three real HTTP services on 127.0.0.1, each registering itself in the registry
+//! with a TTL health check that it keeps passing; a client discovers them (Instancer →
+//! Endpointer → round robin → retry) and calls them over HTTP. Then one service crashes: its
+//! server stops and so do its heartbeats, and nobody deregisters it. Retries cover the dead
+//! instance until discovery notices on its own (the TTL lapses: the embedded registry expires
+//! the entry, Consul marks the check critical and the passing-only query drops it), after
+//! which no traffic goes there.
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -39,10 +43,12 @@ pub struct Report {
     pub registry: String,
     /// The service name registered.
     pub service: String,
-    /// The three phases: all up, one killed, after discovery caught up.
+    /// The three phases: all up, one crashed, after discovery noticed.
     pub phases: Vec<Phase>,
-    /// The service that was killed.
+    /// The service that crashed.
     pub killed: String,
+    /// How long after the crash discovery dropped the crashed service.
+    pub noticed_after: Duration,
 }
 
 impl Report {
@@ -64,7 +70,7 @@ impl Report {
             ));
         }
         if self.phases[1].retries == 0 {
-            return Err("killed: expected retries to cover the dead instance".into());
+            return Err("crashed: expected retries to cover the dead instance".into());
         }
         if self.phases[2].hits.contains_key(&self.killed) || self.phases[2].retries > 0 {
             return Err(format!(
@@ -107,6 +113,9 @@ pub struct Options {
     pub requests: usize,
     /// How long to wait for discovery to reflect a change before giving up.
     pub discovery_timeout: Duration,
+    /// The TTL of each service's health check: how long a crashed service stays
+    /// discoverable. Heartbeats renew it every third of it.
+    pub ttl: Duration,
 }
 
 impl Default for Options {
@@ -115,6 +124,7 @@ impl Default for Options {
             service: "hello".into(),
             requests: 30,
             discovery_timeout: Duration::from_secs(20),
+            ttl: Duration::from_secs(3),
         }
     }
 }
@@ -129,6 +139,7 @@ async fn start_service(
     registry: &Arc<dyn Registry>,
     service: &str,
     name: &str,
+    ttl: Duration,
 ) -> Result<Service, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -143,7 +154,10 @@ async fn start_service(
         .build();
     let registrar = registry
         .registrar(
-            Registration::new(service, instance).check(HealthCheck::Ttl(Duration::from_secs(10))),
+            Registration::new(service, instance)
+                .check(HealthCheck::Ttl(ttl))
+                // Consul's minimum; lets the agent reap a crashed instance eventually.
+                .deregister_critical_after(Duration::from_secs(60)),
         )
         .await?;
     let registration = RegistrationGuard::register(registrar).await?;
@@ -181,7 +195,7 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     // Three real HTTP services, each registering itself.
     let mut services = Vec::new();
     for name in ["alpha", "bravo", "charlie"] {
-        services.push(start_service(&registry, &opts.service, name).await?);
+        services.push(start_service(&registry, &opts.service, name, opts.ttl).await?);
     }
 
     // The client: Instancer -> Endpointer -> round robin -> retry.
@@ -244,24 +258,23 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
 
     report.phases.push(traffic(phase("all three up")).await);
 
-    // Kill one service: its port closes at once; the registry still lists it.
+    // One service crashes: its port closes at once and its heartbeats stop, but nobody
+    // deregisters it, so the registry still lists it until its TTL lapses.
     let mut victim = services.remove(1);
     victim.server.abort();
     let _ = (&mut victim.server).await;
-    report.killed = victim.name.clone();
-    report.phases.push(
-        traffic(phase(&format!(
-            "{} killed, registry not yet updated",
-            victim.name
-        )))
-        .await,
-    );
-
-    // Its shutdown hook deregisters it; discovery drops it; traffic no longer goes there.
+    let crashed_at = tokio::time::Instant::now();
     if let Some(guard) = victim.registration.take() {
-        guard.deregister().await?;
+        guard.abandon();
     }
-    wait_for(&endpointer, 2, opts.discovery_timeout).await?;
+    report.killed = victim.name.clone();
+    report
+        .phases
+        .push(traffic(phase(&format!("{} crashed, still registered", victim.name))).await);
+
+    // Discovery notices on its own once the TTL lapses; traffic no longer goes there.
+    wait_for(&endpointer, 2, opts.discovery_timeout + opts.ttl).await?;
+    report.noticed_after = crashed_at.elapsed();
     report
         .phases
         .push(traffic(phase("after discovery dropped it")).await);

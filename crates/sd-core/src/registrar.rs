@@ -202,6 +202,16 @@ impl RegistrationGuard {
             None => Ok(()),
         }
     }
+
+    /// Lets go of the registration **without** deregistering, as a crashed process would.
+    ///
+    /// The guard's registrar handle is dropped, which stops its heartbeats when it was the
+    /// last handle; the registry keeps the instance until its health check fails (a TTL
+    /// lapses, an HTTP check stops answering). For failure drills and demos such as the
+    /// quickstart, where discovery must notice a dead instance on its own.
+    pub fn abandon(mut self) {
+        drop(self.registrar.take());
+    }
 }
 
 impl Drop for RegistrationGuard {

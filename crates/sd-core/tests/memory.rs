@@ -237,3 +237,33 @@ async fn racing_register_and_deregister_leave_no_ghost() {
         assert!(reg.instances("svc").is_empty());
     }
 }
+
+/// An abandoned registration (a crash: no deregistration) stops heartbeating and expires
+/// when its TTL lapses; a deregistered one goes at once.
+#[tokio::test(start_paused = true)]
+async fn abandoned_registration_expires_with_its_ttl() {
+    let reg = MemoryRegistry::new();
+    let registration = |port| {
+        Registration::new("svc", Instance::new("10.0.0.1", port))
+            .check(HealthCheck::Ttl(Duration::from_secs(3)))
+    };
+    let crashed = RegistrationGuard::register(Arc::new(reg.registrar(registration(1))))
+        .await
+        .unwrap();
+    let alive = RegistrationGuard::register(Arc::new(reg.registrar(registration(2))))
+        .await
+        .unwrap();
+    let instancer = reg.instancer("svc");
+    let mut sub = instancer.subscribe();
+    assert_eq!(next_addrs(&mut sub).await, ["10.0.0.1:1", "10.0.0.1:2"]);
+    crashed.abandon();
+    // Still listed before the TTL lapses...
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(reg.instances("svc").len(), 2);
+    // ...and gone after, while the heartbeated one stays.
+    assert_eq!(next_addrs(&mut sub).await, ["10.0.0.1:2"]);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(reg.instances("svc").len(), 1);
+    alive.deregister().await.unwrap();
+    assert!(next_addrs(&mut sub).await.is_empty());
+}
