@@ -255,14 +255,42 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     msg
 }
 
+/// A plain-words hint for a TLS failure, from the (rustls) error text.
+fn tls_hint(msg: &str) -> Option<&'static str> {
+    const CLIENT_CERT_ALERTS: [&str; 5] = [
+        "fatal alert: CertificateRequired",
+        "fatal alert: UnknownCA",
+        "fatal alert: BadCertificate",
+        "fatal alert: CertificateUnknown",
+        "fatal alert: UnsupportedCertificate",
+    ];
+    if msg.contains("invalid peer certificate") {
+        Some(
+            "the agent's TLS certificate is not trusted: give the CA that signed it \
+             (ca=/path/ca.pem) and check that it is valid for the address used",
+        )
+    } else if CLIENT_CERT_ALERTS.iter().any(|a| msg.contains(a)) {
+        Some(
+            "the agent refused the TLS handshake over the client certificate: it requires one \
+             (verify_incoming) signed by a CA it trusts (cert=/path/cert.pem&key=/path/key.pem)",
+        )
+    } else {
+        None
+    }
+}
+
 fn transport_error(what: &str, e: reqwest::Error) -> Error {
+    let mut message = format!("{what}: {}", describe(&e));
+    if let Some(hint) = tls_hint(&message) {
+        message = format!("{message} ({hint})");
+    }
     if e.is_timeout() {
         Error::Timeout {
             backend: BACKEND,
-            message: format!("{what}: {}", describe(&e)),
+            message,
         }
     } else {
-        Error::unavailable(BACKEND, format!("{what}: {}", describe(&e)))
+        Error::unavailable(BACKEND, message)
     }
 }
 
@@ -286,7 +314,10 @@ fn truncate(s: &str) -> String {
 async fn status_error(what: &str, resp: Response) -> Error {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let message = format!("{what}: HTTP {status}: {}", truncate(&body));
+    let mut message = format!("{what}: HTTP {status}: {}", truncate(&body));
+    if status == StatusCode::BAD_REQUEST && body.contains("HTTP request to an HTTPS server") {
+        message.push_str(" (the agent speaks HTTPS: use tls=true, or ca= for a private CA)");
+    }
     match status {
         StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             Error::Rejected {
@@ -812,6 +843,22 @@ mod tests {
         assert!(ClientConfig::new("h:1")
             .token_from_env("SD_CONSUL_UNIT_TOKEN_EMPTY")
             .is_err());
+    }
+
+    #[test]
+    fn tls_failures_get_a_hint() {
+        assert!(tls_hint("x: invalid peer certificate: UnknownIssuer")
+            .unwrap()
+            .contains("not trusted"));
+        for alert in ["CertificateRequired", "UnknownCA", "BadCertificate"] {
+            assert!(
+                tls_hint(&format!("connection error: received fatal alert: {alert}"))
+                    .unwrap()
+                    .contains("client certificate"),
+                "{alert}"
+            );
+        }
+        assert_eq!(tls_hint("connection refused"), None);
     }
 
     #[test]

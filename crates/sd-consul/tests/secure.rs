@@ -1,0 +1,394 @@
+//! ACL tokens and TLS against a **real** Consul agent: the `consul-secure` agent of
+//! `scripts/registries` (`SD_TEST_CONSUL_SECURE`), which has ACLs on with
+//! `default_policy = "deny"` and serves HTTPS only, requiring a client certificate signed
+//! by its test CA. Its CA, certificates and management token are files in
+//! `sd_testkit::consul_secure_dir()`.
+//!
+//! ```sh
+//! eval "$(scripts/registries up)"
+//! cargo test -p sd-consul --test secure
+//! ```
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{by_id, wait_for_set};
+use sd_consul::{Client, ClientConfig, ConsulRegistry};
+use sd_core::{
+    Error, Event, Health, HealthCheck, Instance, Instancer, Registrar, Registration, Secret,
+    ServiceQuery,
+};
+use sd_testkit::{require, shared, unique_name, Server};
+use serde_json::json;
+
+fn dir() -> PathBuf {
+    sd_testkit::consul_secure_dir()
+}
+
+fn file(name: &str) -> PathBuf {
+    let p = dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `eval \"$(scripts/registries up)\"`",
+        p.display()
+    );
+    p
+}
+
+/// The test-only management token of the consul-secure agent.
+fn management_token() -> String {
+    std::fs::read_to_string(file("token"))
+        .expect("read the token file")
+        .trim()
+        .to_string()
+}
+
+/// Trusts the test CA and presents the test client certificate; no token.
+fn tls_config(addr: &str) -> ClientConfig {
+    ClientConfig::new(addr)
+        .ca_file(file("ca.pem"))
+        .client_cert(file("client.pem"), file("client.key"))
+        .wait(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+}
+
+fn registry(config: ClientConfig) -> ConsulRegistry {
+    ConsulRegistry::new(Client::new(config).expect("client"))
+}
+
+fn admin(addr: &str) -> ConsulRegistry {
+    registry(tls_config(addr).token(Secret::new(management_token())))
+}
+
+fn ttl_registration(service: &str, port: u16, id: &str) -> Registration {
+    Registration::new(service, Instance::builder("127.0.0.1", port).id(id).build())
+        .check(HealthCheck::Ttl(Duration::from_secs(30)))
+}
+
+/// Asserts `err` is a 403 rejection and mentions none of `secrets`.
+fn assert_rejected_403(err: &Error, secrets: &[&str]) {
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    assert!(!err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("403"), "{text}");
+    for s in secrets {
+        assert!(!text.contains(s), "secret in the error: {text}");
+        assert!(!format!("{err:?}").contains(s), "secret in Debug: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_management_token_registers_and_discovers_over_mutual_tls() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let token = management_token();
+    let reg = admin(&addr);
+    assert_eq!(reg.client().base_url().scheme(), "https");
+    let service = unique_name("secure-ok");
+    let registrar = reg
+        .consul_registrar(ttl_registration(&service, 22001, "s1"))
+        .unwrap();
+    registrar.register().await.unwrap();
+    let instancer = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
+        .await;
+    let mut sub = instancer.subscribe();
+    let set = wait_for_set(&mut sub, "registered", |s| by_id(s, "s1").is_some()).await;
+    assert_eq!(by_id(&set, "s1").unwrap().health(), Health::Passing);
+    assert_eq!(by_id(&set, "s1").unwrap().addr(), "127.0.0.1:22001");
+    assert!(!format!("{reg:?} {registrar:?} {instancer:?}").contains(&token));
+    registrar.deregister().await.unwrap();
+    wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;
+    instancer.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_rejected_and_never_shown() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let service = unique_name("secure-denied");
+    // A real instance, registered with the management token.
+    let owner = admin(&addr)
+        .consul_registrar(ttl_registration(&service, 22002, "d1"))
+        .unwrap();
+    owner.register().await.unwrap();
+
+    // No token: the anonymous token may do nothing under default_policy = "deny".
+    let anon = registry(tls_config(&addr));
+    let err = anon
+        .consul_registrar(ttl_registration(&service, 22003, "d2"))
+        .unwrap()
+        .register()
+        .await
+        .unwrap_err();
+    eprintln!("no token, register: {err}");
+    assert_rejected_403(&err, &[]);
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    // Reads are not refused but filtered: Consul answers 200 with nothing the anonymous
+    // token may see (documented in docs/CONSUL.md), so the real instance is invisible.
+    let instancer = anon
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    assert_eq!(
+        instancer.state(),
+        Some(Event::Instances(Default::default()))
+    );
+    instancer.stop().await;
+
+    // A wrong token (well-formed, unknown to the agent): 403 "ACL not found" for both.
+    let wrong = "6f1c0d2e-5b7a-4c3e-9d8f-0123456789ab";
+    let bad = registry(tls_config(&addr).token(Secret::new(wrong)));
+    let err = bad
+        .consul_registrar(ttl_registration(&service, 22004, "d3"))
+        .unwrap()
+        .register()
+        .await
+        .unwrap_err();
+    eprintln!("wrong token, register: {err}");
+    assert_rejected_403(&err, &[wrong]);
+    assert!(err.to_string().contains("ACL not found"), "{err}");
+    let instancer = bad
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    match instancer.state() {
+        Some(Event::Error(err)) => {
+            eprintln!("wrong token, discover: {err}");
+            assert_rejected_403(&err, &[wrong]);
+            assert!(err.to_string().contains("health query"), "{err}");
+        }
+        other => panic!("expected a 403 error, got {other:?}"),
+    }
+    instancer.stop().await;
+    owner.deregister().await.unwrap();
+}
+
+/// Creates a policy and a token holding only it; returns (token secret, token accessor, policy id).
+async fn create_token(addr: &str, rules: &str) -> (String, String, String) {
+    let http = admin_http();
+    let base = format!("https://{addr}/v1/acl");
+    let token = management_token();
+    let policy: serde_json::Value = http
+        .put(format!("{base}/policy"))
+        .header("X-Consul-Token", &token)
+        .json(&json!({ "Name": unique_name("sd-policy"), "Rules": rules }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let policy_id = policy["ID"].as_str().unwrap().to_string();
+    let created: serde_json::Value = http
+        .put(format!("{base}/token"))
+        .header("X-Consul-Token", &token)
+        .json(&json!({ "Description": "sd-consul test: read only", "Policies": [{ "ID": policy_id }] }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        created["SecretID"].as_str().unwrap().to_string(),
+        created["AccessorID"].as_str().unwrap().to_string(),
+        policy_id,
+    )
+}
+
+async fn delete_token(addr: &str, accessor: &str, policy_id: &str) {
+    let http = admin_http();
+    let token = management_token();
+    for path in [format!("token/{accessor}"), format!("policy/{policy_id}")] {
+        http.delete(format!("https://{addr}/v1/acl/{path}"))
+            .header("X-Consul-Token", &token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+}
+
+/// A plain reqwest client for the ACL API (test setup only).
+fn admin_http() -> reqwest::Client {
+    let mut pem = std::fs::read(file("client.pem")).unwrap();
+    pem.extend(std::fs::read(file("client.key")).unwrap());
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(file("ca.pem")).unwrap()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_read_only_token_discovers_but_cannot_register() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let service = unique_name("secure-ro");
+    let (secret, accessor, policy) = create_token(
+        &addr,
+        &format!(
+            "service \"{service}\" {{ policy = \"read\" }}\nnode_prefix \"\" {{ policy = \"read\" }}"
+        ),
+    )
+    .await;
+    let owner = admin(&addr)
+        .consul_registrar(ttl_registration(&service, 22005, "ro1"))
+        .unwrap();
+    owner.register().await.unwrap();
+
+    let reader = registry(tls_config(&addr).token(Secret::new(secret.clone())));
+    let instancer = reader
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    let mut sub = instancer.subscribe();
+    wait_for_set(&mut sub, "visible to service:read", |s| {
+        by_id(s, "ro1").is_some()
+    })
+    .await;
+    let err = reader
+        .consul_registrar(ttl_registration(&service, 22006, "ro2"))
+        .unwrap()
+        .register()
+        .await
+        .unwrap_err();
+    eprintln!("read-only token, register: {err}");
+    assert_rejected_403(&err, &[&secret]);
+    assert!(err.to_string().contains("service:write"), "{err}");
+    // Nothing was registered by the refused call.
+    let set = match sub.current() {
+        Some(Event::Instances(set)) => set,
+        other => panic!("{other:?}"),
+    };
+    assert!(by_id(&set, "ro2").is_none());
+
+    instancer.stop().await;
+    owner.deregister().await.unwrap();
+    delete_token(&addr, &accessor, &policy).await;
+}
+
+/// A one-shot health query through `config`, returning its error.
+async fn health_error(config: ClientConfig) -> Error {
+    Client::new(config)
+        .expect("client")
+        .health_service("consul", None, false, 0)
+        .await
+        .expect_err("the TLS handshake must fail")
+}
+
+#[tokio::test]
+async fn the_test_ca_and_client_certificate_work_through_the_url() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let d = dir();
+    let d = d.display();
+    // The URL options; the token from the file via an inline option (the env-var form is
+    // exercised in tests/logs.rs).
+    let reg = ConsulRegistry::from_url(&format!(
+        "consul://{addr}?ca={d}/ca.pem&cert={d}/client.pem&key={d}/client.key&token={}&timeout=5s",
+        management_token()
+    ))
+    .unwrap();
+    let answer = reg
+        .client()
+        .health_service("consul", None, false, 0)
+        .await
+        .unwrap();
+    // The "consul" service is the agent itself (a server in -dev mode).
+    assert_eq!(answer.entries.len(), 1, "{:?}", answer.entries);
+    assert!(answer.index > 0);
+}
+
+#[tokio::test]
+async fn an_untrusted_server_certificate_fails_clearly() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    for (what, config) in [
+        (
+            "unrelated CA",
+            ClientConfig::new(&addr)
+                .ca_file(file("other-ca.pem"))
+                .client_cert(file("client.pem"), file("client.key")),
+        ),
+        (
+            "built-in roots only",
+            ClientConfig::new(&addr)
+                .tls(true)
+                .client_cert(file("client.pem"), file("client.key")),
+        ),
+    ] {
+        let err = health_error(config.timeout(Duration::from_secs(5))).await;
+        eprintln!("{what}: {err}");
+        assert!(matches!(err, Error::Unavailable { .. }), "{what}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("health query"), "{what}: {text}");
+        assert!(
+            text.contains("invalid peer certificate") && text.contains("UnknownIssuer"),
+            "{what}: {text}"
+        );
+        assert!(
+            text.contains("the agent's TLS certificate is not trusted"),
+            "{what}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_agent_refuses_a_missing_or_foreign_client_certificate() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let token = management_token();
+    for (what, config) in [
+        (
+            "no client certificate",
+            ClientConfig::new(&addr).ca_file(file("ca.pem")),
+        ),
+        (
+            "client certificate from another CA",
+            ClientConfig::new(&addr)
+                .ca_file(file("ca.pem"))
+                .client_cert(file("other-client.pem"), file("other-client.key")),
+        ),
+    ] {
+        let err = health_error(
+            config
+                .token(Secret::new(token.clone()))
+                .timeout(Duration::from_secs(5)),
+        )
+        .await;
+        eprintln!("{what}: {err}");
+        assert!(matches!(err, Error::Unavailable { .. }), "{what}: {err}");
+        let text = err.to_string();
+        assert!(!text.contains(&token), "{text}");
+        assert!(
+            text.contains("refused the TLS handshake over the client certificate"),
+            "{what}: the error should say the client certificate was refused: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn plain_http_to_the_https_port_fails() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let err = Client::new(ClientConfig::new(&addr).timeout(Duration::from_secs(5)))
+        .unwrap()
+        .health_service("consul", None, false, 0)
+        .await
+        .unwrap_err();
+    eprintln!("plain HTTP: {err}");
+    // Go's TLS server answers a plain HTTP request with a 400 and a hint.
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    assert!(err.to_string().contains("the agent speaks HTTPS"), "{err}");
+}
