@@ -42,7 +42,7 @@ fn chi2(counts: &[usize], expected: &[f64]) -> f64 {
 }
 
 #[test]
-fn random_is_uniform_and_seeded_sequences_repeat() {
+fn lb3_random_is_uniform_and_seeded_sequences_repeat() {
     // 10 endpoints, 100 000 picks: chi-squared with 9 degrees of freedom stays below 27.9
     // (p = 0.001) for a uniform choice.
     for seed in [1u64, 2, 3] {

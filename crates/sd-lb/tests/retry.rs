@@ -388,3 +388,43 @@ async fn retry_future_is_send() {
         assert_send(retry.call(|ep: Endpoint<u16>| async move { Ok::<_, BoxError>(*ep) })).await;
     assert_eq!(r.unwrap(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn lb5_unlimited_retries_until_the_callback_stops() {
+    let retry = Retry::new(RoundRobin::new(fixed(3)))
+        .unlimited()
+        .callback(|n, _| {
+            if n < 7 {
+                Decision::Retry
+            } else {
+                Decision::Stop
+            }
+        });
+    let calls = AtomicUsize::new(0);
+    let e = retry
+        .call(|_ep: Endpoint<u16>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(err("down")) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+    assert_eq!(e.kind(), RetryErrorKind::Aborted);
+    assert!(!e.is_replaced());
+    assert_eq!(e.final_error().to_string(), "down");
+
+    // The attempt limit still applies with a callback that always retries.
+    let retry = Retry::new(RoundRobin::new(fixed(3)))
+        .max_attempts(4)
+        .callback(|_, _| Decision::Retry);
+    let calls = AtomicUsize::new(0);
+    let e = retry
+        .call(|_ep: Endpoint<u16>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(err("down")) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(e.kind(), RetryErrorKind::Exhausted);
+}
