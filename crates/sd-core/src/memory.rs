@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
+use crate::keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
 use crate::task::{deadline_after, BackgroundTask};
@@ -317,6 +318,27 @@ impl MemoryRegistrar {
     }
 }
 
+/// A TTL registration kept alive by the shared keep-alive loop.
+struct Lease {
+    registry: MemoryRegistry,
+    service: String,
+    instance: Instance,
+    ttl: Duration,
+}
+
+#[async_trait]
+impl KeepAlive for Lease {
+    async fn keep_alive(&self) -> Result<()> {
+        if !self.registry.renew(&self.service, &self.instance, self.ttl) {
+            // The registry dropped us (expired): register again.
+            tracing::warn!(service = %self.service, instance = %self.instance, "registration lost; re-registering");
+            self.registry
+                .insert(&self.service, self.instance.clone(), Some(self.ttl));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Registrar for MemoryRegistrar {
     async fn register(&self) -> Result<()> {
@@ -327,17 +349,16 @@ impl Registrar for MemoryRegistrar {
         let mut hb = self.heartbeat.lock().await;
         self.registry.insert(&service, instance.clone(), ttl);
         if let (Some(ttl), None) = (ttl, hb.as_ref()) {
-            let registry = self.registry.clone();
-            *hb = Some(BackgroundTask::spawn(move |token| async move {
-                let period = ttl / 3;
-                while crate::task::sleep_or_cancel(&token, period).await {
-                    if !registry.renew(&service, &instance, ttl) {
-                        // The registry dropped us (expired): register again.
-                        tracing::warn!(service = %service, instance = %instance, "registration lost; re-registering");
-                        registry.insert(&service, instance.clone(), Some(ttl));
-                    }
-                }
-            }));
+            let target = format!("{service}/{}", instance.id());
+            let lease = Arc::new(Lease {
+                registry: self.registry.clone(),
+                service,
+                instance,
+                ttl,
+            });
+            let config =
+                KeepAliveConfig::new("memory", target, KeepAliveConfig::period_for_ttl(ttl));
+            *hb = Some(spawn_keepalive(lease, config));
         }
         Ok(())
     }

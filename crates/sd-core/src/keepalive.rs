@@ -1,0 +1,123 @@
+//! The shared keep-alive loop every registrar runs while registered.
+//!
+//! Registries forget an instance that stops proving it is alive: a Consul TTL check goes
+//! critical, an etcd lease expires, a ZooKeeper session ends, Eureka evicts an instance that
+//! stops renewing, the embedded registry expires a TTL entry. A registrar therefore renews
+//! its registration periodically and, when the registry has lost it anyway (the agent
+//! restarted, the lease expired during a partition), registers it again. go-kit did this
+//! only for Eureka (a heartbeat 404 re-registers, EU-8) and never for Consul, etcd or
+//! ZooKeeper.
+//!
+//! A backend implements [`KeepAlive`] (one round: renew, and re-register if lost) and starts
+//! [`spawn_keepalive`] when it registers. The loop waits one period, runs a round, and on
+//! failure retries with a capped, jittered [`Backoff`] (never slower than the period, so a
+//! registration is not given up to its TTL because of one failed heartbeat). Stopping the
+//! returned [`BackgroundTask`] cancels the round in flight and any wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::backoff::Backoff;
+use crate::error::Result;
+use crate::task::{sleep_or_cancel, BackgroundTask};
+
+/// One round of keeping a registration alive.
+#[async_trait]
+pub trait KeepAlive: Send + Sync + 'static {
+    /// Renews the registration (heartbeat, check pass, lease keep-alive, presence check) and
+    /// registers it again if the registry lost it. An error is logged and retried with
+    /// backoff.
+    async fn keep_alive(&self) -> Result<()>;
+}
+
+/// How the keep-alive loop paces itself.
+#[derive(Debug, Clone)]
+pub struct KeepAliveConfig {
+    /// The backend name, for logs.
+    pub backend: &'static str,
+    /// What is kept alive (service and instance id), for logs.
+    pub target: String,
+    /// The time between successful rounds, e.g. a third of the TTL.
+    pub period: Duration,
+    /// The first retry delay after a failed round (default 100 ms); retries grow up to
+    /// `period`.
+    pub retry_initial: Duration,
+}
+
+impl KeepAliveConfig {
+    /// Rounds every `period` (at least 10 ms), retries from 100 ms up to `period`.
+    pub fn new(backend: &'static str, target: impl Into<String>, period: Duration) -> Self {
+        KeepAliveConfig {
+            backend,
+            target: target.into(),
+            period: period.max(Duration::from_millis(10)),
+            retry_initial: Duration::from_millis(100),
+        }
+    }
+
+    /// The period for a TTL: a third of it, so two heartbeats can fail before it lapses.
+    pub fn period_for_ttl(ttl: Duration) -> Duration {
+        ttl / 3
+    }
+}
+
+/// Runs `keeper` every `config.period` until the returned task is stopped or dropped.
+///
+/// # Panics
+/// Outside a tokio runtime.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use sd_core::keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
+///
+/// struct Beat(AtomicUsize);
+/// #[async_trait::async_trait]
+/// impl KeepAlive for Beat {
+///     async fn keep_alive(&self) -> sd_core::Result<()> {
+///         self.0.fetch_add(1, Ordering::SeqCst);
+///         Ok(())
+///     }
+/// }
+///
+/// let beat = Arc::new(Beat(AtomicUsize::new(0)));
+/// let task = spawn_keepalive(beat.clone(), KeepAliveConfig::new("doc", "web-1", Duration::from_secs(1)));
+/// tokio::time::sleep(Duration::from_millis(3500)).await;
+/// task.stop().await;
+/// assert_eq!(beat.0.load(Ordering::SeqCst), 3);
+/// # });
+/// ```
+pub fn spawn_keepalive<K: KeepAlive + ?Sized>(
+    keeper: Arc<K>,
+    config: KeepAliveConfig,
+) -> BackgroundTask {
+    BackgroundTask::spawn(move |token| async move {
+        let mut backoff = Backoff::new(config.retry_initial, config.period);
+        let mut delay = config.period;
+        loop {
+            if !sleep_or_cancel(&token, delay).await {
+                return;
+            }
+            let outcome = tokio::select! {
+                _ = token.cancelled() => return,
+                r = keeper.keep_alive() => r,
+            };
+            delay = match outcome {
+                Ok(()) => {
+                    backoff.reset();
+                    config.period
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    tracing::warn!(backend = config.backend, target = %config.target,
+                        error = %e, retry_in = ?d, "keep-alive failed");
+                    d
+                }
+            };
+        }
+    })
+}
