@@ -19,7 +19,8 @@ use ::tower::discover::Change;
 use ::tower::util::Oneshot;
 use ::tower::{Layer, Service, ServiceExt};
 use futures::Stream;
-use sd_core::{BoxError, Changes, Endpoint, Endpointer};
+use sd_core::{BoxError, Changes, DefaultEndpointer, Endpoint, Endpointer, Factory, Instancer};
+use std::sync::Arc;
 
 use crate::balancer::{Balancer, Picked, Request};
 
@@ -78,6 +79,22 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
             started: false,
             done: false,
         }
+    }
+
+    /// Follows `instancer` directly: builds a [`DefaultEndpointer`] with `factory` and owns
+    /// it (dropping the `Discovery` closes its endpoints).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as [`DefaultEndpointer::new`]).
+    pub fn from_instancer<I, F>(
+        instancer: &I,
+        factory: F,
+    ) -> Discovery<Arc<DefaultEndpointer<E>>, E>
+    where
+        I: Instancer + ?Sized,
+        F: Factory<E>,
+    {
+        Discovery::new(Arc::new(DefaultEndpointer::new(instancer, factory)))
     }
 
     /// Diffs the current snapshot against the known set; returns whether the endpointer has

@@ -191,3 +191,29 @@ async fn retry_reports_outcomes_to_outlier_ejection() {
     let bad = find(retry.balancer(), 0);
     assert!(retry.balancer().is_ejected(&bad));
 }
+
+#[test]
+fn concurrent_failures_never_eject_more_than_the_share() {
+    let lb = Arc::new(Outlier::new(RoundRobin::new(fixed(8)), config(3)));
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let lb = lb.clone();
+            std::thread::spawn(move || {
+                let mut max = 0;
+                for _ in 0..5_000 {
+                    let p = lb.pick_with(&Request::new()).unwrap();
+                    p.failure();
+                    max = max.max(lb.ejected_count());
+                }
+                max
+            })
+        })
+        .collect();
+    for h in hs {
+        assert!(
+            h.join().unwrap() <= 4,
+            "at most half of 8 ejected at any time"
+        );
+    }
+    assert_eq!(lb.ejected_count(), 4);
+}

@@ -428,3 +428,18 @@ async fn lb5_unlimited_retries_until_the_callback_stops() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     assert_eq!(e.kind(), RetryErrorKind::Exhausted);
 }
+
+#[tokio::test(start_paused = true)]
+async fn lb11_retry_error_is_a_plain_value_and_a_std_error() {
+    let retry = Retry::new(RoundRobin::new(fixed(2))).max_attempts(2);
+    let result: Result<(), sd_lb::RetryError> = retry
+        .call(|_ep: Endpoint<u16>| async { Err::<(), _>(std::io::Error::other("refused")) })
+        .await;
+    let e: sd_lb::RetryError = result.unwrap_err();
+    let as_std: &(dyn std::error::Error + Send + Sync) = &e;
+    assert_eq!(as_std.source().unwrap().to_string(), "refused");
+    // The raw errors keep their types.
+    assert!(e.raw_errors()[0].downcast_ref::<std::io::Error>().is_some());
+    let boxed: BoxError = Box::new(e);
+    assert_eq!(boxed.to_string(), "refused (previously: refused)");
+}

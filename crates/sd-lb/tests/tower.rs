@@ -230,3 +230,29 @@ impl Endpoints for Arc<P2c<Arc<DefaultEndpointer<Backend>>, Backend>> {
         sd_lb::Balancer::snapshot(&**self).all().to_vec()
     }
 }
+
+#[tokio::test]
+async fn discovery_straight_from_an_instancer() {
+    let registry = sd_core::MemoryRegistry::new();
+    let registrar = registry.registrar(sd_core::Registration::new(
+        "svc",
+        Instance::new("10.0.0.1", 7),
+    ));
+    sd_core::Registrar::register(&registrar).await.unwrap();
+    let instancer = registry.instancer("svc");
+    let mut d = Discovery::<Arc<DefaultEndpointer<Backend>>, Backend>::from_instancer(
+        &instancer,
+        |i: &Instance| -> Result<Backend, BoxError> {
+            Ok(Backend {
+                name: i.addr().to_string(),
+                calls: Arc::new(AtomicUsize::new(0)),
+            })
+        },
+    );
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:7 10.0.0.1:7"
+    );
+    sd_core::Registrar::deregister(&registrar).await.unwrap();
+    assert_eq!(describe(&d.next().await.unwrap().unwrap()), "-10.0.0.1:7");
+}
