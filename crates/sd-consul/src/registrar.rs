@@ -191,6 +191,8 @@ impl Shared {
             Some(check) => self.client.pass_ttl(check).await? == CheckUpdate::Unknown,
             None => self.client.agent_service(&self.body.id).await?.is_none(),
         };
+        tracing::trace!(backend = BACKEND, id = %self.body.id, lost, ttl = self.check_id.is_some(),
+            "heartbeat");
         if lost {
             tracing::warn!(
                 backend = BACKEND,

@@ -11,9 +11,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::secure::{file, management_token, tls_config, TestToken};
 use common::{by_id, wait_for_set};
 use sd_consul::{Client, ClientConfig, ConsulRegistry};
 use sd_core::{
@@ -21,38 +21,6 @@ use sd_core::{
     ServiceQuery,
 };
 use sd_testkit::{require, shared, unique_name, Server};
-use serde_json::json;
-
-fn dir() -> PathBuf {
-    sd_testkit::consul_secure_dir()
-}
-
-fn file(name: &str) -> PathBuf {
-    let p = dir().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `eval \"$(scripts/registries up)\"`",
-        p.display()
-    );
-    p
-}
-
-/// The test-only management token of the consul-secure agent.
-fn management_token() -> String {
-    std::fs::read_to_string(file("token"))
-        .expect("read the token file")
-        .trim()
-        .to_string()
-}
-
-/// Trusts the test CA and presents the test client certificate; no token.
-fn tls_config(addr: &str) -> ClientConfig {
-    ClientConfig::new(addr)
-        .ca_file(file("ca.pem"))
-        .client_cert(file("client.pem"), file("client.key"))
-        .wait(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-}
 
 fn registry(config: ClientConfig) -> ConsulRegistry {
     ConsulRegistry::new(Client::new(config).expect("client"))
@@ -164,79 +132,12 @@ async fn a_missing_or_wrong_token_is_rejected_and_never_shown() {
     owner.deregister().await.unwrap();
 }
 
-/// Creates a policy and a token holding only it; returns (token secret, token accessor, policy id).
-async fn create_token(addr: &str, rules: &str) -> (String, String, String) {
-    let http = admin_http();
-    let base = format!("https://{addr}/v1/acl");
-    let token = management_token();
-    let policy: serde_json::Value = http
-        .put(format!("{base}/policy"))
-        .header("X-Consul-Token", &token)
-        .json(&json!({ "Name": unique_name("sd-policy"), "Rules": rules }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let policy_id = policy["ID"].as_str().unwrap().to_string();
-    let created: serde_json::Value = http
-        .put(format!("{base}/token"))
-        .header("X-Consul-Token", &token)
-        .json(&json!({ "Description": "sd-consul test: read only", "Policies": [{ "ID": policy_id }] }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        created["SecretID"].as_str().unwrap().to_string(),
-        created["AccessorID"].as_str().unwrap().to_string(),
-        policy_id,
-    )
-}
-
-async fn delete_token(addr: &str, accessor: &str, policy_id: &str) {
-    let http = admin_http();
-    let token = management_token();
-    for path in [format!("token/{accessor}"), format!("policy/{policy_id}")] {
-        http.delete(format!("https://{addr}/v1/acl/{path}"))
-            .header("X-Consul-Token", &token)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-    }
-}
-
-/// A plain reqwest client for the ACL API (test setup only).
-fn admin_http() -> reqwest::Client {
-    let mut pem = std::fs::read(file("client.pem")).unwrap();
-    pem.extend(std::fs::read(file("client.key")).unwrap());
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(file("ca.pem")).unwrap()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_read_only_token_discovers_but_cannot_register() {
     let addr = require!(Server::ConsulSecure);
     let _shared = shared(Server::ConsulSecure);
     let service = unique_name("secure-ro");
-    let (secret, accessor, policy) = create_token(
+    let token = TestToken::create(
         &addr,
         &format!(
             "service \"{service}\" {{ policy = \"read\" }}\nnode_prefix \"\" {{ policy = \"read\" }}"
@@ -248,6 +149,7 @@ async fn a_read_only_token_discovers_but_cannot_register() {
         .unwrap();
     owner.register().await.unwrap();
 
+    let secret = token.secret.clone();
     let reader = registry(tls_config(&addr).token(Secret::new(secret.clone())));
     let instancer = reader
         .consul_instancer(&ServiceQuery::new(service.as_str()))
@@ -275,7 +177,7 @@ async fn a_read_only_token_discovers_but_cannot_register() {
 
     instancer.stop().await;
     owner.deregister().await.unwrap();
-    delete_token(&addr, &accessor, &policy).await;
+    token.delete().await;
 }
 
 /// A one-shot health query through `config`, returning its error.
@@ -291,7 +193,7 @@ async fn health_error(config: ClientConfig) -> Error {
 async fn the_test_ca_and_client_certificate_work_through_the_url() {
     let addr = require!(Server::ConsulSecure);
     let _shared = shared(Server::ConsulSecure);
-    let d = dir();
+    let d = sd_testkit::consul_secure_dir();
     let d = d.display();
     // The URL options; the token from the file via an inline option (the env-var form is
     // exercised in tests/logs.rs).

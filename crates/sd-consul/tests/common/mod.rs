@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod secure;
+
 use sd_core::{Event, Instance, InstanceSet, Subscription};
 
 /// The longest any test waits for one expected state.
