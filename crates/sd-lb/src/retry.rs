@@ -168,7 +168,8 @@ impl<B> Retry<B> {
     /// Calls `f` on picked endpoints until it succeeds or the retry policy gives up.
     ///
     /// `f` runs once per attempt with that attempt's endpoint. Its outcome is reported to
-    /// the balancer (load tracking, outlier ejection).
+    /// the balancer (load tracking, outlier ejection). Timeouts and backoff use tokio's timer,
+    /// so call this inside a tokio runtime with time enabled when either is set.
     pub async fn call<E, F, Fut, T, Er>(&self, mut f: F) -> Result<T, RetryError>
     where
         B: Balancer<E>,
