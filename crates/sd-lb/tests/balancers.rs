@@ -436,3 +436,43 @@ fn every_balancer_spreads_over_all_endpoints_on_two_threads() {
     }
     let _ = ep.endpoints();
 }
+
+#[tokio::test]
+async fn derived_tables_follow_endpoint_set_updates() {
+    let cache = InstanceCache::new();
+    let ep = Arc::new(DefaultEndpointer::new(
+        &cache,
+        |i: &Instance| -> Result<u16, BoxError> { Ok(i.port()) },
+    ));
+    let weights = |w: &[u32]| {
+        Event::instances(
+            w.iter()
+                .enumerate()
+                .map(|(i, w)| Instance::builder("10.0.0.1", i as u16).weight(*w).build())
+                .collect::<Vec<_>>(),
+        )
+    };
+    ep.apply(weights(&[1, 1]));
+    let w = Weighted::new(ep.clone());
+    let hash = ConsistentHash::new(ep.clone());
+    let mut c = [0usize; 3];
+    for _ in 0..100 {
+        c[*w.pick().unwrap() as usize] += 1;
+    }
+    assert_eq!(c, [50, 50, 0]);
+    let before: Vec<u16> = (0..1000).map(|k| *hash.pick_key(&k).unwrap()).collect();
+    assert!(before.iter().all(|p| *p < 2));
+
+    // New weights (a metadata change keeps the endpoints) and a third instance.
+    ep.apply(weights(&[3, 0, 1]));
+    let mut c = [0usize; 3];
+    for _ in 0..400 {
+        c[*w.pick().unwrap() as usize] += 1;
+    }
+    assert_eq!(c, [300, 0, 100]);
+    let after: Vec<u16> = (0..1000).map(|k| *hash.pick_key(&k).unwrap()).collect();
+    assert!(after.contains(&2), "the new endpoint owns some keys");
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert!(moved < 500, "only about a third of the keys move: {moved}");
+    ep.close().await;
+}
