@@ -45,6 +45,7 @@ type result struct {
 	BytesPerInstance float64 `json:"bytes_per_instance,omitempty"`
 	HeapPerInstance  float64 `json:"heap_bytes_per_instance,omitempty"`
 	Note             string  `json:"note,omitempty"`
+	RequestP50Ns     float64 `json:"request_p50_ns,omitempty"`
 	Skipped          string  `json:"skipped,omitempty"`
 }
 

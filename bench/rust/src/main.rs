@@ -44,6 +44,8 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heap_bytes_per_instance: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_p50_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
 }
 

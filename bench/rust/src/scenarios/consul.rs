@@ -69,11 +69,16 @@ pub fn run(scale: usize) -> Result<(), String> {
         .map(|s| s.latency.as_nanos() as f64)
         .collect();
     let (p50, p99) = percentiles(&lat);
+    let req: Vec<f64> = samples
+        .iter()
+        .map(|s| s.request.as_nanos() as f64)
+        .collect();
     let mut r = Record::new("consul", 1, 1);
     r.ops = Some(lat.len());
     r.ns_per_op = Some(p50);
     r.p50_ns = Some(p50);
     r.p99_ns = Some(p99);
+    r.request_p50_ns = Some(percentiles(&req).0);
     r.emit();
     Ok(())
 }
