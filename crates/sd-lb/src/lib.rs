@@ -76,7 +76,7 @@ pub mod round_robin;
 pub mod tower;
 pub mod weighted;
 
-pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request};
+pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request, Tsc};
 pub use error::{AttemptTimeout, BudgetExhausted, LbError, RetryError, RetryErrorKind, Timeout};
 pub use hash::ConsistentHash;
 pub use local::LocalRoundRobin;

@@ -2,14 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use sd_core::{Endpoint, Endpointer, Snapshot};
+use arc_swap::{ArcSwap, Guard};
+use sd_core::{Changes, Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, first_accepted, splitmix, thread_random, Balancer, Clock, Derived,
-    Feedback, Outcome, Picked, Request,
+    bounded, endpoints_of, first_accepted, splitmix, thread_random, Balancer, Clock, Feedback,
+    Outcome, Picked, Request,
 };
 use crate::error::LbError;
 
@@ -161,8 +162,8 @@ struct Slot<E> {
 /// The load is pluggable ([`Load`]): requests in flight, or peak-EWMA latency. It is fed
 /// back through the [`Picked`] guard returned by [`pick_with`](Balancer::pick_with): a guard
 /// dropped without a report still ends its request. Statistics survive endpoint-set updates
-/// for the endpoints that stay. A pick takes two `arc-swap` loads (the endpoints and the
-/// statistics table), no lock and no allocation.
+/// for the endpoints that stay. A pick takes one `arc-swap` load (the endpoints with their
+/// statistics, checked against the endpointer's version number), no lock and no allocation.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -178,19 +179,73 @@ pub struct P2c<P, E: 'static> {
     endpointer: P,
     load: Load,
     clock: Clock,
-    table: Derived<Vec<Slot<E>>>,
+    view: ArcSwap<View<E>>,
+    rebuild: Mutex<()>,
     seeded: Option<AtomicU64>,
 }
 
-impl<P, E: 'static> P2c<P, E> {
+/// One endpoint set with its statistics, checked against the endpointer's change
+/// notifications: a pick costs one `arc-swap` load and one atomic read of the endpointer's
+/// version, instead of two `arc-swap` loads.
+struct View<E: 'static> {
+    snapshot: Snapshot<E>,
+    changes: Changes,
+    slots: Vec<Slot<E>>,
+}
+
+fn build_slots<E>(list: &[Endpoint<E>], old: &[Slot<E>], load: Load, clock: Clock) -> Vec<Slot<E>> {
+    let previous: HashMap<*const E, &Arc<EndpointLoad>> = old
+        .iter()
+        .filter(|s| s.value.strong_count() > 0)
+        .map(|s| (s.value.as_ptr(), &s.load))
+        .collect();
+    list.iter()
+        .map(|e| {
+            let ptr = Arc::as_ptr(e.value_arc());
+            let load = previous
+                .get(&ptr)
+                .map(|l| (*l).clone())
+                .unwrap_or_else(|| Arc::new(EndpointLoad::new(load, clock)));
+            Slot {
+                value: Arc::downgrade(e.value_arc()),
+                load,
+            }
+        })
+        .collect()
+}
+
+impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
     /// P2C comparing `load`.
+    ///
+    /// Peak EWMA measures latency with [`Clock::fast`] (the first one made in a process
+    /// calibrates it for 2 ms); change it with [`clock`](P2c::clock).
     pub fn new(endpointer: P, load: Load) -> Self {
+        let clock = match load {
+            Load::InFlight => Clock::Std,
+            Load::PeakEwma { .. } => Clock::fast(),
+        };
+        let view = Self::view_of(&endpointer, &[], load, clock);
         P2c {
             endpointer,
             load,
-            clock: Clock::default(),
-            table: Derived::new(Vec::new()),
+            clock,
+            view: ArcSwap::from_pointee(view),
+            rebuild: Mutex::new(()),
             seeded: None,
+        }
+    }
+
+    /// The current endpoints of `endpointer` with statistics carried over from `old`.
+    fn view_of(endpointer: &P, old: &[Slot<E>], load: Load, clock: Clock) -> View<E> {
+        // Subscribe first: an update that lands in between is seen as a change, never missed.
+        let mut changes = endpointer.changes();
+        changes.mark_seen();
+        let snapshot = endpointer.endpoints().detach();
+        let slots = build_slots(snapshot.all(), old, load, clock);
+        View {
+            snapshot,
+            changes,
+            slots,
         }
     }
 
@@ -204,10 +259,11 @@ impl<P, E: 'static> P2c<P, E> {
         Self::new(endpointer, Load::peak_ewma())
     }
 
-    /// The clock for latency measurement (e.g. [`Clock::tokio`] in tests). Set it before the
-    /// first pick.
+    /// The clock for latency measurement (e.g. [`Clock::tokio`] in tests). Statistics start
+    /// afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self.view = ArcSwap::from_pointee(Self::view_of(&self.endpointer, &[], self.load, clock));
         self
     }
 
@@ -230,39 +286,43 @@ impl<P, E: 'static> P2c<P, E> {
         }
     }
 
-    fn build(&self, list: &[Endpoint<E>], old: &[Slot<E>]) -> Vec<Slot<E>> {
-        let previous: HashMap<*const E, &Arc<EndpointLoad>> = old
-            .iter()
-            .filter(|s| s.value.strong_count() > 0)
-            .map(|s| (s.value.as_ptr(), &s.load))
-            .collect();
-        list.iter()
-            .map(|e| {
-                let ptr = Arc::as_ptr(e.value_arc());
-                let load = previous
-                    .get(&ptr)
-                    .map(|l| (*l).clone())
-                    .unwrap_or_else(|| Arc::new(EndpointLoad::new(self.load, self.clock)));
-                Slot {
-                    value: Arc::downgrade(e.value_arc()),
-                    load,
-                }
-            })
-            .collect()
+    /// The current view, rebuilt first if the endpointer published since it was made.
+    #[inline]
+    fn current(&self) -> Guard<Arc<View<E>>> {
+        let view = self.view.load();
+        if !view.changes.has_changed() {
+            return view;
+        }
+        drop(view);
+        self.refresh()
+    }
+
+    #[cold]
+    fn refresh(&self) -> Guard<Arc<View<E>>> {
+        let _lock = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.view.load();
+        if !cur.changes.has_changed() {
+            return cur;
+        }
+        let next = Arc::new(Self::view_of(
+            &self.endpointer,
+            &cur.slots,
+            self.load,
+            self.clock,
+        ));
+        self.view.store(next.clone());
+        Guard::from_inner(next)
     }
 
     /// The load statistics of `endpoint`, if it is in the current set.
-    pub fn load_of(&self, endpoint: &Endpoint<E>) -> Option<Arc<EndpointLoad>>
-    where
-        P: Endpointer<E>,
-    {
-        let snap = self.endpointer.endpoints();
-        let table = self.table.get(&snap, |l, old| self.build(l, old));
-        let i = snap
+    pub fn load_of(&self, endpoint: &Endpoint<E>) -> Option<Arc<EndpointLoad>> {
+        let view = self.current();
+        let i = view
+            .snapshot
             .all()
             .iter()
             .position(|e| Endpoint::same_value(e, endpoint))?;
-        Some(table.value[i].load.clone())
+        Some(view.slots[i].load.clone())
     }
 }
 
@@ -279,10 +339,9 @@ where
 {
     #[inline]
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        let table = self.table.get(&snap, |l, old| self.build(l, old));
-        let slots = &table.value;
+        let view = self.current();
+        let list = endpoints_of(&view.snapshot)?;
+        let slots = &view.slots;
         let n = list.len();
         let now = match self.load {
             Load::InFlight => 0,
