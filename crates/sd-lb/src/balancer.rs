@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
-use sd_core::{Endpoint, Endpoints, Snapshot};
+use sd_core::{Changes, Endpoint, Endpointer, Endpoints, Snapshot};
 
 use crate::error::LbError;
 
@@ -480,69 +480,78 @@ impl PaddedCounter {
 }
 
 /// State derived from one endpointer snapshot (a weighted schedule, a hash table, load
-/// statistics), rebuilt when the snapshot's version changes. Reading it is one `arc-swap`
-/// load; rebuilding takes a mutex, only on the first pick after an update.
-pub(crate) struct Derived<T> {
-    current: ArcSwap<Versioned<T>>,
+/// statistics), held with that snapshot and the endpointer's change notifier.
+///
+/// A pick reads it with one `arc-swap` load and one atomic read of the endpointer's version
+/// ([`Changes::has_changed`]); the first pick after an update rebuilds it under a mutex.
+pub(crate) struct Viewed<T, E: 'static> {
+    view: ArcSwap<View<T, E>>,
     rebuild: Mutex<()>,
 }
 
-pub(crate) struct Versioned<T> {
-    pub(crate) version: u64,
+/// One snapshot and the state derived from it.
+pub(crate) struct View<T, E: 'static> {
+    pub(crate) snapshot: Snapshot<E>,
+    changes: Changes,
     pub(crate) value: T,
 }
 
-impl<T> Derived<T> {
-    pub(crate) fn new(value: T) -> Self {
-        Derived {
-            current: ArcSwap::from_pointee(Versioned {
-                version: u64::MAX,
-                value,
-            }),
+impl<T, E: 'static> Viewed<T, E> {
+    pub(crate) fn new<P: Endpointer<E>>(
+        endpointer: &P,
+        build: impl FnOnce(&[Endpoint<E>], Option<&T>) -> T,
+    ) -> Self {
+        Viewed {
+            view: ArcSwap::from_pointee(Self::view_of(endpointer, None, build)),
             rebuild: Mutex::new(()),
         }
     }
 
-    /// The state for `snap`, rebuilt with `build(endpoints, previous)` when out of date.
-    #[inline]
-    pub(crate) fn get<E>(
-        &self,
-        snap: &Endpoints<E>,
-        build: impl FnOnce(&[Endpoint<E>], &T) -> T,
-    ) -> Guard<Arc<Versioned<T>>> {
-        let cur = self.current.load();
-        if cur.version == snap.version() {
-            return cur;
+    fn view_of<P: Endpointer<E>>(
+        endpointer: &P,
+        old: Option<&T>,
+        build: impl FnOnce(&[Endpoint<E>], Option<&T>) -> T,
+    ) -> View<T, E> {
+        // Subscribe first: an update that lands in between is seen as a change, never missed.
+        let mut changes = endpointer.changes();
+        changes.mark_seen();
+        let snapshot = endpointer.endpoints().detach();
+        let value = build(snapshot.all(), old);
+        View {
+            snapshot,
+            changes,
+            value,
         }
-        drop(cur);
-        self.rebuild_for(snap, build)
+    }
+
+    /// The current view, rebuilt first if the endpointer published since it was made.
+    #[inline]
+    pub(crate) fn get<P: Endpointer<E>>(
+        &self,
+        endpointer: &P,
+        build: impl FnOnce(&[Endpoint<E>], Option<&T>) -> T,
+    ) -> Guard<Arc<View<T, E>>> {
+        let view = self.view.load();
+        if !view.changes.has_changed() {
+            return view;
+        }
+        drop(view);
+        self.refresh(endpointer, build)
     }
 
     #[cold]
-    fn rebuild_for<E>(
+    fn refresh<P: Endpointer<E>>(
         &self,
-        snap: &Endpoints<E>,
-        build: impl FnOnce(&[Endpoint<E>], &T) -> T,
-    ) -> Guard<Arc<Versioned<T>>> {
+        endpointer: &P,
+        build: impl FnOnce(&[Endpoint<E>], Option<&T>) -> T,
+    ) -> Guard<Arc<View<T, E>>> {
         let _lock = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.current.load();
-        if cur.version == snap.version() {
+        let cur = self.view.load();
+        if !cur.changes.has_changed() {
             return cur;
         }
-        // Never replace a newer state with an older one (another thread may be ahead).
-        if cur.version != u64::MAX && cur.version > snap.version() {
-            let value = build(snap.all(), &cur.value);
-            return Guard::from_inner(Arc::new(Versioned {
-                version: snap.version(),
-                value,
-            }));
-        }
-        let value = build(snap.all(), &cur.value);
-        let next = Arc::new(Versioned {
-            version: snap.version(),
-            value,
-        });
-        self.current.store(next.clone());
+        let next = Arc::new(Self::view_of(endpointer, Some(&cur.value), build));
+        self.view.store(next.clone());
         Guard::from_inner(next)
     }
 }

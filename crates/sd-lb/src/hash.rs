@@ -1,12 +1,13 @@
 //! Consistent hashing on a request key: Maglev.
 
 use std::hash::Hash;
+use std::marker::PhantomData;
 
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, first_accepted, hash_key, splitmix, thread_random, Balancer, Derived,
-    Picked, Request,
+    bounded, endpoints_of, first_accepted, hash_key, splitmix, thread_random, Balancer, Picked,
+    Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -34,39 +35,35 @@ use crate::error::LbError;
 /// let a = *hash.pick_key("user-42").unwrap();
 /// assert_eq!(*hash.pick_key("user-42").unwrap(), a);
 /// ```
-pub struct ConsistentHash<P> {
+pub struct ConsistentHash<P, E: 'static> {
     endpointer: P,
-    table: Derived<Table>,
+    table: Viewed<Table, E>,
+    _e: PhantomData<fn() -> E>,
 }
 
-#[derive(Default)]
 struct Table {
     /// Endpoint index per slot; `M` entries (prime).
     slots: Vec<u32>,
 }
 
-impl<P> ConsistentHash<P> {
+impl<P: Endpointer<E>, E: Send + Sync + 'static> ConsistentHash<P, E> {
     /// A Maglev balancer over `endpointer`.
     pub fn new(endpointer: P) -> Self {
         ConsistentHash {
+            table: Viewed::new(&endpointer, |l, _| build(l)),
             endpointer,
-            table: Derived::new(Table::default()),
+            _e: PhantomData,
         }
     }
 
     /// Picks the endpoint for `key` (hashed with [`hash_key`]).
-    pub fn pick_key<E, K>(&self, key: &K) -> Result<Endpoint<E>, LbError>
-    where
-        E: Send + Sync + 'static,
-        P: Endpointer<E>,
-        K: Hash + ?Sized,
-    {
+    pub fn pick_key<K: Hash + ?Sized>(&self, key: &K) -> Result<Endpoint<E>, LbError> {
         self.pick_with(&Request::new().key_of(key))
             .map(Picked::into_endpoint)
     }
 }
 
-impl<P> std::fmt::Debug for ConsistentHash<P> {
+impl<P, E: 'static> std::fmt::Debug for ConsistentHash<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsistentHash").finish()
     }
@@ -105,7 +102,7 @@ pub(crate) fn table_size(n: usize) -> u64 {
 fn build<E>(list: &[Endpoint<E>]) -> Table {
     let n = list.len();
     if n == 0 {
-        return Table::default();
+        return Table { slots: Vec::new() };
     }
     let m = table_size(n);
     let perms: Vec<(u64, u64)> = list
@@ -140,16 +137,15 @@ fn build<E>(list: &[Endpoint<E>]) -> Table {
     Table { slots }
 }
 
-impl<E, P> Balancer<E> for ConsistentHash<P>
+impl<E, P> Balancer<E> for ConsistentHash<P, E>
 where
     E: Send + Sync + 'static,
     P: Endpointer<E>,
 {
     #[inline]
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        let table = self.table.get(&snap, |l, _| build(l));
+        let table = self.table.get(&self.endpointer, |l, _| build(l));
+        let list = endpoints_of(&table.snapshot)?;
         let slots = &table.value.slots;
         let key = request.key().unwrap_or_else(thread_random);
         let mut h = splitmix(key);

@@ -2,15 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
-use sd_core::{Changes, Endpoint, Endpointer, Snapshot};
+use arc_swap::Guard;
+use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
     bounded, endpoints_of, first_accepted, splitmix, thread_random, Balancer, Clock, Feedback,
-    Outcome, Picked, Request,
+    Outcome, Picked, Request, View, Viewed,
 };
 use crate::error::LbError;
 
@@ -179,23 +179,19 @@ pub struct P2c<P, E: 'static> {
     endpointer: P,
     load: Load,
     clock: Clock,
-    view: ArcSwap<View<E>>,
-    rebuild: Mutex<()>,
+    view: Viewed<Vec<Slot<E>>, E>,
     seeded: Option<AtomicU64>,
 }
 
-/// One endpoint set with its statistics, checked against the endpointer's change
-/// notifications: a pick costs one `arc-swap` load and one atomic read of the endpointer's
-/// version, instead of two `arc-swap` loads.
-struct View<E: 'static> {
-    snapshot: Snapshot<E>,
-    changes: Changes,
-    slots: Vec<Slot<E>>,
-}
-
-fn build_slots<E>(list: &[Endpoint<E>], old: &[Slot<E>], load: Load, clock: Clock) -> Vec<Slot<E>> {
+fn build_slots<E>(
+    list: &[Endpoint<E>],
+    old: Option<&Vec<Slot<E>>>,
+    load: Load,
+    clock: Clock,
+) -> Vec<Slot<E>> {
     let previous: HashMap<*const E, &Arc<EndpointLoad>> = old
-        .iter()
+        .into_iter()
+        .flatten()
         .filter(|s| s.value.strong_count() > 0)
         .map(|s| (s.value.as_ptr(), &s.load))
         .collect();
@@ -224,28 +220,13 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
             Load::InFlight => Clock::Std,
             Load::PeakEwma { .. } => Clock::fast(),
         };
-        let view = Self::view_of(&endpointer, &[], load, clock);
+        let view = Viewed::new(&endpointer, |list, old| build_slots(list, old, load, clock));
         P2c {
             endpointer,
             load,
             clock,
-            view: ArcSwap::from_pointee(view),
-            rebuild: Mutex::new(()),
+            view,
             seeded: None,
-        }
-    }
-
-    /// The current endpoints of `endpointer` with statistics carried over from `old`.
-    fn view_of(endpointer: &P, old: &[Slot<E>], load: Load, clock: Clock) -> View<E> {
-        // Subscribe first: an update that lands in between is seen as a change, never missed.
-        let mut changes = endpointer.changes();
-        changes.mark_seen();
-        let snapshot = endpointer.endpoints().detach();
-        let slots = build_slots(snapshot.all(), old, load, clock);
-        View {
-            snapshot,
-            changes,
-            slots,
         }
     }
 
@@ -263,7 +244,10 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
     /// afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
-        self.view = ArcSwap::from_pointee(Self::view_of(&self.endpointer, &[], self.load, clock));
+        let load = self.load;
+        self.view = Viewed::new(&self.endpointer, |list, old| {
+            build_slots(list, old, load, clock)
+        });
         self
     }
 
@@ -286,32 +270,14 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
         }
     }
 
-    /// The current view, rebuilt first if the endpointer published since it was made.
+    /// The endpoints with their statistics: one `arc-swap` load and one atomic read of the
+    /// endpointer's version, rebuilt after an update.
     #[inline]
-    fn current(&self) -> Guard<Arc<View<E>>> {
-        let view = self.view.load();
-        if !view.changes.has_changed() {
-            return view;
-        }
-        drop(view);
-        self.refresh()
-    }
-
-    #[cold]
-    fn refresh(&self) -> Guard<Arc<View<E>>> {
-        let _lock = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.view.load();
-        if !cur.changes.has_changed() {
-            return cur;
-        }
-        let next = Arc::new(Self::view_of(
-            &self.endpointer,
-            &cur.slots,
-            self.load,
-            self.clock,
-        ));
-        self.view.store(next.clone());
-        Guard::from_inner(next)
+    fn current(&self) -> Guard<Arc<View<Vec<Slot<E>>, E>>> {
+        let (load, clock) = (self.load, self.clock);
+        self.view.get(&self.endpointer, |list, old| {
+            build_slots(list, old, load, clock)
+        })
     }
 
     /// The load statistics of `endpoint`, if it is in the current set.
@@ -322,7 +288,7 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
             .all()
             .iter()
             .position(|e| Endpoint::same_value(e, endpoint))?;
-        Some(view.slots[i].load.clone())
+        Some(view.value[i].load.clone())
     }
 }
 
@@ -341,7 +307,7 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let view = self.current();
         let list = endpoints_of(&view.snapshot)?;
-        let slots = &view.slots;
+        let slots = &view.value;
         let n = list.len();
         let now = match self.load {
             Load::InFlight => 0,

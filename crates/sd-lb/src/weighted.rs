@@ -1,8 +1,10 @@
 //! Weighted round robin: a smooth schedule precomputed per snapshot.
 
+use std::marker::PhantomData;
+
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
-use crate::balancer::{endpoints_of, Balancer, Derived, PaddedCounter, Picked, Request};
+use crate::balancer::{endpoints_of, Balancer, PaddedCounter, Picked, Request, Viewed};
 use crate::error::LbError;
 
 /// Weighted round robin over [`Instance::weight`](sd_core::Instance::weight).
@@ -12,7 +14,7 @@ use crate::error::LbError;
 /// total is very large), ordered by earliest virtual deadline (`(k + ½) / weight`, the EDF /
 /// stride order). The result is smooth like nginx's smooth weighted round robin: weights
 /// 5, 1, 1 give `a a a b c a a`, not `a a a a a b c`. A pick is then one shared counter
-/// increment and one index: no lock, no allocation.
+/// increment and one index, after one `arc-swap` load: no lock, no allocation.
 ///
 /// An endpoint of weight 0 is never picked while one with a positive weight exists; when
 /// every weight is 0, all are picked equally.
@@ -29,14 +31,14 @@ use crate::error::LbError;
 /// let picks: String = (0..8).map(|_| *w.pick().unwrap()).collect();
 /// assert_eq!(picks, "aabaaaba");
 /// ```
-pub struct Weighted<P> {
+pub struct Weighted<P, E: 'static> {
     endpointer: P,
     counter: PaddedCounter,
-    schedule: Derived<Schedule>,
+    schedule: Viewed<Schedule, E>,
+    _e: PhantomData<fn() -> E>,
 }
 
 /// The precomputed order of picks for one snapshot.
-#[derive(Default)]
 struct Schedule {
     /// Indices into the snapshot's endpoint list.
     order: Vec<u32>,
@@ -44,18 +46,19 @@ struct Schedule {
     eligible: Vec<bool>,
 }
 
-impl<P> Weighted<P> {
+impl<P: Endpointer<E>, E: 'static> Weighted<P, E> {
     /// A weighted round robin over `endpointer`.
     pub fn new(endpointer: P) -> Self {
         Weighted {
+            schedule: Viewed::new(&endpointer, |l, _| build(l)),
             endpointer,
             counter: PaddedCounter::default(),
-            schedule: Derived::new(Schedule::default()),
+            _e: PhantomData,
         }
     }
 }
 
-impl<P> std::fmt::Debug for Weighted<P> {
+impl<P, E: 'static> std::fmt::Debug for Weighted<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Weighted").finish()
     }
@@ -98,25 +101,23 @@ fn build<E>(list: &[Endpoint<E>]) -> Schedule {
     }
 }
 
-impl<E, P> Balancer<E> for Weighted<P>
+impl<E, P> Balancer<E> for Weighted<P, E>
 where
     E: Send + Sync + 'static,
     P: Endpointer<E>,
 {
     #[inline]
     fn pick(&self) -> Result<Endpoint<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        let s = self.schedule.get(&snap, |l, _| build(l));
+        let s = self.schedule.get(&self.endpointer, |l, _| build(l));
+        let list = endpoints_of(&s.snapshot)?;
         let order = &s.value.order;
         let i = order[(self.counter.next() % order.len() as u64) as usize] as usize;
         Ok(list[i].clone())
     }
 
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        let s = self.schedule.get(&snap, |l, _| build(l));
+        let s = self.schedule.get(&self.endpointer, |l, _| build(l));
+        let list = endpoints_of(&s.snapshot)?;
         let order = &s.value.order;
         let pos = (self.counter.next() % order.len() as u64) as usize;
         let mut i = order[pos] as usize;

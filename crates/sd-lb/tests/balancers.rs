@@ -314,7 +314,7 @@ async fn load_survives_updates_for_endpoints_that_stay() {
     ep.close().await;
 }
 
-fn owners(h: &ConsistentHash<Arc<FixedEndpointer<u16>>>, keys: usize) -> Vec<u16> {
+fn owners(h: &ConsistentHash<Arc<FixedEndpointer<u16>>, u16>, keys: usize) -> Vec<u16> {
     (0..keys)
         .map(|k| *h.pick_key(&format!("key-{k}")).unwrap())
         .collect()

@@ -3,7 +3,7 @@
 //! guard), weighted and consistent hashing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, FixedInstancer, Instance};
 use sd_lb::{
@@ -12,11 +12,19 @@ use sd_lb::{
 
 struct Counting;
 
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Allocations made by this thread. Per thread, so that the test harness's threads and
+    /// the other test of this file do not count.
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocs_here() -> usize {
+    ALLOCS.with(|c| c.get())
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -29,19 +37,31 @@ static GLOBAL: Counting = Counting;
 
 const PICKS: usize = 100_000;
 
-fn count(name: &str, mut pick: impl FnMut() -> u64) {
+/// Allocations made by `PICKS` calls of `pick` on this thread, after a warm-up.
+fn allocations(mut pick: impl FnMut() -> u64) -> (usize, u64) {
     // Warm up: thread-locals, arc-swap's debt slots, tables derived from the snapshot.
     for _ in 0..10 {
         pick();
     }
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = allocs_here();
     let mut sum = 0u64;
     for _ in 0..PICKS {
         sum = sum.wrapping_add(pick());
     }
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let after = allocs_here();
+    (after - before, sum)
+}
+
+fn count(name: &str, pick: impl FnMut() -> u64) {
+    let (allocs, sum) = allocations(pick);
     assert!(sum > 0, "{name}: picks returned something");
-    assert_eq!(after - before, 0, "{name}: picks allocated");
+    assert_eq!(allocs, 0, "{name}: picks allocated");
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let (allocs, _) = allocations(|| std::hint::black_box(Box::new(1u64)).wrapping_add(1));
+    assert_eq!(allocs, PICKS);
 }
 
 #[test]
