@@ -4,7 +4,7 @@
     compare.py RESULTS.jsonl [--docs docs/BENCHMARKS.md --header-file FILE]
 
 Every (impl, scenario, n, threads) measurement appears once per round; the table shows the
-median over the rounds and, per side, the relative spread (max - min) / median. With --docs,
+median over the rounds and, per side, the range (min–max) over the rounds. With --docs,
 the table replaces the text between the markers
 <!-- gokit-compare:begin --> and <!-- gokit-compare:end --> in that file.
 """
@@ -57,13 +57,16 @@ def fmt(v, kind):
     return f"{v:.0f} B"
 
 
-def spread(vals):
+def spread(vals, kind):
+    """The range over the rounds, min–max."""
     if len(vals) < 2:
         return "—"
-    med = statistics.median(vals)
-    if med == 0:
-        return "0" if max(vals) == min(vals) else "—"
-    return f"±{100 * (max(vals) - min(vals)) / 2 / med:.0f}%"
+    lo, hi = fmt(min(vals), kind), fmt(max(vals), kind)
+    if lo == hi:
+        return "same"
+    if " " in lo and lo.split(" ")[1] == hi.split(" ")[1]:
+        lo = lo.split(" ")[0]  # 8.6–10.3 ns
+    return f"{lo}–{hi}"
 
 
 def load(path):
@@ -88,7 +91,7 @@ def load(path):
 
 def table(data, skipped):
     out = [
-        "| scenario | go-kit | sdkit | go-kit ÷ sdkit | better | spread go-kit / sdkit |",
+        "| scenario | go-kit | sdkit | go-kit ÷ sdkit | better | range over the rounds: go-kit / sdkit |",
         "|---|---|---|---|---|---|",
     ]
     keys = sorted(data.keys(), key=lambda k: (k[1], k[2]))
@@ -135,7 +138,7 @@ def table(data, skipped):
             name = label.format(n=f"{key[1]:,}".replace(",", " "), threads=key[2],
                                 s="" if key[2] == 1 else "s")
             out.append(f"| {name} | {fmt(gm, kind)} | {fmt(sm, kind)} | {ratio} | {better} | "
-                       f"{spread(g)} / {spread(s)} |")
+                       f"{spread(g, kind)} / {spread(s, kind)} |")
     for impl, scenario, why in skipped:
         side = "go-kit" if impl == "gokit" else impl
         out.append(f"| {scenario}: skipped or failed ({side}) | | | | | {why} |")
@@ -150,7 +153,7 @@ def main():
     data, skipped = load(args[0])
     text, rounds = table(data, skipped)
     print(text)
-    print(f"\n(median of {rounds} rounds per side; spread = (max - min) / 2 / median)")
+    print(f"\n(median of {rounds} rounds per side; the last column is min–max over the rounds)")
     if "--docs" in args:
         docs = args[args.index("--docs") + 1]
         header = ""
@@ -164,8 +167,8 @@ def main():
             return 1
         before, rest = content.split(BEGIN, 1)
         _, after = rest.split(END, 1)
-        block = (f"{BEGIN}\n{header}{text}\n\nMedian of {rounds} rounds per side; spread = "
-                 f"(max − min) / 2 / median over the rounds.\n{END}")
+        block = (f"{BEGIN}\n{header}{text}\n\nMedian of {rounds} rounds per side; the last column "
+                 f"is the lowest and highest figure over the rounds.\n{END}")
         with open(docs, "w") as f:
             f.write(before + block + after)
         print(f"wrote the table into {docs}", file=sys.stderr)
