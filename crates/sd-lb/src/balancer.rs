@@ -313,7 +313,12 @@ impl Clock {
             Clock::Tokio(origin) => tokio::time::Instant::now()
                 .saturating_duration_since(*origin)
                 .as_nanos() as u64,
-            Clock::Tsc(t) => (tsc::read().wrapping_sub(t.base) as f64 * t.ns_per_tick) as u64,
+            Clock::Tsc(t) => {
+                // Signed, so that a core whose counter is a hair behind the calibrating one
+                // reads 0 rather than wrapping around.
+                let ticks = tsc::read().wrapping_sub(t.base) as i64;
+                (ticks.max(0) as f64 * t.ns_per_tick) as u64
+            }
         }
     }
 }
