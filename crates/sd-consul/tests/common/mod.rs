@@ -17,8 +17,18 @@ pub async fn wait_for_set(
     what: &str,
     pred: impl Fn(&InstanceSet) -> bool,
 ) -> InstanceSet {
+    wait_for_set_within(sub, what, BOUND, pred).await
+}
+
+/// [`wait_for_set`] with another bound.
+pub async fn wait_for_set_within(
+    sub: &mut Subscription,
+    what: &str,
+    bound: Duration,
+    pred: impl Fn(&InstanceSet) -> bool,
+) -> InstanceSet {
     let mut last = None;
-    let found = tokio::time::timeout(BOUND, async {
+    let found = tokio::time::timeout(bound, async {
         loop {
             match sub.next().await {
                 Some(Event::Instances(set)) if pred(&set) => return set,
@@ -30,7 +40,7 @@ pub async fn wait_for_set(
     .await;
     match found {
         Ok(set) => set,
-        Err(_) => panic!("{what}: not seen within {BOUND:?}; last event: {last:?}"),
+        Err(_) => panic!("{what}: not seen within {bound:?}; last event: {last:?}"),
     }
 }
 
