@@ -19,12 +19,14 @@ END = "<!-- gokit-compare:end -->"
 # (scenario, metric, label, kind) in table order; label gets n/threads filled in. A scenario
 # "ours:theirs" compares our scenario `ours` with go-kit's `theirs`.
 ROWS = [
-    ("pick", "ns_per_op", "pick, round robin, N={n}, {threads} thread{s}: ns/pick", "time"),
+    ("pick", "ns_per_op",
+     "pick, round robin (ours: `RoundRobin::new`), N={n}, {threads} thread{s}: ns/pick", "time"),
     ("pick_per_thread:pick", "ns_per_op",
-     "pick, sd-lb per-thread round robin vs go-kit's, N={n}, {threads} thread{s}", "time"),
-    ("pick_local:pick", "ns_per_op",
-     "pick, sd-lb LocalRoundRobin (a handle per thread) vs go-kit's, N={n}, {threads} thread{s}",
+     "pick, ours `RoundRobin::per_thread` vs go-kit's round robin, N={n}, {threads} thread{s}",
      "time"),
+    ("pick_local:pick", "ns_per_op",
+     "pick, ours `LocalRoundRobin` (a handle per thread) vs go-kit's round robin, N={n}, "
+     "{threads} thread{s}", "time"),
     ("pick", "allocs_per_op", "pick: allocations/pick (largest median over N and threads)",
      "allocs-all"),
     ("update", "ns_per_op", "update: one change in {n}, applied to the endpointer", "time"),

@@ -3,15 +3,18 @@
 #
 #   bench/compare.sh [--rounds N] [--quick] [--write-docs] [--no-build] [--scenarios LIST]
 #
-# Builds both sides (Go with `go build`, Rust with `cargo build --release`), runs them
-# interleaved (go-kit, sdkit, go-kit, sdkit, ... N rounds; the memory scenario in a fresh
-# process of its own), then prints a markdown table of the medians with go-kit's figure, ours,
-# the ratio and the spread over the rounds. --write-docs also puts the table, with the date,
-# the machine and this command, into docs/BENCHMARKS.md (section "go-kit comparison").
+# Builds both sides (Go with `go build`; Rust with `cargo build --profile bench`: the release
+# profile plus the workspace's lto = true and codegen-units = 1, as for the criterion benches,
+# since Go inlines across packages too), runs them interleaved (go-kit, sdkit, go-kit, sdkit,
+# ...; N rounds, default 5; memory and Consul in fresh processes of their own), then prints a
+# markdown table of the medians with go-kit's figure, ours, the ratio and the range over the
+# rounds. --write-docs also puts the table, with the date, the machine and this command, into
+# docs/BENCHMARKS.md (section "go-kit comparison").
 #
 # The Consul scenario runs against the agent of scripts/registries when SD_TEST_CONSUL is set
 # (eval "$(scripts/registries up)"); otherwise both sides print a "skipped" line.
-# Raw JSON lines are kept in target/bench-compare/. A full run takes about two minutes.
+# Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
+# if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
         --write-docs) WRITE_DOCS=1; shift ;;
         --no-build) BUILD=""; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,13 +43,13 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$TARGET/bench-compare"
 mkdir -p "$OUT"
 GOBIN="$OUT/gokit-bench"
-RUSTBIN="$TARGET/release/sd-compare"
+RUSTBIN="$TARGET/release/sd-compare"  # the bench profile's output directory is release/
 
 if [ -n "$BUILD" ]; then
     echo "[compare] building go-kit side (go build)" >&2
     (cd bench/gokit && go build -o "$GOBIN" .)
-    echo "[compare] building sdkit side (cargo build --release -p sd-compare)" >&2
-    cargo build --release -p sd-compare >&2
+    echo "[compare] building sdkit side (cargo build --profile bench -p sd-compare)" >&2
+    cargo build --profile bench -p sd-compare >&2
 fi
 [ -x "$GOBIN" ] || { echo "compare.sh: $GOBIN missing (run without --no-build)" >&2; exit 1; }
 [ -x "$RUSTBIN" ] || { echo "compare.sh: $RUSTBIN missing (run without --no-build)" >&2; exit 1; }
