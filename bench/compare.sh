@@ -11,8 +11,9 @@
 # rounds. --write-docs also puts the table, with the date, the machine and this command, into
 # docs/BENCHMARKS.md (section "go-kit comparison").
 #
-# The Consul scenario runs against the agent of scripts/registries when SD_TEST_CONSUL is set
-# (eval "$(scripts/registries up)"); otherwise both sides print a "skipped" line.
+# The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
+# scripts/registries is running (start it with `scripts/registries up`); without an agent
+# both sides print a "skipped" line.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
@@ -54,6 +55,12 @@ fi
 [ -x "$GOBIN" ] || { echo "compare.sh: $GOBIN missing (run without --no-build)" >&2; exit 1; }
 [ -x "$RUSTBIN" ] || { echo "compare.sh: $RUSTBIN missing (run without --no-build)" >&2; exit 1; }
 
+# The Consul agent: SD_TEST_CONSUL, or the one scripts/registries is running (nothing is started).
+if [ -z "${SD_TEST_CONSUL:-}" ] && [ -x scripts/registries ]; then
+    SD_TEST_CONSUL="$(SD_REGISTRIES=consul scripts/registries env 2>/dev/null \
+        | sed -n 's/^export SD_TEST_CONSUL=//p' | head -n 1)" || SD_TEST_CONSUL=""
+    export SD_TEST_CONSUL
+fi
 if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
     echo "[compare] SD_TEST_CONSUL not set: the Consul scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
