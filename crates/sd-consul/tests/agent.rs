@@ -122,17 +122,25 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
         )
         .unwrap()
         .period(Duration::from_secs(3600));
+    // The heartbeated instance: a TTL of ALIVE_TTL and a heartbeat every ALIVE_PERIOD, so
+    // it goes critical only if no heartbeat gets through for ALIVE_TTL - ALIVE_PERIOD =
+    // 3.6 s (a stall far beyond what a loaded 2-core box shows), while the test still
+    // outlives the TTL by half (so passing at the end proves the heartbeats kept it so).
+    const ALIVE_TTL: Duration = Duration::from_secs(4);
+    const ALIVE_PERIOD: Duration = Duration::from_millis(400);
     let alive = reg
         .consul_registrar(
             Registration::new(
                 service.as_str(),
                 instance("127.0.0.1", 20011, "alive").build(),
             )
-            .check(HealthCheck::Ttl(Duration::from_secs(2))),
+            .check(HealthCheck::Ttl(ALIVE_TTL)),
         )
-        .unwrap();
+        .unwrap()
+        .period(ALIVE_PERIOD);
     lazy.register().await.unwrap();
     alive.register().await.unwrap();
+    let alive_since = std::time::Instant::now();
 
     let passing = reg
         .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
@@ -156,9 +164,13 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
         "critical instances weigh 0"
     );
     // Use the lazy instance as a clock: re-registering makes it passing again and its
-    // 1 s TTL lapses again. After three more lapses (> 3 s) the other instance, with a
-    // 2 s TTL, is still passing only because its heartbeats (every ~667 ms) kept it so.
-    for round in 0..3 {
+    // 1 s TTL lapses again (each round takes at least 1 s, measured by the agent). Go on
+    // until 1.5 x ALIVE_TTL has passed since "alive" registered: it is then still passing
+    // only because its heartbeats kept it so. (The round cap is only a bound.)
+    let mut round = 0;
+    while alive_since.elapsed() < ALIVE_TTL + ALIVE_TTL / 2 {
+        round += 1;
+        assert!(round <= 30, "the lazy clock does not tick");
         lazy.register().await.unwrap();
         wait_for_set(&mut a, "lazy passing again", |s| {
             by_id(s, "lazy").is_some_and(|i| i.health() == Health::Passing)
