@@ -568,19 +568,28 @@ mod tests {
     #[test]
     fn fast_clock_is_monotonic_and_agrees_with_instant() {
         let clock = Clock::fast();
-        let (i0, c0) = (std::time::Instant::now(), clock.now());
-        let mut last = c0;
-        let mut i1 = std::time::Instant::now();
-        while i1.duration_since(i0) < std::time::Duration::from_millis(10) {
-            let now = clock.now();
-            assert!(now >= last, "went backwards: {now} < {last}");
-            last = now;
-            i1 = std::time::Instant::now();
+        // Each try pairs adjacent reads of both clocks at both ends of a 20 ms span; a
+        // preemption between two paired reads (this box has 2 loaded cores) skews one try,
+        // so the best of five is judged. The check is the ratio, not the time taken.
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let (i0, c0) = (std::time::Instant::now(), clock.now());
+            let mut last = c0;
+            loop {
+                let now = clock.now();
+                assert!(now >= last, "went backwards: {now} < {last}");
+                last = now;
+                if i0.elapsed() >= std::time::Duration::from_millis(20) {
+                    break;
+                }
+            }
+            let (i1, c1) = (std::time::Instant::now(), clock.now());
+            let ratio = (c1 - c0) as f64 / i1.duration_since(i0).as_nanos() as f64;
+            if (ratio - 1.0).abs() < (best - 1.0).abs() {
+                best = ratio;
+            }
         }
-        let c1 = clock.now();
-        // Both measure the same interval (the check is their ratio, not the time taken).
-        let ratio = (c1 - c0) as f64 / i1.duration_since(i0).as_nanos() as f64;
-        assert!((0.95..1.05).contains(&ratio), "{clock:?}: ratio {ratio}");
+        assert!((0.95..1.05).contains(&best), "{clock:?}: ratio {best}");
         // A second call reuses the calibration.
         assert_eq!(format!("{:?}", Clock::fast()), format!("{clock:?}"));
     }
