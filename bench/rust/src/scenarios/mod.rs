@@ -42,3 +42,25 @@ pub fn current_thread() -> Result<tokio::runtime::Runtime, String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_round_to_the_nearest_rank_like_the_go_side() {
+        let v: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        // index round(q * (n - 1)): 0.5 * 199 = 99.5 -> 100 (value 101); 0.99 * 199 = 197.01 -> 197.
+        assert_eq!(percentiles(&v), (101.0, 198.0));
+        assert_eq!(percentiles(&[7.0]), (7.0, 7.0));
+        assert_eq!(percentiles(&[]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn instances_use_the_go_sides_addresses() {
+        let v = instances(258);
+        assert_eq!(v[0].addr(), "10.0.0.0:8080");
+        assert_eq!(v[257].addr(), "10.0.1.1:8080");
+        assert_eq!(factory(&v[3]).unwrap().addr(), "10.0.0.3:8080");
+    }
+}
