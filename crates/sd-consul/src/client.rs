@@ -332,6 +332,10 @@ async fn status_error(what: &str, resp: Response) -> Error {
 impl Client {
     /// Builds a client. Fails with [`Error::Config`] on a bad address or unreadable or invalid
     /// TLS files. No request is sent.
+    ///
+    /// The client never uses a proxy: `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are
+    /// ignored, because the agent is local by design and a proxy would see the
+    /// `X-Consul-Token` header.
     pub fn new(config: ClientConfig) -> Result<Self> {
         let scheme = if config.uses_tls() { "https" } else { "http" };
         if config.address.trim().is_empty() {
