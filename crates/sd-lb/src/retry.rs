@@ -182,12 +182,14 @@ impl<B> Retry<B> {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
-        let outcome = match self.timeout {
+        // A timeout too large for the clock (e.g. `Duration::MAX`) is no timeout.
+        let deadline = self
+            .timeout
+            .and_then(|t| Instant::now().checked_add(t).map(|d| (t, d)));
+        let outcome = match deadline {
             None => self.attempts(&mut f, &mut raw).await,
-            Some(t) => {
-                match tokio::time::timeout_at(Instant::now() + t, self.attempts(&mut f, &mut raw))
-                    .await
-                {
+            Some((t, deadline)) => {
+                match tokio::time::timeout_at(deadline, self.attempts(&mut f, &mut raw)).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
                         tracing::debug!(attempts = raw.len(), "retry: overall timeout");

@@ -443,3 +443,24 @@ async fn lb11_retry_error_is_a_plain_value_and_a_std_error() {
     let boxed: BoxError = Box::new(e);
     assert_eq!(boxed.to_string(), "refused (previously: refused)");
 }
+
+/// Timeouts too large for the clock (given by code, e.g. `Duration::MAX`) mean "no timeout"
+/// rather than an `Instant` overflow panic.
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_do_not_panic() {
+    let retry = Retry::new(RoundRobin::new(fixed(2)))
+        .max_attempts(2)
+        .timeout(Duration::MAX)
+        .attempt_timeout(Duration::MAX);
+    let r = retry
+        .call(|ep: Endpoint<u16>| async move {
+            if *ep == 1 {
+                Err(err("first fails"))
+            } else {
+                Ok(*ep)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, 2);
+}
