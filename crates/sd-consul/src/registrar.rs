@@ -28,8 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sd_core::task::sleep_or_cancel;
-use sd_core::{BackgroundTask, Backoff, Error, HealthCheck, Registrar, Registration, Result};
+use sd_core::{
+    spawn_keepalive, BackgroundTask, Error, HealthCheck, KeepAlive, KeepAliveConfig, Registrar,
+    Registration, Result,
+};
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 
@@ -184,9 +186,12 @@ struct Shared {
     reregistrations: watch::Sender<u64>,
 }
 
-impl Shared {
-    /// One maintenance round: heartbeat or presence check, re-registering when lost.
-    async fn maintain_once(&self) -> Result<()> {
+/// One round of sd-core's shared keep-alive loop ([`spawn_keepalive`]: every period, retries
+/// backing off from 100 ms up to the period, cancelled by `deregister`).
+#[async_trait]
+impl KeepAlive for Shared {
+    /// Heartbeat (TTL check) or presence check; registers again when the agent lost it.
+    async fn keep_alive(&self) -> Result<()> {
         let lost = match &self.check_id {
             Some(check) => self.client.pass_ttl(check).await? == CheckUpdate::Unknown,
             None => self.client.agent_service(&self.body.id).await?.is_none(),
@@ -265,7 +270,7 @@ impl ConsulRegistrar {
         let body = build_body(&registration)?;
         let ttl = registration.ttl();
         let period = match ttl {
-            Some(ttl) => ttl / 3,
+            Some(ttl) => KeepAliveConfig::period_for_ttl(ttl),
             None => DEFAULT_RECHECK,
         };
         let check_id = ttl.map(|_| check_id(&body.id));
@@ -323,39 +328,12 @@ impl ConsulRegistrar {
     }
 
     fn spawn_maintenance(&self) -> BackgroundTask {
-        let shared = self.shared.clone();
-        let period = self.period;
-        BackgroundTask::spawn(move |token| async move {
-            let mut backoff = Backoff::new(Duration::from_millis(100), period);
-            let mut delay = period;
-            loop {
-                if !sleep_or_cancel(&token, delay).await {
-                    return;
-                }
-                let outcome = tokio::select! {
-                    _ = token.cancelled() => return,
-                    r = shared.maintain_once() => r,
-                };
-                delay = match outcome {
-                    Ok(()) => {
-                        backoff.reset();
-                        period
-                    }
-                    Err(e) => {
-                        let d = backoff.next_delay();
-                        tracing::warn!(
-                            backend = BACKEND,
-                            service = %shared.body.name,
-                            id = %shared.body.id,
-                            error = %e,
-                            retry_in = ?d,
-                            "heartbeat failed"
-                        );
-                        d
-                    }
-                };
-            }
-        })
+        let config = KeepAliveConfig::new(
+            BACKEND,
+            format!("{}/{}", self.shared.body.name, self.shared.body.id),
+            self.period,
+        );
+        spawn_keepalive(self.shared.clone(), config)
     }
 }
 
