@@ -294,3 +294,46 @@ async fn plain_http_to_the_https_port_fails() {
     assert!(matches!(err, Error::Rejected { .. }), "{err}");
     assert!(err.to_string().contains("the agent speaks HTTPS"), "{err}");
 }
+
+#[tokio::test]
+async fn fault_secure_agent_restart_reregisters_with_the_token() {
+    let addr = require!(Server::ConsulSecure);
+    let _lock = sd_testkit::exclusive(Server::ConsulSecure);
+    sd_testkit::wait_ready(Server::ConsulSecure).await.unwrap();
+    let reg = admin(&addr);
+    let service = unique_name("secure-restart");
+    let registrar = reg
+        .consul_registrar(
+            Registration::new(
+                service.as_str(),
+                Instance::builder("127.0.0.1", 22201).id("sr1").build(),
+            )
+            .check(HealthCheck::Ttl(Duration::from_secs(3))),
+        )
+        .unwrap();
+    registrar.register().await.unwrap();
+    let instancer = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
+        .await;
+    let mut sub = instancer.subscribe();
+    wait_for_set(&mut sub, "registered", |s| by_id(s, "sr1").is_some()).await;
+
+    // A -dev agent restarts empty, with the same management token and certificates: the
+    // registrar's heartbeat gets a 404 and registers again, over mutual TLS, with its token.
+    sd_testkit::restart(Server::ConsulSecure).await.unwrap();
+    let mut rereg = registrar.watch_reregistrations();
+    tokio::time::timeout(common::BOUND, rereg.wait_for(|n| *n >= 1))
+        .await
+        .expect("re-registered after the restart")
+        .unwrap();
+    let mut set = wait_for_set(&mut sub, "seen after the restart", |_| true).await;
+    if by_id(&set, "sr1").is_none() {
+        set = wait_for_set(&mut sub, "re-registered instance seen", |s| {
+            by_id(s, "sr1").is_some()
+        })
+        .await;
+    }
+    assert_eq!(by_id(&set, "sr1").unwrap().health(), Health::Passing);
+    registrar.deregister().await.unwrap();
+    instancer.stop().await;
+}
