@@ -1,36 +1,12 @@
 //! Reading the current endpoints takes no allocation (issue 2): a counting global allocator
 //! observes a million snapshot reads.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, FixedInstancer, Instance};
+use sd_testkit::alloc::thread_allocs;
 
-struct Counting;
-
-thread_local! {
-    // Per thread: the harness and other threads may allocate while we measure; only this
-    // thread's reads are under test. A const-initialised `Cell` needs no allocation itself.
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocs() -> usize {
-    ALLOCS.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // `try_with`: the slot may already be gone while a thread is being torn down.
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+// Counts per thread: the harness and other threads may allocate while we measure.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;
 
 #[test]
 fn snapshot_reads_do_not_allocate() {
@@ -50,18 +26,18 @@ fn snapshot_reads_do_not_allocate() {
     ));
     // Warm up arc-swap's thread-local debt slots.
     let _ = ep.endpoints();
-    let before = allocs();
+    let before = thread_allocs();
     let mut sum = 0u64;
     for i in 0..1_000_000usize {
         let snap = ep.endpoints();
         let list = snap.get().unwrap();
         sum += *list[i % list.len()].value() as u64;
     }
-    let after = allocs();
+    let after = thread_allocs();
     assert!(sum > 0);
     assert_eq!(after - before, 0, "snapshot reads allocated");
     // The counter does see this thread's allocations.
     let v = std::hint::black_box(vec![1u8; 64]);
-    assert!(allocs() > after);
+    assert!(thread_allocs() > after);
     drop(v);
 }

@@ -2,53 +2,32 @@
 //! robin (both counters and the local handle), random, P2C (both loads, with its completion
 //! guard), weighted and consistent hashing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, FixedInstancer, Instance};
 use sd_lb::{
     Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
 };
 
-struct Counting;
+use sd_testkit::alloc::thread_allocs;
 
-thread_local! {
-    /// Allocations made by this thread. Per thread, so that the test harness's threads and
-    /// the other test of this file do not count.
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocs_here() -> usize {
-    ALLOCS.with(|c| c.get())
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+// Counts per thread, so the test harness's threads and the other test of this file do not
+// count.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;
 
 const PICKS: usize = 100_000;
 
 /// Allocations made by `PICKS` calls of `pick` on this thread, after a warm-up.
-fn allocations(mut pick: impl FnMut() -> u64) -> (usize, u64) {
+fn allocations(mut pick: impl FnMut() -> u64) -> (u64, u64) {
     // Warm up: thread-locals, arc-swap's debt slots, tables derived from the snapshot.
     for _ in 0..10 {
         pick();
     }
-    let before = allocs_here();
+    let before = thread_allocs();
     let mut sum = 0u64;
     for _ in 0..PICKS {
         sum = sum.wrapping_add(pick());
     }
-    let after = allocs_here();
+    let after = thread_allocs();
     (after - before, sum)
 }
 
@@ -61,7 +40,7 @@ fn count(name: &str, pick: impl FnMut() -> u64) {
 #[test]
 fn the_counter_sees_allocations() {
     let (allocs, _) = allocations(|| std::hint::black_box(Box::new(1u64)).wrapping_add(1));
-    assert_eq!(allocs, PICKS);
+    assert_eq!(allocs, PICKS as u64);
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //!   prefixes and DNS labels, so tests sharing one server never see each other's data.
 //! * Fault injection: [`kill`], [`pause`], [`resume`], [`restart`], [`wait_ready`] and the
 //!   [`PauseGuard`], all implemented by running `scripts/registries <verb> <name>`.
+//! * [`CountingAllocator`] (module [`alloc`]): a counting global allocator for
+//!   zero-allocation tests (per-thread counts) and benchmarks (all threads, live bytes).
 //! * [`exclusive`]: a cross-process lock so fault tests in different test binaries never
 //!   disturb the same server at the same time; [`shared`] lets a normal test opt in to
 //!   waiting while a fault test runs. Tests that take neither are never blocked.
@@ -37,11 +39,13 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 mod control;
 mod env;
 mod lock;
 mod names;
 
+pub use alloc::CountingAllocator;
 pub use control::{
     kill, pause, registries_dir, repo_root, restart, resume, script_path, wait_ready, ControlError,
     PauseGuard,
