@@ -24,7 +24,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,update,fanout,consul,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do

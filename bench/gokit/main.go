@@ -317,7 +317,7 @@ func memory(n int) {
 }
 
 func main() {
-	scenarios := flag.String("scenarios", "pick,update,fanout", "comma-separated: pick,update,fanout,memory,consul")
+	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul")
 	quick := flag.Bool("quick", false, "fewer iterations (smoke test)")
 	flag.Parse()
 	scale := 1
@@ -332,6 +332,13 @@ func main() {
 					pick(n, t, 10_000_000/scale)
 				}
 			}
+		case "random":
+			for _, n := range []int{10, 1000} {
+				random(n, 10_000_000/scale)
+			}
+		case "retry":
+			retry(false, 200_000/scale)
+			retry(true, 200_000/scale)
 		case "update":
 			update(10_000, 200/scale+10)
 			updatePath(10_000, 100/scale+5)

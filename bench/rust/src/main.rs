@@ -8,8 +8,8 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,update,fanout,memory,consul] [--quick]`; the extra
-//! scenario `breakdown` prints where the sdkit update path spends its time.
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul] [--quick]`;
+//! the extra scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
 mod alloc;
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let mut scenarios = String::from("pick,update,fanout");
+    let mut scenarios = String::from("pick,random,retry,update,fanout");
     let mut quick = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             "--quick" | "-quick" => quick = true,
             "--help" | "-h" => {
                 eprintln!(
-                    "usage: sd-compare [--scenarios pick,update,fanout,memory,consul] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -105,6 +105,8 @@ fn main() -> ExitCode {
     for s in scenarios.split(',').map(str::trim) {
         let outcome = match s {
             "pick" => scenarios::pick::run(scale),
+            "random" => scenarios::lbextra::random(scale),
+            "retry" => scenarios::lbextra::retry(scale),
             "update" => {
                 scenarios::update::run(scale).and_then(|()| scenarios::update::run_path(scale))
             }

@@ -53,6 +53,23 @@ fn update_prints_one_line_per_variant_with_the_common_shape() {
 }
 
 #[test]
+fn retry_reports_both_variants() {
+    let (ok, lines, err) = run(&["--quick", "--scenarios", "retry"], None);
+    assert!(ok, "{err}");
+    let scenarios: Vec<&str> = lines
+        .iter()
+        .map(|l| l["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["retry", "retry_one_down"]);
+    for l in &lines {
+        assert_eq!(l["n"], 2);
+        assert!(num(l, "ns_per_op") > 0.0);
+    }
+    // A failed attempt records its error: the variant with a down endpoint allocates.
+    assert!(num(&lines[1], "allocs_per_op") > num(&lines[0], "allocs_per_op"));
+}
+
+#[test]
 fn memory_reports_bytes_per_instance() {
     let (ok, lines, err) = run(&["--scenarios", "memory"], None);
     assert!(ok, "{err}");

@@ -2,6 +2,7 @@
 
 pub mod consul;
 pub mod fanout;
+pub mod lbextra;
 pub mod memory;
 pub mod pick;
 pub mod update;
