@@ -53,24 +53,36 @@ impl InstanceCache {
     /// detect unchanged instances with a pointer comparison. After [`close`](Self::close),
     /// nothing is published.
     pub fn update(&self, event: Event) -> bool {
+        // What the update replaces or discards is dropped after the locks are released:
+        // freeing thousands of instances must not hold up subscribers reading the state.
+        let (mut discarded, mut replaced): (Option<Event>, Option<Event>) = (None, None);
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = guard.as_ref() else {
             return false;
         };
-        tx.send_if_modified(|state| {
+        let published = tx.send_if_modified(|state| {
             let event = match (state.as_ref(), event) {
                 // One merge both detects "unchanged" and re-uses the old handles.
-                (Some(Event::Instances(old)), Event::Instances(new)) => match new.canonicalize(old)
-                {
-                    Some(set) => Event::Instances(set),
-                    None => return false,
-                },
-                (Some(old), e) if *old == e => return false,
+                (Some(Event::Instances(old)), Event::Instances(new)) => {
+                    let merged = new.canonicalize(old);
+                    discarded = Some(Event::Instances(new));
+                    match merged {
+                        Some(set) => Event::Instances(set),
+                        None => return false,
+                    }
+                }
+                (Some(old), e) if *old == e => {
+                    discarded = Some(e);
+                    return false;
+                }
                 (_, e) => e,
             };
-            *state = Some(event);
+            replaced = state.replace(event);
             true
-        })
+        });
+        drop(guard);
+        drop((discarded, replaced));
+        published
     }
 
     /// The current state: `None` until the first event.

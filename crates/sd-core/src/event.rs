@@ -1,5 +1,6 @@
 //! Events: the complete instance set, or an error. Never a delta.
 
+use std::cmp::Ordering;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -55,19 +56,26 @@ impl InstanceSet {
         let mut out = Vec::with_capacity(self.0.len());
         let mut old = previous.0.iter().peekable();
         for inst in self.0.iter() {
+            // One comparison per pair: both sets are strictly increasing (keys are unique).
+            let mut same = None;
             while let Some(o) = old.peek() {
-                if *o < inst {
-                    old.next();
-                } else {
-                    break;
+                match (*o).cmp(inst) {
+                    Ordering::Less => {
+                        old.next();
+                    }
+                    Ordering::Equal => {
+                        same = old.next();
+                        break;
+                    }
+                    Ordering::Greater => break,
                 }
             }
-            match old.peek() {
-                Some(o) if *o == inst => {
+            match same {
+                Some(o) => {
                     reused += 1;
-                    out.push((*o).clone());
+                    out.push(o.clone());
                 }
-                _ => out.push(inst.clone()),
+                None => out.push(inst.clone()),
             }
         }
         if reused == self.0.len() && reused == previous.0.len() {
