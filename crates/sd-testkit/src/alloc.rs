@@ -3,13 +3,21 @@
 //!
 //! Install it in a test binary and read the counters around the code under test:
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOC: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;
 //!
+//! fn hot_path(v: &[u64]) -> u64 {
+//!     v.iter().sum()
+//! }
+//!
+//! let data = vec![1u64, 2, 3];
 //! let before = sd_testkit::alloc::thread_allocs();
-//! hot_path();
+//! assert_eq!(hot_path(&data), 6);
 //! assert_eq!(sd_testkit::alloc::thread_allocs() - before, 0);
+//! let grown: Vec<u64> = data.iter().map(|x| x * 2).collect(); // this one allocates
+//! assert!(sd_testkit::alloc::thread_allocs() > before);
+//! # drop(grown);
 //! ```
 //!
 //! [`thread_allocs`] counts the calling thread only, so the test harness and other tests
