@@ -591,20 +591,27 @@ impl Client {
         }
     }
 
+    /// Sends a body-less request to an agent endpoint with the request timeout; a transport
+    /// failure becomes an error about `what`.
+    async fn agent_call(
+        &self,
+        method: Method,
+        path: &[&str],
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        self.request(method, path, false, self.inner.config.timeout)
+            .send()
+            .await
+            .map_err(|e| transport_error(what, e))
+    }
+
     /// `PUT /v1/agent/service/deregister/<id>`. Returns `false` when the agent did not know
     /// the service (not an error: deregistration is idempotent).
     pub async fn deregister(&self, id: &str) -> Result<bool> {
         let what = format!("deregistration of {id:?}");
         let resp = self
-            .request(
-                Method::PUT,
-                &["agent", "service", "deregister", id],
-                false,
-                self.inner.config.timeout,
-            )
-            .send()
-            .await
-            .map_err(|e| transport_error(&what, e))?;
+            .agent_call(Method::PUT, &["agent", "service", "deregister", id], &what)
+            .await?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -619,15 +626,8 @@ impl Client {
     pub async fn pass_ttl(&self, check_id: &str) -> Result<CheckUpdate> {
         let what = format!("TTL check update of {check_id:?}");
         let resp = self
-            .request(
-                Method::PUT,
-                &["agent", "check", "pass", check_id],
-                false,
-                self.inner.config.timeout,
-            )
-            .send()
-            .await
-            .map_err(|e| transport_error(&what, e))?;
+            .agent_call(Method::PUT, &["agent", "check", "pass", check_id], &what)
+            .await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(CheckUpdate::Updated);
@@ -652,15 +652,8 @@ impl Client {
     pub async fn agent_service(&self, id: &str) -> Result<Option<serde_json::Value>> {
         let what = format!("agent service lookup of {id:?}");
         let resp = self
-            .request(
-                Method::GET,
-                &["agent", "service", id],
-                false,
-                self.inner.config.timeout,
-            )
-            .send()
-            .await
-            .map_err(|e| transport_error(&what, e))?;
+            .agent_call(Method::GET, &["agent", "service", id], &what)
+            .await?;
         match resp.status() {
             s if s.is_success() => {
                 let v = resp
@@ -678,15 +671,8 @@ impl Client {
     pub async fn agent_checks(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
         let what = "agent checks listing";
         let resp = self
-            .request(
-                Method::GET,
-                &["agent", "checks"],
-                false,
-                self.inner.config.timeout,
-            )
-            .send()
-            .await
-            .map_err(|e| transport_error(what, e))?;
+            .agent_call(Method::GET, &["agent", "checks"], what)
+            .await?;
         if !resp.status().is_success() {
             return Err(status_error(what, resp).await);
         }
