@@ -152,7 +152,12 @@ pub enum Outcome {
     /// The request failed in a way that reflects on the endpoint.
     Failure,
     /// Not reported (the guard was dropped): counts as finished, neither success nor failure.
+    /// The time since the pick is still a latency measurement (a cancelled request took it).
     Unknown,
+    /// The pick was not followed by a tracked request ([`Balancer::pick`],
+    /// [`Picked::into_endpoint`]): releases the in-flight count and records nothing else, no
+    /// latency, no success, no failure.
+    Untracked,
 }
 
 /// Receives the outcome of a request made on a picked endpoint (load tracking, outlier
@@ -168,10 +173,29 @@ pub trait Feedback<E>: Send + Sync {
 /// Report the outcome with [`success`](Picked::success) or [`failure`](Picked::failure).
 /// A guard that is dropped unreported still ends the request (in-flight counts go down,
 /// latency is recorded), so a cancelled request never leaks load.
+///
+/// Up to three receivers of the outcome ([`tracked`](Picked::tracked) plus
+/// [`and_then`](Picked::and_then)) are held inline without allocating, e.g. P2C's load
+/// tracking under two [`Outlier`](crate::Outlier) layers; each further one costs one small
+/// allocation. Every receiver is told, in the order they were added.
 pub struct Picked<E: 'static> {
     endpoint: Endpoint<E>,
     start: u64,
-    hooks: [Option<Arc<dyn Feedback<E>>>; 2],
+    hooks: [Option<Arc<dyn Feedback<E>>>; HOOKS],
+}
+
+/// Receivers of the outcome held inline by a [`Picked`].
+const HOOKS: usize = 3;
+
+/// Two receivers told one after the other: what [`Picked::and_then`] stacks when its inline
+/// slots are full.
+struct Chain<E>(Arc<dyn Feedback<E>>, Arc<dyn Feedback<E>>);
+
+impl<E> Feedback<E> for Chain<E> {
+    fn done(&self, endpoint: &Endpoint<E>, start: u64, outcome: Outcome) {
+        self.0.done(endpoint, start, outcome);
+        self.1.done(endpoint, start, outcome);
+    }
 }
 
 impl<E: 'static> Picked<E> {
@@ -181,7 +205,7 @@ impl<E: 'static> Picked<E> {
         Picked {
             endpoint,
             start: 0,
-            hooks: [None, None],
+            hooks: [None, None, None],
         }
     }
 
@@ -190,16 +214,17 @@ impl<E: 'static> Picked<E> {
         Picked {
             endpoint,
             start,
-            hooks: [Some(feedback), None],
+            hooks: [Some(feedback), None, None],
         }
     }
 
-    /// Adds a second receiver of the outcome (used by wrappers such as outlier ejection).
+    /// Adds a receiver of the outcome (used by wrappers such as outlier ejection), after the
+    /// ones already there: all of them are told.
     pub fn and_then(mut self, feedback: Arc<dyn Feedback<E>>) -> Self {
-        if self.hooks[0].is_none() {
-            self.hooks[0] = Some(feedback);
-        } else {
-            self.hooks[1] = Some(feedback);
+        if let Some(free) = self.hooks.iter_mut().find(|h| h.is_none()) {
+            *free = Some(feedback);
+        } else if let Some(last) = self.hooks[HOOKS - 1].take() {
+            self.hooks[HOOKS - 1] = Some(Arc::new(Chain(last, feedback)));
         }
         self
     }
@@ -225,10 +250,11 @@ impl<E: 'static> Picked<E> {
         self.report(outcome);
     }
 
-    /// Ends the request now (outcome unknown) and returns the endpoint.
+    /// Ends the pick now without a tracked request ([`Outcome::Untracked`]: the in-flight
+    /// count goes down, no latency or outcome is recorded) and returns the endpoint.
     #[inline]
     pub fn into_endpoint(mut self) -> Endpoint<E> {
-        self.report(Outcome::Unknown);
+        self.report(Outcome::Untracked);
         self.endpoint.clone()
     }
 

@@ -167,7 +167,7 @@ impl<E> State<E> {
 
 impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
     fn done(&self, endpoint: &Endpoint<E>, _start: u64, outcome: Outcome) {
-        if outcome == Outcome::Unknown {
+        if matches!(outcome, Outcome::Unknown | Outcome::Untracked) {
             return;
         }
         let now = self.clock.now();
@@ -199,7 +199,7 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             until: 0,
         });
         match outcome {
-            Outcome::Success | Outcome::Unknown => {}
+            Outcome::Success | Outcome::Unknown | Outcome::Untracked => {}
             Outcome::Failure => {
                 entry.consecutive += 1;
                 if entry.consecutive < self.config.consecutive_failures.max(1) || entry.until > now

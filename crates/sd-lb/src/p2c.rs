@@ -142,9 +142,11 @@ pub(crate) fn exp_neg(x: f64) -> f64 {
 
 impl<E> Feedback<E> for EndpointLoad {
     #[inline]
-    fn done(&self, _endpoint: &Endpoint<E>, start: u64, _outcome: Outcome) {
+    fn done(&self, _endpoint: &Endpoint<E>, start: u64, outcome: Outcome) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.decay_ns > 0.0 {
+        // An untracked pick (`Balancer::pick`) made no request: its "latency" is the time
+        // between two lines of code and would drag the estimate toward zero.
+        if self.decay_ns > 0.0 && outcome != Outcome::Untracked {
             let now = self.clock.now();
             self.observe(now, now.saturating_sub(start) as f64);
         }

@@ -252,6 +252,35 @@ async fn p2c_peak_ewma_steers_away_from_a_slow_endpoint() {
     assert_eq!(fast.in_flight(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn plain_pick_records_no_latency() {
+    // `pick()` (and `pick_key`, and `Outlier::pick`) make no tracked request: the in-flight
+    // count must come back down, but no near-zero "latency" may pull the estimate down.
+    let ep = fixed(3);
+    let p2c = P2c::peak_ewma(ep.clone()).clock(Clock::tokio()).seed(11);
+    let outlier = sd_lb::Outlier::new(
+        P2c::peak_ewma(ep.clone()).clock(Clock::tokio()).seed(12),
+        sd_lb::OutlierConfig::default(),
+    );
+    for _ in 0..200 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        p2c.pick().unwrap();
+        outlier.pick().unwrap();
+    }
+    for e in ep.endpoints().all() {
+        for l in [p2c.load_of(e).unwrap(), outlier.inner().load_of(e).unwrap()] {
+            assert_eq!(l.in_flight(), 0);
+            assert_eq!(l.rtt_estimate(), Duration::from_millis(30), "untouched");
+        }
+    }
+    // A tracked request still records its latency.
+    let p = p2c.pick_with(&Request::new()).unwrap();
+    tokio::time::advance(Duration::from_millis(50)).await;
+    let l = p2c.load_of(p.endpoint()).unwrap();
+    p.success();
+    assert_eq!(l.rtt_estimate(), Duration::from_millis(50));
+}
+
 #[test]
 fn p2c_state_is_consistent_under_concurrency() {
     let p2c = Arc::new(P2c::peak_ewma(fixed(8)));

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sd_core::{BoxError, Endpoint, FixedEndpointer, Instance};
 use sd_lb::{
-    Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, Random, Request, Retry,
-    RoundRobin, Weighted,
+    Balancer, Clock, ConsistentHash, Feedback, Outcome, Outlier, OutlierConfig, P2c, Picked,
+    Random, Request, Retry, RoundRobin, Weighted,
 };
 
 fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
@@ -216,4 +216,42 @@ fn concurrent_failures_never_eject_more_than_the_share() {
         );
     }
     assert_eq!(lb.ejected_count(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stacked_hooks_are_all_told() {
+    // P2C's load tracking, an inner and an outer Outlier: three receivers per pick. The inner
+    // one (2 failures eject) must see the failures although the outer one was added after it.
+    let inner = Outlier::new(P2c::in_flight(fixed(4)).seed(9), config(2)).clock(Clock::tokio());
+    let lb = Outlier::new(inner, config(100)).clock(Clock::tokio());
+    let bad = find(&lb, 1);
+    traffic(&lb, 200, &[1]);
+    assert!(
+        lb.inner().is_ejected(&bad),
+        "the inner outlier saw the failures"
+    );
+    assert!(!lb.is_ejected(&bad));
+    let load = lb.inner().inner().load_of(&bad).unwrap();
+    assert_eq!(load.in_flight(), 0, "P2C was told too");
+
+    // More receivers than are held inline: every one is told once, in order.
+    struct Log(Arc<std::sync::Mutex<Vec<(usize, Outcome)>>>, usize);
+    impl Feedback<u16> for Log {
+        fn done(&self, _: &Endpoint<u16>, _: u64, outcome: Outcome) {
+            self.0.lock().unwrap().push((self.1, outcome));
+        }
+    }
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = |i| Arc::new(Log(log.clone(), i)) as Arc<dyn Feedback<u16>>;
+    let picked = Picked::tracked(bad.clone(), 0, hook(0))
+        .and_then(hook(1))
+        .and_then(hook(2))
+        .and_then(hook(3))
+        .and_then(hook(4));
+    picked.failure();
+    let got = log.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        (0..5).map(|i| (i, Outcome::Failure)).collect::<Vec<_>>()
+    );
 }
