@@ -422,21 +422,49 @@ pub(crate) fn endpoints_of<E>(snap: &Endpoints<E>) -> Result<&[Endpoint<E>], LbE
     }
 }
 
-/// Starting at `start`, the first index (cyclically) whose endpoint the request does not
-/// avoid; `start` itself when every endpoint is avoided.
+/// `start` if the request accepts its endpoint; otherwise an index drawn uniformly among
+/// the accepted endpoints (with the per-thread generator), so an avoided endpoint's share
+/// spreads evenly over the others instead of landing on its neighbour; `start` itself when
+/// every endpoint is avoided.
 #[inline]
 pub(crate) fn first_accepted<E>(list: &[Endpoint<E>], start: usize, req: &Request<'_, E>) -> usize {
-    if !req.has_avoid() {
+    if !req.has_avoid() || !req.avoids(&list[start]) {
         return start;
     }
+    redraw_accepted(list, start, req, thread_random())
+}
+
+/// [`first_accepted`] drawing from `r` (for seeded balancers and for consistent hashing,
+/// whose fall-through must be the same in every client). `start` is known to be avoided.
+///
+/// A few uniform redraws (rejection sampling: uniform among the accepted endpoints, and one
+/// or two draws suffice while most endpoints are accepted), then, when most are avoided, a
+/// count of the accepted ones and a uniform choice of one of them. No allocation.
+#[cold]
+pub(crate) fn redraw_accepted<E>(
+    list: &[Endpoint<E>],
+    start: usize,
+    req: &Request<'_, E>,
+    mut r: u64,
+) -> usize {
     let n = list.len();
-    for k in 0..n {
-        let i = (start + k) % n;
+    for _ in 0..4 {
+        r = splitmix(r);
+        let i = bounded(r, n);
         if !req.avoids(&list[i]) {
             return i;
         }
     }
-    start
+    let accepted = list.iter().filter(|e| !req.avoids(e)).count();
+    if accepted == 0 {
+        return start;
+    }
+    let k = bounded(splitmix(r), accepted);
+    list.iter()
+        .enumerate()
+        .filter(|(_, e)| !req.avoids(e))
+        .nth(k)
+        .map_or(start, |(i, _)| i)
 }
 
 /// Maps a uniform `u64` to `0..n` without division (Lemire).

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, first_accepted, hash_key, splitmix, thread_random, Balancer, Picked,
+    bounded, endpoints_of, hash_key, redraw_accepted, splitmix, thread_random, Balancer, Picked,
     Request, Viewed,
 };
 use crate::error::LbError;
@@ -161,8 +161,10 @@ where
                 return Ok(Picked::new(list[i].clone()));
             }
         }
+        // Most endpoints are avoided: a choice among the accepted ones, still a function of
+        // the key (the same in every client) and uniform over keys.
         Ok(Picked::new(
-            list[first_accepted(list, first, request)].clone(),
+            list[redraw_accepted(list, first, request, h)].clone(),
         ))
     }
 

@@ -9,7 +9,7 @@ use arc_swap::Guard;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, first_accepted, splitmix, thread_random, Balancer, Clock, Feedback,
+    bounded, endpoints_of, redraw_accepted, splitmix, thread_random, Balancer, Clock, Feedback,
     Outcome, Picked, Request, View, Viewed,
 };
 use crate::error::LbError;
@@ -150,6 +150,20 @@ impl<E> Feedback<E> for EndpointLoad {
             let now = self.clock.now();
             self.observe(now, now.saturating_sub(start) as f64);
         }
+    }
+}
+
+#[inline]
+fn accepted_or_redraw<E>(
+    list: &[Endpoint<E>],
+    i: usize,
+    request: &Request<'_, E>,
+    r: u64,
+) -> usize {
+    if request.has_avoid() && request.avoids(&list[i]) {
+        redraw_accepted(list, i, request, r)
+    } else {
+        i
     }
 }
 
@@ -324,8 +338,10 @@ where
             if j >= i {
                 j += 1;
             }
-            let i = first_accepted(list, i, request);
-            let j = first_accepted(list, j, request);
+            // An avoided draw is replaced by a uniform draw among the accepted endpoints,
+            // so an ejected endpoint's share spreads evenly.
+            let i = accepted_or_redraw(list, i, request, splitmix(r ^ 1));
+            let j = accepted_or_redraw(list, j, request, splitmix(r ^ 2));
             let (li, lj) = match self.load {
                 Load::InFlight => (
                     slots[i].load.in_flight() as f64,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, first_accepted, splitmix, thread_random, Balancer, Picked, Request,
+    bounded, endpoints_of, redraw_accepted, splitmix, thread_random, Balancer, Picked, Request,
 };
 use crate::error::LbError;
 
@@ -78,7 +78,11 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let snap = self.endpointer.endpoints();
         let list = endpoints_of(&snap)?;
-        let i = first_accepted(list, bounded(self.next(), list.len()), request);
+        let r = self.next();
+        let mut i = bounded(r, list.len());
+        if request.has_avoid() && request.avoids(&list[i]) {
+            i = redraw_accepted(list, i, request, r);
+        }
         Ok(Picked::new(list[i].clone()))
     }
 

@@ -4,7 +4,10 @@ use std::marker::PhantomData;
 
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
-use crate::balancer::{endpoints_of, Balancer, PaddedCounter, Picked, Request, Viewed};
+use crate::balancer::{
+    bounded, endpoints_of, splitmix, thread_random, Balancer, PaddedCounter, Picked, Request,
+    Viewed,
+};
 use crate::error::LbError;
 
 /// Weighted round robin over [`Instance::weight`](sd_core::Instance::weight).
@@ -101,6 +104,32 @@ fn build<E>(list: &[Endpoint<E>]) -> Schedule {
     }
 }
 
+/// The endpoint to use when the scheduled one `i` is avoided: a few draws of a random
+/// schedule position (so the avoided share spreads over the others in proportion to their
+/// weights), then a uniform choice among the accepted eligible endpoints; the scheduled one
+/// when every eligible endpoint is avoided (never a zero-weight endpoint while a positive
+/// one exists).
+#[cold]
+fn redraw<E>(list: &[Endpoint<E>], s: &Schedule, i: usize, request: &Request<'_, E>) -> usize {
+    let mut r = thread_random();
+    for _ in 0..4 {
+        r = splitmix(r);
+        let j = s.order[bounded(r, s.order.len())] as usize;
+        if !request.avoids(&list[j]) {
+            return j;
+        }
+    }
+    let ok = |j: &usize| s.eligible[*j] && !request.avoids(&list[*j]);
+    let accepted = (0..list.len()).filter(ok).count();
+    if accepted == 0 {
+        return i;
+    }
+    (0..list.len())
+        .filter(ok)
+        .nth(bounded(splitmix(r), accepted))
+        .unwrap_or(i)
+}
+
 impl<E, P> Balancer<E> for Weighted<P, E>
 where
     E: Send + Sync + 'static,
@@ -122,15 +151,7 @@ where
         let pos = (self.counter.next() % order.len() as u64) as usize;
         let mut i = order[pos] as usize;
         if request.has_avoid() && request.avoids(&list[i]) {
-            // The next eligible endpoint in list order that is not avoided; otherwise keep
-            // the scheduled one (never fall back to a zero-weight endpoint).
-            let n = list.len();
-            if let Some(j) = (1..n)
-                .map(|k| (i + k) % n)
-                .find(|&j| s.value.eligible[j] && !request.avoids(&list[j]))
-            {
-                i = j;
-            }
+            i = redraw(list, &s.value, i, request);
         }
         Ok(Picked::new(list[i].clone()))
     }

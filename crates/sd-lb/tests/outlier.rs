@@ -134,21 +134,43 @@ async fn at_most_the_configured_share_is_ejected() {
 #[tokio::test(start_paused = true)]
 async fn works_with_every_balancer() {
     let ep = fixed(5);
-    let all: Vec<(&str, Box<dyn Balancer<u16>>)> = vec![
-        ("round robin", Box::new(RoundRobin::new(ep.clone()))),
-        ("random", Box::new(Random::with_seed(ep.clone(), 5))),
-        ("weighted", Box::new(Weighted::new(ep.clone()))),
-        ("p2c", Box::new(P2c::in_flight(ep.clone()).seed(5))),
-        ("p2c ewma", Box::new(P2c::peak_ewma(ep.clone()).seed(5))),
-        ("hash", Box::new(ConsistentHash::new(ep.clone()))),
-    ];
-    for (name, inner) in all {
-        let lb = Outlier::new(inner, config(3)).clock(Clock::tokio());
-        traffic(&lb, 500, &[3]);
-        assert_eq!(lb.ejected_count(), 1, "{name}");
-        let c = traffic(&lb, 500, &[3]);
-        assert_eq!(c[3], 0, "{name}: {c:?}");
-        assert!(c.iter().filter(|&&x| x > 0).count() >= 3, "{name}: {c:?}");
+    let all = || -> Vec<(&str, Box<dyn Balancer<u16>>)> {
+        vec![
+            ("round robin", Box::new(RoundRobin::new(ep.clone()))),
+            ("random", Box::new(Random::with_seed(ep.clone(), 5))),
+            ("weighted", Box::new(Weighted::new(ep.clone()))),
+            ("p2c", Box::new(P2c::in_flight(ep.clone()).seed(5))),
+            (
+                "p2c ewma",
+                Box::new(P2c::peak_ewma(ep.clone()).clock(Clock::tokio()).seed(5)),
+            ),
+            ("hash", Box::new(ConsistentHash::new(ep.clone()))),
+        ]
+    };
+    // One ejected endpoint, then two next to each other (the share limit allows 2 of 5): the
+    // ejected share spreads evenly over the others, never onto a neighbour. (It used to go to
+    // the next endpoint in list order: [200, 200, 200, 0, 400] with one, 3/5 of the traffic
+    // on endpoint 4 with two.)
+    for bad in [&[3u16][..], &[2, 3]] {
+        for (name, inner) in all() {
+            let lb = Outlier::new(inner, config(3)).clock(Clock::tokio());
+            traffic(&lb, 500, bad);
+            assert_eq!(lb.ejected_count(), bad.len(), "{name} {bad:?}");
+            let n = 6_000;
+            let c = traffic(&lb, n, bad);
+            let fair = n as f64 / (5 - bad.len()) as f64;
+            for v in 0..5u16 {
+                let got = c[v as usize];
+                if bad.contains(&v) {
+                    assert_eq!(got, 0, "{name} {bad:?}: {c:?}");
+                } else {
+                    assert!(
+                        (got as f64) <= 1.4 * fair && (got as f64) >= 0.6 * fair,
+                        "{name} {bad:?}: endpoint {v} got {got} of {n} (fair {fair}): {c:?}"
+                    );
+                }
+            }
+        }
     }
     // Keys owned by an ejected endpoint fall through to another one, consistently.
     let lb = Outlier::new(ConsistentHash::new(fixed(5)), config(1)).clock(Clock::tokio());
