@@ -111,7 +111,9 @@ impl<B> Retry<B> {
     }
 
     /// No attempt limit: retry until the callback stops, the timeout or the budget (go-kit's
-    /// `RetryWithCallback` with no callback, LB-5). Set a [`timeout`](Retry::timeout) too.
+    /// `RetryWithCallback` with no callback, LB-5). Set a [`timeout`](Retry::timeout) too,
+    /// and a [`backoff`](Retry::backoff): without one, attempts that fail at once (e.g. "no
+    /// endpoints") run back to back until the timeout, yielding to the runtime in between.
     pub fn unlimited(mut self) -> Self {
         self.max_attempts = None;
         self
@@ -187,9 +189,14 @@ impl<B> Retry<B> {
             .timeout
             .and_then(|t| Instant::now().checked_add(t).map(|d| (t, d)));
         let outcome = match deadline {
-            None => self.attempts(&mut f, &mut raw).await,
+            None => self.attempts(&mut f, &mut raw, None).await,
             Some((t, deadline)) => {
-                match tokio::time::timeout_at(deadline, self.attempts(&mut f, &mut raw)).await {
+                match tokio::time::timeout_at(
+                    deadline,
+                    self.attempts(&mut f, &mut raw, Some((t, deadline))),
+                )
+                .await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => {
                         tracing::debug!(attempts = raw.len(), "retry: overall timeout");
@@ -207,10 +214,15 @@ impl<B> Retry<B> {
 
     /// The attempt loop. On failure returns the replacement final error (if any) and the kind;
     /// the raw errors are in `raw` (kept when the overall timeout drops this future).
+    ///
+    /// `deadline` is the overall timeout, also checked between attempts: attempts that fail
+    /// at once (no endpoints, an endpoint refusing instantly) never give the timer a chance
+    /// to fire otherwise.
     async fn attempts<E, F, Fut, T, Er>(
         &self,
         f: &mut F,
         raw: &mut Vec<BoxError>,
+        deadline: Option<(Duration, Instant)>,
     ) -> Result<T, (Option<BoxError>, RetryErrorKind)>
     where
         B: Balancer<E>,
@@ -236,6 +248,16 @@ impl<B> Retry<B> {
                     let b =
                         backoff.get_or_insert_with(|| template.clone().with_seed(rand::random()));
                     tokio::time::sleep(b.next_delay()).await;
+                } else {
+                    // Back to back: still let the runtime (and the timeout) run in between.
+                    tokio::task::yield_now().await;
+                }
+                if let Some((t, at)) = deadline {
+                    if Instant::now() >= at {
+                        tracing::debug!(attempts = raw.len(), "retry: overall timeout");
+                        raw.push(Box::new(Timeout(t)));
+                        return Err((None, RetryErrorKind::Timeout));
+                    }
                 }
             }
             let picked = {

@@ -464,3 +464,45 @@ async fn huge_timeouts_do_not_panic() {
         .unwrap();
     assert_eq!(r, 2);
 }
+
+/// Regression: `unlimited()` with no backoff, over attempts that fail at once (here: no
+/// endpoints), used to spin without ever yielding, so its own timeout never fired and the
+/// call hung with a core at 100 %. Now attempts yield between them and the deadline is also
+/// checked in the loop. Real time (paused time never advances while a task keeps yielding).
+/// The runtime runs on its own thread so that the hang guard, a `recv_timeout` here, works
+/// even if the loop starves its runtime; nothing asserts how long the call took.
+#[test]
+fn unlimited_retries_without_backoff_still_honour_the_timeout() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = rt.block_on(async {
+            let empty: Arc<FixedEndpointer<u16>> = Arc::new(FixedEndpointer::new(Vec::new()));
+            let retry = Retry::new(RoundRobin::new(empty))
+                .unlimited()
+                .timeout(Duration::from_millis(50));
+            // Another task on this current-thread runtime must get to run meanwhile.
+            let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = ran.clone();
+            tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+            let r: Result<(), _> = retry
+                .call(|_ep: Endpoint<u16>| async { Ok::<_, BoxError>(()) })
+                .await;
+            (
+                r.map_err(|e| (e.kind(), e.raw_errors().len())),
+                ran.load(Ordering::SeqCst),
+            )
+        });
+        let _ = tx.send(outcome);
+    });
+    let (r, ran) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("retry hung past its own timeout");
+    let (kind, attempts) = r.unwrap_err();
+    assert_eq!(kind, RetryErrorKind::Timeout);
+    assert!(attempts > 1, "it did retry");
+    assert!(ran, "the retry loop starved the runtime");
+}
