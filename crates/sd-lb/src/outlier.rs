@@ -173,6 +173,13 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
         let now = self.clock.now();
         let ptr = Arc::as_ptr(endpoint.value_arc()) as usize;
         let mut entries = self.lock();
+        // An entry whose endpoint is gone is an old endpoint's, whose address was reused.
+        if entries
+            .get(&ptr)
+            .is_some_and(|e| e.value.strong_count() == 0)
+        {
+            entries.remove(&ptr);
+        }
         if outcome == Outcome::Success {
             // Only endpoints with a failure streak or an ejection history have an entry.
             let Some(entry) = entries.get_mut(&ptr) else {
@@ -201,11 +208,20 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
         match outcome {
             Outcome::Success | Outcome::Unknown | Outcome::Untracked => {}
             Outcome::Failure => {
-                entry.consecutive += 1;
-                if entry.consecutive < self.config.consecutive_failures.max(1) || entry.until > now
-                {
+                if entry.until > now {
+                    // Ejected: a late failure of a request picked before the ejection says
+                    // nothing new, and must not count toward the next ejection.
                     return;
                 }
+                entry.consecutive += 1;
+                if entry.consecutive < self.config.consecutive_failures.max(1) {
+                    return;
+                }
+                // Endpoints that left (a deploy replaced them) no longer count against the
+                // share, and their stale entries go before the count.
+                let before = entries.len();
+                entries.retain(|_, e| e.value.strong_count() > 0);
+                let pruned = entries.len() != before;
                 let total = (self.total)();
                 let active = entries.values().filter(|e| e.until > now).count();
                 let share = (self.config.max_ejected_share.clamp(0.0, 1.0) * total as f64) as usize;
@@ -215,6 +231,9 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
                 };
                 if active >= allowed {
                     tracing::debug!(endpoint = ?endpoint, "outlier: not ejected, ejection limit reached");
+                    if pruned {
+                        self.publish(&mut entries, now);
+                    }
                     return;
                 }
                 entry.consecutive = 0;

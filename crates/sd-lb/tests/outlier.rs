@@ -277,3 +277,78 @@ async fn stacked_hooks_are_all_told() {
         (0..5).map(|i| (i, Outcome::Failure)).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_that_left_do_not_count_against_the_share() {
+    let cache = sd_core::InstanceCache::new();
+    let ep = Arc::new(sd_core::DefaultEndpointer::new(
+        &cache,
+        |i: &Instance| -> Result<u16, BoxError> { Ok(i.port()) },
+    ));
+    let set = |ports: &[u16]| {
+        sd_core::Event::instances(
+            ports
+                .iter()
+                .map(|p| Instance::new("10.0.0.1", *p))
+                .collect::<Vec<_>>(),
+        )
+    };
+    ep.apply(set(&[0, 1, 2, 3]));
+    let lb = Outlier::new(RoundRobin::new(ep.clone()), config(2)).clock(Clock::tokio());
+    // Two of four ejected: the share limit (0.5) is reached.
+    traffic(&lb, 40, &[0, 1]);
+    assert_eq!(lb.ejected_count(), 2);
+    // A deploy replaces the two ejected endpoints...
+    ep.apply(set(&[2, 3, 4, 5]));
+    // ...and a new one fails: it is ejected although the old ejections have not expired.
+    traffic(&lb, 40, &[4]);
+    let four = find(&lb, 4);
+    assert!(lb.is_ejected(&four), "ejected count {}", lb.ejected_count());
+    assert_eq!(
+        lb.ejected_count(),
+        1,
+        "the departed endpoints' ejections are gone"
+    );
+    ep.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_failures_while_ejected_do_not_count_after_it_comes_back() {
+    let lb = Outlier::new(RoundRobin::new(fixed(4)), config(3)).clock(Clock::tokio());
+    let bad = find(&lb, 1);
+    // Five requests on endpoint 1 are in flight when it gets ejected.
+    let mut held = Vec::new();
+    while held.len() < 5 {
+        let p = lb.pick_with(&Request::new()).unwrap();
+        if **p.endpoint() == 1 {
+            held.push(p);
+        } else {
+            p.success();
+        }
+    }
+    traffic(&lb, 12, &[1]);
+    assert!(lb.is_ejected(&bad));
+    // They fail late, while it is ejected.
+    for p in held {
+        p.failure();
+    }
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!lb.is_ejected(&bad), "back after 30 s");
+    // Back: one failure is one failure, not the sixth in a row.
+    let p = loop {
+        let p = lb.pick_with(&Request::new()).unwrap();
+        if **p.endpoint() == 1 {
+            break p;
+        }
+        p.success();
+    };
+    p.failure();
+    assert!(!lb.is_ejected(&bad), "re-ejected on its first failure back");
+    // Three in a row do eject it again, for twice as long (its second ejection).
+    traffic(&lb, 8, &[1]);
+    assert!(lb.is_ejected(&bad));
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(lb.is_ejected(&bad));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(!lb.is_ejected(&bad));
+}
