@@ -318,7 +318,8 @@ impl Clock {
     /// invariant counter (`constant_tsc`, `nonstop_tsc`), so it is synchronised across cores
     /// and does not change rate — and [`Clock::Std`] otherwise.
     ///
-    /// The first call in a process calibrates the counter against `Instant` for 2 ms.
+    /// The first call in a process calibrates the counter against `Instant`: the median of
+    /// five 1 ms windows, dropping windows a preemption disturbed (about 5 ms in all).
     pub fn fast() -> Self {
         static FAST: OnceLock<Clock> = OnceLock::new();
         *FAST.get_or_init(|| match tsc::calibrate() {
@@ -380,27 +381,70 @@ mod tsc {
         if source.trim() != "tsc" || !has("constant_tsc") || !has("nonstop_tsc") {
             return None;
         }
-        let (i0, t0) = (std::time::Instant::now(), read());
-        let mut i1 = std::time::Instant::now();
-        while i1.duration_since(i0) < std::time::Duration::from_millis(2) {
-            std::hint::spin_loop();
-            i1 = std::time::Instant::now();
+        // Five 1 ms windows, each bounded by tight (Instant, counter) pairs; a window that a
+        // preemption stretched (its Instant span well past 1 ms) or whose end pair was split
+        // is dropped, and the median of the rest is used, so one unlucky moment on a loaded
+        // machine cannot skew the calibration (it is made once per process).
+        let (_, base) = pair()?;
+        let mut rates = [0f64; 5];
+        let mut good = 0;
+        for _ in 0..20 {
+            if good == rates.len() {
+                break;
+            }
+            if let Some(rate) = window(std::time::Duration::from_millis(1)) {
+                rates[good] = rate;
+                good += 1;
+            }
         }
-        let t1 = read();
-        let ticks = t1.checked_sub(t0)?;
-        if ticks == 0 {
+        if good < 3 {
             return None;
         }
-        let ns_per_tick = i1.duration_since(i0).as_nanos() as f64 / ticks as f64;
+        let rates = &mut rates[..good];
+        rates.sort_by(f64::total_cmp);
+        let ns_per_tick = rates[good / 2];
         // A plausible counter runs between 100 MHz and 10 GHz.
         if !(0.1..=10.0).contains(&ns_per_tick) {
             return None;
         }
         tracing::debug!(ns_per_tick, "clock: using the time-stamp counter");
-        Some(Tsc {
-            base: t0,
-            ns_per_tick,
-        })
+        Some(Tsc { base, ns_per_tick })
+    }
+
+    /// An `Instant` and a counter read taken together: the counter read between two
+    /// `Instant` reads less than 20 µs apart (retried a few times), paired with their middle.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn pair() -> Option<(std::time::Instant, u64)> {
+        for _ in 0..10 {
+            let a = std::time::Instant::now();
+            let t = read();
+            let b = std::time::Instant::now();
+            let gap = b.duration_since(a);
+            if gap < std::time::Duration::from_micros(20) {
+                return Some((a + gap / 2, t));
+            }
+        }
+        None
+    }
+
+    /// Nanoseconds per tick over one window of about `span`, or `None` if the window was
+    /// disturbed (its pairs split, or the window stretched to more than 1.5 × `span`).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn window(span: std::time::Duration) -> Option<f64> {
+        let (i0, t0) = pair()?;
+        while i0.elapsed() < span {
+            std::hint::spin_loop();
+        }
+        let (i1, t1) = pair()?;
+        let ns = i1.duration_since(i0);
+        if ns > span + span / 2 {
+            return None;
+        }
+        let ticks = t1.checked_sub(t0)?;
+        if ticks == 0 {
+            return None;
+        }
+        Some(ns.as_nanos() as f64 / ticks as f64)
     }
 
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]

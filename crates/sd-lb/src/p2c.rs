@@ -230,7 +230,7 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
     /// P2C comparing `load`.
     ///
     /// Peak EWMA measures latency with [`Clock::fast`] (the first one made in a process
-    /// calibrates it for 2 ms); change it with [`clock`](P2c::clock).
+    /// calibrates it, in about 5 ms); change it with [`clock`](P2c::clock).
     pub fn new(endpointer: P, load: Load) -> Self {
         let clock = match load {
             Load::InFlight => Clock::Std,
