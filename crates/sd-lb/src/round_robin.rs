@@ -1,6 +1,6 @@
 //! Round robin (go-kit LB-2) and its per-thread variant.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
@@ -16,8 +16,11 @@ pub enum Counter {
     /// (LB-2, the first pick is index 0, the rotation is strict across threads). On several
     /// cores the shared counter's cache line bounces between them (about 10-30 ns a pick).
     Shared,
-    /// One counter per thread, starting at a random offset: each thread rotates fairly and
-    /// nothing is shared, so picks scale with cores. The global order is no longer strict.
+    /// One counter per thread and balancer, starting at a random offset: each thread rotates
+    /// fairly over each balancer, and threads do not share a cache line, so picks scale with
+    /// cores. The global order is no longer strict. (Counters live in the balancer, in
+    /// [`PER_THREAD_SLOTS`] cache-padded slots; beyond that many threads, two threads may
+    /// share a slot, which costs contention, not fairness.)
     PerThread,
 }
 
@@ -47,6 +50,24 @@ pub struct RoundRobin<P> {
     endpointer: P,
     counter: PaddedCounter,
     mode: Counter,
+    /// Per-thread counters ([`Counter::PerThread`] only), indexed by the thread's slot.
+    slots: Box<[Slot]>,
+}
+
+/// How many per-thread counters a [`RoundRobin::per_thread`] balancer keeps.
+pub const PER_THREAD_SLOTS: usize = 16;
+
+/// One per-thread counter on its own cache line.
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+/// This thread's slot number, assigned in order of first use.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s) % PER_THREAD_SLOTS
 }
 
 impl<P> RoundRobin<P> {
@@ -56,6 +77,7 @@ impl<P> RoundRobin<P> {
             endpointer,
             counter: PaddedCounter::default(),
             mode: Counter::Shared,
+            slots: Box::new([]),
         }
     }
 
@@ -63,6 +85,9 @@ impl<P> RoundRobin<P> {
     pub fn per_thread(endpointer: P) -> Self {
         RoundRobin {
             mode: Counter::PerThread,
+            slots: (0..PER_THREAD_SLOTS)
+                .map(|_| Slot(AtomicU64::new(thread_random() >> 1)))
+                .collect(),
             ..Self::new(endpointer)
         }
     }
@@ -81,17 +106,10 @@ impl<P> RoundRobin<P> {
     fn next(&self) -> u64 {
         match self.mode {
             Counter::Shared => self.counter.next(),
-            Counter::PerThread => TICK.with(|c| {
-                let v = c.get();
-                c.set(v.wrapping_add(1));
-                v
-            }),
+            // Uncontended unless more than `PER_THREAD_SLOTS` threads pick at once.
+            Counter::PerThread => self.slots[thread_slot()].0.fetch_add(1, Ordering::Relaxed),
         }
     }
-}
-
-thread_local! {
-    static TICK: Cell<u64> = Cell::new(thread_random() >> 1);
 }
 
 impl<P> std::fmt::Debug for RoundRobin<P> {
