@@ -136,8 +136,13 @@ def table(data, skipped):
                 else:
                     r = gm / sm
                     ratio = f"{r:.2f}"
+                    # A tie when the medians are within 5 %, or when the two sides' ranges
+                    # over the rounds overlap (the noise is as large as the difference).
+                    overlap = len(g) > 1 and len(s) > 1 and min(g) <= max(s) and min(s) <= max(g)
                     if 0.95 <= r <= 1.05:
                         better = "tie (±5%)"
+                    elif overlap:
+                        better = "tie (ranges overlap)"
                     elif r > 1:
                         better = f"**sdkit** {r:.1f}×"
                     else:
