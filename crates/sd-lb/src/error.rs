@@ -76,7 +76,10 @@ impl RetryError {
         }
     }
 
-    /// The raw error of every attempt, in order (go-kit's `RawErrors`).
+    /// The raw error of every attempt, in order (go-kit's `RawErrors`), followed, when the
+    /// call ended for a reason other than an attempt's error, by that reason: a [`Timeout`]
+    /// when the overall timeout expired, or [`BudgetExhausted`] when a retry was refused by
+    /// the budget. [`kind`](Self::kind) tells which.
     pub fn raw_errors(&self) -> &[BoxError] {
         &self.raw
     }
