@@ -15,8 +15,14 @@ use crate::error::LbError;
 ///
 /// Every balancer in this crate follows go-kit's LB-1: when the endpointer reports an
 /// error, [`pick`](Balancer::pick) returns it unchanged as [`LbError::Discovery`]; when
-/// there are no endpoints it returns [`LbError::NoEndpoints`]. Picking takes no lock and
-/// makes no allocation.
+/// there are no endpoints it returns [`LbError::NoEndpoints`].
+///
+/// A pick never waits for a lock and makes no allocation. Exactly what synchronises:
+/// balancers with derived state ([`Weighted`](crate::Weighted), [`P2c`](crate::P2c),
+/// [`ConsistentHash`](crate::ConsistentHash)) rebuild it on the first pick after an update
+/// under a `try_lock`ed mutex, while picks on other threads keep using the previous state;
+/// [`Outlier`](crate::Outlier) clones an `Arc` per pick and takes a mutex for each reported
+/// success or failure (not for dropped guards or plain [`pick`](Balancer::pick)s).
 ///
 /// [`pick_with`](Balancer::pick_with) is the full form: it takes a [`Request`] (a key for
 /// consistent hashing, endpoints to avoid) and returns a [`Picked`] guard that feeds the
@@ -586,7 +592,9 @@ impl PaddedCounter {
 /// statistics), held with that snapshot and the endpointer's change notifier.
 ///
 /// A pick reads it with one `arc-swap` load and one atomic read of the endpointer's version
-/// ([`Changes::has_changed`]); the first pick after an update rebuilds it under a mutex.
+/// ([`Changes::has_changed`]). After an update, the first pick that `try_lock`s the rebuild
+/// mutex rebuilds it; picks on other threads meanwhile use the previous view instead of
+/// waiting (no pick blocks on a lock).
 pub(crate) struct Viewed<T, E: 'static> {
     view: ArcSwap<View<T, E>>,
     rebuild: Mutex<()>,
@@ -648,7 +656,13 @@ impl<T, E: 'static> Viewed<T, E> {
         endpointer: &P,
         build: impl FnOnce(&[Endpoint<E>], Option<&T>) -> T,
     ) -> Guard<Arc<View<T, E>>> {
-        let _lock = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = match self.rebuild.try_lock() {
+            Ok(lock) => lock,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            // Another thread is rebuilding: keep picking from the previous view (its snapshot
+            // keeps its endpoints alive) rather than wait for the rebuild.
+            Err(std::sync::TryLockError::WouldBlock) => return self.view.load(),
+        };
         let cur = self.view.load();
         if !cur.changes.has_changed() {
             return cur;
@@ -661,7 +675,72 @@ impl<T, E: 'static> Viewed<T, E> {
 
 #[cfg(test)]
 mod tests {
-    use super::Clock;
+    use super::{Clock, Viewed};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use sd_core::{BoxError, DefaultEndpointer, Event, Instance, InstanceCache};
+
+    #[test]
+    fn a_rebuild_does_not_block_other_pickers() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _rt = rt.enter();
+        let cache = InstanceCache::new();
+        let ep = Arc::new(DefaultEndpointer::new(
+            &cache,
+            |i: &Instance| -> Result<u16, BoxError> { Ok(i.port()) },
+        ));
+        let set = |n: u16| {
+            Event::instances(
+                (1..=n)
+                    .map(|p| Instance::new("10.0.0.1", p))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        ep.apply(set(1));
+        let viewed = Arc::new(Viewed::new(&ep, |l, _| l.len()));
+        ep.apply(set(2));
+
+        // One thread starts the rebuild and is held inside it.
+        let (started_tx, started_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let rebuilder = {
+            let (viewed, ep) = (viewed.clone(), ep.clone());
+            std::thread::spawn(move || {
+                viewed
+                    .get(&ep, |l, _| {
+                        started_tx.send(()).unwrap();
+                        let _ = go_rx.recv();
+                        l.len()
+                    })
+                    .value
+            })
+        };
+        started_rx.recv().unwrap();
+        // Another picker meanwhile gets the previous view instead of waiting. (The timeout
+        // only turns a deadlock into a failure; nothing is timed.)
+        let (done_tx, done_rx) = mpsc::channel();
+        {
+            let (viewed, ep) = (viewed.clone(), ep.clone());
+            std::thread::spawn(move || {
+                let _ = done_tx.send(viewed.get(&ep, |l, _| l.len() + 100).value);
+            });
+        }
+        let seen = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a picker blocked behind the rebuild");
+        assert_eq!(seen, 1, "the previous view");
+        go_tx.send(()).unwrap();
+        assert_eq!(rebuilder.join().unwrap(), 2);
+        assert_eq!(
+            viewed.get(&ep, |l, _| l.len() + 100).value,
+            2,
+            "rebuilt once"
+        );
+    }
 
     #[test]
     fn fast_clock_is_monotonic_and_agrees_with_instant() {

@@ -19,8 +19,8 @@
 //! round robin when backends are identical.
 //!
 //! Every balancer returns the endpointer's discovery error unchanged and
-//! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1); a pick takes no lock
-//! and makes no allocation. [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
+//! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1); a pick never waits
+//! for a lock and makes no allocation (what does synchronise is listed on [`Balancer`]). [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
 //! request's outcome back to P2C and outlier ejection, even when it is just dropped.
 //!
 //! ```
