@@ -15,11 +15,20 @@ use crate::error::LbError;
 ///
 /// Each endpoint (identified by its instance's `(addr, id)`, so the mapping is the same in
 /// every client process) fills the slots of a table of prime size `M ≥ 100 × N` in the order
-/// of its own permutation; a key picks `table[hash(key) mod M]`. `M` moves in doubling
-/// tiers (65 537 slots up to 655 endpoints), so an ordinary change of the set keeps it. A pick is one table read,
+/// of its own permutation; a key picks `table[hash(key) mod M]`. A pick is one table read,
 /// whatever the number of endpoints. When one of N endpoints leaves, the keys it served move
 /// and only a few percent of the others do, so about 1/N of all keys move (measured in
-/// `tests/hash.rs`). The table is rebuilt on the first pick after the endpoint set changes.
+/// `tests/balancers.rs`). The table is rebuilt on the first pick after the endpoint set
+/// changes (other threads keep picking from the previous table meanwhile).
+///
+/// **Table size tiers.** `M` depends only on N, in doubling tiers: 65 537 slots for up to
+/// 655 endpoints, then the smallest prime above 131 072 up to 1 310 endpoints, 262 144 up
+/// to 2 621, and so on (about 1 M slots at 10 000). Within a tier an ordinary change of the
+/// set keeps `M`, and only about 1/N of the keys move. **Crossing a tier boundary (e.g. 655
+/// ↔ 656 endpoints) changes `M` and remaps nearly every key**, like a rehash: caches behind
+/// the balancer go cold once. If your set hovers around a boundary, keep it on one side.
+/// (There is no hysteresis on purpose: `M` must be a function of N alone, or two clients
+/// that saw different histories would map keys differently.)
 ///
 /// The key comes from [`Request::with_key`] / [`Request::key_of`], or from
 /// [`pick_key`](ConsistentHash::pick_key). A pick without a key picks at random. An avoided
@@ -86,7 +95,8 @@ fn is_prime(n: u64) -> bool {
 /// The table size for `n` endpoints: the smallest prime ≥ 65 536 · 2^k that is ≥ 100·n.
 ///
 /// The size must not follow every change of `n` (a new size reshuffles every key), so it
-/// moves in doubling tiers: 65 537 up to 655 endpoints, about 1 M at 10 000.
+/// moves in doubling tiers: 65 537 up to 655 endpoints, about 1 M at 10 000. Crossing a tier
+/// boundary does reshuffle every key (see [`ConsistentHash`]).
 pub(crate) fn table_size(n: usize) -> u64 {
     let mut base = 1u64 << 16;
     while base < 100 * n as u64 {
@@ -170,5 +180,26 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_size;
+
+    #[test]
+    fn table_size_tiers_are_a_function_of_n_alone() {
+        // The documented boundaries: one tier for 1..=655, the next starts at 656.
+        assert_eq!(table_size(1), 65_537);
+        assert_eq!(table_size(655), 65_537);
+        let next = table_size(656);
+        assert!(next > 131_072 && next < 131_072 + 1_000, "{next}");
+        assert_eq!(table_size(1_310), next);
+        assert!(table_size(1_311) > 262_144);
+        let big = table_size(10_000);
+        assert!((1_048_576..1_049_576).contains(&big), "{big}");
+        for n in [1usize, 655, 656, 10_000] {
+            assert!(table_size(n) >= 100 * n as u64);
+        }
     }
 }
