@@ -10,11 +10,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{by_id, wait_for_error, wait_for_set, wait_for_set_within};
+use common::{
+    by_id, register_and_watch, ttl_registration, wait_for_error, wait_for_set, wait_for_set_within,
+    Watched,
+};
 use sd_consul::ConsulRegistry;
 use sd_core::{
-    BoxError, DefaultEndpointer, Endpointer, Error, HealthCheck, Instance, Instancer, Registrar,
-    Registration, ServiceQuery,
+    BoxError, DefaultEndpointer, Endpointer, Error, Instance, Instancer, Registrar, Registration,
+    ServiceQuery,
 };
 use sd_testkit::{exclusive, require, unique_name, PauseGuard, Server};
 
@@ -39,25 +42,20 @@ async fn fault_kill_keeps_the_last_good_set_then_restart_reregisters_and_recover
     sd_testkit::wait_ready(Server::Consul).await.unwrap();
     let reg = registry(&addr);
     let service = unique_name("consul-kill");
-    let registrar = reg
-        .consul_registrar(
-            Registration::new(
-                service.as_str(),
-                Instance::builder("127.0.0.1", 21001).id("k1").build(),
-            )
-            .check(HealthCheck::Ttl(Duration::from_secs(3))),
-        )
-        .unwrap();
-    registrar.register().await.unwrap();
-    let instancer = reg
-        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
-        .await;
+    let Watched {
+        registrar,
+        instancer,
+        mut sub,
+        ..
+    } = register_and_watch(
+        &reg,
+        ttl_registration(&service, 21001, "k1", Duration::from_secs(3)),
+    )
+    .await;
     let endpointer =
         DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
             Ok(i.id().to_string())
         });
-    let mut sub = instancer.subscribe();
-    wait_for_set(&mut sub, "registered", |s| by_id(s, "k1").is_some()).await;
 
     sd_testkit::kill(Server::Consul).await.unwrap();
     let killed = Instant::now();
@@ -149,21 +147,16 @@ async fn fault_pause_longer_than_the_wait_errors_without_panic_and_recovers() {
     sd_testkit::wait_ready(Server::Consul).await.unwrap();
     let reg = registry(&addr);
     let service = unique_name("consul-pause");
-    let registrar = reg
-        .consul_registrar(
-            Registration::new(
-                service.as_str(),
-                Instance::builder("127.0.0.1", 21002).id("p1").build(),
-            )
-            .check(HealthCheck::Ttl(Duration::from_secs(10))),
-        )
-        .unwrap();
-    registrar.register().await.unwrap();
-    let instancer = reg
-        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
-        .await;
-    let mut sub = instancer.subscribe();
-    wait_for_set(&mut sub, "registered", |s| by_id(s, "p1").is_some()).await;
+    let Watched {
+        registrar,
+        instancer,
+        mut sub,
+        ..
+    } = register_and_watch(
+        &reg,
+        ttl_registration(&service, 21002, "p1", Duration::from_secs(10)),
+    )
+    .await;
 
     let paused = PauseGuard::pause(Server::Consul).await.unwrap();
     // The blocking query (wait 1 s) cannot finish: its timeout (wait + wait/16 + 1 s) fires.

@@ -14,12 +14,9 @@ mod common;
 use std::time::Duration;
 
 use common::secure::{file, management_token, tls_config, TestToken};
-use common::{by_id, wait_for_set};
+use common::{by_id, register_and_watch, ttl_registration, wait_for_set, Watched};
 use sd_consul::{Client, ClientConfig, ConsulRegistry};
-use sd_core::{
-    Error, Event, Health, HealthCheck, Instance, Instancer, Registrar, Registration, Secret,
-    ServiceQuery,
-};
+use sd_core::{Error, Event, Health, Instancer, Registrar, Secret, ServiceQuery};
 use sd_testkit::{require, shared, unique_name, Server};
 
 fn registry(config: ClientConfig) -> ConsulRegistry {
@@ -30,10 +27,8 @@ fn admin(addr: &str) -> ConsulRegistry {
     registry(tls_config(addr).token(Secret::new(management_token())))
 }
 
-fn ttl_registration(service: &str, port: u16, id: &str) -> Registration {
-    Registration::new(service, Instance::builder("127.0.0.1", port).id(id).build())
-        .check(HealthCheck::Ttl(Duration::from_secs(30)))
-}
+/// The TTL of the registrations here: long, so no test depends on heartbeat timing.
+const TTL: Duration = Duration::from_secs(30);
 
 /// Asserts `err` is a 403 rejection and mentions none of `secrets`.
 fn assert_rejected_403(err: &Error, secrets: &[&str]) {
@@ -55,15 +50,12 @@ async fn the_management_token_registers_and_discovers_over_mutual_tls() {
     let reg = admin(&addr);
     assert_eq!(reg.client().base_url().scheme(), "https");
     let service = unique_name("secure-ok");
-    let registrar = reg
-        .consul_registrar(ttl_registration(&service, 22001, "s1"))
-        .unwrap();
-    registrar.register().await.unwrap();
-    let instancer = reg
-        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
-        .await;
-    let mut sub = instancer.subscribe();
-    let set = wait_for_set(&mut sub, "registered", |s| by_id(s, "s1").is_some()).await;
+    let Watched {
+        registrar,
+        instancer,
+        mut sub,
+        set,
+    } = register_and_watch(&reg, ttl_registration(&service, 22001, "s1", TTL)).await;
     assert_eq!(by_id(&set, "s1").unwrap().health(), Health::Passing);
     assert_eq!(by_id(&set, "s1").unwrap().addr(), "127.0.0.1:22001");
     assert!(!format!("{reg:?} {registrar:?} {instancer:?}").contains(&token));
@@ -79,14 +71,14 @@ async fn a_missing_or_wrong_token_is_rejected_and_never_shown() {
     let service = unique_name("secure-denied");
     // A real instance, registered with the management token.
     let owner = admin(&addr)
-        .consul_registrar(ttl_registration(&service, 22002, "d1"))
+        .consul_registrar(ttl_registration(&service, 22002, "d1", TTL))
         .unwrap();
     owner.register().await.unwrap();
 
     // No token: the anonymous token may do nothing under default_policy = "deny".
     let anon = registry(tls_config(&addr));
     let err = anon
-        .consul_registrar(ttl_registration(&service, 22003, "d2"))
+        .consul_registrar(ttl_registration(&service, 22003, "d2", TTL))
         .unwrap()
         .register()
         .await
@@ -109,7 +101,7 @@ async fn a_missing_or_wrong_token_is_rejected_and_never_shown() {
     let wrong = "6f1c0d2e-5b7a-4c3e-9d8f-0123456789ab";
     let bad = registry(tls_config(&addr).token(Secret::new(wrong)));
     let err = bad
-        .consul_registrar(ttl_registration(&service, 22004, "d3"))
+        .consul_registrar(ttl_registration(&service, 22004, "d3", TTL))
         .unwrap()
         .register()
         .await
@@ -145,7 +137,7 @@ async fn a_read_only_token_discovers_but_cannot_register() {
     )
     .await;
     let owner = admin(&addr)
-        .consul_registrar(ttl_registration(&service, 22005, "ro1"))
+        .consul_registrar(ttl_registration(&service, 22005, "ro1", TTL))
         .unwrap();
     owner.register().await.unwrap();
 
@@ -160,7 +152,7 @@ async fn a_read_only_token_discovers_but_cannot_register() {
     })
     .await;
     let err = reader
-        .consul_registrar(ttl_registration(&service, 22006, "ro2"))
+        .consul_registrar(ttl_registration(&service, 22006, "ro2", TTL))
         .unwrap()
         .register()
         .await
@@ -302,21 +294,16 @@ async fn fault_secure_agent_restart_reregisters_with_the_token() {
     sd_testkit::wait_ready(Server::ConsulSecure).await.unwrap();
     let reg = admin(&addr);
     let service = unique_name("secure-restart");
-    let registrar = reg
-        .consul_registrar(
-            Registration::new(
-                service.as_str(),
-                Instance::builder("127.0.0.1", 22201).id("sr1").build(),
-            )
-            .check(HealthCheck::Ttl(Duration::from_secs(3))),
-        )
-        .unwrap();
-    registrar.register().await.unwrap();
-    let instancer = reg
-        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
-        .await;
-    let mut sub = instancer.subscribe();
-    wait_for_set(&mut sub, "registered", |s| by_id(s, "sr1").is_some()).await;
+    let Watched {
+        registrar,
+        instancer,
+        mut sub,
+        ..
+    } = register_and_watch(
+        &reg,
+        ttl_registration(&service, 22201, "sr1", Duration::from_secs(3)),
+    )
+    .await;
 
     // A -dev agent restarts empty, with the same management token and certificates: the
     // registrar's heartbeat gets a 404 and registers again, over mutual TLS, with its token.

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 pub mod secure;
 
-use sd_core::{Event, Instance, InstanceSet, Subscription};
+use sd_consul::{ConsulInstancer, ConsulRegistrar, ConsulRegistry};
+use sd_core::{
+    Event, HealthCheck, Instance, InstanceSet, Instancer, Registrar, Registration, ServiceQuery,
+    Subscription,
+};
 
 /// The longest any test waits for one expected state.
 pub const BOUND: Duration = Duration::from_secs(20);
@@ -69,4 +73,42 @@ pub fn ids(set: &InstanceSet) -> Vec<String> {
     let mut v: Vec<String> = set.iter().map(|i| i.id().to_string()).collect();
     v.sort();
     v
+}
+
+/// A registration of `127.0.0.1:port` with id `id` under `service`, with a TTL check.
+pub fn ttl_registration(service: &str, port: u16, id: &str, ttl: Duration) -> Registration {
+    Registration::new(service, Instance::builder("127.0.0.1", port).id(id).build())
+        .check(HealthCheck::Ttl(ttl))
+}
+
+/// A registered instance and a passing-only watch of its service that has seen it.
+pub struct Watched {
+    /// The registrar, registered.
+    pub registrar: ConsulRegistrar,
+    /// A passing-only instancer on the registration's service.
+    pub instancer: ConsulInstancer,
+    /// A subscription to `instancer`, past the state that first held the instance.
+    pub sub: Subscription,
+    /// That state.
+    pub set: InstanceSet,
+}
+
+/// Registers `registration`, starts a passing-only instancer on its service and waits
+/// (bounded by [`BOUND`]) until the instance is in it.
+pub async fn register_and_watch(reg: &ConsulRegistry, registration: Registration) -> Watched {
+    let service = registration.service.clone();
+    let id = registration.instance.id().to_string();
+    let registrar = reg.consul_registrar(registration).unwrap();
+    registrar.register().await.unwrap();
+    let instancer = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
+        .await;
+    let mut sub = instancer.subscribe();
+    let set = wait_for_set(&mut sub, "registered", |s| by_id(s, &id).is_some()).await;
+    Watched {
+        registrar,
+        instancer,
+        sub,
+        set,
+    }
 }
