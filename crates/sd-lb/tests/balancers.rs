@@ -1,10 +1,12 @@
 //! Random, weighted, P2C, consistent hashing and the local round robin: distributions with
 //! fixed seeds and statistical bounds, load feedback, updates, concurrency.
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{combined_counts, fixed};
 use sd_core::{
     BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedEndpointer, Instance,
     InstanceCache,
@@ -12,12 +14,6 @@ use sd_core::{
 use sd_lb::{
     Balancer, Clock, ConsistentHash, LbError, Load, LocalRoundRobin, P2c, Random, Request, Weighted,
 };
-
-fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
-    Arc::new(FixedEndpointer::new(
-        (0..n).map(|p| (Instance::new("10.0.0.1", 1000 + p), p)),
-    ))
-}
 
 fn weighted(weights: &[u32]) -> Arc<FixedEndpointer<u16>> {
     Arc::new(FixedEndpointer::new(weights.iter().enumerate().map(
@@ -72,27 +68,8 @@ fn lb3_random_is_uniform_and_seeded_sequences_repeat() {
     // A seeded generator shared by two threads: each thread gets an interleaving-dependent
     // part of the sequence, but together they draw exactly its first 80 000 values, so the
     // combined counts are the same on every run and still uniform.
-    let combined = |seed: u64| {
-        let r = Arc::new(Random::with_seed(fixed(4), seed));
-        let hs: Vec<_> = (0..2)
-            .map(|_| {
-                let r = r.clone();
-                std::thread::spawn(move || {
-                    let mut c = [0usize; 4];
-                    for _ in 0..40_000 {
-                        c[*r.pick().unwrap() as usize] += 1;
-                    }
-                    c
-                })
-            })
-            .collect();
-        let mut total = [0usize; 4];
-        for h in hs {
-            let c = h.join().unwrap();
-            total.iter_mut().zip(c).for_each(|(t, c)| *t += c);
-        }
-        total
-    };
+    let combined =
+        |seed: u64| combined_counts(Arc::new(Random::with_seed(fixed(4), seed)), 2, 40_000, 4);
     for seed in [4u64, 5] {
         let total = combined(seed);
         assert!(chi2(&total, &[20_000.0; 4]) < 16.3, "{total:?}"); // df 3, p = 0.001
@@ -459,27 +436,9 @@ fn every_balancer_spreads_over_all_endpoints_on_two_threads() {
     // or sequence depends on how the threads interleave (two threads taking turns on a
     // 6-endpoint rotation each see only 3 endpoints), the union does not.
     for (name, b) in all {
-        let hs: Vec<_> = (0..2)
-            .map(|_| {
-                let b = b.clone();
-                std::thread::spawn(move || {
-                    let mut c: HashMap<u16, usize> = HashMap::new();
-                    for _ in 0..6_000 {
-                        *c.entry(*b.pick().unwrap()).or_default() += 1;
-                    }
-                    c
-                })
-            })
-            .collect();
-        let mut c: HashMap<u16, usize> = HashMap::new();
-        for h in hs {
-            for (k, v) in h.join().unwrap() {
-                *c.entry(k).or_default() += v;
-            }
-        }
-        assert_eq!(c.len(), 6, "{name} {c:?}");
-        assert_eq!(c.values().sum::<usize>(), 12_000);
-        assert!(c.values().all(|&v| v >= 1_000), "{name} {c:?}");
+        let c = combined_counts(b, 2, 6_000, 6);
+        assert_eq!(c.iter().sum::<usize>(), 12_000);
+        assert!(c.iter().all(|&v| v >= 1_000), "{name} {c:?}");
     }
     let _ = ep.endpoints();
 }

@@ -1,20 +1,17 @@
 //! Outlier ejection: consecutive failures eject, ejection time grows and is capped, the
 //! ejected share is limited, ejected endpoints come back on their own, every balancer works.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use sd_core::{BoxError, Endpoint, FixedEndpointer, Instance};
+use common::fixed;
+use sd_core::{BoxError, Endpoint, Instance};
 use sd_lb::{
     Balancer, Clock, ConsistentHash, Feedback, Outcome, Outlier, OutlierConfig, P2c, Picked,
     Random, Request, Retry, RoundRobin, Weighted,
 };
-
-fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
-    Arc::new(FixedEndpointer::new(
-        (0..n).map(|p| (Instance::new("10.0.0.1", 1000 + p), p)),
-    ))
-}
 
 fn config(failures: u32) -> OutlierConfig {
     OutlierConfig {

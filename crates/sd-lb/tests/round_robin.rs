@@ -1,18 +1,15 @@
 //! Round robin: go-kit LB-1 and LB-2, the per-thread variant, and concurrency.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{combined_counts, fixed};
 use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Event, FixedEndpointer, Instance, InstanceCache,
 };
 use sd_lb::{Balancer, Counter, LbError, Request, RoundRobin};
-
-fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
-    Arc::new(FixedEndpointer::new(
-        (0..n).map(|p| (Instance::new("10.0.0.1", 1000 + p), p)),
-    ))
-}
 
 #[test]
 fn lb2_first_pick_is_index_zero_and_counts_rotate() {
@@ -131,26 +128,7 @@ fn avoid_moves_the_pick_to_an_accepted_endpoint() {
 #[test]
 fn shared_counter_is_exact_under_concurrency() {
     // 4 threads × 30 000 picks over 3 endpoints: a strict rotation gives exactly 40 000 each.
-    let rr = Arc::new(RoundRobin::new(fixed(3)));
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let rr = rr.clone();
-            std::thread::spawn(move || {
-                let mut c = [0usize; 3];
-                for _ in 0..30_000 {
-                    c[*rr.pick().unwrap() as usize] += 1;
-                }
-                c
-            })
-        })
-        .collect();
-    let mut total = [0usize; 3];
-    for h in handles {
-        let c = h.join().unwrap();
-        for i in 0..3 {
-            total[i] += c[i];
-        }
-    }
+    let total = combined_counts(Arc::new(RoundRobin::new(fixed(3))), 4, 30_000, 3);
     assert_eq!(total, [40_000; 3]);
 }
 
@@ -203,29 +181,12 @@ fn per_thread_counters_with_more_threads_than_slots() {
     let rr = Arc::new(RoundRobin::per_thread(fixed(4)));
     let threads = sd_lb::round_robin::PER_THREAD_SLOTS + 4;
     let per_thread = 400;
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let rr = rr.clone();
-            std::thread::spawn(move || {
-                let mut c = [0usize; 4];
-                for _ in 0..per_thread {
-                    c[*rr.pick().unwrap() as usize] += 1;
-                }
-                c
-            })
-        })
-        .collect();
-    let mut total = [0usize; 4];
-    for h in handles {
-        for (t, c) in total.iter_mut().zip(h.join().unwrap()) {
-            *t += c;
-        }
-    }
+    let total = combined_counts(rr, threads, per_thread, 4);
     assert_eq!(total.iter().sum::<usize>(), threads * per_thread);
     // Every slot's counter advances by one per pick, so each slot's picks are spread evenly
     // (±1 per slot); over all slots no endpoint is off by more than the slot count.
     let fair = threads * per_thread / 4;
-    for t in total {
+    for &t in &total {
         assert!(
             t.abs_diff(fair) <= sd_lb::round_robin::PER_THREAD_SLOTS,
             "{total:?}"
