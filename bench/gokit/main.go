@@ -202,27 +202,9 @@ func update(n, updates int) {
 // call lookup, which returns the next set. t0 is taken when lookup returns (the registry's
 // answer is in hand); the same point on the Rust side is before the instances are built.
 func fanout(n, subs, rounds int) {
-	records := func(changed int) []*net.SRV {
-		out := make([]*net.SRV, n)
-		for i := range out {
-			out[i] = &net.SRV{Target: fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), Port: 8080}
-		}
-		out[n/2].Port = uint16(9000 + changed)
-		return out
-	}
-	// Two answers that differ in one record; the rounds alternate between them.
-	answers := [2][]*net.SRV{records(0), records(1)}
-	var t0 time.Time
-	next := make(chan []*net.SRV, 1)
-	next <- answers[0]
-	lookup := func(string, string, string) (string, []*net.SRV, error) {
-		recs := <-next
-		t0 = time.Now()
-		return "", recs, nil
-	}
-	tick := make(chan time.Time)
-	in := dnssrv.NewInstancerDetailed("bench", &time.Ticker{C: tick}, lookup, log.NewNopLogger())
-	defer in.Stop()
+	src := newSRVSource(n)
+	defer src.in.Stop()
+	in := src.in
 
 	var seen atomic.Int64
 	done := make(chan time.Time, 1)
@@ -247,11 +229,10 @@ func fanout(n, subs, rounds int) {
 			m0 = mallocs()
 		}
 		seen.Store(0)
-		next <- answers[r%2]
-		tick <- time.Now()
+		src.publish(r % 2)
 		t1 := <-done
 		if r > 10 {
-			lat = append(lat, float64(t1.Sub(t0).Nanoseconds()))
+			lat = append(lat, float64(t1.Sub(src.t0).Nanoseconds()))
 		}
 	}
 	m1 := mallocs()
@@ -356,4 +337,47 @@ func main() {
 			os.Exit(2)
 		}
 	}
+}
+
+// srvSource is go-kit's DNS SRV instancer over answers the benchmark controls: n records,
+// and two answers that differ in one record. publish(k) queues answer k and ticks the
+// instancer, which calls lookup; lookup takes the answer and records t0, the moment the
+// registry's answer is in hand (the same point on the Rust side is before the instances are
+// built). Every go-kit backend publishes through the same internal instance cache.
+type srvSource struct {
+	in      *dnssrv.Instancer
+	answers [2][]*net.SRV
+	next    chan []*net.SRV
+	tick    chan time.Time
+	t0      time.Time
+}
+
+func newSRVSource(n int) *srvSource {
+	records := func(k int) []*net.SRV {
+		out := make([]*net.SRV, n)
+		for i := range out {
+			out[i] = &net.SRV{Target: fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), Port: 8080}
+		}
+		out[n/2].Port = uint16(9000 + k)
+		return out
+	}
+	src := &srvSource{
+		answers: [2][]*net.SRV{records(0), records(1)},
+		next:    make(chan []*net.SRV, 1),
+		tick:    make(chan time.Time),
+	}
+	src.next <- src.answers[0]
+	lookup := func(string, string, string) (string, []*net.SRV, error) {
+		recs := <-src.next
+		src.t0 = time.Now()
+		return "", recs, nil
+	}
+	src.in = dnssrv.NewInstancerDetailed("bench", &time.Ticker{C: src.tick}, lookup, log.NewNopLogger())
+	return src
+}
+
+// publish queues answer k (0 or 1) and makes the instancer look it up.
+func (s *srvSource) publish(k int) {
+	s.next <- s.answers[k]
+	s.tick <- time.Now()
 }

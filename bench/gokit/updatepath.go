@@ -3,14 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/go-kit/kit/endpoint"
 	"github.com/go-kit/kit/sd"
-	"github.com/go-kit/kit/sd/dnssrv"
 	"github.com/go-kit/log"
 )
 
@@ -22,26 +20,9 @@ import (
 // instance; the endpointer holds its write lock while it runs, so the Endpoints() call that
 // follows returns once the update is complete.
 func updatePath(n, rounds int) {
-	records := func(k int) []*net.SRV {
-		out := make([]*net.SRV, n)
-		for i := range out {
-			out[i] = &net.SRV{Target: fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), Port: 8080}
-		}
-		out[n/2].Port = uint16(9000 + k)
-		return out
-	}
-	answers := [2][]*net.SRV{records(0), records(1)}
-	var t0 time.Time
-	next := make(chan []*net.SRV, 1)
-	next <- answers[0]
-	lookup := func(string, string, string) (string, []*net.SRV, error) {
-		recs := <-next
-		t0 = time.Now()
-		return "", recs, nil
-	}
-	tick := make(chan time.Time)
-	in := dnssrv.NewInstancerDetailed("bench", &time.Ticker{C: tick}, lookup, log.NewNopLogger())
-	defer in.Stop()
+	src := newSRVSource(n)
+	defer src.in.Stop()
+	in := src.in
 
 	made := make(chan struct{}, 1)
 	f := func(instance string) (endpoint.Endpoint, io.Closer, error) {
@@ -64,8 +45,7 @@ func updatePath(n, rounds int) {
 		if r == 6 {
 			m0 = mallocs()
 		}
-		next <- answers[r%2]
-		tick <- time.Now()
+		src.publish(r % 2)
 		select {
 		case <-made:
 		case <-time.After(10 * time.Second):
@@ -78,7 +58,7 @@ func updatePath(n, rounds int) {
 		}
 		t1 := time.Now()
 		if r > 5 {
-			lat = append(lat, float64(t1.Sub(t0).Nanoseconds()))
+			lat = append(lat, float64(t1.Sub(src.t0).Nanoseconds()))
 		}
 	}
 	m1 := mallocs()
