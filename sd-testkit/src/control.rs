@@ -8,7 +8,7 @@ use crate::Server;
 /// Root of the repository (found from this crate's `CARGO_MANIFEST_DIR`).
 pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.join("..").join("..");
+    let root = manifest.join("..");
     root.canonicalize().unwrap_or(root)
 }
 
