@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sd_core::instance::join_host_port;
 use sd_core::{
-    Backoff, Error, Instancer, Registrar, Registration, Registry, RegistryUrl, Result, ServiceQuery,
+    Backoff, Capabilities, Error, Instancer, Registrar, Registration, Registry, RegistryUrl,
+    Result, ServiceQuery,
 };
 
 use crate::client::{Client, ClientConfig, DEFAULT_PORT};
@@ -166,6 +167,10 @@ impl ConsulRegistry {
 impl Registry for ConsulRegistry {
     fn scheme(&self) -> &'static str {
         "consul"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
     }
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {

@@ -43,6 +43,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod capabilities;
 pub mod config;
 pub mod endpoint;
 pub mod endpointer;
@@ -60,6 +61,7 @@ pub mod watch_loop;
 
 pub use backoff::Backoff;
 pub use cache::{InstanceCache, Subscription};
+pub use capabilities::Capabilities;
 pub use config::{RegistryUrl, Secret};
 pub use endpoint::{Endpoint, Factory};
 pub use endpointer::{

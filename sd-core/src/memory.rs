@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::cache::{InstanceCache, Subscription};
+use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
@@ -260,6 +261,10 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     fn scheme(&self) -> &'static str {
         "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
     }
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {

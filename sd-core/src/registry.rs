@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::instance::{Health, Instance};
 use crate::instancer::Instancer;
@@ -81,6 +82,10 @@ impl From<String> for ServiceQuery {
 pub trait Registry: Send + Sync + fmt::Debug {
     /// The URL scheme this registry was made from (`memory`, `consul`, ...).
     fn scheme(&self) -> &'static str;
+
+    /// What this registry can carry and do (see [`Capabilities`]). Applications can branch on
+    /// it; the conformance suite checks every declared capability against the real server.
+    fn capabilities(&self) -> Capabilities;
 
     /// Starts watching a service. Backends that can (Consul, etcd, ZooKeeper, Eureka, DNS)
     /// query the registry once before returning, so the instancer has a state at once.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
 use crate::event::InstanceSet;
 use crate::instance::Instance;
@@ -56,6 +57,10 @@ impl StaticRegistry {
 impl Registry for StaticRegistry {
     fn scheme(&self) -> &'static str {
         "static"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
     }
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
