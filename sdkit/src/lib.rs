@@ -29,8 +29,9 @@
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
 //! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
+//! | `eureka://host:port[,host:port]/eureka?poll=..&user=..&password_env=..` | `eureka` | Eureka servers (crate `sd-eureka`, re-exported as `sdkit::eureka`) |
 //!
-//! `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! `etcd://`, `zk://` and `dns+srv://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -44,6 +45,10 @@ pub use sd_lb as lb;
 /// The Consul backend (the `sd-consul` crate), with the `consul` feature.
 #[cfg(feature = "consul")]
 pub use sd_consul as consul;
+
+/// The Eureka backend (the `sd-eureka` crate), with the `eureka` feature.
+#[cfg(feature = "eureka")]
+pub use sd_eureka as eureka;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -91,11 +96,13 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             Ok(Arc::new(registry))
         }
         "consul" => consul_registry(url),
-        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
-            .error(format!(
+        "eureka" => eureka_registry(url),
+        "etcd" | "etcdv3" | "zk" | "zookeeper" | "dns+srv" | "dnssrv" => {
+            Err(parsed.error(format!(
                 "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
                 parsed.scheme()
-            ))),
+            )))
+        }
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -113,6 +120,19 @@ fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "consul:// needs the `consul` feature of sdkit: add `features = [\"consul\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "eureka")]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_eureka::EurekaRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "eureka"))]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "eureka:// needs the `eureka` feature of sdkit: add `features = [\"eureka\"]` to the sdkit dependency",
     ))
 }
 
