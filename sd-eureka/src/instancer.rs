@@ -18,7 +18,7 @@
 //! | `id()` | `instanceId`, else `hostName` (Eureka's own `InstanceInfo.getId()`) |
 //! | `tags()` | the JSON array in metadata key [`META_TAGS`] (`sdkit.tags`), written by sdkit's registrar |
 //! | `meta()` | `metadata` (without `@class` and [`META_TAGS`]), plus [`META_STATUS`] (`eureka.status`) and, for a secure port, [`META_SECURE`] (`eureka.secure` = `true`) |
-//! | `health()` | `status`: see [`status_health`] |
+//! | `health()` | `status`: see [`status_health`]; `OUT_OF_SERVICE` with metadata [`META_HEALTH`] = `warning` is `Warning` |
 //! | `weight()` | always the default (Eureka has no weights) |
 
 use std::collections::BTreeMap;
@@ -47,6 +47,12 @@ pub const META_SECURE: &str = "eureka.secure";
 /// queries work the same as on other registries.
 pub const META_TAGS: &str = "sdkit.tags";
 
+/// Metadata key that marks an `OUT_OF_SERVICE` instance as registered with
+/// [`Health::Warning`] (value `warning`). Eureka has no "serving with a warning" status:
+/// sdkit's registrar announces such an instance as `OUT_OF_SERVICE` (so Eureka's own
+/// clients send it nothing) with this key, and sdkit's instancer reads it back as `Warning`.
+pub const META_HEALTH: &str = "sdkit.health";
+
 /// The default poll interval (fargo's and the Netflix Java client's 30 s).
 pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
@@ -61,7 +67,9 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 /// | `UNKNOWN`, missing, anything else | `Unknown` | no |
 ///
 /// Only `UP` instances take traffic in Eureka's own clients; so it is here with
-/// `passing_only`.
+/// `passing_only`. One exception, read by [`instance_from_json`]: an `OUT_OF_SERVICE`
+/// instance carrying metadata [`META_HEALTH`]` = warning` (what sdkit's registrar writes for
+/// a [`Health::Warning`] registration) is `Warning`.
 pub fn status_health(status: &str) -> Health {
     match status {
         "UP" => Health::Passing,
@@ -144,9 +152,9 @@ pub fn instance_from_json(v: &Value) -> Result<Instance, String> {
         (None, None) => return Err(format!("{id}: neither port nor securePort is enabled")),
     };
     let status = i.status.as_deref().unwrap_or("UNKNOWN");
+    let mut health = status_health(status);
     let mut b = Instance::builder(host, port)
         .id(id)
-        .health(status_health(status))
         .meta(META_STATUS, status);
     if is_secure {
         b = b.meta(META_SECURE, "true");
@@ -161,6 +169,12 @@ pub fn instance_from_json(v: &Value) -> Result<Instance, String> {
         if k == "@class" {
             continue;
         }
+        if k == META_HEALTH {
+            if v == "warning" && status == "OUT_OF_SERVICE" {
+                health = Health::Warning;
+            }
+            continue;
+        }
         if k == META_TAGS {
             let tags: Vec<String> = serde_json::from_str(&v).map_err(|e| {
                 format!("{id}: metadata {META_TAGS} is not a JSON array of strings ({e})")
@@ -170,7 +184,7 @@ pub fn instance_from_json(v: &Value) -> Result<Instance, String> {
         }
         b = b.meta(k, v);
     }
-    Ok(b.build())
+    Ok(b.health(health).build())
 }
 
 /// The InstanceInfo values of `{"application": {"instance": [...]}}` (or a single object,
@@ -469,6 +483,19 @@ mod tests {
         let mut v = info();
         v.as_object_mut().unwrap().remove("status");
         assert_eq!(instance_from_json(&v).unwrap().health(), Health::Unknown);
+        // sdkit's mark of a Warning registration counts only while OUT_OF_SERVICE.
+        for (status, health) in [
+            ("OUT_OF_SERVICE", Health::Warning),
+            ("DOWN", Health::Critical),
+            ("UP", Health::Passing),
+        ] {
+            let mut v = info();
+            v["status"] = json!(status);
+            v["metadata"]["sdkit.health"] = json!("warning");
+            let i = instance_from_json(&v).unwrap();
+            assert_eq!(i.health(), health, "{status}");
+            assert!(!i.meta().contains_key(META_HEALTH));
+        }
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub use client::{
 };
 pub use instancer::{
     instance_from_json, status_health, AppSource, EurekaInstancer, Target, DEFAULT_POLL,
-    META_SECURE, META_STATUS, META_TAGS,
+    META_HEALTH, META_SECURE, META_STATUS, META_TAGS,
 };
 pub use registrar::{EurekaRegistrar, Lease, Status, DEFAULT_LEASE, DEFAULT_RENEW};
 pub use registry::{EurekaRegistry, MIN_POLL};

@@ -46,7 +46,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 
 use crate::client::{Client, InstanceUpdate, BACKEND};
-use crate::instancer::META_TAGS;
+use crate::instancer::{META_HEALTH, META_TAGS};
 
 /// Eureka's default lease duration (`leaseInfo.durationInSecs`).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(90);
@@ -84,7 +84,7 @@ impl Status {
     /// | [`Health`] | status | read back as |
     /// |---|---|---|
     /// | `Passing` | `UP` | `Passing` |
-    /// | `Warning` | `OUT_OF_SERVICE` | `Critical` (Eureka has no "serving with a warning") |
+    /// | `Warning` | `OUT_OF_SERVICE`, with metadata [`META_HEALTH`]` = warning` | `Warning` by sdkit (Eureka has no "serving with a warning"; its own clients skip it) |
     /// | `Critical` | `DOWN` | `Critical` |
     /// | `Unknown` | `STARTING` | `Unknown` (`UNKNOWN` would make the server refuse renewals) |
     pub fn for_health(health: Health) -> Self {
@@ -222,6 +222,9 @@ fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody>
     if !r.instance.tags().is_empty() {
         let tags = serde_json::to_string(r.instance.tags()).unwrap_or_default();
         metadata.insert(META_TAGS.to_string(), tags);
+    }
+    if r.instance.health() == Health::Warning {
+        metadata.insert(META_HEALTH.to_string(), "warning".to_string());
     }
     Ok(InstanceBody {
         instance_id: r.instance_id(),
@@ -585,7 +588,12 @@ mod tests {
             (Health::Unknown, "STARTING"),
         ] {
             let r = EurekaRegistrar::new(client(), reg(h), Lease::default(), None).unwrap();
-            assert_eq!(r.registration_body()["status"], s);
+            let body = r.registration_body();
+            assert_eq!(body["status"], s);
+            assert_eq!(
+                body["metadata"].get("sdkit.health").is_some(),
+                h == Health::Warning
+            );
         }
     }
 

@@ -219,12 +219,14 @@ impl Registry for EurekaRegistry {
         "eureka"
     }
 
-    /// Registration, expiry (the server evicts an instance whose lease is not renewed),
+    /// Registration, ids (`instanceId`), expiry (the server evicts an instance whose lease
+    /// is not renewed),
     /// tags (carried in the `sdkit.tags` metadata key, filtered here), metadata and health
     /// (the status). No weights; no server-side filtering (the whole app is read).
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
             .with_registration()
+            .with_ids()
             .with_expiry()
             .with_tags()
             .with_metadata()
@@ -329,7 +331,7 @@ mod tests {
     fn capabilities_are_declared() {
         let r = EurekaRegistry::from_url("eureka://").unwrap();
         let c = r.capabilities();
-        assert!(c.registration && c.expiry && c.tags && c.metadata && c.health);
+        assert!(c.registration && c.ids && c.expiry && c.tags && c.metadata && c.health);
         assert!(!c.weight && !c.server_side_filtering);
         assert_eq!(r.scheme(), "eureka");
     }
