@@ -162,6 +162,21 @@ impl Target {
         self
     }
 
+    /// For every behaviour but the restart one, a shared lock on the target's server (if
+    /// any), held for the behaviour's whole run: the restart behaviour takes the exclusive
+    /// lock, so it waits for the behaviours in flight and they wait while it kills and
+    /// restarts the server. Without it a server that takes long to restart (Eureka: ~30 s
+    /// on a loaded box) fails the behaviours that run beside the restart.
+    #[doc(hidden)]
+    pub fn __shared_unless_fault(&self, behaviour: &str) -> Option<crate::SharedGuard> {
+        match self.server {
+            Some(server) if behaviour != "restart_keeps_last_good_and_recovers" => {
+                Some(crate::shared(server))
+            }
+            _ => None,
+        }
+    }
+
     fn caps(&self) -> Capabilities {
         self.registry.capabilities()
     }
@@ -946,6 +961,7 @@ macro_rules! __conformance_test {
             match make().await {
                 ::std::option::Option::Some(target) => {
                     let target: $crate::conformance::Target = target;
+                    let _shared = target.__shared_unless_fault(stringify!($behaviour));
                     $crate::conformance::$behaviour(target.__named(stringify!($backend), baseline))
                         .await
                 }
