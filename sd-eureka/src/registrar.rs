@@ -200,6 +200,13 @@ struct InstanceBody {
 
 fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody> {
     r.validate()?;
+    if r.deregister_critical_after.is_some() {
+        return Err(Error::config(format!(
+            "registration of {:?}: Eureka has no deregister_critical_after; the server evicts \
+             an instance whose lease is not renewed (use HealthCheck::Ttl for the lease)",
+            r.service
+        )));
+    }
     if let Some(k) = r
         .instance
         .meta()
@@ -629,6 +636,11 @@ mod tests {
                 Registration::new("", inst()),
                 Lease::default(),
                 "empty service name",
+            ),
+            (
+                Registration::new("web", inst()).deregister_critical_after(Duration::from_secs(90)),
+                Lease::default(),
+                "no deregister_critical_after",
             ),
             (
                 Registration::new("web", Instance::new("h", 0)),
