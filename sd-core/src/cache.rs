@@ -99,10 +99,10 @@ impl InstanceCache {
         // initial `None`: every published state (there is one iff the version moved) is
         // unseen for it. No check-then-mark here, which a concurrent publish could slip
         // between (issue 9 item 3).
-        Subscription {
-            rx: self.rx.clone(),
-            keep: None,
-        }
+        let rx = self.rx.clone();
+        #[cfg(test)]
+        tests::race_point();
+        Subscription { rx, keep: None }
     }
 
     /// Stops publishing for good. Subscribers receive any state they have not seen yet, and
@@ -213,5 +213,39 @@ impl Subscription {
         Box::pin(futures::stream::unfold(self, |mut s| async move {
             s.next().await.map(|e| (e, s))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::instance::Instance;
+
+    thread_local! {
+        /// Runs once at the point where a publish can race `subscribe`.
+        static RACE: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn race_point() {
+        if let Some(f) = RACE.with(|r| r.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// Issue 9 item 3: a first publish that lands while `subscribe` runs is delivered. The
+    /// old `subscribe` checked "is there a state?" and then marked what it saw as seen; a
+    /// publish between the two (injected here at that point) was marked seen but never
+    /// delivered, leaving an endpointer `Pending` until the next change.
+    #[test]
+    fn subscribe_never_loses_a_racing_first_state() {
+        let cache = Arc::new(InstanceCache::new());
+        let event = Event::instances(vec![Instance::new("10.0.0.1", 80)]);
+        let (c, e) = (cache.clone(), event.clone());
+        RACE.with(|r| *r.borrow_mut() = Some(Box::new(move || assert!(c.update(e)))));
+        let mut sub = cache.subscribe();
+        assert!(RACE.with(|r| r.borrow().is_none()), "the race point ran");
+        assert_eq!(sub.try_next(), Some(event));
     }
 }
