@@ -1,5 +1,8 @@
 //! go-kit behaviours EP-1..EP-12 (reference §2.C), with regressions for its bugs.
 
+#[path = "common/logs.rs"]
+mod logs;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -571,34 +574,13 @@ async fn dropping_a_watched_instancer_does_not_stop_its_loop() {
     ep.close().await;
 }
 
-/// Records the messages of the warnings logged while it is installed.
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Msg<'a>(&'a mut String);
-        impl tracing::field::Visit for Msg<'_> {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{}={:?} ", field.name(), value));
-            }
-        }
-        if *event.metadata().level() <= tracing::Level::WARN {
-            let mut s = String::new();
-            event.record(&mut Msg(&mut s));
-            self.0.lock().unwrap().push(s);
-        }
-    }
-}
-
 /// Issue 9 item 2: if a subscription ends anyway (the instancer was stopped, or it was a
 /// bare cache that its owner dropped), the endpointer says so: its status turns stale (the
 /// last endpoints are still served) and a warning is logged.
 #[tokio::test]
 async fn an_ended_subscription_marks_the_endpointer_stale_and_logs() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let warnings = Warnings::default();
-    let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let logs = logs::Logs::default();
+    let _log = logs.install();
     let inst = TestInstancer::default();
     inst.send(&["a:1"]);
     let ep = DefaultEndpointer::builder(&inst.0, Counting::default())
@@ -608,7 +590,7 @@ async fn an_ended_subscription_marks_the_endpointer_stale_and_logs() {
     drop(inst);
     until(&ep, |s| matches!(s.status(), Status::Stale(Error::Stopped))).await;
     assert_eq!(addrs(&ep), ["a:1"], "the last endpoints are still served");
-    let logged = warnings.0.lock().unwrap().join("\n");
+    let logged = logs.at_least(tracing::Level::WARN);
     assert!(logged.contains("instancer ended"), "{logged}");
     ep.close().await;
 }

@@ -1,5 +1,8 @@
 //! The embedded registry (`memory://`): registrar and instancer, filters, TTL expiry.
 
+#[path = "common/logs.rs"]
+mod logs;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -432,4 +435,56 @@ fn guard_dropped_at_the_end_of_main_deregisters() {
         reg.instances("svc").is_empty(),
         "the instance outlived the process's runtime"
     );
+}
+
+/// Issue 9 item 6: on a current-thread runtime the drop cannot wait (the deregistration needs
+/// that thread), so it spawns it; when runtime shutdown cancels it, a warning names the
+/// instance left registered instead of losing it silently.
+#[test]
+fn guard_dropped_on_a_current_thread_runtime_warns_when_shutdown_cancels_it() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
+    let reg = MemoryRegistry::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let registrar = SlowDeregister {
+            inner: reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
+        };
+        let _guard = RegistrationGuard::register(Arc::new(registrar))
+            .await
+            .unwrap();
+    });
+    drop(runtime);
+    assert_eq!(reg.instances("svc").len(), 1, "shutdown cancelled it");
+    let logged = logs.at_least(tracing::Level::WARN);
+    assert!(
+        logged.contains("deregistration on drop was cancelled") && logged.contains("svc-10.0.0.1-80"),
+        "{logged}"
+    );
+}
+
+/// Issue 9 item 6: a guard dropped outside any runtime cannot send anything, and says so.
+#[test]
+fn guard_dropped_outside_a_runtime_warns() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
+    let reg = MemoryRegistry::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let guard = runtime.block_on(async {
+        RegistrationGuard::register(Arc::new(
+            reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
+        ))
+        .await
+        .unwrap()
+    });
+    drop(guard);
+    let logged = logs.at_least(tracing::Level::WARN);
+    assert!(logged.contains("outside a tokio runtime"), "{logged}");
+    assert_eq!(reg.instances("svc").len(), 1);
 }

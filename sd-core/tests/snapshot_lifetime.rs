@@ -1,8 +1,9 @@
-//! Snapshots hold non-owning copies of endpoint handles (see `Epoch` in endpointer.rs). These
-//! tests pin down the lifetime rules that make that sound: an endpoint value stays alive while
-//! any snapshot that contains it is held, is dropped exactly once, and is dropped once no
-//! snapshot and no endpointer state can reach it. Run them under valgrind too:
-//! `valgrind --error-exitcode=1 target/debug/deps/snapshot_lifetime-*`.
+//! Snapshots own their endpoints (a shared, reference-counted list; until issue 9 they held
+//! non-owning bitwise copies kept valid by an epoch chain). These tests pin down the lifetime
+//! rules: an endpoint value stays alive while any snapshot that contains it is held, is
+//! dropped exactly once, and is dropped once no snapshot and no endpointer state can reach
+//! it, also when a panic unwinds through an update. Run them under valgrind too (the command
+//! is in docs/TESTING.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,7 +149,8 @@ fn fixed_endpointer_snapshots_outlive_it() {
     assert_eq!(drops.load(Ordering::SeqCst), 3);
 }
 
-/// A snapshot held across a very long chain of updates is released without deep recursion.
+/// A snapshot held across a very long run of updates is released cheaply (the old design
+/// chained one epoch per update behind it and had to unlink them without deep recursion).
 #[tokio::test]
 async fn long_epoch_chains_release_iteratively() {
     let src = InstanceCache::new();

@@ -1,5 +1,8 @@
 //! The facade's URL selection: schemes, features, error messages, secrets.
 
+#[path = "../../sd-core/tests/common/logs.rs"]
+mod logs;
+
 use sdkit::{Instance, Registration, ServiceQuery};
 
 fn err(url: &str) -> String {
@@ -123,42 +126,23 @@ fn secrets_never_appear_in_errors() {
     assert!(e.contains("token=***"), "{e}");
 }
 
-/// Records the messages of info-level events.
-#[derive(Clone, Default)]
-struct Infos(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Infos {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Fields<'a>(&'a mut String);
-        impl tracing::field::Visit for Fields<'_> {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{}={:?} ", field.name(), value));
-            }
-        }
-        let mut s = String::new();
-        event.record(&mut Fields(&mut s));
-        self.0.lock().unwrap().push(s);
-    }
-}
-
 /// Issue 9 item 7: `from_env()` says at info which registry it chose, including the silent
 /// fallback to an empty in-process registry when `SD_REGISTRY` is unset.
 #[test]
 fn from_env_defaults_to_memory_and_reads_the_variable() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let infos = Infos::default();
-    let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(infos.clone()));
+    let logs = logs::Logs::default();
+    let _log = logs.install();
     // One test touches the variable, so there is no race between tests.
     std::env::remove_var(sdkit::ENV_VAR);
     assert_eq!(sdkit::from_env().unwrap().scheme(), "memory");
-    let logged = infos.0.lock().unwrap().join("\n");
+    let logged = logs.at_least(tracing::Level::INFO);
     assert!(logged.contains("SD_REGISTRY is not set"), "{logged}");
     assert!(logged.contains("memory://default"), "{logged}");
     std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9?token=hunter2");
     assert!(sdkit::from_env().is_err(), "static:// has no token option");
     std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9");
     assert_eq!(sdkit::from_env().unwrap().scheme(), "static");
-    let logged = infos.0.lock().unwrap().join("\n");
+    let logged = logs.at_least(tracing::Level::INFO);
     assert!(logged.contains("static://127.0.0.1:9"), "{logged}");
     assert!(!logged.contains("hunter2"), "{logged}");
     std::env::set_var(sdkit::ENV_VAR, "bogus://x");
