@@ -171,7 +171,8 @@ pub fn entry_to_instance(entry: &serde_json::Value) -> Result<Instance, String> 
     let weight = match health {
         Health::Passing => w_pass,
         Health::Warning => w_warn,
-        Health::Critical | Health::Unknown => 0,
+        // Critical, unknown, and any health added later (`Health` is non-exhaustive).
+        _ => 0,
     };
     let mut b = Instance::builder(host, port)
         .id(svc.id)

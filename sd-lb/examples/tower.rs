@@ -59,11 +59,11 @@ async fn main() -> Result<(), BoxError> {
     let registry = MemoryRegistry::new();
     let mut registrars = Vec::new();
     for port in [8001u16, 8002, 8003] {
-        let r = registry.registrar(Registration::new("echo", Instance::new("127.0.0.1", port)));
+        let r = registry.registrar_for(Registration::new("echo", Instance::new("127.0.0.1", port)));
         r.register().await?;
         registrars.push(r);
     }
-    let instancer = registry.instancer("echo");
+    let instancer = registry.service_instancer("echo");
     let endpointer = Arc::new(DefaultEndpointer::new(
         &instancer,
         |i: &Instance| -> Result<Backend, BoxError> {

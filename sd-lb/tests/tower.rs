@@ -234,12 +234,12 @@ impl Endpoints for Arc<P2c<Arc<DefaultEndpointer<Backend>>, Backend>> {
 #[tokio::test]
 async fn discovery_straight_from_an_instancer() {
     let registry = sd_core::MemoryRegistry::new();
-    let registrar = registry.registrar(sd_core::Registration::new(
+    let registrar = registry.registrar_for(sd_core::Registration::new(
         "svc",
         Instance::new("10.0.0.1", 7),
     ));
     sd_core::Registrar::register(&registrar).await.unwrap();
-    let instancer = registry.instancer("svc");
+    let instancer = registry.service_instancer("svc");
     let mut d = Discovery::<Arc<DefaultEndpointer<Backend>>, Backend>::from_instancer(
         &instancer,
         |i: &Instance| -> Result<Backend, BoxError> {
