@@ -84,5 +84,5 @@ pub use outlier::{Outlier, OutlierConfig};
 pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry, RetryBudget};
-pub use round_robin::{Counter, RoundRobin};
+pub use round_robin::RoundRobin;
 pub use weighted::Weighted;

@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::Guard;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, redraw_accepted, splitmix, thread_random, Balancer, Clock, Feedback,
-    Outcome, Picked, Request, View, Viewed,
+    bounded, endpoints_of, pick_fallback, redraw_accepted, splitmix, thread_random, Balancer,
+    Cands, Clock, Current, Feedback, Outcome, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -156,12 +155,13 @@ impl<E> Feedback<E> for EndpointLoad {
 #[inline]
 fn accepted_or_redraw<E>(
     list: &[Endpoint<E>],
+    cands: Cands<'_>,
     i: usize,
     request: &Request<'_, E>,
     r: u64,
 ) -> usize {
     if request.has_avoid() && request.avoids(&list[i]) {
-        redraw_accepted(list, i, request, r)
+        redraw_accepted(list, cands, i, request, r)
     } else {
         i
     }
@@ -180,6 +180,13 @@ struct Slot<E> {
 /// dropped without a report still ends its request. Statistics survive endpoint-set updates
 /// for the endpoints that stay. A pick takes one `arc-swap` load (the endpoints with their
 /// statistics, checked against the endpointer's version number), no lock and no allocation.
+///
+/// After an update the statistics table is rebuilt on a background thread (started by the
+/// first pick that sees the update); picks meanwhile use the previous table, or, when that
+/// has nothing to serve, a uniform pick over the new set that is not load-tracked.
+///
+/// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
+/// and some are not, both choices are drawn among the passing ones.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -226,7 +233,7 @@ fn build_slots<E>(
         .collect()
 }
 
-impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
+impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// P2C comparing `load`.
     ///
     /// Peak EWMA measures latency with [`Clock::fast`] (the first one made in a process
@@ -236,7 +243,9 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
             Load::InFlight => Clock::Std,
             Load::PeakEwma { .. } => Clock::fast(),
         };
-        let view = Viewed::new(&endpointer, |list, old| build_slots(list, old, load, clock));
+        let view = Viewed::new(&endpointer, true, move |list, _, old| {
+            build_slots(list, old, load, clock)
+        });
         P2c {
             endpointer,
             load,
@@ -261,7 +270,7 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         let load = self.load;
-        self.view = Viewed::new(&self.endpointer, |list, old| {
+        self.view = Viewed::new(&self.endpointer, true, move |list, _, old| {
             build_slots(list, old, load, clock)
         });
         self
@@ -286,19 +295,16 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
         }
     }
 
-    /// The endpoints with their statistics: one `arc-swap` load and one atomic read of the
-    /// endpointer's version, rebuilt after an update.
-    #[inline]
-    fn current(&self) -> Guard<Arc<View<Vec<Slot<E>>, E>>> {
-        let (load, clock) = (self.load, self.clock);
-        self.view.get(&self.endpointer, |list, old| {
-            build_slots(list, old, load, clock)
-        })
+    /// Brings the statistics table up to date with the endpointer now, on this thread
+    /// (waiting for a background rebuild in progress). Picks never need this.
+    pub fn refresh(&self) {
+        self.view.refresh(&self.endpointer);
     }
 
-    /// The load statistics of `endpoint`, if it is in the current set.
+    /// The load statistics of `endpoint`, if it is in the current set (the table is brought
+    /// up to date first).
     pub fn load_of(&self, endpoint: &Endpoint<E>) -> Option<Arc<EndpointLoad>> {
-        let view = self.current();
+        let view = self.view.fresh(&self.endpointer);
         let i = view
             .snapshot
             .all()
@@ -321,16 +327,20 @@ where
 {
     #[inline]
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let view = self.current();
+        let view = match self.view.get(&self.endpointer) {
+            Current::View(v) => v,
+            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, false),
+        };
         let list = endpoints_of(&view.snapshot)?;
         let slots = &view.value;
-        let n = list.len();
+        let cands = view.cands();
+        let n = cands.len();
         let now = match self.load {
             Load::InFlight => 0,
             Load::PeakEwma { .. } => self.clock.now(),
         };
         let chosen = if n == 1 {
-            0
+            cands.at(0)
         } else {
             let r = self.random();
             let i = bounded(r, n);
@@ -338,10 +348,11 @@ where
             if j >= i {
                 j += 1;
             }
+            let (i, j) = (cands.at(i), cands.at(j));
             // An avoided draw is replaced by a uniform draw among the accepted endpoints,
             // so an ejected endpoint's share spreads evenly.
-            let i = accepted_or_redraw(list, i, request, splitmix(r ^ 1));
-            let j = accepted_or_redraw(list, j, request, splitmix(r ^ 2));
+            let i = accepted_or_redraw(list, cands, i, request, splitmix(r ^ 1));
+            let j = accepted_or_redraw(list, cands, j, request, splitmix(r ^ 2));
             let (li, lj) = match self.load {
                 Load::InFlight => (
                     slots[i].load.in_flight() as f64,

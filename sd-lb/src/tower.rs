@@ -22,7 +22,7 @@ use futures::Stream;
 use sd_core::{BoxError, Changes, DefaultEndpointer, Endpoint, Endpointer, Factory, Instancer};
 use std::sync::Arc;
 
-use crate::balancer::{Balancer, Picked, Request};
+use crate::balancer::{preferred_of, Balancer, Cands, Picked, Request};
 
 /// The key of a discovered service: the instance's `(addr, id)`.
 pub type Key = (String, String);
@@ -35,7 +35,10 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 ///
 /// The first poll yields an `Insert` for every current endpoint. After that each published
 /// state is diffed against the last one: departed instances are removed, new ones inserted,
-/// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it). An
+/// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it).
+/// It follows the balancers' health rule (see [`Balancer`]): while some endpoints are
+/// [`Passing`](sd_core::Health::Passing), only those are published (one that stops passing
+/// is removed, and inserted again when it passes); when none passes, all are. An
 /// endpointer in an error state keeps serving its last good endpoints, so nothing changes;
 /// one whose endpoints were invalidated (`invalidate_on_error`) reads as empty, removing
 /// every service. Errors are logged, not yielded, because a discovery error is fatal to
@@ -110,8 +113,11 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
             }
         };
         let stopped = matches!(snap.get(), Err(sd_core::Error::Stopped));
-        let mut next: HashMap<Key, Endpoint<E>> = HashMap::with_capacity(list.len());
-        for ep in list {
+        // The balancers' health rule: the passing endpoints, or all when none passes.
+        let preferred = preferred_of(list);
+        let cands = Cands::new(list.len(), preferred.as_deref());
+        let mut next: HashMap<Key, Endpoint<E>> = HashMap::with_capacity(cands.len());
+        for ep in (0..cands.len()).map(|k| &list[cands.at(k)]) {
             let (addr, id) = ep.instance().key();
             let key = (addr.to_string(), id.to_string());
             match self.known.get(&key) {

@@ -471,6 +471,9 @@ async fn derived_tables_follow_endpoint_set_updates() {
 
     // New weights (a metadata change keeps the endpoints) and a third instance.
     ep.apply(weights(&[3, 0, 1]));
+    // Tables are rebuilt in the background; wait for them (picks meanwhile use the old ones).
+    w.refresh();
+    hash.refresh();
     let mut c = [0usize; 3];
     for _ in 0..400 {
         c[*w.pick().unwrap() as usize] += 1;

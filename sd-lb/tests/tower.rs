@@ -256,3 +256,47 @@ async fn discovery_straight_from_an_instancer() {
     sd_core::Registrar::deregister(&registrar).await.unwrap();
     assert_eq!(describe(&d.next().await.unwrap().unwrap()), "-10.0.0.1:7");
 }
+
+/// Issue 9, item 11: tower's balancers know nothing of health, so the stream applies the
+/// balancers' rule: passing endpoints only while some pass, all when none does.
+#[tokio::test]
+async fn discovery_publishes_passing_endpoints_while_some_pass() {
+    let cache = InstanceCache::new();
+    let ep = endpointer(&cache);
+    let with = |critical: &[u16]| {
+        Event::instances(
+            [1u16, 2]
+                .iter()
+                .map(|&p| {
+                    let h = if critical.contains(&p) {
+                        sd_core::Health::Critical
+                    } else {
+                        sd_core::Health::Passing
+                    };
+                    Instance::builder("10.0.0.1", p).health(h).build()
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    ep.apply(with(&[2]));
+    let mut d = Discovery::new(ep.clone());
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:1 10.0.0.1:1"
+    );
+    // 2 passes again: inserted. Then 1 turns critical: removed.
+    ep.apply(with(&[]));
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:2 10.0.0.1:2"
+    );
+    ep.apply(with(&[1]));
+    assert_eq!(describe(&d.next().await.unwrap().unwrap()), "-10.0.0.1:1");
+    // None passes: all are published.
+    ep.apply(with(&[1, 2]));
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:1 10.0.0.1:1"
+    );
+    ep.close().await;
+}
