@@ -76,6 +76,9 @@ impl EndpointLoad {
     }
 
     /// Requests picked on this endpoint and not finished yet.
+    ///
+    /// Never wraps: a completion reported without its pick (a hand-made
+    /// [`Picked::tracked`]) while none is in flight is ignored.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -90,7 +93,7 @@ impl EndpointLoad {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
         let decayed = cost * exp_neg(elapsed * self.inv_decay);
-        decayed * (self.in_flight() + 1) as f64
+        decayed * (self.in_flight() as f64 + 1.0)
     }
 
     fn observe(&self, now: u64, rtt: f64) {
@@ -142,7 +145,10 @@ pub(crate) fn exp_neg(x: f64) -> f64 {
 impl<E> Feedback<E> for EndpointLoad {
     #[inline]
     fn done(&self, _endpoint: &Endpoint<E>, start: u64, outcome: Outcome) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Saturating: an unmatched completion must not wrap the count to 2^64 - 1.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         // An untracked pick (`Balancer::pick`) made no request: its "latency" is the time
         // between two lines of code and would drag the estimate toward zero.
         if self.decay_ns > 0.0 && outcome != Outcome::Untracked {

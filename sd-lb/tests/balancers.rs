@@ -485,3 +485,30 @@ async fn derived_tables_follow_endpoint_set_updates() {
     assert!(moved < 500, "only about a third of the keys move: {moved}");
     ep.close().await;
 }
+
+/// Regression (issue 9, item 15): a completion without its pick (a hand-made
+/// `Picked::tracked`, which is public) wrapped the in-flight count to 2^64 - 1, and the next
+/// peak-EWMA pick overflowed computing `in_flight + 1` (a panic in debug builds).
+#[test]
+fn in_flight_count_cannot_wrap_through_a_hand_made_guard() {
+    for (ewma, p2c) in [
+        (true, P2c::peak_ewma(fixed(2))),
+        (false, P2c::in_flight(fixed(2))),
+    ] {
+        let ep = p2c.pick().unwrap();
+        let load = p2c.load_of(&ep).unwrap();
+        assert_eq!(load.in_flight(), 0);
+        drop(sd_lb::Picked::tracked(ep.clone(), 0, load.clone()));
+        assert_eq!(load.in_flight(), 0, "not wrapped");
+        for _ in 0..10 {
+            let _ = p2c.pick_with(&Request::new()).unwrap();
+        }
+        if !ewma {
+            // Still picked (a wrapped count made it look infinitely busy).
+            let held: Vec<_> = (0..4)
+                .map(|_| p2c.pick_with(&Request::new()).unwrap())
+                .collect();
+            assert!(held.iter().any(|p| Endpoint::same_value(p.endpoint(), &ep)));
+        }
+    }
+}

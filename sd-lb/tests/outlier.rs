@@ -349,3 +349,34 @@ async fn late_failures_while_ejected_do_not_count_after_it_comes_back() {
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(!lb.is_ejected(&bad));
 }
+
+/// Regression (issue 9, item 15): an ejection time of `Duration::MAX` (or any time beyond
+/// 584 years in nanoseconds) overflowed: a panic in debug builds, and in release a wrapped
+/// return time in the past, so the endpoint was never ejected.
+#[tokio::test(start_paused = true)]
+async fn huge_ejection_times_eject_for_ever() {
+    // 2^62 s is 2^62 × 10^9 ns, a multiple of 2^64: truncated to u64, zero.
+    for base in [Duration::MAX, Duration::from_secs(1 << 62)] {
+        let lb = Outlier::new(
+            RoundRobin::new(fixed(4)),
+            OutlierConfig {
+                consecutive_failures: 1,
+                base_ejection: base,
+                max_ejection: Duration::MAX,
+                max_ejected_share: 0.5,
+            },
+        )
+        .clock(Clock::tokio());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let p = lb.pick_with(&Request::new()).unwrap();
+        let ep = p.endpoint().clone();
+        p.failure();
+        assert!(lb.is_ejected(&ep), "{base:?}");
+        tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+        assert!(lb.is_ejected(&ep), "{base:?}: still out a year later");
+        // Success reports after that do not overflow either.
+        for _ in 0..8 {
+            lb.pick_with(&Request::new()).unwrap().success();
+        }
+    }
+}
