@@ -8,7 +8,9 @@ use sd_core::{Backoff, BoxError, Endpoint};
 use tokio::time::Instant;
 
 use crate::balancer::{Balancer, Request};
-use crate::error::{AttemptTimeout, BudgetExhausted, RetryError, RetryErrorKind, Timeout};
+use crate::error::{
+    AttemptTimeout, BudgetExhausted, ErrorLog, RetryError, RetryErrorKind, Timeout,
+};
 
 /// What the retry callback decides after a failed attempt (go-kit's `(keepTrying, replacement)`).
 #[derive(Debug)]
@@ -31,9 +33,10 @@ type Callback = dyn Fn(usize, &BoxError) -> Decision + Send + Sync;
 ///   a failed attempt (LB-6).
 /// - **Callback** (LB-8, LB-12): [`callback`](Retry::callback) sees the 1-based attempt number
 ///   and the raw error, and can stop early and replace the final error.
-/// - **Errors** (LB-10, LB-11): the error is a [`RetryError`] holding every raw error and the
+/// - **Errors** (LB-10, LB-11): the error is a [`RetryError`] holding the raw errors and the
 ///   final one, with go-kit's message format. On the overall [`timeout`](Retry::timeout) it
-///   still holds every attempt's error (go-kit dropped them, LB-9).
+///   still holds the attempts' errors (go-kit dropped them, LB-9). It keeps the first and
+///   the last few raw errors and counts the rest, so an unlimited retry uses bounded memory.
 /// - **Backoff**: [`backoff`](Retry::backoff) sleeps a jittered, growing delay between
 ///   attempts (go-kit retried at once and busy-looped on "no endpoints").
 /// - **Per-attempt timeout**: [`attempt_timeout`](Retry::attempt_timeout), beside the
@@ -180,7 +183,7 @@ impl<B> Retry<B> {
         Fut: Future<Output = Result<T, Er>>,
         Er: Into<BoxError>,
     {
-        let mut raw: Vec<BoxError> = Vec::new();
+        let mut raw = ErrorLog::default();
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -199,7 +202,7 @@ impl<B> Retry<B> {
                 {
                     Ok(outcome) => outcome,
                     Err(_) => {
-                        tracing::debug!(attempts = raw.len(), "retry: overall timeout");
+                        tracing::debug!(attempts = raw.total(), "retry: overall timeout");
                         raw.push(Box::new(Timeout(t)));
                         Err((None, RetryErrorKind::Timeout))
                     }
@@ -221,7 +224,7 @@ impl<B> Retry<B> {
     async fn attempts<E, F, Fut, T, Er>(
         &self,
         f: &mut F,
-        raw: &mut Vec<BoxError>,
+        raw: &mut ErrorLog,
         deadline: Option<(Duration, Instant)>,
     ) -> Result<T, (Option<BoxError>, RetryErrorKind)>
     where
@@ -254,7 +257,7 @@ impl<B> Retry<B> {
                 }
                 if let Some((t, at)) = deadline {
                     if Instant::now() >= at {
-                        tracing::debug!(attempts = raw.len(), "retry: overall timeout");
+                        tracing::debug!(attempts = raw.total(), "retry: overall timeout");
                         raw.push(Box::new(Timeout(t)));
                         return Err((None, RetryErrorKind::Timeout));
                     }
