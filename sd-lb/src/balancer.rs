@@ -162,11 +162,19 @@ impl<'a, E> Request<'a, E> {
 
 /// How a request on a picked endpoint ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The request succeeded.
     Success,
     /// The request failed in a way that reflects on the endpoint.
     Failure,
+    /// The request was cut off before it finished: a timeout, or its future was dropped
+    /// while it ran (to the balancer a timeout and a cancellation look the same). Outlier
+    /// ejection counts it as a failure, so an endpoint that hangs is ejected; P2C records the
+    /// time until then as a latency. [`Retry`](crate::Retry) reports it when its overall
+    /// timeout cuts an attempt off, the tower adapters when their response future is dropped
+    /// before it completes (e.g. by a timeout layer outside them).
+    Timeout,
     /// Not reported (the guard was dropped): counts as finished, neither success nor failure.
     /// The time since the pick is still a latency measurement (a cancelled request took it).
     Unknown,

@@ -77,7 +77,9 @@ struct State<E> {
 /// endpoint is ejected for `base_ejection × (number of times it was ejected)`, capped at
 /// `max_ejection`; it comes back on its own when that time has passed. At most
 /// [`max_ejected_share`](OutlierConfig::max_ejected_share) of the endpoints are ejected at
-/// once. Outcomes come from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them).
+/// once. Outcomes come from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them);
+/// a [timeout](Outcome::Timeout) counts as a failure (a request cut off by `Retry`'s
+/// overall timeout, or by a timeout layer outside [`PickLayer`](crate::tower::PickLayer)).
 ///
 /// Ejected endpoints are passed to the inner balancer as endpoints to avoid, so ejection works
 /// with every balancer, and keys of a [`ConsistentHash`](crate::ConsistentHash) fall through
@@ -229,8 +231,7 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             until: 0,
         });
         match outcome {
-            Outcome::Success | Outcome::Unknown | Outcome::Untracked => {}
-            Outcome::Failure => {
+            Outcome::Failure | Outcome::Timeout => {
                 if entry.until > now {
                     // Ejected: a late failure of a request picked before the ejection says
                     // nothing new, and must not count toward the next ejection.
@@ -270,6 +271,7 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
                 tracing::info!(endpoint = ?endpoint, ejections = entry.ejections, ?time, "outlier: endpoint ejected");
                 self.publish(&mut entries, now);
             }
+            _ => {}
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sd_core::{Backoff, BoxError, Endpoint};
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, Request};
+use crate::balancer::{Balancer, Outcome, Picked, Request};
 use crate::error::{
     AttemptTimeout, BudgetExhausted, ErrorLog, RetryError, RetryErrorKind, Timeout,
 };
@@ -184,6 +184,7 @@ impl<B> Retry<B> {
         Er: Into<BoxError>,
     {
         let mut raw = ErrorLog::default();
+        let mut running: Option<Picked<E>> = None;
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -192,16 +193,19 @@ impl<B> Retry<B> {
             .timeout
             .and_then(|t| Instant::now().checked_add(t).map(|d| (t, d)));
         let outcome = match deadline {
-            None => self.attempts(&mut f, &mut raw, None).await,
+            None => self.attempts(&mut f, &mut raw, &mut running, None).await,
             Some((t, deadline)) => {
                 match tokio::time::timeout_at(
                     deadline,
-                    self.attempts(&mut f, &mut raw, Some((t, deadline))),
+                    self.attempts(&mut f, &mut raw, &mut running, Some((t, deadline))),
                 )
                 .await
                 {
                     Ok(outcome) => outcome,
                     Err(_) => {
+                        if let Some(cut_off) = running.take() {
+                            cut_off.finish(Outcome::Timeout);
+                        }
                         tracing::debug!(attempts = raw.total(), "retry: overall timeout");
                         raw.push(Box::new(Timeout(t)));
                         Err((None, RetryErrorKind::Timeout))
@@ -225,6 +229,7 @@ impl<B> Retry<B> {
         &self,
         f: &mut F,
         raw: &mut ErrorLog,
+        running: &mut Option<Picked<E>>,
         deadline: Option<(Duration, Instant)>,
     ) -> Result<T, (Option<BoxError>, RetryErrorKind)>
     where
@@ -276,6 +281,9 @@ impl<B> Retry<B> {
                 Ok(picked) => {
                     let ep = picked.endpoint().clone();
                     let fut = f(ep.clone());
+                    // Held by `call` while the attempt runs: if the overall timeout drops
+                    // this future, `call` reports the attempt as timed out.
+                    *running = Some(picked);
                     let r = match self.attempt_timeout {
                         None => fut.await.map_err(Into::into),
                         Some(t) => match tokio::time::timeout(t, fut).await {
@@ -283,10 +291,11 @@ impl<B> Retry<B> {
                             Err(_) => Err(Box::new(AttemptTimeout(t)) as BoxError),
                         },
                     };
+                    let picked = running.take();
                     match &r {
-                        Ok(_) => picked.success(),
+                        Ok(_) => picked.into_iter().for_each(Picked::success),
                         Err(_) => {
-                            picked.failure();
+                            picked.into_iter().for_each(Picked::failure);
                             if self.avoid_failed
                                 && !tried.iter().any(|t| Endpoint::same_value(t, &ep))
                             {

@@ -7,7 +7,9 @@
 //! - [`Balanced`] is a [`Service`] that sends each request to the endpoint service a
 //!   [`Balancer`] picks; [`PickLayer`] instead hands `(endpoint, request)` to an inner
 //!   service, for a `ServiceBuilder` stack. Both report the outcome (success or error) to the
-//!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request.
+//!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request; a
+//!   response future dropped before it completes (a timeout layer outside) reports
+//!   [`Outcome::Timeout`], which outlier ejection counts as a failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -22,7 +24,7 @@ use futures::Stream;
 use sd_core::{BoxError, Changes, DefaultEndpointer, Endpoint, Endpointer, Factory, Instancer};
 use std::sync::Arc;
 
-use crate::balancer::{preferred_of, Balancer, Cands, Picked, Request};
+use crate::balancer::{preferred_of, Balancer, Cands, Outcome, Picked, Request};
 
 /// The key of a discovered service: the instance's `(addr, id)`.
 pub type Key = (String, String);
@@ -252,8 +254,28 @@ pin_project_lite::pin_project! {
     pub struct Reporting<F, E: 'static> {
         #[pin]
         inner: Option<F>,
-        picked: Option<Picked<E>>,
+        picked: Option<Running<E>>,
         error: Option<BoxError>,
+    }
+}
+
+/// A pick whose request is running: reported as [`Outcome::Timeout`] if it is dropped before
+/// the response future completes (cut off by a timeout layer outside, or cancelled).
+struct Running<E: 'static>(Option<Picked<E>>);
+
+impl<E: 'static> Running<E> {
+    fn finish(mut self, outcome: Outcome) {
+        if let Some(p) = self.0.take() {
+            p.finish(outcome);
+        }
+    }
+}
+
+impl<E: 'static> Drop for Running<E> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish(Outcome::Timeout);
+        }
     }
 }
 
@@ -286,11 +308,11 @@ where
         };
         this.inner.set(None);
         if let Some(p) = this.picked.take() {
-            if out.is_ok() {
-                p.success()
+            p.finish(if out.is_ok() {
+                Outcome::Success
             } else {
-                p.failure()
-            }
+                Outcome::Failure
+            });
         }
         Poll::Ready(out.map_err(Into::into))
     }
@@ -316,7 +338,7 @@ where
                 let svc = picked.endpoint().value().clone();
                 Reporting {
                     inner: Some(svc.oneshot(req)),
-                    picked: Some(picked),
+                    picked: Some(Running(Some(picked))),
                     error: None,
                 }
             }
@@ -432,7 +454,7 @@ where
                 let fut = self.inner.call((picked.endpoint().clone(), req));
                 Reporting {
                     inner: Some(fut),
-                    picked: Some(picked),
+                    picked: Some(Running(Some(picked))),
                     error: None,
                 }
             }

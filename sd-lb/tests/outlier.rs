@@ -380,3 +380,47 @@ async fn huge_ejection_times_eject_for_ever() {
         }
     }
 }
+
+/// Regression (issue 9, item 13): an attempt cut off by `Retry`'s overall timeout was
+/// reported as unknown, so an endpoint that hangs was never ejected. A timeout now counts as
+/// a failure.
+#[tokio::test(start_paused = true)]
+async fn requests_cut_off_by_retry_timeouts_count_as_failures() {
+    let lb = Arc::new(Outlier::new(RoundRobin::new(fixed(3)), config(2)).clock(Clock::tokio()));
+    let retry = Retry::new(lb.clone()).timeout(Duration::from_secs(1));
+    let hung = find(&*lb, 0);
+    for _ in 0..6 {
+        // Endpoint 0 hangs for ever; the others answer.
+        let _ = retry
+            .call(|ep: Endpoint<u16>| async move {
+                if *ep == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(*ep)
+            })
+            .await;
+    }
+    assert!(lb.is_ejected(&hung), "two timeouts in a row eject");
+}
+
+/// Regression (issue 9, item 13): a request cut off by a tower timeout layer outside
+/// `PickLayer` was reported as unknown; it now counts as a failure.
+#[tokio::test(start_paused = true)]
+async fn requests_cut_off_by_a_timeout_layer_count_as_failures() {
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+    let lb = Arc::new(Outlier::new(RoundRobin::new(fixed(3)), config(2)).clock(Clock::tokio()));
+    let hung = find(&*lb, 0);
+    let svc = ServiceBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .layer(sd_lb::tower::PickLayer::new(lb.clone()))
+        .service(service_fn(|(ep, ()): (Endpoint<u16>, ())| async move {
+            if *ep == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(*ep)
+        }));
+    for _ in 0..6 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    assert!(lb.is_ejected(&hung), "two timeouts in a row eject");
+}
