@@ -57,7 +57,7 @@ struct Subject {
 fn subjects(ep: &Arc<DefaultEndpointer<u32>>) -> Vec<Subject> {
     let hash = Arc::new(ConsistentHash::new(ep.clone()));
     let weighted = Arc::new(Weighted::new(ep.clone()));
-    let p2c = Arc::new(P2c::in_flight(ep.clone()));
+    let p2c = Arc::new(P2c::pending_requests(ep.clone()));
     vec![
         Subject {
             name: "maglev",
@@ -92,7 +92,7 @@ fn rebuild(c: &mut Criterion) {
             b.iter(|| black_box(Weighted::new(ep.clone())))
         });
         g.bench_with_input(BenchmarkId::new("p2c", n), &n, |b, _| {
-            b.iter(|| black_box(P2c::in_flight(ep.clone())))
+            b.iter(|| black_box(P2c::pending_requests(ep.clone())))
         });
     }
     g.finish();

@@ -308,63 +308,71 @@ impl<E: 'static> std::fmt::Debug for Picked<E> {
 
 /// The time source of load tracking and outlier ejection, in nanoseconds.
 ///
-/// [`Clock::Std`] (the default) reads `std::time::Instant`; [`Clock::tokio`] reads
+/// [`Clock::std`] (the default) reads `std::time::Instant`; [`Clock::tokio`] reads
 /// `tokio::time::Instant`, so tests under `tokio::time::pause` control it; [`Clock::fast`]
 /// reads the CPU's time-stamp counter where that is safe (see there), which peak-EWMA
 /// [`P2c`](crate::P2c) uses by default.
 #[derive(Debug, Clone, Copy, Default)]
-pub enum Clock {
+pub struct Clock(Source);
+
+#[derive(Debug, Clone, Copy, Default)]
+enum Source {
     /// `std::time::Instant`.
     #[default]
     Std,
     /// `tokio::time::Instant`, measured from the given origin.
     Tokio(tokio::time::Instant),
-    /// The x86-64 time-stamp counter, scaled to nanoseconds; made by [`Clock::fast`].
+    /// The x86-64 time-stamp counter, scaled to nanoseconds.
     Tsc(Tsc),
 }
 
 /// A calibrated time-stamp counter (see [`Clock::fast`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Tsc {
+struct Tsc {
     base: u64,
     ns_per_tick: f64,
 }
 
 impl Clock {
+    /// `std::time::Instant` (the default).
+    pub fn std() -> Self {
+        Clock(Source::Std)
+    }
+
     /// A clock that follows tokio's (pausable) time, starting now.
     pub fn tokio() -> Self {
-        Clock::Tokio(tokio::time::Instant::now())
+        Clock(Source::Tokio(tokio::time::Instant::now()))
     }
 
     /// The cheapest accurate clock here: the CPU's time-stamp counter (about 10 ns a read on
     /// our machines, against about 25 ns for `Instant::now()`) when the operating system
     /// itself keeps time with it — Linux on x86-64 with the `tsc` clocksource and an
     /// invariant counter (`constant_tsc`, `nonstop_tsc`), so it is synchronised across cores
-    /// and does not change rate — and [`Clock::Std`] otherwise.
+    /// and does not change rate — and [`Clock::std`] otherwise.
     ///
     /// The first call in a process calibrates the counter against `Instant`: the median of
     /// five 1 ms windows, dropping windows a preemption disturbed (about 5 ms in all).
     pub fn fast() -> Self {
         static FAST: OnceLock<Clock> = OnceLock::new();
         *FAST.get_or_init(|| match tsc::calibrate() {
-            Some(t) => Clock::Tsc(t),
-            None => Clock::Std,
+            Some(t) => Clock(Source::Tsc(t)),
+            None => Clock(Source::Std),
         })
     }
 
     /// Nanoseconds since this clock's origin.
     #[inline]
     pub fn now(&self) -> u64 {
-        match self {
-            Clock::Std => {
+        match &self.0 {
+            Source::Std => {
                 static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
                 let origin = ORIGIN.get_or_init(std::time::Instant::now);
                 origin.elapsed().as_nanos() as u64
             }
-            Clock::Tokio(origin) => tokio::time::Instant::now()
+            Source::Tokio(origin) => tokio::time::Instant::now()
                 .saturating_duration_since(*origin)
                 .as_nanos() as u64,
-            Clock::Tsc(t) => {
+            Source::Tsc(t) => {
                 // Signed, so that a core whose counter is a hair behind the calibrating one
                 // reads 0 rather than wrapping around.
                 let ticks = tsc::read().wrapping_sub(t.base) as i64;

@@ -17,7 +17,7 @@ use crate::error::LbError;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Load {
     /// Requests in flight (tower's `PendingRequests`, least-request).
-    InFlight,
+    PendingRequests,
     /// Peak-EWMA latency × (requests in flight + 1), as in Finagle and tower's `PeakEwma`.
     ///
     /// A latency above the estimate replaces it at once (the *peak*); lower ones pull it down
@@ -59,7 +59,7 @@ pub struct EndpointLoad {
 impl EndpointLoad {
     fn new(load: Load, clock: Clock) -> Self {
         let (cost, decay_ns) = match load {
-            Load::InFlight => (0.0, 0.0),
+            Load::PendingRequests => (0.0, 0.0),
             Load::PeakEwma { decay, default_rtt } => (
                 default_rtt.as_nanos() as f64,
                 (decay.as_nanos() as f64).max(1.0),
@@ -79,7 +79,7 @@ impl EndpointLoad {
     ///
     /// Never wraps: a completion reported without its pick (a hand-made
     /// [`Picked::tracked`]) while none is in flight is ignored.
-    pub fn in_flight(&self) -> u64 {
+    pub fn pending_requests(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -93,7 +93,7 @@ impl EndpointLoad {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
         let decayed = cost * exp_neg(elapsed * self.inv_decay);
-        decayed * (self.in_flight() as f64 + 1.0)
+        decayed * (self.pending_requests() as f64 + 1.0)
     }
 
     fn observe(&self, now: u64, rtt: f64) {
@@ -199,7 +199,7 @@ struct Slot<E> {
 /// use sd_core::{FixedEndpointer, Instance};
 /// use sd_lb::{Balancer, P2c, Request};
 /// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), 'a'), (Instance::new("10.0.0.2", 80), 'b')]));
-/// let p2c = P2c::in_flight(ep);
+/// let p2c = P2c::pending_requests(ep);
 /// let first = p2c.pick_with(&Request::new()).unwrap();   // one request in flight
 /// let second = p2c.pick_with(&Request::new()).unwrap();  // so the other endpoint is chosen
 /// assert_ne!(**first.endpoint(), **second.endpoint());
@@ -246,7 +246,7 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// calibrates it, in about 5 ms); change it with [`clock`](P2c::clock).
     pub fn new(endpointer: P, load: Load) -> Self {
         let clock = match load {
-            Load::InFlight => Clock::Std,
+            Load::PendingRequests => Clock::std(),
             Load::PeakEwma { .. } => Clock::fast(),
         };
         let view = Viewed::new(&endpointer, true, move |list, _, old| {
@@ -262,8 +262,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     }
 
     /// P2C over requests in flight.
-    pub fn in_flight(endpointer: P) -> Self {
-        Self::new(endpointer, Load::InFlight)
+    pub fn pending_requests(endpointer: P) -> Self {
+        Self::new(endpointer, Load::PendingRequests)
     }
 
     /// P2C over peak-EWMA latency with tower's defaults ([`Load::peak_ewma`]).
@@ -342,7 +342,7 @@ where
         let cands = view.cands();
         let n = cands.len();
         let now = match self.load {
-            Load::InFlight => 0,
+            Load::PendingRequests => 0,
             Load::PeakEwma { .. } => self.clock.now(),
         };
         let chosen = if n == 1 {
@@ -360,9 +360,9 @@ where
             let i = accepted_or_redraw(list, cands, i, request, splitmix(r ^ 1));
             let j = accepted_or_redraw(list, cands, j, request, splitmix(r ^ 2));
             let (li, lj) = match self.load {
-                Load::InFlight => (
-                    slots[i].load.in_flight() as f64,
-                    slots[j].load.in_flight() as f64,
+                Load::PendingRequests => (
+                    slots[i].load.pending_requests() as f64,
+                    slots[j].load.pending_requests() as f64,
                 ),
                 Load::PeakEwma { .. } => {
                     (slots[i].load.ewma_cost(now), slots[j].load.ewma_cost(now))

@@ -1,7 +1,7 @@
 //! tower integration: discovery as a [`tower::discover::Discover`], and balancers as a tower
 //! [`Service`] or [`Layer`].
 //!
-//! - [`Discovery`] turns an [`Endpointer`]'s full sets into [`Change::Insert`] /
+//! - [`Discover`] turns an [`Endpointer`]'s full sets into [`Change::Insert`] /
 //!   [`Change::Remove`], so `tower::balance::p2c::Balance` (or anything else that takes a
 //!   `Discover`) can use sdkit's discovery.
 //! - [`Balanced`] is a [`Service`] that sends each request to the endpoint service a
@@ -51,17 +51,17 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 /// use std::sync::Arc;
 /// use futures::StreamExt;
 /// use sd_core::{FixedEndpointer, Instance};
-/// use sd_lb::tower::Discovery;
+/// use sd_lb::tower::Discover;
 /// use tower::discover::Change;
 /// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), "svc")]));
-/// let mut d = Discovery::new(ep);
+/// let mut d = Discover::new(ep);
 /// match d.next().await {
 ///     Some(Ok(Change::Insert(key, svc))) => assert_eq!((key.0.as_str(), svc), ("10.0.0.1:80", "svc")),
 ///     other => panic!("{other:?}"),
 /// }
 /// # });
 /// ```
-pub struct Discovery<P, E: 'static> {
+pub struct Discover<P, E: 'static> {
     endpointer: P,
     known: HashMap<Key, Endpoint<E>>,
     pending: VecDeque<Change<Key, E>>,
@@ -71,11 +71,11 @@ pub struct Discovery<P, E: 'static> {
     done: bool,
 }
 
-impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
+impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discover<P, E> {
     /// Follows `endpointer`.
     pub fn new(endpointer: P) -> Self {
         let changes = endpointer.changes();
-        Discovery {
+        Discover {
             endpointer,
             known: HashMap::new(),
             pending: VecDeque::new(),
@@ -84,22 +84,6 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
             started: false,
             done: false,
         }
-    }
-
-    /// Follows `instancer` directly: builds a [`DefaultEndpointer`] with `factory` and owns
-    /// it (dropping the `Discovery` closes its endpoints).
-    ///
-    /// # Panics
-    /// Outside a tokio runtime (as [`DefaultEndpointer::new`]).
-    pub fn from_instancer<I, F>(
-        instancer: &I,
-        factory: F,
-    ) -> Discovery<Arc<DefaultEndpointer<E>>, E>
-    where
-        I: Instancer + ?Sized,
-        F: Factory<E>,
-    {
-        Discovery::new(Arc::new(DefaultEndpointer::new(instancer, factory)))
     }
 
     /// Diffs the current snapshot against the known set; returns whether the endpointer has
@@ -140,7 +124,35 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
     }
 }
 
-impl<P, E> Stream for Discovery<P, E>
+impl<E: Clone + Send + Sync + 'static> Discover<Arc<DefaultEndpointer<E>>, E> {
+    /// Follows `instancer` directly: builds a [`DefaultEndpointer`] with `factory` and owns
+    /// it (dropping the `Discover` closes its endpoints). The endpoint type comes from the
+    /// factory: no turbofish needed.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use sd_core::{BoxError, FixedInstancer, Instance};
+    /// use sd_lb::tower::Discover;
+    /// let instancer = FixedInstancer::from_addrs(["10.0.0.1:80"]).unwrap();
+    /// let d = Discover::from_instancer(&instancer, |i: &Instance| -> Result<String, BoxError> {
+    ///     Ok(i.addr().to_string())
+    /// });
+    /// # drop(d);
+    /// # });
+    /// ```
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as [`DefaultEndpointer::new`]).
+    pub fn from_instancer<I, F>(instancer: &I, factory: F) -> Self
+    where
+        I: Instancer + ?Sized,
+        F: Factory<E>,
+    {
+        Discover::new(Arc::new(DefaultEndpointer::new(instancer, factory)))
+    }
+}
+
+impl<P, E> Stream for Discover<P, E>
 where
     P: Endpointer<E> + Unpin,
     E: Clone + Send + Sync + Unpin + 'static,
@@ -189,9 +201,9 @@ where
     }
 }
 
-impl<P, E: 'static> std::fmt::Debug for Discovery<P, E> {
+impl<P, E: 'static> std::fmt::Debug for Discover<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Discovery")
+        f.debug_struct("Discover")
             .field("known", &self.known.len())
             .field("pending", &self.pending.len())
             .finish()

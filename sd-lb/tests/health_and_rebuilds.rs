@@ -43,7 +43,7 @@ fn table_rebuilds_never_report_no_endpoints_while_endpoints_exist() {
     let balancers: Vec<(&str, Arc<dyn Balancer<u32>>)> = vec![
         ("hash", Arc::new(ConsistentHash::new(ep.clone()))),
         ("weighted", Arc::new(Weighted::new(ep.clone()))),
-        ("p2c", Arc::new(P2c::in_flight(ep.clone()))),
+        ("p2c", Arc::new(P2c::pending_requests(ep.clone()))),
     ];
     ep.apply(many(10_000));
     for (name, b) in balancers {
@@ -126,7 +126,10 @@ fn all_balancers(ep: &Arc<FixedEndpointer<u16>>) -> Vec<(&'static str, Box<dyn B
         ),
         ("random", Box::new(Random::with_seed(ep.clone(), 3))),
         ("weighted", Box::new(Weighted::new(ep.clone()))),
-        ("p2c pending", Box::new(P2c::in_flight(ep.clone()).seed(4))),
+        (
+            "p2c pending",
+            Box::new(P2c::pending_requests(ep.clone()).seed(4)),
+        ),
         (
             "p2c peak ewma",
             Box::new(P2c::peak_ewma(ep.clone()).seed(5)),

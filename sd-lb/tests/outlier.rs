@@ -136,7 +136,7 @@ async fn works_with_every_balancer() {
             ("round robin", Box::new(RoundRobin::new(ep.clone()))),
             ("random", Box::new(Random::with_seed(ep.clone(), 5))),
             ("weighted", Box::new(Weighted::new(ep.clone()))),
-            ("p2c", Box::new(P2c::in_flight(ep.clone()).seed(5))),
+            ("p2c", Box::new(P2c::pending_requests(ep.clone()).seed(5))),
             (
                 "p2c ewma",
                 Box::new(P2c::peak_ewma(ep.clone()).clock(Clock::tokio()).seed(5)),
@@ -241,7 +241,8 @@ fn concurrent_failures_never_eject_more_than_the_share() {
 async fn stacked_hooks_are_all_told() {
     // P2C's load tracking, an inner and an outer Outlier: three receivers per pick. The inner
     // one (2 failures eject) must see the failures although the outer one was added after it.
-    let inner = Outlier::new(P2c::in_flight(fixed(4)).seed(9), config(2)).clock(Clock::tokio());
+    let inner =
+        Outlier::new(P2c::pending_requests(fixed(4)).seed(9), config(2)).clock(Clock::tokio());
     let lb = Outlier::new(inner, config(100)).clock(Clock::tokio());
     let bad = find(&lb, 1);
     traffic(&lb, 200, &[1]);
@@ -251,7 +252,7 @@ async fn stacked_hooks_are_all_told() {
     );
     assert!(!lb.is_ejected(&bad));
     let load = lb.inner().inner().load_of(&bad).unwrap();
-    assert_eq!(load.in_flight(), 0, "P2C was told too");
+    assert_eq!(load.pending_requests(), 0, "P2C was told too");
 
     // More receivers than are held inline: every one is told once, in order.
     struct Log(Arc<std::sync::Mutex<Vec<(usize, Outcome)>>>, usize);

@@ -26,7 +26,7 @@ fn two_live_threads_never_share_a_per_thread_counter() {
             }
         })
     };
-    let mut pick_a = || {
+    let pick_a = || {
         to_a.send(()).unwrap();
         from_a.recv().unwrap()
     };
@@ -52,7 +52,7 @@ fn two_live_threads_never_share_a_per_thread_counter() {
             }
         })
     };
-    let mut pick_b = || {
+    let pick_b = || {
         to_b.send(()).unwrap();
         from_b.recv().unwrap()
     };
