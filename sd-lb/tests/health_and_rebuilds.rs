@@ -13,12 +13,20 @@ use sd_lb::{
     Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
 };
 
-fn endpointer(rt: &tokio::runtime::Runtime) -> Arc<DefaultEndpointer<u32>> {
-    let _rt = rt.enter();
-    Arc::new(DefaultEndpointer::new(
-        &InstanceCache::new(),
-        |i: &Instance| -> Result<u32, BoxError> { Ok(i.port() as u32) },
-    ))
+/// A runtime (for the endpointer's tasks) and an empty endpointer fed by hand.
+fn endpointer() -> (tokio::runtime::Runtime, Arc<DefaultEndpointer<u32>>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ep = {
+        let _rt = rt.enter();
+        Arc::new(DefaultEndpointer::new(
+            &InstanceCache::new(),
+            |i: &Instance| -> Result<u32, BoxError> { Ok(i.port() as u32) },
+        ))
+    };
+    (rt, ep)
 }
 
 fn many(n: u32) -> Event {
@@ -35,11 +43,7 @@ fn many(n: u32) -> Event {
 /// endpoints". Now no pick fails while the endpointer has endpoints, on any thread.
 #[test]
 fn table_rebuilds_never_report_no_endpoints_while_endpoints_exist() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ep = endpointer(&rt);
+    let (_rt, ep) = endpointer();
     let balancers: Vec<(&str, Arc<dyn Balancer<u32>>)> = vec![
         ("hash", Arc::new(ConsistentHash::new(ep.clone()))),
         ("weighted", Arc::new(Weighted::new(ep.clone()))),
@@ -87,11 +91,7 @@ fn table_rebuilds_never_report_no_endpoints_while_endpoints_exist() {
 /// the same as a table built from scratch.
 #[test]
 fn rebuilt_tables_match_tables_built_from_scratch() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ep = endpointer(&rt);
+    let (_rt, ep) = endpointer();
     let hash = ConsistentHash::new(ep.clone());
     ep.apply(many(50));
     let _ = hash.pick_key("start the rebuild");
@@ -185,11 +185,7 @@ fn every_balancer_uses_all_endpoints_when_none_passes() {
 /// tables follow the update, and comes back when it passes again.
 #[test]
 fn health_changes_are_followed_on_update() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ep = endpointer(&rt);
+    let (_rt, ep) = endpointer();
     let set = |critical: bool| {
         Event::instances(vec![
             Instance::new("10.0.0.1", 1),

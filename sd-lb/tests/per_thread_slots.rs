@@ -4,32 +4,39 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use common::fixed;
+use sd_core::FixedEndpointer;
 use sd_lb::{Balancer, RoundRobin};
+
+/// A thread that stays alive and picks once from `rr` per call of the returned function.
+fn picker(
+    rr: &Arc<RoundRobin<Arc<FixedEndpointer<u16>>, u16>>,
+) -> (impl Fn() -> u16, std::thread::JoinHandle<()>) {
+    let (to, rx) = mpsc::channel::<()>();
+    let (tx, from) = mpsc::channel::<u16>();
+    let rr = rr.clone();
+    let thread = std::thread::spawn(move || {
+        for () in rx {
+            tx.send(*rr.pick().unwrap()).unwrap();
+        }
+    });
+    let pick = move || {
+        to.send(()).unwrap();
+        from.recv().unwrap()
+    };
+    (pick, thread)
+}
 
 /// Regression: slots were `thread number mod 16`, so a thread started after fifteen others
 /// (that had ended) shared the counter of a thread still alive, and the two advanced each
 /// other's rotation. Now a slot is held while its thread lives and given back when it ends.
 #[test]
 fn two_live_threads_never_share_a_per_thread_counter() {
-    let rr = std::sync::Arc::new(RoundRobin::per_thread(fixed(5)));
+    let rr = Arc::new(RoundRobin::per_thread(fixed(5)));
     // Thread A stays alive and picks on request.
-    let (to_a, a_rx) = mpsc::channel::<()>();
-    let (a_tx, from_a) = mpsc::channel::<u16>();
-    let a = {
-        let rr = rr.clone();
-        std::thread::spawn(move || {
-            for () in a_rx {
-                a_tx.send(*rr.pick().unwrap()).unwrap();
-            }
-        })
-    };
-    let pick_a = || {
-        to_a.send(()).unwrap();
-        from_a.recv().unwrap()
-    };
+    let (pick_a, a) = picker(&rr);
     let first = pick_a();
     // Fifteen threads pick once and end (under the old numbering, the next thread's slot is
     // then A's).
@@ -42,20 +49,7 @@ fn two_live_threads_never_share_a_per_thread_counter() {
         .unwrap();
     }
     // Thread B picks, interleaved with A: each thread's own rotation must stay strict.
-    let (to_b, b_rx) = mpsc::channel::<()>();
-    let (b_tx, from_b) = mpsc::channel::<u16>();
-    let b = {
-        let rr = rr.clone();
-        std::thread::spawn(move || {
-            for () in b_rx {
-                b_tx.send(*rr.pick().unwrap()).unwrap();
-            }
-        })
-    };
-    let pick_b = || {
-        to_b.send(()).unwrap();
-        from_b.recv().unwrap()
-    };
+    let (pick_b, b) = picker(&rr);
     let (mut last_a, mut last_b) = (first, pick_b());
     for _ in 0..20 {
         let x = pick_a();
@@ -73,8 +67,8 @@ fn two_live_threads_never_share_a_per_thread_counter() {
         );
         last_b = y;
     }
-    drop(to_a);
-    drop(to_b);
+    drop(pick_a);
+    drop(pick_b);
     a.join().unwrap();
     b.join().unwrap();
 }
