@@ -910,7 +910,10 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
 
     /// Starts a background rebuild unless one is scheduled or running.
     fn schedule<P: Endpointer<E> + ?Sized>(&self, endpointer: &P) {
-        if self.shared.building.swap(true, Ordering::AcqRel) {
+        // A plain load first: picks during a rebuild do not fight over the flag's line.
+        if self.shared.building.load(Ordering::Acquire)
+            || self.shared.building.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let (changes, snapshot) = subscribe(endpointer);
