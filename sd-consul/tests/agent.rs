@@ -619,7 +619,8 @@ async fn orphaned_registration_a_timed_out_or_cancelled_register_is_still_deregi
     let service = unique_name("consul-orphan");
     let proxy = common::HoldingProxy::start(&addr).await;
     // Through the proxy: the agent gets the requests, the client gets no answer while held.
-    let via_proxy = registry(&proxy.addr, "&timeout=1s");
+    let via_proxy =
+        ConsulRegistry::from_url(&format!("consul://{}?wait=2s&timeout=3s", proxy.addr)).unwrap();
 
     // 1. A timeout: the agent registered it, the registrar saw only Error::Timeout.
     let r = via_proxy
