@@ -654,7 +654,9 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
             async move {
                 (
                     i,
-                    target.register(&svc, instance(&svc, i, port_of(i))).await,
+                    target
+                        .register_with_ttl(&svc, instance(&svc, i, port_of(i)), CHURN_TTL)
+                        .await,
                 )
             }
         }
@@ -693,7 +695,7 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
                 Some((
                     i,
                     target
-                        .register(&svc, instance(&svc, i, port(40000, i)))
+                        .register_with_ttl(&svc, instance(&svc, i, port(40000, i)), CHURN_TTL)
                         .await,
                 ))
             } else {
