@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(r.default_ttl(), DEFAULT_TTL);
         assert_eq!(r.format(), ValueFormat::Json);
         let caps = r.capabilities();
-        assert!(caps.registration && caps.expiry && caps.tags && caps.metadata);
+        assert!(caps.registration && caps.ids && caps.expiry && caps.tags && caps.metadata);
         assert!(caps.weight && caps.health && !caps.server_side_filtering);
         assert_eq!(r.scheme(), "etcd");
     }

@@ -59,7 +59,8 @@ pub use control::{
     wait_ready, ControlError, PauseGuard,
 };
 pub use env::{
-    consul_secure_dir, dns_zone, integration_required, require, Server, INTEGRATION_ENV,
+    consul_secure_dir, dns_zone, etcd_secure_dir, integration_required, require, Server,
+    INTEGRATION_ENV,
 };
 pub use lock::{exclusive, shared, ExclusiveGuard, SharedGuard};
 pub use names::unique_name;
