@@ -259,10 +259,14 @@ pub(crate) fn map_err(op: &str, e: etcd_client::Error) -> Error {
     use tonic::Code;
     match e {
         etcd_client::Error::GRpcStatus(s) => match s.code() {
-            Code::Unauthenticated | Code::PermissionDenied => Error::Rejected {
-                backend: BACKEND,
-                message: format!("{op}: {}", s.message()),
-            },
+            // A wrong password is InvalidArgument ("authentication failed, invalid user ID
+            // or password"); retrying does not fix any of these.
+            Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
+                Error::Rejected {
+                    backend: BACKEND,
+                    message: format!("{op}: {}", s.message()),
+                }
+            }
             Code::DeadlineExceeded => Error::Timeout {
                 backend: BACKEND,
                 message: format!("{op}: {}", s.message()),
@@ -307,6 +311,47 @@ impl fmt::Debug for Client {
             .field("password", &c.password.as_ref().map(|_| "***"))
             .field("tls", &c.uses_tls())
             .finish()
+    }
+}
+
+/// An open lease keep-alive stream ([`Client::open_keep_alive`]): one renewal per
+/// [`renew`](KeepAliveStream::renew), without opening a stream each time.
+pub struct KeepAliveStream {
+    lease: i64,
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+}
+
+impl fmt::Debug for KeepAliveStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeepAliveStream")
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl KeepAliveStream {
+    /// The lease renewed.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Renews the lease once, within `timeout`. `Ok(false)`: etcd no longer knows the lease.
+    /// An error means the stream is broken: open a new one.
+    pub async fn renew(&mut self, timeout: Duration) -> Result<bool> {
+        let renew = async {
+            self.keeper.keep_alive().await?;
+            self.stream.message().await
+        };
+        match tokio::time::timeout(timeout, renew).await {
+            Ok(Ok(Some(resp))) => Ok(resp.ttl() > 0),
+            Ok(Ok(None)) => Err(Error::unavailable(BACKEND, "lease keep-alive stream ended")),
+            Ok(Err(e)) => Err(map_err("lease keep-alive", e)),
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                message: format!("lease keep-alive: no answer within {timeout:?}"),
+            }),
+        }
     }
 }
 
@@ -490,7 +535,9 @@ impl Client {
             Ok(r) => r,
             Err(_) => {
                 // A frozen endpoint: try another one next time.
-                if let Some((i, _)) = self.inner.conn.lock().await.as_ref().map(|(i, _)| (*i, ())) {
+                // A `let` statement, so the lock is released before `fail_over` takes it.
+                let current = self.inner.conn.lock().await.as_ref().map(|(i, _)| *i);
+                if let Some(i) = current {
                     self.fail_over(i).await;
                 }
                 Err(Error::Timeout {
@@ -606,20 +653,28 @@ impl Client {
     /// Renews `lease` once. Returns `false` when etcd no longer knows the lease (it expired,
     /// was revoked, or the server lost its data).
     pub async fn keep_alive_once(&self, lease: i64) -> Result<bool> {
+        Ok(self.open_keep_alive(lease).await?.is_some())
+    }
+
+    /// Opens a keep-alive stream for `lease` (which renews it once). `None` when etcd no
+    /// longer knows the lease. Renew again on the returned [`KeepAliveStream`].
+    pub async fn open_keep_alive(&self, lease: i64) -> Result<Option<KeepAliveStream>> {
         // etcd-client's keep_alive sends one renewal and reads its answer; a TTL of 0 in
         // that answer (lease unknown) is its LeaseKeepAliveError("lease not found").
-        let renewed = self
-            .call("lease keep-alive", |mut c| async move {
-                match c.lease_keep_alive(lease).await {
-                    Ok(_) => Ok(true),
-                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
-                        Ok(false)
-                    }
-                    Err(e) => Err(e),
+        self.call("lease keep-alive", |mut c| async move {
+            match c.lease_keep_alive(lease).await {
+                Ok((keeper, stream)) => Ok(Some(KeepAliveStream {
+                    lease,
+                    keeper,
+                    stream,
+                })),
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                    Ok(None)
                 }
-            })
-            .await?;
-        Ok(renewed)
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// Revokes `lease` (which deletes every key attached to it). A lease etcd does not know is
@@ -709,6 +764,38 @@ mod tests {
         let d = format!("{c:?} {:?}", c.config());
         assert!(!d.contains("hunter2"), "{d}");
         assert!(d.contains("***"), "{d}");
+    }
+
+    /// A server that accepts connections and never answers (a frozen etcd): each request
+    /// times out, the client moves on (to the same endpoint, reconnecting), and a timed-out
+    /// request never leaves the connection lock held (a second request also returns).
+    #[tokio::test]
+    async fn a_silent_endpoint_times_out_and_the_next_request_is_not_stuck() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                open.push(sock);
+            }
+        });
+        let c = Client::new(
+            ClientConfig::new([addr.to_string()])
+                .dial_timeout(Duration::from_millis(200))
+                .timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+        for round in 0..2 {
+            let err = tokio::time::timeout(Duration::from_secs(10), c.get_prefix("/x/"))
+                .await
+                .unwrap_or_else(|_| panic!("request {round} hung"))
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::Timeout { .. }),
+                "request {round}: {err}"
+            );
+        }
+        held.abort();
     }
 
     #[tokio::test]

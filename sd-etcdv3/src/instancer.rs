@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use etcd_client::{EventType, WatchStream};
+use etcd_client::{EventType, WatchResponse, WatchStream};
+use futures::FutureExt;
 use sd_core::{
     Backoff, Event, Health, Instance, Instancer, LoopConfig, ServiceQuery, Source, Step,
     Subscription, WatchedInstancer,
@@ -162,6 +163,9 @@ impl SourceStats {
 /// off instead of re-watching at once (a server that cancels every watch must not be hammered).
 const QUICK_RESTARTS: u32 = 3;
 
+/// At most this many already-arrived watch responses are applied together before publishing.
+const COALESCE_MAX: usize = 1024;
+
 /// One etcd directory watch as a [`Source`] (see the [module docs](self)).
 pub struct PrefixSource {
     client: Client,
@@ -169,6 +173,8 @@ pub struct PrefixSource {
     dir: String,
     entries: BTreeMap<String, Instance>,
     watch: Option<WatchStream>,
+    /// A stream message read while coalescing that ends or cancels the watch.
+    pending: Option<Result<Option<WatchResponse>, etcd_client::Error>>,
     quick_restarts: u32,
     after_get: Option<AfterGet>,
     stats: Arc<SourceStats>,
@@ -195,6 +201,7 @@ impl PrefixSource {
             dir,
             entries: BTreeMap::new(),
             watch: None,
+            pending: None,
             quick_restarts: 0,
             after_get: None,
             stats: Arc::new(SourceStats::default()),
@@ -245,6 +252,7 @@ impl PrefixSource {
     /// in between (a busy cluster compacting aggressively), reads again, a few times.
     async fn resync(&mut self) -> Step {
         self.watch = None;
+        self.pending = None;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -316,7 +324,11 @@ impl Source for PrefixSource {
             let Some(stream) = self.watch.as_mut() else {
                 return self.resync().await;
             };
-            let resp = match stream.message().await {
+            let next = match self.pending.take() {
+                Some(next) => next,
+                None => stream.message().await,
+            };
+            let resp = match next {
                 Err(e) => return self.rewatch(map_err("watch", e).to_string()).await,
                 Ok(None) => return self.rewatch("the watch stream ended".into()).await,
                 Ok(Some(resp)) => resp,
@@ -341,29 +353,54 @@ impl Source for PrefixSource {
                 continue; // a progress notification
             }
             self.quick_restarts = 0;
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match ev.event_type() {
-                    EventType::Put => match self.decode(&key, kv.value()) {
-                        Some(i) => {
-                            self.entries.insert(key, i);
-                        }
-                        None => {
-                            // The key's current value is bad: its old value is gone too.
-                            self.entries.remove(&key);
-                        }
-                    },
-                    EventType::Delete => {
-                        self.entries.remove(&key);
+            self.apply(&resp);
+            // Under a burst of changes, apply what has already arrived before publishing, so a
+            // burst costs one publication, not one per response.
+            for _ in 0..COALESCE_MAX {
+                let Some(stream) = self.watch.as_mut() else {
+                    break;
+                };
+                let Some(next) = stream.message().now_or_never() else {
+                    break;
+                };
+                match next {
+                    Ok(Some(r)) if !r.canceled() => self.apply(&r),
+                    other => {
+                        // An end or a cancellation: handled by the next round.
+                        self.pending = Some(other);
+                        break;
                     }
                 }
             }
-            self.stats
-                .events
-                .fetch_add(resp.events().len() as u64, Ordering::Relaxed);
             return Step::Publish(self.current());
         }
+    }
+}
+
+impl PrefixSource {
+    /// Applies one watch response's events to the set.
+    fn apply(&mut self, resp: &WatchResponse) {
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match ev.event_type() {
+                EventType::Put => match self.decode(&key, kv.value()) {
+                    Some(i) => {
+                        self.entries.insert(key, i);
+                    }
+                    None => {
+                        // The key's current value is bad: its old value is gone too.
+                        self.entries.remove(&key);
+                    }
+                },
+                EventType::Delete => {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        self.stats
+            .events
+            .fetch_add(resp.events().len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -85,8 +85,8 @@ pub mod registrar;
 pub mod registry;
 
 pub use client::{
-    Client, ClientConfig, Entry, BACKEND, DEFAULT_DIAL_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_PORT,
-    DEFAULT_PREFIX, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
+    Client, ClientConfig, Entry, KeepAliveStream, BACKEND, DEFAULT_DIAL_TIMEOUT,
+    DEFAULT_KEEP_ALIVE, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
 };
 pub use instancer::{decode_value, AfterGet, EtcdInstancer, PrefixSource, SourceStats};
 pub use registrar::{lease_seconds, EtcdRegistrar, ValueFormat, DEFAULT_TTL};

@@ -33,7 +33,7 @@ use sd_core::{
 };
 use tokio::sync::{watch, Mutex};
 
-use crate::client::{Client, BACKEND};
+use crate::client::{Client, KeepAliveStream, BACKEND};
 use crate::instancer::ValueJson;
 
 /// The TTL of a registration without a TTL check (go-kit's `NewTTLOption(3s, 10s)`, E3-4.4).
@@ -79,6 +79,10 @@ pub(crate) fn encode_value(r: &Registration, id: &str, format: ValueFormat) -> V
     }
 }
 
+/// The key's presence is checked every this many keep-alive rounds (rounds come every third
+/// of the TTL, so about once per TTL), the first time on the first round.
+const KEY_CHECK_EVERY: u64 = 3;
+
 struct Shared {
     client: Client,
     registration: Registration,
@@ -88,10 +92,40 @@ struct Shared {
     ttl_secs: i64,
     /// The lease the key is attached to (0: none yet).
     lease: std::sync::Mutex<i64>,
+    /// The open keep-alive stream (of the current lease, or stale) and how many rounds it
+    /// has renewed.
+    keeper: Mutex<Option<(KeepAliveStream, u64)>>,
     reregistrations: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// Renews `lease` on the open stream (opening one when there is none, it is for another
+    /// lease, or it broke). Returns whether etcd still knows the lease, and the round number
+    /// on this stream (0 for the renewal that opened it).
+    async fn renew(&self, lease: i64) -> Result<(bool, u64)> {
+        if lease == 0 {
+            return Ok((false, 0));
+        }
+        let mut keeper = self.keeper.lock().await;
+        if let Some((stream, rounds)) = keeper.as_mut().filter(|(k, _)| k.lease() == lease) {
+            *rounds += 1;
+            let n = *rounds;
+            match stream.renew(self.client.config().timeout).await {
+                Ok(alive) => return Ok((alive, n)),
+                Err(e) => tracing::debug!(backend = BACKEND, key = %self.key, error = %e,
+                    "keep-alive stream broken; opening another"),
+            }
+        }
+        *keeper = None;
+        match self.client.open_keep_alive(lease).await? {
+            Some(stream) => {
+                *keeper = Some((stream, 0));
+                Ok((true, 0))
+            }
+            None => Ok((false, 0)),
+        }
+    }
+
     fn lease(&self) -> i64 {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -104,13 +138,27 @@ impl Shared {
     }
 
     /// Grants a new lease, puts the key with it, and revokes the lease it replaces.
+    ///
+    /// When the new lease expired before the put reached etcd (a TTL of a second or two on
+    /// an overloaded server), grants again, up to three times.
     async fn put_with_new_lease(&self) -> Result<i64> {
-        let lease = self.client.grant(self.ttl_secs).await?;
-        if let Err(e) = self.client.put(&self.key, &self.value, lease).await {
-            // Best effort: the lease would expire on its own anyway.
-            let _ = self.client.revoke(lease).await;
-            return Err(e);
-        }
+        let mut attempt = 0;
+        let lease = loop {
+            attempt += 1;
+            let lease = self.client.grant(self.ttl_secs).await?;
+            match self.client.put(&self.key, &self.value, lease).await {
+                Ok(()) => break lease,
+                Err(e) if attempt < 3 && e.to_string().contains("requested lease not found") => {
+                    tracing::debug!(backend = BACKEND, key = %self.key, lease,
+                        "the lease expired before the put; granting another");
+                }
+                Err(e) => {
+                    // Best effort: the lease would expire on its own anyway.
+                    let _ = self.client.revoke(lease).await;
+                    return Err(e);
+                }
+            }
+        };
         let old = self.set_lease(lease);
         if old != 0 && old != lease {
             if let Err(e) = self.client.revoke(old).await {
@@ -126,13 +174,16 @@ impl Shared {
 /// backing off from 100 ms up to the period, cancelled by `deregister`).
 #[async_trait]
 impl KeepAlive for Shared {
-    /// Renews the lease; registers again when etcd lost the lease or the key.
+    /// Renews the lease on one open stream; once per TTL also checks that the key is still
+    /// there with the lease. Registers again when etcd lost the lease or the key.
     async fn keep_alive(&self) -> Result<()> {
         let lease = self.lease();
-        let alive = lease != 0 && self.client.keep_alive_once(lease).await?;
+        let (alive, rounds) = self.renew(lease).await?;
         let lost = if !alive {
             Some("etcd no longer knows the lease (expired, or the server lost its data)")
-        } else if self.client.key_lease(&self.key).await? != Some(lease) {
+        } else if rounds % KEY_CHECK_EVERY == 0
+            && self.client.key_lease(&self.key).await? != Some(lease)
+        {
             Some("the key is gone or was overwritten")
         } else {
             None
@@ -246,6 +297,7 @@ impl EtcdRegistrar {
                 value,
                 ttl_secs,
                 lease: std::sync::Mutex::new(0),
+                keeper: Mutex::new(None),
                 reregistrations: watch::channel(0).0,
             }),
             period,
@@ -332,6 +384,8 @@ impl Registrar for EtcdRegistrar {
         if let Some(task) = state.task.take() {
             task.stop().await;
         }
+        // Close the keep-alive stream.
+        *self.shared.keeper.lock().await = None;
         if !state.registered {
             return Ok(());
         }

@@ -224,7 +224,10 @@ impl Registry for EtcdRegistry {
     /// Registration, lease expiry, and — in the JSON value — tags, metadata, weight and the
     /// health the registrar sets. Filtering is client-side (etcd has no query language).
     fn capabilities(&self) -> Capabilities {
-        let caps = Capabilities::none().with_registration().with_expiry();
+        let caps = Capabilities::none()
+            .with_registration()
+            .with_ids()
+            .with_expiry();
         match self.format {
             ValueFormat::Json => caps.with_tags().with_metadata().with_weight().with_health(),
             ValueFormat::Plain => caps,

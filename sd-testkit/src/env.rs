@@ -69,7 +69,7 @@ impl Server {
     }
 
     /// The name `scripts/registries` uses for this server (`consul`, `consul-secure`,
-    /// `etcd`, `etcd35`, `zk`, `eureka`, `dns`).
+    /// `etcd`, `etcd35`, `etcd-secure`, `zk`, `eureka`, `dns`).
     pub fn name(self) -> &'static str {
         match self {
             Server::Consul => "consul",
