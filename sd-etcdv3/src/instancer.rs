@@ -39,7 +39,7 @@ use sd_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::client::{map_err, Client, BACKEND};
+use crate::client::{Client, BACKEND};
 
 /// The JSON value sdkit writes for an instance (and reads back).
 ///
@@ -307,13 +307,42 @@ impl PrefixSource {
         }
         tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, "watch ended; reading again");
         match self.resync().await {
-            Step::Fail(e) => Step::Fail(sd_core::Error::Unavailable {
-                backend: BACKEND,
-                message: format!("{why}; reading again failed: {e}"),
-                source: None,
-            }),
+            Step::Fail(e) => Step::Fail(with_context(e, &why)),
             other => other,
         }
+    }
+}
+
+/// `e` (from the re-read after a watch ended) with why the watch ended in front of its
+/// message, keeping its kind (an auth failure stays `Rejected`).
+fn with_context(e: sd_core::Error, why: &str) -> sd_core::Error {
+    use sd_core::Error;
+    let message = |m: String| format!("{why}; reading again failed: {m}");
+    match e {
+        Error::Unavailable {
+            backend,
+            message: m,
+            source,
+        } => Error::Unavailable {
+            backend,
+            message: message(m),
+            source,
+        },
+        Error::Timeout {
+            backend,
+            message: m,
+        } => Error::Timeout {
+            backend,
+            message: message(m),
+        },
+        Error::Rejected {
+            backend,
+            message: m,
+        } => Error::Rejected {
+            backend,
+            message: message(m),
+        },
+        other => other,
     }
 }
 
@@ -329,7 +358,7 @@ impl Source for PrefixSource {
                 None => stream.message().await,
             };
             let resp = match next {
-                Err(e) => return self.rewatch(map_err("watch", e).to_string()).await,
+                Err(e) => return self.rewatch(format!("watch: {e}")).await,
                 Ok(None) => return self.rewatch("the watch stream ended".into()).await,
                 Ok(Some(resp)) => resp,
             };
