@@ -137,15 +137,7 @@ async fn gokit_values_are_read_and_a_bad_entry_is_skipped_alone(server: Server) 
     assert_eq!(instancer.stats().full_reads(), 1);
     assert_eq!(instancer.stats().events(), 2);
     instancer.stop().await;
-    c.etcd()
-        .await
-        .unwrap()
-        .delete(
-            dir,
-            Some(sd_etcdv3::etcd_client::DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    common::delete_dir(c, &dir).await;
 }
 both_servers!(gokit_values_are_read_and_a_bad_entry_is_skipped_alone);
 
@@ -299,12 +291,7 @@ async fn updates_are_applied_incrementally(server: Server) {
     assert_eq!(instancer.stats().full_reads(), 1);
     assert_eq!(instancer.stats().events(), 5);
     instancer.stop().await;
-    raw.delete(
-        dir,
-        Some(sd_etcdv3::etcd_client::DeleteOptions::new().with_prefix()),
-    )
-    .await
-    .unwrap();
+    common::delete_dir(&client, &dir).await;
 }
 both_servers!(updates_are_applied_incrementally);
 

@@ -31,6 +31,20 @@ struct Live {
     sub: sd_core::Subscription,
 }
 
+/// Takes the exclusive lock on `server`, waits until it is ready, and registers and watches
+/// `id`. `None` (skip) when the server is not configured.
+async fn fault_setup(
+    server: Server,
+    what: &str,
+    id: &str,
+) -> Option<(sd_testkit::ExclusiveGuard, String, Live)> {
+    let addr = addr(server)?;
+    let lock = exclusive(server);
+    sd_testkit::wait_ready(server).await.unwrap();
+    let live = live(&addr, what, id).await;
+    Some((lock, addr, live))
+}
+
 async fn live(addr: &str, what: &str, id: &str) -> Live {
     let reg = registry(addr, what, "");
     let service = unique_name(what);
@@ -51,14 +65,14 @@ async fn live(addr: &str, what: &str, id: &str) -> Live {
 }
 
 async fn fault_kill_keeps_the_last_good_set_then_restart_with_data_recovers(server: Server) {
-    let Some(addr) = addr(server) else { return };
-    let _lock = exclusive(server);
-    sd_testkit::wait_ready(server).await.unwrap();
+    let Some((_lock, _, live)) = fault_setup(server, "kill", "k1").await else {
+        return;
+    };
     let Live {
         registrar,
         instancer,
         mut sub,
-    } = live(&addr, "kill", "k1").await;
+    } = live;
     let endpointer =
         DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
             Ok(i.id().to_string())
@@ -111,14 +125,14 @@ async fn fault_kill_keeps_the_last_good_set_then_restart_with_data_recovers(serv
 both_servers!(fault_kill_keeps_the_last_good_set_then_restart_with_data_recovers);
 
 async fn fault_killed_longer_than_the_ttl(server: Server) {
-    let Some(addr) = addr(server) else { return };
-    let _lock = exclusive(server);
-    sd_testkit::wait_ready(server).await.unwrap();
+    let Some((_lock, addr, live)) = fault_setup(server, "longkill", "k2").await else {
+        return;
+    };
     let Live {
         registrar,
         instancer,
         mut sub,
-    } = live(&addr, "longkill", "k2").await;
+    } = live;
     sd_testkit::kill(server).await.unwrap();
     let killed = Instant::now();
     wait_for_error(&mut sub, "server killed").await;
@@ -166,14 +180,14 @@ async fn fault_killed_longer_than_the_ttl(server: Server) {
 both_servers!(fault_killed_longer_than_the_ttl);
 
 async fn fault_restarted_empty_the_registrar_registers_again(server: Server) {
-    let Some(addr) = addr(server) else { return };
-    let _lock = exclusive(server);
-    sd_testkit::wait_ready(server).await.unwrap();
+    let Some((_lock, _, live)) = fault_setup(server, "empty", "k3").await else {
+        return;
+    };
     let Live {
         registrar,
         instancer,
         mut sub,
-    } = live(&addr, "empty", "k3").await;
+    } = live;
     let old_lease = registrar.lease_id();
     let mut rereg = registrar.watch_reregistrations();
     sd_testkit::restart_empty(server).await.unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sd_core::{Event, HealthCheck, Instance, InstanceSet, Registration, Subscription};
 use sd_etcdv3::EtcdRegistry;
+use sd_testkit::conformance::{wait_error, wait_set};
 use sd_testkit::{unique_name, Server};
 
 /// The longest any test waits for one expected state (a hang guard, not a timing claim).
@@ -45,13 +46,13 @@ pub fn addr(server: Server) -> Option<String> {
 }
 
 /// Waits (bounded by [`BOUND`]) for an instances event satisfying `pred`; returns it.
-/// Error events on the way are skipped.
+/// Error events on the way are skipped (sd-testkit's `conformance::wait_set`).
 pub async fn wait_for_set(
     sub: &mut Subscription,
     what: &str,
     pred: impl Fn(&InstanceSet) -> bool,
 ) -> InstanceSet {
-    wait_for_set_within(sub, what, BOUND, pred).await
+    wait_set(sub, BOUND, what, pred).await
 }
 
 /// [`wait_for_set`] with another bound.
@@ -61,36 +62,30 @@ pub async fn wait_for_set_within(
     bound: Duration,
     pred: impl Fn(&InstanceSet) -> bool,
 ) -> InstanceSet {
-    let mut last = None;
-    let found = tokio::time::timeout(bound, async {
-        loop {
-            match sub.next().await {
-                Some(Event::Instances(set)) if pred(&set) => return set,
-                Some(e) => last = Some(e),
-                None => panic!("{what}: the instancer ended"),
-            }
-        }
-    })
-    .await;
-    match found {
-        Ok(set) => set,
-        Err(_) => panic!("{what}: not seen within {bound:?}; last event: {last:?}"),
-    }
+    wait_set(sub, bound, what, pred).await
 }
 
 /// Waits (bounded) for an error event; returns it.
 pub async fn wait_for_error(sub: &mut Subscription, what: &str) -> sd_core::Error {
-    tokio::time::timeout(BOUND, async {
-        loop {
-            match sub.next().await {
-                Some(Event::Error(e)) => return e,
-                Some(_) => continue,
-                None => panic!("{what}: the instancer ended"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: no error within {BOUND:?}"))
+    wait_error(sub, BOUND, what).await;
+    match sub.current() {
+        Some(Event::Error(e)) => e,
+        other => panic!("{what}: the error was replaced at once by {other:?}"),
+    }
+}
+
+/// Deletes every key under `dir` (test clean-up).
+pub async fn delete_dir(client: &sd_etcdv3::Client, dir: &str) {
+    client
+        .etcd()
+        .await
+        .unwrap()
+        .delete(
+            dir,
+            Some(sd_etcdv3::etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
 }
 
 /// The ids in `set`, sorted.
