@@ -162,6 +162,19 @@ impl Target {
         self
     }
 
+    /// For every behaviour but the restart one: a shared lock on the target's server, so the
+    /// restart behaviour (and any other fault test holding [`exclusive`](crate::exclusive))
+    /// never kills the server under it.
+    #[doc(hidden)]
+    pub fn __shared_guard(&self, behaviour: &str) -> Option<crate::SharedGuard> {
+        match self.server {
+            Some(server) if behaviour != "restart_keeps_last_good_and_recovers" => {
+                Some(crate::shared(server))
+            }
+            _ => None,
+        }
+    }
+
     fn caps(&self) -> Capabilities {
         self.registry.capabilities()
     }
@@ -645,7 +658,9 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
     let instancer = t.instancer(ServiceQuery::new(&service)).await;
     let mut sub = instancer.subscribe();
     let port_of = |i: usize| port(32000, i);
-    let target = Arc::new(t.clone());
+    // Every registration of this behaviour (the first thousand and the re-registrations)
+    // uses CHURN_TTL.
+    let target = Arc::new(t.clone().ttl(CHURN_TTL.max(t.ttl)));
     let svc = service.clone();
     let mut registrars: BTreeMap<usize, Arc<dyn Registrar>> = bounded((0..n).collect(), {
         let target = target.clone();
@@ -948,6 +963,7 @@ macro_rules! __conformance_test {
             match make().await {
                 ::std::option::Option::Some(target) => {
                     let target: $crate::conformance::Target = target;
+                    let _shared = target.__shared_guard(stringify!($behaviour));
                     $crate::conformance::$behaviour(target.__named(stringify!($backend), baseline))
                         .await
                 }

@@ -29,8 +29,9 @@
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
 //! | `static://host:port,host:port[/service]` | always | a fixed list ([`StaticRegistry`]), for every service or for the one named |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
+//! | `etcd://host:port[,host:port]?prefix=..&user=..&password_env=..` (or `etcdv3://`) | `etcd` | etcd v3 (crate `sd-etcdv3`, re-exported as `sdkit::etcd`) |
 //!
-//! `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -44,6 +45,10 @@ pub use sd_lb as lb;
 /// The Consul backend (the `sd-consul` crate), with the `consul` feature.
 #[cfg(feature = "consul")]
 pub use sd_consul as consul;
+
+/// The etcd v3 backend (the `sd-etcdv3` crate), with the `etcd` feature.
+#[cfg(feature = "etcd")]
+pub use sd_etcdv3 as etcd;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -100,11 +105,11 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             Ok(Arc::new(registry))
         }
         "consul" => consul_registry(url),
-        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
-            .error(format!(
-                "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
-                parsed.scheme()
-            ))),
+        "etcd" | "etcdv3" => etcd_registry(url),
+        "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed.error(format!(
+            "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
+            parsed.scheme()
+        ))),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -122,6 +127,19 @@ fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "consul:// needs the `consul` feature of sdkit: add `features = [\"consul\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_etcdv3::EtcdRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "etcd:// needs the `etcd` feature of sdkit: add `features = [\"etcd\"]` to the sdkit dependency",
     ))
 }
 

@@ -80,8 +80,6 @@ fn errors_say_what_to_fix() {
     assert!(e.contains("bad port"), "{e}");
     let e = err("memory://x?colour=blue");
     assert!(e.contains("unknown option colour"), "{e}");
-    let e = err("etcd://127.0.0.1:2379");
-    assert!(e.contains("not built yet"), "{e}");
 }
 
 #[test]
@@ -101,6 +99,37 @@ fn planned_backends_say_so() {
 fn disabled_backend_names_the_feature() {
     let e = err("consul://127.0.0.1:8500");
     assert!(e.contains("`consul` feature"), "{e}");
+}
+
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn disabled_etcd_names_the_feature() {
+    for url in ["etcd://127.0.0.1:2379", "etcdv3://127.0.0.1:2379"] {
+        let e = err(url);
+        assert!(e.contains("`etcd` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_urls_select_the_etcd_backend_without_network() {
+    // Construction does no I/O: nothing listens on port 1.
+    for url in [
+        "etcd://127.0.0.1:1,127.0.0.1:2?prefix=/sd",
+        "etcdv3://127.0.0.1:1",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "etcd", "{url}");
+        assert!(reg.capabilities().registration && reg.capabilities().expiry);
+    }
+    let e = err("etcd://127.0.0.1:2379?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("etcd://127.0.0.1:2379?user=u&password_env=SDKIT_TEST_UNSET_PASSWORD");
+    assert!(e.contains("SDKIT_TEST_UNSET_PASSWORD is not set"), "{e}");
+    let e = err("etcd://127.0.0.1:2379?user=u&password=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("etcd://127.0.0.1:2379?user=u&password=hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
 }
 
 #[cfg(feature = "consul")]
