@@ -29,8 +29,9 @@
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
 //! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
+//! | `zk://host:port[,host:port...]/base?session_timeout=..&digest_env=..` (or `zookeeper://`) | `zk` | ZooKeeper ensemble (crate `sd-zk`, re-exported as `sdkit::zk`) |
 //!
-//! `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! `etcd://`, `eureka://` and `dns+srv://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -44,6 +45,10 @@ pub use sd_lb as lb;
 /// The Consul backend (the `sd-consul` crate), with the `consul` feature.
 #[cfg(feature = "consul")]
 pub use sd_consul as consul;
+
+/// The ZooKeeper backend (the `sd-zk` crate), with the `zk` feature.
+#[cfg(feature = "zk")]
+pub use sd_zk as zk;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -91,11 +96,11 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             Ok(Arc::new(registry))
         }
         "consul" => consul_registry(url),
-        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
-            .error(format!(
-                "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
-                parsed.scheme()
-            ))),
+        "zk" | "zookeeper" => zk_registry(url),
+        "etcd" | "etcdv3" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed.error(format!(
+            "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
+            parsed.scheme()
+        ))),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -113,6 +118,19 @@ fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "consul:// needs the `consul` feature of sdkit: add `features = [\"consul\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "zk")]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_zk::ZkRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "zk"))]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "zk:// needs the `zk` feature of sdkit: add `features = [\"zk\"]` to the sdkit dependency",
     ))
 }
 
