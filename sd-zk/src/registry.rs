@@ -219,7 +219,8 @@ mod tests {
         );
         assert!(c.digest.is_none());
         let caps = r.capabilities();
-        assert!(caps.registration && caps.expiry && caps.tags && caps.metadata && caps.weight);
+        assert!(caps.registration && caps.expiry && caps.ids && caps.tags && caps.metadata);
+        assert!(caps.weight);
         assert!(caps.health && !caps.server_side_filtering);
         assert_eq!(
             ZkRegistry::from_url("zk://h/")
