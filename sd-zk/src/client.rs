@@ -262,6 +262,48 @@ pub fn zk_error(what: impl fmt::Display, e: zk::Error) -> Error {
     }
 }
 
+/// Whether `e` leaves the outcome of a request unknown because the connection broke (the
+/// library reports a broken socket as a custom I/O error, a lost connection as
+/// `ConnectionLoss`).
+pub fn is_connection_error(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss | zk::Error::Custom(_) | zk::Error::Timeout
+    )
+}
+
+/// Waits until `zk` is connected again (`true`), or its session ended or `bound` passed
+/// (`false`).
+pub async fn wait_connected(zk: &zk::Client, bound: Duration) -> bool {
+    fn connected(s: zk::SessionState) -> bool {
+        matches!(
+            s,
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+        )
+    }
+    let mut watcher = zk.state_watcher();
+    let now = zk.state();
+    if connected(now) {
+        return true;
+    }
+    if now.is_terminated() {
+        return false;
+    }
+    tokio::time::timeout(bound, async {
+        loop {
+            let s = watcher.changed().await;
+            if connected(s) {
+                return true;
+            }
+            if s.is_terminated() {
+                return false;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
 struct Inner {
     config: ClientConfig,
     connect_string: String,
@@ -393,6 +435,9 @@ impl Client {
         Ok(c)
     }
 
+    /// Opens a session, trying every server in turn and again, backing off from 50 ms, until
+    /// the connect timeout: a server that is starting refuses sessions for a moment after it
+    /// accepts connections, and a failed-over ensemble needs a second round.
     async fn connect(&self) -> Result<zk::Client> {
         let config = &self.inner.config;
         let mut connector = zk::Client::connector()
@@ -401,19 +446,39 @@ impl Client {
         if let Some(d) = &config.digest {
             connector = connector.with_auth("digest", d.expose().as_bytes());
         }
-        let what = format!("connecting to {}", self.inner.connect_string);
-        match tokio::time::timeout(
-            config.connect_timeout,
-            connector.connect(&self.inner.connect_string),
-        )
-        .await
-        {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(zk_error(what, e)),
-            Err(_) => Err(Error::Timeout {
-                backend: BACKEND,
-                message: format!("{what}: no session within {:?}", config.connect_timeout),
-            }),
+        let what = || format!("connecting to {}", self.inner.connect_string);
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let mut backoff =
+            sd_core::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        loop {
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                connector.clone().connect(&self.inner.connect_string),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) if is_connection_error(&e) || e == zk::Error::NoHosts => {
+                    let pause = backoff.next_delay();
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(zk_error(what(), e));
+                    }
+                    tracing::debug!(backend = BACKEND, error = %e, retry_in = ?pause,
+                        "no session yet; trying the servers again");
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Err(e)) => return Err(zk_error(what(), e)),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        backend: BACKEND,
+                        message: format!(
+                            "{}: no session within {:?}",
+                            what(),
+                            config.connect_timeout
+                        ),
+                    })
+                }
+            }
         }
     }
 

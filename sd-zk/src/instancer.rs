@@ -391,12 +391,23 @@ impl ZkSource {
 
     /// Applies persistent-watch events (the first, then every one already queued).
     async fn apply_events(&mut self, first: zk::WatchedEvent) -> Step {
+        let terminal = |ev: &zk::WatchedEvent| {
+            ev.event_type == zk::EventType::Session && ev.session_state.is_terminated()
+        };
         let mut pending = vec![first];
         if let Some(Armed::Persistent(w)) = self.armed.as_mut() {
-            while pending.len() < MAX_BATCH {
-                match w.changed().now_or_never() {
-                    Some(ev) => pending.push(ev),
-                    None => break,
+            // After a terminal session event the library closes the channel, and polling it
+            // again panics: stop there (and never let a panic out).
+            while pending.len() < MAX_BATCH && !pending.last().is_some_and(terminal) {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| w.changed().now_or_never())) {
+                    Ok(Some(ev)) => pending.push(ev),
+                    Ok(None) => break,
+                    Err(_) => {
+                        return self.fail(Error::unavailable(
+                            BACKEND,
+                            format!("watching {}: the watch ended unexpectedly", self.dir),
+                        ))
+                    }
                 }
             }
         }

@@ -45,7 +45,9 @@ use sd_core::{BackgroundTask, Backoff, Error, HealthCheck, Registrar, Registrati
 use tokio::sync::{watch, Mutex};
 use zookeeper_client as zk;
 
-use crate::client::{validate_segment, zk_error, Client, Payload, BACKEND};
+use crate::client::{
+    is_connection_error, validate_segment, wait_connected, zk_error, Client, Payload, BACKEND,
+};
 use crate::instancer::InstanceJson;
 
 /// The prefix of go-zookeeper's protected nodes.
@@ -110,30 +112,52 @@ impl Shared {
         }
     }
 
+    /// [`ensure`](Self::ensure), once more on a new session when the session ended during
+    /// it (a session can expire at any moment, e.g. right after a server restart).
+    async fn ensure_retrying(&self) -> Result<zk::OneshotWatcher> {
+        let mut attempt = 0;
+        loop {
+            match self.ensure().await {
+                Err(e)
+                    if attempt < 2 && e.is_transient() && self.client.current().await.is_none() =>
+                {
+                    tracing::debug!(backend = BACKEND, error = %e, "the session ended; again on a new one");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Creates the protected ephemeral sequential node; returns its path.
+    ///
+    /// When the connection breaks during the create, its outcome is unknown: once the
+    /// session is connected again (the library reconnects it within the session timeout),
+    /// the node with this registrar's prefix is adopted if it exists, else the create is
+    /// sent again.
     async fn create(&self, zk: &zk::Client) -> Result<String> {
         let base = format!("{}/{}", self.dir, self.prefix);
         let options =
             zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::new(self.client.node_acl()));
-        let mut last = None;
-        for _ in 0..3 {
+        let what = || format!("creating a node in {}", self.dir);
+        let mut last = zk::Error::NoNode;
+        for _ in 0..4 {
             match zk.create(&base, &self.data, &options).await {
                 Ok((_, seq)) => return Ok(format!("{base}{seq}")),
                 Err(zk::Error::NoNode) => self.client.create_parents(zk, &self.dir).await?,
-                Err(zk::Error::ConnectionLoss) => {
-                    // Protected create: the node may exist although the answer was lost.
+                Err(e) if is_connection_error(&e) => {
+                    if !wait_connected(zk, self.client.config().session_timeout).await {
+                        return Err(zk_error(what(), e));
+                    }
                     if let Some(path) = self.find_own(zk).await? {
                         return Ok(path);
                     }
-                    last = Some(zk::Error::ConnectionLoss);
+                    last = e;
                 }
-                Err(e) => return Err(zk_error(format!("creating a node in {}", self.dir), e)),
+                Err(e) => return Err(zk_error(what(), e)),
             }
         }
-        Err(zk_error(
-            format!("creating a node in {}", self.dir),
-            last.unwrap_or(zk::Error::NoNode),
-        ))
+        Err(zk_error(what(), last))
     }
 
     /// This registrar's node in the directory under the current session, if any.
@@ -169,13 +193,31 @@ impl Shared {
             self.set_node(None);
             return Ok(());
         }
-        match zk.delete(&node.path, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => {
-                self.set_node(None);
-                Ok(())
+        let mut last = None;
+        for _ in 0..3 {
+            match zk.delete(&node.path, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => {
+                    self.set_node(None);
+                    return Ok(());
+                }
+                Err(e) if is_connection_error(&e) => {
+                    if !wait_connected(&zk, self.client.config().session_timeout).await {
+                        // The session ended (the node with it), or it is still down.
+                        if zk.state().is_terminated() {
+                            self.set_node(None);
+                            return Ok(());
+                        }
+                        return Err(zk_error(format!("deleting {}", node.path), e));
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(zk_error(format!("deleting {}", node.path), e)),
             }
-            Err(e) => Err(zk_error(format!("deleting {}", node.path), e)),
         }
+        Err(zk_error(
+            format!("deleting {}", node.path),
+            last.unwrap_or(zk::Error::ConnectionLoss),
+        ))
     }
 }
 
@@ -351,7 +393,7 @@ impl Registrar for ZkRegistrar {
     async fn register(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let r = &self.shared.registration;
-        match self.shared.ensure().await {
+        match self.shared.ensure_retrying().await {
             Ok(w) => {
                 state.registered = true;
                 if let Some(old) = state.task.take() {

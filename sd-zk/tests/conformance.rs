@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_testkit::conformance::Target;
 use sd_testkit::Server;
-use zookeeper_client as zk;
+use zookeeper_client as zkc;
 
 sd_testkit::conformance!(zk, || async {
     let addr = sd_testkit::require(Server::Zk)?;
@@ -27,8 +27,8 @@ sd_testkit::conformance!(zk, || async {
                 let (addr, dir) = (addr.clone(), format!("{base}/{service}"));
                 async move {
                     // A child whose data is neither sdkit's JSON nor host:port.
-                    let zk = zk::Client::connect(&addr).await.expect("connect");
-                    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                    let zk = zkc::Client::connect(&addr).await.expect("connect");
+                    let open = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
                     zk.mkdir(&dir, &open).await.expect("service directory");
                     zk.create(&format!("{dir}/bad"), b"{\"host\":\"h\"}", &open)
                         .await

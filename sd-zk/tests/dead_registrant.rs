@@ -67,14 +67,18 @@ async fn a_killed_registrants_node_is_gone_after_the_session_timeout() {
         BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find(|l| l.starts_with("REGISTERED "))
+            // The harness prints `test <name> ... ` before it, on the same line.
+            .find_map(|l| {
+                l.split_once("REGISTERED ")
+                    .map(|(_, node)| node.trim().to_string())
+            })
     });
     let line = tokio::time::timeout(common::BOUND, line)
         .await
         .expect("the child registered in time")
         .unwrap()
         .expect("the child printed its node");
-    let node = line.trim_start_matches("REGISTERED ").to_string();
+    let node = line;
     assert!(node.contains(&service), "{node}");
     wait_for_set(&mut sub, "child and survivor", |s| s.len() == 2).await;
 
