@@ -58,9 +58,23 @@ func measure(client consul.Client, service string, changes int) ([]float64, []fl
 	reg := &consulapi.AgentServiceRegistration{ID: service + "-1", Name: service, Address: "127.0.0.1", Port: 18080}
 	instancer := consul.NewInstancer(client, log.NewNopLogger(), service, nil, false)
 	defer instancer.Stop()
+	defer client.Deregister(reg)
+	return propagate("consul", instancer, changes, func(register bool) error {
+		if register {
+			return client.Register(reg)
+		}
+		return client.Deregister(reg)
+	})
+}
+
+// propagate applies `changes` alternating changes (register first) with apply, and returns
+// the latency of each (from just before apply to the endpointer over instancer reflecting
+// it) and the duration of each apply, in ns. go-kit's endpointer has no change notification:
+// a channel of our own on the instancer says when an event was broadcast, then Endpoints()
+// is checked in a runtime.Gosched loop until the endpointer's goroutine has applied it.
+func propagate(name string, instancer sd.Instancer, changes int, apply func(register bool) error) ([]float64, []float64) {
 	ep := sd.NewEndpointer(instancer, factory, log.NewNopLogger())
 	defer ep.Close()
-	defer client.Deregister(reg)
 	events := make(chan sd.Event, 64) // buffered: go-kit's broadcast never waits on it
 	instancer.Register(events)
 	defer instancer.Deregister(events)
@@ -69,16 +83,12 @@ func measure(client consul.Client, service string, changes int) ([]float64, []fl
 	req := make([]float64, 0, changes)
 	for i := 0; i < changes; i++ {
 		want := 0
-		var err error
-		t0 := time.Now()
 		if i%2 == 0 {
 			want = 1
-			err = client.Register(reg)
-		} else {
-			err = client.Deregister(reg)
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "consul:", err)
+		t0 := time.Now()
+		if err := apply(want == 1); err != nil {
+			fmt.Fprintln(os.Stderr, name+":", err)
 			os.Exit(1)
 		}
 		req = append(req, float64(time.Since(t0).Nanoseconds()))
@@ -95,7 +105,7 @@ func measure(client consul.Client, service string, changes int) ([]float64, []fl
 					runtime.Gosched()
 				}
 			case <-timeout:
-				fmt.Fprintln(os.Stderr, "consul: change", i, "not seen within 10 s")
+				fmt.Fprintln(os.Stderr, name+": change", i, "not seen within 10 s")
 				os.Exit(1)
 			}
 		}

@@ -45,6 +45,7 @@ mod control;
 mod env;
 mod lock;
 mod names;
+pub mod propagation;
 
 pub use alloc::CountingAllocator;
 pub use control::{

@@ -160,6 +160,9 @@ pub fn decode(node: &str, data: &[u8]) -> Result<Instance, String> {
 
 type EventFuture = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
 
+/// A child's data, and its data watch in one-shot mode.
+type DataAndWatch = (Vec<u8>, Option<zk::OneshotWatcher>);
+
 /// What the source waits on between reads.
 enum Armed {
     /// One persistent recursive watch on the directory.
@@ -350,7 +353,7 @@ impl ZkSource {
     ) -> sd_core::Result<Vec<EventFuture>> {
         let paths: Vec<String> = children.iter().map(|c| self.child_path(c)).collect();
         let mut watches = Vec::new();
-        let results: Vec<Result<(Vec<u8>, Option<zk::OneshotWatcher>), zk::Error>> = if watch {
+        let results: Vec<Result<DataAndWatch, zk::Error>> = if watch {
             futures::future::join_all(paths.iter().map(|p| zk.get_and_watch_data(p)))
                 .await
                 .into_iter()

@@ -31,7 +31,7 @@
 //!
 //! ## Health checks
 //!
-//! ZooKeeper's liveness is the session: a [`HealthCheck::Ttl`](sd_core::HealthCheck::Ttl) is
+//! ZooKeeper's liveness is the session: a [`HealthCheck::Ttl`] is
 //! accepted and not used (the session timeout of the registry URL plays its part); HTTP, TCP
 //! and gRPC checks are rejected, since ZooKeeper has nothing to run them.
 
