@@ -158,12 +158,18 @@ impl Registry for ZkRegistry {
         "zk"
     }
 
-    /// Registration and expiry (the session) always; tags, metadata, weight and health when
-    /// registrars write the JSON payload (the default), not with `payload=plain`.
+    /// Registration and expiry (the session) always; ids, tags, metadata, weight and health
+    /// when registrars write the JSON payload (the default), not with `payload=plain` (the id
+    /// is then the znode name).
     fn capabilities(&self) -> Capabilities {
         let caps = Capabilities::none().with_registration().with_expiry();
         match self.client.config().payload {
-            Payload::Json => caps.with_tags().with_metadata().with_weight().with_health(),
+            Payload::Json => caps
+                .with_ids()
+                .with_tags()
+                .with_metadata()
+                .with_weight()
+                .with_health(),
             Payload::Plain => caps,
         }
     }
