@@ -22,24 +22,13 @@ import (
 // the instancer and, once the instancer has broadcast an event, checks Endpoints() in a
 // runtime.Gosched loop until the endpointer's goroutine has applied it.
 func consulPropagation(changes int) {
-	addr := os.Getenv("SD_TEST_CONSUL")
-	skip := func(why string) {
-		fmt.Fprintln(os.Stderr, "gokit consul scenario skipped:", why)
-		emit(result{Scenario: "consul", Threads: 1, Skipped: why})
-	}
-	if addr == "" {
-		skip("SD_TEST_CONSUL is not set (run: eval \"$(scripts/registries up)\")")
+	addr, ok := registryAddr("consul", "SD_TEST_CONSUL")
+	if !ok {
 		return
-	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err != nil {
-		skip(fmt.Sprintf("Consul at %s is not reachable: %v", addr, err))
-		return
-	} else {
-		c.Close()
 	}
 	api, err := consulapi.NewClient(&consulapi.Config{Address: addr})
 	if err != nil {
-		skip(err.Error())
+		skipScenario("consul", err.Error())
 		return
 	}
 	client := consul.NewClient(api)
@@ -50,6 +39,29 @@ func consulPropagation(changes int) {
 	reqP50, _ := percentiles(req)
 	emit(result{Scenario: "consul", N: 1, Threads: 1, Ops: changes, NsPerOp: p50, P50Ns: p50, P99Ns: p99,
 		RequestP50Ns: reqP50})
+}
+
+// skipScenario reports a registry scenario that could not run.
+func skipScenario(scenario, why string) {
+	fmt.Fprintln(os.Stderr, "gokit", scenario, "scenario skipped:", why)
+	emit(result{Scenario: scenario, Threads: 1, Skipped: why})
+}
+
+// registryAddr returns the registry address in env if it is set and reachable; otherwise it
+// reports the scenario as skipped and returns false.
+func registryAddr(scenario, env string) (string, bool) {
+	addr := os.Getenv(env)
+	if addr == "" {
+		skipScenario(scenario, env+" is not set (run: eval \"$(scripts/registries up)\")")
+		return "", false
+	}
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		skipScenario(scenario, fmt.Sprintf("%s is not reachable: %v", addr, err))
+		return "", false
+	}
+	c.Close()
+	return addr, true
 }
 
 // measure registers and deregisters one instance of service in turn, `changes` times, and

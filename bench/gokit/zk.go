@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"time"
 
@@ -19,30 +18,19 @@ import (
 // parent node, ZK-6). Each time, the time from issuing the create/delete to the endpointer
 // reflecting it. 20 warm-up changes on another service first, as on the Rust side.
 func zkPropagation(changes int) {
-	addr := os.Getenv("SD_TEST_ZK")
-	skip := func(why string) {
-		fmt.Fprintln(os.Stderr, "gokit zk scenario skipped:", why)
-		emit(result{Scenario: "zk", Threads: 1, Skipped: why})
-	}
-	if addr == "" {
-		skip("SD_TEST_ZK is not set (run: eval \"$(scripts/registries up)\")")
+	addr, ok := registryAddr("zk", "SD_TEST_ZK")
+	if !ok {
 		return
-	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err != nil {
-		skip(fmt.Sprintf("ZooKeeper at %s is not reachable: %v", addr, err))
-		return
-	} else {
-		c.Close()
 	}
 	client, err := zk.NewClient([]string{addr}, log.NewNopLogger())
 	if err != nil {
-		skip(err.Error())
+		skipScenario("zk", err.Error())
 		return
 	}
 	defer client.Stop()
 	conn, _, err := gozk.Connect([]string{addr}, 5*time.Second, gozk.WithLogger(nopLogger{}))
 	if err != nil {
-		skip(err.Error())
+		skipScenario("zk", err.Error())
 		return
 	}
 	defer conn.Close()

@@ -75,9 +75,6 @@ pub mod instancer;
 pub mod registrar;
 pub mod registry;
 
-#[doc(hidden)]
-pub mod bench;
-
 pub use client::{
     CheckUpdate, Client, ClientConfig, HealthAnswer, BACKEND, DEFAULT_PORT, DEFAULT_TIMEOUT,
     DEFAULT_WAIT, TOKEN_HEADER,

@@ -1,8 +1,9 @@
 //! Propagation latency through any [`Registry`]: a registration or deregistration → a
-//! [`DefaultEndpointer`] following an instancer of the same registry shows it. For the
-//! backends' `cargo bench` propagation benchmarks (sd-zk's; sd-consul's `bench` module does
-//! the same with its typed registry).
+//! [`DefaultEndpointer`] following an instancer of the same registry shows it. The loop of
+//! every backend's `cargo bench -p <backend> --bench propagation` ([`bench_main`]) and of
+//! the go-kit comparison's registry scenarios (`bench/rust`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sd_core::{
@@ -140,6 +141,79 @@ pub async fn propagation(
     endpointer.close().await;
     instancer.stop().await;
     outcome.map(|()| samples)
+}
+
+/// The `main` of a backend's propagation benchmark (`harness = false`): when run by
+/// `cargo bench`, with the registry server's address in the environment variable `env`,
+/// measures `SD_BENCH_CHANGES` changes (default 400) through the registry `make` builds from
+/// that address, after 20 warm-up changes, and prints one JSON line per kind of change, the
+/// registrar's call alone, and a summary line naming `target`. Prints why and returns when
+/// not run by `cargo bench` or when `env` is unset (so `cargo test` does nothing).
+pub fn bench_main(
+    backend: &str,
+    env: &str,
+    target: &str,
+    make: impl Fn(&str) -> Result<Arc<dyn Registry>, Error>,
+) {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("propagation: run with `cargo bench -p sd-{backend} --bench propagation`");
+        return;
+    }
+    let Some(addr) = std::env::var(env).ok().filter(|a| !a.is_empty()) else {
+        eprintln!("propagation: skipped, {env} not set (eval \"$(scripts/registries up)\")");
+        return;
+    };
+    let changes: usize = std::env::var("SD_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+        .clamp(2, 10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let _entered = rt.enter();
+    let registry = make(&addr).expect("registry");
+    let service = format!("bench-propagation-{}", std::process::id());
+    let timeout = Duration::from_secs(5);
+    rt.block_on(propagation(
+        &*registry,
+        &format!("{service}-warm"),
+        20,
+        timeout,
+    ))
+    .expect("warm-up");
+    let samples = rt
+        .block_on(propagation(&*registry, &service, changes, timeout))
+        .expect("propagation run");
+    let of = |c: Change| summarize(samples.iter().filter(|s| s.change == c).map(|s| s.latency));
+    let all = summarize(samples.iter().map(|s| s.latency));
+    let request = summarize(samples.iter().map(|s| s.request));
+    for (kind, s) in [
+        ("register", of(Change::Register)),
+        ("deregister", of(Change::Deregister)),
+        ("all", all),
+        ("request_only", request),
+    ] {
+        println!(
+            "{{\"bench\":\"{backend}_propagation\",\"kind\":\"{kind}\",\"n\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"mean_us\":{}}}",
+            s.n,
+            s.p50.as_micros(),
+            s.p99.as_micros(),
+            s.max.as_micros(),
+            s.mean.as_micros()
+        );
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{backend} propagation over {} changes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
+         (registrar call alone: p50 {:.2} ms); target {target}",
+        all.n,
+        ms(all.p50),
+        ms(all.p99),
+        ms(all.max),
+        ms(request.p50),
+    );
 }
 
 #[cfg(test)]
