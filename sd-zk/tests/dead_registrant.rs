@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{by_id, registry, wait_for_set, SESSION};
-use sd_core::{Instance, Instancer, Registrar, Registration, ServiceQuery};
+use sd_core::{Instance, Instancer, Registrar, Registration};
 use sd_testkit::{require, shared, unique_name, Server};
 
 const CHILD_ENV: &str = "SD_ZK_CHILD_SERVICE";
@@ -49,11 +49,7 @@ async fn a_killed_registrants_node_is_gone_after_the_session_timeout() {
         ))
         .unwrap();
     survivor.register().await.unwrap();
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
 
     let mut process = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])

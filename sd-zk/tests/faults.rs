@@ -8,8 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{by_id, registry, wait_for_error, wait_for_set_within, BOUND, SESSION};
-use sd_core::{Instance, Instancer, Registrar, Registration, ServiceQuery};
+use common::{by_id, register_and_watch, registry, wait_for_error, wait_for_set, Watched, SESSION};
+use sd_core::{Instance, Instancer, Registrar, Registration};
 use sd_testkit::{exclusive, require, unique_name, PauseGuard, Server};
 
 fn reg(service: &str, port: u16, id: &str) -> Registration {
@@ -29,14 +29,11 @@ async fn fault_pause_longer_than_the_session_brings_the_node_back() {
     sd_testkit::wait_ready(Server::Zk).await.unwrap();
     let registry = registry(&addr, "");
     let service = unique_name("zk-pause");
-    let r = registry.zk_registrar(reg(&service, 9101, "p1")).unwrap();
-    r.register().await.unwrap();
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
-    wait_for_set_within(&mut sub, "registered", BOUND, |s| by_id(s, "p1").is_some()).await;
+    let Watched {
+        registrar: r,
+        instancer,
+        mut sub,
+    } = register_and_watch(&registry, &service, 9101, "p1").await;
     let before = r.node_path().unwrap();
 
     let paused = PauseGuard::pause(Server::Zk).await.unwrap();
@@ -47,10 +44,10 @@ async fn fault_pause_longer_than_the_session_brings_the_node_back() {
     paused.resume().await.unwrap();
     let resumed = Instant::now();
     // The instancer's first set after the resume; then the one holding the node again.
-    wait_for_set_within(&mut sub, "instancer recovered", BOUND, |_| true).await;
+    wait_for_set(&mut sub, "instancer recovered", |_| true).await;
     let set = match sub.current() {
         Some(sd_core::Event::Instances(s)) if by_id(&s, "p1").is_some() => s,
-        _ => wait_for_set_within(&mut sub, "node back", BOUND, |s| by_id(s, "p1").is_some()).await,
+        _ => wait_for_set(&mut sub, "node back", |s| by_id(s, "p1").is_some()).await,
     };
     let back_after = resumed.elapsed();
     assert_eq!(set.len(), 1, "{set:?}");
@@ -64,7 +61,7 @@ async fn fault_pause_longer_than_the_session_brings_the_node_back() {
         r.recreations()
     );
     r.deregister().await.unwrap();
-    wait_for_set_within(&mut sub, "deregistered", BOUND, |s| s.is_empty()).await;
+    wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;
     instancer.stop().await;
 }
 
@@ -78,20 +75,17 @@ async fn fault_restart_keeps_the_node_and_the_watch() {
     sd_testkit::wait_ready(Server::Zk).await.unwrap();
     let registry = registry(&addr, "");
     let service = unique_name("zk-restart");
-    let r = registry.zk_registrar(reg(&service, 9111, "k1")).unwrap();
-    r.register().await.unwrap();
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
-    wait_for_set_within(&mut sub, "registered", BOUND, |s| by_id(s, "k1").is_some()).await;
+    let Watched {
+        registrar: r,
+        instancer,
+        mut sub,
+    } = register_and_watch(&registry, &service, 9111, "k1").await;
 
     sd_testkit::kill(Server::Zk).await.unwrap();
     wait_for_error(&mut sub, "server killed").await;
     sd_testkit::restart(Server::Zk).await.unwrap();
     let ready = Instant::now();
-    wait_for_set_within(&mut sub, "recovered after the restart", BOUND, |s| {
+    wait_for_set(&mut sub, "recovered after the restart", |s| {
         by_id(s, "k1").is_some()
     })
     .await;
@@ -103,13 +97,13 @@ async fn fault_restart_keeps_the_node_and_the_watch() {
     // Still watching after the restart.
     let r2 = registry.zk_registrar(reg(&service, 9112, "k2")).unwrap();
     r2.register().await.unwrap();
-    wait_for_set_within(&mut sub, "new registration after the restart", BOUND, |s| {
+    wait_for_set(&mut sub, "new registration after the restart", |s| {
         s.len() == 2
     })
     .await;
     r.deregister().await.unwrap();
     r2.deregister().await.unwrap();
-    wait_for_set_within(&mut sub, "deregistered", BOUND, |s| s.is_empty()).await;
+    wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;
     instancer.stop().await;
 }
 
@@ -127,15 +121,11 @@ async fn fault_register_and_watch_while_the_server_is_down() {
     let err = r.register().await.unwrap_err();
     assert!(err.is_transient(), "{err}");
     r.deregister().await.unwrap(); // nothing was registered
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     assert!(instancer.state().unwrap().as_error().is_some());
-    let mut sub = instancer.subscribe();
     sd_testkit::restart(Server::Zk).await.unwrap();
     r.register().await.unwrap();
-    wait_for_set_within(&mut sub, "recovered", BOUND, |s| by_id(s, "d1").is_some()).await;
+    wait_for_set(&mut sub, "recovered", |s| by_id(s, "d1").is_some()).await;
     r.deregister().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), instancer.stop())
         .await

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{by_id, registry, wait_for_set, BOUND};
-use sd_core::{Instance, Instancer, Registrar, Registration, ServiceQuery};
+use sd_core::{Instance, Instancer, Registrar, Registration};
 use sd_testkit::{require, shared, unique_name, Server};
 
 const BIN_ENV: &str = "SD_GOKIT_ZK";
@@ -40,11 +40,7 @@ async fn gokit_registrar_is_discovered_by_the_rust_instancer() {
     let _shared = shared(Server::Zk);
     let registry = registry(&addr, "");
     let service = unique_name("interop-go");
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     let base = registry.client().config().base.clone();
     let mut go = Command::new(&bin)
         .args(["register", &addr, &base, &service, "10.7.7.7:7001"])
@@ -129,11 +125,7 @@ async fn rust_registrar_is_seen_by_the_gokit_instancer() {
         );
         assert!(stdout.contains("SEEN "), "{stdout}");
         // Our own instancer agrees.
-        let instancer = registry
-            .zk_instancer(&ServiceQuery::new(service.as_str()))
-            .await
-            .unwrap();
-        let mut sub = instancer.subscribe();
+        let (instancer, mut sub) = common::watch(&registry, &service).await;
         let set = wait_for_set(&mut sub, "rust instance", |s| s.len() == 1).await;
         assert_eq!(set[0].port(), port);
         if extra.is_empty() {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::{by_id, expire_session, ids, raw, registry, wait_for_error, wait_for_set, BOUND};
 use sd_core::{Error, Health, Instance, Instancer, Registrar, Registration, ServiceQuery};
 use sd_testkit::{require, shared, unique_name, Server};
-use sd_zk::ZkInstancer;
 use zookeeper_client as zk;
 
 fn reg(service: &str, port: u16, id: &str) -> Registration {
@@ -43,11 +42,7 @@ async fn register_discover_deregister_round_trips_the_payload() {
     );
     assert_eq!(r.dir(), format!("/sdkit-tests/{service}"));
 
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     let set = wait_for_set(&mut sub, "registered", |s| by_id(s, "b1").is_some()).await;
     assert_eq!(set.len(), 1, "{set:?}");
     let i = by_id(&set, "b1").unwrap();
@@ -83,11 +78,7 @@ async fn zk6_two_registrars_each_deregister_only_their_own_node() {
     let b = registry.zk_registrar(reg(&service, 9012, "b")).unwrap();
     a.register().await.unwrap();
     b.register().await.unwrap();
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     wait_for_set(&mut sub, "both", |s| s.len() == 2).await;
 
     let zk = raw(&addr).await;
@@ -126,11 +117,7 @@ async fn gokit_data_bad_data_and_changes(extra: &str) {
         .await
         .unwrap();
 
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     let set = wait_for_set(&mut sub, "the go-kit node", |s| s.len() == 1).await;
     let i = by_id(&set, &gokit).unwrap();
     assert_eq!((i.addr(), i.weight()), ("10.0.0.9:8080", 1));
@@ -184,11 +171,7 @@ async fn zk8_the_read_path_writes_nothing_unless_asked() {
     ] {
         let registry = registry(&addr, extra);
         let service = unique_name("zk-read");
-        let instancer = registry
-            .zk_instancer(&ServiceQuery::new(service.as_str()))
-            .await
-            .unwrap();
-        let mut sub = instancer.subscribe();
+        let (instancer, mut sub) = common::watch(&registry, &service).await;
         wait_for_set(&mut sub, "empty", |s| s.is_empty()).await;
         let dir = registry.client().service_dir(&service);
         assert_eq!(
@@ -217,11 +200,7 @@ async fn zk9_instancer_survives_an_error_mid_watch(extra: &str) {
     let r = registry.zk_registrar(reg(&service, 9041, "r1")).unwrap();
     r.register().await.unwrap();
     let before = r.node_path().unwrap();
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     wait_for_set(&mut sub, "registered", |s| by_id(s, "r1").is_some()).await;
     let mut recreated = r.watch_recreations();
     let sessions = registry.client().sessions_opened();
@@ -300,11 +279,7 @@ async fn a_dropped_registrar_takes_its_node_with_it() {
     let goes = registry.zk_registrar(reg(&service, 9062, "goes")).unwrap();
     stays.register().await.unwrap();
     goes.register().await.unwrap();
-    let instancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     wait_for_set(&mut sub, "both", |s| s.len() == 2).await;
     drop(goes);
     let set = wait_for_set(&mut sub, "dropped one gone", |s| s.len() == 1).await;
@@ -323,11 +298,7 @@ async fn fails_over_past_a_dead_server() {
     let service = unique_name("zk-failover");
     let r = registry.zk_registrar(reg(&service, 9071, "f1")).unwrap();
     r.register().await.unwrap();
-    let instancer: ZkInstancer = registry
-        .zk_instancer(&ServiceQuery::new(service.as_str()))
-        .await
-        .unwrap();
-    let mut sub = instancer.subscribe();
+    let (instancer, mut sub) = common::watch(&registry, &service).await;
     wait_for_set(&mut sub, "registered", |s| by_id(s, "f1").is_some()).await;
     r.deregister().await.unwrap();
     instancer.stop().await;

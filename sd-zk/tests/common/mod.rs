@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use sd_core::{Event, Instance, InstanceSet, Subscription};
-use sd_zk::ZkRegistry;
+use sd_core::{
+    Event, Instance, InstanceSet, Instancer, Registrar, Registration, ServiceQuery, Subscription,
+};
+use sd_testkit::conformance::{wait_error, wait_set};
+use sd_zk::{ZkInstancer, ZkRegistrar, ZkRegistry};
 use zookeeper_client as zk;
 
 /// The longest any test waits for one expected state (a hang guard, not a performance bound).
@@ -30,53 +33,67 @@ pub async fn raw(addr: &str) -> zk::Client {
         .unwrap()
 }
 
-/// Waits (bounded by [`BOUND`]) for an instances event satisfying `pred`; returns it.
-/// Error events on the way are skipped.
+/// Waits (bounded by [`BOUND`]) for an instances event satisfying `pred` (sd-testkit's
+/// `wait_set`: error events on the way are skipped); returns it.
 pub async fn wait_for_set(
     sub: &mut Subscription,
     what: &str,
     pred: impl Fn(&InstanceSet) -> bool,
 ) -> InstanceSet {
-    wait_for_set_within(sub, what, BOUND, pred).await
+    wait_set(sub, BOUND, what, pred).await
 }
 
-/// [`wait_for_set`] with another bound.
-pub async fn wait_for_set_within(
-    sub: &mut Subscription,
-    what: &str,
-    bound: Duration,
-    pred: impl Fn(&InstanceSet) -> bool,
-) -> InstanceSet {
-    let mut last = None;
-    let found = tokio::time::timeout(bound, async {
-        loop {
-            match sub.next().await {
-                Some(Event::Instances(set)) if pred(&set) => return set,
-                Some(e) => last = Some(e),
-                None => panic!("{what}: the instancer ended"),
-            }
-        }
-    })
-    .await;
-    match found {
-        Ok(set) => set,
-        Err(_) => panic!("{what}: not seen within {bound:?}; last event: {last:?}"),
+/// Waits (bounded by [`BOUND`]) for an error event; returns the error.
+pub async fn wait_for_error(sub: &mut Subscription, what: &str) -> sd_core::Error {
+    wait_error(sub, BOUND, what).await;
+    match sub.current() {
+        Some(Event::Error(e)) => e,
+        other => panic!("{what}: expected the error state, got {other:?}"),
     }
 }
 
-/// Waits (bounded) for an error event; returns it.
-pub async fn wait_for_error(sub: &mut Subscription, what: &str) -> sd_core::Error {
-    tokio::time::timeout(BOUND, async {
-        loop {
-            match sub.next().await {
-                Some(Event::Error(e)) => return e,
-                Some(_) => continue,
-                None => panic!("{what}: the instancer ended"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: no error within {BOUND:?}"))
+/// A registered instance and an instancer on its service that has seen it.
+pub struct Watched {
+    /// The registrar, registered.
+    pub registrar: ZkRegistrar,
+    /// An instancer on the registration's service.
+    pub instancer: ZkInstancer,
+    /// A subscription to `instancer`, past the state that first held the instance.
+    pub sub: Subscription,
+}
+
+/// Registers `port`/`id` under `service` through `registry`, starts an instancer on the
+/// service and waits (bounded) until the instance is in it.
+pub async fn register_and_watch(
+    registry: &ZkRegistry,
+    service: &str,
+    port: u16,
+    id: &str,
+) -> Watched {
+    let registrar = registry
+        .zk_registrar(Registration::new(
+            service,
+            Instance::builder("127.0.0.1", port).id(id).build(),
+        ))
+        .unwrap();
+    registrar.register().await.unwrap();
+    let (instancer, mut sub) = watch(registry, service).await;
+    wait_for_set(&mut sub, "registered", |s| by_id(s, id).is_some()).await;
+    Watched {
+        registrar,
+        instancer,
+        sub,
+    }
+}
+
+/// An instancer on `service` and a subscription to it.
+pub async fn watch(registry: &ZkRegistry, service: &str) -> (ZkInstancer, Subscription) {
+    let instancer = registry
+        .zk_instancer(&ServiceQuery::new(service))
+        .await
+        .unwrap();
+    let sub = instancer.subscribe();
+    (instancer, sub)
 }
 
 /// The instance with `id` in `set`.
