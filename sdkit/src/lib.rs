@@ -32,6 +32,9 @@
 //! | `etcd://host:port[,host:port]?prefix=..&user=..&password_env=..` (or `etcdv3://`) | `etcd` | etcd v3 (crate `sd-etcdv3`, re-exported as `sdkit::etcd`) |
 //!
 //! `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! | `zk://host:port[,host:port...]/base?session_timeout=..&digest_env=..` (or `zookeeper://`) | `zk` | ZooKeeper ensemble (crate `sd-zk`, re-exported as `sdkit::zk`) |
+//!
+//! `etcd://`, `eureka://` and `dns+srv://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -49,6 +52,9 @@ pub use sd_consul as consul;
 /// The etcd v3 backend (the `sd-etcdv3` crate), with the `etcd` feature.
 #[cfg(feature = "etcd")]
 pub use sd_etcdv3 as etcd;
+/// The ZooKeeper backend (the `sd-zk` crate), with the `zk` feature.
+#[cfg(feature = "zk")]
+pub use sd_zk as zk;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -107,6 +113,8 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
         "consul" => consul_registry(url),
         "etcd" | "etcdv3" => etcd_registry(url),
         "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed.error(format!(
+        "zk" | "zookeeper" => zk_registry(url),
+        "etcd" | "etcdv3" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed.error(format!(
             "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
             parsed.scheme()
         ))),
@@ -140,6 +148,16 @@ fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "etcd:// needs the `etcd` feature of sdkit: add `features = [\"etcd\"]` to the sdkit dependency",
+#[cfg(feature = "zk")]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_zk::ZkRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "zk"))]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "zk:// needs the `zk` feature of sdkit: add `features = [\"zk\"]` to the sdkit dependency",
     ))
 }
 

@@ -84,11 +84,7 @@ fn errors_say_what_to_fix() {
 
 #[test]
 fn planned_backends_say_so() {
-    for url in [
-        "zk://127.0.0.1:2181",
-        "dns+srv://x",
-        "eureka://127.0.0.1:8761",
-    ] {
+    for url in ["dns+srv://x", "eureka://127.0.0.1:8761"] {
         let e = err(url);
         assert!(e.contains("not built yet"), "{url}: {e}");
     }
@@ -145,6 +141,37 @@ fn consul_url_selects_the_consul_backend_without_network() {
     let e = err("consul://127.0.0.1:8500?token=hunter2&colour=x");
     assert!(!e.contains("hunter2"), "{e}");
     let reg = sdkit::connect("consul://127.0.0.1:8500?token=hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+}
+
+#[cfg(not(feature = "zk"))]
+#[test]
+fn disabled_zk_backend_names_the_feature() {
+    for url in ["zk://127.0.0.1:2181", "zookeeper://127.0.0.1:2181/services"] {
+        let e = err(url);
+        assert!(e.contains("`zk` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "zk")]
+#[test]
+fn zk_url_selects_the_zk_backend_without_network() {
+    // Construction does no I/O: a URL alone picks the backend.
+    for url in [
+        "zk://127.0.0.1:1,127.0.0.1:2/services?session_timeout=3s",
+        "zookeeper://127.0.0.1:1",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "zk", "{url}");
+        assert!(reg.capabilities().expiry && reg.capabilities().tags);
+    }
+    let e = err("zk://127.0.0.1:2181?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("zk://127.0.0.1:2181?session_timeout=10ms");
+    assert!(e.contains("session_timeout"), "{e}");
+    let e = err("zk://127.0.0.1:2181?digest=app:hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("zk://127.0.0.1:2181?digest=app:hunter2").unwrap();
     assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
 }
 

@@ -1,10 +1,10 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
-pub mod consul;
 pub mod fanout;
 pub mod lbextra;
 pub mod memory;
 pub mod pick;
+pub mod registries;
 pub mod update;
 
 use sd_core::{BoxError, Instance};
