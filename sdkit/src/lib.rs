@@ -35,6 +35,9 @@
 //! | `zk://host:port[,host:port...]/base?session_timeout=..&digest_env=..` (or `zookeeper://`) | `zk` | ZooKeeper ensemble (crate `sd-zk`, re-exported as `sdkit::zk`) |
 //!
 //! `etcd://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! | `eureka://host:port[,host:port]/eureka?poll=..&user=..&password_env=..` | `eureka` | Eureka servers (crate `sd-eureka`, re-exported as `sdkit::eureka`) |
+//!
+//! `etcd://`, `zk://` and `dns+srv://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -55,6 +58,9 @@ pub use sd_etcdv3 as etcd;
 /// The ZooKeeper backend (the `sd-zk` crate), with the `zk` feature.
 #[cfg(feature = "zk")]
 pub use sd_zk as zk;
+/// The Eureka backend (the `sd-eureka` crate), with the `eureka` feature.
+#[cfg(feature = "eureka")]
+pub use sd_eureka as eureka;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -118,6 +124,13 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
             parsed.scheme()
         ))),
+        "eureka" => eureka_registry(url),
+        "etcd" | "etcdv3" | "zk" | "zookeeper" | "dns+srv" | "dnssrv" => {
+            Err(parsed.error(format!(
+                "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
+                parsed.scheme()
+            )))
+        }
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -158,6 +171,16 @@ fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "zk:// needs the `zk` feature of sdkit: add `features = [\"zk\"]` to the sdkit dependency",
+#[cfg(feature = "eureka")]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_eureka::EurekaRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "eureka"))]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "eureka:// needs the `eureka` feature of sdkit: add `features = [\"eureka\"]` to the sdkit dependency",
     ))
 }
 

@@ -85,6 +85,7 @@ fn errors_say_what_to_fix() {
 #[test]
 fn planned_backends_say_so() {
     for url in ["dns+srv://x", "eureka://127.0.0.1:8761"] {
+    for url in ["zk://127.0.0.1:2181", "dns+srv://x"] {
         let e = err(url);
         assert!(e.contains("not built yet"), "{url}: {e}");
     }
@@ -172,6 +173,24 @@ fn zk_url_selects_the_zk_backend_without_network() {
     let e = err("zk://127.0.0.1:2181?digest=app:hunter2&colour=x");
     assert!(!e.contains("hunter2"), "{e}");
     let reg = sdkit::connect("zk://127.0.0.1:2181?digest=app:hunter2").unwrap();
+#[cfg(not(feature = "eureka"))]
+#[test]
+fn disabled_eureka_names_the_feature() {
+    let e = err("eureka://127.0.0.1:8761");
+    assert!(e.contains("`eureka` feature"), "{e}");
+}
+
+#[cfg(feature = "eureka")]
+#[test]
+fn eureka_url_selects_the_eureka_backend_without_network() {
+    let reg = sdkit::connect("eureka://127.0.0.1:1,127.0.0.1:2/eureka?poll=1s").unwrap();
+    assert_eq!(reg.scheme(), "eureka");
+    assert!(reg.capabilities().expiry && !reg.capabilities().weight);
+    let e = err("eureka://127.0.0.1:8761?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("eureka://127.0.0.1:8761?user=u&password=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("eureka://127.0.0.1:8761?user=u&password=hunter2").unwrap();
     assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
 }
 
