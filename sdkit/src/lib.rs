@@ -29,8 +29,9 @@
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
 //! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
+//! | `dns+srv://[ns:port]/?zone=..&max_refresh=..` (`dnssrv://`) | `dnssrv` | DNS SRV records (crate `sd-dnssrv`, re-exported as `sdkit::dnssrv`) |
 //!
-//! `etcd://`, `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
+//! `etcd://`, `zk://` and `eureka://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -44,6 +45,10 @@ pub use sd_lb as lb;
 /// The Consul backend (the `sd-consul` crate), with the `consul` feature.
 #[cfg(feature = "consul")]
 pub use sd_consul as consul;
+
+/// The DNS SRV backend (the `sd-dnssrv` crate), with the `dnssrv` feature.
+#[cfg(feature = "dnssrv")]
+pub use sd_dnssrv as dnssrv;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -91,11 +96,11 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             Ok(Arc::new(registry))
         }
         "consul" => consul_registry(url),
-        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed
-            .error(format!(
-                "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
-                parsed.scheme()
-            ))),
+        "dns+srv" | "dnssrv" => dnssrv_registry(url),
+        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" => Err(parsed.error(format!(
+            "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
+            parsed.scheme()
+        ))),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -113,6 +118,19 @@ fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "consul:// needs the `consul` feature of sdkit: add `features = [\"consul\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "dnssrv")]
+fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_dnssrv::DnsRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "dnssrv"))]
+fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "dns+srv:// needs the `dnssrv` feature of sdkit: add `features = [\"dnssrv\"]` to the sdkit dependency",
     ))
 }
 
