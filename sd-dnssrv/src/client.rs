@@ -363,6 +363,12 @@ impl Client {
             .map_err(|e| Error::unavailable(BACKEND, format!("SRV {name}: {e}")))?;
         match response.response_code() {
             ResponseCode::NoError | ResponseCode::NXDomain => {}
+            code @ (ResponseCode::Refused | ResponseCode::NotAuth) => {
+                return Err(Error::Rejected {
+                    backend: BACKEND,
+                    message: format!("reading SRV {name} from the primary: it answered {code}"),
+                })
+            }
             code => {
                 return Err(Error::unavailable(
                     BACKEND,

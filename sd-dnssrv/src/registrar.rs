@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use hickory_proto::op::update_message::{self, UpdateMessage};
 use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::{A, AAAA, SRV};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet};
 use sd_core::{
     spawn_keepalive, BackgroundTask, Error, KeepAlive, KeepAliveConfig, Registrar, Registration,
     Result,
@@ -192,7 +192,17 @@ struct Shared {
 impl Shared {
     async fn register(&self) -> Result<()> {
         let r = &self.records;
-        let current = self.client.primary_srv(&r.srv_name).await?;
+        // The read only finds records to replace. A server that refuses it (no
+        // allow-query for us) may still accept the update, and if it refuses that too, the
+        // update's error says what to configure.
+        let current = match self.client.primary_srv(&r.srv_name).await {
+            Ok(current) => current,
+            Err(e @ Error::Rejected { .. }) => {
+                tracing::debug!(backend = BACKEND, error = %e, "cannot read the SRV set; adding without replacing");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         let target = name_text(r.srv.target());
         let stale: Vec<SRV> = current
             .iter()
@@ -314,6 +324,7 @@ impl Registrar for DnsRegistrar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::RecordType;
     use sd_core::Instance;
 
     fn zone() -> Name {
