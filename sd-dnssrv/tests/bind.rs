@@ -386,7 +386,10 @@ async fn a_refused_update_says_why() {
         text.contains("not-served.example") && text.contains("answered"),
         "{text}"
     );
-    assert!(text.contains("allow-update") && text.contains("tsig_name"), "{text}");
+    assert!(
+        text.contains("allow-update") && text.contains("tsig_name"),
+        "{text}"
+    );
 }
 
 /// A service query with tags matches nothing (SRV records carry no tags), like any backend

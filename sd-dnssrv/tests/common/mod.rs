@@ -77,3 +77,69 @@ pub async fn wait_for_addrs(sub: &mut Subscription, addrs: &[&str]) -> Event {
     })
     .await
 }
+
+/// The TSIG-only zone of the test server and its key (`scripts/registries` exports them;
+/// the defaults are the script's).
+pub struct Tsig {
+    pub zone: String,
+    pub key: String,
+    /// The name of the environment variable holding the secret.
+    pub secret_var: &'static str,
+}
+
+pub const TSIG_SECRET_VAR: &str = "SD_TEST_DNS_TSIG_SECRET";
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The TSIG zone, serving it first if the running server predates it: a server started by
+/// an older `scripts/registries` is restarted (under the exclusive lock) with the new config.
+pub async fn tsig_zone(addr: &str) -> Tsig {
+    if std::env::var(TSIG_SECRET_VAR).map_or(true, |v| v.is_empty()) {
+        std::env::set_var(
+            TSIG_SECRET_VAR,
+            "Nx36eiA3DHWVbuqBSsUEpKjhMDNMvjGBdN/MS+MoirA=",
+        );
+    }
+    let zone = env_or(
+        "SD_TEST_DNS_TSIG_ZONE",
+        &format!("tsig.{}", sd_testkit::dns_zone()),
+    );
+    let serves = |zone: String| {
+        let (host, port) = addr.rsplit_once(':').unwrap().clone();
+        let (host, port) = (host.to_string(), port.to_string());
+        async move {
+            let out = tokio::process::Command::new("dig")
+                .args([
+                    "+short",
+                    "+time=2",
+                    "+tries=2",
+                    "-p",
+                    &port,
+                    &format!("@{host}"),
+                    "SOA",
+                    &zone,
+                ])
+                .output()
+                .await
+                .expect("dig (bind9-dnsutils) runs");
+            !out.stdout.is_empty()
+        }
+    };
+    if !serves(zone.clone()).await {
+        let _lock = sd_testkit::exclusive(sd_testkit::Server::Dns);
+        if !serves(zone.clone()).await {
+            eprintln!("the DNS server predates the TSIG zone {zone}: restarting it");
+            sd_testkit::restart(sd_testkit::Server::Dns).await.unwrap();
+        }
+    }
+    Tsig {
+        zone,
+        key: env_or("SD_TEST_DNS_TSIG_KEY", "sdkit-test"),
+        secret_var: TSIG_SECRET_VAR,
+    }
+}
