@@ -21,6 +21,9 @@
 pub struct Capabilities {
     /// Instances can be registered through [`Registry::registrar`](crate::Registry::registrar).
     pub registration: bool,
+    /// The id given at registration ([`Instance::id`](crate::Instance::id)) is the id
+    /// instancers publish.
+    pub ids: bool,
     /// A registration whose owner vanishes (stops heartbeating, loses its session or lease)
     /// is removed by the registry on its own: a TTL, a lease, a session, an eviction.
     pub expiry: bool,
@@ -46,6 +49,7 @@ impl Capabilities {
     pub const fn none() -> Self {
         Capabilities {
             registration: false,
+            ids: false,
             expiry: false,
             tags: false,
             metadata: false,
@@ -59,6 +63,7 @@ impl Capabilities {
     pub const fn all() -> Self {
         Capabilities {
             registration: true,
+            ids: true,
             expiry: true,
             tags: true,
             metadata: true,
@@ -72,6 +77,13 @@ impl Capabilities {
     #[must_use]
     pub const fn with_registration(mut self) -> Self {
         self.registration = true;
+        self
+    }
+
+    /// Declares [`ids`](Self::ids).
+    #[must_use]
+    pub const fn with_ids(mut self) -> Self {
+        self.ids = true;
         self
     }
 

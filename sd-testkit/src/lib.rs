@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod conformance;
 mod control;
 mod env;
 mod lock;

@@ -1,0 +1,942 @@
+//! The shared conformance suite: one contract for every registry backend.
+//!
+//! Every backend crate instantiates the suite once, in `tests/conformance.rs`, with the
+//! [`conformance!`](crate::conformance!) macro. Each behaviour becomes its own named test
+//! (`<backend>::<behaviour>`), so a failure names the backend and the behaviour:
+//!
+//! ```ignore
+//! sd_testkit::conformance!(consul, || async {
+//!     let addr = sd_testkit::require(sd_testkit::Server::Consul)?;
+//!     let registry = sd_consul::ConsulRegistry::from_url(&format!("consul://{addr}")).unwrap();
+//!     Some(sd_testkit::conformance::Target::new(std::sync::Arc::new(registry))
+//!         .server(sd_testkit::Server::Consul))
+//! });
+//! ```
+//!
+//! The closure returns `None` to skip (the server is not available and integration tests are
+//! switched off). The behaviours are gated by the [`Capabilities`] the registry declares: a
+//! behaviour whose capability is not declared prints a loud `SKIPPED conformance ...` line
+//! (written straight to the process's stderr, so `cargo test` shows it) and passes.
+//!
+//! Every wait is an event wait with a generous deadline ([`Target::deadline`]); nothing sleeps
+//! to synchronise, so the suite stays deterministic on a loaded two-core machine. The only
+//! bounded polls are where there is no event to wait for: the alive-task count after
+//! `stop()`, and "no event follows `stop()`".
+//!
+//! | behaviour | needs |
+//! |---|---|
+//! | [`register_is_seen_with_its_fields`] | registration (fields checked as far as declared) |
+//! | [`services_and_instancers_are_independent`] | registration |
+//! | [`deregister_removes_and_is_idempotent`] | registration |
+//! | [`vanished_registrant_expires`] | registration, expiry |
+//! | [`tags_are_anded`] | registration, tags |
+//! | [`passing_only_leaves_out_unhealthy`] | registration, health |
+//! | [`bulk_churn_final_set_is_exact`] | registration |
+//! | [`restart_keeps_last_good_and_recovers`] | registration, a [`Target::server`] to restart |
+//! | [`stop_is_idempotent_and_final`] | nothing |
+//! | [`bad_entry_is_skipped_alone`] | registration, a [`Target::bad_entry`] hook |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_core::{
+    BoxError, Capabilities, DefaultEndpointer, Endpointer, Event, Health, HealthCheck, Instance,
+    InstanceSet, Instancer, Registrar, Registration, Registry, ServiceQuery, Subscription,
+};
+use tokio::time::Instant;
+
+use crate::Server;
+
+/// A hook that writes one undecodable entry for a service straight into the registry.
+pub type BadEntryHook =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What the suite runs against: a registry and what it needs to know about it.
+#[derive(Clone)]
+pub struct Target {
+    backend: &'static str,
+    registry: Arc<dyn Registry>,
+    server: Option<Server>,
+    ttl: Duration,
+    expiry_deadline: Duration,
+    deadline: Duration,
+    churn: usize,
+    bad_entry: Option<BadEntryHook>,
+    baseline_tasks: Option<usize>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("backend", &self.backend)
+            .field("registry", &self.registry)
+            .field("server", &self.server)
+            .field("ttl", &self.ttl)
+            .field("expiry_deadline", &self.expiry_deadline)
+            .field("deadline", &self.deadline)
+            .field("churn", &self.churn)
+            .field("bad_entry", &self.bad_entry.is_some())
+            .finish()
+    }
+}
+
+impl Target {
+    /// A target for `registry` with the defaults: no server to restart, TTL 2 s, expiry
+    /// deadline 30 s, event deadline 30 s, 1 000 instances in the churn behaviour, no
+    /// bad-entry hook.
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        Target {
+            backend: "unnamed",
+            registry,
+            server: None,
+            ttl: Duration::from_secs(2),
+            expiry_deadline: Duration::from_secs(30),
+            deadline: Duration::from_secs(30),
+            churn: 1000,
+            bad_entry: None,
+            baseline_tasks: None,
+        }
+    }
+
+    /// The `scripts/registries` server behind the registry: enables the kill/restart behaviour.
+    #[must_use]
+    pub fn server(mut self, server: Server) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    /// The TTL of the suite's registrations (`HealthCheck::Ttl`).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a vanished registrant may stay visible to a `passing_only` instancer.
+    #[must_use]
+    pub fn expiry_deadline(mut self, d: Duration) -> Self {
+        self.expiry_deadline = d;
+        self
+    }
+
+    /// How long any expected event may take (a hang guard, not a performance bound).
+    #[must_use]
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
+    }
+
+    /// How many instances the churn behaviour registers (default 1 000; half are removed and
+    /// a fifth re-registered on a new port).
+    #[must_use]
+    pub fn churn(mut self, n: usize) -> Self {
+        self.churn = n.max(10);
+        self
+    }
+
+    /// A hook that writes an undecodable entry for the given service straight into the
+    /// registry (enables [`bad_entry_is_skipped_alone`]).
+    #[must_use]
+    pub fn bad_entry<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.bad_entry = Some(Arc::new(move |s| Box::pin(hook(s))));
+        self
+    }
+
+    /// The registry under test.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    #[doc(hidden)]
+    pub fn __named(mut self, backend: &'static str, baseline_tasks: usize) -> Self {
+        self.backend = backend;
+        self.baseline_tasks = Some(baseline_tasks);
+        self
+    }
+
+    fn caps(&self) -> Capabilities {
+        self.registry.capabilities()
+    }
+
+    /// Returns `true` (after printing a loud skip line) if `needed` is not declared.
+    fn lacks(&self, behaviour: &str, needed: &[(&str, bool)]) -> bool {
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|(_, has)| !has)
+            .map(|(n, _)| *n)
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        skipped(
+            self.backend,
+            behaviour,
+            &format!("the backend does not declare {}", missing.join(", ")),
+        );
+        true
+    }
+
+    fn registration(&self, service: &str, instance: Instance) -> Registration {
+        Registration::new(service, instance).check(HealthCheck::Ttl(self.ttl))
+    }
+
+    async fn registrar(&self, service: &str, instance: Instance) -> Arc<dyn Registrar> {
+        let reg = self.registration(service, instance);
+        self.registry
+            .registrar(reg.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: registrar({reg:?}): {e}", self.backend))
+    }
+
+    async fn register(&self, service: &str, instance: Instance) -> Arc<dyn Registrar> {
+        let r = self.registrar(service, instance).await;
+        r.register()
+            .await
+            .unwrap_or_else(|e| panic!("{}: register {service}: {e}", self.backend));
+        r
+    }
+
+    async fn instancer(&self, query: ServiceQuery) -> Arc<dyn Instancer> {
+        self.registry
+            .instancer(&query)
+            .await
+            .unwrap_or_else(|e| panic!("{}: instancer({query:?}): {e}", self.backend))
+    }
+}
+
+/// Prints the loud skip line for a behaviour that did not run, straight to stderr (the test
+/// harness captures `eprintln!` of passing tests; a direct write is always shown).
+pub fn skipped(backend: &str, behaviour: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED conformance {backend}::{behaviour}: {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// The number of tasks alive on the current tokio runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_alive_tasks())
+        .unwrap_or(0)
+}
+
+/// Waits for the next published set satisfying `pred`, skipping error events and other sets.
+/// Panics with `what` and the last set seen after `deadline`.
+pub async fn wait_set(
+    sub: &mut Subscription,
+    deadline: Duration,
+    what: &str,
+    pred: impl Fn(&InstanceSet) -> bool,
+) -> InstanceSet {
+    let until = Instant::now() + deadline;
+    let mut last: Option<Event> = None;
+    loop {
+        match tokio::time::timeout_at(until, sub.next()).await {
+            Ok(Some(Event::Instances(set))) => {
+                if pred(&set) {
+                    return set;
+                }
+                last = Some(Event::Instances(set));
+            }
+            Ok(Some(e @ Event::Error(_))) => last = Some(e),
+            Ok(None) => panic!("{what}: the instancer closed; last event: {last:?}"),
+            Err(_) => panic!("{what}: not seen within {deadline:?}; last event: {last:?}"),
+        }
+    }
+}
+
+/// Waits for an error event. Panics after `deadline`.
+pub async fn wait_error(sub: &mut Subscription, deadline: Duration, what: &str) {
+    let until = Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(until, sub.next()).await {
+            Ok(Some(Event::Error(_))) => return,
+            Ok(Some(Event::Instances(_))) => {}
+            Ok(None) => panic!("{what}: the instancer closed before an error event"),
+            Err(_) => panic!("{what}: no error event within {deadline:?}"),
+        }
+    }
+}
+
+fn addrs(set: &InstanceSet) -> BTreeSet<String> {
+    set.iter().map(|i| i.addr().to_string()).collect()
+}
+
+fn find<'a>(set: &'a InstanceSet, addr: &str) -> Option<&'a Instance> {
+    set.iter().find(|i| i.addr() == addr)
+}
+
+/// A port for the suite's instances: distinct per behaviour, never bound (nothing connects).
+fn port(base: u16, i: usize) -> u16 {
+    base + u16::try_from(i).expect("small index")
+}
+
+fn instance(service: &str, n: usize, port: u16) -> Instance {
+    Instance::builder("127.0.0.1", port)
+        .id(format!("{service}-{n}"))
+        .build()
+}
+
+/// register → every instancer of the service sees the instance, with its id, address, tags,
+/// metadata and weight round-tripped as far as the backend declares them.
+pub async fn register_is_seen_with_its_fields(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "register_is_seen_with_its_fields",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-seen");
+    let mut b = Instance::builder("127.0.0.1", 31001).id(format!("{service}-1"));
+    if caps.tags {
+        b = b.tag("blue").tag("v2");
+    }
+    if caps.metadata {
+        b = b.meta("zone", "z1").meta("build", "42");
+    }
+    if caps.weight {
+        b = b.weight(7);
+    }
+    let want = b.build();
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let registrar = t.register(&service, want.clone()).await;
+    let set = wait_set(&mut sub, t.deadline, "registered instance", |s| {
+        find(s, want.addr()).is_some()
+    })
+    .await;
+    let got = find(&set, want.addr()).unwrap();
+    assert_eq!(set.len(), 1, "{}: only our instance: {set:?}", t.backend);
+    if caps.ids {
+        assert_eq!(got.id(), want.id(), "{}: id round trip", t.backend);
+    }
+    if caps.tags {
+        let mut tags = got.tags().to_vec();
+        tags.sort();
+        assert_eq!(tags, ["blue", "v2"], "{}: tags round trip", t.backend);
+    }
+    if caps.metadata {
+        for (k, v) in want.meta() {
+            assert_eq!(
+                got.meta().get(k),
+                Some(v),
+                "{}: metadata {k} round trip: {:?}",
+                t.backend,
+                got.meta()
+            );
+        }
+    }
+    if caps.weight {
+        assert_eq!(got.weight(), 7, "{}: weight round trip", t.backend);
+    }
+    assert_eq!(got.health(), Health::Passing, "{}: health", t.backend);
+    // A second instancer of the same service sees it too, at once.
+    let second = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub2 = second.subscribe();
+    wait_set(&mut sub2, t.deadline, "second instancer", |s| {
+        find(s, want.addr()).is_some()
+    })
+    .await;
+    registrar.deregister().await.unwrap();
+    instancer.stop().await;
+    second.stop().await;
+}
+
+/// Two services and two instancers of one service do not interfere; a late subscriber and a
+/// late instancer get the current state at once.
+pub async fn services_and_instancers_are_independent(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "services_and_instancers_are_independent",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let a = crate::unique_name("cf-indep-a");
+    let b = crate::unique_name("cf-indep-b");
+    let a1 = t.instancer(ServiceQuery::new(&a)).await;
+    let a2 = t.instancer(ServiceQuery::new(&a)).await;
+    let b1 = t.instancer(ServiceQuery::new(&b)).await;
+    let (mut sa1, mut sa2, mut sb1) = (a1.subscribe(), a2.subscribe(), b1.subscribe());
+    let ra = t.register(&a, instance(&a, 1, 31101)).await;
+    let rb = t.register(&b, instance(&b, 1, 31102)).await;
+    let only =
+        |addr: &'static str| move |s: &InstanceSet| addrs(s) == BTreeSet::from([addr.to_string()]);
+    wait_set(
+        &mut sa1,
+        t.deadline,
+        "service a, instancer 1",
+        only("127.0.0.1:31101"),
+    )
+    .await;
+    wait_set(
+        &mut sa2,
+        t.deadline,
+        "service a, instancer 2",
+        only("127.0.0.1:31101"),
+    )
+    .await;
+    wait_set(&mut sb1, t.deadline, "service b", only("127.0.0.1:31102")).await;
+    // Stopping one instancer of `a` leaves the other working.
+    a2.stop().await;
+    let ra2 = t.register(&a, instance(&a, 2, 31103)).await;
+    wait_set(&mut sa1, t.deadline, "a after a2 stopped", |s| s.len() == 2).await;
+    // A late subscriber gets the current state at once (no wait).
+    let late = a1.subscribe();
+    match late.current() {
+        Some(Event::Instances(s)) => assert_eq!(s.len(), 2, "{}: late subscriber", t.backend),
+        other => panic!("{}: late subscriber got {other:?}", t.backend),
+    }
+    // A late instancer has a state as soon as `instancer()` returns.
+    let late_instancer = t.instancer(ServiceQuery::new(&b)).await;
+    match late_instancer.subscribe().current() {
+        Some(Event::Instances(s)) => {
+            assert_eq!(addrs(&s), BTreeSet::from(["127.0.0.1:31102".to_string()]))
+        }
+        other => panic!("{}: late instancer's first state: {other:?}", t.backend),
+    }
+    for r in [ra, ra2, rb] {
+        r.deregister().await.unwrap();
+    }
+    for i in [a1, b1, late_instancer] {
+        i.stop().await;
+    }
+}
+
+/// deregister → gone; deregistering twice and deregistering before registering are harmless.
+pub async fn deregister_removes_and_is_idempotent(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "deregister_removes_and_is_idempotent",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-dereg");
+    let never = t.registrar(&service, instance(&service, 9, 31209)).await;
+    never
+        .deregister()
+        .await
+        .expect("deregister before register");
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let keep = t.register(&service, instance(&service, 1, 31201)).await;
+    let gone = t.register(&service, instance(&service, 2, 31202)).await;
+    wait_set(&mut sub, t.deadline, "two registered", |s| s.len() == 2).await;
+    gone.deregister().await.expect("deregister");
+    gone.deregister().await.expect("deregister twice");
+    let set = wait_set(&mut sub, t.deadline, "one deregistered", |s| s.len() == 1).await;
+    assert_eq!(addrs(&set), BTreeSet::from(["127.0.0.1:31201".to_string()]));
+    keep.deregister().await.unwrap();
+    wait_set(&mut sub, t.deadline, "all deregistered", |s| s.is_empty()).await;
+    instancer.stop().await;
+}
+
+/// The registering process vanishes (every handle to its registrar dropped, so heartbeats,
+/// lease keep-alives and sessions stop as in a crash, with no deregistration) → the instance
+/// is gone from a `passing_only` instancer within [`Target::expiry_deadline`].
+pub async fn vanished_registrant_expires(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "vanished_registrant_expires",
+        &[("registration", caps.registration), ("expiry", caps.expiry)],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-expiry");
+    let instancer = t
+        .instancer(ServiceQuery::new(&service).passing_only(true))
+        .await;
+    let mut sub = instancer.subscribe();
+    let stays = t.register(&service, instance(&service, 1, 31301)).await;
+    let vanishes = t.register(&service, instance(&service, 2, 31302)).await;
+    wait_set(&mut sub, t.deadline, "both registered", |s| s.len() == 2).await;
+    drop(vanishes);
+    let set = wait_set(
+        &mut sub,
+        t.expiry_deadline,
+        "vanished instance expired",
+        |s| find(s, "127.0.0.1:31302").is_none(),
+    )
+    .await;
+    assert!(
+        find(&set, "127.0.0.1:31301").is_some(),
+        "{}: the live registrant must stay: {set:?}",
+        t.backend
+    );
+    stays.deregister().await.unwrap();
+    instancer.stop().await;
+}
+
+/// Tags are ANDed: an instancer asking for two tags sees only instances carrying both.
+pub async fn tags_are_anded(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "tags_are_anded",
+        &[("registration", caps.registration), ("tags", caps.tags)],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-tags");
+    let tagged = |n: usize, port: u16, tags: &[&str]| {
+        Instance::builder("127.0.0.1", port)
+            .id(format!("{service}-{n}"))
+            .tags(tags.iter().copied())
+            .build()
+    };
+    let both = t
+        .instancer(ServiceQuery::new(&service).tag("a").tag("b"))
+        .await;
+    let just_a = t.instancer(ServiceQuery::new(&service).tag("a")).await;
+    let all = t.instancer(ServiceQuery::new(&service)).await;
+    let (mut s_both, mut s_a, mut s_all) = (both.subscribe(), just_a.subscribe(), all.subscribe());
+    let mut regs = Vec::new();
+    regs.push(t.register(&service, tagged(1, 31401, &["a"])).await);
+    regs.push(t.register(&service, tagged(2, 31402, &["a", "b"])).await);
+    regs.push(t.register(&service, tagged(3, 31403, &["b"])).await);
+    wait_set(&mut s_all, t.deadline, "three registered", |s| s.len() == 3).await;
+    let set = wait_set(&mut s_both, t.deadline, "tags a AND b", |s| !s.is_empty()).await;
+    assert_eq!(
+        addrs(&set),
+        BTreeSet::from(["127.0.0.1:31402".to_string()]),
+        "{}: tags are ANDed",
+        t.backend
+    );
+    wait_set(&mut s_a, t.deadline, "tag a", |s| {
+        addrs(s) == BTreeSet::from(["127.0.0.1:31401".to_string(), "127.0.0.1:31402".to_string()])
+    })
+    .await;
+    for r in regs {
+        r.deregister().await.unwrap();
+    }
+    for i in [both, just_a, all] {
+        i.stop().await;
+    }
+}
+
+/// `passing_only` leaves out instances registered as warning or critical; an unfiltered
+/// instancer shows them with that health.
+pub async fn passing_only_leaves_out_unhealthy(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "passing_only_leaves_out_unhealthy",
+        &[("registration", caps.registration), ("health", caps.health)],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-health");
+    let with = |n: usize, port: u16, h: Health| {
+        Instance::builder("127.0.0.1", port)
+            .id(format!("{service}-{n}"))
+            .health(h)
+            .build()
+    };
+    let passing = t
+        .instancer(ServiceQuery::new(&service).passing_only(true))
+        .await;
+    let all = t.instancer(ServiceQuery::new(&service)).await;
+    let (mut s_pass, mut s_all) = (passing.subscribe(), all.subscribe());
+    let mut regs = Vec::new();
+    regs.push(t.register(&service, with(1, 31501, Health::Passing)).await);
+    regs.push(t.register(&service, with(2, 31502, Health::Warning)).await);
+    regs.push(t.register(&service, with(3, 31503, Health::Critical)).await);
+    let set = wait_set(&mut s_all, t.deadline, "three with their health", |s| {
+        s.len() == 3
+            && find(s, "127.0.0.1:31502").map(Instance::health) == Some(Health::Warning)
+            && find(s, "127.0.0.1:31503").map(Instance::health) == Some(Health::Critical)
+    })
+    .await;
+    assert_eq!(
+        find(&set, "127.0.0.1:31501").map(Instance::health),
+        Some(Health::Passing)
+    );
+    let set = wait_set(&mut s_pass, t.deadline, "passing only", |s| !s.is_empty()).await;
+    assert_eq!(
+        addrs(&set),
+        BTreeSet::from(["127.0.0.1:31501".to_string()]),
+        "{}: passing_only",
+        t.backend
+    );
+    for r in regs {
+        r.deregister().await.unwrap();
+    }
+    passing.stop().await;
+    all.stop().await;
+}
+
+/// A small deterministic generator (no dependency, same sequence on every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// Runs `f` over `items` with at most 16 at a time, in order of completion.
+async fn bounded<T, R, F, Fut>(items: Vec<T>, f: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let permits = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    for item in items {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let f = f.clone();
+        set.spawn(async move {
+            let r = f(item).await;
+            drop(permit);
+            r
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("task panicked"));
+    }
+    out
+}
+
+/// [`Target::churn`] instances registered; then half deregistered and a fifth re-registered
+/// with the same id on a new port, chosen at random: the final published set is exactly right.
+pub async fn bulk_churn_final_set_is_exact(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "bulk_churn_final_set_is_exact",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let n = t.churn;
+    let service = crate::unique_name("cf-churn");
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let port_of = |i: usize| port(32000, i);
+    let target = Arc::new(t.clone());
+    let svc = service.clone();
+    let mut registrars: BTreeMap<usize, Arc<dyn Registrar>> = bounded((0..n).collect(), {
+        let target = target.clone();
+        move |i| {
+            let (target, svc) = (target.clone(), svc.clone());
+            async move {
+                (
+                    i,
+                    target.register(&svc, instance(&svc, i, port_of(i))).await,
+                )
+            }
+        }
+    })
+    .await
+    .into_iter()
+    .collect();
+    let mut want: BTreeMap<usize, String> = (0..n)
+        .map(|i| (i, format!("127.0.0.1:{}", port_of(i))))
+        .collect();
+    let long = t.deadline * 4;
+    wait_set(&mut sub, long, "all registered", |s| s.len() == n).await;
+
+    let mut rng = Lcg(0x5d_c0_ff_ee);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let removed: Vec<usize> = order[..n / 2].to_vec();
+    let changed: Vec<usize> = order[n / 2..n / 2 + n / 5].to_vec();
+    let mut jobs: Vec<(usize, Arc<dyn Registrar>, bool)> = Vec::new();
+    for &i in &removed {
+        jobs.push((i, registrars.remove(&i).unwrap(), false));
+        want.remove(&i);
+    }
+    for &i in &changed {
+        jobs.push((i, registrars.remove(&i).unwrap(), true));
+        want.insert(i, format!("127.0.0.1:{}", port(40000, i)));
+    }
+    let svc = service.clone();
+    let replaced = bounded(jobs, move |(i, old, change)| {
+        let (target, svc) = (target.clone(), svc.clone());
+        async move {
+            old.deregister().await.expect("deregister");
+            if change {
+                Some((
+                    i,
+                    target
+                        .register(&svc, instance(&svc, i, port(40000, i)))
+                        .await,
+                ))
+            } else {
+                None
+            }
+        }
+    })
+    .await;
+    registrars.extend(replaced.into_iter().flatten());
+    let want_addrs: BTreeSet<String> = want.values().cloned().collect();
+    let set = wait_set(&mut sub, long, "final churned set", |s| {
+        addrs(s) == want_addrs
+    })
+    .await;
+    if caps.ids {
+        let ids: BTreeSet<String> = set.iter().map(|i| i.id().to_string()).collect();
+        let want_ids: BTreeSet<String> = want.keys().map(|i| format!("{service}-{i}")).collect();
+        assert_eq!(ids, want_ids, "{}: ids after churn", t.backend);
+    }
+    bounded(registrars.into_values().collect(), |r| async move {
+        r.deregister().await.expect("final deregister")
+    })
+    .await;
+    wait_set(&mut sub, long, "all deregistered", |s| s.is_empty()).await;
+    instancer.stop().await;
+}
+
+/// The registry is killed and restarted while an instancer and a registrar are live: the
+/// endpointer keeps the last good set during the outage, an error event is published, the
+/// instancer recovers, and the registrar re-registers if the registry lost the data.
+pub async fn restart_keeps_last_good_and_recovers(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "restart_keeps_last_good_and_recovers",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let Some(server) = t.server else {
+        skipped(
+            t.backend,
+            "restart_keeps_last_good_and_recovers",
+            "no server to restart (embedded registry)",
+        );
+        return;
+    };
+    let _lock = crate::exclusive(server);
+    crate::wait_ready(server).await.expect("server ready");
+    let service = crate::unique_name("cf-restart");
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let endpointer =
+        DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(i.addr().to_string())
+        });
+    let registrar = t.register(&service, instance(&service, 1, 31601)).await;
+    wait_set(&mut sub, t.deadline, "registered before the outage", |s| {
+        s.len() == 1
+    })
+    .await;
+    let mut changes = endpointer.changes();
+    let until = Instant::now() + t.deadline;
+    while endpointer.endpoints().all().len() != 1 {
+        tokio::time::timeout_at(until, changes.changed())
+            .await
+            .expect("endpointer applies the set");
+    }
+
+    crate::kill(server).await.expect("kill");
+    wait_error(&mut sub, t.deadline, "error event during the outage").await;
+    let snap = endpointer.endpoints();
+    let served: Vec<String> = snap
+        .get()
+        .expect("last known good is served during the outage")
+        .iter()
+        .map(|e| (**e).clone())
+        .collect();
+    assert_eq!(
+        served,
+        ["127.0.0.1:31601"],
+        "{}: last known good kept",
+        t.backend
+    );
+    drop(snap);
+
+    crate::restart(server).await.expect("restart");
+    wait_set(
+        &mut sub,
+        t.deadline * 3,
+        "recovered after the restart",
+        |s| find(s, "127.0.0.1:31601").is_some(),
+    )
+    .await;
+    registrar.deregister().await.unwrap();
+    endpointer.close().await;
+    instancer.stop().await;
+}
+
+/// `stop()` is idempotent, ends all background work (the runtime's alive-task count returns
+/// to what it was before the registry was made, once the registry is dropped), and no event
+/// follows it.
+pub async fn stop_is_idempotent_and_final(t: Target) {
+    let caps = t.caps();
+    let service = crate::unique_name("cf-stop");
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let _ = tokio::time::timeout(t.deadline, sub.next()).await;
+    instancer.stop().await;
+    instancer.stop().await;
+    let registrar = if caps.registration {
+        Some(t.register(&service, instance(&service, 1, 31701)).await)
+    } else {
+        None
+    };
+    // After stop the subscription ends; anything it still yields must predate the stop.
+    let until = Instant::now() + t.deadline;
+    loop {
+        match tokio::time::timeout_at(until, sub.next()).await {
+            Ok(None) => break,
+            Ok(Some(Event::Instances(s))) => assert!(
+                find(&s, "127.0.0.1:31701").is_none(),
+                "{}: an event followed stop(): {s:?}",
+                t.backend
+            ),
+            Ok(Some(Event::Error(_))) => {}
+            Err(_) => panic!("{}: the subscription did not end after stop()", t.backend),
+        }
+    }
+    if let Some(r) = registrar {
+        r.deregister().await.unwrap();
+    }
+    let backend = t.backend;
+    let Some(baseline) = t.baseline_tasks else {
+        return;
+    };
+    drop(sub);
+    drop(instancer);
+    drop(t);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = alive_tasks();
+        if alive <= baseline {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{backend}: {alive} tasks still alive after stop() and dropping the registry \
+             (baseline {baseline})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An entry the backend cannot decode, written straight into the registry, is skipped alone:
+/// the good instances around it are published, and no error event poisons the set.
+pub async fn bad_entry_is_skipped_alone(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "bad_entry_is_skipped_alone",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let Some(hook) = t.bad_entry.clone() else {
+        skipped(
+            t.backend,
+            "bad_entry_is_skipped_alone",
+            "no bad-entry hook: the registry cannot hold an undecodable entry",
+        );
+        return;
+    };
+    let service = crate::unique_name("cf-bad");
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let first = t.register(&service, instance(&service, 1, 31801)).await;
+    wait_set(&mut sub, t.deadline, "first good instance", |s| {
+        s.len() == 1
+    })
+    .await;
+    hook(service.clone()).await;
+    let second = t.register(&service, instance(&service, 2, 31802)).await;
+    let until = Instant::now() + t.deadline;
+    loop {
+        match tokio::time::timeout_at(until, sub.next()).await {
+            Ok(Some(Event::Instances(s))) => {
+                assert!(
+                    s.iter().all(|i| i.port() == 31801 || i.port() == 31802),
+                    "{}: only the good instances: {s:?}",
+                    t.backend
+                );
+                if s.len() == 2 {
+                    break;
+                }
+                assert!(
+                    find(&s, "127.0.0.1:31801").is_some(),
+                    "{}: a bad entry removed a good one: {s:?}",
+                    t.backend
+                );
+            }
+            Ok(Some(Event::Error(e))) => {
+                panic!("{}: a bad entry poisoned the set: {e}", t.backend)
+            }
+            Ok(None) => panic!("{}: instancer closed", t.backend),
+            Err(_) => panic!("{}: second good instance not seen", t.backend),
+        }
+    }
+    first.deregister().await.unwrap();
+    second.deregister().await.unwrap();
+    instancer.stop().await;
+}
+
+/// Instantiates the conformance suite for one backend: one `#[tokio::test]` per behaviour in
+/// a module named after the backend. The second argument is a closure returning a future of
+/// `Option<Target>` (`None` skips). The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) as a dev-dependency.
+///
+/// ```ignore
+/// sd_testkit::conformance!(memory, || async {
+///     Some(sd_testkit::conformance::Target::new(std::sync::Arc::new(sd_core::MemoryRegistry::new())))
+/// });
+/// ```
+#[macro_export]
+macro_rules! conformance {
+    ($backend:ident, $make:expr $(,)?) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__conformance_test!($backend, $make, register_is_seen_with_its_fields);
+            $crate::__conformance_test!($backend, $make, services_and_instancers_are_independent);
+            $crate::__conformance_test!($backend, $make, deregister_removes_and_is_idempotent);
+            $crate::__conformance_test!($backend, $make, vanished_registrant_expires);
+            $crate::__conformance_test!($backend, $make, tags_are_anded);
+            $crate::__conformance_test!($backend, $make, passing_only_leaves_out_unhealthy);
+            $crate::__conformance_test!($backend, $make, bulk_churn_final_set_is_exact);
+            $crate::__conformance_test!($backend, $make, restart_keeps_last_good_and_recovers);
+            $crate::__conformance_test!($backend, $make, stop_is_idempotent_and_final);
+            $crate::__conformance_test!($backend, $make, bad_entry_is_skipped_alone);
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test {
+    ($backend:ident, $make:expr, $behaviour:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $behaviour() {
+            let baseline = $crate::conformance::alive_tasks();
+            let make = $make;
+            match make().await {
+                ::std::option::Option::Some(target) => {
+                    let target: $crate::conformance::Target = target;
+                    $crate::conformance::$behaviour(target.__named(stringify!($backend), baseline))
+                        .await
+                }
+                ::std::option::Option::None => $crate::conformance::skipped(
+                    stringify!($backend),
+                    stringify!($behaviour),
+                    "the registry is not available",
+                ),
+            }
+        }
+    };
+}
