@@ -45,6 +45,9 @@ ROWS = [
     ("consul", "p50_ns", "Consul: register/deregister → endpointer, p50", "time"),
     ("consul", "p99_ns", "Consul: register/deregister → endpointer, p99", "time"),
     ("consul", "request_p50_ns", "Consul: the agent request alone (part of the above), p50", "time"),
+    ("dns", "p50_ns", "DNS SRV (BIND, refresh 200 ms both sides): nsupdate change → endpointer, p50", "time"),
+    ("dns", "p99_ns", "DNS SRV (BIND, refresh 200 ms both sides): nsupdate change → endpointer, p99", "time"),
+    ("dns", "request_p50_ns", "DNS SRV: the nsupdate run alone (part of the above), p50", "time"),
     ("memory", "bytes_per_instance", "memory: resident bytes/instance, {n} instances", "bytes"),
     ("memory", "heap_bytes_per_instance", "memory: heap bytes/instance, {n} instances", "bytes"),
 ]

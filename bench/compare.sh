@@ -13,7 +13,8 @@
 #
 # The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
 # scripts/registries is running (start it with `scripts/registries up`); without an agent
-# both sides print a "skipped" line.
+# both sides print a "skipped" line. The DNS SRV scenario ("dns") likewise uses SD_TEST_DNS
+# (BIND), both sides polling every 200 ms and changing the zone with nsupdate.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
@@ -24,7 +25,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,dns,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
         --write-docs) WRITE_DOCS=1; shift ;;
         --no-build) BUILD=""; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -61,6 +62,17 @@ if [ -z "${SD_TEST_CONSUL:-}" ] && [ -x scripts/registries ]; then
         | sed -n 's/^export SD_TEST_CONSUL=//p' | head -n 1)" || SD_TEST_CONSUL=""
     export SD_TEST_CONSUL
 fi
+# The BIND server likewise (SD_TEST_DNS and its zone), for the DNS SRV scenario.
+if [ -z "${SD_TEST_DNS:-}" ] && [ -x scripts/registries ]; then
+    DNS_ENV="$(SD_REGISTRIES=dns scripts/registries env 2>/dev/null)" || DNS_ENV=""
+    SD_TEST_DNS="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS=//p' | head -n 1)"
+    SD_TEST_DNS_ZONE="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS_ZONE=//p' | head -n 1)"
+    export SD_TEST_DNS SD_TEST_DNS_ZONE
+fi
+if [ -z "${SD_TEST_DNS:-}" ] && [[ ",$SCENARIOS," == *",dns,"* ]]; then
+    echo "[compare] SD_TEST_DNS not set: the DNS SRV scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
 if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
     echo "[compare] SD_TEST_CONSUL not set: the Consul scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
@@ -70,11 +82,13 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
+if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
 CONSUL_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/consul.lock"
+DNS_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/dns.lock"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Go's 2-thread rows run 2 goroutines in parallel, like our 2 threads: say so explicitly
@@ -94,6 +108,10 @@ run() {
     if [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ] && command -v flock >/dev/null; then
         mkdir -p "$(dirname "$CONSUL_LOCK")"
         cmd=(flock --shared -w 120 "$CONSUL_LOCK" "${cmd[@]}")
+    fi
+    if [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ] && command -v flock >/dev/null; then
+        mkdir -p "$(dirname "$DNS_LOCK")"
+        cmd=(flock --shared -w 120 "$DNS_LOCK" "${cmd[@]}")
     fi
     local err
     err="$(mktemp)"

@@ -25,6 +25,7 @@ use hickory_proto::dnssec::tsig::TSigner;
 use hickory_proto::op::{Message, MessageFinalizer, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use hickory_proto::runtime::TokioRuntimeProvider;
+use hickory_proto::tcp::TcpClientStream;
 use hickory_proto::udp::UdpClientStream;
 use hickory_proto::xfer::DnsHandle;
 use hickory_proto::{ProtoError, ProtoErrorKind};
@@ -340,23 +341,49 @@ impl Client {
             })
     }
 
-    async fn update_client(&self) -> Result<UpdateClient> {
+    /// A client to the primary: over TCP for reads (a large SRV set is never truncated),
+    /// over UDP for updates (small messages; one socket, not a connection, per update, so
+    /// many registrars do not use up the server's TCP client quota).
+    async fn primary_client(&self, tcp: bool) -> Result<UpdateClient> {
         let server = self.update_server()?;
-        let stream = UdpClientStream::builder(server, TokioRuntimeProvider::new())
-            .with_timeout(Some(self.inner.config.timeout))
-            .with_signer(self.inner.signer.clone())
-            .build();
-        let (client, background) = UpdateClient::connect(stream)
-            .await
-            .map_err(|e| Error::unavailable_from(BACKEND, e))?;
-        tokio::spawn(background);
-        Ok(client)
+        let timeout = self.inner.config.timeout;
+        let signer = self.inner.signer.clone();
+        let connected = if tcp {
+            let (stream, handle) =
+                TcpClientStream::new(server, None, Some(timeout), TokioRuntimeProvider::new());
+            UpdateClient::with_timeout(stream, handle, timeout, signer)
+                .await
+                .map(|(client, background)| {
+                    tokio::spawn(background);
+                    client
+                })
+        } else {
+            let stream = UdpClientStream::builder(server, TokioRuntimeProvider::new())
+                .with_timeout(Some(timeout))
+                .with_signer(signer)
+                .build();
+            UpdateClient::connect(stream)
+                .await
+                .map(|(client, background)| {
+                    tokio::spawn(background);
+                    client
+                })
+        };
+        connected.map_err(|e| {
+            Error::unavailable(
+                BACKEND,
+                format!(
+                    "connecting to {server} over {}: {e}",
+                    if tcp { "TCP" } else { "UDP" }
+                ),
+            )
+        })
     }
 
     /// Reads the SRV records at `name` straight from the zone's primary (for the registrar,
     /// which must see the zone as it is, not as a cache saw it).
     pub async fn primary_srv(&self, name: &Name) -> Result<Vec<SrvRecord>> {
-        let mut client = self.update_client().await?;
+        let mut client = self.primary_client(true).await?;
         let response = client
             .query(name.clone(), DNSClass::IN, RecordType::SRV)
             .await
@@ -401,7 +428,7 @@ impl Client {
             .first()
             .map(|q| q.name().to_string())
             .unwrap_or_default();
-        let client = self.update_client().await?;
+        let client = self.primary_client(false).await?;
         let first = client.send(message).next().await;
         let response = match first {
             Some(Ok(r)) => r,
@@ -431,6 +458,10 @@ fn refused(zone: &str, signed: bool, code: ResponseCode) -> Error {
             "; check that the server allows updates with this TSIG key (BIND: allow-update { key ...; })"
         }
         ResponseCode::NotZone => "; the name is not inside the zone option",
+        ResponseCode::ServFail => {
+            "; the server could not apply it, its log says why (in BIND a record set must \
+             fit 64 KiB, and 9.18.28+ caps it at 100 records unless max-records-per-type is raised)"
+        }
         _ => "",
     };
     Error::Rejected {

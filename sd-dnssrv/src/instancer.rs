@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +29,7 @@ use sd_core::{
     Backoff, Event, Instance, Instancer, LoopConfig, Result, ServiceQuery, Source, Step,
     Subscription, WatchedInstancer,
 };
+use tokio::time::Instant;
 
 use crate::client::{fqdn, Addresses, Client, SrvRecord, BACKEND};
 
@@ -185,6 +187,8 @@ pub struct SrvSource {
     query: ServiceQuery,
     options: LookupOptions,
     next: Option<Duration>,
+    /// Resolved target addresses and when they expire (`resolve_targets`).
+    addresses: BTreeMap<String, (Vec<IpAddr>, Instant)>,
     /// The skip reasons logged last round, so a lasting bad record is warned about once.
     logged: BTreeSet<Skipped>,
 }
@@ -207,6 +211,7 @@ impl SrvSource {
             query,
             options,
             next: None,
+            addresses: BTreeMap::new(),
             logged: BTreeSet::new(),
         }
     }
@@ -218,8 +223,18 @@ impl SrvSource {
         let mut out = Vec::with_capacity(usable.len());
         if self.options.resolve_targets {
             let targets: BTreeSet<String> = usable.iter().map(|r| r.target.clone()).collect();
+            // Addresses are kept for their TTL: only expired or new targets are looked up
+            // (with TTL 0, every round), the rest come from the last lookups.
+            let now = Instant::now();
+            self.addresses
+                .retain(|t, (_, expires)| targets.contains(t) && *expires > now);
+            let missing: Vec<String> = targets
+                .iter()
+                .filter(|t| !self.addresses.contains_key(*t))
+                .cloned()
+                .collect();
             let client = self.client.clone();
-            let resolved: Vec<(String, Result<Addresses>)> = stream::iter(targets)
+            let resolved: Vec<(String, Result<Addresses>)> = stream::iter(missing)
                 .map(move |t: String| {
                     let client = client.clone();
                     async move {
@@ -230,23 +245,29 @@ impl SrvSource {
                 .buffer_unordered(RESOLVE_CONCURRENCY)
                 .collect()
                 .await;
-            let mut addrs = BTreeMap::new();
+            let mut unresolved = BTreeMap::new();
             for (target, result) in resolved {
                 // A failing nameserver fails the round (last good set kept); a target that
                 // does not exist only skips its records.
-                addrs.insert(target, result?);
+                match result? {
+                    Addresses::Found(ips, t) => {
+                        self.addresses.insert(target, (ips, now + t));
+                    }
+                    Addresses::None(reason) => {
+                        unresolved.insert(target, reason);
+                    }
+                }
             }
             for r in &usable {
-                match addrs.get(&r.target) {
-                    Some(Addresses::Found(ips, t)) => {
-                        ttl = Some(ttl.map_or(*t, |x| x.min(*t)));
-                        out.extend(ips.iter().map(|ip| instance(r, &ip.to_string())));
-                    }
-                    Some(Addresses::None(reason)) => skipped.push(Skipped {
+                if let Some((ips, expires)) = self.addresses.get(&r.target) {
+                    let left = expires.saturating_duration_since(now);
+                    ttl = Some(ttl.map_or(left, |x| x.min(left)));
+                    out.extend(ips.iter().map(|ip| instance(r, &ip.to_string())));
+                } else if let Some(reason) = unresolved.get(&r.target) {
+                    skipped.push(Skipped {
                         record: describe(r),
                         reason: format!("target does not resolve: {reason}"),
-                    }),
-                    None => {}
+                    });
                 }
             }
         } else {

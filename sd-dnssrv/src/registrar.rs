@@ -36,8 +36,8 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet};
 use sd_core::{
-    spawn_keepalive, BackgroundTask, Error, KeepAlive, KeepAliveConfig, Registrar, Registration,
-    Result,
+    spawn_keepalive, BackgroundTask, Error, HealthCheck, KeepAlive, KeepAliveConfig, Registrar,
+    Registration, Result,
 };
 use tokio::sync::Mutex;
 
@@ -84,6 +84,25 @@ impl Records {
     fn new(registration: &Registration, zone: &Name, proto: &str, ttl: Duration) -> Result<Self> {
         registration.validate()?;
         let r = registration;
+        // A TTL check describes liveness the registrar proves itself; DNS has no expiry, so
+        // it is accepted and not used. Checks the registry would have to run are refused.
+        match &r.check {
+            None | Some(HealthCheck::Ttl(_)) => {}
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "registration of {:?}: DNS cannot run health checks ({other:?}); \
+                     register without a check or with HealthCheck::Ttl",
+                    r.service
+                )))
+            }
+        }
+        if r.deregister_critical_after.is_some() {
+            return Err(Error::config(format!(
+                "registration of {:?}: deregister_critical_after needs registry-side health \
+                 checks, which DNS does not have",
+                r.service
+            )));
+        }
         let srv_name = srv_name(&r.service, proto, Some(zone))?;
         if !zone.zone_of(&srv_name) {
             return Err(Error::config(format!(
@@ -168,6 +187,20 @@ impl Records {
         message
     }
 
+    /// Adds the address record and the SRV record again, deleting nothing.
+    fn reassert(&self) -> Message {
+        let mut message = update_message::append(
+            RecordSet::from(self.srv_record(self.srv.clone(), self.ttl)),
+            self.zone.clone(),
+            false,
+            true,
+        );
+        if let Some(address) = &self.address {
+            message.add_update(address.clone());
+        }
+        message
+    }
+
     /// Deletes the SRV record and the address record.
     fn delete(&self) -> Message {
         let mut message = update_message::delete_by_rdata(
@@ -216,10 +249,12 @@ impl Shared {
 
 #[async_trait]
 impl KeepAlive for Shared {
-    /// Sends the addition again: nothing changes if the record is there, and it is back if
-    /// the zone lost it.
+    /// Sends the additions again, without any deletion: RFC 2136 ignores a record that is
+    /// already there, so this changes nothing unless the zone lost the records, and then it
+    /// puts them back. (Reading the SRV set to check first would cost every registrar a read
+    /// of the whole set each period: quadratic in the number of instances.)
     async fn keep_alive(&self) -> Result<()> {
-        self.client.update(self.records.add(&[])).await
+        self.client.update(self.records.reassert()).await
     }
 }
 

@@ -348,7 +348,10 @@ async fn registrar_adds_replaces_and_deletes_records() {
     host.register().await.unwrap();
     wait_for_addrs(&mut sub, &["127.0.0.21:9001", "127.0.0.1:9002"]).await;
 
-    // The same id with a new port and address replaces the old record.
+    // The same id with a new port and address replaces the old record. The old registrar
+    // goes first (dropped: its keep-alive stops), as when a process restarts on a new port;
+    // two live registrars of one id would each keep re-asserting their own record.
+    drop(one);
     let moved = reg
         .registrar(Registration::new(
             &svc,

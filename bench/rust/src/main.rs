@@ -8,7 +8,7 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul] [--quick]`;
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,dns] [--quick]`;
 //! the extra scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             "--quick" | "-quick" => quick = true,
             "--help" | "-h" => {
                 eprintln!(
-                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,breakdown] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,dns,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -114,6 +114,7 @@ fn main() -> ExitCode {
             "breakdown" => scenarios::update::breakdown(scale),
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::consul::run(scale),
+            "dns" => scenarios::dnssrv::run(scale),
             "" => Ok(()),
             other => Err(format!("unknown scenario {other:?}")),
         };
