@@ -17,7 +17,8 @@
 //! priority (a re-registration of the same id replaces it), replaces the target's address
 //! record, and adds the SRV record. Adding a record that is already there changes nothing,
 //! so registering twice is harmless. While registered, the addition is sent again every
-//! `record_ttl` (at least 1 s) on sd-core's keep-alive loop, so a zone that lost the record
+//! period (the registration's `HealthCheck::Ttl` if it has one, else `record_ttl`; at least
+//! 1 s) on sd-core's keep-alive loop, so a zone that lost the record
 //! (a restarted server, an operator's edit) gets it back. DNS has no expiry: a process that
 //! dies without deregistering stays in the zone until someone deletes the record.
 //!
@@ -290,7 +291,10 @@ impl DnsRegistrar {
         Ok(DnsRegistrar {
             shared: Arc::new(Shared { client, records }),
             registration,
-            period: record_ttl.max(Duration::from_secs(1)),
+            period: registration
+                .ttl()
+                .unwrap_or(record_ttl)
+                .max(Duration::from_secs(1)),
             task: Mutex::new(None),
         })
     }

@@ -81,7 +81,7 @@ impl DnsRegistry {
     /// | `all_priorities` | publish every priority group, not only the lowest | `false` |
     /// | `timeout` | wait for one answer | `2s` |
     /// | `attempts` | tries per query | `2` |
-    /// | `record_ttl` | TTL of the records a registrar writes (and its re-assert period) | `10s` |
+    /// | `record_ttl` | TTL of the records a registrar writes (and its re-assert period when the registration has no TTL check) | `10s` |
     /// | `tsig_name`, `tsig_secret_env` / `tsig_secret`, `tsig_algorithm` | TSIG key signing updates (base64 secret, as in BIND's `key`; `hmac-sha256`, `hmac-sha384`, `hmac-sha512`) | none, `hmac-sha256` |
     ///
     /// Without a nameserver the system resolver configuration (`/etc/resolv.conf`) is used,
