@@ -184,12 +184,17 @@ impl Target {
         true
     }
 
-    fn registration(&self, service: &str, instance: Instance) -> Registration {
-        Registration::new(service, instance).check(HealthCheck::Ttl(self.ttl))
+    async fn registrar(&self, service: &str, instance: Instance) -> Arc<dyn Registrar> {
+        self.registrar_with_ttl(service, instance, self.ttl).await
     }
 
-    async fn registrar(&self, service: &str, instance: Instance) -> Arc<dyn Registrar> {
-        let reg = self.registration(service, instance);
+    async fn registrar_with_ttl(
+        &self,
+        service: &str,
+        instance: Instance,
+        ttl: Duration,
+    ) -> Arc<dyn Registrar> {
+        let reg = Registration::new(service, instance).check(HealthCheck::Ttl(ttl));
         self.registry
             .registrar(reg.clone())
             .await
@@ -197,7 +202,16 @@ impl Target {
     }
 
     async fn register(&self, service: &str, instance: Instance) -> Arc<dyn Registrar> {
-        let r = self.registrar(service, instance).await;
+        self.register_with_ttl(service, instance, self.ttl).await
+    }
+
+    async fn register_with_ttl(
+        &self,
+        service: &str,
+        instance: Instance,
+        ttl: Duration,
+    ) -> Arc<dyn Registrar> {
+        let r = self.registrar_with_ttl(service, instance, ttl).await;
         r.register()
             .await
             .unwrap_or_else(|e| panic!("{}: register {service}: {e}", self.backend));
@@ -611,6 +625,10 @@ where
     }
     out
 }
+
+/// The TTL of the churn behaviour's registrations: long, so that a thousand registrations do
+/// not heartbeat a thousand times a second (that behaviour is not about expiry).
+const CHURN_TTL: Duration = Duration::from_secs(30);
 
 /// [`Target::churn`] instances registered; then half deregistered and a fifth re-registered
 /// with the same id on a new port, chosen at random: the final published set is exactly right.
