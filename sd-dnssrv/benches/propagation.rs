@@ -15,7 +15,8 @@
 use std::time::{Duration, Instant};
 
 use sd_core::{
-    BoxError, DefaultEndpointer, Endpointer, Instance, Registrar, Registration, ServiceQuery,
+    BoxError, DefaultEndpointer, Endpointer, Instance, Instancer, Registrar, Registration,
+    ServiceQuery,
 };
 use sd_dnssrv::DnsRegistry;
 

@@ -9,7 +9,7 @@
 //! | an IP address | `<id>.<service>.<zone>` (the instance id as a DNS label) | its `A` or `AAAA` record |
 //!
 //! The SRV record carries the port, the weight ([`Instance::weight`](sd_core::Instance::weight),
-//! at most 65 535) and the priority ([`META_PRIORITY`](crate::META_PRIORITY) in the instance
+//! at most 65 535) and the priority ([`META_PRIORITY`] in the instance
 //! metadata, default 0). Tags and other metadata are not stored: DNS has nowhere to put them.
 //!
 //! [`register`](DnsRegistrar::register) reads the SRV set from the primary and sends one
@@ -23,7 +23,7 @@
 //! dies without deregistering stays in the zone until someone deletes the record.
 //!
 //! With a TSIG key (`tsig_name`, `tsig_secret_env`) every update is signed; a server that
-//! refuses the update gives an [`Error::Rejected`](sd_core::Error::Rejected) that says
+//! refuses the update gives an [`Error::Rejected`] that says
 //! what to configure.
 
 use std::fmt;
@@ -288,13 +288,14 @@ impl DnsRegistrar {
         record_ttl: Duration,
     ) -> Result<Self> {
         let records = Records::new(&registration, zone, proto, record_ttl)?;
+        let period = registration
+            .ttl()
+            .unwrap_or(record_ttl)
+            .max(Duration::from_secs(1));
         Ok(DnsRegistrar {
             shared: Arc::new(Shared { client, records }),
             registration,
-            period: registration
-                .ttl()
-                .unwrap_or(record_ttl)
-                .max(Duration::from_secs(1)),
+            period,
             task: Mutex::new(None),
         })
     }

@@ -110,7 +110,7 @@ pub async fn tsig_zone(addr: &str) -> Tsig {
         &format!("tsig.{}", sd_testkit::dns_zone()),
     );
     let serves = |zone: String| {
-        let (host, port) = addr.rsplit_once(':').unwrap().clone();
+        let (host, port) = addr.rsplit_once(':').unwrap();
         let (host, port) = (host.to_string(), port.to_string());
         async move {
             let out = tokio::process::Command::new("dig")

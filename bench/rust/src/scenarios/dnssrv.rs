@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sd_core::{DefaultEndpointer, Endpointer, ServiceQuery};
+use sd_core::{DefaultEndpointer, Endpointer, Instancer, ServiceQuery};
 use sd_dnssrv::DnsRegistry;
 
 use super::{factory, percentiles};
