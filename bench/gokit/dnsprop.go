@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"time"
 
@@ -98,26 +97,8 @@ func dnsPropagation(changes int) {
 			os.Exit(1)
 		}
 		req = append(req, float64(time.Since(t0).Nanoseconds()))
-		reflects := func() bool {
-			eps, err := ep.Endpoints()
-			return err == nil && len(eps) == want
-		}
-		timeout := time.After(10 * time.Second)
-		for !reflects() {
-			select {
-			case <-events:
-				for j := 0; j < 100_000 && !reflects(); j++ {
-					runtime.Gosched()
-				}
-			case <-timeout:
-				fmt.Fprintln(os.Stderr, "dns: change", i, "not seen within 10 s")
-				os.Exit(1)
-			}
-		}
+		awaitEndpoints(ep, events, want, "dns", i)
 		lat = append(lat, float64(time.Since(t0).Nanoseconds()))
-		for len(events) > 0 {
-			<-events
-		}
 	}
 	p50, p99 := percentiles(lat)
 	reqP50, _ := percentiles(req)

@@ -73,5 +73,5 @@ pub use instancer::{
     srv_name, DnsInstancer, LookupOptions, SrvSource, DEFAULT_MAX_REFRESH, DEFAULT_MIN_REFRESH,
     META_PRIORITY, META_TARGET,
 };
-pub use registrar::{DnsRegistrar, DEFAULT_RECORD_TTL};
+pub use registrar::{DnsRegistrar, DEFAULT_REASSERT, DEFAULT_RECORD_TTL};
 pub use registry::DnsRegistry;

@@ -17,8 +17,8 @@
 //! priority (a re-registration of the same id replaces it), replaces the target's address
 //! record, and adds the SRV record. Adding a record that is already there changes nothing,
 //! so registering twice is harmless. While registered, the addition is sent again every
-//! period (the registration's `HealthCheck::Ttl` if it has one, else `record_ttl`; at least
-//! 1 s) on sd-core's keep-alive loop, so a zone that lost the record
+//! `reassert` period (default [`DEFAULT_REASSERT`], at least 1 s) on sd-core's keep-alive
+//! loop, so a zone that lost the record
 //! (a restarted server, an operator's edit) gets it back. DNS has no expiry: a process that
 //! dies without deregistering stays in the zone until someone deletes the record.
 //!
@@ -44,6 +44,11 @@ use tokio::sync::Mutex;
 
 use crate::client::{fqdn, name_text, Client, BACKEND};
 use crate::instancer::{srv_name, META_PRIORITY};
+
+/// How often a registrar re-sends its records when the URL does not say (`reassert`). Every
+/// registrar sends one small update per period, so the primary sees
+/// `instances / reassert` updates a second (BIND queues at most 100 by default).
+pub const DEFAULT_REASSERT: Duration = Duration::from_secs(30);
 
 /// The TTL given to registered records when the URL does not say (`record_ttl`).
 pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(10);
@@ -278,7 +283,9 @@ impl fmt::Debug for DnsRegistrar {
 }
 
 impl DnsRegistrar {
-    /// A registrar for `registration` in `zone`, with records of TTL `record_ttl`. Checks the
+    /// A registrar for `registration` in `zone`, with records of TTL `record_ttl`, re-sent
+    /// every `reassert` (at least 1 s). A `HealthCheck::Ttl` is accepted and not used: DNS
+    /// has no expiry. Checks the
     /// registration now; sends nothing until [`Registrar::register`].
     pub fn new(
         client: Client,
@@ -286,12 +293,10 @@ impl DnsRegistrar {
         zone: &Name,
         proto: &str,
         record_ttl: Duration,
+        reassert: Duration,
     ) -> Result<Self> {
         let records = Records::new(&registration, zone, proto, record_ttl)?;
-        let period = registration
-            .ttl()
-            .unwrap_or(record_ttl)
-            .max(Duration::from_secs(1));
+        let period = reassert.max(Duration::from_secs(1));
         Ok(DnsRegistrar {
             shared: Arc::new(Shared { client, records }),
             registration,

@@ -13,7 +13,7 @@ use sd_core::{
 
 use crate::client::{fqdn, Client, ClientConfig, TsigKey, DEFAULT_PORT};
 use crate::instancer::{srv_name, DnsInstancer, LookupOptions};
-use crate::registrar::{DnsRegistrar, DEFAULT_RECORD_TTL};
+use crate::registrar::{DnsRegistrar, DEFAULT_REASSERT, DEFAULT_RECORD_TTL};
 
 /// DNS SRV records as an sdkit [`Registry`]: instancers read `_<service>._<proto>.<zone>`
 /// at the records' TTL; registrars add and delete records with RFC 2136 dynamic updates.
@@ -39,6 +39,7 @@ pub struct DnsRegistry {
     proto: String,
     options: LookupOptions,
     record_ttl: Duration,
+    reassert: Duration,
 }
 
 fn nameserver(u: &RegistryUrl) -> Result<Option<SocketAddr>> {
@@ -65,6 +66,7 @@ impl DnsRegistry {
             proto: "tcp".to_string(),
             options,
             record_ttl: DEFAULT_RECORD_TTL,
+            reassert: DEFAULT_REASSERT,
         }
     }
 
@@ -81,7 +83,8 @@ impl DnsRegistry {
     /// | `all_priorities` | publish every priority group, not only the lowest | `false` |
     /// | `timeout` | wait for one answer | `2s` |
     /// | `attempts` | tries per query | `2` |
-    /// | `record_ttl` | TTL of the records a registrar writes (and its re-assert period when the registration has no TTL check) | `10s` |
+    /// | `record_ttl` | TTL of the records a registrar writes | `10s` |
+    /// | `reassert` | how often a registrar re-sends its records (puts them back if the zone lost them), at least `1s` | `30s` |
     /// | `tsig_name`, `tsig_secret_env` / `tsig_secret`, `tsig_algorithm` | TSIG key signing updates (base64 secret, as in BIND's `key`; `hmac-sha256`, `hmac-sha384`, `hmac-sha512`) | none, `hmac-sha256` |
     ///
     /// Without a nameserver the system resolver configuration (`/etc/resolv.conf`) is used,
@@ -138,6 +141,10 @@ impl DnsRegistry {
         if record_ttl.as_secs() > u64::from(i32::MAX as u32) {
             return Err(u.error("option record_ttl is beyond the DNS maximum (68 years)"));
         }
+        let reassert = u.duration("reassert")?.unwrap_or(DEFAULT_REASSERT);
+        if reassert < Duration::from_secs(1) {
+            return Err(u.error("option reassert must be at least 1s"));
+        }
         let tsig_name = u.string("tsig_name")?;
         let tsig_secret = u.secret("tsig_secret")?;
         let tsig_algorithm = u.string("tsig_algorithm")?;
@@ -165,6 +172,7 @@ impl DnsRegistry {
             proto,
             options,
             record_ttl,
+            reassert,
         })
     }
 
@@ -229,6 +237,7 @@ impl DnsRegistry {
             zone,
             &self.proto,
             self.record_ttl,
+            self.reassert,
         )
     }
 }
@@ -262,7 +271,7 @@ mod tests {
         std::env::set_var("SD_DNSSRV_TEST_TSIG", "c2VjcmV0c2VjcmV0");
         let r = DnsRegistry::from_url(
             "dns+srv://127.0.0.1:15353/?zone=sd.test&proto=udp&min_refresh=2s&max_refresh=9s\
-             &resolve_targets=1&all_priorities=true&timeout=500ms&attempts=3&record_ttl=4s\
+             &resolve_targets=1&all_priorities=true&timeout=500ms&attempts=3&record_ttl=4s&reassert=7s\
              &tsig_name=k1&tsig_secret_env=SD_DNSSRV_TEST_TSIG&tsig_algorithm=hmac-sha512",
         )
         .unwrap();
@@ -284,6 +293,7 @@ mod tests {
             }
         );
         assert_eq!(r.record_ttl, Duration::from_secs(4));
+        assert_eq!(r.reassert, Duration::from_secs(7));
         assert_eq!(r.srv_name("web").unwrap().to_ascii(), "_web._udp.sd.test.");
         assert!(!format!("{r:?}").contains("c2VjcmV0c2VjcmV0"));
     }
@@ -342,6 +352,10 @@ mod tests {
             ),
             ("dns+srv://127.0.0.1/?timeout=0s", "greater than 0"),
             ("dns+srv://127.0.0.1/?attempts=0", "at least 1"),
+            (
+                "dns+srv://127.0.0.1/?reassert=500ms",
+                "reassert must be at least 1s",
+            ),
             ("dns+srv://127.0.0.1/?tsig_name=k", "needs both"),
             (
                 "dns+srv://127.0.0.1/?tsig_name=k&tsig_secret=%21%21&zone=x",

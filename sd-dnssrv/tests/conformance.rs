@@ -16,11 +16,12 @@ use sd_testkit::Server;
 sd_testkit::conformance!(dnssrv, || async {
     let addr = sd_testkit::require(Server::Dns)?;
     let zone = sd_testkit::dns_zone();
-    // record_ttl=5s: each registrar re-asserts its record every 5 s (1 000 of them in the
-    // churn behaviour), and a restarted server gets the records back within that.
+    // reassert=5s: each registrar re-sends its records every 5 s (400 of them in the churn
+    // behaviour: 80 small updates a second), and a restarted server gets them back within
+    // that.
     let registry = sd_dnssrv::DnsRegistry::from_url(&format!(
         "dns+srv://{addr}/?zone={zone}&min_refresh=100ms&max_refresh=2s&resolve_targets=1\
-         &record_ttl=5s&timeout=3s"
+         &record_ttl=5s&reassert=5s&timeout=3s"
     ))
     .expect("dns+srv URL");
     Some(

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sd_consul::bench::propagation;
 use sd_consul::ConsulRegistry;
 
-use super::percentiles;
+use super::emit_propagation;
 use crate::Record;
 
 fn skip(why: String) -> Result<(), String> {
@@ -68,17 +68,10 @@ pub fn run(scale: usize) -> Result<(), String> {
         .iter()
         .map(|s| s.latency.as_nanos() as f64)
         .collect();
-    let (p50, p99) = percentiles(&lat);
     let req: Vec<f64> = samples
         .iter()
         .map(|s| s.request.as_nanos() as f64)
         .collect();
-    let mut r = Record::new("consul", 1, 1);
-    r.ops = Some(lat.len());
-    r.ns_per_op = Some(p50);
-    r.p50_ns = Some(p50);
-    r.p99_ns = Some(p99);
-    r.request_p50_ns = Some(percentiles(&req).0);
-    r.emit();
+    emit_propagation("consul", &lat, &req);
     Ok(())
 }

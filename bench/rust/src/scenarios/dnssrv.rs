@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sd_core::{DefaultEndpointer, Endpointer, Instancer, ServiceQuery};
 use sd_dnssrv::DnsRegistry;
 
-use super::{factory, percentiles};
+use super::{emit_propagation, factory};
 use crate::Record;
 
 /// The refresh of both sides (go-kit's ticker).
@@ -117,13 +117,6 @@ pub fn run(scale: usize) -> Result<(), String> {
     });
     let _ = nsupdate(&addr, &zone, &format!("update delete {name} SRV"));
     let (lat, req) = result?;
-    let (p50, p99) = percentiles(&lat);
-    let mut r = Record::new("dns", 1, 1);
-    r.ops = Some(lat.len());
-    r.ns_per_op = Some(p50);
-    r.p50_ns = Some(p50);
-    r.p99_ns = Some(p99);
-    r.request_p50_ns = Some(percentiles(&req).0);
-    r.emit();
+    emit_propagation("dns", &lat, &req);
     Ok(())
 }
