@@ -14,7 +14,8 @@
 # The ZooKeeper scenario runs against SD_TEST_ZK, or else the server scripts/registries is
 # running, like the Consul one. The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
 # scripts/registries is running (start it with `scripts/registries up`); without an agent
-# both sides print a "skipped" line.
+# both sides print a "skipped" line. The DNS SRV scenario ("dns") likewise uses SD_TEST_DNS
+# (BIND), both sides polling every 200 ms and changing the zone with nsupdate.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
@@ -26,6 +27,7 @@ QUICK=""
 WRITE_DOCS=""
 BUILD=1
 SCENARIOS="pick,random,retry,update,fanout,consul,zk,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,dns,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -70,6 +72,15 @@ if [ -z "${SD_TEST_ZK:-}" ] && [ -x scripts/registries ]; then
 fi
 if [ -z "${SD_TEST_ZK:-}" ] && [[ ",$SCENARIOS," == *",zk,"* ]]; then
     echo "[compare] SD_TEST_ZK not set: the ZooKeeper scenario will be skipped" \
+# The BIND server likewise (SD_TEST_DNS and its zone), for the DNS SRV scenario.
+if [ -z "${SD_TEST_DNS:-}" ] && [ -x scripts/registries ]; then
+    DNS_ENV="$(SD_REGISTRIES=dns scripts/registries env 2>/dev/null)" || DNS_ENV=""
+    SD_TEST_DNS="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS=//p' | head -n 1)"
+    SD_TEST_DNS_ZONE="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS_ZONE=//p' | head -n 1)"
+    export SD_TEST_DNS SD_TEST_DNS_ZONE
+fi
+if [ -z "${SD_TEST_DNS:-}" ] && [[ ",$SCENARIOS," == *",dns,"* ]]; then
+    echo "[compare] SD_TEST_DNS not set: the DNS SRV scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
 fi
 if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
@@ -87,6 +98,13 @@ if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
 LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
+EXTRA=()
+if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
+if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
+if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
+CONSUL_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/consul.lock"
+DNS_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/dns.lock"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Go's 2-thread rows run 2 goroutines in parallel, like our 2 threads: say so explicitly
@@ -109,6 +127,10 @@ run() {
             mkdir -p "$LOCKS"
             cmd=(flock --shared -w 120 "$LOCKS/$list.lock" "${cmd[@]}")
         fi
+    fi
+    if [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ] && command -v flock >/dev/null; then
+        mkdir -p "$(dirname "$DNS_LOCK")"
+        cmd=(flock --shared -w 120 "$DNS_LOCK" "${cmd[@]}")
     fi
     local err
     err="$(mktemp)"

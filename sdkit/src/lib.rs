@@ -38,6 +38,9 @@
 //! | `eureka://host:port[,host:port]/eureka?poll=..&user=..&password_env=..` | `eureka` | Eureka servers (crate `sd-eureka`, re-exported as `sdkit::eureka`) |
 //!
 //! `etcd://`, `zk://` and `dns+srv://` are reserved for the backends that are
+//! | `dns+srv://[ns:port]/?zone=..&max_refresh=..` (`dnssrv://`) | `dnssrv` | DNS SRV records (crate `sd-dnssrv`, re-exported as `sdkit::dnssrv`) |
+//!
+//! `etcd://`, `zk://` and `eureka://` are reserved for the backends that are
 //! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
 #![warn(missing_docs)]
 
@@ -61,6 +64,9 @@ pub use sd_zk as zk;
 /// The Eureka backend (the `sd-eureka` crate), with the `eureka` feature.
 #[cfg(feature = "eureka")]
 pub use sd_eureka as eureka;
+/// The DNS SRV backend (the `sd-dnssrv` crate), with the `dnssrv` feature.
+#[cfg(feature = "dnssrv")]
+pub use sd_dnssrv as dnssrv;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -131,6 +137,11 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
                 parsed.scheme()
             )))
         }
+        "dns+srv" | "dnssrv" => dnssrv_registry(url),
+        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" => Err(parsed.error(format!(
+            "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
+            parsed.scheme()
+        ))),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -181,6 +192,16 @@ fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "eureka:// needs the `eureka` feature of sdkit: add `features = [\"eureka\"]` to the sdkit dependency",
+#[cfg(feature = "dnssrv")]
+fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_dnssrv::DnsRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "dnssrv"))]
+fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "dns+srv:// needs the `dnssrv` feature of sdkit: add `features = [\"dnssrv\"]` to the sdkit dependency",
     ))
 }
 

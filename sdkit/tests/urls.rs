@@ -86,6 +86,7 @@ fn errors_say_what_to_fix() {
 fn planned_backends_say_so() {
     for url in ["dns+srv://x", "eureka://127.0.0.1:8761"] {
     for url in ["zk://127.0.0.1:2181", "dns+srv://x"] {
+    for url in ["zk://127.0.0.1:2181", "eureka://127.0.0.1:8761"] {
         let e = err(url);
         assert!(e.contains("not built yet"), "{url}: {e}");
     }
@@ -192,6 +193,31 @@ fn eureka_url_selects_the_eureka_backend_without_network() {
     assert!(!e.contains("hunter2"), "{e}");
     let reg = sdkit::connect("eureka://127.0.0.1:8761?user=u&password=hunter2").unwrap();
     assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+#[cfg(not(feature = "dnssrv"))]
+#[test]
+fn disabled_dnssrv_names_the_feature() {
+    for url in ["dns+srv://127.0.0.1:53/?zone=x", "dnssrv://127.0.0.1"] {
+        let e = err(url);
+        assert!(e.contains("`dnssrv` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "dnssrv")]
+#[test]
+fn dnssrv_urls_select_the_dns_backend_without_network() {
+    for url in [
+        "dns+srv://127.0.0.1:15353/?zone=sd.test&max_refresh=5s",
+        "dnssrv://127.0.0.1:15353?zone=sd.test",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "dns+srv", "{url}");
+        assert!(reg.capabilities().registration && reg.capabilities().weight);
+        assert!(!reg.capabilities().expiry && !reg.capabilities().tags);
+    }
+    let e = err("dns+srv://127.0.0.1/?zone=sd.test&colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("dns+srv://127.0.0.1/?tsig_name=k&tsig_secret=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! ```
 //!
 //! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk] [--quick]`;
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,dns] [--quick]`;
 //! the extra scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
             "--help" | "-h" => {
                 eprintln!(
                     "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,breakdown] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,dns,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -115,6 +117,8 @@ fn main() -> ExitCode {
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::registries::run(scale),
             "zk" => scenarios::registries::run_zk(scale),
+            "consul" => scenarios::consul::run(scale),
+            "dns" => scenarios::dnssrv::run(scale),
             "" => Ok(()),
             other => Err(format!("unknown scenario {other:?}")),
         };
