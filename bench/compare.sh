@@ -26,8 +26,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,zk,memory"
-SCENARIOS="pick,random,retry,update,fanout,consul,dns,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,zk,dns,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -72,6 +71,8 @@ if [ -z "${SD_TEST_ZK:-}" ] && [ -x scripts/registries ]; then
 fi
 if [ -z "${SD_TEST_ZK:-}" ] && [[ ",$SCENARIOS," == *",zk,"* ]]; then
     echo "[compare] SD_TEST_ZK not set: the ZooKeeper scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
 # The BIND server likewise (SD_TEST_DNS and its zone), for the DNS SRV scenario.
 if [ -z "${SD_TEST_DNS:-}" ] && [ -x scripts/registries ]; then
     DNS_ENV="$(SD_REGISTRIES=dns scripts/registries env 2>/dev/null)" || DNS_ENV=""
@@ -92,19 +93,13 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
-if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
-LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
-EXTRA=()
-if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
-CONSUL_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/consul.lock"
-DNS_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/dns.lock"
+LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Go's 2-thread rows run 2 goroutines in parallel, like our 2 threads: say so explicitly
@@ -122,15 +117,12 @@ run() {
     local side="$1" bin="$2" list="$3" cmd=("$2" -scenarios "$3")
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
     if { [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
-        || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; }; then
+        || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
+        || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; }; then
         if command -v flock >/dev/null; then
             mkdir -p "$LOCKS"
             cmd=(flock --shared -w 120 "$LOCKS/$list.lock" "${cmd[@]}")
         fi
-    fi
-    if [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ] && command -v flock >/dev/null; then
-        mkdir -p "$(dirname "$DNS_LOCK")"
-        cmd=(flock --shared -w 120 "$DNS_LOCK" "${cmd[@]}")
     fi
     local err
     err="$(mktemp)"

@@ -298,8 +298,7 @@ func memory(n int) {
 }
 
 func main() {
-	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk")
-	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,dns")
+	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk,dns")
 	quick := flag.Bool("quick", false, "fewer iterations (smoke test)")
 	flag.Parse()
 	scale := 1

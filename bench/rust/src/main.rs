@@ -8,8 +8,7 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk] [--quick]`;
-//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,dns] [--quick]`;
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,dns] [--quick]`;
 //! the extra scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
@@ -92,8 +91,7 @@ fn main() -> ExitCode {
             "--quick" | "-quick" => quick = true,
             "--help" | "-h" => {
                 eprintln!(
-                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,breakdown] [--quick]"
-                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,dns,breakdown] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,dns,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -117,7 +115,6 @@ fn main() -> ExitCode {
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::registries::run(scale),
             "zk" => scenarios::registries::run_zk(scale),
-            "consul" => scenarios::consul::run(scale),
             "dns" => scenarios::dnssrv::run(scale),
             "" => Ok(()),
             other => Err(format!("unknown scenario {other:?}")),

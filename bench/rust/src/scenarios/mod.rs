@@ -1,6 +1,5 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
-pub mod consul;
 pub mod dnssrv;
 pub mod fanout;
 pub mod lbextra;
