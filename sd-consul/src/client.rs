@@ -289,7 +289,7 @@ impl fmt::Debug for Client {
 }
 
 /// The answer of a health query: the raw entries and the blocking-query index.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HealthAnswer {
     /// The `X-Consul-Index` header.
