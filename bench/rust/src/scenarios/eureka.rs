@@ -46,7 +46,7 @@ pub fn run(scale: usize) -> Result<(), String> {
         .unwrap_or(0);
     let service = format!("sdbench-sdkit-{}-{nanos}", std::process::id());
     let (lat, req) = rt.block_on(measure(&registry, &service, changes))?;
-    emit_propagation("eureka", 2, &lat, &req);
+    emit_propagation("eureka", &lat, &req);
     Ok(())
 }
 

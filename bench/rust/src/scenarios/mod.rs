@@ -1,11 +1,12 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
-pub mod consul;
+pub mod dnssrv;
 pub mod eureka;
 pub mod fanout;
 pub mod lbextra;
 pub mod memory;
 pub mod pick;
+pub mod registries;
 pub mod update;
 
 use sd_core::{BoxError, Instance};
@@ -37,11 +38,10 @@ pub fn percentiles(v: &[f64]) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-/// Emits the record of a propagation scenario (Consul, Eureka): the p50 and p99 of the
-/// change latencies `lat` and the p50 of the registry requests `req`, in ns.
-pub fn emit_propagation(scenario: &'static str, n: usize, lat: &[f64], req: &[f64]) {
+/// Emits the record of a propagation scenario: latencies and request times in ns.
+pub fn emit_propagation(scenario: &'static str, lat: &[f64], req: &[f64]) {
     let (p50, p99) = percentiles(lat);
-    let mut r = crate::Record::new(scenario, n, 1);
+    let mut r = crate::Record::new(scenario, 1, 1);
     r.ops = Some(lat.len());
     r.ns_per_op = Some(p50);
     r.p50_ns = Some(p50);
