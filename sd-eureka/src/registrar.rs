@@ -92,7 +92,8 @@ impl Status {
             Health::Passing => Status::Up,
             Health::Warning => Status::OutOfService,
             Health::Critical => Status::Down,
-            Health::Unknown => Status::Starting,
+            // Unknown, and any health added later: not ready for traffic, still renewable.
+            _ => Status::Starting,
         }
     }
 }
@@ -638,7 +639,9 @@ mod tests {
                 "empty service name",
             ),
             (
-                Registration::new("web", inst()).deregister_critical_after(Duration::from_secs(90)),
+                Registration::new("web", inst())
+                    .check(HealthCheck::Ttl(Duration::from_secs(10)))
+                    .deregister_critical_after(Duration::from_secs(90)),
                 Lease::default(),
                 "no deregister_critical_after",
             ),
