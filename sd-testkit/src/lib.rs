@@ -1,23 +1,30 @@
 //! Test-only helpers for integration tests against **real** service registries.
 //!
 //! The servers (Consul, a second Consul agent with ACLs and mutual TLS, etcd 3.4 and 3.5,
-//! ZooKeeper, Eureka, BIND DNS) are started on
-//! 127.0.0.1 by `scripts/registries up`, which prints `export SD_TEST_...=...` lines:
+//! ZooKeeper, Eureka, BIND DNS) run on 127.0.0.1, started by the project's own
+//! `scripts/registries up [name...]`, which prints `export SD_TEST_...=...` lines. A test that
+//! needs a server whose variable is not set starts it on demand through that script (once per
+//! machine, shared by every test process, left running for the next run), so plain
+//! `cargo test -p sd-consul` tests Consul for real:
 //!
 //! ```sh
-//! eval "$(scripts/registries up)"
-//! cargo test
+//! cargo test -p sd-consul              # starts Consul on demand if it is not running
+//! eval "$(scripts/registries up consul)" && cargo test -p sd-consul   # the same, explicit
+//! SD_INTEGRATION=0 cargo test          # unit tests only: integration tests say SKIPPED
+//! scripts/registries down              # stops what was started
 //! ```
 //!
 //! This crate is meant to be used as a `dev-dependency` only (`publish = false`). It offers:
 //!
 //! * [`Server`], [`require()`] and the [`require!`] macro: find a server's address from the
-//!   environment, or skip the test (print a notice and return) when it is not set. With
-//!   `SD_INTEGRATION=1` a missing server is a hard failure instead, so CI cannot silently
-//!   skip everything.
+//!   environment, or start the server on demand; with `SD_INTEGRATION=0` skip the test
+//!   instead, loudly (a `SKIPPED (not run)` line that `cargo test` shows).
+//! * [`conformance`] and the [`conformance!`] macro: the one contract every registry backend
+//!   passes.
 //! * [`unique_name`]: per-test unique, lowercase `[a-z0-9-]` names for services, key
 //!   prefixes and DNS labels, so tests sharing one server never see each other's data.
-//! * Fault injection: [`kill`], [`pause`], [`resume`], [`restart`], [`wait_ready`] and the
+//! * Fault injection: [`kill`], [`pause`], [`resume`], [`restart`], [`restart_empty`],
+//!   [`wait_ready`] and the
 //!   [`PauseGuard`], all implemented by running `scripts/registries <verb> <name>`.
 //! * [`CountingAllocator`] (module [`alloc`]): a counting global allocator for
 //!   zero-allocation tests (per-thread counts) and benchmarks (all threads, live bytes).
@@ -49,21 +56,21 @@ pub mod propagation;
 
 pub use alloc::CountingAllocator;
 pub use control::{
-    kill, pause, registries_dir, repo_root, restart, resume, script_path, wait_ready, ControlError,
-    PauseGuard,
+    kill, pause, registries_dir, repo_root, restart, restart_empty, resume, script_path,
+    wait_ready, ControlError, PauseGuard,
 };
 pub use env::{
-    consul_secure_dir, dns_zone, integration_required, require, Server, INTEGRATION_ENV,
+    consul_secure_dir, dns_zone, etcd_secure_dir, integration_required, require, Server,
+    INTEGRATION_ENV,
 };
 pub use lock::{exclusive, shared, ExclusiveGuard, SharedGuard};
 pub use names::unique_name;
 
 /// Returns the address of a registry server, or returns early from the calling test.
 ///
-/// `require!(server)` evaluates to the `String` value of the server's `SD_TEST_*`
-/// variable (see [`require()`]). When the variable is missing the enclosing function
-/// returns `()` after printing `skipping integration test: SD_TEST_X not set` — or the
-/// test panics if `SD_INTEGRATION=1`.
+/// `require!(server)` evaluates to the server's address (see [`require()`]: the `SD_TEST_*`
+/// variable, or the server started on demand). With `SD_INTEGRATION=0` and no variable the
+/// enclosing function returns `()` after printing a loud `SKIPPED (not run)` line.
 ///
 /// For tests that return a value (e.g. `Result<(), E>`), give the value to return:
 /// `require!(Server::Etcd, Ok(()))`.

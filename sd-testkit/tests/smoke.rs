@@ -1,6 +1,6 @@
 //! Smoke tests against the real servers started by `scripts/registries up`, using only
-//! plain HTTP, TCP and UDP. Each test skips when its `SD_TEST_*` variable is missing
-//! (and fails instead under `SD_INTEGRATION=1`).
+//! plain HTTP, TCP and UDP. A server whose `SD_TEST_*` variable is missing is started on
+//! demand (or the test is skipped, loudly, under `SD_INTEGRATION=0`).
 //!
 //! ```sh
 //! eval "$(scripts/registries up)"
