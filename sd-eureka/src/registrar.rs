@@ -92,7 +92,8 @@ impl Status {
             Health::Passing => Status::Up,
             Health::Warning => Status::OutOfService,
             Health::Critical => Status::Down,
-            Health::Unknown => Status::Starting,
+            // `Health` is non-exhaustive: a state this version does not know is not "up".
+            _ => Status::Starting,
         }
     }
 }
