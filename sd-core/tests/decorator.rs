@@ -32,7 +32,10 @@ impl<E: Send + Sync + 'static> Endpointer<E> for ZoneFilter<E> {
     fn endpoints(&self) -> Snapshot<E> {
         let upstream = self.inner.endpoints();
         let mut cached = self.cached.lock().unwrap();
-        if let Some(c) = cached.as_ref().filter(|c| c.version() == upstream.version()) {
+        if let Some(c) = cached
+            .as_ref()
+            .filter(|c| c.version() == upstream.version())
+        {
             return Snapshot::new(c.clone());
         }
         let local: Vec<Endpoint<E>> = upstream
@@ -102,7 +105,10 @@ async fn a_zone_filter_written_outside_sd_core_is_an_endpointer() {
         .collect();
     assert_eq!(got, ["10.0.0.1:80"]);
     inner.close().await;
-    assert_eq!(filter.endpoints().get().unwrap_err(), &sd_core::Error::Stopped);
+    assert_eq!(
+        filter.endpoints().get().unwrap_err(),
+        &sd_core::Error::Stopped
+    );
 }
 
 /// `Endpoints::new` sorts an unsorted list, so a decorator's output is ordered as balancers

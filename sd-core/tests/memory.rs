@@ -95,7 +95,11 @@ async fn queries_filter_tags_and_health() {
     // A dropped instancer's subscriptions keep following the registry (go-kit EP-12);
     // only `stop()` ends them (see `stopped_memory_instancer_ends_subscriptions`).
     drop(passing_only);
-    reg.insert("api", Instance::builder("e", 1).tags(["eu", "v1"]).build(), None);
+    reg.insert(
+        "api",
+        Instance::builder("e", 1).tags(["eu", "v1"]).build(),
+        None,
+    );
     assert_eq!(next_addrs(&mut passing).await, ["a:1", "d:1", "e:1"]);
 }
 
@@ -324,11 +328,19 @@ fn ttl_expiry_survives_a_runtime_restart() {
             .unwrap()
     };
     runtime().block_on(async {
-        reg.insert("svc", Instance::new("10.0.0.1", 1), Some(Duration::from_secs(3)));
+        reg.insert(
+            "svc",
+            Instance::new("10.0.0.1", 1),
+            Some(Duration::from_secs(3)),
+        );
     });
     // The first runtime is gone, and its tasks with it.
     runtime().block_on(async {
-        reg.insert("svc", Instance::new("10.0.0.2", 1), Some(Duration::from_secs(3)));
+        reg.insert(
+            "svc",
+            Instance::new("10.0.0.2", 1),
+            Some(Duration::from_secs(3)),
+        );
         tokio::time::sleep(Duration::from_secs(4)).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -364,7 +376,10 @@ async fn ttl_lapse_leaves_the_instance_critical_then_removes_it_like_consul() {
     assert_eq!(next_addrs(&mut healthy_sub).await, ["10.0.0.1:80"]);
     guard.abandon();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(next_addrs(&mut healthy_sub).await.is_empty(), "left passing_only");
+    assert!(
+        next_addrs(&mut healthy_sub).await.is_empty(),
+        "left passing_only"
+    );
     let event = tokio::time::timeout(Duration::from_secs(5), all_sub.next())
         .await
         .unwrap()
@@ -472,7 +487,8 @@ fn guard_dropped_on_a_current_thread_runtime_warns_when_shutdown_cancels_it() {
     assert_eq!(reg.instances("svc").len(), 1, "shutdown cancelled it");
     let logged = logs.at_least(tracing::Level::WARN);
     assert!(
-        logged.contains("deregistration on drop was cancelled") && logged.contains("svc-10.0.0.1-80"),
+        logged.contains("deregistration on drop was cancelled")
+            && logged.contains("svc-10.0.0.1-80"),
         "{logged}"
     );
 }

@@ -142,9 +142,11 @@ pub fn from_env() -> Result<Arc<dyn Registry>> {
         }
         _ => {
             let registry = connect(DEFAULT_URL)?;
-            tracing::info!(url = DEFAULT_URL,
+            tracing::info!(
+                url = DEFAULT_URL,
                 "{ENV_VAR} is not set: using the embedded in-process registry (it sees only \
-                 this process's registrations)");
+                 this process's registrations)"
+            );
             Ok(registry)
         }
     }
