@@ -1,6 +1,6 @@
 //! sdkit discovery and balancers in a tower stack.
 //!
-//! 1. `Discovery` turns an endpointer into a `tower::discover::Discover`, so tower's own
+//! 1. `Discover` turns an endpointer into a `tower::discover::Discover`, so tower's own
 //!    `p2c::Balance` balances over sdkit's endpoints, following changes.
 //! 2. `Balanced` and `PickLayer` put sdkit's balancers into a `ServiceBuilder` stack.
 //!
@@ -19,7 +19,7 @@ use sd_core::{
     BoxError, DefaultEndpointer, Endpoint, Endpointer, Instance, Instancer, MemoryRegistry,
     Registrar, Registration,
 };
-use sd_lb::tower::{Balanced, Discovery, PickLayer};
+use sd_lb::tower::{Balanced, Discover, PickLayer};
 use sd_lb::{Outlier, OutlierConfig, P2c, RoundRobin};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
@@ -76,7 +76,7 @@ async fn main() -> Result<(), BoxError> {
 
     // 1. tower's p2c Balance over sdkit discovery.
     let discover = tower::load::PendingRequestsDiscover::new(
-        Discovery::new(endpointer.clone()),
+        Discover::new(endpointer.clone()),
         tower::load::CompleteOnResponse::default(),
     );
     let mut balance = tower::balance::p2c::Balance::new(discover);
@@ -85,7 +85,7 @@ async fn main() -> Result<(), BoxError> {
         let answer = balance.ready().await?.call(format!("#{i}")).await?;
         tally(&mut seen, &answer);
     }
-    println!("tower p2c::Balance over sdkit Discovery:   {seen:?}");
+    println!("tower p2c::Balance over sdkit Discover:   {seen:?}");
 
     // An instance leaves the registry: tower stops using it.
     registrars[0].deregister().await?;
