@@ -79,6 +79,11 @@ fn main() {
         let (mut reg, mut dereg, mut update) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..changes {
             let register = k % 2 == 0;
+            // Start each change at a different point of the refresh cycle (spread over 100
+            // steps), or every change would land just after the round that showed the last
+            // one and wait a whole interval: the worst case, every time.
+            let phase = (k * 37) % 100;
+            tokio::time::sleep(interval * phase as u32 / 100).await;
             let t0 = Instant::now();
             if register {
                 registrar.register().await.expect("register");
