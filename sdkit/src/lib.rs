@@ -27,12 +27,15 @@
 //! | URL | feature | backend |
 //! |---|---|---|
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
-//! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
+//! | `static://host:port,host:port[/service]` | always | a fixed list ([`StaticRegistry`]), for every service or for the one named |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
+//! | `etcd://host:port[,host:port]?prefix=..&user=..&password_env=..` (or `etcdv3://`) | `etcd` | etcd v3 (crate `sd-etcdv3`, re-exported as `sdkit::etcd`) |
+//! | `zk://host:port[,host:port...]/base?session_timeout=..&digest_env=..` (or `zookeeper://`) | `zk` | ZooKeeper ensemble (crate `sd-zk`, re-exported as `sdkit::zk`) |
+//! | `eureka://host:port[,host:port]/eureka?poll=..&user=..&password_env=..` | `eureka` | Eureka servers (crate `sd-eureka`, re-exported as `sdkit::eureka`) |
 //! | `dns+srv://[ns:port]/?zone=..&max_refresh=..` (`dnssrv://`) | `dnssrv` | DNS SRV records (crate `sd-dnssrv`, re-exported as `sdkit::dnssrv`) |
 //!
-//! `etcd://`, `zk://` and `eureka://` are reserved for the backends that are
-//! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
+//! A scheme whose feature is off fails with an error naming the feature to turn on. The full
+//! grammar is in `docs/URLS.md`; what each registry can do is in `docs/BACKENDS.md`.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -49,6 +52,15 @@ pub use sd_consul as consul;
 /// The DNS SRV backend (the `sd-dnssrv` crate), with the `dnssrv` feature.
 #[cfg(feature = "dnssrv")]
 pub use sd_dnssrv as dnssrv;
+/// The etcd v3 backend (the `sd-etcdv3` crate), with the `etcd` feature.
+#[cfg(feature = "etcd")]
+pub use sd_etcdv3 as etcd;
+/// The Eureka backend (the `sd-eureka` crate), with the `eureka` feature.
+#[cfg(feature = "eureka")]
+pub use sd_eureka as eureka;
+/// The ZooKeeper backend (the `sd-zk` crate), with the `zk` feature.
+#[cfg(feature = "zk")]
+pub use sd_zk as zk;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -90,17 +102,25 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
                     "static:// needs at least one host:port, e.g. static://10.0.0.1:80,10.0.0.2:80",
                 ));
             }
-            let registry =
+            let mut registry =
                 StaticRegistry::from_addrs(parsed.hosts()).map_err(|e| parsed.error(e))?;
+            match parsed.path().trim_matches('/') {
+                "" => {}
+                service if service.contains('/') => {
+                    return Err(parsed.error(format!(
+                        "static:// takes one service name as its path, e.g. static://10.0.0.1:80/web, not {service:?}"
+                    )))
+                }
+                service => registry = registry.for_service(service),
+            }
             parsed.finish()?;
             Ok(Arc::new(registry))
         }
         "consul" => consul_registry(url),
+        "etcd" | "etcdv3" => etcd_registry(url),
+        "zk" | "zookeeper" => zk_registry(url),
+        "eureka" => eureka_registry(url),
         "dns+srv" | "dnssrv" => dnssrv_registry(url),
-        "etcd" | "etcdv3" | "zk" | "zookeeper" | "eureka" => Err(parsed.error(format!(
-            "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
-            parsed.scheme()
-        ))),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -121,6 +141,45 @@ fn consul_registry(url: &str) -> Result<Arc<dyn Registry>> {
     ))
 }
 
+#[cfg(feature = "etcd")]
+fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_etcdv3::EtcdRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "etcd:// needs the `etcd` feature of sdkit: add `features = [\"etcd\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "zk")]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_zk::ZkRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "zk"))]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "zk:// needs the `zk` feature of sdkit: add `features = [\"zk\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "eureka")]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_eureka::EurekaRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "eureka"))]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "eureka:// needs the `eureka` feature of sdkit: add `features = [\"eureka\"]` to the sdkit dependency",
+    ))
+}
+
 #[cfg(feature = "dnssrv")]
 fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(sd_dnssrv::DnsRegistry::from_url(url)?))
@@ -136,12 +195,27 @@ fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
 
 /// Opens the registry named by the `SD_REGISTRY` environment variable, or the embedded
 /// `memory://default` registry when it is unset or empty.
+///
+/// Logs at info which registry was chosen and why (secrets redacted), so a deployment that
+/// forgot to set `SD_REGISTRY` says in its log that it is using an empty in-process registry.
 pub fn from_env() -> Result<Arc<dyn Registry>> {
     match std::env::var(ENV_VAR) {
-        Ok(url) if !url.trim().is_empty() => connect(&url).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{ENV_VAR}: {m}")),
-            other => other,
-        }),
-        _ => connect(DEFAULT_URL),
+        Ok(url) if !url.trim().is_empty() => {
+            let registry = connect(&url).map_err(|e| match e {
+                Error::Config(m) => Error::Config(format!("{ENV_VAR}: {m}")),
+                other => other,
+            })?;
+            tracing::info!(url = %sd_core::config::redact(&url), "registry chosen from {ENV_VAR}");
+            Ok(registry)
+        }
+        _ => {
+            let registry = connect(DEFAULT_URL)?;
+            tracing::info!(
+                url = DEFAULT_URL,
+                "{ENV_VAR} is not set: using the embedded in-process registry (it sees only \
+                 this process's registrations)"
+            );
+            Ok(registry)
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The facade's URL selection: schemes, features, error messages, secrets.
 
+#[path = "../../sd-core/tests/common/logs.rs"]
+mod logs;
+
 use sdkit::{Instance, Registration, ServiceQuery};
 
 fn err(url: &str) -> String {
@@ -44,6 +47,23 @@ async fn static_urls_list_instances_and_are_read_only() {
     assert!(e.contains("read-only"), "{e}");
 }
 
+/// Issue 9 item 7: a `static://` path names the one service the list is for; it used to be
+/// dropped silently, serving the list to every service.
+#[tokio::test]
+async fn static_url_path_names_the_one_service_it_serves() {
+    let reg = sdkit::connect("static://10.0.0.1:80,10.0.0.2:80/web").unwrap();
+    let inst = reg.instancer(&ServiceQuery::new("web")).await.unwrap();
+    assert_eq!(inst.subscribe().next().await.unwrap().addrs().len(), 2);
+    let e = reg
+        .instancer(&ServiceQuery::new("db"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"web\" only") && e.contains("\"db\""), "{e}");
+    let e = err("static://10.0.0.1:80/a/b");
+    assert!(e.contains("one service name"), "{e}");
+}
+
 #[test]
 fn errors_say_what_to_fix() {
     let e = err("nonsense");
@@ -60,16 +80,6 @@ fn errors_say_what_to_fix() {
     assert!(e.contains("bad port"), "{e}");
     let e = err("memory://x?colour=blue");
     assert!(e.contains("unknown option colour"), "{e}");
-    let e = err("etcd://127.0.0.1:2379");
-    assert!(e.contains("not built yet"), "{e}");
-}
-
-#[test]
-fn planned_backends_say_so() {
-    for url in ["zk://127.0.0.1:2181", "eureka://127.0.0.1:8761"] {
-        let e = err(url);
-        assert!(e.contains("not built yet"), "{url}: {e}");
-    }
 }
 
 #[cfg(not(feature = "consul"))]
@@ -77,6 +87,37 @@ fn planned_backends_say_so() {
 fn disabled_backend_names_the_feature() {
     let e = err("consul://127.0.0.1:8500");
     assert!(e.contains("`consul` feature"), "{e}");
+}
+
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn disabled_etcd_names_the_feature() {
+    for url in ["etcd://127.0.0.1:2379", "etcdv3://127.0.0.1:2379"] {
+        let e = err(url);
+        assert!(e.contains("`etcd` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_urls_select_the_etcd_backend_without_network() {
+    // Construction does no I/O: nothing listens on port 1.
+    for url in [
+        "etcd://127.0.0.1:1,127.0.0.1:2?prefix=/sd",
+        "etcdv3://127.0.0.1:1",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "etcd", "{url}");
+        assert!(reg.capabilities().registration && reg.capabilities().expiry);
+    }
+    let e = err("etcd://127.0.0.1:2379?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("etcd://127.0.0.1:2379?user=u&password_env=SDKIT_TEST_UNSET_PASSWORD");
+    assert!(e.contains("SDKIT_TEST_UNSET_PASSWORD is not set"), "{e}");
+    let e = err("etcd://127.0.0.1:2379?user=u&password=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("etcd://127.0.0.1:2379?user=u&password=hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
 }
 
 #[cfg(feature = "consul")]
@@ -92,6 +133,58 @@ fn consul_url_selects_the_consul_backend_without_network() {
     let e = err("consul://127.0.0.1:8500?token=hunter2&colour=x");
     assert!(!e.contains("hunter2"), "{e}");
     let reg = sdkit::connect("consul://127.0.0.1:8500?token=hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+}
+
+#[cfg(not(feature = "zk"))]
+#[test]
+fn disabled_zk_backend_names_the_feature() {
+    for url in ["zk://127.0.0.1:2181", "zookeeper://127.0.0.1:2181/services"] {
+        let e = err(url);
+        assert!(e.contains("`zk` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "zk")]
+#[test]
+fn zk_url_selects_the_zk_backend_without_network() {
+    // Construction does no I/O: a URL alone picks the backend.
+    for url in [
+        "zk://127.0.0.1:1,127.0.0.1:2/services?session_timeout=3s",
+        "zookeeper://127.0.0.1:1",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "zk", "{url}");
+        assert!(reg.capabilities().expiry && reg.capabilities().tags);
+    }
+    let e = err("zk://127.0.0.1:2181?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("zk://127.0.0.1:2181?session_timeout=10ms");
+    assert!(e.contains("session_timeout"), "{e}");
+    let e = err("zk://127.0.0.1:2181?digest=app:hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("zk://127.0.0.1:2181?digest=app:hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+}
+
+#[cfg(not(feature = "eureka"))]
+#[test]
+fn disabled_eureka_names_the_feature() {
+    let e = err("eureka://127.0.0.1:8761");
+    assert!(e.contains("`eureka` feature"), "{e}");
+}
+
+#[cfg(feature = "eureka")]
+#[test]
+fn eureka_url_selects_the_eureka_backend_without_network() {
+    let reg = sdkit::connect("eureka://127.0.0.1:1,127.0.0.1:2/eureka?poll=1s").unwrap();
+    assert_eq!(reg.scheme(), "eureka");
+    assert!(reg.capabilities().expiry && !reg.capabilities().weight);
+    let e = err("eureka://127.0.0.1:8761?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("eureka://127.0.0.1:8761?user=u&password=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("eureka://127.0.0.1:8761?user=u&password=hunter2").unwrap();
     assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
 }
 
@@ -129,13 +222,25 @@ fn secrets_never_appear_in_errors() {
     assert!(e.contains("token=***"), "{e}");
 }
 
+/// Issue 9 item 7: `from_env()` says at info which registry it chose, including the silent
+/// fallback to an empty in-process registry when `SD_REGISTRY` is unset.
 #[test]
 fn from_env_defaults_to_memory_and_reads_the_variable() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
     // One test touches the variable, so there is no race between tests.
     std::env::remove_var(sdkit::ENV_VAR);
     assert_eq!(sdkit::from_env().unwrap().scheme(), "memory");
+    let logged = logs.at_least(tracing::Level::INFO);
+    assert!(logged.contains("SD_REGISTRY is not set"), "{logged}");
+    assert!(logged.contains("memory://default"), "{logged}");
+    std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9?token=hunter2");
+    assert!(sdkit::from_env().is_err(), "static:// has no token option");
     std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9");
     assert_eq!(sdkit::from_env().unwrap().scheme(), "static");
+    let logged = logs.at_least(tracing::Level::INFO);
+    assert!(logged.contains("static://127.0.0.1:9"), "{logged}");
+    assert!(!logged.contains("hunter2"), "{logged}");
     std::env::set_var(sdkit::ENV_VAR, "bogus://x");
     let e = sdkit::from_env().unwrap_err().to_string();
     assert!(e.contains("SD_REGISTRY"), "{e}");

@@ -1,11 +1,11 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
-pub mod consul;
 pub mod dnssrv;
 pub mod fanout;
 pub mod lbextra;
 pub mod memory;
 pub mod pick;
+pub mod registries;
 pub mod update;
 
 use sd_core::{BoxError, Instance};

@@ -1,0 +1,593 @@
+//! The instancer: `Get` the service's directory at revision R, watch from R+1, apply each
+//! watch event to the set.
+//!
+//! [`PrefixSource`] is a [`Source`] on sd-core's shared watch loop ([`WatchedInstancer`]):
+//!
+//! 1. The first round (and every resynchronisation) reads every key under
+//!    `<prefix>/<service>/` — with the trailing `/`, so `users` does not match
+//!    `users-admin` — at one revision R, then opens a watch from R+1. A change made between
+//!    the read and the watch is delivered by the watch, never lost: go-kit re-reads the whole
+//!    prefix on every watch signal and its watch starts at "now", so it races (E3-3, E3-8).
+//! 2. Each later round waits for the next watch response and applies its events to the set
+//!    it holds (a put decodes one value, a delete removes one key): one changed key costs one
+//!    event's work, not a re-read of the directory.
+//! 3. When etcd cancels the watch because its revision was compacted, or the stream ends
+//!    (the endpoint died, the server restarted), the source reads the directory again and
+//!    re-watches at once; only when that read fails is an error published, with the last
+//!    good set kept by subscribers, and the loop backs off (10 ms .. 1 min) and retries.
+//!
+//! Each instancer has its own watch: go-kit's registrar closes the watcher its instancer
+//! shares with it (E3-4, E3-5); here nothing is shared but the gRPC connection.
+//!
+//! Values are decoded by [`decode_value`]: sdkit's JSON (the whole [`Instance`]), or go-kit's
+//! plain `host:port` / URL values (E3-9). A value that is neither is skipped alone, with the
+//! key and the reason logged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use etcd_client::{EventType, WatchResponse, WatchStream};
+use futures::FutureExt;
+use sd_core::{
+    Backoff, Event, Health, Instance, Instancer, LoopConfig, ServiceQuery, Source, Step,
+    Subscription, WatchedInstancer,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, BACKEND};
+
+/// The JSON value sdkit writes for an instance (and reads back).
+///
+/// ```json
+/// {"host":"10.0.0.5","port":8080,"id":"users-1","tags":["v2"],"meta":{"zone":"a"},"weight":1,"health":"passing"}
+/// ```
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct ValueJson {
+    pub host: String,
+    pub port: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default = "passing")]
+    pub health: String,
+}
+
+fn default_weight() -> u32 {
+    sd_core::instance::DEFAULT_WEIGHT
+}
+
+fn passing() -> String {
+    Health::Passing.as_str().to_string()
+}
+
+pub(crate) fn health_from_str(s: &str) -> Health {
+    match s {
+        "passing" => Health::Passing,
+        "warning" => Health::Warning,
+        "critical" => Health::Critical,
+        _ => Health::Unknown,
+    }
+}
+
+/// Decodes the value stored at `key` into an [`Instance`]. `id_from_key` (the part of the key
+/// after the service directory) is the instance id when the value does not carry one.
+///
+/// - A value starting with `{` is sdkit's JSON: `host`, `port` (1..=65535) required; `id`,
+///   `tags`, `meta`, `weight` (default 1), `health` (`passing`, `warning`, `critical`; any
+///   other word is `unknown`; default `passing`) optional.
+/// - Anything else is go-kit's instance string (E3-9): `host:port`, `[v6]:port`, or a URL
+///   such as `http://1.2.3.4:8080` (the scheme is dropped).
+///
+/// Fails with the reason otherwise.
+///
+/// ```
+/// use sd_etcdv3::decode_value;
+/// let i = decode_value("1.2.3.4:8080", b"http://1.2.3.4:8080").unwrap();
+/// assert_eq!((i.addr(), i.id()), ("1.2.3.4:8080", "1.2.3.4:8080"));
+/// let i = decode_value("u1", br#"{"host":"10.0.0.1","port":80,"tags":["v2"],"weight":3}"#).unwrap();
+/// assert_eq!((i.addr(), i.id(), i.weight()), ("10.0.0.1:80", "u1", 3));
+/// assert!(decode_value("x", b"not an address").is_err());
+/// ```
+pub fn decode_value(id_from_key: &str, value: &[u8]) -> Result<Instance, String> {
+    let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_string())?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty value".into());
+    }
+    if text.starts_with('{') {
+        let v: ValueJson =
+            serde_json::from_str(text).map_err(|e| format!("bad instance JSON: {e}"))?;
+        if v.host.trim().is_empty() {
+            return Err("instance JSON has an empty host".into());
+        }
+        let port = u16::try_from(v.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("instance JSON has port {}", v.port))?;
+        let id = if v.id.is_empty() {
+            id_from_key.to_string()
+        } else {
+            v.id
+        };
+        let mut b = Instance::builder(v.host.trim(), port)
+            .id(id)
+            .tags(v.tags)
+            .weight(v.weight)
+            .health(health_from_str(&v.health));
+        for (k, val) in v.meta {
+            b = b.meta(k, val);
+        }
+        return Ok(b.build());
+    }
+    let plain = Instance::parse(text).map_err(|e| {
+        format!("value is neither sdkit's instance JSON nor a go-kit host:port or URL: {e}")
+    })?;
+    Ok(plain.to_builder().id(id_from_key).build())
+}
+
+/// A hook run between the initial `Get` (at the revision it is given) and the start of the
+/// watch. Tests use it to write a key exactly in that window.
+pub type AfterGet = Arc<dyn Fn(i64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Counters of one instancer's work, shared with its [`EtcdInstancer`] handle.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    full_reads: AtomicU64,
+    events: AtomicU64,
+}
+
+impl SourceStats {
+    /// How many times the whole directory was read (the first read, and each
+    /// resynchronisation after a compaction, a cancelled watch or a broken connection).
+    pub fn full_reads(&self) -> u64 {
+        self.full_reads.load(Ordering::Relaxed)
+    }
+
+    /// How many watch events (puts and deletes) were applied one by one.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}
+
+/// After this many watches in a row that ended without delivering an event, the source backs
+/// off instead of re-watching at once (a server that cancels every watch must not be hammered).
+const QUICK_RESTARTS: u32 = 3;
+
+/// At most this many already-arrived watch responses are applied together before publishing.
+const COALESCE_MAX: usize = 1024;
+
+/// One etcd directory watch as a [`Source`] (see the [module docs](self)).
+pub struct PrefixSource {
+    client: Client,
+    query: ServiceQuery,
+    dir: String,
+    entries: BTreeMap<String, Instance>,
+    watch: Option<WatchStream>,
+    /// A stream message read while coalescing that ends or cancels the watch.
+    pending: Option<Result<Option<WatchResponse>, etcd_client::Error>>,
+    quick_restarts: u32,
+    after_get: Option<AfterGet>,
+    stats: Arc<SourceStats>,
+}
+
+impl fmt::Debug for PrefixSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrefixSource")
+            .field("dir", &self.dir)
+            .field("query", &self.query)
+            .field("entries", &self.entries.len())
+            .field("watching", &self.watch.is_some())
+            .finish()
+    }
+}
+
+impl PrefixSource {
+    /// A source for `query` under `client`'s prefix.
+    pub fn new(client: Client, query: ServiceQuery) -> Self {
+        let dir = client.service_dir(&query.service);
+        PrefixSource {
+            client,
+            query,
+            dir,
+            entries: BTreeMap::new(),
+            watch: None,
+            pending: None,
+            quick_restarts: 0,
+            after_get: None,
+            stats: Arc::new(SourceStats::default()),
+        }
+    }
+
+    /// Runs `hook` after each directory read, before the watch is opened (a test seam).
+    #[must_use]
+    pub fn after_get(mut self, hook: AfterGet) -> Self {
+        self.after_get = Some(hook);
+        self
+    }
+
+    /// The counters of this source.
+    pub fn stats(&self) -> Arc<SourceStats> {
+        self.stats.clone()
+    }
+
+    /// The directory watched: `<prefix>/<service>/`.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    fn id_of<'k>(&self, key: &'k str) -> &'k str {
+        key.strip_prefix(self.dir.as_str()).unwrap_or(key)
+    }
+
+    fn decode(&self, key: &str, value: &[u8]) -> Option<Instance> {
+        match decode_value(self.id_of(key), value) {
+            Ok(i) => Some(i),
+            Err(reason) => {
+                tracing::warn!(backend = BACKEND, service = %self.query.service, key = %key,
+                    %reason, "skipping an undecodable entry");
+                None
+            }
+        }
+    }
+
+    fn current(&self) -> Vec<Instance> {
+        self.entries
+            .values()
+            .filter(|i| self.query.matches(i))
+            .cloned()
+            .collect()
+    }
+
+    /// Reads the directory at one revision R, then watches from R+1. When R+1 was compacted
+    /// in between (a busy cluster compacting aggressively), reads again, a few times.
+    async fn resync(&mut self) -> Step {
+        self.watch = None;
+        self.pending = None;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (revision, kvs) = match self.client.get_prefix(&self.dir).await {
+                Ok(r) => r,
+                Err(e) => return Step::Fail(e),
+            };
+            if revision <= 0 {
+                return Step::Skip(format!("get answered without a sane revision ({revision})"));
+            }
+            self.stats.full_reads.fetch_add(1, Ordering::Relaxed);
+            let mut entries = BTreeMap::new();
+            for kv in &kvs {
+                if let Some(i) = self.decode(&kv.key, &kv.value) {
+                    entries.insert(kv.key.clone(), i);
+                }
+            }
+            self.entries = entries;
+            if let Some(hook) = &self.after_get {
+                hook(revision).await;
+            }
+            match self.client.watch_prefix(&self.dir, revision + 1).await {
+                Ok(Ok(stream)) => self.watch = Some(stream),
+                Ok(Err(compacted)) if attempts < 3 => {
+                    tracing::debug!(backend = BACKEND, dir = %self.dir, revision, compacted,
+                        "revision compacted before the watch started; reading again");
+                    continue;
+                }
+                Ok(Err(compacted)) => {
+                    return Step::Skip(format!(
+                        "revision {} compacted (up to {compacted}) before the watch could start, {attempts} times",
+                        revision + 1
+                    ))
+                }
+                Err(e) => return Step::Fail(e),
+            }
+            tracing::debug!(backend = BACKEND, dir = %self.dir, revision, keys = kvs.len(), "read and watching");
+            return Step::Publish(self.current());
+        }
+    }
+
+    /// The watch ended (error, end of stream, cancellation): read again at once, unless
+    /// watches keep ending without delivering anything.
+    async fn rewatch(&mut self, why: String) -> Step {
+        self.watch = None;
+        self.quick_restarts += 1;
+        if self.quick_restarts > QUICK_RESTARTS {
+            self.quick_restarts = 0;
+            return Step::Skip(format!(
+                "{why}; {QUICK_RESTARTS} watches in a row ended without an event, backing off"
+            ));
+        }
+        tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, "watch ended; reading again");
+        match self.resync().await {
+            Step::Fail(e) => Step::Fail(with_context(e, &why)),
+            other => other,
+        }
+    }
+}
+
+/// `e` (from the re-read after a watch ended) with why the watch ended in front of its
+/// message, keeping its kind (an auth failure stays `Rejected`).
+fn with_context(e: sd_core::Error, why: &str) -> sd_core::Error {
+    use sd_core::Error;
+    let message = |m: String| format!("{why}; reading again failed: {m}");
+    match e {
+        Error::Unavailable {
+            backend,
+            message: m,
+            source,
+        } => Error::Unavailable {
+            backend,
+            message: message(m),
+            source,
+        },
+        Error::Timeout {
+            backend,
+            message: m,
+        } => Error::Timeout {
+            backend,
+            message: message(m),
+        },
+        Error::Rejected {
+            backend,
+            message: m,
+        } => Error::Rejected {
+            backend,
+            message: message(m),
+        },
+        other => other,
+    }
+}
+
+#[async_trait]
+impl Source for PrefixSource {
+    async fn next_step(&mut self) -> Step {
+        loop {
+            let Some(stream) = self.watch.as_mut() else {
+                return self.resync().await;
+            };
+            let next = match self.pending.take() {
+                Some(next) => next,
+                None => stream.message().await,
+            };
+            let resp = match next {
+                Err(e) => return self.rewatch(format!("watch: {e}")).await,
+                Ok(None) => return self.rewatch("the watch stream ended".into()).await,
+                Ok(Some(resp)) => resp,
+            };
+            if resp.canceled() {
+                let why = if resp.compact_revision() > 0 {
+                    tracing::warn!(backend = BACKEND, dir = %self.dir,
+                        compact_revision = resp.compact_revision(),
+                        "watch revision compacted; reading the directory again");
+                    // Not a sign of a flapping server: do not count it as a quick restart.
+                    self.quick_restarts = 0;
+                    format!(
+                        "watch cancelled: compacted up to revision {}",
+                        resp.compact_revision()
+                    )
+                } else {
+                    format!("watch cancelled by etcd: {:?}", resp.cancel_reason())
+                };
+                return self.rewatch(why).await;
+            }
+            if resp.events().is_empty() {
+                continue; // a progress notification
+            }
+            self.quick_restarts = 0;
+            self.apply(&resp);
+            // Under a burst of changes, apply what has already arrived before publishing, so a
+            // burst costs one publication, not one per response.
+            for _ in 0..COALESCE_MAX {
+                let Some(stream) = self.watch.as_mut() else {
+                    break;
+                };
+                let Some(next) = stream.message().now_or_never() else {
+                    break;
+                };
+                match next {
+                    Ok(Some(r)) if !r.canceled() => self.apply(&r),
+                    other => {
+                        // An end or a cancellation: handled by the next round.
+                        self.pending = Some(other);
+                        break;
+                    }
+                }
+            }
+            return Step::Publish(self.current());
+        }
+    }
+}
+
+impl PrefixSource {
+    /// Applies one watch response's events to the set.
+    fn apply(&mut self, resp: &WatchResponse) {
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match ev.event_type() {
+                EventType::Put => match self.decode(&key, kv.value()) {
+                    Some(i) => {
+                        self.entries.insert(key, i);
+                    }
+                    None => {
+                        // The key's current value is bad: its old value is gone too.
+                        self.entries.remove(&key);
+                    }
+                },
+                EventType::Delete => {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        self.stats
+            .events
+            .fetch_add(resp.events().len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Watches the instances of one service in etcd (see the [module docs](self)).
+///
+/// ```no_run
+/// # async fn demo() -> sd_core::Result<()> {
+/// use sd_core::{Instancer, ServiceQuery};
+/// use sd_etcdv3::{Client, ClientConfig, EtcdInstancer};
+///
+/// let client = Client::new(ClientConfig::new(["127.0.0.1:2379"]))?;
+/// let instancer = EtcdInstancer::start(client, ServiceQuery::new("users").tag("v2")).await;
+/// let mut events = instancer.subscribe();
+/// println!("{:?}", events.next().await); // the first read already ran
+/// instancer.stop().await; // cancels the watch
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct EtcdInstancer {
+    inner: WatchedInstancer,
+    stats: Arc<SourceStats>,
+}
+
+impl EtcdInstancer {
+    /// Reads the directory, publishes the set, and starts watching, with go-kit's backoff
+    /// (10 ms .. 1 min, jittered) after failures.
+    pub async fn start(client: Client, query: ServiceQuery) -> Self {
+        Self::start_source(PrefixSource::new(client, query), Backoff::default()).await
+    }
+
+    /// Runs `source` (e.g. one with an [`after_get`](PrefixSource::after_get) hook) with
+    /// `backoff` after failures.
+    pub async fn start_source(source: PrefixSource, backoff: Backoff) -> Self {
+        let target = if source.query.tags.is_empty() {
+            source.dir.clone()
+        } else {
+            format!("{} tags={:?}", source.dir, source.query.tags)
+        };
+        let stats = source.stats();
+        let config = LoopConfig::new(BACKEND, target).backoff(backoff);
+        let inner = WatchedInstancer::start(source, config).await;
+        EtcdInstancer { inner, stats }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Option<Event> {
+        self.inner.state()
+    }
+
+    /// How much work the instancer has done (full reads, events applied).
+    pub fn stats(&self) -> &SourceStats {
+        &self.stats
+    }
+}
+
+#[async_trait]
+impl Instancer for EtcdInstancer {
+    fn subscribe(&self) -> Subscription {
+        self.inner.subscribe()
+    }
+
+    async fn stop(&self) {
+        self.inner.stop().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_carry_the_whole_instance() {
+        let v = br#"{"host":"::1","port":8080,"id":"web-1","tags":["a","b"],"meta":{"zone":"eu"},"weight":7,"health":"warning"}"#;
+        let i = decode_value("ignored", v).unwrap();
+        assert_eq!(i.addr(), "[::1]:8080");
+        assert_eq!(i.id(), "web-1");
+        assert_eq!(i.tags(), ["a", "b"]);
+        assert_eq!(i.meta()["zone"], "eu");
+        assert_eq!(i.weight(), 7);
+        assert_eq!(i.health(), Health::Warning);
+        let i = decode_value("from-key", br#"{"host":"h","port":1}"#).unwrap();
+        assert_eq!(
+            (i.id(), i.weight(), i.health()),
+            ("from-key", 1, Health::Passing)
+        );
+        let i = decode_value("k", br#"{"host":"h","port":1,"health":"bogus"}"#).unwrap();
+        assert_eq!(i.health(), Health::Unknown);
+    }
+
+    #[test]
+    fn gokit_plain_values_are_read() {
+        for (v, addr) in [
+            ("1.2.3.4:8080", "1.2.3.4:8080"),
+            ("http://1.2.3.4:8080", "1.2.3.4:8080"),
+            ("https://svc.local:443/", "svc.local:443"),
+            ("[::1]:80", "[::1]:80"),
+            ("  10.0.0.1:9000\n", "10.0.0.1:9000"),
+        ] {
+            let i = decode_value("id-1", v.as_bytes()).unwrap();
+            assert_eq!(i.addr(), addr, "{v}");
+            assert_eq!(i.id(), "id-1");
+            assert_eq!(i.health(), Health::Passing);
+        }
+    }
+
+    #[test]
+    fn bad_values_say_why() {
+        for (v, why) in [
+            (&b""[..], "empty value"),
+            (b"\xff\xfe", "not UTF-8"),
+            (
+                b"not an address",
+                "neither sdkit's instance JSON nor a go-kit",
+            ),
+            (b"http://1.2.3.4:8080/path", "neither"),
+            (b"{\"host\":\"h\"}", "bad instance JSON"),
+            (b"{\"host\":\"\",\"port\":1}", "empty host"),
+            (b"{\"host\":\"h\",\"port\":0}", "port 0"),
+            (b"{\"host\":\"h\",\"port\":70000}", "port 70000"),
+            (b"{\"host\":\"h\",\"port\":-1}", "port -1"),
+            (
+                b"{\"host\":\"h\",\"port\":1,\"weight\":-3}",
+                "bad instance JSON",
+            ),
+            (b"{truncated", "bad instance JSON"),
+        ] {
+            let err = decode_value("k", v).unwrap_err();
+            assert!(err.contains(why), "{v:?}: {err}");
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever is stored under the prefix, decoding never panics, and an accepted
+            /// value always has a host and a non-zero port.
+            #[test]
+            fn any_bytes_decode_or_are_rejected_with_a_reason(v in prop::collection::vec(any::<u8>(), 0..64)) {
+                match decode_value("k", &v) {
+                    Ok(i) => prop_assert!(!i.host().is_empty() && i.port() != 0),
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            #[test]
+            fn json_like_values_never_panic(
+                host in "[a-z0-9.:\\[\\]]{0,12}",
+                port in any::<i64>(),
+                weight in any::<i64>(),
+                health in "[a-z]{0,8}",
+            ) {
+                let v = format!(r#"{{"host":"{host}","port":{port},"weight":{weight},"health":"{health}"}}"#);
+                if let Ok(i) = decode_value("k", v.as_bytes()) {
+                    prop_assert!(!i.host().is_empty() && i.port() != 0);
+                }
+            }
+        }
+    }
+}
