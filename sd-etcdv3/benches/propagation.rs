@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use sd_consul::bench::{summarize, Summary};
+use sd_testkit::propagation::{summarize, Summary};
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Instance, Instancer, ServiceQuery};
 use sd_etcdv3::etcd_client::{DeleteOptions, Txn, TxnOp};
 use sd_etcdv3::EtcdRegistry;

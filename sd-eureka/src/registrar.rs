@@ -92,7 +92,7 @@ impl Status {
             Health::Passing => Status::Up,
             Health::Warning => Status::OutOfService,
             Health::Critical => Status::Down,
-            // Unknown, and any health added later: not ready for traffic, still renewable.
+            // `Health` is non-exhaustive: a state this version does not know is not "up".
             _ => Status::Starting,
         }
     }
