@@ -19,7 +19,7 @@
 //! * [`Server`], [`require()`] and the [`require!`] macro: find a server's address from the
 //!   environment, or start the server on demand; with `SD_INTEGRATION=0` skip the test
 //!   instead, loudly (a `SKIPPED (not run)` line that `cargo test` shows).
-//! * [`conformance`] and the [`conformance!`] macro: the one contract every registry backend
+//! * [`conformance`](mod@conformance) and the [`conformance!`] macro: the one contract every registry backend
 //!   passes.
 //! * [`unique_name`]: per-test unique, lowercase `[a-z0-9-]` names for services, key
 //!   prefixes and DNS labels, so tests sharing one server never see each other's data.
