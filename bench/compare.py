@@ -4,7 +4,15 @@
     compare.py RESULTS.jsonl [--docs docs/BENCHMARKS.md --header-file FILE]
 
 Every (impl, scenario, n, threads) measurement appears once per round; the table shows the
-median over the rounds and, per side, the range (min–max) over the rounds. With --docs,
+median over the rounds and, per side, the range (min–max) over the rounds.
+
+The "better" column (see verdict()): a side is ahead when it wins in every round (the
+rounds are interleaved, go-kit then sdkit, so round i of one side is paired with round i
+of the other), or when the two sides' ranges do not overlap; a tie when the median ratio is
+within ±5 %; otherwise the rounds disagree, and the column says which side most rounds
+favour with the median ratio, without calling it a win. Bold only for a clear result on a
+like-for-like row: a row that compares another API of ours (LocalRoundRobin, the per-thread
+RoundRobin) is never bold. With --docs,
 the table replaces the text between the markers
 <!-- gokit-compare:begin --> and <!-- gokit-compare:end --> in that file.
 """
@@ -16,17 +24,19 @@ import sys
 BEGIN = "<!-- gokit-compare:begin -->"
 END = "<!-- gokit-compare:end -->"
 
-# (scenario, metric, label, kind) in table order; label gets n/threads filled in. A scenario
-# "ours:theirs" compares our scenario `ours` with go-kit's `theirs`.
+# (scenario, metric, label, kind[, like_for_like]) in table order; label gets n/threads
+# filled in. A scenario "ours:theirs" compares our scenario `ours` with go-kit's `theirs`.
+# like_for_like (default True) is False for rows comparing another API of ours with
+# go-kit's: they are shown for what that design buys, and never bold.
 ROWS = [
     ("pick", "ns_per_op",
      "pick, round robin (ours: `RoundRobin::new`), N={n}, {threads} thread{s}: ns/pick", "time"),
     ("pick_per_thread:pick", "ns_per_op",
-     "pick, ours `RoundRobin::per_thread` vs go-kit's round robin, N={n}, {threads} thread{s}",
-     "time"),
+     "pick, ours `RoundRobin::per_thread` (a counter per thread: not like for like) vs "
+     "go-kit's round robin, N={n}, {threads} thread{s}", "time", False),
     ("pick_local:pick", "ns_per_op",
-     "pick, ours `LocalRoundRobin` (a handle per thread) vs go-kit's round robin, N={n}, "
-     "{threads} thread{s}", "time"),
+     "pick, ours `LocalRoundRobin` (a handle per thread, returns a reference: not like for "
+     "like) vs go-kit's round robin, N={n}, {threads} thread{s}", "time", False),
     ("pick", "allocs_per_op", "pick: allocations/pick (largest median over N and threads)",
      "allocs-all"),
     ("random", "ns_per_op", "pick, random (`lb.NewRandom` / `Random`), N={n}, 1 thread", "time"),
@@ -34,8 +44,10 @@ ROWS = [
     ("retry", "allocs_per_op", "retry, first attempt succeeds: allocations/call", "allocs"),
     ("retry_one_down", "ns_per_op", "retry, one of 2 endpoints down (1.5 attempts a call): ns/call", "time"),
     ("retry_one_down", "allocs_per_op", "retry, one of 2 endpoints down: allocations/call", "allocs"),
-    ("update", "ns_per_op", "update: one change in {n}, applied to the endpointer", "time"),
-    ("update", "allocs_per_op", "update: allocations per update ({n})", "allocs"),
+    ("update", "ns_per_op", "update, endpointer step only (one step of the whole path below): "
+     "one change in {n}", "time"),
+    ("update", "allocs_per_op", "update, endpointer step only: allocations per update ({n})",
+     "allocs"),
     ("update_path", "p50_ns", "update, whole path: one change in {n}, registry answer → endpointer, p50", "time"),
     ("update_path", "p99_ns", "update, whole path: one change in {n}, registry answer → endpointer, p99", "time"),
     ("update_path", "allocs_per_op", "update, whole path: allocations per update ({n})", "allocs"),
@@ -76,6 +88,38 @@ def spread(vals, kind):
     return f"{lo}–{hi}"
 
 
+def verdict(g, s, like_for_like=True):
+    """The "better" column for go-kit's figures `g` and ours `s` (lower is better), one per
+    round in round order. Returns (ratio text, verdict text)."""
+    gm, sm = statistics.median(g), statistics.median(s)
+    if gm < 0.005 and sm < 0.005:
+        return "—", "tie"
+    if sm < 0.005 or gm < 0.005:
+        return "—", "sdkit" if sm < gm else "go-kit"
+    r = gm / sm
+    winner, factor = ("sdkit", r) if r > 1 else ("go-kit", 1 / r)
+    if len(g) == len(s):
+        rounds = list(zip(g, s))
+        ours = sum(1 for a, b in rounds if b < a)
+        theirs = sum(1 for a, b in rounds if a < b)
+    else:  # a round failed on one side: no pairing, only the ranges
+        ours = theirs = None
+    separate = min(g) > max(s) or min(s) > max(g)
+    consistent = (ours == len(g) and r > 1) or (theirs == len(g) and r < 1)
+    if 0.95 <= r <= 1.05:
+        return f"{r:.2f}", "tie (±5%)"
+    if separate or consistent:
+        why = "" if separate else " (every round)"
+        name = f"**{winner}**" if like_for_like else winner
+        return f"{r:.2f}", f"{name} ahead {factor:.1f}×{why}"
+    if ours is None:
+        return f"{r:.2f}", f"unclear: ranges overlap, median {winner} {factor:.1f}×"
+    most = max(ours, theirs)
+    side = "sdkit" if ours > theirs else "go-kit" if theirs > ours else "neither"
+    return f"{r:.2f}", (f"unclear: {side} in {most} of {len(g)} rounds, "
+                        f"median {winner} {factor:.1f}×")
+
+
 def load(path):
     data, skipped = {}, []
     with open(path) as f:
@@ -103,7 +147,8 @@ def table(data, skipped):
     ]
     keys = sorted(data.keys(), key=lambda k: (k[1], k[2]))
     rounds = 0
-    for scenario, metric, label, kind in ROWS:
+    for scenario, metric, label, kind, *rest in ROWS:
+        like_for_like = rest[0] if rest else True
         ours, _, theirs = scenario.partition(":")
         theirs = theirs or ours
         if kind == "allocs-all":
@@ -129,24 +174,7 @@ def table(data, skipped):
             sm = statistics.median(s) if s else None
             ratio, better = "—", "—"
             if gm is not None and sm is not None:
-                if gm < 0.005 and sm < 0.005:
-                    better = "tie"
-                elif sm < 0.005 or gm < 0.005:
-                    better = "sdkit" if sm < gm else "go-kit"
-                else:
-                    r = gm / sm
-                    ratio = f"{r:.2f}"
-                    # A tie when the medians are within 5 %, or when the two sides' ranges
-                    # over the rounds overlap (the noise is as large as the difference).
-                    overlap = len(g) > 1 and len(s) > 1 and min(g) <= max(s) and min(s) <= max(g)
-                    if 0.95 <= r <= 1.05:
-                        better = "tie (±5%)"
-                    elif overlap:
-                        better = "tie (ranges overlap)"
-                    elif r > 1:
-                        better = f"**sdkit** {r:.1f}×"
-                    else:
-                        better = f"**go-kit** {1 / r:.1f}×"
+                ratio, better = verdict(g, s, like_for_like)
             name = label.format(n=f"{key[1]:,}".replace(",", " "), threads=key[2],
                                 s="" if key[2] == 1 else "s")
             out.append(f"| {name} | {fmt(gm, kind)} | {fmt(sm, kind)} | {ratio} | {better} | "

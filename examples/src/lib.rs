@@ -5,9 +5,10 @@
 //! with a TTL health check that it keeps passing; a client discovers them (Instancer →
 //! Endpointer → round robin → retry) and calls them over HTTP. Then one service crashes: its
 //! server stops and so do its heartbeats, and nobody deregisters it. Retries cover the dead
-//! instance until discovery notices on its own (the TTL lapses: the embedded registry expires
-//! the entry, Consul marks the check critical and the passing-only query drops it), after
-//! which no traffic goes there.
+//! instance until discovery notices on its own (the TTL lapses: the embedded registry and
+//! Consul both mark the instance critical, and the passing-only query drops it), after
+//! which no traffic goes there. On shutdown every service deregisters explicitly with
+//! `RegistrationGuard::deregister().await`, which waits for the registry's answer.
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;

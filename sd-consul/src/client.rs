@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use sd_core::{Error, RegistryUrl, Result, Secret};
+use sd_core::{Error, Health, RegistryUrl, Result, Secret};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use url::Url;
 
 /// The backend name used in errors and logs.
@@ -50,6 +51,23 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
 /// The name of the header carrying the ACL token.
 pub const TOKEN_HEADER: &str = "X-Consul-Token";
+
+/// The header with which the agent says that ACLs hid part of an answer.
+pub const FILTERED_BY_ACLS_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
+
+/// The longest blocking wait Consul accepts.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// The default cap on the size of an answer body: 32 MiB.
+///
+/// A health answer is about 1 to 2 KB per instance with its node and checks, so this is
+/// room for some 15 000 instances of one service. A larger answer is an
+/// [`Error::Malformed`] event (the last good set stays in service); raise the cap with
+/// [`ClientConfig::max_body`] or the URL option `max_body=` (bytes).
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
+/// The smallest body cap [`ClientConfig::max_body`] accepts (64 KiB).
+pub const MIN_MAX_BODY: usize = 64 << 10;
 
 /// How to reach and authenticate to a Consul agent.
 ///
@@ -75,12 +93,19 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How long a blocking query waits for a change (`?wait=`).
     pub wait: Duration,
-    /// A PEM file with extra CA certificates to trust.
+    /// A PEM file with the CA certificates to trust. They **replace** the built-in public
+    /// (webpki) roots unless [`public_roots`](Self::public_roots) is set.
     pub ca_file: Option<PathBuf>,
+    /// With a `ca_file`, also trust the built-in public (webpki) roots. Without a
+    /// `ca_file` the public roots are always used.
+    pub public_roots: bool,
     /// A PEM file with the client certificate (chain), for mutual TLS.
     pub cert_file: Option<PathBuf>,
     /// A PEM file with the client certificate's private key.
     pub key_file: Option<PathBuf>,
+    /// The largest answer body read, in bytes ([`DEFAULT_MAX_BODY`]); a larger answer is an
+    /// [`Error::Malformed`] error and is not read further.
+    pub max_body: usize,
 }
 
 impl ClientConfig {
@@ -97,8 +122,10 @@ impl ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             wait: DEFAULT_WAIT,
             ca_file: None,
+            public_roots: false,
             cert_file: None,
             key_file: None,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 
@@ -142,14 +169,14 @@ impl ClientConfig {
         self
     }
 
-    /// Sets the request timeout.
+    /// Sets the request timeout (more than 0; checked by [`Client::new`]).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Sets the blocking-query wait.
+    /// Sets the blocking-query wait (1 ms ..= 10 min; checked by [`Client::new`]).
     #[must_use]
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
@@ -163,11 +190,62 @@ impl ClientConfig {
         self
     }
 
-    /// Trusts the CA certificates in this PEM file (implies HTTPS).
+    /// Trusts the CA certificates in this PEM file, and only them unless
+    /// [`public_roots`](Self::public_roots) is set (implies HTTPS).
     #[must_use]
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(path.into());
         self
+    }
+
+    /// With a [`ca_file`](Self::ca_file), trust the built-in public (webpki) roots too
+    /// (the URL option `public_roots=true`). Off by default: a private CA for the agent
+    /// should not make every public CA able to impersonate it.
+    #[must_use]
+    pub fn public_roots(mut self, yes: bool) -> Self {
+        self.public_roots = yes;
+        self
+    }
+
+    /// Caps the size of an answer body, in bytes (at least [`MIN_MAX_BODY`]; checked by
+    /// [`Client::new`]). The default is [`DEFAULT_MAX_BODY`].
+    #[must_use]
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Checks the values the setters cannot: `wait` within 1 ms ..= 10 min (Consul's
+    /// range; it counts in whole milliseconds), `timeout` above zero (a blocking query gets
+    /// `wait + wait/16 + timeout`, so any positive timeout outlasts the wait), `max_body`
+    /// at least [`MIN_MAX_BODY`], and `cert_file` with `key_file`. [`Client::new`] calls it;
+    /// the error names the setter (and the URL option) to fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.wait < Duration::from_millis(1) || self.wait > MAX_WAIT {
+            return Err(Error::config(format!(
+                "consul: wait {:?} must be between 1ms and 10m (Consul's maximum); \
+                 set ClientConfig::wait or the URL option wait=",
+                self.wait
+            )));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::config(
+                "consul: timeout must be greater than 0 (every request would fail at once); \
+                 set ClientConfig::timeout or the URL option timeout=",
+            ));
+        }
+        if self.max_body < MIN_MAX_BODY {
+            return Err(Error::config(format!(
+                "consul: max_body {} bytes is below the minimum of {MIN_MAX_BODY} bytes",
+                self.max_body
+            )));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(Error::config(
+                "consul: a client certificate needs both cert and key files",
+            ));
+        }
+        Ok(())
     }
 
     /// Presents this client certificate and key (PEM files) for mutual TLS (implies HTTPS).
@@ -211,13 +289,41 @@ impl fmt::Debug for Client {
 }
 
 /// The answer of a health query: the raw entries and the blocking-query index.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
+#[non_exhaustive]
 pub struct HealthAnswer {
     /// The `X-Consul-Index` header.
     pub index: u64,
-    /// The JSON entries, one per service instance (parsed one by one by the instancer, so a
-    /// bad entry is skipped alone).
-    pub entries: Vec<serde_json::Value>,
+    /// The entries, one per service instance, as their raw JSON text (decoded one by one by
+    /// the instancer into typed structs, so a bad entry is skipped alone).
+    pub entries: Vec<Box<RawValue>>,
+    /// The agent said (`X-Consul-Results-Filtered-By-ACLs: true`) that the ACL token may
+    /// not see some of the entries, which were left out.
+    pub filtered_by_acls: bool,
+}
+
+/// The Consul check status that carries `health` through a TTL check: `passing`,
+/// `warning`, or `critical` (for [`Health::Critical`] and [`Health::Unknown`]: Consul has
+/// no unknown status, and an instance of unknown health should not be passing).
+pub fn check_status(health: Health) -> &'static str {
+    match health {
+        Health::Passing => "passing",
+        Health::Warning => "warning",
+        // Critical, Unknown, and any future state.
+        _ => "critical",
+    }
+}
+
+/// A failed [`Client::register_reporting`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RegisterFailed {
+    /// What went wrong.
+    pub error: Error,
+    /// The request may have reached the agent and been applied (a timeout, a reset
+    /// connection, a 5xx possibly from a proxy): only a refused connection or a 4xx
+    /// answer are certain not to have registered anything.
+    pub maybe_applied: bool,
 }
 
 /// The outcome of a TTL check update.
@@ -309,11 +415,27 @@ fn truncate(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// The start of an error body: only what an error message quotes (and one byte more, to
+/// know that there was more) is read; the rest of the body is never downloaded.
+async fn error_body(mut resp: Response) -> String {
+    let mut body = Vec::new();
+    while body.len() <= MAX_BODY_IN_ERROR {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY_IN_ERROR + 1 - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Turns a failure status into an error: 400/401/403 are [`Error::Rejected`] (retrying the
 /// same request will not help), anything else [`Error::Unavailable`].
 async fn status_error(what: &str, resp: Response) -> Error {
     let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
+    let body = error_body(resp).await;
     let mut message = format!("{what}: HTTP {status}: {}", truncate(&body));
     if status == StatusCode::BAD_REQUEST && body.contains("HTTP request to an HTTPS server") {
         message.push_str(" (the agent speaks HTTPS: use tls=true, or ca= for a private CA)");
@@ -337,6 +459,7 @@ impl Client {
     /// ignored, because the agent is local by design and a proxy would see the
     /// `X-Consul-Token` header.
     pub fn new(config: ClientConfig) -> Result<Self> {
+        config.validate()?;
         let scheme = if config.uses_tls() { "https" } else { "http" };
         if config.address.trim().is_empty() {
             return Err(Error::config("consul: empty agent address"));
@@ -360,11 +483,6 @@ impl Client {
                 ));
             }
         }
-        if config.cert_file.is_some() != config.key_file.is_some() {
-            return Err(Error::config(
-                "consul: a client certificate needs both cert and key files",
-            ));
-        }
         // No proxy, whatever HTTP_PROXY / HTTPS_PROXY / ALL_PROXY say: the agent is local
         // by design, and a proxy would see every request and the X-Consul-Token header.
         let mut builder = reqwest::Client::builder()
@@ -386,6 +504,8 @@ impl Client {
                     ca.display()
                 )));
             }
+            // The given CA replaces the public roots unless asked to keep them.
+            builder = builder.tls_built_in_root_certs(config.public_roots);
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -508,8 +628,12 @@ impl Client {
     /// checks. With `index > 0` this is a blocking query that returns when the index moves
     /// past `index` or after the configured wait.
     ///
-    /// Fails with [`Error::Malformed`] when the body is not a JSON array or the
-    /// `X-Consul-Index` header is missing or not a number.
+    /// The body is read up to [`ClientConfig::max_body`] bytes and split into its entries
+    /// without building a JSON tree: each entry stays raw text, decoded (into typed structs)
+    /// one by one by the instancer, so a bad entry is skipped alone.
+    ///
+    /// Fails with [`Error::Malformed`] when the body is not a JSON array, is larger than the
+    /// cap, or the `X-Consul-Index` header is missing or not a number.
     pub async fn health_service(
         &self,
         service: &str,
@@ -544,34 +668,77 @@ impl Client {
                     )
                 })?,
         };
-        let body = resp.bytes().await.map_err(|e| transport_error(&what, e))?;
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        let filtered_by_acls = resp
+            .headers()
+            .get(FILTERED_BY_ACLS_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let body = self.read_body(resp, &what).await?;
+        // `null` is what an agent sends for "no entries" in some versions.
+        let entries: Option<Vec<Box<RawValue>>> = serde_json::from_slice(&body).map_err(|e| {
+            // Only on this error path: is it JSON at all (checked without building a
+            // tree), or JSON of the wrong shape?
+            let problem = match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                Ok(_) => format!("expected a JSON array of entries ({e})"),
+                Err(syntax) => format!("body is not JSON ({syntax})"),
+            };
             Error::malformed(
                 BACKEND,
                 format!(
-                    "{what}: body is not JSON ({e}): {}",
-                    truncate(&String::from_utf8_lossy(&body))
+                    "{what}: {problem}: {}",
+                    truncate(&String::from_utf8_lossy(
+                        &body[..body.len().min(MAX_BODY_IN_ERROR + 1)]
+                    ))
                 ),
             )
         })?;
-        let entries = match value {
-            serde_json::Value::Array(entries) => entries,
-            serde_json::Value::Null => Vec::new(),
-            other => {
-                return Err(Error::malformed(
-                    BACKEND,
-                    format!(
-                        "{what}: expected a JSON array of entries, got {}",
-                        truncate(&other.to_string())
-                    ),
-                ))
-            }
+        Ok(HealthAnswer {
+            index,
+            entries: entries.unwrap_or_default(),
+            filtered_by_acls,
+        })
+    }
+
+    /// Reads a body of at most [`ClientConfig::max_body`] bytes: a larger one (by its
+    /// `Content-Length`, or counted while reading a chunked one) is an [`Error::Malformed`]
+    /// and the rest is not read (the connection is dropped).
+    async fn read_body(&self, mut resp: Response, what: &str) -> Result<Vec<u8>> {
+        let limit = self.inner.config.max_body;
+        let too_large = |size: String| {
+            Error::malformed(
+                BACKEND,
+                format!(
+                    "{what}: the answer is {size}, more than the {limit}-byte cap \
+                     (raise it with ClientConfig::max_body or the URL option max_body=)"
+                ),
+            )
         };
-        Ok(HealthAnswer { index, entries })
+        let declared = resp.content_length();
+        if let Some(len) = declared.filter(|&len| len > limit as u64) {
+            return Err(too_large(format!("{len} bytes")));
+        }
+        let mut body = Vec::with_capacity(declared.map_or(0, |l| l as usize));
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(what, e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large("larger".to_string()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// `PUT /v1/agent/service/register` with `registration` as the JSON body (an upsert).
     pub async fn register<T: Serialize + ?Sized>(&self, registration: &T) -> Result<()> {
+        self.register_reporting(registration)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`register`](Self::register), saying on failure whether the agent may have applied
+    /// the registration anyway.
+    pub async fn register_reporting<T: Serialize + ?Sized>(
+        &self,
+        registration: &T,
+    ) -> std::result::Result<(), RegisterFailed> {
         let what = "service registration";
         let resp = self
             .request(
@@ -583,11 +750,21 @@ impl Client {
             .json(registration)
             .send()
             .await
-            .map_err(|e| transport_error(what, e))?;
-        if resp.status().is_success() {
+            .map_err(|e| RegisterFailed {
+                // Only a connection that was never made certainly carried nothing: a
+                // timeout or a reset may come after the agent applied the request.
+                maybe_applied: !e.is_connect(),
+                error: transport_error(what, e),
+            })?;
+        let status = resp.status();
+        if status.is_success() {
             Ok(())
         } else {
-            Err(status_error(what, resp).await)
+            Err(RegisterFailed {
+                // The agent refused it (4xx); a 5xx may come from a proxy that forwarded it.
+                maybe_applied: !status.is_client_error(),
+                error: status_error(what, resp).await,
+            })
         }
     }
 
@@ -619,15 +796,29 @@ impl Client {
         }
     }
 
-    /// `PUT /v1/agent/check/pass/<check_id>`: marks a TTL check passing.
+    /// `PUT /v1/agent/check/update/<check_id>`: sets a TTL check's status to `health`
+    /// ([`check_status`]) and resets its TTL.
     ///
     /// Returns [`CheckUpdate::Unknown`] when the agent does not know the check (HTTP 404, or
     /// the older "does not have associated TTL" 500), which means the registration was lost.
-    pub async fn pass_ttl(&self, check_id: &str) -> Result<CheckUpdate> {
+    pub async fn update_ttl(&self, check_id: &str, health: Health) -> Result<CheckUpdate> {
         let what = format!("TTL check update of {check_id:?}");
+        let status = check_status(health);
+        let body = serde_json::json!({
+            "Status": status,
+            "Output": format!("set by sdkit: the registered instance's health is {health:?}"),
+        });
         let resp = self
-            .agent_call(Method::PUT, &["agent", "check", "pass", check_id], &what)
-            .await?;
+            .request(
+                Method::PUT,
+                &["agent", "check", "update", check_id],
+                false,
+                self.inner.config.timeout,
+            )
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(CheckUpdate::Updated);
@@ -635,7 +826,7 @@ impl Client {
         if status == StatusCode::NOT_FOUND {
             return Ok(CheckUpdate::Unknown);
         }
-        let body = resp.text().await.unwrap_or_default();
+        let body = error_body(resp).await;
         if status == StatusCode::INTERNAL_SERVER_ERROR
             && (body.contains("does not have associated TTL") || body.contains("Unknown check"))
         {
@@ -647,6 +838,11 @@ impl Client {
         ))
     }
 
+    /// Marks a TTL check passing: [`update_ttl`](Self::update_ttl) with [`Health::Passing`].
+    pub async fn pass_ttl(&self, check_id: &str) -> Result<CheckUpdate> {
+        self.update_ttl(check_id, Health::Passing).await
+    }
+
     /// `GET /v1/agent/service/<id>`: the agent's view of a local service, `None` when the
     /// agent does not know it.
     pub async fn agent_service(&self, id: &str) -> Result<Option<serde_json::Value>> {
@@ -656,9 +852,8 @@ impl Client {
             .await?;
         match resp.status() {
             s if s.is_success() => {
-                let v = resp
-                    .json::<serde_json::Value>()
-                    .await
+                let body = self.read_body(resp, &what).await?;
+                let v = serde_json::from_slice(&body)
                     .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
                 Ok(Some(v))
             }
@@ -676,7 +871,8 @@ impl Client {
         if !resp.status().is_success() {
             return Err(status_error(what, resp).await);
         }
-        match resp.json::<serde_json::Value>().await {
+        let body = self.read_body(resp, what).await?;
+        match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(serde_json::Value::Object(m)) => Ok(m),
             Ok(other) => Err(Error::malformed(
                 BACKEND,
@@ -788,6 +984,62 @@ mod tests {
             .to_string();
         assert!(err.contains("client certificate"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 9, item 19 (client builder validation): what the URL parser refuses, the
+    /// builder refuses too, with an error naming the setter and the URL option.
+    #[test]
+    fn client_builder_validation_rejects_a_zero_wait_or_timeout_with_a_clear_error() {
+        let cfg = || ClientConfig::new("127.0.0.1:8500");
+        for (config, needle) in [
+            (
+                cfg().wait(Duration::ZERO),
+                "wait 0ns must be between 1ms and 10m",
+            ),
+            (
+                cfg().wait(Duration::from_micros(900)),
+                "between 1ms and 10m",
+            ),
+            (cfg().wait(Duration::from_secs(601)), "between 1ms and 10m"),
+            (
+                cfg().timeout(Duration::ZERO),
+                "timeout must be greater than 0",
+            ),
+            (
+                cfg().max_body(1000),
+                "max_body 1000 bytes is below the minimum",
+            ),
+        ] {
+            let err = Client::new(config).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(needle), "{msg}");
+            assert!(
+                msg.contains("ClientConfig::") || msg.contains("max_body"),
+                "{msg}"
+            );
+        }
+        // The edges are accepted; any positive timeout outlasts the wait of a blocking
+        // query (it gets wait + wait/16 + timeout).
+        let c = client(
+            cfg()
+                .wait(Duration::from_millis(1))
+                .timeout(Duration::from_millis(1)),
+        );
+        let req = c.health_request("web", None, false, 7).build().unwrap();
+        assert!(req.timeout().unwrap() > &Duration::from_millis(1));
+        client(cfg().wait(MAX_WAIT).max_body(MIN_MAX_BODY));
+    }
+
+    /// Issue 9, item 22: a custom CA replaces the public roots unless asked to keep them.
+    /// (That the built-in roots are then not trusted cannot be shown here without a server
+    /// certificate from a public CA; this checks the setting reqwest is given.)
+    #[test]
+    fn a_custom_ca_replaces_the_public_roots_unless_public_roots_is_set() {
+        let c = ClientConfig::new("h:1").ca_file("/x/ca.pem");
+        assert!(!c.public_roots);
+        assert!(c.clone().public_roots(true).public_roots);
+        assert_eq!(ClientConfig::new("h:1").max_body, DEFAULT_MAX_BODY);
     }
 
     #[test]

@@ -20,6 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
@@ -27,8 +30,20 @@ use sd_core::{
     Subscription, WatchedInstancer,
 };
 use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use crate::client::{Client, BACKEND};
+
+/// The least time between the start of a blocking query that came back with the index
+/// unchanged and the start of the next one (or the `wait`, when shorter).
+///
+/// Consul's guidance for blocking queries: an answer with the same index means nothing
+/// changed (a spurious wake-up, or an agent or proxy that does not block), and the client
+/// must rate-limit such loops. Without this, an agent that answers every blocking query at
+/// once was polled about 40 times a second, forever. An answer with a new index is never
+/// delayed: the next query goes out at once.
+pub const UNCHANGED_INDEX_PACE: Duration = Duration::from_secs(1);
 
 /// Metadata key holding the Consul node name of an instance.
 pub const META_NODE: &str = "consul.node";
@@ -135,10 +150,13 @@ fn clamp_weight(w: i64) -> u32 {
 /// - weight: `Weights.Passing` when passing, `Weights.Warning` when warning (both default
 ///   to 1), 0 ("only if nothing else") when critical or unknown.
 ///
+/// The entry is decoded straight from its JSON text into typed structs (no generic JSON
+/// tree); fields sdkit does not use are skipped unread.
+///
 /// Fails, with the reason, when the entry has no usable address or port.
-pub fn entry_to_instance(entry: &serde_json::Value) -> Result<Instance, String> {
-    let e =
-        EntryJson::deserialize(entry).map_err(|err| format!("unexpected entry shape: {err}"))?;
+pub fn entry_to_instance(entry: &RawValue) -> Result<Instance, String> {
+    let e: EntryJson = serde_json::from_str(entry.get())
+        .map_err(|err| format!("unexpected entry shape: {err}"))?;
     let svc = e.service.ok_or("entry has no Service")?;
     let node = e.node.unwrap_or_default();
     let host = if svc.address.trim().is_empty() {
@@ -171,7 +189,8 @@ pub fn entry_to_instance(entry: &serde_json::Value) -> Result<Instance, String> 
     let weight = match health {
         Health::Passing => w_pass,
         Health::Warning => w_warn,
-        Health::Critical | Health::Unknown => 0,
+        // Critical, unknown, and any health added later (`Health` is non-exhaustive).
+        _ => 0,
     };
     let mut b = Instance::builder(host, port)
         .id(svc.id)
@@ -195,10 +214,19 @@ pub fn entry_to_instance(entry: &serde_json::Value) -> Result<Instance, String> 
 /// Tags are ANDed: the first is filtered by the agent (`?tag=`), the others here
 /// (CONSUL-2; Consul issue #294). Passing-only is the agent's `?passing` filter
 /// (CONSUL-3), which keeps only entries whose checks are **all** passing (warning excluded).
+/// Tags match case-insensitively (`V2` is `v2`), as the agent's own `?tag=` filter does.
+///
+/// A blocking query that returns with the index unchanged is followed by the next one no
+/// sooner than [`UNCHANGED_INDEX_PACE`] after it was sent.
 pub struct HealthSource {
     client: Client,
     query: ServiceQuery,
+    /// The query's tags after the first, lower-cased (Consul compares `ToLower`ed tags).
+    other_tags: Vec<String>,
     index: u64,
+    not_before: Option<Instant>,
+    filtered_by_acls: Arc<AtomicBool>,
+    warned_acls: bool,
 }
 
 impl fmt::Debug for HealthSource {
@@ -213,10 +241,40 @@ impl fmt::Debug for HealthSource {
 impl HealthSource {
     /// A source for `query`, starting with a non-blocking query.
     pub fn new(client: Client, query: ServiceQuery) -> Self {
+        let other_tags = query
+            .tags
+            .iter()
+            .skip(1)
+            .map(|t| t.to_lowercase())
+            .collect();
         HealthSource {
             client,
             query,
+            other_tags,
             index: 0,
+            not_before: None,
+            filtered_by_acls: Arc::new(AtomicBool::new(false)),
+            warned_acls: false,
+        }
+    }
+
+    /// Whether the last answer was filtered by ACLs (the agent's
+    /// `X-Consul-Results-Filtered-By-ACLs`): the token may not see some instances.
+    pub fn filtered_by_acls(&self) -> bool {
+        self.filtered_by_acls.load(Ordering::Relaxed)
+    }
+
+    fn note_acl_filtering(&mut self, filtered: bool) {
+        self.filtered_by_acls.store(filtered, Ordering::Relaxed);
+        if filtered && !self.warned_acls {
+            self.warned_acls = true;
+            tracing::warn!(
+                backend = BACKEND,
+                service = %self.query.service,
+                "the agent left out instances the ACL token may not read \
+                 (X-Consul-Results-Filtered-By-ACLs); the published set may be partial or empty: \
+                 give the token service:read on the service and node:read on its nodes"
+            );
         }
     }
 
@@ -225,12 +283,15 @@ impl HealthSource {
         self.index
     }
 
-    fn instances(&self, entries: &[serde_json::Value]) -> Vec<Instance> {
+    fn instances(&self, entries: &[Box<RawValue>]) -> Vec<Instance> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             match entry_to_instance(entry) {
                 Ok(i) => {
-                    if self.query.tags.iter().all(|t| i.has_tag(t)) {
+                    // The first tag was the agent's filter; the others are checked here
+                    // the way the agent checks it: case-insensitively.
+                    let has = |want: &String| i.tags().iter().any(|t| t.to_lowercase() == *want);
+                    if self.other_tags.iter().all(has) {
                         out.push(i);
                     }
                 }
@@ -249,6 +310,10 @@ impl HealthSource {
 #[async_trait]
 impl Source for HealthSource {
     async fn next_step(&mut self) -> Step {
+        if let Some(not_before) = self.not_before.take() {
+            tokio::time::sleep_until(not_before).await;
+        }
+        let sent = Instant::now();
         let tag = self.query.tags.first().map(String::as_str);
         let answer = self
             .client
@@ -278,7 +343,13 @@ impl Source for HealthSource {
                 ))
             }
             Ok(a) => {
+                if a.index == self.index {
+                    // Nothing changed (an early return): rate-limit the next query.
+                    let pace = UNCHANGED_INDEX_PACE.min(self.client.config().wait);
+                    self.not_before = Some(sent + pace);
+                }
                 self.index = a.index;
+                self.note_acl_filtering(a.filtered_by_acls);
                 Step::Publish(self.instances(&a.entries))
             }
         }
@@ -302,6 +373,7 @@ impl Source for HealthSource {
 #[derive(Debug)]
 pub struct ConsulInstancer {
     inner: WatchedInstancer,
+    filtered_by_acls: Arc<AtomicBool>,
 }
 
 impl ConsulInstancer {
@@ -319,13 +391,28 @@ impl ConsulInstancer {
             format!("{} tags={:?}", query.service, query.tags)
         };
         let config = LoopConfig::new(BACKEND, target).backoff(backoff);
-        let inner = WatchedInstancer::start(HealthSource::new(client, query), config).await;
-        ConsulInstancer { inner }
+        let source = HealthSource::new(client, query);
+        let filtered_by_acls = source.filtered_by_acls.clone();
+        let inner = WatchedInstancer::start(source, config).await;
+        ConsulInstancer {
+            inner,
+            filtered_by_acls,
+        }
     }
 
     /// The current state.
     pub fn state(&self) -> Option<Event> {
         self.inner.state()
+    }
+
+    /// Whether the agent's last answer left out instances the ACL token may not read
+    /// (`X-Consul-Results-Filtered-By-ACLs: true`), so the published set may be partial or
+    /// empty. The first such answer is also logged at `warn`.
+    ///
+    /// The agent says so only for a token that is not the anonymous one: without a token,
+    /// a filtered answer looks like any other.
+    pub fn results_filtered_by_acls(&self) -> bool {
+        self.filtered_by_acls.load(Ordering::Relaxed)
     }
 }
 
@@ -345,14 +432,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn entry(svc_addr: &str, node_addr: &str, port: i64, checks: &[&str]) -> serde_json::Value {
-        json!({
+    fn raw(v: &serde_json::Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(v).unwrap()
+    }
+
+    fn entry(svc_addr: &str, node_addr: &str, port: i64, checks: &[&str]) -> Box<RawValue> {
+        raw(&json!({
             "Node": {"Node": "n1", "Address": node_addr, "Datacenter": "dc1"},
             "Service": {"ID": "web-1", "Service": "web", "Tags": ["a", "b"], "Address": svc_addr,
                         "Port": port, "Meta": {"version": "2"},
                         "Weights": {"Passing": 10, "Warning": 3}},
             "Checks": checks.iter().map(|s| json!({"Status": s})).collect::<Vec<_>>(),
-        })
+        }))
     }
 
     #[test]
@@ -394,7 +485,7 @@ mod tests {
 
     #[test]
     fn missing_weights_default_to_one() {
-        let v = json!({"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "x", "Port": 1}});
+        let v = raw(&json!({"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "x", "Port": 1}}));
         let i = entry_to_instance(&v).unwrap();
         assert_eq!((i.weight(), i.health()), (1, Health::Passing));
         assert!(i.meta().is_empty());
@@ -411,15 +502,15 @@ mod tests {
             (entry("10.0.0.1", "", 0, &[]), "port 0"),
             (entry("10.0.0.1", "", 70000, &[]), "port 70000"),
             (
-                json!({"Node": {"Address": "h"}, "Service": {"ID": "x"}}),
+                raw(&json!({"Node": {"Address": "h"}, "Service": {"ID": "x"}})),
                 "no port",
             ),
-            (json!({"Node": {"Address": "h"}}), "no Service"),
+            (raw(&json!({"Node": {"Address": "h"}})), "no Service"),
             (
-                json!({"Service": {"Port": "eighty"}}),
+                raw(&json!({"Service": {"Port": "eighty"}})),
                 "unexpected entry shape",
             ),
-            (json!(42), "unexpected entry shape"),
+            (raw(&json!(42)), "unexpected entry shape"),
         ] {
             let err = entry_to_instance(&v).unwrap_err();
             assert!(err.contains(why), "{v}: {err}");
@@ -467,7 +558,7 @@ mod tests {
             /// panics, and an accepted entry always has a host and a non-zero port.
             #[test]
             fn any_entry_converts_or_is_rejected_with_a_reason(v in json_value()) {
-                match entry_to_instance(&v) {
+                match entry_to_instance(&raw(&v)) {
                     Ok(i) => prop_assert!(!i.host().is_empty() && i.port() != 0),
                     Err(reason) => prop_assert!(!reason.is_empty()),
                 }
@@ -479,9 +570,10 @@ mod tests {
                 field in prop_oneof![Just("Address"), Just("Port"), Just("Weights"), Just("Meta"), Just("Tags"), Just("ID")],
                 value in json_value(),
             ) {
-                let mut e = entry("10.0.0.1", "10.0.0.2", 80, &["passing"]);
+                let mut e: serde_json::Value =
+                    serde_json::from_str(entry("10.0.0.1", "10.0.0.2", 80, &["passing"]).get()).unwrap();
                 e["Service"][field] = value;
-                let _ = entry_to_instance(&e);
+                let _ = entry_to_instance(&raw(&e));
             }
         }
     }

@@ -64,6 +64,9 @@
 //! - A body that is not a JSON array, or an answer without `X-Consul-Index`, is an error
 //!   event with a clear message; an entry without a usable address or port is skipped alone
 //!   with a warning. Entries with the same address and ID collapse to one (sd-core).
+//! - Tags match case-insensitively, as the agent's filter does. A blocking query that comes
+//!   back with the index unchanged is rate-limited ([`UNCHANGED_INDEX_PACE`]); answers are
+//!   read up to a cap ([`DEFAULT_MAX_BODY`]) and decoded entry by entry into typed structs.
 //! - The registrar heartbeats TTL checks and re-registers when the agent lost the service
 //!   (see [`registrar`]); go-kit has neither.
 //!
@@ -79,9 +82,12 @@ pub mod registry;
 pub mod bench;
 
 pub use client::{
-    CheckUpdate, Client, ClientConfig, HealthAnswer, BACKEND, DEFAULT_PORT, DEFAULT_TIMEOUT,
-    DEFAULT_WAIT, TOKEN_HEADER,
+    check_status, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed, BACKEND,
+    DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT, FILTERED_BY_ACLS_HEADER,
+    MAX_WAIT, MIN_MAX_BODY, TOKEN_HEADER,
 };
-pub use instancer::{ConsulInstancer, HealthSource, META_DATACENTER, META_NODE};
+pub use instancer::{
+    ConsulInstancer, HealthSource, META_DATACENTER, META_NODE, UNCHANGED_INDEX_PACE,
+};
 pub use registrar::{ConsulRegistrar, DEFAULT_RECHECK};
 pub use registry::ConsulRegistry;

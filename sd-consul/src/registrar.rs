@@ -4,10 +4,12 @@
 //! (ID, name, address, port, tags, `Meta`, `Weights`) and its check, then keeps a background
 //! task running until [`deregister`](ConsulRegistrar::deregister):
 //!
-//! - with a TTL check, it heartbeats (`PUT /v1/agent/check/pass/<check>`) every third of the
-//!   TTL; the check is registered with status `passing` and passed once right after each
-//!   registration (Consul keeps an existing check's status when a service is registered
-//!   again), so the instance is discoverable by passing-only watchers at once;
+//! - with a TTL check, it heartbeats (`PUT /v1/agent/check/update/<check>`) every third of
+//!   the TTL with the status of the instance's [`health()`](sd_core::Instance::health)
+//!   ([`check_status`]: passing, warning, or critical); the check is registered with that
+//!   status and set to it again right after each registration (Consul keeps an existing
+//!   check's status when a service is registered again), so watchers see the instance's
+//!   health at once (a passing instance is discoverable by passing-only watchers at once);
 //! - with any other check or none, it looks the service up on the agent
 //!   (`GET /v1/agent/service/<id>`) every [`DEFAULT_RECHECK`].
 //!
@@ -17,7 +19,10 @@
 //! the agent are logged and retried with a backoff from 100 ms up to the period.
 //!
 //! Both calls are idempotent: registering again re-sends the registration (Consul upserts)
-//! and keeps the one background task; deregistering when not registered does nothing.
+//! and keeps the one background task; deregistering when nothing can have been registered
+//! does nothing. A `register()` that failed (timeout, reset, 5xx) or was cancelled after its
+//! request may have reached the agent counts as registered: `deregister()` then sends the
+//! deregistration, so no orphan is left on the agent.
 //! Deregistration on shutdown is explicit ([`deregister`](ConsulRegistrar::deregister)) or
 //! through [`RegistrationGuard`](sd_core::RegistrationGuard); dropping the registrar
 //! stops the heartbeats only, so a TTL check then goes critical.
@@ -29,13 +34,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
-    spawn_keepalive, BackgroundTask, Error, HealthCheck, KeepAlive, KeepAliveConfig, Registrar,
-    Registration, Result,
+    spawn_keepalive, BackgroundTask, Error, Health, HealthCheck, KeepAlive, KeepAliveConfig,
+    Registrar, Registration, Result,
 };
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 
-use crate::client::{CheckUpdate, Client, BACKEND};
+use crate::client::{check_status, CheckUpdate, Client, BACKEND};
 
 /// How often a registrar without a TTL check verifies that the agent still has its service.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(10);
@@ -126,7 +131,7 @@ fn build_body(r: &Registration) -> Result<ServiceBody> {
         match c {
             HealthCheck::Ttl(ttl) => {
                 body.ttl = Some(go_duration(*ttl));
-                body.status = Some("passing");
+                body.status = Some(check_status(r.instance.health()));
             }
             HealthCheck::Http { url, interval } => {
                 body.http = Some(url.clone());
@@ -186,6 +191,13 @@ struct Shared {
     reregistrations: watch::Sender<u64>,
 }
 
+impl Shared {
+    /// The health the TTL check reports: the registered instance's.
+    fn health(&self) -> Health {
+        self.registration.instance.health()
+    }
+}
+
 /// One round of sd-core's shared keep-alive loop ([`spawn_keepalive`]: every period, retries
 /// backing off from 100 ms up to the period, cancelled by `deregister`).
 #[async_trait]
@@ -193,7 +205,9 @@ impl KeepAlive for Shared {
     /// Heartbeat (TTL check) or presence check; registers again when the agent lost it.
     async fn keep_alive(&self) -> Result<()> {
         let lost = match &self.check_id {
-            Some(check) => self.client.pass_ttl(check).await? == CheckUpdate::Unknown,
+            Some(check) => {
+                self.client.update_ttl(check, self.health()).await? == CheckUpdate::Unknown
+            }
             None => self.client.agent_service(&self.body.id).await?.is_none(),
         };
         tracing::trace!(backend = BACKEND, id = %self.body.id, lost, ttl = self.check_id.is_some(),
@@ -209,9 +223,9 @@ impl KeepAlive for Shared {
             self.reregistrations.send_modify(|n| *n += 1);
             tracing::info!(backend = BACKEND, service = %self.body.name, id = %self.body.id, action = "reregister");
             if let Some(check) = &self.check_id {
-                // A new check starts passing (registered so); this only matters if the
-                // agent kept an old, critical one.
-                self.client.pass_ttl(check).await?;
+                // A new check starts with the instance's health (registered so); this only
+                // matters if the agent kept an old check with another status.
+                self.client.update_ttl(check, self.health()).await?;
             }
         }
         Ok(())
@@ -342,13 +356,22 @@ impl Registrar for ConsulRegistrar {
     async fn register(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let body = &self.shared.body;
-        if let Err(e) = self.shared.client.register(body).await {
+        let was_registered = state.registered;
+        // From the moment the request may reach the agent, deregister() must send a
+        // deregistration: a register() that times out, or is cancelled (this future
+        // dropped), may have been applied by the agent all the same.
+        state.registered = true;
+        if let Err(failed) = self.shared.client.register_reporting(body).await {
+            let e = failed.error;
+            state.registered = was_registered || failed.maybe_applied;
             tracing::warn!(backend = BACKEND, service = %body.name, tags = ?body.tags,
-                address = %self.shared.registration.instance.addr(), error = %e, "register failed");
+                address = %self.shared.registration.instance.addr(), error = %e,
+                maybe_applied = failed.maybe_applied,
+                "register failed{}", if failed.maybe_applied {
+                    " (the agent may have applied it: deregister() will remove it)"
+                } else { "" });
             return Err(e);
         }
-        // From here on the agent has the service: deregister() must remove it.
-        state.registered = true;
         if state
             .task
             .as_ref()
@@ -359,14 +382,20 @@ impl Registrar for ConsulRegistrar {
         tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
             address = %self.shared.registration.instance.addr(), action = "register");
         if let Some(check) = &self.shared.check_id {
-            // Re-registering keeps an existing check's status (even critical): pass it now.
-            // A failure here is left to the heartbeat task, which retries with backoff.
-            match self.shared.client.pass_ttl(check).await {
+            // Re-registering keeps an existing check's status (even critical): set it to the
+            // instance's health now. A failure here is left to the heartbeat task, which
+            // retries with backoff.
+            match self
+                .shared
+                .client
+                .update_ttl(check, self.shared.health())
+                .await
+            {
                 Ok(CheckUpdate::Updated) => {}
                 Ok(CheckUpdate::Unknown) => tracing::warn!(backend = BACKEND, id = %body.id,
                     "the agent does not know the TTL check right after registering it"),
                 Err(e) => tracing::warn!(backend = BACKEND, id = %body.id, error = %e,
-                    "could not pass the TTL check after registering; the heartbeat will retry"),
+                    "could not update the TTL check after registering; the heartbeat will retry"),
             }
         }
         Ok(())

@@ -1,22 +1,19 @@
 //! [`ConsulRegistry`]: the `consul://` registry behind `sdkit::connect`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use sd_core::instance::join_host_port;
 use sd_core::{
     Backoff, Capabilities, Error, Instancer, Registrar, Registration, Registry, RegistryUrl,
     Result, ServiceQuery,
 };
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::client::{Client, ClientConfig, DEFAULT_PORT};
 use crate::instancer::ConsulInstancer;
 use crate::registrar::ConsulRegistrar;
 
-/// The longest blocking wait Consul accepts.
-pub const MAX_WAIT: Duration = Duration::from_secs(600);
+pub use crate::client::MAX_WAIT;
 
 /// A Consul agent as an sdkit [`Registry`]: instancers are blocking-query watches, registrars
 /// register with the agent and keep the registration alive.
@@ -62,7 +59,9 @@ impl ConsulRegistry {
     /// | `wait` | blocking-query wait, at most `10m` | `60s` |
     /// | `timeout` | timeout of each non-blocking request | `10s` |
     /// | `tls` | use HTTPS | `false` |
-    /// | `ca` | PEM file of extra CA certificates to trust (implies `tls`) | the built-in (webpki) roots |
+    /// | `ca` | PEM file of the CA certificates to trust, instead of the built-in (webpki) roots (implies `tls`) | the built-in roots |
+    /// | `public_roots` | with `ca`, trust the built-in roots too | `false` |
+    /// | `max_body` | largest answer body read, in bytes (at least 65536) | 33554432 (32 MiB) |
     /// | `cert`, `key` | client certificate and key PEM files for mutual TLS (implies `tls`) | none |
     /// | `passing` | make every instancer passing-only | `false` |
     ///
@@ -92,22 +91,20 @@ impl ConsulRegistry {
         config.token = u.secret("token")?;
         config.namespace = u.string("ns")?;
         config.partition = u.string("partition")?;
+        // The ranges of wait, timeout and max_body are checked once, by
+        // ClientConfig::validate (in Client::new below).
         if let Some(wait) = u.duration("wait")? {
-            if wait < Duration::from_millis(1) || wait > MAX_WAIT {
-                return Err(u.error(format!(
-                    "option wait={wait:?} must be between 1ms and 10m (Consul's maximum)"
-                )));
-            }
             config.wait = wait;
         }
         if let Some(timeout) = u.duration("timeout")? {
-            if timeout.is_zero() {
-                return Err(u.error("option timeout must be greater than 0"));
-            }
             config.timeout = timeout;
+        }
+        if let Some(max_body) = u.number::<usize>("max_body")? {
+            config.max_body = max_body;
         }
         config.tls = u.bool("tls")?.unwrap_or(false);
         config.ca_file = path_option(&mut u, "ca")?;
+        config.public_roots = u.bool("public_roots")?.unwrap_or(false);
         config.cert_file = path_option(&mut u, "cert")?;
         config.key_file = path_option(&mut u, "key")?;
         let passing_only = u.bool("passing")?.unwrap_or(false);
@@ -188,12 +185,13 @@ impl Registry for ConsulRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn every_option_is_read() {
         std::env::set_var("SD_CONSUL_REGISTRY_TEST_TOKEN", "t0k");
         let r = ConsulRegistry::from_url(
-            "consul://10.1.2.3:8501?dc=eu1&token_env=SD_CONSUL_REGISTRY_TEST_TOKEN&ns=team&partition=p&wait=2s&timeout=500ms&passing=true",
+            "consul://10.1.2.3:8501?dc=eu1&token_env=SD_CONSUL_REGISTRY_TEST_TOKEN&ns=team&partition=p&wait=2s&timeout=500ms&passing=true&max_body=1048576",
         )
         .unwrap();
         let c = r.client().config();
@@ -204,8 +202,10 @@ mod tests {
         assert_eq!(c.partition.as_deref(), Some("p"));
         assert_eq!(c.wait, Duration::from_secs(2));
         assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.max_body, 1 << 20);
         assert!(r.passing_only);
         assert!(!c.tls);
+        assert!(!c.public_roots);
         assert_eq!(r.client().base_url().as_str(), "http://10.1.2.3:8501/");
     }
 
@@ -225,6 +225,9 @@ mod tests {
         for (url, needle) in [
             ("consul://h?colour=blue", "unknown option colour"),
             ("consul://h?wait=20m", "between 1ms and 10m"),
+            ("consul://h?wait=0s", "between 1ms and 10m"),
+            ("consul://h?max_body=1000", "below the minimum"),
+            ("consul://h?max_body=lots", "max_body"),
             ("consul://h?wait=10", "missing unit"),
             ("consul://h?timeout=0s", "greater than 0"),
             ("consul://h/path", "takes no path"),

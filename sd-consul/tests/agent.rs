@@ -608,3 +608,194 @@ async fn an_unknown_service_is_an_empty_set_not_an_error() {
     let err = reg.instancer(&ServiceQuery::new(" ")).await.unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
+
+/// Issue 9, item 17 (orphaned registrations): a `register()` that times out, or is
+/// cancelled, after the agent applied it must still be undone by `deregister()`.
+#[tokio::test]
+async fn orphaned_registration_a_timed_out_or_cancelled_register_is_still_deregistered() {
+    let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul);
+    let direct = registry(&addr, "");
+    let service = unique_name("consul-orphan");
+    let proxy = common::HoldingProxy::start(&addr).await;
+    // Through the proxy: the agent gets the requests, the client gets no answer while held.
+    let via_proxy =
+        ConsulRegistry::from_url(&format!("consul://{}?wait=2s&timeout=3s", proxy.addr)).unwrap();
+
+    // 1. A timeout: the agent registered it, the registrar saw only Error::Timeout.
+    let r = via_proxy
+        .consul_registrar(Registration::new(
+            service.as_str(),
+            instance("127.0.0.1", 20090, "orphan-timeout").build(),
+        ))
+        .unwrap();
+    let err = r.register().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    common::wait_agent_knows(direct.client(), "orphan-timeout", true).await;
+    proxy.hold(false);
+    r.deregister().await.unwrap();
+    assert_eq!(
+        direct
+            .client()
+            .agent_service("orphan-timeout")
+            .await
+            .unwrap(),
+        None,
+        "deregister() after a timed-out register() must remove what the agent applied"
+    );
+
+    // 2. A cancellation: the register() future is dropped once the agent has applied it.
+    proxy.hold(true);
+    let r = via_proxy
+        .consul_registrar(Registration::new(
+            service.as_str(),
+            instance("127.0.0.1", 20091, "orphan-cancel").build(),
+        ))
+        .unwrap();
+    tokio::select! {
+        res = r.register() => panic!("register answered through a holding proxy: {res:?}"),
+        () = common::wait_agent_knows(direct.client(), "orphan-cancel", true) => {}
+    }
+    proxy.hold(false);
+    r.deregister().await.unwrap();
+    assert_eq!(
+        direct
+            .client()
+            .agent_service("orphan-cancel")
+            .await
+            .unwrap(),
+        None,
+        "deregister() after a cancelled register() must remove what the agent applied"
+    );
+}
+
+/// Issue 9, item 18 (tag case): Consul matches tags case-insensitively; every tag of a
+/// query, not only the first (which the agent filters), must match the same way.
+#[tokio::test]
+async fn tag_case_is_ignored_on_every_tag_as_consul_does() {
+    let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul);
+    let reg = registry(&addr, "");
+    let service = unique_name("consul-tagcase");
+    let r = reg
+        .consul_registrar(Registration::new(
+            service.as_str(),
+            instance("127.0.0.1", 20095, "tc1")
+                .tags(["V2", "Zone-A"])
+                .build(),
+        ))
+        .unwrap();
+    r.register().await.unwrap();
+    for tags in [["v2", "zone-a"], ["zone-a", "v2"], ["V2", "ZONE-A"]] {
+        let i = reg
+            .consul_instancer(
+                &ServiceQuery::new(service.as_str())
+                    .tag(tags[0])
+                    .tag(tags[1]),
+            )
+            .await;
+        let set = wait_for_set(&mut i.subscribe(), "matched whatever the case", |s| {
+            !s.is_empty()
+        })
+        .await;
+        assert_eq!(ids(&set), ["tc1"], "{tags:?}");
+        assert_eq!(
+            by_id(&set, "tc1").unwrap().tags(),
+            ["V2", "Zone-A"],
+            "tags kept as registered"
+        );
+        i.stop().await;
+    }
+    // A tag that differs by more than case still filters it out.
+    let none = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).tag("v2").tag("zone-b"))
+        .await;
+    assert_eq!(none.state(), Some(Event::Instances(Default::default())));
+    none.stop().await;
+    r.deregister().await.unwrap();
+}
+
+/// Conformance `health` capability: a registration's `Instance::health()` is what
+/// instancers see; the TTL check carries it on register and on every heartbeat.
+#[tokio::test]
+async fn registration_health_is_what_instancers_see_through_the_ttl_check() {
+    let addr = require!(Server::Consul);
+    let _shared = shared(Server::Consul);
+    let reg = registry(&addr, "");
+    let service = unique_name("consul-health");
+    let registrar = |port, id: &str, health| {
+        reg.consul_registrar(
+            Registration::new(
+                service.as_str(),
+                instance("127.0.0.1", port, id).health(health).build(),
+            )
+            .check(HealthCheck::Ttl(Duration::from_secs(10))),
+        )
+        .unwrap()
+        // Heartbeats every 100 ms: many of them during the test.
+        .period(Duration::from_millis(100))
+    };
+    let critical = registrar(20096, "h-critical", Health::Critical);
+    let warning = registrar(20097, "h-warning", Health::Warning);
+    let passing = registrar(20098, "h-passing", Health::Passing);
+    for r in [&critical, &warning, &passing] {
+        r.register().await.unwrap();
+    }
+    let all = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    let passing_only = reg
+        .consul_instancer(&ServiceQuery::new(service.as_str()).passing_only(true))
+        .await;
+    // Seen at once (the first query runs before the instancer is returned), each with
+    // its own health.
+    let health_of = |set: &sd_core::InstanceSet| {
+        let mut v: Vec<(String, Health)> = set
+            .iter()
+            .map(|i| (i.id().to_string(), i.health()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let expected = vec![
+        ("h-critical".to_string(), Health::Critical),
+        ("h-passing".to_string(), Health::Passing),
+        ("h-warning".to_string(), Health::Warning),
+    ];
+    match all.state() {
+        Some(Event::Instances(set)) => assert_eq!(health_of(&set), expected),
+        other => panic!("first state: {other:?}"),
+    }
+    match passing_only.state() {
+        Some(Event::Instances(set)) => assert_eq!(ids(&set), ["h-passing"]),
+        other => panic!("first state: {other:?}"),
+    }
+    // The heartbeats (every 100 ms) keep each check at its health: in 1 s (about ten of
+    // them) no change may be published, in particular not the warning or critical one
+    // turning passing.
+    let mut sub = all.subscribe();
+    let changed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match sub.next().await {
+                Some(Event::Instances(set)) if health_of(&set) != expected => return set,
+                Some(_) => continue,
+                None => panic!("instancer ended"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        changed.is_err(),
+        "health changed under heartbeats: {changed:?}"
+    );
+    // Re-registering keeps it too (Consul would otherwise keep the old check status).
+    critical.register().await.unwrap();
+    let agent_checks = reg.client().agent_checks().await.unwrap();
+    assert_eq!(agent_checks["service:h-critical"]["Status"], "critical");
+    assert_eq!(agent_checks["service:h-warning"]["Status"], "warning");
+    for r in [&critical, &warning, &passing] {
+        r.deregister().await.unwrap();
+    }
+    all.stop().await;
+    passing_only.stop().await;
+}

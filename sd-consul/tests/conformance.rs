@@ -8,8 +8,9 @@ use sd_testkit::Server;
 
 sd_testkit::conformance!(consul, || async {
     let addr = sd_testkit::require(Server::Consul)?;
-    let registry = sd_consul::ConsulRegistry::from_url(&format!("consul://{addr}?wait=5s"))
-        .expect("consul URL");
+    let registry =
+        sd_consul::ConsulRegistry::from_url(&format!("consul://{addr}?wait=5s&timeout=60s"))
+            .expect("consul URL");
     Some(
         Target::new(Arc::new(registry))
             .server(Server::Consul)

@@ -63,6 +63,7 @@ impl Write for Capture {
 const TOKEN_VAR: &str = "SD_CONSUL_LOGS_TEST_TOKEN";
 const WRONG_VAR: &str = "SD_CONSUL_LOGS_TEST_WRONG";
 const READER_VAR: &str = "SD_CONSUL_LOGS_TEST_READER";
+const BLIND_VAR: &str = "SD_CONSUL_LOGS_TEST_BLIND";
 const WRONG: &str = "0b9e6a53-7a51-4c43-8f0e-5e5c0ffee123";
 
 #[test]
@@ -247,6 +248,47 @@ async fn run(addr: &str, capture: &Capture) -> String {
     })
     .await;
     ro_instancer.stop().await;
+
+    // Issue 9, item 22: a token that may read the service but not its node gets answers the
+    // agent filtered (X-Consul-Results-Filtered-By-ACLs): logged at warn once, not on every
+    // answer, and exposed.
+    let blind_token = TestToken::create(addr, "service_prefix \"\" { policy = \"read\" }").await;
+    std::env::set_var(BLIND_VAR, &blind_token.secret);
+    let blind = ConsulRegistry::from_url(&url(addr, BLIND_VAR)).unwrap();
+    let mut source =
+        sd_consul::HealthSource::new(blind.client().clone(), ServiceQuery::new(service.as_str()));
+    // The first query, then blocking ones (1 s wait): three filtered answers. (The agent
+    // sometimes answers a filtered query with a lower index: a skipped round, not counted.)
+    let mut answers = 0;
+    for _ in 0..10 {
+        match sd_core::Source::next_step(&mut source).await {
+            sd_core::Step::Publish(set) => {
+                assert!(set.is_empty(), "{set:?}");
+                assert!(source.filtered_by_acls());
+                answers += 1;
+                if answers == 3 {
+                    break;
+                }
+            }
+            sd_core::Step::Skip(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answers, 3);
+    let logs = capture.text();
+    let warned = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("X-Consul-Results-Filtered-By-ACLs"))
+        .count();
+    assert_eq!(
+        warned, 1,
+        "warned {warned} times for 3 filtered answers:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&blind_token.secret),
+        "the token appears in the logs"
+    );
+    blind_token.delete().await;
 
     registrar.deregister().await.unwrap();
     wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;

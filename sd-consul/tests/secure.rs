@@ -324,3 +324,45 @@ async fn fault_secure_agent_restart_reregisters_with_the_token() {
     registrar.deregister().await.unwrap();
     instancer.stop().await;
 }
+
+/// Issue 9, item 22 (ACL-filtered results): an answer the agent filtered by ACLs
+/// (`X-Consul-Results-Filtered-By-ACLs`) is exposed on the instancer, so "my service has
+/// no instances" is explainable; an unfiltered one is not flagged.
+#[tokio::test]
+async fn acl_filtered_results_are_exposed_on_the_instancer() {
+    let addr = require!(Server::ConsulSecure);
+    let _shared = shared(Server::ConsulSecure);
+    let service = unique_name("secure-aclf");
+    let owner = admin(&addr)
+        .consul_registrar(ttl_registration(&service, 22010, "f1", TTL))
+        .unwrap();
+    owner.register().await.unwrap();
+    // service:read but no node:read: the agent drops every entry (they include their node)
+    // and says so.
+    let no_nodes = TestToken::create(
+        &addr,
+        &format!("service \"{service}\" {{ policy = \"read\" }}"),
+    )
+    .await;
+    let blind = registry(tls_config(&addr).token(Secret::new(no_nodes.secret.clone())))
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    assert_eq!(blind.state(), Some(Event::Instances(Default::default())));
+    assert!(
+        blind.results_filtered_by_acls(),
+        "the empty set must be explained as ACL filtering"
+    );
+    // The management token sees it, unfiltered.
+    let admin_view = admin(&addr)
+        .consul_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    match admin_view.state() {
+        Some(Event::Instances(set)) => assert!(by_id(&set, "f1").is_some()),
+        other => panic!("{other:?}"),
+    }
+    assert!(!admin_view.results_filtered_by_acls());
+    blind.stop().await;
+    admin_view.stop().await;
+    owner.deregister().await.unwrap();
+    no_nodes.delete().await;
+}

@@ -80,12 +80,15 @@ impl Default for Backoff {
 }
 
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, for poll intervals.
+///
+/// Saturates at `Duration::MAX` instead of overflowing for huge `d`.
 pub fn jittered(d: Duration, spread: f64) -> Duration {
     let spread = spread.clamp(0.0, 1.0);
     if spread == 0.0 || d.is_zero() {
         return d;
     }
-    d.mul_f64(rand::thread_rng().gen_range(1.0 - spread..=1.0 + spread))
+    let factor = rand::thread_rng().gen_range(1.0 - spread..=1.0 + spread);
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -115,6 +118,15 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::MAX).with_seed(3);
         for _ in 0..200 {
             assert!(b.next_delay() <= Duration::MAX);
+        }
+    }
+
+    /// Issue 9 item 8: a huge interval saturates instead of panicking in `mul_f64`.
+    #[test]
+    fn jittered_saturates_on_huge_durations() {
+        for _ in 0..100 {
+            assert!(jittered(Duration::MAX, 0.5) >= Duration::MAX / 2);
+            assert!(jittered(Duration::from_secs(u64::MAX / 2), 1.0) <= Duration::MAX);
         }
     }
 

@@ -14,7 +14,9 @@
 //! - the state before the first publish is "unknown" (`None`), not an empty set, so a
 //!   consumer can tell "no instances" from "not known yet" (replaces C-1 and C-3a).
 
-use std::sync::Mutex;
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -93,13 +95,14 @@ impl InstanceCache {
     /// A new subscription. Its first [`next`](Subscription::next) returns the current state
     /// at once, if there is one.
     pub fn subscribe(&self) -> Subscription {
-        let mut rx = self.rx.clone();
-        if rx.borrow().is_some() {
-            rx.mark_changed();
-        } else {
-            rx.mark_unchanged();
-        }
-        Subscription { rx }
+        // The cache's own receiver never marks anything seen, so a clone has seen only the
+        // initial `None`: every published state (there is one iff the version moved) is
+        // unseen for it. No check-then-mark here, which a concurrent publish could slip
+        // between (issue 9 item 3).
+        let rx = self.rx.clone();
+        #[cfg(test)]
+        tests::race_point();
+        Subscription { rx, keep: None }
     }
 
     /// Stops publishing for good. Subscribers receive any state they have not seen yet, and
@@ -128,12 +131,36 @@ impl Instancer for InstanceCache {
 
 /// A subscriber's view of an [`Instancer`]: latest-value, never blocking
 /// the publisher. Drop it to unsubscribe.
-#[derive(Debug, Clone)]
+///
+/// A subscription can keep its instancer's machinery alive ([`keeping`](Self::keeping)): the
+/// instancers of sdkit do, so an endpointer built from an instancer that is then dropped keeps
+/// following the registry (go-kit EP-12). Only [`Instancer::stop`] ends them early.
+#[derive(Clone)]
 pub struct Subscription {
     rx: watch::Receiver<Option<Event>>,
+    keep: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("current", &*self.rx.borrow())
+            .field("keeps_source_alive", &self.keep.is_some())
+            .finish()
+    }
 }
 
 impl Subscription {
+    /// The same subscription, holding `source` alive for as long as it (or a clone) exists.
+    ///
+    /// An [`Instancer`] whose watch stops when the instancer value is dropped hands out
+    /// subscriptions that keep that watch (its task, its cache) alive, so that a subscriber
+    /// never silently stops receiving because the instancer handle went out of scope.
+    pub fn keeping(mut self, source: Arc<dyn Any + Send + Sync>) -> Self {
+        self.keep = Some(source);
+        self
+    }
+
     /// Waits for a state this subscription has not returned yet and returns it.
     ///
     /// Returns the current state at once on the first call if there is one. If several
@@ -152,9 +179,15 @@ impl Subscription {
     }
 
     /// Returns an unseen state without waiting, marking it seen.
+    ///
+    /// After the instancer stopped, this still returns its last state once if this
+    /// subscription has not returned it yet.
     pub fn try_next(&mut self) -> Option<Event> {
-        if self.rx.has_changed().unwrap_or(false) {
-            self.rx.borrow_and_update().clone()
+        // `has_changed` answers `Err` once the sender is gone, even with an unseen value;
+        // the borrow's own flag does not depend on the sender.
+        let state = self.rx.borrow_and_update();
+        if state.has_changed() {
+            state.clone()
         } else {
             None
         }
@@ -169,11 +202,10 @@ impl Subscription {
     ///
     /// Returns `None` if the instancer stopped before publishing anything.
     pub async fn first(&mut self) -> Option<Event> {
-        self.rx
-            .wait_for(|s| s.is_some())
-            .await
-            .ok()
-            .and_then(|s| s.clone())
+        // `wait_for` marks what it saw as seen; wait on a copy of the receiver instead.
+        let mut rx = self.rx.clone();
+        let state = rx.wait_for(|s| s.is_some()).await.ok()?;
+        state.clone()
     }
 
     /// This subscription as a [`Stream`] of events (the same semantics as [`next`](Self::next)).
@@ -181,5 +213,39 @@ impl Subscription {
         Box::pin(futures::stream::unfold(self, |mut s| async move {
             s.next().await.map(|e| (e, s))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::instance::Instance;
+
+    thread_local! {
+        /// Runs once at the point where a publish can race `subscribe`.
+        static RACE: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn race_point() {
+        if let Some(f) = RACE.with(|r| r.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// Issue 9 item 3: a first publish that lands while `subscribe` runs is delivered. The
+    /// old `subscribe` checked "is there a state?" and then marked what it saw as seen; a
+    /// publish between the two (injected here at that point) was marked seen but never
+    /// delivered, leaving an endpointer `Pending` until the next change.
+    #[test]
+    fn subscribe_never_loses_a_racing_first_state() {
+        let cache = Arc::new(InstanceCache::new());
+        let event = Event::instances(vec![Instance::new("10.0.0.1", 80)]);
+        let (c, e) = (cache.clone(), event.clone());
+        RACE.with(|r| *r.borrow_mut() = Some(Box::new(move || assert!(c.update(e)))));
+        let mut sub = cache.subscribe();
+        assert!(RACE.with(|r| r.borrow().is_none()), "the race point ran");
+        assert_eq!(sub.try_next(), Some(event));
     }
 }

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -33,14 +33,18 @@ use crate::instancer::Instancer;
 use crate::task::{deadline_after, BackgroundTask};
 
 /// The discovery status carried by an endpoint [`Snapshot`].
+///
+/// `#[non_exhaustive]`: match with a wildcard arm, new states may be added.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Status {
     /// No state received from the instancer yet.
     Pending,
     /// The endpoints reflect the registry.
     Current,
-    /// The last event was an error; the endpoints are the last known good ones and are served
-    /// (the default, go-kit EP-7).
+    /// The endpoints are the last known good ones and are served (the default, go-kit EP-7):
+    /// the last event was this error, or, with [`Error::Stopped`], the instancer has stopped
+    /// (or was dropped) and the endpoints will not change any more.
     Stale(Error),
     /// In the error state with `InvalidateOnError`: the endpoints are served until `deadline`.
     Invalidating {
@@ -51,42 +55,9 @@ pub enum Status {
     },
     /// Reads fail with this error, and no endpoints are held: the endpoints were invalidated
     /// (the first error of the error state, as in go-kit EP-9), the endpointer was closed
-    /// ([`Error::Stopped`]), or the very first event was an error (nothing known to serve).
+    /// ([`Error::Stopped`]), the very first event was an error (nothing known to serve), or
+    /// the instancer stopped before publishing anything ([`Error::Stopped`]).
     Failed(Error),
-}
-
-/// Keeps endpoints alive for the snapshots that may still point at them.
-///
-/// Published snapshots hold *non-owning* copies of the endpoint handles (so publishing costs a
-/// `memcpy`, not one reference-count update per endpoint). Every snapshot holds its epoch; each
-/// epoch holds the next one. Endpoints dropped by the update that ended epoch `k` are parked in
-/// epoch `k`'s graveyard, so they live exactly as long as some snapshot of epoch `k` or older.
-struct Epoch<E> {
-    graveyard: Mutex<Vec<Endpoint<E>>>,
-    next: OnceLock<Arc<Epoch<E>>>,
-}
-
-impl<E> Epoch<E> {
-    fn new(graveyard: Vec<Endpoint<E>>) -> Arc<Self> {
-        Arc::new(Epoch {
-            graveyard: Mutex::new(graveyard),
-            next: OnceLock::new(),
-        })
-    }
-}
-
-impl<E> Drop for Epoch<E> {
-    fn drop(&mut self) {
-        // Unlink iteratively so a long chain (a snapshot held across many updates) cannot
-        // overflow the stack when it is finally released.
-        let mut next = self.next.take();
-        while let Some(arc) = next {
-            match Arc::try_unwrap(arc) {
-                Ok(mut epoch) => next = epoch.next.take(),
-                Err(_) => break,
-            }
-        }
-    }
 }
 
 /// The text of a caught panic payload.
@@ -100,43 +71,35 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// A non-owning bitwise copy of `owned`, for a snapshot. See [`Epoch`] for why this is sound.
-fn borrowed_copy<E>(owned: &[Endpoint<E>]) -> Vec<Endpoint<E>> {
-    let mut v = Vec::with_capacity(owned.len());
-    // SAFETY: `Endpoint<E>` is a single `Arc` pointer. The copies are never dropped as owners:
-    // `Endpoints::drop` forgets them (`set_len(0)`), and every endpoint they point to is kept
-    // alive by its owner (the endpointer state) or by the epoch chain the snapshot holds.
-    unsafe {
-        std::ptr::copy_nonoverlapping(owned.as_ptr(), v.as_mut_ptr(), owned.len());
-        v.set_len(owned.len());
-    }
-    v
-}
-
 /// One immutable state of an endpointer: the endpoints, sorted by instance, and the status.
+///
+/// A snapshot *owns* its endpoints (a shared, reference-counted list): an endpoint lives as
+/// long as any snapshot, clone or endpointer state holds it, whatever unwinds where. There is
+/// no `unsafe` here. Publishing a new list costs one reference-count increment per endpoint
+/// (see docs/BENCHMARKS.md); publishing a new status over the same list costs none.
 pub struct Endpoints<E> {
-    /// Non-owning copies; see [`Epoch`].
-    list: Vec<Endpoint<E>>,
+    list: Arc<[Endpoint<E>]>,
     status: Status,
     version: u64,
-    epoch: Arc<Epoch<E>>,
-}
-
-impl<E> Drop for Endpoints<E> {
-    fn drop(&mut self) {
-        // SAFETY: the handles in `list` are borrowed copies (see `borrowed_copy`); forgetting
-        // them frees the buffer without touching the endpoints' reference counts.
-        unsafe { self.list.set_len(0) }
-    }
 }
 
 impl<E> Endpoints<E> {
-    fn new(owned: &[Endpoint<E>], status: Status, version: u64, epoch: Arc<Epoch<E>>) -> Self {
+    /// A state for a custom [`Endpointer`] (a decorator such as a zone filter or a subset):
+    /// `list` is sorted by instance here if it is not already, as balancers expect.
+    /// `version` should increase with every state the endpointer publishes.
+    pub fn new(mut list: Vec<Endpoint<E>>, status: Status, version: u64) -> Self {
+        if !list.windows(2).all(|w| w[0].instance() <= w[1].instance()) {
+            list.sort_by(|a, b| a.instance().cmp(b.instance()));
+        }
+        Self::shared(list.into(), status, version)
+    }
+
+    /// A state over an already sorted, shared list.
+    fn shared(list: Arc<[Endpoint<E>]>, status: Status, version: u64) -> Self {
         Endpoints {
-            list: borrowed_copy(owned),
+            list,
             status,
             version,
-            epoch,
         }
     }
 
@@ -206,6 +169,18 @@ impl<E> fmt::Debug for Endpoints<E> {
 pub struct Snapshot<E>(Guard<Arc<Endpoints<E>>>);
 
 impl<E> Snapshot<E> {
+    /// A snapshot of `endpoints`, for a custom [`Endpointer`]. An endpointer that publishes
+    /// through an `arc_swap::ArcSwap<Endpoints<E>>` can instead wrap its `load()` guard with
+    /// [`Snapshot::from_guard`], which costs no reference-count update.
+    pub fn new(endpoints: Arc<Endpoints<E>>) -> Self {
+        Snapshot(Guard::from_inner(endpoints))
+    }
+
+    /// A snapshot from an `arc-swap` load, for a custom [`Endpointer`].
+    pub fn from_guard(guard: Guard<Arc<Endpoints<E>>>) -> Self {
+        Snapshot(guard)
+    }
+
     /// The same snapshot, holding its own reference count instead of one of `arc-swap`'s
     /// per-thread slots: for keeping a snapshot across many reads (a per-thread cache
     /// validated with [`Changes::has_changed`]). Costs one reference-count increment.
@@ -233,6 +208,13 @@ impl<E> fmt::Debug for Snapshot<E> {
 pub struct Changes(watch::Receiver<u64>);
 
 impl Changes {
+    /// Notifications from `rx`, for a custom [`Endpointer`]: the endpointer holds the
+    /// `watch::Sender<u64>` and sends each published [`Endpoints::version`]; dropping the
+    /// sender reads as "the endpointer is gone".
+    pub fn new(rx: watch::Receiver<u64>) -> Self {
+        Changes(rx)
+    }
+
     /// Waits for the next published state. Returns `false` once the endpointer is gone.
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
@@ -284,18 +266,11 @@ pub struct FixedEndpointer<E> {
 impl<E> FixedEndpointer<E> {
     /// Endpoints for the given `(instance, value)` pairs, sorted by instance.
     pub fn new(pairs: impl IntoIterator<Item = (Instance, E)>) -> Self {
-        let mut list: Vec<Endpoint<E>> = pairs
+        let list: Vec<Endpoint<E>> = pairs
             .into_iter()
             .map(|(i, e)| Endpoint::new(i, e))
             .collect();
-        list.sort_by(|a, b| a.instance().cmp(b.instance()));
-        let snapshot = Endpoints::new(&list, Status::Current, 1, Epoch::new(Vec::new()));
-        // The epoch owns the endpoints for as long as any snapshot lives.
-        *snapshot
-            .epoch
-            .graveyard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = list;
+        let snapshot = Endpoints::new(list, Status::Current, 1);
         FixedEndpointer {
             current: ArcSwap::from_pointee(snapshot),
             tx: watch::channel(1).0,
@@ -305,7 +280,7 @@ impl<E> FixedEndpointer<E> {
 
 impl<E: Send + Sync> Endpointer<E> for FixedEndpointer<E> {
     fn endpoints(&self) -> Snapshot<E> {
-        Snapshot(self.current.load())
+        Snapshot::from_guard(self.current.load())
     }
     fn changes(&self) -> Changes {
         Changes(self.tx.subscribe())
@@ -352,23 +327,21 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
     /// Outside a tokio runtime.
     pub fn build(self) -> DefaultEndpointer<E> {
         let (tx, _) = watch::channel(0);
+        let empty: Arc<[Endpoint<E>]> = Arc::from(Vec::new());
         let shared = Arc::new(Shared {
-            current: ArcSwap::from_pointee(Endpoints::new(
-                &[],
-                Status::Pending,
-                0,
-                Epoch::new(Vec::new()),
-            )),
+            current: ArcSwap::from_pointee(Endpoints::shared(empty.clone(), Status::Pending, 0)),
             factory: self.factory,
             invalidate_after: self.invalidate_on_error,
             name: self.name,
             tx,
             state: Mutex::new(State {
-                owned: Vec::new(),
+                owned: empty,
                 instances: None,
                 failed: Vec::new(),
                 error: None,
                 closed: false,
+                received: false,
+                ended: false,
                 version: 0,
                 retry: self.factory_retry,
                 retry_at: None,
@@ -387,15 +360,18 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     event = async { sub.as_mut()?.next().await }, if sub.is_some() => match event {
-                        Some(event) => shared.apply(event),
-                        // The instancer stopped: keep the last state, keep running timers.
-                        None => sub = None,
+                        Some(event) => shared.survive(|| shared.apply(event)),
+                        // The instancer stopped: keep the last state, say so, keep the timers.
+                        None => {
+                            sub = None;
+                            shared.survive(|| shared.instancer_ended());
+                        }
                     },
                     _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                        shared.invalidate_if_due();
+                        shared.survive(|| shared.invalidate_if_due());
                     }
                     _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
-                        shared.retry_failed();
+                        shared.survive(|| shared.retry_failed());
                     }
                 }
             }
@@ -405,8 +381,8 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
 }
 
 struct State<E> {
-    /// The current endpoints, owned, sorted by instance.
-    owned: Vec<Endpoint<E>>,
+    /// The current endpoints, sorted by instance; the same list the current snapshot holds.
+    owned: Arc<[Endpoint<E>]>,
     /// The last good instance set.
     instances: Option<InstanceSet>,
     /// Instances whose factory failed, to retry.
@@ -414,6 +390,10 @@ struct State<E> {
     /// The current error state: the first error and, with invalidation, its deadline.
     error: Option<(Error, Option<Instant>)>,
     closed: bool,
+    /// Whether any event from the instancer has been applied.
+    received: bool,
+    /// Whether the subscription to the instancer has ended.
+    ended: bool,
     version: u64,
     retry: Backoff,
     /// When to retry the failed factories.
@@ -429,40 +409,67 @@ struct Shared<E> {
     state: Mutex<State<E>>,
 }
 
+/// What an update has to log. Logging runs user code (any `tracing` layer), which may panic;
+/// so an update first commits and publishes its state, releases the lock, and only then logs.
+/// A panic while logging then finds the state consistent.
+enum Note {
+    FactoryFailed(Instance, String),
+    ClosePanicked(Instance, String),
+    DiscoveryError(Error),
+    Invalidated(Error),
+    InstancerEnded,
+}
+
 impl<E: 'static> Shared<E> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<E>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes `st.owned` with `status`. `dead` are endpoints the state no longer owns;
-    /// they are parked with the outgoing snapshot's epoch until no snapshot can reach them.
-    fn publish(&self, st: &mut State<E>, dead: Vec<Endpoint<E>>, status: Status) {
-        st.version += 1;
-        let epoch = Epoch::new(Vec::new());
-        let old = self.current.load();
-        if !dead.is_empty() {
-            old.epoch
-                .graveyard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(dead);
+    /// Runs one step of the background loop, which must outlive a panicking log layer: the
+    /// state is committed before anything is logged (see [`Note`]), so the loop carries on.
+    fn survive(&self, step: impl FnOnce()) {
+        let _ = catch_unwind(AssertUnwindSafe(step));
+    }
+
+    /// Logs what an update noted, after its state lock is released.
+    fn emit(&self, notes: Vec<Note>) {
+        for note in notes {
+            match note {
+                Note::FactoryFailed(instance, error) => {
+                    tracing::warn!(endpointer = %self.name, instance = %instance, error = %error,
+                        "factory failed; instance skipped, will retry")
+                }
+                Note::ClosePanicked(instance, panic) => {
+                    tracing::error!(endpointer = %self.name, instance = %instance, panic = %panic,
+                        "factory close panicked; endpoint dropped anyway")
+                }
+                Note::DiscoveryError(error) => {
+                    tracing::warn!(endpointer = %self.name, error = %error, "discovery error")
+                }
+                Note::Invalidated(error) => {
+                    tracing::warn!(endpointer = %self.name, error = %error,
+                        "invalidating endpoints after discovery error")
+                }
+                Note::InstancerEnded => tracing::warn!(endpointer = %self.name,
+                    "instancer ended (stopped or dropped): serving the last known endpoints, \
+                     which will not change any more"),
+            }
         }
-        // Each epoch is published once, so `next` is always empty here.
-        let _ = old.epoch.next.set(epoch.clone());
-        drop(old);
-        self.current.store(Arc::new(Endpoints::new(
-            &st.owned, status, st.version, epoch,
+    }
+
+    /// Publishes `st.owned` with `status`. The snapshot shares the list (one reference-count
+    /// increment); the previous snapshot's list lives until its last reader lets go.
+    fn publish(&self, st: &mut State<E>, status: Status) {
+        st.version += 1;
+        self.current.store(Arc::new(Endpoints::shared(
+            st.owned.clone(),
+            status,
+            st.version,
         )));
         self.tx.send_replace(st.version);
     }
 
     /// Runs the factory for `inst`. A panic in it is caught and reported as a failure.
-    ///
-    /// No user code may unwind through [`rebuild`](Self::rebuild), [`invalidate`](Self::invalidate)
-    /// or [`close_all`](Self::close_all): while they run, endpoints that published snapshots
-    /// still point at (non-owning, see [`Epoch`]) are held in locals, and unwinding would free
-    /// them. So every call into the factory goes through this or
-    /// [`close_endpoint`](Self::close_endpoint), and the error is rendered inside the guard too.
     fn make_endpoint(&self, inst: &Instance) -> Result<E, String> {
         match catch_unwind(AssertUnwindSafe(|| {
             self.factory.make(inst).map_err(|e| e.to_string())
@@ -472,13 +479,18 @@ impl<E: 'static> Shared<E> {
         }
     }
 
-    /// Runs the factory's close for `ep`; a panic in it is caught and logged.
-    fn close_endpoint(&self, ep: &Endpoint<E>) {
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
-            self.factory.close(ep.instance(), ep.value())
-        })) {
-            tracing::error!(endpointer = %self.name, instance = %ep.instance(),
-                panic = %panic_message(&*panic), "factory close panicked; endpoint dropped anyway");
+    /// Runs the factory's close for each of `dead`, after the state no longer holds them; a
+    /// panic in one is caught and noted, and the others are still closed.
+    fn close_endpoints(&self, dead: &[Endpoint<E>], notes: &mut Vec<Note>) {
+        for ep in dead {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
+                self.factory.close(ep.instance(), ep.value())
+            })) {
+                notes.push(Note::ClosePanicked(
+                    ep.instance().clone(),
+                    panic_message(&*panic),
+                ));
+            }
         }
     }
 
@@ -498,57 +510,59 @@ impl<E: 'static> Shared<E> {
     }
 
     fn apply(&self, event: Event) {
-        let mut st = self.lock();
-        if st.closed {
-            return;
-        }
-        match event {
-            Event::Instances(set) => {
-                st.error = None;
-                self.rebuild(&mut st, set);
+        let mut notes = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
             }
-            Event::Error(err) => self.apply_error(&mut st, err),
+            st.received = true;
+            match event {
+                Event::Instances(set) => {
+                    st.error = None;
+                    self.rebuild(&mut st, set, &mut notes);
+                }
+                Event::Error(err) => self.apply_error(&mut st, err, &mut notes),
+            }
         }
+        self.emit(notes);
     }
 
     /// Reuses surviving endpoints, makes new ones, closes departed ones (EP-2..EP-4).
-    fn rebuild(&self, st: &mut State<E>, set: InstanceSet) {
-        let mut old = std::mem::take(&mut st.owned).into_iter().peekable();
+    ///
+    /// The new list is built next to the current one (which stays untouched), then committed
+    /// and published; only then are departed endpoints closed.
+    fn rebuild(&self, st: &mut State<E>, set: InstanceSet, notes: &mut Vec<Note>) {
+        let current = st.owned.clone();
+        let mut old = current.iter().peekable();
         let mut list = Vec::with_capacity(set.len());
         let mut dead = Vec::new();
         let mut failed = Vec::new();
         for inst in set.iter() {
             // Fast path: the cache hands unchanged instances over with the same handle.
             if let Some(o) = old.next_if(|o| Instance::ptr_eq(o.instance(), inst)) {
-                list.push(o);
+                list.push(o.clone());
                 continue;
             }
             // Endpoints whose key sorts before this instance have left.
             while let Some(o) = old.next_if(|o| o.instance().key() < inst.key()) {
-                self.close_endpoint(&o);
-                dead.push(o);
+                dead.push(o.clone());
             }
             match old.next_if(|o| o.instance().key() == inst.key()) {
-                Some(o) if o.instance() == inst => list.push(o),
-                Some(o) => {
-                    // Same instance, new metadata: keep the endpoint value, describe it anew.
-                    list.push(o.with_instance(inst.clone()));
-                    dead.push(o);
-                }
+                Some(o) if o.instance() == inst => list.push(o.clone()),
+                // Same instance, new metadata: keep the endpoint value, describe it anew.
+                Some(o) => list.push(o.with_instance(inst.clone())),
                 None => match self.make_endpoint(inst) {
                     Ok(value) => list.push(Endpoint::new(inst.clone(), value)),
                     Err(error) => {
-                        tracing::warn!(endpointer = %self.name, instance = %inst, error = %error,
-                            "factory failed; instance skipped, will retry");
+                        notes.push(Note::FactoryFailed(inst.clone(), error));
                         failed.push(inst.clone());
                     }
                 },
             }
         }
-        for o in old {
-            self.close_endpoint(&o);
-            dead.push(o);
-        }
+        dead.extend(old.cloned());
+        drop(current);
         st.retry_at = if failed.is_empty() {
             st.retry.reset();
             None
@@ -557,12 +571,18 @@ impl<E: 'static> Shared<E> {
         };
         st.failed = failed;
         st.instances = Some(set);
-        st.owned = list;
-        self.publish(st, dead, Status::Current);
+        st.owned = list.into();
+        let status = if st.ended {
+            Status::Stale(Error::Stopped)
+        } else {
+            Status::Current
+        };
+        self.publish(st, status);
+        self.close_endpoints(&dead, notes);
     }
 
-    fn apply_error(&self, st: &mut State<E>, err: Error) {
-        tracing::warn!(endpointer = %self.name, error = %err, "discovery error");
+    fn apply_error(&self, st: &mut State<E>, err: Error, notes: &mut Vec<Note>) {
+        notes.push(Note::DiscoveryError(err.clone()));
         let Some(timeout) = self.invalidate_after else {
             // Last known good: keep the endpoints, record the error (EP-7).
             st.error = Some((err.clone(), None));
@@ -571,7 +591,7 @@ impl<E: 'static> Shared<E> {
             } else {
                 Status::Failed(err)
             };
-            self.publish(st, Vec::new(), status);
+            self.publish(st, status);
             return;
         };
         if st.error.is_some() {
@@ -581,11 +601,10 @@ impl<E: 'static> Shared<E> {
         let deadline = deadline_after(timeout);
         st.error = Some((err.clone(), Some(deadline)));
         if timeout.is_zero() {
-            self.invalidate(st, err);
+            self.invalidate(st, err, notes);
         } else {
             self.publish(
                 st,
-                Vec::new(),
                 Status::Invalidating {
                     error: err,
                     deadline,
@@ -595,52 +614,81 @@ impl<E: 'static> Shared<E> {
     }
 
     fn invalidate_if_due(&self) {
-        let mut st = self.lock();
-        if st.closed {
-            return;
-        }
-        if let Some((err, Some(deadline))) = st.error.clone() {
-            if Instant::now() >= deadline && !st.owned.is_empty() {
-                self.invalidate(&mut st, err);
+        let mut notes = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            if let Some((err, Some(deadline))) = st.error.clone() {
+                if Instant::now() >= deadline && !st.owned.is_empty() {
+                    self.invalidate(&mut st, err, &mut notes);
+                }
             }
         }
+        self.emit(notes);
     }
 
     /// Closes every endpoint and fails reads with `err` until a good event (EP-9, EP-10).
-    fn invalidate(&self, st: &mut State<E>, err: Error) {
-        tracing::warn!(endpointer = %self.name, error = %err, "invalidating endpoints after discovery error");
-        let dead = std::mem::take(&mut st.owned);
-        for ep in &dead {
-            self.close_endpoint(ep);
-        }
+    fn invalidate(&self, st: &mut State<E>, err: Error, notes: &mut Vec<Note>) {
+        notes.push(Note::Invalidated(err.clone()));
+        let dead = std::mem::replace(&mut st.owned, Arc::from(Vec::new()));
         st.instances = None;
         st.failed.clear();
-        self.publish(st, dead, Status::Failed(err));
+        self.publish(st, Status::Failed(err));
+        self.close_endpoints(&dead, notes);
     }
 
     fn retry_failed(&self) {
-        let mut st = self.lock();
-        if st.closed || st.failed.is_empty() || st.error.is_some() {
-            return;
+        let mut notes = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed || st.failed.is_empty() || st.error.is_some() {
+                return;
+            }
+            st.retry_at = None;
+            if let Some(set) = st.instances.clone() {
+                self.rebuild(&mut st, set, &mut notes);
+            }
         }
-        st.retry_at = None;
-        if let Some(set) = st.instances.clone() {
-            self.rebuild(&mut st, set);
+        self.emit(notes);
+    }
+
+    /// The subscription ended: the endpoints will not change any more. A current state
+    /// turns stale, a pending one fails (nothing will arrive); an error state stays.
+    fn instancer_ended(&self) {
+        {
+            let mut st = self.lock();
+            if st.closed || st.ended {
+                return;
+            }
+            st.ended = true;
+            let status = match self.current.load().status {
+                Status::Current => Some(Status::Stale(Error::Stopped)),
+                Status::Pending => Some(Status::Failed(Error::Stopped)),
+                _ => None,
+            };
+            if let Some(status) = status {
+                self.publish(&mut st, status);
+            }
         }
+        self.emit(vec![Note::InstancerEnded]);
     }
 
     fn close_all(&self) {
-        let mut st = self.lock();
-        if st.closed {
-            return;
+        let mut notes = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            let dead = std::mem::replace(&mut st.owned, Arc::from(Vec::new()));
+            st.failed.clear();
+            self.publish(&mut st, Status::Failed(Error::Stopped));
+            self.close_endpoints(&dead, &mut notes);
         }
-        st.closed = true;
-        let dead = std::mem::take(&mut st.owned);
-        for ep in &dead {
-            self.close_endpoint(ep);
-        }
-        st.failed.clear();
-        self.publish(&mut st, dead, Status::Failed(Error::Stopped));
+        self.emit(notes);
     }
 }
 
@@ -692,10 +740,16 @@ impl<E: Send + Sync + 'static> DefaultEndpointer<E> {
 
     /// Waits until the first state from the instancer has been applied (no polling).
     ///
-    /// Returns at once if it already has; returns `false` if the endpointer closed first.
+    /// Returns `true` at once if it already has. Returns `false` if the endpointer closed
+    /// first, or if the instancer stopped before publishing anything (the status is then
+    /// [`Status::Failed`] with [`Error::Stopped`]).
     pub async fn ready(&self) -> bool {
         let mut rx = self.shared.tx.subscribe();
-        rx.wait_for(|v| *v > 0).await.is_ok() && !self.shared.lock().closed
+        if rx.wait_for(|v| *v > 0).await.is_err() {
+            return false;
+        }
+        let st = self.shared.lock();
+        !st.closed && st.received
     }
 
     /// Applies `event` now, on the caller's thread, as if the instancer had published it.

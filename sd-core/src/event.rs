@@ -10,19 +10,29 @@ use crate::instance::Instance;
 /// A sorted set of instances with unique `(addr, id)` keys, cheap to clone.
 ///
 /// Built with [`InstanceSet::new`], which sorts and collapses entries with the same
-/// [`Instance::key`] (keeping the first in sort order), so every holder sees the same
-/// deterministic order.
+/// [`Instance::key`] (keeping the healthiest, then the first in sort order), so every holder
+/// sees the same deterministic order.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct InstanceSet(Arc<[Instance]>);
 
 impl InstanceSet {
-    /// Sorts `instances` and removes entries whose key repeats one already kept.
+    /// Sorts `instances` and removes entries whose key repeats one already kept, keeping
+    /// the healthiest of each key ([`Health::Passing`](crate::Health::Passing) first, then
+    /// warning, critical, unknown; the first in sort order among equally healthy ones).
     ///
     /// Returns the set and how many entries were collapsed, so a backend can log them.
     pub fn new_counting(mut instances: Vec<Instance>) -> (Self, usize) {
         instances.sort();
         let before = instances.len();
-        instances.dedup_by(|b, a| a.key() == b.key());
+        instances.dedup_by(|later, kept| {
+            if later.key() != kept.key() {
+                return false;
+            }
+            if later.health() < kept.health() {
+                std::mem::swap(later, kept);
+            }
+            true
+        });
         let dropped = before - instances.len();
         (InstanceSet(instances.into()), dropped)
     }

@@ -13,7 +13,11 @@ use crate::error::Error;
 /// Backends map their own vocabulary onto this: Consul's aggregated check status,
 /// Eureka's `UP`/`DOWN`/`OUT_OF_SERVICE`/`STARTING`. Backends without health (DNS,
 /// etcd, ZooKeeper) report [`Health::Passing`] for every instance they publish.
+///
+/// `#[non_exhaustive]`: a `match` on it needs a wildcard arm. The order (`Passing` first) is
+/// "healthiest first".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[non_exhaustive]
 pub enum Health {
     /// Healthy and serving.
     #[default]

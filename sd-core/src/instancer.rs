@@ -31,6 +31,10 @@ use crate::instance::Instance;
 #[async_trait]
 pub trait Instancer: Send + Sync + fmt::Debug {
     /// Subscribes to the instance sets. Drop the subscription to unsubscribe.
+    ///
+    /// The subscription should keep the instancer's watch running while it exists, even if
+    /// the instancer value itself is dropped (see [`Subscription::keeping`]); every instancer
+    /// in sdkit does. Only [`stop`](Instancer::stop) ends it early.
     fn subscribe(&self) -> Subscription;
 
     /// Stops watching the registry. Idempotent; returns once the background work has ended,
@@ -63,7 +67,7 @@ impl<T: Instancer + ?Sized> Instancer for Box<T> {
 /// Unlike go-kit's (SD-3), subscribing never blocks and the caller's list is not reordered.
 #[derive(Debug)]
 pub struct FixedInstancer {
-    cache: InstanceCache,
+    cache: Arc<InstanceCache>,
 }
 
 impl FixedInstancer {
@@ -71,7 +75,9 @@ impl FixedInstancer {
     pub fn new(instances: impl Into<InstanceSet>) -> Self {
         let cache = InstanceCache::new();
         cache.update(Event::Instances(instances.into()));
-        FixedInstancer { cache }
+        FixedInstancer {
+            cache: Arc::new(cache),
+        }
     }
 
     /// Parses go-kit style `host:port` strings.
@@ -86,8 +92,9 @@ impl FixedInstancer {
 
 #[async_trait]
 impl Instancer for FixedInstancer {
+    /// The subscription keeps the list alive after the instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.cache.subscribe()
+        self.cache.subscribe().keeping(self.cache.clone())
     }
     async fn stop(&self) {
         self.cache.close();

@@ -21,10 +21,10 @@
 //! use sd_core::*;
 //!
 //! let registry = MemoryRegistry::new();
-//! let registrar = registry.registrar(Registration::new("web", Instance::new("127.0.0.1", 8080)));
+//! let registrar = registry.registrar_for(Registration::new("web", Instance::new("127.0.0.1", 8080)));
 //! registrar.register().await?;
 //!
-//! let instancer = registry.instancer("web");
+//! let instancer = registry.service_instancer("web");
 //! let endpointer = DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
 //!     Ok(format!("http://{}", i.addr()))
 //! });

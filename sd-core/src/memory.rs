@@ -24,8 +24,35 @@ use crate::task::{deadline_after, BackgroundTask};
 type Key = (String, String);
 
 struct Entry {
+    /// The instance as registered.
     instance: Instance,
+    /// The TTL, if the entry must be renewed.
+    ttl: Option<Duration>,
+    /// When the TTL lapses unless renewed (while passing).
     expires: Option<Instant>,
+    /// Once the TTL lapsed: the critical copy of `instance` that instancers see.
+    critical: Option<Instance>,
+    /// How long a lapsed entry stays listed as critical (`deregister_critical_after`);
+    /// `None` keeps it until it is removed, as Consul does.
+    remove_after: Option<Duration>,
+    /// When a lapsed entry is removed.
+    remove_at: Option<Instant>,
+}
+
+impl Entry {
+    /// What instancers see.
+    fn visible(&self) -> &Instance {
+        self.critical.as_ref().unwrap_or(&self.instance)
+    }
+
+    /// The next deadline of this entry, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.critical.is_some() {
+            self.remove_at
+        } else {
+            self.expires
+        }
+    }
 }
 
 struct View {
@@ -52,8 +79,9 @@ impl Service {
     fn filtered(&self, q: &ServiceQuery) -> InstanceSet {
         self.entries
             .values()
-            .filter(|e| q.matches(&e.instance))
-            .map(|e| e.instance.clone())
+            .map(Entry::visible)
+            .filter(|i| q.matches(i))
+            .cloned()
             .collect()
     }
 }
@@ -65,6 +93,8 @@ struct Inner {
     /// task on its own, so the task never holds `Inner` while it waits: dropping the last
     /// registry handle drops `Inner`, whose `reaper` then cancels the task.
     reaper_wake: Arc<Notify>,
+    /// The reaper task, on the runtime of the insert that (re)started it. It is started again
+    /// on the current runtime when that runtime has ended (see `ensure_reaper`).
     reaper: Mutex<Option<BackgroundTask>>,
 }
 
@@ -74,12 +104,21 @@ struct Inner {
 /// `memory://name` URLs resolve to, so every part of a program that parses the same URL
 /// sees the same services.
 ///
+/// Health follows Consul's rules, so swapping `memory://` for `consul://` keeps behaviour:
+/// an instance is listed with the [`Health`](crate::Health) it was registered with; a TTL
+/// registration ([`HealthCheck::Ttl`](crate::HealthCheck::Ttl)) whose TTL lapses without a
+/// renewal turns **critical** (it leaves every `passing_only` instancer, and stays listed as
+/// critical in the others), is passing again on its next renewal, and is removed
+/// [`deregister_critical_after`](Registration::deregister_critical_after) after it turned
+/// critical (never, without it). HTTP, TCP and gRPC checks are not run: such an instance
+/// keeps its registered health (see docs/URLS.md).
+///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use sd_core::{Instance, Instancer, MemoryRegistry, Registrar, Registration};
 /// let registry = MemoryRegistry::new();
-/// let instancer = registry.instancer("web");
-/// let registrar = registry.registrar(Registration::new("web", Instance::new("127.0.0.1", 8080)));
+/// let instancer = registry.service_instancer("web");
+/// let registrar = registry.registrar_for(Registration::new("web", Instance::new("127.0.0.1", 8080)));
 /// registrar.register().await.unwrap();
 /// let mut sub = instancer.subscribe();
 /// assert_eq!(sub.next().await.unwrap().addrs(), ["127.0.0.1:8080"]);
@@ -120,8 +159,9 @@ impl MemoryRegistry {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watches every instance of `service`.
-    pub fn instancer(&self, service: &str) -> MemoryInstancer {
+    /// Watches every instance of `service`. (The [`Registry::instancer`] trait method does
+    /// the same for any [`ServiceQuery`] and returns an `Arc<dyn Instancer>`.)
+    pub fn service_instancer(&self, service: &str) -> MemoryInstancer {
         self.instancer_for(&ServiceQuery::new(service))
     }
 
@@ -138,8 +178,10 @@ impl MemoryRegistry {
         MemoryInstancer { cache }
     }
 
-    /// A registrar for `registration` (registered on [`Registrar::register`]).
-    pub fn registrar(&self, registration: Registration) -> MemoryRegistrar {
+    /// A registrar for `registration` (registered on [`Registrar::register`]). (The
+    /// [`Registry::registrar`] trait method validates first and returns an
+    /// `Arc<dyn Registrar>`.)
+    pub fn registrar_for(&self, registration: Registration) -> MemoryRegistrar {
         MemoryRegistrar {
             registry: self.clone(),
             registration,
@@ -147,15 +189,36 @@ impl MemoryRegistry {
         }
     }
 
-    /// Adds or replaces an instance directly. With a `ttl`, it expires unless
-    /// [`renew`](Self::renew)ed in time.
+    /// Adds or replaces an instance directly. With a `ttl`, it turns critical unless
+    /// [`renew`](Self::renew)ed in time (and stays listed as critical until removed).
     pub fn insert(&self, service: &str, instance: Instance, ttl: Option<Duration>) {
+        self.insert_entry(service, instance, ttl, None);
+    }
+
+    /// [`insert`](Self::insert), removing the entry `remove_after` once it turned critical.
+    fn insert_entry(
+        &self,
+        service: &str,
+        instance: Instance,
+        ttl: Option<Duration>,
+        remove_after: Option<Duration>,
+    ) {
         let expires = ttl.map(deadline_after);
         {
             let mut services = self.lock();
             let svc = services.entry(service.to_string()).or_default();
             let key = (instance.addr().to_string(), instance.id().to_string());
-            svc.entries.insert(key, Entry { instance, expires });
+            svc.entries.insert(
+                key,
+                Entry {
+                    instance,
+                    ttl,
+                    expires,
+                    critical: None,
+                    remove_after,
+                    remove_at: None,
+                },
+            );
             svc.publish();
         }
         if expires.is_some() {
@@ -178,58 +241,96 @@ impl MemoryRegistry {
         removed
     }
 
-    /// Extends a TTL registration; returns `false` if it is not registered (any more).
+    /// Extends a TTL registration by `ttl`, making a lapsed (critical) one passing again;
+    /// returns `false` if it is not registered (any more).
     pub fn renew(&self, service: &str, instance: &Instance, ttl: Duration) -> bool {
-        let mut services = self.lock();
-        let key = (instance.addr().to_string(), instance.id().to_string());
-        match services
-            .get_mut(service)
-            .and_then(|s| s.entries.get_mut(&key))
-        {
-            Some(e) => {
-                e.expires = Some(deadline_after(ttl));
-                true
+        let renewed = {
+            let mut services = self.lock();
+            let key = (instance.addr().to_string(), instance.id().to_string());
+            match services.get_mut(service) {
+                Some(svc) => match svc.entries.get_mut(&key) {
+                    Some(e) => {
+                        e.ttl = Some(ttl);
+                        e.expires = Some(deadline_after(ttl));
+                        e.remove_at = None;
+                        if e.critical.take().is_some() {
+                            tracing::info!(service = %service, instance = %e.instance,
+                                "registration renewed; passing again");
+                            svc.publish();
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
             }
-            None => false,
+        };
+        if renewed {
+            // A heartbeat also restarts a reaper whose runtime has ended.
+            self.ensure_reaper();
         }
+        renewed
     }
 
-    /// The instances of `service` right now.
+    /// The instances of `service` right now, as instancers see them (a lapsed TTL
+    /// registration is critical).
     pub fn instances(&self, service: &str) -> Vec<Instance> {
         self.lock()
             .get(service)
-            .map(|s| s.entries.values().map(|e| e.instance.clone()).collect())
+            .map(|s| s.entries.values().map(|e| e.visible().clone()).collect())
             .unwrap_or_default()
     }
 
-    /// Removes expired entries; returns the next expiry, if any.
+    /// Turns lapsed TTL entries critical and removes those critical for long enough;
+    /// returns the next deadline, if any.
     fn reap(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut services = self.lock();
         for (name, svc) in services.iter_mut() {
-            let before = svc.entries.len();
-            svc.entries.retain(|_, e| match e.expires {
-                Some(t) if t <= now => {
-                    tracing::info!(service = %name, instance = %e.instance, "registration expired");
-                    false
+            let mut changed = false;
+            svc.entries.retain(|_, e| {
+                if e.critical.is_none() && e.expires.is_some_and(|t| t <= now) {
+                    tracing::info!(service = %name, instance = %e.instance, ttl = ?e.ttl,
+                        "registration's TTL lapsed; instance critical");
+                    e.critical = Some(
+                        e.instance
+                            .to_builder()
+                            .health(crate::instance::Health::Critical)
+                            .build(),
+                    );
+                    e.remove_at = e.remove_after.map(deadline_after);
+                    changed = true;
                 }
-                Some(t) => {
+                if e.critical.is_some() && e.remove_at.is_some_and(|t| t <= now) {
+                    tracing::info!(service = %name, instance = %e.instance,
+                        after = ?e.remove_after, "critical registration removed (deregister_critical_after)");
+                    changed = true;
+                    return false;
+                }
+                if let Some(t) = e.next_deadline() {
                     next = Some(next.map_or(t, |n| n.min(t)));
-                    true
                 }
-                None => true,
+                true
             });
-            if svc.entries.len() != before {
+            if changed {
                 svc.publish();
             }
         }
         next
     }
 
+    /// Starts the reaper on the current runtime unless one is running. A reaper whose
+    /// runtime has ended (its task was dropped with it) counts as not running, so expiry
+    /// resumes on the next TTL insert or renewal from a live runtime.
     fn ensure_reaper(&self) {
         let mut reaper = self.inner.reaper.lock().unwrap_or_else(|p| p.into_inner());
-        if reaper.is_some() {
+        if reaper.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Outside a runtime (a plain `insert` from sync code): the next insert or
+            // renewal inside one starts it.
             return;
         }
         let weak = Arc::downgrade(&self.inner);
@@ -273,7 +374,7 @@ impl Registry for MemoryRegistry {
 
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
         registration.validate()?;
-        Ok(Arc::new(MemoryRegistry::registrar(self, registration)))
+        Ok(Arc::new(self.registrar_for(registration)))
     }
 }
 
@@ -285,8 +386,9 @@ pub struct MemoryInstancer {
 
 #[async_trait]
 impl Instancer for MemoryInstancer {
+    /// The subscription keeps this view of the registry alive after the instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.cache.subscribe()
+        self.cache.subscribe().keeping(self.cache.clone())
     }
     async fn stop(&self) {
         self.cache.close();
@@ -329,6 +431,7 @@ struct Lease {
     service: String,
     instance: Instance,
     ttl: Duration,
+    remove_after: Option<Duration>,
 }
 
 #[async_trait]
@@ -337,8 +440,12 @@ impl KeepAlive for Lease {
         if !self.registry.renew(&self.service, &self.instance, self.ttl) {
             // The registry dropped us (expired): register again.
             tracing::warn!(service = %self.service, instance = %self.instance, "registration lost; re-registering");
-            self.registry
-                .insert(&self.service, self.instance.clone(), Some(self.ttl));
+            self.registry.insert_entry(
+                &self.service,
+                self.instance.clone(),
+                Some(self.ttl),
+                self.remove_after,
+            );
         }
         Ok(())
     }
@@ -351,15 +458,20 @@ impl Registrar for MemoryRegistrar {
         let service = self.registration.service.clone();
         let instance = self.instance();
         let ttl = self.registration.ttl();
+        let remove_after = self.registration.deregister_critical_after;
         let mut hb = self.heartbeat.lock().await;
-        self.registry.insert(&service, instance.clone(), ttl);
-        if let (Some(ttl), None) = (ttl, hb.as_ref()) {
+        self.registry
+            .insert_entry(&service, instance.clone(), ttl, remove_after);
+        // A heartbeat whose runtime has ended is gone too: start a new one.
+        let beating = hb.as_ref().is_some_and(|task| !task.is_finished());
+        if let (Some(ttl), false) = (ttl, beating) {
             let target = format!("{service}/{}", instance.id());
             let lease = Arc::new(Lease {
                 registry: self.registry.clone(),
                 service,
                 instance,
                 ttl,
+                remove_after,
             });
             let config =
                 KeepAliveConfig::new("memory", target, KeepAliveConfig::period_for_ttl(ttl));

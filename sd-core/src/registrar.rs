@@ -49,7 +49,11 @@ pub enum HealthCheck {
 ///     .check(HealthCheck::Ttl(Duration::from_secs(10)));
 /// r.validate().unwrap();
 /// ```
+///
+/// `#[non_exhaustive]`: build one with [`Registration::new`] and the builder methods; the
+/// fields stay public to read and to set.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Registration {
     /// The service name.
     pub service: String,
@@ -58,7 +62,9 @@ pub struct Registration {
     /// An optional health check.
     pub check: Option<HealthCheck>,
     /// Ask the registry to remove the instance after its check has been critical this long
-    /// (Consul `DeregisterCriticalServiceAfter`; Consul's minimum is one minute).
+    /// (Consul `DeregisterCriticalServiceAfter`). Needs a [`check`](Self::check):
+    /// [`validate`](Self::validate) rejects it without one, for every backend. Consul rounds
+    /// it up to one minute and reaps every 30 s; `memory://` applies it as given.
     pub deregister_critical_after: Option<Duration>,
 }
 
@@ -109,7 +115,10 @@ impl Registration {
         }
     }
 
-    /// Checks what every backend needs: a service name, a host, a port, a sane TTL.
+    /// Checks what every backend needs: a service name, a host, a port, a sane TTL, and a
+    /// health check whenever `deregister_critical_after` is set (nothing could make the
+    /// instance critical otherwise; Consul rejects it too). Every registry calls this, so a
+    /// registration one backend accepts is accepted by all.
     pub fn validate(&self) -> Result<()> {
         if self.service.trim().is_empty() {
             return Err(Error::config("registration: empty service name"));
@@ -139,6 +148,13 @@ impl Registration {
                     self.service
                 )));
             }
+        }
+        if self.deregister_critical_after.is_some() && self.check.is_none() {
+            return Err(Error::config(format!(
+                "registration of {:?}: deregister_critical_after needs a health check \
+                 (e.g. .check(HealthCheck::Ttl(..))): without one the instance never turns critical",
+                self.service
+            )));
         }
         Ok(())
     }
@@ -177,14 +193,32 @@ impl<T: Registrar + ?Sized> Registrar for Arc<T> {
 
 /// Deregisters on drop: hold it for as long as the service should be discoverable.
 ///
-/// Prefer [`RegistrationGuard::deregister`] on graceful shutdown: it waits for the registry
-/// to answer. Dropping the guard instead spawns the deregistration on the current tokio
-/// runtime (best effort; nothing happens if the runtime is shutting down).
+/// On shutdown, call [`RegistrationGuard::deregister`] and await it: it is the only way that
+/// waits for the registry's answer and reports its error, on every kind of runtime. This is
+/// what the examples do.
+///
+/// Dropping the guard instead is a best effort, and never silent when it cannot deregister:
+///
+/// - on a **multi-thread** runtime (`#[tokio::main]`'s default), the drop blocks its thread
+///   (`block_in_place`) until the deregistration is answered or [`DROP_DEADLINE`] (5 s)
+///   passes, so a guard dropped at the end of `main` deregisters before the runtime shuts down;
+/// - on a **current-thread** runtime it cannot block (the deregistration needs that very
+///   thread), so it spawns the deregistration; if the runtime shuts down first, a warning
+///   names the instance that stays registered;
+/// - outside any runtime (or while the runtime is shutting down, or while unwinding from a
+///   panic) nothing can be sent: a warning says so.
+///
+/// An instance left registered this way is removed by the registry's own health check (a TTL
+/// that lapses, `deregister_critical_after`), as after a crash.
 #[derive(Debug)]
 #[must_use = "dropping the guard deregisters the instance"]
 pub struct RegistrationGuard {
     registrar: Option<Arc<dyn Registrar>>,
 }
+
+/// How long dropping a [`RegistrationGuard`] on a multi-thread runtime waits for the
+/// deregistration.
+pub const DROP_DEADLINE: Duration = Duration::from_secs(5);
 
 impl RegistrationGuard {
     /// Registers through `registrar` and returns the guard.
@@ -195,7 +229,7 @@ impl RegistrationGuard {
         })
     }
 
-    /// Deregisters now and waits for the answer.
+    /// Deregisters now and waits for the answer: the graceful shutdown.
     pub async fn deregister(mut self) -> Result<()> {
         match self.registrar.take() {
             Some(r) => r.deregister().await,
@@ -214,14 +248,82 @@ impl RegistrationGuard {
     }
 }
 
+/// Logs at warn, when dropped before `done` is set, that `service`/`id` stayed registered.
+struct WarnIfCancelled {
+    service: String,
+    id: String,
+    done: bool,
+}
+
+impl WarnIfCancelled {
+    /// The deregistration ran to its end: nothing to warn about.
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for WarnIfCancelled {
+    fn drop(&mut self) {
+        if !self.done && !std::thread::panicking() {
+            tracing::warn!(service = %self.service, id = %self.id,
+                "deregistration on drop was cancelled (runtime shutting down); the instance stays \
+                 registered until its health check fails: call RegistrationGuard::deregister().await on shutdown");
+        }
+    }
+}
+
 impl Drop for RegistrationGuard {
     fn drop(&mut self) {
-        if let Some(r) = self.registrar.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let Some(r) = self.registrar.take() else {
+            return;
+        };
+        let (service, id) = (
+            r.registration().service.clone(),
+            r.registration().instance_id(),
+        );
+        let not_sent = |why: &str| {
+            tracing::warn!(service = %service, id = %id, reason = why,
+                "RegistrationGuard dropped without deregistering; the instance stays registered \
+                 until its health check fails: call RegistrationGuard::deregister().await on shutdown")
+        };
+        if std::thread::panicking() {
+            return not_sent("dropped while unwinding from a panic");
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return not_sent("dropped outside a tokio runtime");
+        };
+        match handle.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tokio::task::block_in_place(|| {
+                        handle.block_on(tokio::time::timeout(DROP_DEADLINE, r.deregister()))
+                    })
+                }));
+                match outcome {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(service = %service, id = %id, error = %e, "deregistration on drop failed")
+                    }
+                    Ok(Err(_)) => {
+                        tracing::warn!(service = %service, id = %id, deadline = ?DROP_DEADLINE,
+                            "deregistration on drop timed out")
+                    }
+                    // The runtime is shutting down (its timers are gone), or blocking is not allowed here.
+                    Err(_) => not_sent("could not block on this runtime (it may be shutting down)"),
+                }
+            }
+            _ => {
+                let guard = WarnIfCancelled {
+                    service,
+                    id,
+                    done: false,
+                };
                 handle.spawn(async move {
                     if let Err(e) = r.deregister().await {
-                        tracing::warn!(error = %e, "deregistration on drop failed");
+                        tracing::warn!(service = %guard.service, id = %guard.id, error = %e,
+                            "deregistration on drop failed");
                     }
+                    guard.finish();
                 });
             }
         }

@@ -29,7 +29,10 @@ use crate::instancer::Instancer;
 use crate::task::{sleep_or_cancel, BackgroundTask};
 
 /// The outcome of one round of a [`Source`].
+///
+/// `#[non_exhaustive]`: a `match` on it needs a wildcard arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Step {
     /// The complete current set.
     Publish(Vec<Instance>),
@@ -90,17 +93,32 @@ impl LoopConfig {
 }
 
 /// An [`Instancer`] driven by a [`Source`] on the shared loop. Backends return this (or wrap it).
+///
+/// The loop runs until [`stop`](Instancer::stop), or until this instancer **and** every
+/// subscription to it are dropped: an endpointer built from it keeps it running.
 pub struct WatchedInstancer {
+    watch: Arc<Watch>,
+}
+
+/// The loop and its cache, shared by the instancer and its subscriptions.
+struct Watch {
     cache: Arc<InstanceCache>,
     task: BackgroundTask,
     config: LoopConfig,
 }
 
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.cancel();
+        self.cache.close();
+    }
+}
+
 impl fmt::Debug for WatchedInstancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchedInstancer")
-            .field("backend", &self.config.backend)
-            .field("target", &self.config.target)
+            .field("backend", &self.watch.config.backend)
+            .field("target", &self.watch.config.target)
             .finish()
     }
 }
@@ -171,33 +189,29 @@ impl WatchedInstancer {
             }
         });
         WatchedInstancer {
-            cache,
-            task,
-            config,
+            watch: Arc::new(Watch {
+                cache,
+                task,
+                config,
+            }),
         }
     }
 
     /// The current state (for tests and diagnostics).
     pub fn state(&self) -> Option<Event> {
-        self.cache.state()
+        self.watch.cache.state()
     }
 }
 
 #[async_trait]
 impl Instancer for WatchedInstancer {
+    /// The subscription keeps the loop running after the instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.cache.subscribe()
+        self.watch.cache.subscribe().keeping(self.watch.clone())
     }
 
     async fn stop(&self) {
-        self.task.stop().await;
-        self.cache.close();
-    }
-}
-
-impl Drop for WatchedInstancer {
-    fn drop(&mut self) {
-        self.task.cancel();
-        self.cache.close();
+        self.watch.task.stop().await;
+        self.watch.cache.close();
     }
 }

@@ -209,3 +209,49 @@ async fn unchanged_instances_keep_their_handles() {
     );
     assert!(Instance::ptr_eq(&f[0], &s[0]), "a:1 kept its handle");
 }
+
+/// Issue 9 item 4: `try_next()` returns the last state of an instancer that stopped before
+/// the subscriber read it.
+#[test]
+fn try_next_returns_the_final_state_of_a_stopped_instancer() {
+    let cache = InstanceCache::new();
+    let mut sub = cache.subscribe();
+    cache.update(Event::Instances(set(&["a:1"])));
+    cache.close();
+    assert_eq!(sub.try_next(), Some(Event::Instances(set(&["a:1"]))));
+    assert_eq!(sub.try_next(), None);
+}
+
+/// Issue 9 item 4: `first()` waits for a state without marking it seen, as documented: the
+/// next `next()` still returns it.
+#[tokio::test]
+async fn first_does_not_mark_the_state_seen() {
+    let cache = InstanceCache::new();
+    let mut sub = cache.subscribe();
+    cache.update(Event::Instances(set(&["a:1"])));
+    assert_eq!(sub.first().await, Some(Event::Instances(set(&["a:1"]))));
+    assert_eq!(sub.try_next(), Some(Event::Instances(set(&["a:1"]))));
+}
+
+/// Issue 9 item 8: when a registry returns the same `(addr, id)` twice with different
+/// health, de-duplication keeps the healthiest entry, whatever the rest of the entries sort by.
+#[test]
+fn duplicates_keep_the_passing_instance() {
+    let critical = Instance::builder("10.0.0.1", 80)
+        .id("web-1")
+        .tag("a")
+        .health(sd_core::Health::Critical)
+        .build();
+    let passing = Instance::builder("10.0.0.1", 80)
+        .id("web-1")
+        .tag("b")
+        .build();
+    for list in [
+        vec![critical.clone(), passing.clone()],
+        vec![passing.clone(), critical.clone()],
+    ] {
+        let (set, dropped) = InstanceSet::new_counting(list);
+        assert_eq!(dropped, 1);
+        assert_eq!(set.as_slice(), [passing.clone()]);
+    }
+}

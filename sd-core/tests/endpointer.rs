@@ -1,5 +1,8 @@
 //! go-kit behaviours EP-1..EP-12 (reference §2.C), with regressions for its bugs.
 
+#[path = "common/logs.rs"]
+mod logs;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -514,5 +517,99 @@ async fn huge_invalidation_timeout_does_not_overflow() {
     inst.fail("down");
     until(&ep, |s| matches!(s.status(), Status::Invalidating { .. })).await;
     assert_eq!(addrs(&ep), ["a:1"]);
+    ep.close().await;
+}
+
+/// The natural refactor: a helper that builds the instancer and returns only the endpointer.
+fn endpointer_following(reg: &sd_core::MemoryRegistry, f: Counting) -> DefaultEndpointer<String> {
+    let instancer = reg.service_instancer("svc");
+    DefaultEndpointer::new(&instancer, f)
+    // `instancer` is dropped here.
+}
+
+/// Issue 9 item 2 (go-kit EP-12): dropping the instancer must not freeze the endpointer. The
+/// subscription keeps the instancer's watch alive for as long as the endpointer uses it.
+#[tokio::test]
+async fn dropping_the_instancer_does_not_freeze_the_endpointer() {
+    let reg = sd_core::MemoryRegistry::new();
+    let ep = endpointer_following(&reg, Counting::default());
+    assert_eq!(ep.endpoints().status(), &Status::Current);
+    reg.insert("svc", Instance::new("10.0.0.1", 80), None);
+    until(&ep, |s| s.all().len() == 1).await;
+    assert_eq!(ep.endpoints().status(), &Status::Current);
+    ep.close().await;
+}
+
+/// The same for an instancer on the shared watch loop (what Consul and every other backend
+/// return): its loop keeps running while an endpointer follows it.
+#[tokio::test]
+async fn dropping_a_watched_instancer_does_not_stop_its_loop() {
+    struct Channel(tokio::sync::mpsc::UnboundedReceiver<Vec<Instance>>);
+    #[async_trait::async_trait]
+    impl sd_core::Source for Channel {
+        async fn next_step(&mut self) -> sd_core::Step {
+            match self.0.recv().await {
+                Some(v) => sd_core::Step::Publish(v),
+                None => std::future::pending().await,
+            }
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(vec![Instance::new("10.0.0.1", 80)]).unwrap();
+    let ep = {
+        let instancer =
+            sd_core::WatchedInstancer::start(Channel(rx), sd_core::LoopConfig::new("test", "svc"))
+                .await;
+        DefaultEndpointer::new(&instancer, Counting::default())
+    };
+    assert_eq!(addrs(&ep), ["10.0.0.1:80"]);
+    tx.send(vec![Instance::new("10.0.0.2", 80)]).unwrap();
+    until(&ep, |s| {
+        s.all()
+            .first()
+            .is_some_and(|e| e.instance().addr() == "10.0.0.2:80")
+    })
+    .await;
+    assert_eq!(ep.endpoints().status(), &Status::Current);
+    ep.close().await;
+}
+
+/// Issue 9 item 2: if a subscription ends anyway (the instancer was stopped, or it was a
+/// bare cache that its owner dropped), the endpointer says so: its status turns stale (the
+/// last endpoints are still served) and a warning is logged.
+#[tokio::test]
+async fn an_ended_subscription_marks_the_endpointer_stale_and_logs() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
+    let inst = TestInstancer::default();
+    inst.send(&["a:1"]);
+    let ep = DefaultEndpointer::builder(&inst.0, Counting::default())
+        .name("svc")
+        .build();
+    assert_eq!(ep.endpoints().status(), &Status::Current);
+    drop(inst);
+    until(&ep, |s| matches!(s.status(), Status::Stale(Error::Stopped))).await;
+    assert_eq!(addrs(&ep), ["a:1"], "the last endpoints are still served");
+    let logged = logs.at_least(tracing::Level::WARN);
+    assert!(logged.contains("instancer ended"), "{logged}");
+    ep.close().await;
+}
+
+/// Issue 9 item 4: `ready()` returns (false) when the instancer stops before publishing
+/// anything, instead of waiting forever.
+#[tokio::test]
+async fn ready_returns_when_the_instancer_stops_before_publishing() {
+    let inst = TestInstancer::default();
+    let ep = DefaultEndpointer::new(&inst.0, Counting::default());
+    inst.0.close();
+    let ready = tokio::time::timeout(Duration::from_secs(10), ep.ready())
+        .await
+        .expect("ready() returned");
+    assert!(!ready, "no state was ever applied");
+    assert_eq!(
+        ep.endpoints().get().unwrap_err(),
+        &Error::Stopped,
+        "nothing to serve"
+    );
     ep.close().await;
 }

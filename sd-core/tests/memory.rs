@@ -1,5 +1,8 @@
 //! The embedded registry (`memory://`): registrar and instancer, filters, TTL expiry.
 
+#[path = "common/logs.rs"]
+mod logs;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,6 +10,14 @@ use sd_core::{
     Health, HealthCheck, Instance, Instancer, MemoryRegistry, Registrar, Registration,
     RegistrationGuard, Registry, ServiceQuery,
 };
+
+/// How many instances of `service` are passing.
+fn passing(reg: &MemoryRegistry, service: &str) -> usize {
+    reg.instances(service)
+        .iter()
+        .filter(|i| i.health() == Health::Passing)
+        .count()
+}
 
 async fn next_addrs(sub: &mut sd_core::Subscription) -> Vec<String> {
     tokio::time::timeout(Duration::from_secs(5), sub.next())
@@ -19,10 +30,10 @@ async fn next_addrs(sub: &mut sd_core::Subscription) -> Vec<String> {
 #[tokio::test]
 async fn register_deregister_is_seen_and_idempotent() {
     let reg = MemoryRegistry::new();
-    let inst = reg.instancer("web");
+    let inst = reg.service_instancer("web");
     let mut sub = inst.subscribe();
     assert!(next_addrs(&mut sub).await.is_empty());
-    let r = reg.registrar(Registration::new("web", Instance::new("127.0.0.1", 8080)));
+    let r = reg.registrar_for(Registration::new("web", Instance::new("127.0.0.1", 8080)));
     r.register().await.unwrap();
     r.register().await.unwrap();
     assert_eq!(next_addrs(&mut sub).await, ["127.0.0.1:8080"]);
@@ -81,15 +92,22 @@ async fn queries_filter_tags_and_health() {
         next_addrs(&mut all_tags).await,
         ["a:1", "c:1", "d:1", "w:1"]
     );
-    // A dropped instancer ends its subscriptions once their last state is read.
+    // A dropped instancer's subscriptions keep following the registry (go-kit EP-12);
+    // only `stop()` ends them (see `stopped_memory_instancer_ends_subscriptions`).
     drop(passing_only);
-    assert_eq!(passing.next().await, None);
+    reg.insert(
+        "api",
+        Instance::builder("e", 1).tags(["eu", "v1"]).build(),
+        None,
+    );
+    assert_eq!(next_addrs(&mut passing).await, ["a:1", "d:1", "e:1"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn ttl_registrations_expire_unless_renewed() {
     let reg = MemoryRegistry::new();
-    let instancer = reg.instancer("svc");
+    // A lapsed TTL turns the instance critical (as in Consul): it leaves passing_only views.
+    let instancer = reg.instancer_for(&ServiceQuery::new("svc").passing_only(true));
     let mut sub = instancer.subscribe();
     assert!(next_addrs(&mut sub).await.is_empty());
     // A registration whose owner never renews it.
@@ -100,7 +118,7 @@ async fn ttl_registrations_expire_unless_renewed() {
     );
     assert_eq!(next_addrs(&mut sub).await, ["dead:1"]);
     // A registrar with a TTL check renews itself.
-    let live = reg.registrar(
+    let live = reg.registrar_for(
         Registration::new("svc", Instance::new("live", 1))
             .check(HealthCheck::Ttl(Duration::from_secs(3))),
     );
@@ -115,7 +133,7 @@ async fn ttl_registrations_expire_unless_renewed() {
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(sub.try_next(), None, "no flapping while renewed");
-    assert_eq!(reg.instances("svc").len(), 1, "still alive after ten TTLs");
+    assert_eq!(passing(&reg, "svc"), 1, "still alive after ten TTLs");
     live.deregister().await.unwrap();
     assert!(next_addrs(&mut sub).await.is_empty());
 }
@@ -180,7 +198,7 @@ async fn bad_registrations_fail_with_a_clear_error() {
 #[tokio::test]
 async fn stopped_memory_instancer_ends_subscriptions() {
     let reg = MemoryRegistry::new();
-    let inst = reg.instancer("x");
+    let inst = reg.service_instancer("x");
     let mut sub = inst.subscribe();
     assert!(next_addrs(&mut sub).await.is_empty());
     inst.stop().await;
@@ -213,33 +231,62 @@ async fn dropped_registry_ends_its_reaper() {
     );
 }
 
-/// register and deregister never interleave: after both calls return, in whatever order
-/// they raced, a deregister that ran last leaves nothing registered and no heartbeat.
+/// Issue 9 item 9: `register` and `deregister` never interleave. Whatever order two racing
+/// calls take, once both have returned the registrar is in a state some serial order gives:
+/// registered with a heartbeat, or not registered and no heartbeat. Never "not registered
+/// while a heartbeat still runs" (a ghost: the heartbeat puts the instance back) nor
+/// "registered with no heartbeat" (it lapses).
+///
+/// Deterministic on the current-thread runtime: the deregister is spawned first, and it
+/// suspends while it stops the heartbeat (`task.stop().await`); without the registrar's lock
+/// held across the whole call, the register runs in that gap and starts a new heartbeat that
+/// the deregister's removal then orphans.
 #[tokio::test(start_paused = true)]
 async fn racing_register_and_deregister_leave_no_ghost() {
     let reg = MemoryRegistry::new();
     let r = Arc::new(
-        reg.registrar(
+        reg.registrar_for(
             Registration::new("svc", Instance::new("10.0.0.1", 80))
                 .check(HealthCheck::Ttl(Duration::from_secs(3))),
         ),
     );
-    for _ in 0..20 {
+    let passing = |reg: &MemoryRegistry| {
+        reg.instances("svc")
+            .iter()
+            .any(|i| i.health() == Health::Passing)
+    };
+    for round in 0..8 {
+        r.register().await.unwrap();
         let (a, b) = (r.clone(), r.clone());
-        let reg_task = tokio::spawn(async move { a.register().await });
-        let dereg_task = tokio::spawn(async move { b.deregister().await });
-        reg_task.await.unwrap().unwrap();
+        // Alternate which call is spawned (and so starts) first.
+        let (dereg_task, reg_task) = if round % 2 == 0 {
+            let d = tokio::spawn(async move { b.deregister().await });
+            let g = tokio::spawn(async move { a.register().await });
+            (d, g)
+        } else {
+            let g = tokio::spawn(async move { a.register().await });
+            let d = tokio::spawn(async move { b.deregister().await });
+            (d, g)
+        };
         dereg_task.await.unwrap().unwrap();
+        reg_task.await.unwrap().unwrap();
+        let registered_now = passing(&reg);
+        // Several TTLs later: a heartbeat keeps (or puts back) the instance, no heartbeat
+        // lets it lapse. A serial order gives the same answer before and after.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            passing(&reg),
+            registered_now,
+            "round {round}: registered={registered_now} right after the race, but the \
+             heartbeat state disagrees"
+        );
         r.deregister().await.unwrap();
-        // Long enough for any leftover heartbeat to have renewed or re-inserted.
-        tokio::time::advance(Duration::from_secs(10)).await;
-        tokio::task::yield_now().await;
-        assert!(reg.instances("svc").is_empty());
+        assert!(!passing(&reg));
     }
 }
 
-/// An abandoned registration (a crash: no deregistration) stops heartbeating and expires
-/// when its TTL lapses; a deregistered one goes at once.
+/// An abandoned registration (a crash: no deregistration) stops heartbeating and turns
+/// critical when its TTL lapses; a deregistered one goes at once.
 #[tokio::test(start_paused = true)]
 async fn abandoned_registration_expires_with_its_ttl() {
     let reg = MemoryRegistry::new();
@@ -247,23 +294,213 @@ async fn abandoned_registration_expires_with_its_ttl() {
         Registration::new("svc", Instance::new("10.0.0.1", port))
             .check(HealthCheck::Ttl(Duration::from_secs(3)))
     };
-    let crashed = RegistrationGuard::register(Arc::new(reg.registrar(registration(1))))
+    let crashed = RegistrationGuard::register(Arc::new(reg.registrar_for(registration(1))))
         .await
         .unwrap();
-    let alive = RegistrationGuard::register(Arc::new(reg.registrar(registration(2))))
+    let alive = RegistrationGuard::register(Arc::new(reg.registrar_for(registration(2))))
         .await
         .unwrap();
-    let instancer = reg.instancer("svc");
+    let instancer = reg.instancer_for(&ServiceQuery::new("svc").passing_only(true));
     let mut sub = instancer.subscribe();
     assert_eq!(next_addrs(&mut sub).await, ["10.0.0.1:1", "10.0.0.1:2"]);
     crashed.abandon();
-    // Still listed before the TTL lapses...
+    // Still passing before the TTL lapses...
     tokio::time::advance(Duration::from_secs(2)).await;
-    assert_eq!(reg.instances("svc").len(), 2);
-    // ...and gone after, while the heartbeated one stays.
+    assert_eq!(passing(&reg, "svc"), 2);
+    // ...and critical after (gone from passing_only), while the heartbeated one stays.
     assert_eq!(next_addrs(&mut sub).await, ["10.0.0.1:2"]);
     tokio::time::advance(Duration::from_secs(30)).await;
-    assert_eq!(reg.instances("svc").len(), 1);
+    assert_eq!(passing(&reg, "svc"), 1);
     alive.deregister().await.unwrap();
     assert!(next_addrs(&mut sub).await.is_empty());
+}
+
+/// Issue 9 item 5: TTL expiry keeps working after the runtime that first registered a TTL
+/// entry has ended (tests with a runtime each, an application that restarts its runtime).
+#[test]
+fn ttl_expiry_survives_a_runtime_restart() {
+    let reg = MemoryRegistry::new();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        reg.insert(
+            "svc",
+            Instance::new("10.0.0.1", 1),
+            Some(Duration::from_secs(3)),
+        );
+    });
+    // The first runtime is gone, and its tasks with it.
+    runtime().block_on(async {
+        reg.insert(
+            "svc",
+            Instance::new("10.0.0.2", 1),
+            Some(Duration::from_secs(3)),
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let passing: Vec<Instance> = reg
+            .instances("svc")
+            .into_iter()
+            .filter(|i| i.health() == Health::Passing)
+            .collect();
+        assert!(passing.is_empty(), "expired but still passing: {passing:?}");
+    });
+}
+
+/// Issue 9 item 7: a lapsed TTL turns the instance critical, as in Consul: it leaves every
+/// `passing_only` instancer at once, stays listed (critical) in an unfiltered one, and is
+/// removed after `deregister_critical_after`.
+#[tokio::test(start_paused = true)]
+async fn ttl_lapse_leaves_the_instance_critical_then_removes_it_like_consul() {
+    let reg = MemoryRegistry::new();
+    let all = reg.instancer_for(&ServiceQuery::new("svc"));
+    let healthy = reg.instancer_for(&ServiceQuery::new("svc").passing_only(true));
+    let (mut all_sub, mut healthy_sub) = (all.subscribe(), healthy.subscribe());
+    let guard = RegistrationGuard::register(Arc::new(
+        reg.registrar_for(
+            Registration::new("svc", Instance::new("10.0.0.1", 80))
+                .check(HealthCheck::Ttl(Duration::from_secs(3)))
+                .deregister_critical_after(Duration::from_secs(60)),
+        ),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_addrs(&mut all_sub).await, ["10.0.0.1:80"]);
+    assert_eq!(next_addrs(&mut healthy_sub).await, ["10.0.0.1:80"]);
+    guard.abandon();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        next_addrs(&mut healthy_sub).await.is_empty(),
+        "left passing_only"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(5), all_sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = event.as_instances().unwrap();
+    assert_eq!(listed.len(), 1, "still listed");
+    assert_eq!(listed[0].health(), Health::Critical);
+    // Removed once it has been critical for deregister_critical_after.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(next_addrs(&mut all_sub).await.is_empty());
+    assert!(reg.instances("svc").is_empty());
+}
+
+/// Issue 9 item 7: `deregister_critical_after` needs a health check (nothing can turn the
+/// instance critical otherwise); Consul rejects it, so every backend does, in `validate`.
+#[tokio::test]
+async fn deregister_critical_after_without_a_check_is_rejected() {
+    let registration = Registration::new("svc", Instance::new("10.0.0.1", 80))
+        .deregister_critical_after(Duration::from_secs(60));
+    let err = registration.validate().unwrap_err().to_string();
+    assert!(err.contains("deregister_critical_after"), "{err}");
+    let reg: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    assert!(reg.registrar(registration).await.is_err());
+}
+
+/// A registrar whose deregistration takes a network round trip, like Consul's.
+#[derive(Debug)]
+struct SlowDeregister {
+    inner: sd_core::MemoryRegistrar,
+}
+
+#[async_trait::async_trait]
+impl Registrar for SlowDeregister {
+    async fn register(&self) -> sd_core::Result<()> {
+        self.inner.register().await
+    }
+    async fn deregister(&self) -> sd_core::Result<()> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.inner.deregister().await
+    }
+    fn registration(&self) -> &Registration {
+        self.inner.registration()
+    }
+}
+
+/// Issue 9 item 6: a guard dropped at the end of `#[tokio::main]` (a multi-thread runtime
+/// that shuts down right after) still deregisters: the drop waits for the deregistration.
+#[test]
+fn guard_dropped_at_the_end_of_main_deregisters() {
+    let reg = MemoryRegistry::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let registrar = SlowDeregister {
+            inner: reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
+        };
+        let _guard = RegistrationGuard::register(Arc::new(registrar))
+            .await
+            .unwrap();
+        assert_eq!(reg.instances("svc").len(), 1);
+        // `_guard` drops here, as at the end of `main`.
+    });
+    drop(runtime);
+    assert!(
+        reg.instances("svc").is_empty(),
+        "the instance outlived the process's runtime"
+    );
+}
+
+/// Issue 9 item 6: on a current-thread runtime the drop cannot wait (the deregistration needs
+/// that thread), so it spawns it; when runtime shutdown cancels it, a warning names the
+/// instance left registered instead of losing it silently.
+#[test]
+fn guard_dropped_on_a_current_thread_runtime_warns_when_shutdown_cancels_it() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
+    let reg = MemoryRegistry::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let registrar = SlowDeregister {
+            inner: reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
+        };
+        let _guard = RegistrationGuard::register(Arc::new(registrar))
+            .await
+            .unwrap();
+    });
+    drop(runtime);
+    assert_eq!(reg.instances("svc").len(), 1, "shutdown cancelled it");
+    let logged = logs.at_least(tracing::Level::WARN);
+    assert!(
+        logged.contains("deregistration on drop was cancelled")
+            && logged.contains("svc-10.0.0.1-80"),
+        "{logged}"
+    );
+}
+
+/// Issue 9 item 6: a guard dropped outside any runtime cannot send anything, and says so.
+#[test]
+fn guard_dropped_outside_a_runtime_warns() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
+    let reg = MemoryRegistry::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let guard = runtime.block_on(async {
+        RegistrationGuard::register(Arc::new(
+            reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
+        ))
+        .await
+        .unwrap()
+    });
+    drop(guard);
+    let logged = logs.at_least(tracing::Level::WARN);
+    assert!(logged.contains("outside a tokio runtime"), "{logged}");
+    assert_eq!(reg.instances("svc").len(), 1);
 }

@@ -1,8 +1,9 @@
-//! Snapshots hold non-owning copies of endpoint handles (see `Epoch` in endpointer.rs). These
-//! tests pin down the lifetime rules that make that sound: an endpoint value stays alive while
-//! any snapshot that contains it is held, is dropped exactly once, and is dropped once no
-//! snapshot and no endpointer state can reach it. Run them under valgrind too:
-//! `valgrind --error-exitcode=1 target/debug/deps/snapshot_lifetime-*`.
+//! Snapshots own their endpoints (a shared, reference-counted list; until issue 9 they held
+//! non-owning bitwise copies kept valid by an epoch chain). These tests pin down the lifetime
+//! rules: an endpoint value stays alive while any snapshot that contains it is held, is
+//! dropped exactly once, and is dropped once no snapshot and no endpointer state can reach
+//! it, also when a panic unwinds through an update. Run them under valgrind too (the command
+//! is in docs/TESTING.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,7 +149,8 @@ fn fixed_endpointer_snapshots_outlive_it() {
     assert_eq!(drops.load(Ordering::SeqCst), 3);
 }
 
-/// A snapshot held across a very long chain of updates is released without deep recursion.
+/// A snapshot held across a very long run of updates is released cheaply (the old design
+/// chained one epoch per update behind it and had to unlink them without deep recursion).
 #[tokio::test]
 async fn long_epoch_chains_release_iteratively() {
     let src = InstanceCache::new();
@@ -161,4 +163,96 @@ async fn long_epoch_chains_release_iteratively() {
         ep.apply(set([n % 3]));
     }
     drop(old);
+}
+
+/// A `tracing` layer that panics on every warning or error, as a buggy log exporter might.
+struct PanicOnWarn;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnWarn {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            panic!("log exporter bug");
+        }
+    }
+}
+
+/// Issue 9 item 1: a panic that unwinds out of an update (here a tracing layer panicking
+/// while the endpointer logs a factory failure or a panicking close) must not free endpoints
+/// that published snapshots still hold. Every endpoint of every snapshot is read afterwards
+/// (run under valgrind too, see docs/TESTING.md), and every value is dropped exactly once.
+#[tokio::test]
+async fn a_panicking_tracing_layer_cannot_free_endpoints_that_snapshots_hold() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct Flaky {
+        drops: Arc<AtomicUsize>,
+        made: Arc<AtomicUsize>,
+    }
+    impl sd_core::Factory<Tracked> for Flaky {
+        fn make(&self, i: &Instance) -> Result<Tracked, BoxError> {
+            // Every instance whose host ends in 7 cannot be made: a logged warning.
+            if i.host().ends_with('7') {
+                return Err("connection refused".into());
+            }
+            self.made.fetch_add(1, Ordering::SeqCst);
+            Ok(Tracked {
+                addr: i.addr().to_string(),
+                alive: ALIVE,
+                drops: self.drops.clone(),
+            })
+        }
+        fn close(&self, i: &Instance, _: &Tracked) {
+            // Closing every instance whose host ends in 3 panics: a logged error.
+            if i.host().ends_with('3') {
+                panic!("close bug");
+            }
+        }
+    }
+
+    let drops = Arc::new(AtomicUsize::new(0));
+    let made = Arc::new(AtomicUsize::new(0));
+    let src = InstanceCache::new();
+    let ep = DefaultEndpointer::new(
+        &src,
+        Flaky {
+            drops: drops.clone(),
+            made: made.clone(),
+        },
+    );
+    ep.apply(set(0..40));
+    let mut held = vec![ep.endpoints()];
+    let mut unwound = 0;
+    for round in 1..60u32 {
+        let lo = round * 2;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let subscriber = tracing_subscriber::registry().with(PanicOnWarn);
+            tracing::subscriber::with_default(subscriber, || ep.apply(set(lo..lo + 40)));
+        }));
+        if outcome.is_err() {
+            unwound += 1;
+        }
+        held.push(ep.endpoints());
+        for s in &held {
+            check(s);
+        }
+        if round % 3 == 0 {
+            held.remove(0);
+        }
+    }
+    assert!(unwound > 0, "the layer panicked through some updates");
+    // The endpointer still works after the panics: a clean update (hosts 10.0.2.0-5, none
+    // failing) is applied in full.
+    ep.apply(set(512..518));
+    let now = ep.endpoints();
+    check(&now);
+    assert_eq!(now.all().len(), 6);
+    drop(now);
+    drop(held);
+    ep.close().await;
+    drop(ep);
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        drops.load(Ordering::SeqCst),
+        "each value dropped exactly once"
+    );
 }

@@ -189,9 +189,9 @@ fn bench(c: &mut Criterion) {
     run_local(c);
     run(c, "random", |ep| Plain(Random::new(ep)));
     run(c, "weighted", |ep| Plain(Weighted::new(ep)));
-    run(c, "p2c_inflight", |ep| Guarded(P2c::in_flight(ep)));
+    run(c, "p2c_inflight", |ep| Guarded(P2c::pending_requests(ep)));
     run(c, "p2c_peak_ewma", |ep| Guarded(P2c::peak_ewma(ep)));
-    run_pick_only(c, "p2c_inflight_pick_only", P2c::in_flight);
+    run_pick_only(c, "p2c_inflight_pick_only", P2c::pending_requests);
     run_pick_only(c, "p2c_peak_ewma_pick_only", P2c::peak_ewma);
     run(c, "consistent_hash", |ep| Keyed(ConsistentHash::new(ep)));
 }

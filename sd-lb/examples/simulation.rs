@@ -124,7 +124,7 @@ fn main() {
                 ("random", Box::new(Random::with_seed(ep.clone(), 1))),
                 ("weighted (equal weights)", Box::new(Weighted::new(ep.clone()))),
                 ("consistent hash (Maglev)", Box::new(ConsistentHash::new(ep.clone()))),
-                ("p2c, in-flight", Box::new(P2c::in_flight(ep.clone()).seed(1))),
+                ("p2c, in-flight", Box::new(P2c::pending_requests(ep.clone()).seed(1))),
                 ("p2c, peak EWMA", Box::new(P2c::peak_ewma(ep.clone()).clock(clock).seed(1))),
             ];
             all.into_iter()

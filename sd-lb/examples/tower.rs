@@ -1,6 +1,6 @@
 //! sdkit discovery and balancers in a tower stack.
 //!
-//! 1. `Discovery` turns an endpointer into a `tower::discover::Discover`, so tower's own
+//! 1. `Discover` turns an endpointer into a `tower::discover::Discover`, so tower's own
 //!    `p2c::Balance` balances over sdkit's endpoints, following changes.
 //! 2. `Balanced` and `PickLayer` put sdkit's balancers into a `ServiceBuilder` stack.
 //!
@@ -19,7 +19,7 @@ use sd_core::{
     BoxError, DefaultEndpointer, Endpoint, Endpointer, Instance, Instancer, MemoryRegistry,
     Registrar, Registration,
 };
-use sd_lb::tower::{Balanced, Discovery, PickLayer};
+use sd_lb::tower::{Balanced, Discover, PickLayer};
 use sd_lb::{Outlier, OutlierConfig, P2c, RoundRobin};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
@@ -59,11 +59,11 @@ async fn main() -> Result<(), BoxError> {
     let registry = MemoryRegistry::new();
     let mut registrars = Vec::new();
     for port in [8001u16, 8002, 8003] {
-        let r = registry.registrar(Registration::new("echo", Instance::new("127.0.0.1", port)));
+        let r = registry.registrar_for(Registration::new("echo", Instance::new("127.0.0.1", port)));
         r.register().await?;
         registrars.push(r);
     }
-    let instancer = registry.instancer("echo");
+    let instancer = registry.service_instancer("echo");
     let endpointer = Arc::new(DefaultEndpointer::new(
         &instancer,
         |i: &Instance| -> Result<Backend, BoxError> {
@@ -76,7 +76,7 @@ async fn main() -> Result<(), BoxError> {
 
     // 1. tower's p2c Balance over sdkit discovery.
     let discover = tower::load::PendingRequestsDiscover::new(
-        Discovery::new(endpointer.clone()),
+        Discover::new(endpointer.clone()),
         tower::load::CompleteOnResponse::default(),
     );
     let mut balance = tower::balance::p2c::Balance::new(discover);
@@ -85,7 +85,7 @@ async fn main() -> Result<(), BoxError> {
         let answer = balance.ready().await?.call(format!("#{i}")).await?;
         tally(&mut seen, &answer);
     }
-    println!("tower p2c::Balance over sdkit Discovery:   {seen:?}");
+    println!("tower p2c::Balance over sdkit Discover:   {seen:?}");
 
     // An instance leaves the registry: tower stops using it.
     registrars[0].deregister().await?;

@@ -35,9 +35,14 @@ pub enum RetryErrorKind {
 /// error, and the final error.
 ///
 /// Its message is go-kit's: the final error alone when there was at most one raw error,
-/// otherwise `"<final> (previously: <raw 1>; <raw 2>; ...)"`, listing every raw error except
-/// the last one. Unlike go-kit (LB-9), a timeout keeps the errors of the attempts before it:
-/// the timeout becomes the final error and the last raw error.
+/// otherwise `"<final> (previously: <raw 1>; <raw 2>; ...)"`, listing every kept raw error
+/// except the last one. Unlike go-kit (LB-9), a timeout keeps the errors of the attempts
+/// before it: the timeout becomes the final error and the last raw error.
+///
+/// **Bounded.** Only the first [`KEEP_FIRST`] and the last [`KEEP_LAST`] raw errors are kept,
+/// with a count of the ones left out between them (go-kit kept all of them: an unlimited
+/// retry without backoff collected close to a million errors a second). The message then
+/// reads `"<final> (previously: <raw 1>; <raw 2>; (N more); <raw N+3>; ...)"`.
 ///
 /// ```
 /// use sd_lb::RetryError;
@@ -45,24 +50,31 @@ pub enum RetryErrorKind {
 /// assert_eq!(e.to_string(), "error two (previously: error one)");
 /// ```
 pub struct RetryError {
+    /// The first `KEEP_FIRST` and the last `KEEP_LAST` raw errors.
     raw: Vec<BoxError>,
+    /// Raw errors left out between the first and the last ones.
+    omitted: usize,
     /// `None`: the final error is the last raw error.
     replacement: Option<BoxError>,
     kind: RetryErrorKind,
 }
 
 impl RetryError {
-    /// A `RetryError` of kind [`RetryErrorKind::Exhausted`].
+    /// A `RetryError` of kind [`RetryErrorKind::Exhausted`] (keeping the first and last raw
+    /// errors, as every `RetryError` does).
     pub fn new(raw: Vec<BoxError>, final_error: BoxError) -> Self {
-        Self::with_kind(raw, Some(final_error), RetryErrorKind::Exhausted)
+        let mut log = ErrorLog::default();
+        raw.into_iter().for_each(|e| log.push(e));
+        Self::with_kind(log, Some(final_error), RetryErrorKind::Exhausted)
     }
 
     /// `replacement: None` makes the last raw error the final one.
     pub(crate) fn with_kind(
-        raw: Vec<BoxError>,
+        log: ErrorLog,
         replacement: Option<BoxError>,
         kind: RetryErrorKind,
     ) -> Self {
+        let ErrorLog { kept: raw, omitted } = log;
         let replacement = match (replacement, raw.is_empty()) {
             (None, true) => Some(Box::<dyn std::error::Error + Send + Sync>::from(
                 "no attempt was made",
@@ -71,6 +83,7 @@ impl RetryError {
         };
         RetryError {
             raw,
+            omitted,
             replacement,
             kind,
         }
@@ -80,8 +93,16 @@ impl RetryError {
     /// call ended for a reason other than an attempt's error, by that reason: a [`Timeout`]
     /// when the overall timeout expired, or [`BudgetExhausted`] when a retry was refused by
     /// the budget. [`kind`](Self::kind) tells which.
+    ///
+    /// Bounded: the first [`KEEP_FIRST`] and the last [`KEEP_LAST`] of them;
+    /// [`omitted_errors`](Self::omitted_errors) counts the ones left out in between.
     pub fn raw_errors(&self) -> &[BoxError] {
         &self.raw
+    }
+
+    /// How many raw errors were left out between the first and the last ones kept.
+    pub fn omitted_errors(&self) -> usize {
+        self.omitted
     }
 
     /// The final error: the last raw error, the callback's replacement, or the timeout
@@ -111,6 +132,35 @@ impl RetryError {
     }
 }
 
+/// How many of the first raw errors a [`RetryError`] keeps.
+pub const KEEP_FIRST: usize = 2;
+/// How many of the last raw errors a [`RetryError`] keeps.
+pub const KEEP_LAST: usize = 8;
+
+/// The raw errors of a retried call, bounded: the first [`KEEP_FIRST`], the last
+/// [`KEEP_LAST`], and a count of the ones in between.
+#[derive(Default)]
+pub(crate) struct ErrorLog {
+    kept: Vec<BoxError>,
+    omitted: usize,
+}
+
+impl ErrorLog {
+    pub(crate) fn push(&mut self, e: BoxError) {
+        if self.kept.len() == KEEP_FIRST + KEEP_LAST {
+            // Drop the oldest of the last ones (a shift of `KEEP_LAST` pointers).
+            self.kept.remove(KEEP_FIRST);
+            self.omitted += 1;
+        }
+        self.kept.push(e);
+    }
+
+    /// How many errors were pushed.
+    pub(crate) fn total(&self) -> usize {
+        self.kept.len() + self.omitted
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("no attempt was made")]
 struct NoAttempt;
@@ -125,6 +175,9 @@ impl fmt::Display for RetryError {
                 if i > 0 {
                     f.write_str("; ")?;
                 }
+                if i == KEEP_FIRST && self.omitted > 0 {
+                    write!(f, "({} more); ", self.omitted)?;
+                }
                 write!(f, "{e}")?;
             }
             f.write_str(")")?;
@@ -137,6 +190,7 @@ impl fmt::Debug for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryError")
             .field("kind", &self.kind)
+            .field("omitted", &self.omitted)
             .field("final", &self.final_error().to_string())
             .field(
                 "raw",

@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, hash_key, redraw_accepted, splitmix, thread_random, Balancer, Picked,
-    Request, Viewed,
+    bounded, endpoints_of, hash_key, pick_fallback, redraw_accepted, splitmix, thread_random,
+    Balancer, Current, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -18,8 +18,20 @@ use crate::error::LbError;
 /// of its own permutation; a key picks `table[hash(key) mod M]`. A pick is one table read,
 /// whatever the number of endpoints. When one of N endpoints leaves, the keys it served move
 /// and only a few percent of the others do, so about 1/N of all keys move (measured in
-/// `tests/balancers.rs`). The table is rebuilt on the first pick after the endpoint set
-/// changes (other threads keep picking from the previous table meanwhile).
+/// `tests/balancers.rs`).
+///
+/// **Rebuilds happen off the request path.** The table is built at construction, then on a
+/// background thread started by the first pick after the endpoint set changes (about 9 ms at
+/// 1 000 endpoints and 100+ ms at 10 000; see `docs/BENCHMARKS.md`). Until it is ready, picks
+/// use the previous table; when that has nothing to serve (start-up from an empty set,
+/// recovery from a failed one), a key picks `hash(key) mod N` over the new set (the same in
+/// every client that sees the same set, but not the Maglev mapping: keys move once more when
+/// the table is ready). A pick never reports "no endpoints" while the endpointer has some.
+/// [`refresh`](ConsistentHash::refresh) brings the table up to date on the calling thread.
+///
+/// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
+/// and some are not, the table holds the passing ones only, so the keys of a failing
+/// endpoint move to the others (the same way in every client that sees the same health).
 ///
 /// **Table size tiers.** `M` depends only on N, in doubling tiers: 65 537 slots for up to
 /// 655 endpoints, then the smallest prime above 131 072 up to 1 310 endpoints, 262 144 up
@@ -56,13 +68,20 @@ struct Table {
 }
 
 impl<P: Endpointer<E>, E: Send + Sync + 'static> ConsistentHash<P, E> {
-    /// A Maglev balancer over `endpointer`.
+    /// A Maglev balancer over `endpointer` (its table is built now, on this thread).
     pub fn new(endpointer: P) -> Self {
         ConsistentHash {
-            table: Viewed::new(&endpointer, |l, _| build(l)),
+            table: Viewed::new(&endpointer, true, |l, preferred, _| build(l, preferred)),
             endpointer,
             _e: PhantomData,
         }
+    }
+
+    /// Brings the table up to date with the endpointer now, on this thread (waiting for a
+    /// background rebuild in progress). Picks never need this; it is for warming up after an
+    /// update before sending traffic, and for tests.
+    pub fn refresh(&self) {
+        self.table.refresh(&self.endpointer);
     }
 
     /// Picks the endpoint for `key` (hashed with [`hash_key`]).
@@ -109,15 +128,21 @@ pub(crate) fn table_size(n: usize) -> u64 {
     m
 }
 
-fn build<E>(list: &[Endpoint<E>]) -> Table {
-    let n = list.len();
+fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Table {
+    // The members: the preferred (passing) endpoints when there are some.
+    let members: Vec<u32> = match preferred {
+        Some(p) => p.to_vec(),
+        None => (0..list.len() as u32).collect(),
+    };
+    let n = members.len();
     if n == 0 {
         return Table { slots: Vec::new() };
     }
     let m = table_size(n);
-    let perms: Vec<(u64, u64)> = list
+    let perms: Vec<(u64, u64)> = members
         .iter()
-        .map(|e| {
+        .map(|&i| {
+            let e = &list[i as usize];
             let k = e.instance().key();
             let h = hash_key(&k);
             let offset = h % m;
@@ -136,7 +161,7 @@ fn build<E>(list: &[Endpoint<E>]) -> Table {
                 next[i] += 1;
                 c = (offset + next[i] * skip) % m;
             }
-            slots[c as usize] = i as u32;
+            slots[c as usize] = members[i];
             next[i] += 1;
             filled += 1;
             if filled == m {
@@ -154,10 +179,13 @@ where
 {
     #[inline]
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let table = self.table.get(&self.endpointer, |l, _| build(l));
+        let key = request.key().unwrap_or_else(thread_random);
+        let table = match self.table.get(&self.endpointer) {
+            Current::View(v) => v,
+            Current::Fallback(s) => return pick_fallback(&s, splitmix(key), request, false),
+        };
         let list = endpoints_of(&table.snapshot)?;
         let slots = &table.value.slots;
-        let key = request.key().unwrap_or_else(thread_random);
         let mut h = splitmix(key);
         let first = slots[bounded(h, slots.len())] as usize;
         if !request.has_avoid() || !request.avoids(&list[first]) {
@@ -174,7 +202,7 @@ where
         // Most endpoints are avoided: a choice among the accepted ones, still a function of
         // the key (the same in every client) and uniform over keys.
         Ok(Picked::new(
-            list[redraw_accepted(list, first, request, h)].clone(),
+            list[redraw_accepted(list, table.cands(), first, request, h)].clone(),
         ))
     }
 

@@ -19,8 +19,10 @@
 //! round robin when backends are identical.
 //!
 //! Every balancer returns the endpointer's discovery error unchanged and
-//! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1); a pick never waits
-//! for a lock and makes no allocation (what does synchronise is listed on [`Balancer`]). [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
+//! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1), prefers endpoints
+//! whose instance passes its health checks (all of them when none passes), and builds its
+//! tables off the request path; a pick never waits for a lock and makes no allocation (the
+//! details are on [`Balancer`]). [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
 //! request's outcome back to P2C and outlier ejection, even when it is just dropped.
 //!
 //! ```
@@ -64,25 +66,28 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod balancer;
+mod balancer;
 pub mod error;
-pub mod hash;
-pub mod local;
-pub mod outlier;
-pub mod p2c;
-pub mod random;
-pub mod retry;
-pub mod round_robin;
+mod hash;
+mod local;
+mod outlier;
+mod p2c;
+mod random;
+mod retry;
+mod round_robin;
 pub mod tower;
-pub mod weighted;
+mod weighted;
 
-pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request, Tsc};
+/// Retry budgets, from tower: [`Retry::budget`] takes any [`Budget`]; [`TpsBudget`] is
+/// Finagle's (a share of recent requests plus a floor per second).
+pub use ::tower::retry::budget::{Budget, TpsBudget};
+pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request};
 pub use error::{AttemptTimeout, BudgetExhausted, LbError, RetryError, RetryErrorKind, Timeout};
 pub use hash::ConsistentHash;
 pub use local::LocalRoundRobin;
 pub use outlier::{Outlier, OutlierConfig};
 pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
-pub use retry::{Decision, Retry, RetryBudget};
-pub use round_robin::{Counter, RoundRobin};
+pub use retry::{Decision, Retry};
+pub use round_robin::RoundRobin;
 pub use weighted::Weighted;

@@ -2,7 +2,7 @@
 
 use sd_core::{Changes, Endpoint, Endpointer, Snapshot};
 
-use crate::balancer::endpoints_of;
+use crate::balancer::{endpoints_of, preferred_of, Cands};
 use crate::error::LbError;
 
 /// Round robin with its own cached snapshot and counter, for hot loops.
@@ -14,6 +14,11 @@ use crate::error::LbError;
 /// at 0 (go-kit LB-2) and is its own.
 ///
 /// It is `Send` but picks through `&mut self`: make one per thread or task.
+///
+/// Health (see [`Balancer`](crate::Balancer)): when some endpoints are
+/// [`Passing`](sd_core::Health::Passing) and some are not, the rotation runs over the passing
+/// ones only (the handle lists them when it reloads: one linear scan of the new set, on the
+/// picking thread, once per update).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -28,6 +33,7 @@ pub struct LocalRoundRobin<P, E: 'static> {
     endpointer: P,
     changes: Changes,
     snapshot: Snapshot<E>,
+    preferred: Option<Box<[u32]>>,
     counter: u64,
 }
 
@@ -40,6 +46,7 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
         LocalRoundRobin {
             endpointer,
             changes,
+            preferred: preferred_of(snapshot.all()),
             snapshot,
             counter: 0,
         }
@@ -52,7 +59,8 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
             self.reload();
         }
         let list = endpoints_of(&self.snapshot)?;
-        let i = (self.counter % list.len() as u64) as usize;
+        let c = Cands::new(list.len(), self.preferred.as_deref());
+        let i = c.at((self.counter % c.len() as u64) as usize);
         self.counter = self.counter.wrapping_add(1);
         Ok(&list[i])
     }
@@ -61,6 +69,7 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
     fn reload(&mut self) {
         self.changes.mark_seen();
         self.snapshot = self.endpointer.endpoints().detach();
+        self.preferred = preferred_of(self.snapshot.all());
     }
 }
 

@@ -16,7 +16,8 @@ use crate::error::LbError;
 pub struct OutlierConfig {
     /// Failures in a row that eject an endpoint (default 5).
     pub consecutive_failures: u32,
-    /// The ejection time is `base_ejection × ejection count` (default 30 s)...
+    /// The ejection time is `base_ejection × ejection count` (default 30 s)... (any
+    /// `Duration` is accepted: `Duration::MAX` ejects for ever)
     pub base_ejection: Duration,
     /// ...capped at this (default 300 s).
     pub max_ejection: Duration,
@@ -45,6 +46,14 @@ struct Entry<E> {
     until: u64,
 }
 
+/// `entries` is pruned of departed endpoints no earlier than at this size.
+const PRUNE_MIN: usize = 64;
+
+/// A duration in clock nanoseconds, saturating (`Duration::MAX` is "for ever", not a wrap).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The ejected endpoints, by value pointer, with their return time.
 type EjectedList = Vec<(usize, u64)>;
 
@@ -55,6 +64,9 @@ struct State<E> {
     count: AtomicUsize,
     ejected: ArcSwap<EjectedList>,
     entries: Mutex<HashMap<usize, Entry<E>>>,
+    /// When `entries` reaches this size, entries of endpoints that left are dropped (then it
+    /// is set to twice the live size): state of departed endpoints cannot pile up.
+    prune_at: AtomicUsize,
     /// Counts the endpoints (for the share limit); called only when a failure would eject.
     total: Box<dyn Fn() -> usize + Send + Sync>,
 }
@@ -65,7 +77,9 @@ struct State<E> {
 /// endpoint is ejected for `base_ejection × (number of times it was ejected)`, capped at
 /// `max_ejection`; it comes back on its own when that time has passed. At most
 /// [`max_ejected_share`](OutlierConfig::max_ejected_share) of the endpoints are ejected at
-/// once. Outcomes come from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them).
+/// once. Outcomes come from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them);
+/// a [timeout](Outcome::Timeout) counts as a failure (a request cut off by `Retry`'s
+/// overall timeout, or by a timeout layer outside [`PickLayer`](crate::tower::PickLayer)).
 ///
 /// Ejected endpoints are passed to the inner balancer as endpoints to avoid, so ejection works
 /// with every balancer, and keys of a [`ConsistentHash`](crate::ConsistentHash) fall through
@@ -110,6 +124,7 @@ impl<B: Balancer<E> + 'static, E: Send + Sync + 'static> Outlier<B, E> {
                 count: AtomicUsize::new(0),
                 ejected: ArcSwap::from_pointee(Vec::new()),
                 entries: Mutex::new(HashMap::new()),
+                prune_at: AtomicUsize::new(PRUNE_MIN),
                 total: Box::new(move || weak.upgrade().map_or(0, |b| b.snapshot().all().len())),
             }),
         }
@@ -194,7 +209,7 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             // Healthy for a base ejection time since it came back: forget one ejection.
             if entry.ejections > 0
                 && entry.until != 0
-                && now > entry.until + self.config.base_ejection.as_nanos() as u64
+                && now > entry.until.saturating_add(nanos(self.config.base_ejection))
             {
                 entry.ejections -= 1;
                 entry.until = if entry.ejections == 0 { 0 } else { now };
@@ -204,6 +219,11 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             }
             return;
         }
+        if !entries.contains_key(&ptr) && entries.len() >= self.prune_at.load(Ordering::Relaxed) {
+            entries.retain(|_, e| e.value.strong_count() > 0);
+            self.prune_at
+                .store((2 * entries.len()).max(PRUNE_MIN), Ordering::Relaxed);
+        }
         let entry = entries.entry(ptr).or_insert_with(|| Entry {
             value: Arc::downgrade(endpoint.value_arc()),
             consecutive: 0,
@@ -211,14 +231,13 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             until: 0,
         });
         match outcome {
-            Outcome::Success | Outcome::Unknown | Outcome::Untracked => {}
-            Outcome::Failure => {
+            Outcome::Failure | Outcome::Timeout => {
                 if entry.until > now {
                     // Ejected: a late failure of a request picked before the ejection says
                     // nothing new, and must not count toward the next ejection.
                     return;
                 }
-                entry.consecutive += 1;
+                entry.consecutive = entry.consecutive.saturating_add(1);
                 if entry.consecutive < self.config.consecutive_failures.max(1) {
                     return;
                 }
@@ -248,10 +267,11 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
                     .base_ejection
                     .saturating_mul(entry.ejections)
                     .min(self.config.max_ejection);
-                entry.until = now + time.as_nanos() as u64;
+                entry.until = now.saturating_add(nanos(time)).max(1);
                 tracing::info!(endpoint = ?endpoint, ejections = entry.ejections, ?time, "outlier: endpoint ejected");
                 self.publish(&mut entries, now);
             }
+            _ => {}
         }
     }
 }
@@ -301,5 +321,72 @@ impl<B, E: 'static> std::fmt::Debug for Outlier<B, E> {
             .field("config", &self.state.config)
             .field("ejected", &self.state.count.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sd_core::{FixedEndpointer, Instance};
+
+    fn outlier(
+        config: OutlierConfig,
+    ) -> Outlier<crate::RoundRobin<Arc<FixedEndpointer<u16>>, u16>, u16> {
+        let ep = Arc::new(FixedEndpointer::new(
+            (0..4).map(|p| (Instance::new("10.0.0.1", 1000 + p), p)),
+        ));
+        Outlier::new(crate::RoundRobin::new(ep), config)
+    }
+
+    /// Regression (issue 9, item 15): the failure streak was a plain `u32` addition, which
+    /// overflows (a panic in debug builds) once an endpoint fails more than `u32::MAX` times
+    /// in a row without being ejected (e.g. the ejection limit is reached).
+    #[test]
+    fn failure_streak_saturates() {
+        let lb = outlier(OutlierConfig {
+            consecutive_failures: u32::MAX,
+            ..Default::default()
+        });
+        let ep = lb.pick().unwrap();
+        let ptr = Arc::as_ptr(ep.value_arc()) as usize;
+        lb.state.lock().insert(
+            ptr,
+            Entry {
+                value: Arc::downgrade(ep.value_arc()),
+                consecutive: u32::MAX - 1,
+                ejections: 0,
+                until: 0,
+            },
+        );
+        lb.state.done(&ep, 0, Outcome::Failure);
+        assert!(lb.is_ejected(&ep), "u32::MAX failures in a row eject");
+        lb.state.lock().get_mut(&ptr).unwrap().consecutive = u32::MAX;
+        lb.state.lock().get_mut(&ptr).unwrap().until = 0;
+        lb.state.done(&ep, 0, Outcome::Failure);
+    }
+
+    /// Regression (issue 9, item 15): an endpoint that failed once and then left the set
+    /// kept its entry for ever (+63 MB over 200 000 departed endpoints).
+    #[test]
+    fn state_of_departed_endpoints_is_freed() {
+        let lb = outlier(OutlierConfig::default());
+        for i in 0..10_000u32 {
+            let gone = Endpoint::new(Instance::new("10.9.0.1", (i % 60_000) as u16), 0u16);
+            lb.state.done(&gone, 0, Outcome::Failure);
+        }
+        let held = lb.state.lock().len();
+        assert!(
+            held <= 2 * PRUNE_MIN,
+            "{held} entries for endpoints that left"
+        );
+        // Live endpoints keep theirs.
+        let live = lb.pick().unwrap();
+        lb.state.done(&live, 0, Outcome::Failure);
+        for i in 0..1_000u32 {
+            let gone = Endpoint::new(Instance::new("10.9.0.1", i as u16), 0u16);
+            lb.state.done(&gone, 0, Outcome::Failure);
+        }
+        let ptr = Arc::as_ptr(live.value_arc()) as usize;
+        assert_eq!(lb.state.lock().get(&ptr).map(|e| e.consecutive), Some(1));
     }
 }

@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::Guard;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, redraw_accepted, splitmix, thread_random, Balancer, Clock, Feedback,
-    Outcome, Picked, Request, View, Viewed,
+    bounded, endpoints_of, pick_fallback, redraw_accepted, splitmix, thread_random, Balancer,
+    Cands, Clock, Current, Feedback, Outcome, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -18,7 +17,7 @@ use crate::error::LbError;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Load {
     /// Requests in flight (tower's `PendingRequests`, least-request).
-    InFlight,
+    PendingRequests,
     /// Peak-EWMA latency × (requests in flight + 1), as in Finagle and tower's `PeakEwma`.
     ///
     /// A latency above the estimate replaces it at once (the *peak*); lower ones pull it down
@@ -60,7 +59,7 @@ pub struct EndpointLoad {
 impl EndpointLoad {
     fn new(load: Load, clock: Clock) -> Self {
         let (cost, decay_ns) = match load {
-            Load::InFlight => (0.0, 0.0),
+            Load::PendingRequests => (0.0, 0.0),
             Load::PeakEwma { decay, default_rtt } => (
                 default_rtt.as_nanos() as f64,
                 (decay.as_nanos() as f64).max(1.0),
@@ -77,7 +76,10 @@ impl EndpointLoad {
     }
 
     /// Requests picked on this endpoint and not finished yet.
-    pub fn in_flight(&self) -> u64 {
+    ///
+    /// Never wraps: a completion reported without its pick (a hand-made
+    /// [`Picked::tracked`]) while none is in flight is ignored.
+    pub fn pending_requests(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -91,7 +93,7 @@ impl EndpointLoad {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
         let decayed = cost * exp_neg(elapsed * self.inv_decay);
-        decayed * (self.in_flight() + 1) as f64
+        decayed * (self.pending_requests() as f64 + 1.0)
     }
 
     fn observe(&self, now: u64, rtt: f64) {
@@ -143,7 +145,10 @@ pub(crate) fn exp_neg(x: f64) -> f64 {
 impl<E> Feedback<E> for EndpointLoad {
     #[inline]
     fn done(&self, _endpoint: &Endpoint<E>, start: u64, outcome: Outcome) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Saturating: an unmatched completion must not wrap the count to 2^64 - 1.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         // An untracked pick (`Balancer::pick`) made no request: its "latency" is the time
         // between two lines of code and would drag the estimate toward zero.
         if self.decay_ns > 0.0 && outcome != Outcome::Untracked {
@@ -156,12 +161,13 @@ impl<E> Feedback<E> for EndpointLoad {
 #[inline]
 fn accepted_or_redraw<E>(
     list: &[Endpoint<E>],
+    cands: Cands<'_>,
     i: usize,
     request: &Request<'_, E>,
     r: u64,
 ) -> usize {
     if request.has_avoid() && request.avoids(&list[i]) {
-        redraw_accepted(list, i, request, r)
+        redraw_accepted(list, cands, i, request, r)
     } else {
         i
     }
@@ -181,12 +187,19 @@ struct Slot<E> {
 /// for the endpoints that stay. A pick takes one `arc-swap` load (the endpoints with their
 /// statistics, checked against the endpointer's version number), no lock and no allocation.
 ///
+/// After an update the statistics table is rebuilt on a background thread (started by the
+/// first pick that sees the update); picks meanwhile use the previous table, or, when that
+/// has nothing to serve, a uniform pick over the new set that is not load-tracked.
+///
+/// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
+/// and some are not, both choices are drawn among the passing ones.
+///
 /// ```
 /// use std::sync::Arc;
 /// use sd_core::{FixedEndpointer, Instance};
 /// use sd_lb::{Balancer, P2c, Request};
 /// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), 'a'), (Instance::new("10.0.0.2", 80), 'b')]));
-/// let p2c = P2c::in_flight(ep);
+/// let p2c = P2c::pending_requests(ep);
 /// let first = p2c.pick_with(&Request::new()).unwrap();   // one request in flight
 /// let second = p2c.pick_with(&Request::new()).unwrap();  // so the other endpoint is chosen
 /// assert_ne!(**first.endpoint(), **second.endpoint());
@@ -226,17 +239,19 @@ fn build_slots<E>(
         .collect()
 }
 
-impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
+impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// P2C comparing `load`.
     ///
     /// Peak EWMA measures latency with [`Clock::fast`] (the first one made in a process
     /// calibrates it, in about 5 ms); change it with [`clock`](P2c::clock).
     pub fn new(endpointer: P, load: Load) -> Self {
         let clock = match load {
-            Load::InFlight => Clock::Std,
+            Load::PendingRequests => Clock::std(),
             Load::PeakEwma { .. } => Clock::fast(),
         };
-        let view = Viewed::new(&endpointer, |list, old| build_slots(list, old, load, clock));
+        let view = Viewed::new(&endpointer, true, move |list, _, old| {
+            build_slots(list, old, load, clock)
+        });
         P2c {
             endpointer,
             load,
@@ -247,8 +262,8 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
     }
 
     /// P2C over requests in flight.
-    pub fn in_flight(endpointer: P) -> Self {
-        Self::new(endpointer, Load::InFlight)
+    pub fn pending_requests(endpointer: P) -> Self {
+        Self::new(endpointer, Load::PendingRequests)
     }
 
     /// P2C over peak-EWMA latency with tower's defaults ([`Load::peak_ewma`]).
@@ -261,7 +276,7 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         let load = self.load;
-        self.view = Viewed::new(&self.endpointer, |list, old| {
+        self.view = Viewed::new(&self.endpointer, true, move |list, _, old| {
             build_slots(list, old, load, clock)
         });
         self
@@ -286,19 +301,16 @@ impl<P: Endpointer<E>, E: 'static> P2c<P, E> {
         }
     }
 
-    /// The endpoints with their statistics: one `arc-swap` load and one atomic read of the
-    /// endpointer's version, rebuilt after an update.
-    #[inline]
-    fn current(&self) -> Guard<Arc<View<Vec<Slot<E>>, E>>> {
-        let (load, clock) = (self.load, self.clock);
-        self.view.get(&self.endpointer, |list, old| {
-            build_slots(list, old, load, clock)
-        })
+    /// Brings the statistics table up to date with the endpointer now, on this thread
+    /// (waiting for a background rebuild in progress). Picks never need this.
+    pub fn refresh(&self) {
+        self.view.refresh(&self.endpointer);
     }
 
-    /// The load statistics of `endpoint`, if it is in the current set.
+    /// The load statistics of `endpoint`, if it is in the current set (the table is brought
+    /// up to date first).
     pub fn load_of(&self, endpoint: &Endpoint<E>) -> Option<Arc<EndpointLoad>> {
-        let view = self.current();
+        let view = self.view.fresh(&self.endpointer);
         let i = view
             .snapshot
             .all()
@@ -321,16 +333,20 @@ where
 {
     #[inline]
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let view = self.current();
+        let view = match self.view.get(&self.endpointer) {
+            Current::View(v) => v,
+            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, false),
+        };
         let list = endpoints_of(&view.snapshot)?;
         let slots = &view.value;
-        let n = list.len();
+        let cands = view.cands();
+        let n = cands.len();
         let now = match self.load {
-            Load::InFlight => 0,
+            Load::PendingRequests => 0,
             Load::PeakEwma { .. } => self.clock.now(),
         };
         let chosen = if n == 1 {
-            0
+            cands.at(0)
         } else {
             let r = self.random();
             let i = bounded(r, n);
@@ -338,14 +354,15 @@ where
             if j >= i {
                 j += 1;
             }
+            let (i, j) = (cands.at(i), cands.at(j));
             // An avoided draw is replaced by a uniform draw among the accepted endpoints,
             // so an ejected endpoint's share spreads evenly.
-            let i = accepted_or_redraw(list, i, request, splitmix(r ^ 1));
-            let j = accepted_or_redraw(list, j, request, splitmix(r ^ 2));
+            let i = accepted_or_redraw(list, cands, i, request, splitmix(r ^ 1));
+            let j = accepted_or_redraw(list, cands, j, request, splitmix(r ^ 2));
             let (li, lj) = match self.load {
-                Load::InFlight => (
-                    slots[i].load.in_flight() as f64,
-                    slots[j].load.in_flight() as f64,
+                Load::PendingRequests => (
+                    slots[i].load.pending_requests() as f64,
+                    slots[j].load.pending_requests() as f64,
                 ),
                 Load::PeakEwma { .. } => {
                     (slots[i].load.ewma_cost(now), slots[j].load.ewma_cost(now))

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, redraw_accepted, splitmix, thread_random, Balancer, Picked, Request,
+    bounded, endpoints_of, pick_fallback, redraw_accepted, splitmix, thread_random, Balancer,
+    Current, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -14,6 +15,9 @@ use crate::error::LbError;
 /// [`Random::new`] draws from a per-thread generator (nothing shared between threads).
 /// [`Random::with_seed`] draws from one shared SplitMix64 sequence, so a single-threaded
 /// test sees the same picks on every run (go-kit LB-3's seed, without its data race).
+///
+/// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
+/// and some are not, it draws among the passing ones only.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -24,15 +28,17 @@ use crate::error::LbError;
 /// let b: Vec<u16> = { let r = Random::with_seed(ep.clone(), 7); (0..8).map(|_| *r.pick().unwrap()).collect() };
 /// assert_eq!(a, b);
 /// ```
-pub struct Random<P> {
+pub struct Random<P, E: 'static> {
     endpointer: P,
+    view: Viewed<(), E>,
     seeded: Option<AtomicU64>,
 }
 
-impl<P> Random<P> {
+impl<P: Endpointer<E>, E: Send + Sync + 'static> Random<P, E> {
     /// A random balancer using a per-thread generator.
     pub fn new(endpointer: P) -> Self {
         Random {
+            view: Viewed::new(&endpointer, false, |_, _, _| ()),
             endpointer,
             seeded: None,
         }
@@ -41,8 +47,8 @@ impl<P> Random<P> {
     /// A random balancer whose sequence is fixed by `seed`.
     pub fn with_seed(endpointer: P, seed: u64) -> Self {
         Random {
-            endpointer,
             seeded: Some(AtomicU64::new(seed)),
+            ..Self::new(endpointer)
         }
     }
 
@@ -55,7 +61,7 @@ impl<P> Random<P> {
     }
 }
 
-impl<P> std::fmt::Debug for Random<P> {
+impl<P, E: 'static> std::fmt::Debug for Random<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Random")
             .field("seeded", &self.seeded.is_some())
@@ -63,25 +69,36 @@ impl<P> std::fmt::Debug for Random<P> {
     }
 }
 
-impl<E, P> Balancer<E> for Random<P>
+impl<E, P> Balancer<E> for Random<P, E>
 where
     E: Send + Sync + 'static,
     P: Endpointer<E>,
 {
     #[inline]
     fn pick(&self) -> Result<Endpoint<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        Ok(list[bounded(self.next(), list.len())].clone())
+        match self.view.get(&self.endpointer) {
+            Current::View(v) => {
+                let list = endpoints_of(&v.snapshot)?;
+                let c = v.cands();
+                Ok(list[c.at(bounded(self.next(), c.len()))].clone())
+            }
+            Current::Fallback(s) => {
+                pick_fallback(&s, self.next(), &Request::new(), false).map(Picked::into_endpoint)
+            }
+        }
     }
 
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
+        let v = match self.view.get(&self.endpointer) {
+            Current::View(v) => v,
+            Current::Fallback(s) => return pick_fallback(&s, self.next(), request, false),
+        };
+        let list = endpoints_of(&v.snapshot)?;
+        let c = v.cands();
         let r = self.next();
-        let mut i = bounded(r, list.len());
+        let mut i = c.at(bounded(r, c.len()));
         if request.has_avoid() && request.avoids(&list[i]) {
-            i = redraw_accepted(list, i, request, r);
+            i = redraw_accepted(list, c, i, request, r);
         }
         Ok(Picked::new(list[i].clone()))
     }

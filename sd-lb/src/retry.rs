@@ -1,14 +1,17 @@
 //! Retrying a call over a balancer (go-kit's `lb.Retry`, LB-4..LB-12, with its flaws fixed).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use ::tower::retry::budget::Budget;
 use sd_core::{Backoff, BoxError, Endpoint};
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, Request};
-use crate::error::{AttemptTimeout, BudgetExhausted, RetryError, RetryErrorKind, Timeout};
+use crate::balancer::{Balancer, Outcome, Picked, Request};
+use crate::error::{
+    AttemptTimeout, BudgetExhausted, ErrorLog, RetryError, RetryErrorKind, Timeout,
+};
 
 /// What the retry callback decides after a failed attempt (go-kit's `(keepTrying, replacement)`).
 #[derive(Debug)]
@@ -31,16 +34,20 @@ type Callback = dyn Fn(usize, &BoxError) -> Decision + Send + Sync;
 ///   a failed attempt (LB-6).
 /// - **Callback** (LB-8, LB-12): [`callback`](Retry::callback) sees the 1-based attempt number
 ///   and the raw error, and can stop early and replace the final error.
-/// - **Errors** (LB-10, LB-11): the error is a [`RetryError`] holding every raw error and the
+/// - **Errors** (LB-10, LB-11): the error is a [`RetryError`] holding the raw errors and the
 ///   final one, with go-kit's message format. On the overall [`timeout`](Retry::timeout) it
-///   still holds every attempt's error (go-kit dropped them, LB-9).
+///   still holds the attempts' errors (go-kit dropped them, LB-9). It keeps the first and
+///   the last few raw errors and counts the rest, so an unlimited retry uses bounded memory.
 /// - **Backoff**: [`backoff`](Retry::backoff) sleeps a jittered, growing delay between
 ///   attempts (go-kit retried at once and busy-looped on "no endpoints").
 /// - **Per-attempt timeout**: [`attempt_timeout`](Retry::attempt_timeout), beside the
 ///   overall one.
 /// - **No repeats**: a retry does not pick an endpoint that already failed in this call while
 ///   another is available ([`avoid_failed`](Retry::avoid_failed), on by default).
-/// - **Budget**: an optional shared [`RetryBudget`] caps retries at a fraction of requests.
+/// - **Budget**: an optional shared retry budget caps retries at a fraction of requests:
+///   tower's [`TpsBudget`](crate::TpsBudget) (re-exported), or any [`Budget`].
+/// - **Timeout by default** (go-kit requires one): [`DEFAULT_TIMEOUT`](Retry::DEFAULT_TIMEOUT)
+///   unless [`timeout`](Retry::timeout) says otherwise (`Duration::MAX` for none).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -69,7 +76,7 @@ pub struct Retry<B> {
     timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
     backoff: Option<Backoff>,
-    budget: Option<Arc<RetryBudget>>,
+    budget: Option<Arc<dyn Budget + Send + Sync>>,
     callback: Option<Arc<Callback>>,
     avoid_failed: bool,
 }
@@ -89,13 +96,17 @@ impl<B> std::fmt::Debug for Retry<B> {
 }
 
 impl<B> Retry<B> {
-    /// Retries over `balancer`: 3 attempts, no timeout, no backoff, no budget, failed endpoints
+    /// The overall timeout of a [`Retry::new`]: 10 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Retries over `balancer`: 3 attempts, an overall timeout of
+    /// [`DEFAULT_TIMEOUT`](Retry::DEFAULT_TIMEOUT), no backoff, no budget, failed endpoints
     /// avoided.
     pub fn new(balancer: B) -> Self {
         Retry {
             balancer,
             max_attempts: Some(3),
-            timeout: None,
+            timeout: Some(Self::DEFAULT_TIMEOUT),
             attempt_timeout: None,
             backoff: None,
             budget: None,
@@ -119,7 +130,9 @@ impl<B> Retry<B> {
         self
     }
 
-    /// One deadline for the whole call, attempts and backoff included (LB-6).
+    /// One deadline for the whole call, attempts and backoff included (LB-6); default
+    /// [`DEFAULT_TIMEOUT`](Retry::DEFAULT_TIMEOUT). A timeout too large for the clock (e.g.
+    /// `Duration::MAX`) is no timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -138,9 +151,21 @@ impl<B> Retry<B> {
         self
     }
 
-    /// Allows retries only while `budget` has room. Share one budget between the `Retry`s of a
-    /// service to cap its retry load.
-    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+    /// Allows retries only while `budget` has room: each call deposits once, each retry
+    /// withdraws once. Share one budget between the `Retry`s of a service to cap its retry
+    /// load. Tower's [`TpsBudget`](crate::TpsBudget) is the usual one (Finagle's: retries may
+    /// add `retry_percent` of the requests over the last `ttl`, plus `min_per_sec`; it follows
+    /// tokio's clock):
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use sd_core::{FixedEndpointer, Instance};
+    /// use sd_lb::{Retry, RoundRobin, TpsBudget};
+    /// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), ())]));
+    /// let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    /// let retry = Retry::new(RoundRobin::new(ep)).budget(budget.clone());
+    /// ```
+    pub fn budget<Bu: Budget + Send + Sync + 'static>(mut self, budget: Arc<Bu>) -> Self {
         self.budget = Some(budget);
         self
     }
@@ -180,7 +205,8 @@ impl<B> Retry<B> {
         Fut: Future<Output = Result<T, Er>>,
         Er: Into<BoxError>,
     {
-        let mut raw: Vec<BoxError> = Vec::new();
+        let mut raw = ErrorLog::default();
+        let mut running: Option<Picked<E>> = None;
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -189,17 +215,20 @@ impl<B> Retry<B> {
             .timeout
             .and_then(|t| Instant::now().checked_add(t).map(|d| (t, d)));
         let outcome = match deadline {
-            None => self.attempts(&mut f, &mut raw, None).await,
+            None => self.attempts(&mut f, &mut raw, &mut running, None).await,
             Some((t, deadline)) => {
                 match tokio::time::timeout_at(
                     deadline,
-                    self.attempts(&mut f, &mut raw, Some((t, deadline))),
+                    self.attempts(&mut f, &mut raw, &mut running, Some((t, deadline))),
                 )
                 .await
                 {
                     Ok(outcome) => outcome,
                     Err(_) => {
-                        tracing::debug!(attempts = raw.len(), "retry: overall timeout");
+                        if let Some(cut_off) = running.take() {
+                            cut_off.finish(Outcome::Timeout);
+                        }
+                        tracing::debug!(attempts = raw.total(), "retry: overall timeout");
                         raw.push(Box::new(Timeout(t)));
                         Err((None, RetryErrorKind::Timeout))
                     }
@@ -221,7 +250,8 @@ impl<B> Retry<B> {
     async fn attempts<E, F, Fut, T, Er>(
         &self,
         f: &mut F,
-        raw: &mut Vec<BoxError>,
+        raw: &mut ErrorLog,
+        running: &mut Option<Picked<E>>,
         deadline: Option<(Duration, Instant)>,
     ) -> Result<T, (Option<BoxError>, RetryErrorKind)>
     where
@@ -254,7 +284,7 @@ impl<B> Retry<B> {
                 }
                 if let Some((t, at)) = deadline {
                     if Instant::now() >= at {
-                        tracing::debug!(attempts = raw.len(), "retry: overall timeout");
+                        tracing::debug!(attempts = raw.total(), "retry: overall timeout");
                         raw.push(Box::new(Timeout(t)));
                         return Err((None, RetryErrorKind::Timeout));
                     }
@@ -273,6 +303,9 @@ impl<B> Retry<B> {
                 Ok(picked) => {
                     let ep = picked.endpoint().clone();
                     let fut = f(ep.clone());
+                    // Held by `call` while the attempt runs: if the overall timeout drops
+                    // this future, `call` reports the attempt as timed out.
+                    *running = Some(picked);
                     let r = match self.attempt_timeout {
                         None => fut.await.map_err(Into::into),
                         Some(t) => match tokio::time::timeout(t, fut).await {
@@ -280,10 +313,11 @@ impl<B> Retry<B> {
                             Err(_) => Err(Box::new(AttemptTimeout(t)) as BoxError),
                         },
                     };
+                    let picked = running.take();
                     match &r {
-                        Ok(_) => picked.success(),
+                        Ok(_) => picked.into_iter().for_each(Picked::success),
                         Err(_) => {
-                            picked.failure();
+                            picked.into_iter().for_each(Picked::failure);
                             if self.avoid_failed
                                 && !tried.iter().any(|t| Endpoint::same_value(t, &ep))
                             {
@@ -315,124 +349,5 @@ impl<B> Retry<B> {
                 return Err((None, RetryErrorKind::Exhausted));
             }
         }
-    }
-}
-
-/// A retry budget, as in Finagle and tower: retries may add at most `ratio` of the requests
-/// made over the last `ttl`, plus a floor of `min_per_sec` retries per second.
-///
-/// Each call deposits one request; each retry withdraws one. Share one budget (in an `Arc`)
-/// between all the calls to a service. Time follows tokio's clock.
-///
-/// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use std::time::Duration;
-/// use sd_lb::RetryBudget;
-/// let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.2);
-/// for _ in 0..10 { budget.deposit(); }
-/// assert!(budget.withdraw());   // 10 requests × 20 % = 2 retries
-/// assert!(budget.withdraw());
-/// assert!(!budget.withdraw());
-/// # });
-/// ```
-#[derive(Debug)]
-pub struct RetryBudget {
-    ttl: Duration,
-    min_per_sec: u32,
-    ratio: f64,
-    state: Mutex<BudgetState>,
-}
-
-const SLOTS: usize = 10;
-
-#[derive(Debug)]
-struct BudgetState {
-    /// Start of slot 0's period; slot `i` covers `[origin + i·w, origin + (i+1)·w)` modulo
-    /// the window.
-    origin: Instant,
-    /// The absolute slot number last written.
-    current: u64,
-    deposits: [u64; SLOTS],
-    withdrawals: [u64; SLOTS],
-}
-
-impl RetryBudget {
-    /// A budget over a window of `ttl` (clamped to 1 s .. 60 s), with a floor of
-    /// `min_per_sec` retries per second and `ratio` (clamped to 0 .. 1 000) retries per request.
-    pub fn new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Self {
-        let ratio = if ratio.is_finite() {
-            ratio.clamp(0.0, 1000.0)
-        } else {
-            0.0
-        };
-        RetryBudget {
-            ttl: ttl.clamp(Duration::from_secs(1), Duration::from_secs(60)),
-            min_per_sec,
-            ratio,
-            state: Mutex::new(BudgetState {
-                origin: Instant::now(),
-                current: 0,
-                deposits: [0; SLOTS],
-                withdrawals: [0; SLOTS],
-            }),
-        }
-    }
-
-    fn slot_width(&self) -> Duration {
-        self.ttl / SLOTS as u32
-    }
-
-    /// Advances the window to now, clearing expired slots; returns the current slot index.
-    fn advance(&self, st: &mut BudgetState) -> usize {
-        let now = Instant::now();
-        let slot = (now.saturating_duration_since(st.origin).as_nanos()
-            / self.slot_width().as_nanos().max(1)) as u64;
-        if slot > st.current {
-            let gap = (slot - st.current).min(SLOTS as u64);
-            for k in 1..=gap {
-                let i = ((st.current + k) % SLOTS as u64) as usize;
-                st.deposits[i] = 0;
-                st.withdrawals[i] = 0;
-            }
-            st.current = slot;
-        }
-        (st.current % SLOTS as u64) as usize
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records one request.
-    pub fn deposit(&self) {
-        let mut st = self.lock();
-        let i = self.advance(&mut st);
-        st.deposits[i] += 1;
-    }
-
-    /// Takes one retry from the budget; `false` when it is empty.
-    pub fn withdraw(&self) -> bool {
-        let mut st = self.lock();
-        let i = self.advance(&mut st);
-        if self.available(&st) >= 1.0 {
-            st.withdrawals[i] += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn available(&self, st: &BudgetState) -> f64 {
-        let deposits: u64 = st.deposits.iter().sum();
-        let withdrawals: u64 = st.withdrawals.iter().sum();
-        let floor = self.min_per_sec as f64 * self.ttl.as_secs_f64();
-        floor + deposits as f64 * self.ratio - withdrawals as f64
-    }
-
-    /// How many retries the budget allows right now.
-    pub fn remaining(&self) -> usize {
-        let mut st = self.lock();
-        self.advance(&mut st);
-        self.available(&st).max(0.0) as usize
     }
 }

@@ -1,34 +1,28 @@
 //! Round robin (go-kit LB-2) and its per-thread variant.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    endpoints_of, first_accepted, thread_random, Balancer, PaddedCounter, Picked, Request,
+    endpoints_of, first_accepted, pick_fallback, thread_random, Balancer, Current, PaddedCounter,
+    Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
-/// How a [`RoundRobin`] counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    /// One atomic counter shared by every thread, starting at 0: go-kit's exact semantics
-    /// (LB-2, the first pick is index 0, the rotation is strict across threads). On several
-    /// cores the shared counter's cache line bounces between them (about 10-30 ns a pick).
-    Shared,
-    /// One counter per thread and balancer, starting at a random offset: each thread rotates
-    /// fairly over each balancer, and threads do not share a cache line, so picks scale with
-    /// cores. The global order is no longer strict. (Counters live in the balancer, in
-    /// [`PER_THREAD_SLOTS`] cache-padded slots; beyond that many threads, two threads may
-    /// share a slot, which costs contention, not fairness.)
-    PerThread,
-}
-
 /// Round robin over an [`Endpointer`]'s current endpoints.
 ///
-/// [`RoundRobin::new`] is go-kit's balancer: a shared counter starting at 0, never reset when
-/// the set changes (LB-2). [`RoundRobin::per_thread`] keeps one counter per thread, for hot
-/// paths on many cores. Both take one `arc-swap` load per pick and no lock or allocation.
+/// [`RoundRobin::new`] is go-kit's balancer: one shared counter starting at 0, never reset
+/// when the set changes (LB-2), a strict rotation across threads. [`RoundRobin::per_thread`]
+/// keeps one counter per thread instead (starting at a random offset), for hot paths on many
+/// cores: each thread rotates fairly on its own and threads do not share a cache line; the
+/// global order is no longer strict. Each live thread has a counter of its own (up to 32
+/// threads picking at once; beyond that, threads share counters, which costs contention, not
+/// fairness). Both take one `arc-swap` load per pick and no lock or allocation.
+///
+/// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
+/// and some are not, the rotation runs over the passing ones only.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -46,55 +40,94 @@ pub enum Counter {
 /// assert_eq!(rr.pick().unwrap().as_str(), "http://10.0.0.1:80");
 /// # });
 /// ```
-pub struct RoundRobin<P> {
+pub struct RoundRobin<P, E: 'static> {
     endpointer: P,
+    view: Viewed<(), E>,
     counter: PaddedCounter,
-    mode: Counter,
-    /// Per-thread counters ([`Counter::PerThread`] only), indexed by the thread's slot.
-    slots: Box<[Slot]>,
+    /// Per-thread counters ([`RoundRobin::per_thread`] only), indexed by the thread's slot.
+    slots: Option<Box<[Slot]>>,
 }
 
 /// How many per-thread counters a [`RoundRobin::per_thread`] balancer keeps.
-pub const PER_THREAD_SLOTS: usize = 16;
+const SLOTS: usize = 32;
 
 /// One per-thread counter on its own cache line.
 #[repr(align(128))]
 struct Slot(AtomicU64);
 
-/// This thread's slot number, assigned in order of first use.
-fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    SLOT.with(|s| *s) % PER_THREAD_SLOTS
+/// A thread's claim on a slot number, given back when the thread ends.
+struct Lease {
+    slot: usize,
+    owned: bool,
 }
 
-impl<P> RoundRobin<P> {
+/// Slot numbers given back by threads that ended.
+static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Slot numbers never given out yet start here.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Lease {
+    fn acquire() -> Self {
+        if let Some(slot) = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Lease { slot, owned: true };
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        if n < SLOTS {
+            Lease {
+                slot: n,
+                owned: true,
+            }
+        } else {
+            // Every slot is held by a live thread: share one.
+            NEXT.fetch_sub(1, Ordering::Relaxed);
+            Lease {
+                slot: (thread_random() as usize) % SLOTS,
+                owned: false,
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.owned {
+            FREE.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.slot);
+        }
+    }
+}
+
+/// This thread's slot number: its own while fewer than [`SLOTS`] threads hold one.
+fn thread_slot() -> usize {
+    thread_local! {
+        static SLOT: Lease = Lease::acquire();
+    }
+    // During thread teardown the lease may be gone already: any slot will do.
+    SLOT.try_with(|l| l.slot).unwrap_or(0)
+}
+
+impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
     /// go-kit's round robin: one shared counter starting at 0.
     pub fn new(endpointer: P) -> Self {
         RoundRobin {
+            view: Viewed::new(&endpointer, false, |_, _, _| ()),
             endpointer,
             counter: PaddedCounter::default(),
-            mode: Counter::Shared,
-            slots: Box::new([]),
+            slots: None,
         }
     }
 
-    /// Round robin with one counter per thread (see [`Counter::PerThread`]).
+    /// Round robin with one counter per thread (see [`RoundRobin`]).
     pub fn per_thread(endpointer: P) -> Self {
         RoundRobin {
-            mode: Counter::PerThread,
-            slots: (0..PER_THREAD_SLOTS)
-                .map(|_| Slot(AtomicU64::new(thread_random() >> 1)))
-                .collect(),
+            slots: Some(
+                (0..SLOTS)
+                    .map(|_| Slot(AtomicU64::new(thread_random() >> 1)))
+                    .collect(),
+            ),
             ..Self::new(endpointer)
         }
-    }
-
-    /// How this balancer counts.
-    pub fn counter(&self) -> Counter {
-        self.mode
     }
 
     /// The endpointer.
@@ -104,41 +137,50 @@ impl<P> RoundRobin<P> {
 
     #[inline]
     fn next(&self) -> u64 {
-        match self.mode {
-            Counter::Shared => self.counter.next(),
-            // Uncontended unless more than `PER_THREAD_SLOTS` threads pick at once.
-            Counter::PerThread => self.slots[thread_slot()].0.fetch_add(1, Ordering::Relaxed),
+        match &self.slots {
+            None => self.counter.next(),
+            Some(slots) => slots[thread_slot()].0.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
 
-impl<P> std::fmt::Debug for RoundRobin<P> {
+impl<P, E: 'static> std::fmt::Debug for RoundRobin<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RoundRobin")
-            .field("counter", &self.mode)
+            .field("per_thread", &self.slots.is_some())
             .finish()
     }
 }
 
-impl<E, P> Balancer<E> for RoundRobin<P>
+impl<E, P> Balancer<E> for RoundRobin<P, E>
 where
     E: Send + Sync + 'static,
     P: Endpointer<E>,
 {
     #[inline]
     fn pick(&self) -> Result<Endpoint<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        let i = (self.next() % list.len() as u64) as usize;
-        Ok(list[i].clone())
+        match self.view.get(&self.endpointer) {
+            Current::View(v) => {
+                let list = endpoints_of(&v.snapshot)?;
+                let c = v.cands();
+                Ok(list[c.at((self.next() % c.len() as u64) as usize)].clone())
+            }
+            Current::Fallback(s) => pick_fallback(&s, thread_random(), &Request::new(), false)
+                .map(Picked::into_endpoint),
+        }
     }
 
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let snap = self.endpointer.endpoints();
-        let list = endpoints_of(&snap)?;
-        let i = (self.next() % list.len() as u64) as usize;
-        let i = first_accepted(list, i, request);
-        Ok(Picked::new(list[i].clone()))
+        match self.view.get(&self.endpointer) {
+            Current::View(v) => {
+                let list = endpoints_of(&v.snapshot)?;
+                let c = v.cands();
+                let i = c.at((self.next() % c.len() as u64) as usize);
+                let i = first_accepted(list, c, i, request);
+                Ok(Picked::new(list[i].clone()))
+            }
+            Current::Fallback(s) => pick_fallback(&s, thread_random(), request, false),
+        }
     }
 
     fn snapshot(&self) -> Snapshot<E> {

@@ -1,13 +1,15 @@
 //! tower integration: discovery as a [`tower::discover::Discover`], and balancers as a tower
 //! [`Service`] or [`Layer`].
 //!
-//! - [`Discovery`] turns an [`Endpointer`]'s full sets into [`Change::Insert`] /
+//! - [`Discover`] turns an [`Endpointer`]'s full sets into [`Change::Insert`] /
 //!   [`Change::Remove`], so `tower::balance::p2c::Balance` (or anything else that takes a
 //!   `Discover`) can use sdkit's discovery.
 //! - [`Balanced`] is a [`Service`] that sends each request to the endpoint service a
 //!   [`Balancer`] picks; [`PickLayer`] instead hands `(endpoint, request)` to an inner
 //!   service, for a `ServiceBuilder` stack. Both report the outcome (success or error) to the
-//!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request.
+//!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request; a
+//!   response future dropped before it completes (a timeout layer outside) reports
+//!   [`Outcome::Timeout`], which outlier ejection counts as a failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -22,7 +24,7 @@ use futures::Stream;
 use sd_core::{BoxError, Changes, DefaultEndpointer, Endpoint, Endpointer, Factory, Instancer};
 use std::sync::Arc;
 
-use crate::balancer::{Balancer, Picked, Request};
+use crate::balancer::{preferred_of, Balancer, Cands, Outcome, Picked, Request};
 
 /// The key of a discovered service: the instance's `(addr, id)`.
 pub type Key = (String, String);
@@ -35,7 +37,10 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 ///
 /// The first poll yields an `Insert` for every current endpoint. After that each published
 /// state is diffed against the last one: departed instances are removed, new ones inserted,
-/// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it). An
+/// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it).
+/// It follows the balancers' health rule (see [`Balancer`]): while some endpoints are
+/// [`Passing`](sd_core::Health::Passing), only those are published (one that stops passing
+/// is removed, and inserted again when it passes); when none passes, all are. An
 /// endpointer in an error state keeps serving its last good endpoints, so nothing changes;
 /// one whose endpoints were invalidated (`invalidate_on_error`) reads as empty, removing
 /// every service. Errors are logged, not yielded, because a discovery error is fatal to
@@ -46,17 +51,17 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 /// use std::sync::Arc;
 /// use futures::StreamExt;
 /// use sd_core::{FixedEndpointer, Instance};
-/// use sd_lb::tower::Discovery;
+/// use sd_lb::tower::Discover;
 /// use tower::discover::Change;
 /// let ep = Arc::new(FixedEndpointer::new([(Instance::new("10.0.0.1", 80), "svc")]));
-/// let mut d = Discovery::new(ep);
+/// let mut d = Discover::new(ep);
 /// match d.next().await {
 ///     Some(Ok(Change::Insert(key, svc))) => assert_eq!((key.0.as_str(), svc), ("10.0.0.1:80", "svc")),
 ///     other => panic!("{other:?}"),
 /// }
 /// # });
 /// ```
-pub struct Discovery<P, E: 'static> {
+pub struct Discover<P, E: 'static> {
     endpointer: P,
     known: HashMap<Key, Endpoint<E>>,
     pending: VecDeque<Change<Key, E>>,
@@ -66,11 +71,11 @@ pub struct Discovery<P, E: 'static> {
     done: bool,
 }
 
-impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
+impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discover<P, E> {
     /// Follows `endpointer`.
     pub fn new(endpointer: P) -> Self {
         let changes = endpointer.changes();
-        Discovery {
+        Discover {
             endpointer,
             known: HashMap::new(),
             pending: VecDeque::new(),
@@ -79,22 +84,6 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
             started: false,
             done: false,
         }
-    }
-
-    /// Follows `instancer` directly: builds a [`DefaultEndpointer`] with `factory` and owns
-    /// it (dropping the `Discovery` closes its endpoints).
-    ///
-    /// # Panics
-    /// Outside a tokio runtime (as [`DefaultEndpointer::new`]).
-    pub fn from_instancer<I, F>(
-        instancer: &I,
-        factory: F,
-    ) -> Discovery<Arc<DefaultEndpointer<E>>, E>
-    where
-        I: Instancer + ?Sized,
-        F: Factory<E>,
-    {
-        Discovery::new(Arc::new(DefaultEndpointer::new(instancer, factory)))
     }
 
     /// Diffs the current snapshot against the known set; returns whether the endpointer has
@@ -110,8 +99,11 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
             }
         };
         let stopped = matches!(snap.get(), Err(sd_core::Error::Stopped));
-        let mut next: HashMap<Key, Endpoint<E>> = HashMap::with_capacity(list.len());
-        for ep in list {
+        // The balancers' health rule: the passing endpoints, or all when none passes.
+        let preferred = preferred_of(list);
+        let cands = Cands::new(list.len(), preferred.as_deref());
+        let mut next: HashMap<Key, Endpoint<E>> = HashMap::with_capacity(cands.len());
+        for ep in (0..cands.len()).map(|k| &list[cands.at(k)]) {
             let (addr, id) = ep.instance().key();
             let key = (addr.to_string(), id.to_string());
             match self.known.get(&key) {
@@ -132,7 +124,35 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discovery<P, E> {
     }
 }
 
-impl<P, E> Stream for Discovery<P, E>
+impl<E: Clone + Send + Sync + 'static> Discover<Arc<DefaultEndpointer<E>>, E> {
+    /// Follows `instancer` directly: builds a [`DefaultEndpointer`] with `factory` and owns
+    /// it (dropping the `Discover` closes its endpoints). The endpoint type comes from the
+    /// factory: no turbofish needed.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use sd_core::{BoxError, FixedInstancer, Instance};
+    /// use sd_lb::tower::Discover;
+    /// let instancer = FixedInstancer::from_addrs(["10.0.0.1:80"]).unwrap();
+    /// let d = Discover::from_instancer(&instancer, |i: &Instance| -> Result<String, BoxError> {
+    ///     Ok(i.addr().to_string())
+    /// });
+    /// # drop(d);
+    /// # });
+    /// ```
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as [`DefaultEndpointer::new`]).
+    pub fn from_instancer<I, F>(instancer: &I, factory: F) -> Self
+    where
+        I: Instancer + ?Sized,
+        F: Factory<E>,
+    {
+        Discover::new(Arc::new(DefaultEndpointer::new(instancer, factory)))
+    }
+}
+
+impl<P, E> Stream for Discover<P, E>
 where
     P: Endpointer<E> + Unpin,
     E: Clone + Send + Sync + Unpin + 'static,
@@ -181,9 +201,9 @@ where
     }
 }
 
-impl<P, E: 'static> std::fmt::Debug for Discovery<P, E> {
+impl<P, E: 'static> std::fmt::Debug for Discover<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Discovery")
+        f.debug_struct("Discover")
             .field("known", &self.known.len())
             .field("pending", &self.pending.len())
             .finish()
@@ -246,8 +266,28 @@ pin_project_lite::pin_project! {
     pub struct Reporting<F, E: 'static> {
         #[pin]
         inner: Option<F>,
-        picked: Option<Picked<E>>,
+        picked: Option<Running<E>>,
         error: Option<BoxError>,
+    }
+}
+
+/// A pick whose request is running: reported as [`Outcome::Timeout`] if it is dropped before
+/// the response future completes (cut off by a timeout layer outside, or cancelled).
+struct Running<E: 'static>(Option<Picked<E>>);
+
+impl<E: 'static> Running<E> {
+    fn finish(mut self, outcome: Outcome) {
+        if let Some(p) = self.0.take() {
+            p.finish(outcome);
+        }
+    }
+}
+
+impl<E: 'static> Drop for Running<E> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish(Outcome::Timeout);
+        }
     }
 }
 
@@ -280,11 +320,11 @@ where
         };
         this.inner.set(None);
         if let Some(p) = this.picked.take() {
-            if out.is_ok() {
-                p.success()
+            p.finish(if out.is_ok() {
+                Outcome::Success
             } else {
-                p.failure()
-            }
+                Outcome::Failure
+            });
         }
         Poll::Ready(out.map_err(Into::into))
     }
@@ -310,7 +350,7 @@ where
                 let svc = picked.endpoint().value().clone();
                 Reporting {
                     inner: Some(svc.oneshot(req)),
-                    picked: Some(picked),
+                    picked: Some(Running(Some(picked))),
                     error: None,
                 }
             }
@@ -426,7 +466,7 @@ where
                 let fut = self.inner.call((picked.endpoint().clone(), req));
                 Reporting {
                     inner: Some(fut),
-                    picked: Some(picked),
+                    picked: Some(Running(Some(picked))),
                     error: None,
                 }
             }

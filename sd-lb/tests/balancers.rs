@@ -83,7 +83,7 @@ fn lb1_for_every_balancer() {
     let all: Vec<Box<dyn Balancer<u16>>> = vec![
         Box::new(Random::new(empty.clone())),
         Box::new(Weighted::new(empty.clone())),
-        Box::new(P2c::in_flight(empty.clone())),
+        Box::new(P2c::pending_requests(empty.clone())),
         Box::new(P2c::peak_ewma(empty.clone())),
         Box::new(ConsistentHash::new(empty.clone())),
     ];
@@ -148,12 +148,12 @@ fn weighted_scales_huge_weights() {
 
 #[test]
 fn p2c_in_flight_prefers_idle_and_dropped_guards_count() {
-    let p2c = P2c::in_flight(fixed(2)).seed(1);
+    let p2c = P2c::pending_requests(fixed(2)).seed(1);
     let a = p2c.pick_with(&Request::new()).unwrap();
     let b = p2c.pick_with(&Request::new()).unwrap();
     assert_ne!(**a.endpoint(), **b.endpoint());
     let la = p2c.load_of(a.endpoint()).unwrap();
-    assert_eq!(la.in_flight(), 1);
+    assert_eq!(la.pending_requests(), 1);
     // Three requests held on `a`'s endpoint... (a, plus two more picks that land there
     // once `b`'s endpoint is busier).
     let b2 = p2c.pick_with(&Request::new()).unwrap();
@@ -169,13 +169,13 @@ fn p2c_in_flight_prefers_idle_and_dropped_guards_count() {
     drop(b3);
     b.failure();
     let lb = p2c.load_of(&p2c.snapshot().all()[0]).unwrap();
-    assert_eq!(lb.in_flight() + la.in_flight(), 0);
+    assert_eq!(lb.pending_requests() + la.pending_requests(), 0);
 }
 
 #[test]
 fn p2c_in_flight_balances_held_requests() {
     // 10 endpoints; hold 1 000 requests: least-loaded choice keeps the spread tight.
-    let p2c = P2c::in_flight(fixed(10)).seed(7);
+    let p2c = P2c::pending_requests(fixed(10)).seed(7);
     let held: Vec<_> = (0..1_000)
         .map(|_| p2c.pick_with(&Request::new()).unwrap())
         .collect();
@@ -237,7 +237,7 @@ async fn p2c_peak_ewma_steers_away_from_a_slow_endpoint() {
         fast.rtt_estimate() >= Duration::from_millis(800),
         "peak on drop"
     );
-    assert_eq!(fast.in_flight(), 0);
+    assert_eq!(fast.pending_requests(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -257,7 +257,7 @@ async fn plain_pick_records_no_latency() {
     }
     for e in ep.endpoints().all() {
         for l in [p2c.load_of(e).unwrap(), outlier.inner().load_of(e).unwrap()] {
-            assert_eq!(l.in_flight(), 0);
+            assert_eq!(l.pending_requests(), 0);
             assert_eq!(l.rtt_estimate(), Duration::from_millis(30), "untouched");
         }
     }
@@ -292,7 +292,7 @@ fn p2c_state_is_consistent_under_concurrency() {
     }
     for ep in p2c.snapshot().all() {
         let l = p2c.load_of(ep).unwrap();
-        assert_eq!(l.in_flight(), 0, "every pick ended");
+        assert_eq!(l.pending_requests(), 0, "every pick ended");
         let est = l.rtt_estimate();
         assert!(est < Duration::from_secs(1), "finite estimate {est:?}");
     }
@@ -309,7 +309,7 @@ async fn load_survives_updates_for_endpoints_that_stay() {
         Instance::new("10.0.0.1", 1),
         Instance::new("10.0.0.1", 2),
     ]));
-    let p2c = P2c::in_flight(ep.clone());
+    let p2c = P2c::pending_requests(ep.clone());
     let held = p2c.pick_with(&Request::new()).unwrap();
     let port = **held.endpoint();
     ep.apply(Event::instances(vec![
@@ -320,14 +320,14 @@ async fn load_survives_updates_for_endpoints_that_stay() {
     let snap = p2c.snapshot();
     let same = snap.all().iter().find(|e| ***e == port).unwrap();
     assert_eq!(
-        p2c.load_of(same).unwrap().in_flight(),
+        p2c.load_of(same).unwrap().pending_requests(),
         1,
         "kept across the update"
     );
     let new = snap.all().iter().find(|e| ***e == 3).unwrap();
-    assert_eq!(p2c.load_of(new).unwrap().in_flight(), 0);
+    assert_eq!(p2c.load_of(new).unwrap().pending_requests(), 0);
     drop(held);
-    assert_eq!(p2c.load_of(same).unwrap().in_flight(), 0);
+    assert_eq!(p2c.load_of(same).unwrap().pending_requests(), 0);
     ep.close().await;
 }
 
@@ -471,6 +471,9 @@ async fn derived_tables_follow_endpoint_set_updates() {
 
     // New weights (a metadata change keeps the endpoints) and a third instance.
     ep.apply(weights(&[3, 0, 1]));
+    // Tables are rebuilt in the background; wait for them (picks meanwhile use the old ones).
+    w.refresh();
+    hash.refresh();
     let mut c = [0usize; 3];
     for _ in 0..400 {
         c[*w.pick().unwrap() as usize] += 1;
@@ -481,4 +484,31 @@ async fn derived_tables_follow_endpoint_set_updates() {
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     assert!(moved < 500, "only about a third of the keys move: {moved}");
     ep.close().await;
+}
+
+/// Regression (issue 9, item 15): a completion without its pick (a hand-made
+/// `Picked::tracked`, which is public) wrapped the in-flight count to 2^64 - 1, and the next
+/// peak-EWMA pick overflowed computing `in_flight + 1` (a panic in debug builds).
+#[test]
+fn in_flight_count_cannot_wrap_through_a_hand_made_guard() {
+    for (ewma, p2c) in [
+        (true, P2c::peak_ewma(fixed(2))),
+        (false, P2c::pending_requests(fixed(2))),
+    ] {
+        let ep = p2c.pick().unwrap();
+        let load = p2c.load_of(&ep).unwrap();
+        assert_eq!(load.pending_requests(), 0);
+        drop(sd_lb::Picked::tracked(ep.clone(), 0, load.clone()));
+        assert_eq!(load.pending_requests(), 0, "not wrapped");
+        for _ in 0..10 {
+            let _ = p2c.pick_with(&Request::new()).unwrap();
+        }
+        if !ewma {
+            // Still picked (a wrapped count made it look infinitely busy).
+            let held: Vec<_> = (0..4)
+                .map(|_| p2c.pick_with(&Request::new()).unwrap())
+                .collect();
+            assert!(held.iter().any(|p| Endpoint::same_value(p.endpoint(), &ep)));
+        }
+    }
 }

@@ -76,7 +76,7 @@ fn picks_do_not_allocate() {
     count("random", || *random.pick().unwrap());
     let seeded = Random::with_seed(ep.clone(), 1);
     count("random seeded", || *seeded.pick().unwrap());
-    let p2c = P2c::in_flight(ep.clone());
+    let p2c = P2c::pending_requests(ep.clone());
     count("p2c in-flight", || {
         let p = p2c.pick_with(&Request::new()).unwrap();
         let v = **p.endpoint();

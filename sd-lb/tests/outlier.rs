@@ -136,7 +136,7 @@ async fn works_with_every_balancer() {
             ("round robin", Box::new(RoundRobin::new(ep.clone()))),
             ("random", Box::new(Random::with_seed(ep.clone(), 5))),
             ("weighted", Box::new(Weighted::new(ep.clone()))),
-            ("p2c", Box::new(P2c::in_flight(ep.clone()).seed(5))),
+            ("p2c", Box::new(P2c::pending_requests(ep.clone()).seed(5))),
             (
                 "p2c ewma",
                 Box::new(P2c::peak_ewma(ep.clone()).clock(Clock::tokio()).seed(5)),
@@ -241,7 +241,8 @@ fn concurrent_failures_never_eject_more_than_the_share() {
 async fn stacked_hooks_are_all_told() {
     // P2C's load tracking, an inner and an outer Outlier: three receivers per pick. The inner
     // one (2 failures eject) must see the failures although the outer one was added after it.
-    let inner = Outlier::new(P2c::in_flight(fixed(4)).seed(9), config(2)).clock(Clock::tokio());
+    let inner =
+        Outlier::new(P2c::pending_requests(fixed(4)).seed(9), config(2)).clock(Clock::tokio());
     let lb = Outlier::new(inner, config(100)).clock(Clock::tokio());
     let bad = find(&lb, 1);
     traffic(&lb, 200, &[1]);
@@ -251,7 +252,7 @@ async fn stacked_hooks_are_all_told() {
     );
     assert!(!lb.is_ejected(&bad));
     let load = lb.inner().inner().load_of(&bad).unwrap();
-    assert_eq!(load.in_flight(), 0, "P2C was told too");
+    assert_eq!(load.pending_requests(), 0, "P2C was told too");
 
     // More receivers than are held inline: every one is told once, in order.
     struct Log(Arc<std::sync::Mutex<Vec<(usize, Outcome)>>>, usize);
@@ -348,4 +349,79 @@ async fn late_failures_while_ejected_do_not_count_after_it_comes_back() {
     assert!(lb.is_ejected(&bad));
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(!lb.is_ejected(&bad));
+}
+
+/// Regression (issue 9, item 15): an ejection time of `Duration::MAX` (or any time beyond
+/// 584 years in nanoseconds) overflowed: a panic in debug builds, and in release a wrapped
+/// return time in the past, so the endpoint was never ejected.
+#[tokio::test(start_paused = true)]
+async fn huge_ejection_times_eject_for_ever() {
+    // 2^62 s is 2^62 × 10^9 ns, a multiple of 2^64: truncated to u64, zero.
+    for base in [Duration::MAX, Duration::from_secs(1 << 62)] {
+        let lb = Outlier::new(
+            RoundRobin::new(fixed(4)),
+            OutlierConfig {
+                consecutive_failures: 1,
+                base_ejection: base,
+                max_ejection: Duration::MAX,
+                max_ejected_share: 0.5,
+            },
+        )
+        .clock(Clock::tokio());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let p = lb.pick_with(&Request::new()).unwrap();
+        let ep = p.endpoint().clone();
+        p.failure();
+        assert!(lb.is_ejected(&ep), "{base:?}");
+        tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+        assert!(lb.is_ejected(&ep), "{base:?}: still out a year later");
+        // Success reports after that do not overflow either.
+        for _ in 0..8 {
+            lb.pick_with(&Request::new()).unwrap().success();
+        }
+    }
+}
+
+/// Regression (issue 9, item 13): an attempt cut off by `Retry`'s overall timeout was
+/// reported as unknown, so an endpoint that hangs was never ejected. A timeout now counts as
+/// a failure.
+#[tokio::test(start_paused = true)]
+async fn requests_cut_off_by_retry_timeouts_count_as_failures() {
+    let lb = Arc::new(Outlier::new(RoundRobin::new(fixed(3)), config(2)).clock(Clock::tokio()));
+    let retry = Retry::new(lb.clone()).timeout(Duration::from_secs(1));
+    let hung = find(&*lb, 0);
+    for _ in 0..6 {
+        // Endpoint 0 hangs for ever; the others answer.
+        let _ = retry
+            .call(|ep: Endpoint<u16>| async move {
+                if *ep == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(*ep)
+            })
+            .await;
+    }
+    assert!(lb.is_ejected(&hung), "two timeouts in a row eject");
+}
+
+/// Regression (issue 9, item 13): a request cut off by a tower timeout layer outside
+/// `PickLayer` was reported as unknown; it now counts as a failure.
+#[tokio::test(start_paused = true)]
+async fn requests_cut_off_by_a_timeout_layer_count_as_failures() {
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+    let lb = Arc::new(Outlier::new(RoundRobin::new(fixed(3)), config(2)).clock(Clock::tokio()));
+    let hung = find(&*lb, 0);
+    let svc = ServiceBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .layer(sd_lb::tower::PickLayer::new(lb.clone()))
+        .service(service_fn(|(ep, ()): (Endpoint<u16>, ())| async move {
+            if *ep == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(*ep)
+        }));
+    for _ in 0..6 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    assert!(lb.is_ejected(&hung), "two timeouts in a row eject");
 }

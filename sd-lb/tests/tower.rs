@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sd_core::{BoxError, DefaultEndpointer, Endpoint, Event, Instance, InstanceCache};
-use sd_lb::tower::{Balanced, Discovery, PickLayer};
+use sd_lb::tower::{Balanced, Discover, PickLayer};
 use sd_lb::{Clock, Outlier, OutlierConfig, P2c, RoundRobin};
 use tower::discover::Change;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
@@ -73,7 +73,7 @@ async fn discovery_diffs_full_sets_into_changes() {
     let cache = InstanceCache::new();
     let ep = endpointer(&cache);
     ep.apply(set(&[1, 2]));
-    let mut d = Discovery::new(ep.clone());
+    let mut d = Discover::new(ep.clone());
     let mut first = vec![
         describe(&d.next().await.unwrap().unwrap()),
         describe(&d.next().await.unwrap().unwrap()),
@@ -112,7 +112,7 @@ async fn towers_p2c_balance_runs_on_our_discovery() {
     let ep = endpointer(&cache);
     ep.apply(set(&[1, 2, 3]));
     let discover = tower::load::PendingRequestsDiscover::new(
-        Discovery::new(ep.clone()),
+        Discover::new(ep.clone()),
         tower::load::CompleteOnResponse::default(),
     );
     let mut balance = tower::balance::p2c::Balance::new(discover);
@@ -195,7 +195,7 @@ async fn pick_layer_in_a_service_builder() {
     let cache = InstanceCache::new();
     let ep = endpointer(&cache);
     ep.apply(set(&[1, 2]));
-    let p2c = Arc::new(P2c::in_flight(ep.clone()));
+    let p2c = Arc::new(P2c::pending_requests(ep.clone()));
     let svc = ServiceBuilder::new()
         .timeout(Duration::from_secs(1))
         .layer(PickLayer::new(p2c.clone()))
@@ -213,7 +213,7 @@ async fn pick_layer_in_a_service_builder() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     for e in p2c.snapshot_endpoints() {
         assert_eq!(
-            p2c.load_of(&e).unwrap().in_flight(),
+            p2c.load_of(&e).unwrap().pending_requests(),
             0,
             "every request ended"
         );
@@ -234,13 +234,13 @@ impl Endpoints for Arc<P2c<Arc<DefaultEndpointer<Backend>>, Backend>> {
 #[tokio::test]
 async fn discovery_straight_from_an_instancer() {
     let registry = sd_core::MemoryRegistry::new();
-    let registrar = registry.registrar(sd_core::Registration::new(
+    let registrar = registry.registrar_for(sd_core::Registration::new(
         "svc",
         Instance::new("10.0.0.1", 7),
     ));
     sd_core::Registrar::register(&registrar).await.unwrap();
-    let instancer = registry.instancer("svc");
-    let mut d = Discovery::<Arc<DefaultEndpointer<Backend>>, Backend>::from_instancer(
+    let instancer = registry.service_instancer("svc");
+    let mut d = Discover::<Arc<DefaultEndpointer<Backend>>, Backend>::from_instancer(
         &instancer,
         |i: &Instance| -> Result<Backend, BoxError> {
             Ok(Backend {
@@ -255,4 +255,48 @@ async fn discovery_straight_from_an_instancer() {
     );
     sd_core::Registrar::deregister(&registrar).await.unwrap();
     assert_eq!(describe(&d.next().await.unwrap().unwrap()), "-10.0.0.1:7");
+}
+
+/// Issue 9, item 11: tower's balancers know nothing of health, so the stream applies the
+/// balancers' rule: passing endpoints only while some pass, all when none does.
+#[tokio::test]
+async fn discovery_publishes_passing_endpoints_while_some_pass() {
+    let cache = InstanceCache::new();
+    let ep = endpointer(&cache);
+    let with = |critical: &[u16]| {
+        Event::instances(
+            [1u16, 2]
+                .iter()
+                .map(|&p| {
+                    let h = if critical.contains(&p) {
+                        sd_core::Health::Critical
+                    } else {
+                        sd_core::Health::Passing
+                    };
+                    Instance::builder("10.0.0.1", p).health(h).build()
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    ep.apply(with(&[2]));
+    let mut d = Discover::new(ep.clone());
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:1 10.0.0.1:1"
+    );
+    // 2 passes again: inserted. Then 1 turns critical: removed.
+    ep.apply(with(&[]));
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:2 10.0.0.1:2"
+    );
+    ep.apply(with(&[1]));
+    assert_eq!(describe(&d.next().await.unwrap().unwrap()), "-10.0.0.1:1");
+    // None passes: all are published.
+    ep.apply(with(&[1, 2]));
+    assert_eq!(
+        describe(&d.next().await.unwrap().unwrap()),
+        "+10.0.0.1:1 10.0.0.1:1"
+    );
+    ep.close().await;
 }

@@ -612,7 +612,7 @@ impl Lcg {
     }
 }
 
-/// Runs `f` over `items` with at most 16 at a time, in order of completion.
+/// Runs `f` over `items` with at most 8 at a time, in order of completion.
 async fn bounded<T, R, F, Fut>(items: Vec<T>, f: F) -> Vec<R>
 where
     T: Send + 'static,
@@ -621,7 +621,7 @@ where
     Fut: Future<Output = R> + Send + 'static,
 {
     let f = Arc::new(f);
-    let permits = Arc::new(tokio::sync::Semaphore::new(16));
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
     let mut set = tokio::task::JoinSet::new();
     for item in items {
         let permit = permits.clone().acquire_owned().await.unwrap();
@@ -641,7 +641,7 @@ where
 
 /// The TTL of the churn behaviour's registrations: long, so that a thousand registrations do
 /// not heartbeat a thousand times a second (that behaviour is not about expiry).
-const CHURN_TTL: Duration = Duration::from_secs(30);
+const CHURN_TTL: Duration = Duration::from_secs(300);
 
 /// [`Target::churn`] instances registered; then half deregistered and a fifth re-registered
 /// with the same id on a new port, chosen at random: the final published set is exactly right.
@@ -669,7 +669,9 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
             async move {
                 (
                     i,
-                    target.register(&svc, instance(&svc, i, port_of(i))).await,
+                    target
+                        .register_with_ttl(&svc, instance(&svc, i, port_of(i)), CHURN_TTL)
+                        .await,
                 )
             }
         }
@@ -708,7 +710,7 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
                 Some((
                     i,
                     target
-                        .register(&svc, instance(&svc, i, port(40000, i)))
+                        .register_with_ttl(&svc, instance(&svc, i, port(40000, i)), CHURN_TTL)
                         .await,
                 ))
             } else {

@@ -27,7 +27,7 @@
 //! | URL | feature | backend |
 //! |---|---|---|
 //! | `memory://[name]` | always | the embedded in-process registry ([`MemoryRegistry`]) |
-//! | `static://host:port,host:port` | always | a fixed list ([`StaticRegistry`]) |
+//! | `static://host:port,host:port[/service]` | always | a fixed list ([`StaticRegistry`]), for every service or for the one named |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
 //! | `etcd://host:port[,host:port]?prefix=..&user=..&password_env=..` (or `etcdv3://`) | `etcd` | etcd v3 (crate `sd-etcdv3`, re-exported as `sdkit::etcd`) |
 //!
@@ -90,8 +90,17 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
                     "static:// needs at least one host:port, e.g. static://10.0.0.1:80,10.0.0.2:80",
                 ));
             }
-            let registry =
+            let mut registry =
                 StaticRegistry::from_addrs(parsed.hosts()).map_err(|e| parsed.error(e))?;
+            match parsed.path().trim_matches('/') {
+                "" => {}
+                service if service.contains('/') => {
+                    return Err(parsed.error(format!(
+                        "static:// takes one service name as its path, e.g. static://10.0.0.1:80/web, not {service:?}"
+                    )))
+                }
+                service => registry = registry.for_service(service),
+            }
             parsed.finish()?;
             Ok(Arc::new(registry))
         }
@@ -136,12 +145,27 @@ fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
 
 /// Opens the registry named by the `SD_REGISTRY` environment variable, or the embedded
 /// `memory://default` registry when it is unset or empty.
+///
+/// Logs at info which registry was chosen and why (secrets redacted), so a deployment that
+/// forgot to set `SD_REGISTRY` says in its log that it is using an empty in-process registry.
 pub fn from_env() -> Result<Arc<dyn Registry>> {
     match std::env::var(ENV_VAR) {
-        Ok(url) if !url.trim().is_empty() => connect(&url).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{ENV_VAR}: {m}")),
-            other => other,
-        }),
-        _ => connect(DEFAULT_URL),
+        Ok(url) if !url.trim().is_empty() => {
+            let registry = connect(&url).map_err(|e| match e {
+                Error::Config(m) => Error::Config(format!("{ENV_VAR}: {m}")),
+                other => other,
+            })?;
+            tracing::info!(url = %sd_core::config::redact(&url), "registry chosen from {ENV_VAR}");
+            Ok(registry)
+        }
+        _ => {
+            let registry = connect(DEFAULT_URL)?;
+            tracing::info!(
+                url = DEFAULT_URL,
+                "{ENV_VAR} is not set: using the embedded in-process registry (it sees only \
+                 this process's registrations)"
+            );
+            Ok(registry)
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The facade's URL selection: schemes, features, error messages, secrets.
 
+#[path = "../../sd-core/tests/common/logs.rs"]
+mod logs;
+
 use sdkit::{Instance, Registration, ServiceQuery};
 
 fn err(url: &str) -> String {
@@ -42,6 +45,23 @@ async fn static_urls_list_instances_and_are_read_only() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("read-only"), "{e}");
+}
+
+/// Issue 9 item 7: a `static://` path names the one service the list is for; it used to be
+/// dropped silently, serving the list to every service.
+#[tokio::test]
+async fn static_url_path_names_the_one_service_it_serves() {
+    let reg = sdkit::connect("static://10.0.0.1:80,10.0.0.2:80/web").unwrap();
+    let inst = reg.instancer(&ServiceQuery::new("web")).await.unwrap();
+    assert_eq!(inst.subscribe().next().await.unwrap().addrs().len(), 2);
+    let e = reg
+        .instancer(&ServiceQuery::new("db"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"web\" only") && e.contains("\"db\""), "{e}");
+    let e = err("static://10.0.0.1:80/a/b");
+    assert!(e.contains("one service name"), "{e}");
 }
 
 #[test]
@@ -135,13 +155,25 @@ fn secrets_never_appear_in_errors() {
     assert!(e.contains("token=***"), "{e}");
 }
 
+/// Issue 9 item 7: `from_env()` says at info which registry it chose, including the silent
+/// fallback to an empty in-process registry when `SD_REGISTRY` is unset.
 #[test]
 fn from_env_defaults_to_memory_and_reads_the_variable() {
+    let logs = logs::Logs::default();
+    let _log = logs.install();
     // One test touches the variable, so there is no race between tests.
     std::env::remove_var(sdkit::ENV_VAR);
     assert_eq!(sdkit::from_env().unwrap().scheme(), "memory");
+    let logged = logs.at_least(tracing::Level::INFO);
+    assert!(logged.contains("SD_REGISTRY is not set"), "{logged}");
+    assert!(logged.contains("memory://default"), "{logged}");
+    std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9?token=hunter2");
+    assert!(sdkit::from_env().is_err(), "static:// has no token option");
     std::env::set_var(sdkit::ENV_VAR, "static://127.0.0.1:9");
     assert_eq!(sdkit::from_env().unwrap().scheme(), "static");
+    let logged = logs.at_least(tracing::Level::INFO);
+    assert!(logged.contains("static://127.0.0.1:9"), "{logged}");
+    assert!(!logged.contains("hunter2"), "{logged}");
     std::env::set_var(sdkit::ENV_VAR, "bogus://x");
     let e = sdkit::from_env().unwrap_err().to_string();
     assert!(e.contains("SD_REGISTRY"), "{e}");

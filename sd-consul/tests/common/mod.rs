@@ -112,3 +112,85 @@ pub async fn register_and_watch(reg: &ConsulRegistry, registration: Registration
         set,
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of the real agent that forwards every request but,
+/// while [`hold`](Self::hold) is on, throws the agent's answers away: the agent applies a
+/// request and the client never hears back (what a timeout after the fact looks like).
+pub struct HoldingProxy {
+    /// `host:port` to give the client.
+    pub addr: String,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HoldingProxy {
+    /// Starts a proxy to `upstream`, holding answers back from the start.
+    pub async fn start(upstream: &str) -> HoldingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let upstream = upstream.to_string();
+        let h = hold.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(agent) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut agent_rx, mut agent_tx) = agent.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut agent_tx).await;
+                });
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        match agent_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if !h.load(Ordering::SeqCst) => {
+                                if client_tx.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {} // held: the client never sees it
+                        }
+                    }
+                });
+            }
+        });
+        HoldingProxy { addr, hold, task }
+    }
+
+    /// Holds the answers back (`true`) or forwards them (`false`), from the next bytes on.
+    pub fn hold(&self, yes: bool) {
+        self.hold.store(yes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for HoldingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls the agent (bounded by [`BOUND`]) until it knows (`true`) or no longer knows
+/// (`false`) the service `id`.
+pub async fn wait_agent_knows(client: &sd_consul::Client, id: &str, knows: bool) {
+    tokio::time::timeout(BOUND, async {
+        loop {
+            if client.agent_service(id).await.unwrap().is_some() == knows {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the agent {} {id:?} within {BOUND:?}",
+            if knows { "never got" } else { "still has" }
+        )
+    });
+}
