@@ -57,6 +57,12 @@ ROWS = [
     ("consul", "p50_ns", "Consul: register/deregister → endpointer, p50", "time"),
     ("consul", "p99_ns", "Consul: register/deregister → endpointer, p99", "time"),
     ("consul", "request_p50_ns", "Consul: the agent request alone (part of the above), p50", "time"),
+    ("zk", "p50_ns", "ZooKeeper: node created/deleted → endpointer, p50 (ours through `ZkRegistrar`, go-kit's through a plain connection: its registrar cannot deregister, ZK-6)", "time"),
+    ("zk", "p99_ns", "ZooKeeper: node created/deleted → endpointer, p99", "time"),
+    ("zk", "request_p50_ns", "ZooKeeper: the create/delete call alone (part of the above; ours also sets a watch on the node), p50", "time"),
+    ("dns", "p50_ns", "DNS SRV (BIND, refresh 200 ms both sides): nsupdate change → endpointer, p50", "time"),
+    ("dns", "p99_ns", "DNS SRV (BIND, refresh 200 ms both sides): nsupdate change → endpointer, p99", "time"),
+    ("dns", "request_p50_ns", "DNS SRV: the nsupdate run alone (part of the above), p50", "time"),
     ("memory", "bytes_per_instance", "memory: resident bytes/instance, {n} instances", "bytes"),
     ("memory", "heap_bytes_per_instance", "memory: heap bytes/instance, {n} instances", "bytes"),
 ]

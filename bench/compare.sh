@@ -6,14 +6,16 @@
 # Builds both sides (Go with `go build`; Rust with `cargo build --profile bench`: the release
 # profile plus the workspace's lto = true and codegen-units = 1, as for the criterion benches,
 # since Go inlines across packages too), runs them interleaved (go-kit, sdkit, go-kit, sdkit,
-# ...; N rounds, default 5; memory and Consul in fresh processes of their own), then prints a
+# ...; N rounds, default 5; memory, Consul and ZooKeeper in fresh processes of their own), then prints a
 # markdown table of the medians with go-kit's figure, ours, the ratio and the range over the
 # rounds. --write-docs also puts the table, with the date, the machine and this command, into
 # docs/BENCHMARKS.md (section "go-kit comparison").
 #
-# The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
+# The ZooKeeper scenario runs against SD_TEST_ZK, or else the server scripts/registries is
+# running, like the Consul one. The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
 # scripts/registries is running (start it with `scripts/registries up`); without an agent
-# both sides print a "skipped" line.
+# both sides print a "skipped" line. The DNS SRV scenario ("dns") likewise uses SD_TEST_DNS
+# (BIND), both sides polling every 200 ms and changing the zone with nsupdate.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
@@ -24,7 +26,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,zk,dns,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
         --write-docs) WRITE_DOCS=1; shift ;;
         --no-build) BUILD=""; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -61,6 +63,27 @@ if [ -z "${SD_TEST_CONSUL:-}" ] && [ -x scripts/registries ]; then
         | sed -n 's/^export SD_TEST_CONSUL=//p' | head -n 1)" || SD_TEST_CONSUL=""
     export SD_TEST_CONSUL
 fi
+# The ZooKeeper server likewise: SD_TEST_ZK, or the one scripts/registries is running.
+if [ -z "${SD_TEST_ZK:-}" ] && [ -x scripts/registries ]; then
+    SD_TEST_ZK="$(SD_REGISTRIES=zk scripts/registries env 2>/dev/null \
+        | sed -n 's/^export SD_TEST_ZK=//p' | head -n 1)" || SD_TEST_ZK=""
+    export SD_TEST_ZK
+fi
+if [ -z "${SD_TEST_ZK:-}" ] && [[ ",$SCENARIOS," == *",zk,"* ]]; then
+    echo "[compare] SD_TEST_ZK not set: the ZooKeeper scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
+# The BIND server likewise (SD_TEST_DNS and its zone), for the DNS SRV scenario.
+if [ -z "${SD_TEST_DNS:-}" ] && [ -x scripts/registries ]; then
+    DNS_ENV="$(SD_REGISTRIES=dns scripts/registries env 2>/dev/null)" || DNS_ENV=""
+    SD_TEST_DNS="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS=//p' | head -n 1)"
+    SD_TEST_DNS_ZONE="$(echo "$DNS_ENV" | sed -n 's/^export SD_TEST_DNS_ZONE=//p' | head -n 1)"
+    export SD_TEST_DNS SD_TEST_DNS_ZONE
+fi
+if [ -z "${SD_TEST_DNS:-}" ] && [[ ",$SCENARIOS," == *",dns,"* ]]; then
+    echo "[compare] SD_TEST_DNS not set: the DNS SRV scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
 if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
     echo "[compare] SD_TEST_CONSUL not set: the Consul scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
@@ -70,11 +93,13 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
+if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
+if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
-CONSUL_LOCK="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks/consul.lock"
+LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Go's 2-thread rows run 2 goroutines in parallel, like our 2 threads: say so explicitly
@@ -91,9 +116,13 @@ ERRORS="$OUT/stderr.log"
 run() {
     local side="$1" bin="$2" list="$3" cmd=("$2" -scenarios "$3")
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
-    if [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ] && command -v flock >/dev/null; then
-        mkdir -p "$(dirname "$CONSUL_LOCK")"
-        cmd=(flock --shared -w 120 "$CONSUL_LOCK" "${cmd[@]}")
+    if { [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
+        || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
+        || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; }; then
+        if command -v flock >/dev/null; then
+            mkdir -p "$LOCKS"
+            cmd=(flock --shared -w 120 "$LOCKS/$list.lock" "${cmd[@]}")
+        fi
     fi
     local err
     err="$(mktemp)"

@@ -22,24 +22,13 @@ import (
 // the instancer and, once the instancer has broadcast an event, checks Endpoints() in a
 // runtime.Gosched loop until the endpointer's goroutine has applied it.
 func consulPropagation(changes int) {
-	addr := os.Getenv("SD_TEST_CONSUL")
-	skip := func(why string) {
-		fmt.Fprintln(os.Stderr, "gokit consul scenario skipped:", why)
-		emit(result{Scenario: "consul", Threads: 1, Skipped: why})
-	}
-	if addr == "" {
-		skip("SD_TEST_CONSUL is not set (run: eval \"$(scripts/registries up)\")")
+	addr, ok := registryAddr("consul", "SD_TEST_CONSUL")
+	if !ok {
 		return
-	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err != nil {
-		skip(fmt.Sprintf("Consul at %s is not reachable: %v", addr, err))
-		return
-	} else {
-		c.Close()
 	}
 	api, err := consulapi.NewClient(&consulapi.Config{Address: addr})
 	if err != nil {
-		skip(err.Error())
+		skipScenario("consul", err.Error())
 		return
 	}
 	client := consul.NewClient(api)
@@ -52,15 +41,52 @@ func consulPropagation(changes int) {
 		RequestP50Ns: reqP50})
 }
 
+// skipScenario reports a registry scenario that could not run.
+func skipScenario(scenario, why string) {
+	fmt.Fprintln(os.Stderr, "gokit", scenario, "scenario skipped:", why)
+	emit(result{Scenario: scenario, Threads: 1, Skipped: why})
+}
+
+// registryAddr returns the registry address in env if it is set and reachable; otherwise it
+// reports the scenario as skipped and returns false.
+func registryAddr(scenario, env string) (string, bool) {
+	addr := os.Getenv(env)
+	if addr == "" {
+		skipScenario(scenario, env+" is not set (run: eval \"$(scripts/registries up)\")")
+		return "", false
+	}
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		skipScenario(scenario, fmt.Sprintf("%s is not reachable: %v", addr, err))
+		return "", false
+	}
+	c.Close()
+	return addr, true
+}
+
 // measure registers and deregisters one instance of service in turn, `changes` times, and
 // returns the latency of each change and the duration of each agent request, in ns.
 func measure(client consul.Client, service string, changes int) ([]float64, []float64) {
 	reg := &consulapi.AgentServiceRegistration{ID: service + "-1", Name: service, Address: "127.0.0.1", Port: 18080}
 	instancer := consul.NewInstancer(client, log.NewNopLogger(), service, nil, false)
 	defer instancer.Stop()
+	defer client.Deregister(reg)
+	return propagate("consul", instancer, changes, func(register bool) error {
+		if register {
+			return client.Register(reg)
+		}
+		return client.Deregister(reg)
+	})
+}
+
+// propagate applies `changes` alternating changes (register first) with apply, and returns
+// the latency of each (from just before apply to the endpointer over instancer reflecting
+// it) and the duration of each apply, in ns. go-kit's endpointer has no change notification:
+// a channel of our own on the instancer says when an event was broadcast, then Endpoints()
+// is checked in a runtime.Gosched loop until the endpointer's goroutine has applied it.
+func propagate(name string, instancer sd.Instancer, changes int, apply func(register bool) error) ([]float64, []float64) {
 	ep := sd.NewEndpointer(instancer, factory, log.NewNopLogger())
 	defer ep.Close()
-	defer client.Deregister(reg)
 	events := make(chan sd.Event, 64) // buffered: go-kit's broadcast never waits on it
 	instancer.Register(events)
 	defer instancer.Deregister(events)
@@ -69,42 +95,44 @@ func measure(client consul.Client, service string, changes int) ([]float64, []fl
 	req := make([]float64, 0, changes)
 	for i := 0; i < changes; i++ {
 		want := 0
-		var err error
-		t0 := time.Now()
 		if i%2 == 0 {
 			want = 1
-			err = client.Register(reg)
-		} else {
-			err = client.Deregister(reg)
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "consul:", err)
+		t0 := time.Now()
+		if err := apply(want == 1); err != nil {
+			fmt.Fprintln(os.Stderr, name+":", err)
 			os.Exit(1)
 		}
 		req = append(req, float64(time.Since(t0).Nanoseconds()))
-		reflects := func() bool {
-			eps, err := ep.Endpoints()
-			return err == nil && len(eps) == want
-		}
-		timeout := time.After(10 * time.Second)
-		for !reflects() {
-			select {
-			case <-events:
-				// The endpointer's goroutine gets the same event; wait for it to apply it.
-				for j := 0; j < 100_000 && !reflects(); j++ {
-					runtime.Gosched()
-				}
-			case <-timeout:
-				fmt.Fprintln(os.Stderr, "consul: change", i, "not seen within 10 s")
-				os.Exit(1)
-			}
-		}
+		awaitEndpoints(ep, events, want, name, i)
 		lat = append(lat, float64(time.Since(t0).Nanoseconds()))
-		// Drop the events of this change, so the channel never fills (a full channel would
-		// block go-kit's broadcast, and with it the endpointer).
-		for len(events) > 0 {
-			<-events
-		}
 	}
 	return lat, req
+}
+
+// awaitEndpoints waits (at most 10 s, else exits) until ep serves `want` endpoints, woken by
+// the instancer's events on `events` (a channel of the benchmark's own, registered on the
+// instancer), then drops the events of this change so the channel never fills (a full
+// channel would block go-kit's broadcast, and with it the endpointer).
+func awaitEndpoints(ep sd.Endpointer, events chan sd.Event, want int, what string, change int) {
+	reflects := func() bool {
+		eps, err := ep.Endpoints()
+		return err == nil && len(eps) == want
+	}
+	timeout := time.After(10 * time.Second)
+	for !reflects() {
+		select {
+		case <-events:
+			// The endpointer's goroutine gets the same event; wait for it to apply it.
+			for j := 0; j < 100_000 && !reflects(); j++ {
+				runtime.Gosched()
+			}
+		case <-timeout:
+			fmt.Fprintln(os.Stderr, what+": change", change, "not seen within 10 s")
+			os.Exit(1)
+		}
+	}
+	for len(events) > 0 {
+		<-events
+	}
 }

@@ -4,13 +4,14 @@ go 1.22
 
 require (
 	github.com/go-kit/kit v0.13.0
+	github.com/go-kit/log v0.2.0
+	github.com/go-zookeeper/zk v1.0.2
 	github.com/hashicorp/consul/api v1.14.0
 )
 
 require (
 	github.com/armon/go-metrics v0.4.0 // indirect
 	github.com/fatih/color v1.13.0 // indirect
-	github.com/go-kit/log v0.2.0 // indirect
 	github.com/go-logfmt/logfmt v0.5.1 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
 	github.com/hashicorp/go-hclog v1.2.2 // indirect

@@ -298,7 +298,7 @@ func memory(n int) {
 }
 
 func main() {
-	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul")
+	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk,dns")
 	quick := flag.Bool("quick", false, "fewer iterations (smoke test)")
 	flag.Parse()
 	scale := 1
@@ -331,6 +331,10 @@ func main() {
 			memory(100_000)
 		case "consul":
 			consulPropagation(200 / scale)
+		case "zk":
+			zkPropagation(200 / scale)
+		case "dns":
+			dnsPropagation(40/scale + 4)
 		case "":
 		default:
 			fmt.Fprintln(os.Stderr, "unknown scenario", s)

@@ -78,9 +78,6 @@ pub mod instancer;
 pub mod registrar;
 pub mod registry;
 
-#[doc(hidden)]
-pub mod bench;
-
 pub use client::{
     check_status, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed, BACKEND,
     DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT, FILTERED_BY_ACLS_HEADER,

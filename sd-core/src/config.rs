@@ -60,7 +60,15 @@ pub struct RegistryUrl {
 }
 
 /// Words that make an option a secret when its (decoded, lower-cased) name contains one.
-const SECRET_WORDS: [&str; 6] = ["token", "passw", "secret", "credential", "auth", "apikey"];
+const SECRET_WORDS: [&str; 7] = [
+    "token",
+    "passw",
+    "secret",
+    "credential",
+    "auth",
+    "apikey",
+    "digest",
+];
 
 /// Whether option `key` holds a secret: its decoded, lower-cased name contains one of
 /// [`SECRET_WORDS`] and it is not a `*_env` option (which names a variable, not a value).
@@ -335,7 +343,7 @@ impl fmt::Display for RegistryUrl {
 /// `s` with the values of secret options replaced by `***`.
 ///
 /// An option is secret when its name, percent-decoded and lower-cased, contains `token`,
-/// `passw`, `secret`, `credential`, `auth` or `apikey` (so `Token=`, `tok%65n=` and
+/// `passw`, `secret`, `credential`, `auth`, `apikey` or `digest` (ZooKeeper's `user:password`) (so `Token=`, `tok%65n=` and
 /// `acl_token=` are all hidden); `*_env` options name a variable and are shown.
 pub fn redact(s: &str) -> String {
     let (head, parts) = split_query(s);
@@ -503,6 +511,7 @@ mod tests {
             "consul://h?tok%65n=hunter4",
             "consul://h?acl_token=hunter4",
             "consul://h?password=hunter4",
+            "zk://h?digest=user:hunter4",
         ] {
             let u = RegistryUrl::parse(url).unwrap();
             assert!(!format!("{u:?} {u}").contains("hunter4"), "{url}: {u:?}");

@@ -49,6 +49,14 @@ pub trait Source: Send + 'static {
     /// Performs one round. Long-polling sources block here until something changes or their
     /// wait time ends. The future is dropped when the instancer stops.
     async fn next_step(&mut self) -> Step;
+
+    /// The wait before the next round after a successful one (a [`Step::Publish`]), when
+    /// the source knows better than the fixed [`LoopConfig::interval`]: a DNS answer's TTL,
+    /// say. Used as given (the source applies its own jitter); `None`, the default, keeps
+    /// `LoopConfig::interval` with its jitter.
+    fn refresh_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// How the loop paces itself.
@@ -149,6 +157,13 @@ fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> Option<Ste
     }
 }
 
+/// The wait after a successful round: the source's own, else the configured interval.
+fn next_interval<S: Source>(source: &S, cfg: &LoopConfig) -> Option<Duration> {
+    source
+        .refresh_after()
+        .or_else(|| cfg.interval.map(|i| jittered(i, cfg.interval_jitter)))
+}
+
 impl WatchedInstancer {
     /// Runs the first round now, publishes it, and starts the loop.
     ///
@@ -164,7 +179,7 @@ impl WatchedInstancer {
             let mut wait = if first_failed {
                 Some(cfg.backoff.next_delay())
             } else {
-                cfg.interval.map(|i| jittered(i, cfg.interval_jitter))
+                next_interval(&source, cfg)
             };
             loop {
                 if let Some(d) = wait.take() {
@@ -182,7 +197,7 @@ impl WatchedInstancer {
                 wait = match publish(&loop_cache, cfg, step) {
                     None => {
                         cfg.backoff.reset();
-                        cfg.interval.map(|i| jittered(i, cfg.interval_jitter))
+                        next_interval(&source, cfg)
                     }
                     Some(_) => Some(cfg.backoff.next_delay()),
                 };

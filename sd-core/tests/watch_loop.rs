@@ -149,6 +149,42 @@ async fn poll_interval_paces_successful_rounds() {
     inst.stop().await;
 }
 
+/// A source that knows its own refresh (a DNS TTL) overrides the fixed interval, round by
+/// round, and its wait is used as given.
+#[tokio::test(start_paused = true)]
+async fn refresh_after_overrides_the_interval_per_round() {
+    struct Ttl {
+        inner: Script,
+        waits: VecDeque<Duration>,
+        current: Option<Duration>,
+    }
+    #[async_trait::async_trait]
+    impl Source for Ttl {
+        async fn next_step(&mut self) -> Step {
+            self.current = self.waits.pop_front();
+            self.inner.next_step().await
+        }
+        fn refresh_after(&self) -> Option<Duration> {
+            self.current
+        }
+    }
+    let (inner, _, times) = script(vec![pub_(&["a:1"]), pub_(&["b:1"]), pub_(&["c:1"])]);
+    let src = Ttl {
+        inner,
+        waits: [Duration::from_secs(2), Duration::from_secs(7)].into(),
+        current: None,
+    };
+    let inst = WatchedInstancer::start(src, cfg().interval(Duration::from_secs(30))).await;
+    let mut sub = inst.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs(), ["a:1"]);
+    assert_eq!(sub.next().await.unwrap().addrs(), ["b:1"]);
+    assert_eq!(sub.next().await.unwrap().addrs(), ["c:1"]);
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t[1] - t[0], Duration::from_secs(2));
+    assert_eq!(t[2] - t[1], Duration::from_secs(7));
+    inst.stop().await;
+}
+
 /// CONSUL-9 [BUG] regression: stop cancels the round in flight (a blocked long poll) at
 /// once, is idempotent, and nothing is published afterwards.
 #[tokio::test(start_paused = true)]

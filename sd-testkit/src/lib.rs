@@ -52,6 +52,7 @@ mod control;
 mod env;
 mod lock;
 mod names;
+pub mod propagation;
 
 pub use alloc::CountingAllocator;
 pub use control::{

@@ -30,9 +30,12 @@
 //! | `static://host:port,host:port[/service]` | always | a fixed list ([`StaticRegistry`]), for every service or for the one named |
 //! | `consul://host:port?dc=..&token_env=..` | `consul` | Consul agent (crate `sd-consul`, re-exported as `sdkit::consul`) |
 //! | `etcd://host:port[,host:port]?prefix=..&user=..&password_env=..` (or `etcdv3://`) | `etcd` | etcd v3 (crate `sd-etcdv3`, re-exported as `sdkit::etcd`) |
+//! | `zk://host:port[,host:port...]/base?session_timeout=..&digest_env=..` (or `zookeeper://`) | `zk` | ZooKeeper ensemble (crate `sd-zk`, re-exported as `sdkit::zk`) |
+//! | `eureka://host:port[,host:port]/eureka?poll=..&user=..&password_env=..` | `eureka` | Eureka servers (crate `sd-eureka`, re-exported as `sdkit::eureka`) |
+//! | `dns+srv://[ns:port]/?zone=..&max_refresh=..` (`dnssrv://`) | `dnssrv` | DNS SRV records (crate `sd-dnssrv`, re-exported as `sdkit::dnssrv`) |
 //!
-//! `zk://`, `eureka://` and `dns+srv://` are reserved for the backends that are
-//! planned; today they fail with an error saying so. The full grammar is in `docs/URLS.md`.
+//! A scheme whose feature is off fails with an error naming the feature to turn on. The full
+//! grammar is in `docs/URLS.md`; what each registry can do is in `docs/BACKENDS.md`.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -46,9 +49,18 @@ pub use sd_lb as lb;
 #[cfg(feature = "consul")]
 pub use sd_consul as consul;
 
+/// The DNS SRV backend (the `sd-dnssrv` crate), with the `dnssrv` feature.
+#[cfg(feature = "dnssrv")]
+pub use sd_dnssrv as dnssrv;
 /// The etcd v3 backend (the `sd-etcdv3` crate), with the `etcd` feature.
 #[cfg(feature = "etcd")]
 pub use sd_etcdv3 as etcd;
+/// The Eureka backend (the `sd-eureka` crate), with the `eureka` feature.
+#[cfg(feature = "eureka")]
+pub use sd_eureka as eureka;
+/// The ZooKeeper backend (the `sd-zk` crate), with the `zk` feature.
+#[cfg(feature = "zk")]
+pub use sd_zk as zk;
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "SD_REGISTRY";
@@ -106,10 +118,9 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
         }
         "consul" => consul_registry(url),
         "etcd" | "etcdv3" => etcd_registry(url),
-        "zk" | "zookeeper" | "eureka" | "dns+srv" | "dnssrv" => Err(parsed.error(format!(
-            "the {}:// backend is not built yet in this version of sdkit (see docs/URLS.md)",
-            parsed.scheme()
-        ))),
+        "zk" | "zookeeper" => zk_registry(url),
+        "eureka" => eureka_registry(url),
+        "dns+srv" | "dnssrv" => dnssrv_registry(url),
         other => Err(parsed.error(format!(
             "unknown registry scheme {other}://; known schemes: {}",
             SCHEMES.join(", ")
@@ -140,6 +151,45 @@ fn etcd_registry(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::config(
         "etcd:// needs the `etcd` feature of sdkit: add `features = [\"etcd\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "zk")]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_zk::ZkRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "zk"))]
+fn zk_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "zk:// needs the `zk` feature of sdkit: add `features = [\"zk\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "eureka")]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_eureka::EurekaRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "eureka"))]
+fn eureka_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "eureka:// needs the `eureka` feature of sdkit: add `features = [\"eureka\"]` to the sdkit dependency",
+    ))
+}
+
+#[cfg(feature = "dnssrv")]
+fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(sd_dnssrv::DnsRegistry::from_url(url)?))
+}
+
+#[cfg(not(feature = "dnssrv"))]
+fn dnssrv_registry(url: &str) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::config(
+        "dns+srv:// needs the `dnssrv` feature of sdkit: add `features = [\"dnssrv\"]` to the sdkit dependency",
     ))
 }
 

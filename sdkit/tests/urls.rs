@@ -82,18 +82,6 @@ fn errors_say_what_to_fix() {
     assert!(e.contains("unknown option colour"), "{e}");
 }
 
-#[test]
-fn planned_backends_say_so() {
-    for url in [
-        "zk://127.0.0.1:2181",
-        "dns+srv://x",
-        "eureka://127.0.0.1:8761",
-    ] {
-        let e = err(url);
-        assert!(e.contains("not built yet"), "{url}: {e}");
-    }
-}
-
 #[cfg(not(feature = "consul"))]
 #[test]
 fn disabled_backend_names_the_feature() {
@@ -146,6 +134,85 @@ fn consul_url_selects_the_consul_backend_without_network() {
     assert!(!e.contains("hunter2"), "{e}");
     let reg = sdkit::connect("consul://127.0.0.1:8500?token=hunter2").unwrap();
     assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+}
+
+#[cfg(not(feature = "zk"))]
+#[test]
+fn disabled_zk_backend_names_the_feature() {
+    for url in ["zk://127.0.0.1:2181", "zookeeper://127.0.0.1:2181/services"] {
+        let e = err(url);
+        assert!(e.contains("`zk` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "zk")]
+#[test]
+fn zk_url_selects_the_zk_backend_without_network() {
+    // Construction does no I/O: a URL alone picks the backend.
+    for url in [
+        "zk://127.0.0.1:1,127.0.0.1:2/services?session_timeout=3s",
+        "zookeeper://127.0.0.1:1",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "zk", "{url}");
+        assert!(reg.capabilities().expiry && reg.capabilities().tags);
+    }
+    let e = err("zk://127.0.0.1:2181?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("zk://127.0.0.1:2181?session_timeout=10ms");
+    assert!(e.contains("session_timeout"), "{e}");
+    let e = err("zk://127.0.0.1:2181?digest=app:hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("zk://127.0.0.1:2181?digest=app:hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+}
+
+#[cfg(not(feature = "eureka"))]
+#[test]
+fn disabled_eureka_names_the_feature() {
+    let e = err("eureka://127.0.0.1:8761");
+    assert!(e.contains("`eureka` feature"), "{e}");
+}
+
+#[cfg(feature = "eureka")]
+#[test]
+fn eureka_url_selects_the_eureka_backend_without_network() {
+    let reg = sdkit::connect("eureka://127.0.0.1:1,127.0.0.1:2/eureka?poll=1s").unwrap();
+    assert_eq!(reg.scheme(), "eureka");
+    assert!(reg.capabilities().expiry && !reg.capabilities().weight);
+    let e = err("eureka://127.0.0.1:8761?colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("eureka://127.0.0.1:8761?user=u&password=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
+    let reg = sdkit::connect("eureka://127.0.0.1:8761?user=u&password=hunter2").unwrap();
+    assert!(!format!("{reg:?}").contains("hunter2"), "{reg:?}");
+}
+
+#[cfg(not(feature = "dnssrv"))]
+#[test]
+fn disabled_dnssrv_names_the_feature() {
+    for url in ["dns+srv://127.0.0.1:53/?zone=x", "dnssrv://127.0.0.1"] {
+        let e = err(url);
+        assert!(e.contains("`dnssrv` feature"), "{url}: {e}");
+    }
+}
+
+#[cfg(feature = "dnssrv")]
+#[test]
+fn dnssrv_urls_select_the_dns_backend_without_network() {
+    for url in [
+        "dns+srv://127.0.0.1:15353/?zone=sd.test&max_refresh=5s",
+        "dnssrv://127.0.0.1:15353?zone=sd.test",
+    ] {
+        let reg = sdkit::connect(url).unwrap();
+        assert_eq!(reg.scheme(), "dns+srv", "{url}");
+        assert!(reg.capabilities().registration && reg.capabilities().weight);
+        assert!(!reg.capabilities().expiry && !reg.capabilities().tags);
+    }
+    let e = err("dns+srv://127.0.0.1/?zone=sd.test&colour=blue");
+    assert!(e.contains("unknown option colour"), "{e}");
+    let e = err("dns+srv://127.0.0.1/?tsig_name=k&tsig_secret=hunter2&colour=x");
+    assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
-pub mod consul;
+pub mod dnssrv;
 pub mod fanout;
 pub mod lbextra;
 pub mod memory;
 pub mod pick;
+pub mod registries;
 pub mod update;
 
 use sd_core::{BoxError, Instance};
@@ -34,6 +35,18 @@ pub fn percentiles(v: &[f64]) -> (f64, f64) {
     s.sort_by(f64::total_cmp);
     let at = |q: f64| s[(q * (s.len() - 1) as f64 + 0.5) as usize];
     (at(0.50), at(0.99))
+}
+
+/// Emits the record of a propagation scenario: latencies and request times in ns.
+pub fn emit_propagation(scenario: &'static str, lat: &[f64], req: &[f64]) {
+    let (p50, p99) = percentiles(lat);
+    let mut r = crate::Record::new(scenario, 1, 1);
+    r.ops = Some(lat.len());
+    r.ns_per_op = Some(p50);
+    r.p50_ns = Some(p50);
+    r.p99_ns = Some(p99);
+    r.request_p50_ns = Some(percentiles(req).0);
+    r.emit();
 }
 
 /// A current-thread tokio runtime (the endpointer spawns its follower task on it).

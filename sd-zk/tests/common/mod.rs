@@ -1,0 +1,128 @@
+//! Helpers shared by the tests against the real ZooKeeper server.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sd_core::{
+    Event, Instance, InstanceSet, Instancer, Registrar, Registration, ServiceQuery, Subscription,
+};
+use sd_testkit::conformance::{wait_error, wait_set};
+use sd_zk::{ZkInstancer, ZkRegistrar, ZkRegistry};
+use zookeeper_client as zk;
+
+/// The longest any test waits for one expected state (a hang guard, not a performance bound).
+pub const BOUND: Duration = Duration::from_secs(30);
+
+/// The session timeout the tests use: short, so expiry tests are quick.
+pub const SESSION: Duration = Duration::from_secs(2);
+
+/// A registry on `addr` with the base path `/sdkit-tests`, a 2 s session and `extra` options.
+pub fn registry(addr: &str, extra: &str) -> ZkRegistry {
+    ZkRegistry::from_url(&format!(
+        "zk://{addr}/sdkit-tests?session_timeout=2s&connect_timeout=5s{extra}"
+    ))
+    .unwrap()
+}
+
+/// A raw session to the server, for writing behind the backend's back.
+pub async fn raw(addr: &str) -> zk::Client {
+    zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(5))
+        .connect(addr)
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded by [`BOUND`]) for an instances event satisfying `pred` (sd-testkit's
+/// `wait_set`: error events on the way are skipped); returns it.
+pub async fn wait_for_set(
+    sub: &mut Subscription,
+    what: &str,
+    pred: impl Fn(&InstanceSet) -> bool,
+) -> InstanceSet {
+    wait_set(sub, BOUND, what, pred).await
+}
+
+/// Waits (bounded by [`BOUND`]) for an error event; returns the error.
+pub async fn wait_for_error(sub: &mut Subscription, what: &str) -> sd_core::Error {
+    wait_error(sub, BOUND, what).await;
+    match sub.current() {
+        Some(Event::Error(e)) => e,
+        other => panic!("{what}: expected the error state, got {other:?}"),
+    }
+}
+
+/// A registered instance and an instancer on its service that has seen it.
+pub struct Watched {
+    /// The registrar, registered.
+    pub registrar: ZkRegistrar,
+    /// An instancer on the registration's service.
+    pub instancer: ZkInstancer,
+    /// A subscription to `instancer`, past the state that first held the instance.
+    pub sub: Subscription,
+}
+
+/// Registers `port`/`id` under `service` through `registry`, starts an instancer on the
+/// service and waits (bounded) until the instance is in it.
+pub async fn register_and_watch(
+    registry: &ZkRegistry,
+    service: &str,
+    port: u16,
+    id: &str,
+) -> Watched {
+    let registrar = registry
+        .zk_registrar(Registration::new(
+            service,
+            Instance::builder("127.0.0.1", port).id(id).build(),
+        ))
+        .unwrap();
+    registrar.register().await.unwrap();
+    let (instancer, mut sub) = watch(registry, service).await;
+    wait_for_set(&mut sub, "registered", |s| by_id(s, id).is_some()).await;
+    Watched {
+        registrar,
+        instancer,
+        sub,
+    }
+}
+
+/// An instancer on `service` and a subscription to it.
+pub async fn watch(registry: &ZkRegistry, service: &str) -> (ZkInstancer, Subscription) {
+    let instancer = registry
+        .zk_instancer(&ServiceQuery::new(service))
+        .await
+        .unwrap();
+    let sub = instancer.subscribe();
+    (instancer, sub)
+}
+
+/// The instance with `id` in `set`.
+pub fn by_id<'a>(set: &'a InstanceSet, id: &str) -> Option<&'a Instance> {
+    set.iter().find(|i| i.id() == id)
+}
+
+/// The ids in `set`, sorted.
+pub fn ids(set: &InstanceSet) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().map(|i| i.id().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Ends `registry`'s current session from outside, as the server does when it expires it:
+/// a second connection joins the session (same id and password) and closes it. The
+/// registry's client then sees its session expire, with no server fault.
+pub async fn expire_session(addr: &str, registry: &ZkRegistry) {
+    let live = registry
+        .client()
+        .current()
+        .await
+        .expect("the registry has a live session");
+    let info = live.session().clone();
+    let thief = zk::Client::connector()
+        .with_session(info)
+        .with_session_timeout(SESSION)
+        .connect(addr)
+        .await
+        .expect("join the session");
+    drop(thief); // closes the session (not detached)
+}
