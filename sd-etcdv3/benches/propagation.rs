@@ -14,10 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-use sd_consul::bench::{summarize, Summary};
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Instance, Instancer, ServiceQuery};
 use sd_etcdv3::etcd_client::{DeleteOptions, Txn, TxnOp};
 use sd_etcdv3::EtcdRegistry;
+use sd_testkit::propagation::{summarize, Summary};
 
 fn json(scenario: &str, keys: usize, s: &Summary, full_reads: u64, events: u64) -> String {
     format!(
