@@ -63,6 +63,9 @@ ROWS = [
     ("dns", "p50_ns", "DNS SRV (BIND, refresh 200 ms both sides): nsupdate change → endpointer, p50", "time"),
     ("dns", "p99_ns", "DNS SRV (BIND, refresh 200 ms both sides): nsupdate change → endpointer, p99", "time"),
     ("dns", "request_p50_ns", "DNS SRV: the nsupdate run alone (part of the above), p50", "time"),
+    ("eureka", "p50_ns", "Eureka, poll 1 s: register/deregister → endpointer, p50", "time"),
+    ("eureka", "p99_ns", "Eureka, poll 1 s: register/deregister → endpointer, p99", "time"),
+    ("eureka", "request_p50_ns", "Eureka: the server request alone (part of the above), p50", "time"),
     ("memory", "bytes_per_instance", "memory: resident bytes/instance, {n} instances", "bytes"),
     ("memory", "heap_bytes_per_instance", "memory: heap bytes/instance, {n} instances", "bytes"),
 ]

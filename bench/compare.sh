@@ -15,8 +15,12 @@
 # running, like the Consul one. The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
 # scripts/registries is running (start it with `scripts/registries up`); without an agent
 # both sides print a "skipped" line. The DNS SRV scenario ("dns") likewise uses SD_TEST_DNS
-# (BIND), both sides polling every 200 ms and changing the zone with nsupdate.
-# Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute (longer
+# (BIND), both sides polling every 200 ms and changing the zone with nsupdate. The Eureka
+# scenario likewise uses SD_TEST_EUREKA or the running Eureka server; its go-kit side is
+# bench/gokit-eureka (a module of its own: fargo), and each round takes about 25 s a side
+# (20 changes, polling every second).
+# Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute, plus
+# about 4 min for Eureka (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
 set -euo pipefail
 
@@ -26,7 +30,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,zk,dns,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,zk,dns,eureka,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -46,15 +50,18 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$TARGET/bench-compare"
 mkdir -p "$OUT"
 GOBIN="$OUT/gokit-bench"
+GOEUREKA="$OUT/gokit-eureka"
 RUSTBIN="$TARGET/release/sd-compare"  # the bench profile's output directory is release/
 
 if [ -n "$BUILD" ]; then
     echo "[compare] building go-kit side (go build)" >&2
     (cd bench/gokit && go build -o "$GOBIN" .)
+    (cd bench/gokit-eureka && go build -o "$GOEUREKA" .)
     echo "[compare] building sdkit side (cargo build --profile bench -p sd-compare)" >&2
     cargo build --profile bench -p sd-compare >&2
 fi
 [ -x "$GOBIN" ] || { echo "compare.sh: $GOBIN missing (run without --no-build)" >&2; exit 1; }
+[ -x "$GOEUREKA" ] || { echo "compare.sh: $GOEUREKA missing (run without --no-build)" >&2; exit 1; }
 [ -x "$RUSTBIN" ] || { echo "compare.sh: $RUSTBIN missing (run without --no-build)" >&2; exit 1; }
 
 # The Consul agent: SD_TEST_CONSUL, or the one scripts/registries is running (nothing is started).
@@ -72,6 +79,12 @@ fi
 if [ -z "${SD_TEST_ZK:-}" ] && [[ ",$SCENARIOS," == *",zk,"* ]]; then
     echo "[compare] SD_TEST_ZK not set: the ZooKeeper scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
+# The Eureka server likewise: SD_TEST_EUREKA, or the one scripts/registries is running.
+if [ -z "${SD_TEST_EUREKA:-}" ] && [ -x scripts/registries ]; then
+    SD_TEST_EUREKA="$(SD_REGISTRIES=eureka scripts/registries env 2>/dev/null \
+        | sed -n 's/^export SD_TEST_EUREKA=//p' | head -n 1)" || SD_TEST_EUREKA=""
+    export SD_TEST_EUREKA
 fi
 # The BIND server likewise (SD_TEST_DNS and its zone), for the DNS SRV scenario.
 if [ -z "${SD_TEST_DNS:-}" ] && [ -x scripts/registries ]; then
@@ -93,11 +106,12 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,dns,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,dns,/,/g; s/,eureka,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
 if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
+if [[ ",$SCENARIOS," == *",eureka,"* ]]; then EXTRA+=(eureka); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
 LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -114,11 +128,15 @@ ERRORS="$OUT/stderr.log"
 # run SIDE BIN SCENARIOS: appends the JSON lines; a failure is recorded as a "skipped" line
 # (shown under the table) and the run goes on.
 run() {
-    local side="$1" bin="$2" list="$3" cmd=("$2" -scenarios "$3")
+    local side="$1" bin="$2" list="$3"
+    # go-kit's Eureka side is a program of its own (bench/gokit-eureka).
+    [ "$list" = eureka ] && [ "$side" = gokit ] && bin="$GOEUREKA"
+    local cmd=("$bin" -scenarios "$list")
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
     if { [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
         || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
-        || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; }; then
+        || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; } \
+        || { [ "$list" = eureka ] && [ -n "${SD_TEST_EUREKA:-}" ]; }; then
         if command -v flock >/dev/null; then
             mkdir -p "$LOCKS"
             cmd=(flock --shared -w 120 "$LOCKS/$list.lock" "${cmd[@]}")

@@ -8,6 +8,8 @@
 //	gokit-eureka watch -eureka URL -app APP -want host:port,... [-timeout D]
 //	    runs go-kit's eureka.Instancer (fargo polling every second) until it publishes
 //	    exactly the wanted instances; prints them as JSON and exits 0, or exits 1 on timeout.
+//	gokit-eureka -scenarios eureka [-quick]
+//	    the go-kit side of bench/compare.sh's Eureka row (see bench.go).
 //
 // A module of its own (beside bench/gokit) because fargo's dependencies need golang.org/x/net
 // and golang.org/x/sys newer than go-kit pins to link with this Go.
@@ -31,8 +33,11 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: gokit-eureka register|watch [flags]")
+		fmt.Fprintln(os.Stderr, "usage: gokit-eureka register|watch [flags], or -scenarios eureka [-quick]")
 		os.Exit(2)
+	}
+	if strings.HasPrefix(os.Args[1], "-") {
+		os.Exit(bench(os.Args[1:]))
 	}
 	logger := log.With(log.NewLogfmtLogger(os.Stderr), "ts", log.DefaultTimestamp)
 	switch os.Args[1] {

@@ -1,6 +1,6 @@
 module sdkit/bench/gokit-zk
 
-go 1.26.0
+go 1.22
 
 require (
 	github.com/go-kit/kit v0.13.0

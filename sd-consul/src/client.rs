@@ -289,7 +289,7 @@ impl fmt::Debug for Client {
 }
 
 /// The answer of a health query: the raw entries and the blocking-query index.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HealthAnswer {
     /// The `X-Consul-Index` header.
@@ -348,17 +348,7 @@ fn read_file(what: &str, path: &Path) -> Result<Vec<u8>> {
 /// The message of a reqwest error with its causes (e.g. "connection refused"), which
 /// reqwest's own `Display` leaves out. URLs carry no secret (the token is a header).
 pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        source = s.source();
-    }
-    msg
+    sd_core::error::error_chain(e)
 }
 
 /// A plain-words hint for a TLS failure, from the (rustls) error text.

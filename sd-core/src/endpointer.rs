@@ -169,15 +169,14 @@ impl<E> fmt::Debug for Endpoints<E> {
 pub struct Snapshot<E>(Guard<Arc<Endpoints<E>>>);
 
 impl<E> Snapshot<E> {
-    /// A snapshot of `endpoints`, for a custom [`Endpointer`]. An endpointer that publishes
-    /// through an `arc_swap::ArcSwap<Endpoints<E>>` can instead wrap its `load()` guard with
-    /// [`Snapshot::from_guard`], which costs no reference-count update.
+    /// A snapshot of `endpoints`, for a custom [`Endpointer`] (a decorator such as a zone
+    /// filter keeps its current `Arc<Endpoints<E>>` and hands out clones of it).
     pub fn new(endpoints: Arc<Endpoints<E>>) -> Self {
         Snapshot(Guard::from_inner(endpoints))
     }
 
-    /// A snapshot from an `arc-swap` load, for a custom [`Endpointer`].
-    pub fn from_guard(guard: Guard<Arc<Endpoints<E>>>) -> Self {
+    /// A snapshot from an `arc-swap` load (no reference-count update).
+    fn from_guard(guard: Guard<Arc<Endpoints<E>>>) -> Self {
         Snapshot(guard)
     }
 

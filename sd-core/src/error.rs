@@ -115,6 +115,28 @@ impl Error {
     }
 }
 
+/// The message of `e` followed by the messages of its sources that it does not already
+/// contain, joined by `": "`: e.g. reqwest's "error sending request" plus the
+/// "Connection refused" its `Display` leaves out. For backends' transport errors.
+///
+/// ```
+/// let io = std::io::Error::new(std::io::ErrorKind::Other, "connection refused");
+/// assert_eq!(sd_core::error::error_chain(&io), "connection refused");
+/// ```
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        source = s.source();
+    }
+    msg
+}
+
 impl PartialEq for Error {
     /// Equal when the kind and the message are equal (sources are not compared).
     fn eq(&self, other: &Self) -> bool {

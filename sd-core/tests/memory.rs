@@ -425,6 +425,33 @@ impl Registrar for SlowDeregister {
     }
 }
 
+/// Registers `svc` at 10.0.0.1:80 in `reg` on `runtime` (with a deregistration that takes a
+/// round trip when `slow`) and returns the guard.
+fn register_on(
+    runtime: &tokio::runtime::Runtime,
+    reg: &MemoryRegistry,
+    slow: bool,
+) -> RegistrationGuard {
+    runtime.block_on(async {
+        let inner = reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80)));
+        let registrar: Arc<dyn Registrar> = if slow {
+            Arc::new(SlowDeregister { inner })
+        } else {
+            Arc::new(inner)
+        };
+        let guard = RegistrationGuard::register(registrar).await.unwrap();
+        assert_eq!(reg.instances("svc").len(), 1);
+        guard
+    })
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Issue 9 item 6: a guard dropped at the end of `#[tokio::main]` (a multi-thread runtime
 /// that shuts down right after) still deregisters: the drop waits for the deregistration.
 #[test]
@@ -435,16 +462,9 @@ fn guard_dropped_at_the_end_of_main_deregisters() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let registrar = SlowDeregister {
-            inner: reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
-        };
-        let _guard = RegistrationGuard::register(Arc::new(registrar))
-            .await
-            .unwrap();
-        assert_eq!(reg.instances("svc").len(), 1);
-        // `_guard` drops here, as at the end of `main`.
-    });
+    let guard = register_on(&runtime, &reg, true);
+    // Dropped inside the runtime, as at the end of `main`; then the runtime shuts down.
+    runtime.block_on(async move { drop(guard) });
     drop(runtime);
     assert!(
         reg.instances("svc").is_empty(),
@@ -460,18 +480,9 @@ fn guard_dropped_on_a_current_thread_runtime_warns_when_shutdown_cancels_it() {
     let logs = logs::Logs::default();
     let _log = logs.install();
     let reg = MemoryRegistry::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let registrar = SlowDeregister {
-            inner: reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
-        };
-        let _guard = RegistrationGuard::register(Arc::new(registrar))
-            .await
-            .unwrap();
-    });
+    let runtime = current_thread_runtime();
+    let guard = register_on(&runtime, &reg, true);
+    runtime.block_on(async move { drop(guard) });
     drop(runtime);
     assert_eq!(reg.instances("svc").len(), 1, "shutdown cancelled it");
     let logged = logs.at_least(tracing::Level::WARN);
@@ -488,17 +499,7 @@ fn guard_dropped_outside_a_runtime_warns() {
     let logs = logs::Logs::default();
     let _log = logs.install();
     let reg = MemoryRegistry::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let guard = runtime.block_on(async {
-        RegistrationGuard::register(Arc::new(
-            reg.registrar_for(Registration::new("svc", Instance::new("10.0.0.1", 80))),
-        ))
-        .await
-        .unwrap()
-    });
+    let guard = register_on(&current_thread_runtime(), &reg, false);
     drop(guard);
     let logged = logs.at_least(tracing::Level::WARN);
     assert!(logged.contains("outside a tokio runtime"), "{logged}");

@@ -20,11 +20,11 @@ use sd_core::{
 };
 use sd_dnssrv::DnsRegistry;
 
-/// p50, p99 (nearest rank) and max of `v`, sorted in place.
-fn stats(v: &mut [Duration]) -> (Duration, Duration, Duration) {
-    v.sort();
-    let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (rank(0.50), rank(0.99), v[v.len() - 1])
+/// p50, p99 (nearest rank) and max of `v`: sd-testkit's summary, the one every backend's
+/// propagation bench uses.
+fn stats(v: &[Duration]) -> (Duration, Duration, Duration) {
+    let s = sd_testkit::propagation::summarize(v.iter().copied());
+    (s.p50, s.p99, s.max)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -59,7 +59,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let service = format!("bench-prop-{}", std::process::id());
-    let (mut reg, mut dereg, mut update) = rt.block_on(async {
+    let (reg, dereg, update) = rt.block_on(async {
         let instancer = registry
             .dns_instancer(&ServiceQuery::new(&service))
             .await
@@ -79,6 +79,11 @@ fn main() {
         let (mut reg, mut dereg, mut update) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..changes {
             let register = k % 2 == 0;
+            // Start each change at a different point of the refresh cycle (spread over 100
+            // steps), or every change would land just after the round that showed the last
+            // one and wait a whole interval: the worst case, every time.
+            let phase = (k * 37) % 100;
+            tokio::time::sleep(interval * phase as u32 / 100).await;
             let t0 = Instant::now();
             if register {
                 registrar.register().await.expect("register");
@@ -107,14 +112,10 @@ fn main() {
         instancer.stop().await;
         (reg, dereg, update)
     });
-    let mut all: Vec<Duration> = reg.iter().chain(dereg.iter()).copied().collect();
-    let (update_p50, _, _) = stats(&mut update);
+    let all: Vec<Duration> = reg.iter().chain(dereg.iter()).copied().collect();
+    let (update_p50, _, _) = stats(&update);
     let bound = interval + update_p50 * 2;
-    for (kind, v) in [
-        ("register", &mut reg),
-        ("deregister", &mut dereg),
-        ("all", &mut all),
-    ] {
+    for (kind, v) in [("register", &reg), ("deregister", &dereg), ("all", &all)] {
         let (p50, p99, max) = stats(v);
         println!(
             "{{\"bench\":\"dnssrv_propagation\",\"kind\":\"{kind}\",\"n\":{},\"refresh_ms\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
@@ -125,7 +126,7 @@ fn main() {
             max.as_micros()
         );
     }
-    let (p50, p99, max) = stats(&mut all);
+    let (p50, p99, max) = stats(&all);
     println!(
         "dnssrv propagation over {} changes, refresh {:.0} ms: bound {:.1} ms (refresh + update and lookup round trips), \
          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (update request alone: p50 {:.2} ms)",

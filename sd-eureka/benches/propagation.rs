@@ -13,7 +13,8 @@
 //! read-only cache adds up to `response-cache-update-interval-ms` (30 s). Set
 //! `SD_EUREKA_CACHE_REFRESH_MS` when benchmarking such a server. Expected mean: half a poll.
 //!
-//! Criterion measures register → visible (`iter_custom`); the bench also prints every
+//! Each registration waits a random 0..1 poll first, so changes are not in phase with the
+//! polls. Criterion measures register → visible (`iter_custom`); the bench also prints every
 //! sample's p50 / p99 / max and the bound, and the count of samples over it. Skips (exit 0)
 //! when `SD_TEST_EUREKA` is not set.
 
@@ -49,6 +50,9 @@ async fn one(
         .expect("registrar");
     let addr = format!("127.0.0.1:{port}");
     let mut changes = endpointer.changes();
+    // A random 0..1 poll first: otherwise each registration would follow the poll that
+    // showed the previous deregistration, and always wait a whole interval.
+    tokio::time::sleep(sd_core::backoff::jittered(POLL / 2, 1.0)).await;
     let start = Instant::now();
     registrar.register().await.expect("register");
     while !endpointer

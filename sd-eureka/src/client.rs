@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use sd_core::error::error_chain;
 use sd_core::{Error, Result, Secret};
 use serde::Serialize;
 use url::Url;
@@ -146,21 +147,6 @@ pub enum InstanceUpdate {
     /// The server does not know the instance: it restarted, evicted it, or someone
     /// cancelled it.
     Unknown,
-}
-
-/// The message of an error with its causes (reqwest's `Display` leaves out e.g.
-/// "connection refused"). URLs carry no secret (the password is a header).
-fn describe(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg = format!("{msg}: {s_msg}");
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// Longest piece of a body quoted in an error message.
@@ -300,7 +286,7 @@ impl Client {
             }
             Ok(resp) => Attempt::Answer(resp),
             Err(e) => {
-                let message = format!("{what} at {base}: {}", describe(&e));
+                let message = format!("{what} at {base}: {}", error_chain(&e));
                 Attempt::Failed(if e.is_timeout() {
                     Error::Timeout {
                         backend: BACKEND,
@@ -441,7 +427,7 @@ impl Client {
                 Err(e) => {
                     return Err(Error::unavailable(
                         BACKEND,
-                        format!("{what} at {base}: reading the answer: {}", describe(&e)),
+                        format!("{what} at {base}: reading the answer: {}", error_chain(&e)),
                     ))
                 }
             }

@@ -27,8 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
-    Backoff, Event, Health, Instance, Instancer, LoopConfig, ServiceQuery, Source, Step,
-    Subscription, WatchedInstancer,
+    Backoff, Health, Instance, LoopConfig, ServiceQuery, Source, Step, WatchedInstancer,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -346,74 +345,44 @@ impl Source for AppSource {
     }
 }
 
-/// Watches the instances of one Eureka application.
+/// The instancer of one Eureka application: sd-core's [`WatchedInstancer`] running an
+/// [`AppSource`]. It has nothing of its own to add, so it is that type.
+pub type EurekaInstancer = WatchedInstancer;
+
+/// Polls `target` once, publishes the result, and keeps polling every `poll` (±10 %), with
+/// `backoff` after failures ([`Backoff::default`]: go-kit's 10 ms .. 1 min, jittered).
 ///
 /// ```no_run
 /// # async fn demo() -> sd_core::Result<()> {
 /// use std::time::Duration;
-/// use sd_eureka::{Client, ClientConfig, EurekaInstancer, Target};
-/// use sd_core::{Instancer, ServiceQuery};
+/// use sd_eureka::{start_instancer, Client, ClientConfig, Target};
+/// use sd_core::{Backoff, Instancer, ServiceQuery};
 ///
 /// let client = Client::new(ClientConfig::new(["http://127.0.0.1:8761/eureka"]))?;
 /// let query = ServiceQuery::new("web").passing_only(true);
-/// let instancer = EurekaInstancer::start(client, Target::app("web"), query, Duration::from_secs(5)).await;
+/// let instancer =
+///     start_instancer(client, Target::app("web"), query, Duration::from_secs(5), Backoff::default()).await;
 /// let mut events = instancer.subscribe();
 /// println!("{:?}", events.next().await); // the first poll already ran
 /// instancer.stop().await;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
-pub struct EurekaInstancer {
-    inner: WatchedInstancer,
-}
-
-impl EurekaInstancer {
-    /// Polls once, publishes the result, and keeps polling every `poll` (±10 %), with
-    /// go-kit's backoff (10 ms .. 1 min, jittered) after failures.
-    pub async fn start(
-        client: Client,
-        target: Target,
-        query: ServiceQuery,
-        poll: Duration,
-    ) -> Self {
-        Self::start_with_backoff(client, target, query, poll, Backoff::default()).await
-    }
-
-    /// Like [`start`](Self::start), with another backoff after failures.
-    pub async fn start_with_backoff(
-        client: Client,
-        target: Target,
-        query: ServiceQuery,
-        poll: Duration,
-        backoff: Backoff,
-    ) -> Self {
-        let name = if query.tags.is_empty() {
-            target.to_string()
-        } else {
-            format!("{target} tags={:?}", query.tags)
-        };
-        let config = LoopConfig::new(BACKEND, name)
-            .interval(poll)
-            .backoff(backoff);
-        let inner = WatchedInstancer::start(AppSource::new(client, target, query), config).await;
-        EurekaInstancer { inner }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> Option<Event> {
-        self.inner.state()
-    }
-}
-
-#[async_trait]
-impl Instancer for EurekaInstancer {
-    fn subscribe(&self) -> Subscription {
-        self.inner.subscribe()
-    }
-
-    async fn stop(&self) {
-        self.inner.stop().await
-    }
+pub async fn start_instancer(
+    client: Client,
+    target: Target,
+    query: ServiceQuery,
+    poll: Duration,
+    backoff: Backoff,
+) -> EurekaInstancer {
+    let name = if query.tags.is_empty() {
+        target.to_string()
+    } else {
+        format!("{target} tags={:?}", query.tags)
+    };
+    let config = LoopConfig::new(BACKEND, name)
+        .interval(poll)
+        .backoff(backoff);
+    WatchedInstancer::start(AppSource::new(client, target, query), config).await
 }
 
 #[cfg(test)]

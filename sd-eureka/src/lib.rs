@@ -76,8 +76,8 @@ pub use client::{
     MAX_BODY,
 };
 pub use instancer::{
-    instance_from_json, status_health, AppSource, EurekaInstancer, Target, DEFAULT_POLL,
-    META_HEALTH, META_SECURE, META_STATUS, META_TAGS,
+    instance_from_json, start_instancer, status_health, AppSource, EurekaInstancer, Target,
+    DEFAULT_POLL, META_HEALTH, META_SECURE, META_STATUS, META_TAGS,
 };
 pub use registrar::{EurekaRegistrar, Lease, Status, DEFAULT_LEASE, DEFAULT_RENEW};
 pub use registry::{EurekaRegistry, MIN_POLL};

@@ -92,7 +92,8 @@ impl Status {
             Health::Passing => Status::Up,
             Health::Warning => Status::OutOfService,
             Health::Critical => Status::Down,
-            Health::Unknown => Status::Starting,
+            // `Health` is non-exhaustive: a state this version does not know is not "up".
+            _ => Status::Starting,
         }
     }
 }
@@ -200,6 +201,13 @@ struct InstanceBody {
 
 fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody> {
     r.validate()?;
+    if r.deregister_critical_after.is_some() {
+        return Err(Error::config(format!(
+            "registration of {:?}: Eureka has no deregister_critical_after; the server evicts \
+             an instance whose lease is not renewed (use HealthCheck::Ttl for the lease)",
+            r.service
+        )));
+    }
     if let Some(k) = r
         .instance
         .meta()
@@ -629,6 +637,13 @@ mod tests {
                 Registration::new("", inst()),
                 Lease::default(),
                 "empty service name",
+            ),
+            (
+                Registration::new("web", inst())
+                    .check(HealthCheck::Ttl(Duration::from_secs(10)))
+                    .deregister_critical_after(Duration::from_secs(90)),
+                Lease::default(),
+                "no deregister_critical_after",
             ),
             (
                 Registration::new("web", Instance::new("h", 0)),

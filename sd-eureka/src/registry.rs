@@ -11,7 +11,7 @@ use sd_core::{
 };
 
 use crate::client::{Client, ClientConfig, DEFAULT_PATH, DEFAULT_PORT};
-use crate::instancer::{EurekaInstancer, Target, DEFAULT_POLL};
+use crate::instancer::{start_instancer, EurekaInstancer, Target, DEFAULT_POLL};
 use crate::registrar::{EurekaRegistrar, Lease};
 
 /// The shortest poll interval accepted (each poll is a full read of the app).
@@ -197,7 +197,7 @@ impl EurekaRegistry {
     pub async fn eureka_instancer(&self, query: &ServiceQuery) -> EurekaInstancer {
         let mut query = query.clone();
         query.passing_only |= self.passing_only;
-        EurekaInstancer::start_with_backoff(
+        start_instancer(
             self.client.clone(),
             self.target(&query.service),
             query,

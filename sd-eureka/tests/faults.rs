@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{by_id, registry, wait_for_error, wait_for_set, BOUND};
+use common::{by_id, registry, wait_for_set, BOUND};
 use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Error, HealthCheck, Instance, Instancer, Registrar,
     Registration, ServiceQuery,
@@ -47,7 +47,12 @@ async fn fault_restart_keeps_the_last_good_set_then_reregisters_through_the_404(
         });
 
     sd_testkit::kill(Server::Eureka).await.unwrap();
-    let err = wait_for_error(&mut sub, "server killed").await;
+    sd_testkit::conformance::wait_error(&mut sub, BOUND, "server killed").await;
+    // The server is dead: the current state is that error.
+    let err = instancer
+        .state()
+        .and_then(|e| e.as_error().cloned())
+        .expect("an error state");
     assert!(
         matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }),
         "{err}"

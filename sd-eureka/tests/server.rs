@@ -294,3 +294,30 @@ async fn a_second_server_in_the_list_takes_over_while_the_first_is_down() {
     assert_eq!(registrar.reregistrations(), 0);
     instancer.stop().await;
 }
+
+#[tokio::test]
+async fn vip_lookup_finds_the_instances_announcing_the_vip_address() {
+    let addr = require!(Server::Eureka);
+    let _lock = shared(Server::Eureka);
+    let by_vip =
+        EurekaRegistry::from_url(&common::url(&addr, "poll=200ms&timeout=2s&vip=true")).unwrap();
+    let service = unique_name("eureka-vip");
+    // The registrar announces the service name as typed as the VIP address.
+    let registrar = by_vip
+        .eureka_registrar(Registration::new(
+            service.as_str(),
+            Instance::builder("127.0.0.1", 29001).id("v1").build(),
+        ))
+        .unwrap();
+    registrar.register().await.unwrap();
+    let instancer = by_vip
+        .eureka_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    let mut sub = instancer.subscribe();
+    let set = wait_for_set(&mut sub, "found by VIP", |s| by_id(s, "v1").is_some()).await;
+    assert_eq!(set.len(), 1);
+    registrar.deregister().await.unwrap();
+    // No instance announces the VIP any more: the empty set.
+    wait_for_set(&mut sub, "VIP gone", |s| s.is_empty()).await;
+    instancer.stop().await;
+}

@@ -155,17 +155,6 @@ impl Target {
         &self.registry
     }
 
-    /// For every behaviour but the restart one: a shared lock on the target's server, so the
-    /// restart behaviour (which takes the exclusive lock and kills the server) never runs
-    /// while another behaviour of the same binary is registering.
-    #[doc(hidden)]
-    pub fn __shared_guard(&self, behaviour: &str) -> Option<crate::SharedGuard> {
-        if behaviour == "restart_keeps_last_good_and_recovers" {
-            return None;
-        }
-        self.server.map(crate::shared)
-    }
-
     #[doc(hidden)]
     pub fn __named(mut self, backend: &'static str, baseline_tasks: usize) -> Self {
         self.backend = backend;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sd_core::{Event, Instance, InstanceSet, Subscription};
+use sd_core::{Instance, InstanceSet, Subscription};
 use sd_eureka::EurekaRegistry;
 use serde_json::json;
 
@@ -28,39 +28,13 @@ pub fn registry(addr: &str) -> EurekaRegistry {
 }
 
 /// Waits (bounded by [`BOUND`]) for an instances event satisfying `pred`; returns it.
-/// Error events on the way are skipped.
+/// Error events on the way are skipped (sd-testkit's conformance helper).
 pub async fn wait_for_set(
     sub: &mut Subscription,
     what: &str,
     pred: impl Fn(&InstanceSet) -> bool,
 ) -> InstanceSet {
-    let mut last = None;
-    let found = tokio::time::timeout(BOUND, async {
-        loop {
-            match sub.next().await {
-                Some(Event::Instances(set)) if pred(&set) => return set,
-                Some(e) => last = Some(e),
-                None => panic!("{what}: the instancer ended"),
-            }
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("{what}: not seen within {BOUND:?}; last event: {last:?}"))
-}
-
-/// Waits (bounded) for an error event; returns it.
-pub async fn wait_for_error(sub: &mut Subscription, what: &str) -> sd_core::Error {
-    tokio::time::timeout(BOUND, async {
-        loop {
-            match sub.next().await {
-                Some(Event::Error(e)) => return e,
-                Some(_) => continue,
-                None => panic!("{what}: the instancer ended"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: no error within {BOUND:?}"))
+    sd_testkit::conformance::wait_set(sub, BOUND, what, pred).await
 }
 
 /// The instance with `id` in `set`.

@@ -1,6 +1,7 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
 pub mod dnssrv;
+pub mod eureka;
 pub mod fanout;
 pub mod lbextra;
 pub mod memory;
