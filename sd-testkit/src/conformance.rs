@@ -162,6 +162,19 @@ impl Target {
         self
     }
 
+    /// For every behaviour but the restart one: a shared lock on the target's server, so the
+    /// restart behaviour (and any other fault test holding [`exclusive`](crate::exclusive))
+    /// never kills the server under it.
+    #[doc(hidden)]
+    pub fn __shared_guard(&self, behaviour: &str) -> Option<crate::SharedGuard> {
+        match self.server {
+            Some(server) if behaviour != "restart_keeps_last_good_and_recovers" => {
+                Some(crate::shared(server))
+            }
+            _ => None,
+        }
+    }
+
     fn caps(&self) -> Capabilities {
         self.registry.capabilities()
     }
