@@ -40,7 +40,8 @@ async fn run(
     let client = registry.client().clone();
     let dir = client.service_dir(service);
     let mut raw = client.etcd().await.expect("connect");
-    // Fill the directory with `keys` other instances, 500 puts per transaction.
+    // Fill the directory with `keys` other instances, 100 puts per transaction (etcd allows
+    // 128 operations per transaction by default).
     let ops: Vec<TxnOp> = (0..keys)
         .map(|i| {
             TxnOp::put(
@@ -50,7 +51,7 @@ async fn run(
             )
         })
         .collect();
-    for chunk in ops.chunks(500) {
+    for chunk in ops.chunks(100) {
         raw.txn(Txn::new().and_then(chunk.to_vec()))
             .await
             .expect("fill");

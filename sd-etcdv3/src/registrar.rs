@@ -503,6 +503,7 @@ mod tests {
             ),
             (
                 Registration::new("web", Instance::new("h", 1))
+                    .check(HealthCheck::Ttl(Duration::from_secs(5)))
                     .deregister_critical_after(Duration::from_secs(60)),
                 "Consul option",
             ),
