@@ -341,6 +341,7 @@ mod tests {
                 "SD_TEST_CONSUL_SECURE",
                 "SD_TEST_ETCD",
                 "SD_TEST_ETCD35",
+                "SD_TEST_ETCD_SECURE",
                 "SD_TEST_ZK",
                 "SD_TEST_EUREKA",
                 "SD_TEST_DNS"
