@@ -13,6 +13,9 @@ use crate::balancer::{
 };
 use crate::error::LbError;
 
+/// Two loads closer than this ratio are a tie (see the comparison in `pick_with`).
+const TIE: f64 = 0.999;
+
 /// The load a [`P2c`] balancer compares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Load {
@@ -368,7 +371,10 @@ where
                     (slots[i].load.ewma_cost(now), slots[j].load.ewma_cost(now))
                 }
             };
-            if lj < li {
+            // Costs within 0.1 % are a tie, and a tie goes to `i`, itself a uniform draw: so
+            // noise-level differences (the decay of endpoints whose statistics were created
+            // nanoseconds apart) cannot starve one endpoint while no real load tells them apart.
+            if lj < li * TIE {
                 j
             } else {
                 i

@@ -118,11 +118,23 @@ pub async fn expire_session(addr: &str, registry: &ZkRegistry) {
         .await
         .expect("the registry has a live session");
     let info = live.session().clone();
-    let thief = zk::Client::connector()
-        .with_session(info)
-        .with_session_timeout(SESSION)
-        .connect(addr)
-        .await
-        .expect("join the session");
-    drop(thief); // closes the session (not detached)
+    // The connection timeout defaults to 2/5 of the session timeout (0.8 s), which a loaded
+    // machine can miss: give the join 10 s, and three tries (a hang guard, not a bound).
+    let mut last = None;
+    for _ in 0..3 {
+        match zk::Client::connector()
+            .with_session(info.clone())
+            .with_session_timeout(SESSION)
+            .with_connection_timeout(std::time::Duration::from_secs(10))
+            .connect(addr)
+            .await
+        {
+            Ok(thief) => {
+                drop(thief); // closes the session (not detached)
+                return;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("join the session: {last:?}");
 }
