@@ -6,27 +6,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::{tsig_zone, wait_for_addrs};
 use sd_core::{Instance, Instancer, Registrar, Registration, Registry, ServiceQuery};
 use sd_dnssrv::DnsRegistry;
+use sd_testkit::LogCapture as Capture;
 use sd_testkit::{require, shared, unique_name, Server};
 use tracing_subscriber::util::SubscriberInitExt;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const WRONG: &str = "d3JvbmctLXNlY3JldC0tMTIzNDU2Nzg5MA==";
 
@@ -75,7 +60,7 @@ fn no_tsig_secret_in_logs_or_debug_output() {
         format!("{good:?} {bad:?} {r:?} {refused:?} {err:?} {instancer:?}")
     });
     let secret = std::env::var(common::TSIG_SECRET_VAR).unwrap();
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.contains("refused as expected"), "the capture works");
     assert!(
         logs.len() > 1000,

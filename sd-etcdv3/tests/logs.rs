@@ -10,34 +10,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ttl_registration, wait_for_set};
 use sd_core::{Instancer, Registrar, Registry, ServiceQuery};
 use sd_etcdv3::EtcdRegistry;
+use sd_testkit::LogCapture as Capture;
 use sd_testkit::{etcd_secure_dir, require, shared, unique_name, Server};
 use tracing_subscriber::util::SubscriberInitExt;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const PASSWORD_VAR: &str = "SD_ETCD_LOGS_TEST_PASSWORD";
 const WRONG_VAR: &str = "SD_ETCD_LOGS_TEST_WRONG";

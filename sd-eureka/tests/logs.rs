@@ -13,29 +13,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{by_id, wait_for_set, BOUND};
 use sd_core::{HealthCheck, Instance, Instancer, Registrar, Registration, ServiceQuery};
 use sd_eureka::{EurekaRegistry, Status};
+use sd_testkit::LogCapture as Capture;
 use sd_testkit::{require, shared, unique_name, Server};
 use tracing_subscriber::util::SubscriberInitExt;
-
-/// Everything written by the fmt layer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const PASSWORD_VAR: &str = "SD_EUREKA_LOGS_TEST_PASSWORD";
 const PASSWORD: &str = "pa55-W0rd-e1c9f3";
@@ -60,7 +45,7 @@ fn no_password_in_logs_or_debug_output() {
         .build()
         .unwrap();
     rt.block_on(run(&addr));
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     let lines = logs.lines().count();
     eprintln!("captured {lines} log lines");
     assert!(lines > 50, "suspiciously few logs captured:\n{logs}");

@@ -51,6 +51,7 @@ pub mod conformance;
 mod control;
 mod env;
 mod lock;
+mod logs;
 mod names;
 pub mod propagation;
 
@@ -64,6 +65,7 @@ pub use env::{
     INTEGRATION_ENV,
 };
 pub use lock::{exclusive, shared, ExclusiveGuard, SharedGuard};
+pub use logs::LogCapture;
 pub use names::unique_name;
 
 /// Returns the address of a registry server, or returns early from the calling test.

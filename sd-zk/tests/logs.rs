@@ -8,28 +8,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::{by_id, wait_for_set};
 use sd_core::{Error, Instance, Instancer, Registrar, Registration, ServiceQuery};
+use sd_testkit::LogCapture as Capture;
 use sd_testkit::{require, shared, unique_name, Server};
 use sd_zk::ZkRegistry;
 use tracing_subscriber::util::SubscriberInitExt;
 use zookeeper_client as zk;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const OWNER_VAR: &str = "SD_ZK_LOGS_TEST_DIGEST";
 const PASSWORD: &str = "Zk-s3cret-7f1c9a";
@@ -60,7 +45,7 @@ fn digest_acl_protects_the_node_and_the_secret_is_never_logged() {
         .build()
         .unwrap();
     rt.block_on(run(&addr));
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     let lines = logs.lines().count();
     eprintln!("captured {lines} log lines");
     assert!(lines > 20, "suspiciously few logs captured:\n{logs}");
