@@ -1103,7 +1103,7 @@ mod tests {
     fn inline_rebuilds_do_not_block_other_pickers() {
         let (_rt, ep) = endpointer();
         ep.apply(set(1));
-        let (build, gate, _) = gated_build(2);
+        let (build, gate, threads) = gated_build(2);
         let viewed = Arc::new(Viewed::new(&ep, false, build));
         ep.apply(set(2));
         // One thread starts the inline rebuild and is held inside it.
@@ -1111,7 +1111,11 @@ mod tests {
             let (viewed, ep) = (viewed.clone(), ep.clone());
             std::thread::spawn(move || value(viewed.get(&ep)))
         };
-        while viewed.shared.rebuild.try_lock().is_ok() {
+        // Wait until it is inside the build (so it holds the rebuild lock). Probing the lock
+        // with `try_lock` instead could take it at the very moment the rebuilder tried, which
+        // then served the previous view without rebuilding, and this loop spun for ever.
+        let id = rebuilder.thread().id();
+        while !threads.lock().unwrap().contains(&id) {
             std::thread::yield_now();
         }
         // Another picker meanwhile gets the previous view instead of waiting. (A deadlock
