@@ -12,7 +12,8 @@
 # docs/BENCHMARKS.md (section "go-kit comparison").
 #
 # The ZooKeeper scenario runs against SD_TEST_ZK, or else the server scripts/registries is
-# running, like the Consul one. The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
+# running, like the Consul one; the etcd one likewise against SD_TEST_ETCD (etcd 3.4).
+# The Consul scenario runs against the agent at SD_TEST_CONSUL, or else the one
 # scripts/registries is running (start it with `scripts/registries up`); without an agent
 # both sides print a "skipped" line. The DNS SRV scenario ("dns") likewise uses SD_TEST_DNS
 # (BIND), both sides polling every 200 ms and changing the zone with nsupdate. The Eureka
@@ -30,7 +31,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,zk,dns,eureka,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,zk,etcd,dns,eureka,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -61,7 +62,9 @@ if [ -n "$BUILD" ]; then
     cargo build --profile bench -p sd-compare >&2
 fi
 [ -x "$GOBIN" ] || { echo "compare.sh: $GOBIN missing (run without --no-build)" >&2; exit 1; }
-[ -x "$GOEUREKA" ] || { echo "compare.sh: $GOEUREKA missing (run without --no-build)" >&2; exit 1; }
+if [[ ",$SCENARIOS," == *",eureka,"* ]] && [ ! -x "$GOEUREKA" ]; then
+    echo "compare.sh: $GOEUREKA missing (run without --no-build)" >&2; exit 1
+fi
 [ -x "$RUSTBIN" ] || { echo "compare.sh: $RUSTBIN missing (run without --no-build)" >&2; exit 1; }
 
 # The Consul agent: SD_TEST_CONSUL, or the one scripts/registries is running (nothing is started).
@@ -78,6 +81,16 @@ if [ -z "${SD_TEST_ZK:-}" ] && [ -x scripts/registries ]; then
 fi
 if [ -z "${SD_TEST_ZK:-}" ] && [[ ",$SCENARIOS," == *",zk,"* ]]; then
     echo "[compare] SD_TEST_ZK not set: the ZooKeeper scenario will be skipped" \
+         "(eval \"\$(scripts/registries up)\" first)" >&2
+fi
+# The etcd 3.4 server likewise: SD_TEST_ETCD, or the one scripts/registries is running.
+if [ -z "${SD_TEST_ETCD:-}" ] && [ -x scripts/registries ]; then
+    SD_TEST_ETCD="$(SD_REGISTRIES=etcd scripts/registries env 2>/dev/null \
+        | sed -n 's/^export SD_TEST_ETCD=//p' | head -n 1)" || SD_TEST_ETCD=""
+    export SD_TEST_ETCD
+fi
+if [ -z "${SD_TEST_ETCD:-}" ] && [[ ",$SCENARIOS," == *",etcd,"* ]]; then
+    echo "[compare] SD_TEST_ETCD not set: the etcd scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
 fi
 # The Eureka server likewise: SD_TEST_EUREKA, or the one scripts/registries is running.
@@ -106,10 +119,11 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,dns,/,/g; s/,eureka,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,etcd,/,/g; s/,dns,/,/g; s/,eureka,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
+if [[ ",$SCENARIOS," == *",etcd,"* ]]; then EXTRA+=(etcd); fi
 if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",eureka,"* ]]; then EXTRA+=(eureka); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
@@ -135,6 +149,7 @@ run() {
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
     if { [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
         || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
+        || { [ "$list" = etcd ] && [ -n "${SD_TEST_ETCD:-}" ]; } \
         || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; } \
         || { [ "$list" = eureka ] && [ -n "${SD_TEST_EUREKA:-}" ]; }; then
         if command -v flock >/dev/null; then

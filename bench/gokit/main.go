@@ -333,6 +333,8 @@ func main() {
 			consulPropagation(200 / scale)
 		case "zk":
 			zkPropagation(200 / scale)
+		case "etcd":
+			etcdPropagation(200 / scale)
 		case "dns":
 			dnsPropagation(40/scale + 4)
 		case "":

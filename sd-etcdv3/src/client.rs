@@ -61,10 +61,16 @@ pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// The deadline of each unary request (get, put, lease calls).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The HTTP/2 keep-alive ping interval (go-kit's `DialKeepAlive` default, E3-1). A connection
-/// whose server does not answer a ping within the same time again is closed, which ends a
-/// watch on a frozen server.
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// The HTTP/2 keep-alive ping interval. A connection whose server does not answer a ping
+/// within the same time again is closed, which ends a watch on a frozen server.
+///
+/// Pings are sent only while a stream is open (a watch, a lease keep-alive stream), and not
+/// more often than etcd allows: an etcd server answers pings more frequent than its
+/// `--grpc-keepalive-min-time` (5 s by default), or pings on a connection without streams,
+/// with `GOAWAY too_many_pings` after two strikes, which ends every watch on the connection
+/// (they are then read again in full). go-kit asks for 3 s (`DialKeepAlive`, E3-1), which
+/// grpc-go raises to its floor of 10 s; so does this default.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// The largest gRPC message accepted from the server (a `Get` of a whole prefix is one
 /// message). The bound keeps a runaway prefix from allocating without limit.
@@ -178,7 +184,9 @@ impl ClientConfig {
         self
     }
 
-    /// Sets the HTTP/2 keep-alive interval.
+    /// Sets the HTTP/2 keep-alive interval (see [`DEFAULT_KEEP_ALIVE`]: below the server's
+    /// `--grpc-keepalive-min-time`, 5 s by default, the server closes the connection and
+    /// every watch on it is read again in full).
     #[must_use]
     pub fn keep_alive(mut self, d: Duration) -> Self {
         self.keep_alive = d;
@@ -450,7 +458,9 @@ impl Client {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(c.dial_timeout)
             .with_keep_alive(c.keep_alive, c.keep_alive)
-            .with_keep_alive_while_idle(true)
+            // An idle connection (no watch, no lease stream) is not pinged: etcd counts such
+            // pings against the connection (see DEFAULT_KEEP_ALIVE).
+            .with_keep_alive_while_idle(false)
             .with_auto_token_refresh(true);
         if let (Some(user), Some(password)) = (&c.user, &c.password) {
             options = options.with_user(user.clone(), password.expose().to_string());

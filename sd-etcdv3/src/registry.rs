@@ -63,7 +63,7 @@ impl EtcdRegistry {
     /// | `cert`, `key` | client certificate and key PEM files (implies `tls`; both or neither) | none |
     /// | `dial_timeout` | connect timeout | `3s` |
     /// | `timeout` | deadline of each request (get, put, lease calls) | `5s` |
-    /// | `keep_alive` | HTTP/2 ping interval; a server silent for as long again is dropped | `3s` |
+    /// | `keep_alive` | HTTP/2 ping interval while a stream is open; a server silent for as long again is dropped. Keep it at or above the server's `--grpc-keepalive-min-time` (5 s by default), or the server closes the connection | `10s` |
     /// | `ttl` | lease TTL of registrations without a TTL check, at least `1s` | `10s` |
     /// | `format` | value the registrar writes: `json` (the whole instance) or `plain` (go-kit's `host:port`) | `json` |
     /// | `passing` | make every instancer passing-only | `false` |

@@ -1,7 +1,7 @@
 //! Fault tests on the real etcd servers (3.4 and 3.5): kill and restart with the data, kill
-//! for longer than the lease TTL, restart without the data. Each holds
-//! `sd_testkit::exclusive(server)` for its whole duration and leaves the server healthy (the
-//! guard heals it on drop even if the test fails).
+//! for longer than the lease TTL, frozen (SIGSTOP) for longer than the TTL, restart without
+//! the data. Each holds `sd_testkit::exclusive(server)` for its whole duration and leaves the
+//! server healthy (the guard heals it on drop even if the test fails).
 //!
 //! The instancers use the default backoff (10 ms doubling to 1 min, jittered), as in
 //! production. Every wait is bounded; recovery times are printed, never asserted, except
@@ -62,6 +62,28 @@ async fn live(addr: &str, what: &str, id: &str) -> Live {
         instancer,
         sub,
     }
+}
+
+/// Waits (at most [`REREGISTER_BOUND`]) until the registrar's key is in etcd under the
+/// registrar's current lease: a bounded poll of the server, as there is no event for "a key
+/// exists".
+async fn registered_within(
+    probe: &sd_etcdv3::EtcdRegistry,
+    registrar: &sd_etcdv3::EtcdRegistrar,
+    since: &str,
+) {
+    tokio::time::timeout(REREGISTER_BOUND, async {
+        loop {
+            if let Ok(Some(lease)) = probe.client().key_lease(registrar.key()).await {
+                if lease == registrar.lease_id() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the registration is in etcd within TTL + 2 s of {since}"));
 }
 
 async fn fault_kill_keeps_the_last_good_set_then_restart_with_data_recovers(server: Server) {
@@ -144,18 +166,7 @@ async fn fault_killed_longer_than_the_ttl(server: Server) {
     // registrar had to grant a new one, the key is back within TTL + 2 s (a bounded poll of
     // the server: there is no event for "a key exists").
     let probe = registry(&addr, "probe", "");
-    tokio::time::timeout(REREGISTER_BOUND, async {
-        loop {
-            if let Ok(Some(lease)) = probe.client().key_lease(registrar.key()).await {
-                if lease == registrar.lease_id() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the registration is in etcd within TTL + 2 s of the restart");
+    registered_within(&probe, &registrar, "the restart").await;
     let registered = ready.elapsed();
     // The instancer's retry in progress is as long as the outage so far (default backoff):
     // it shows the instance within BOUND (a hang guard), time printed.
@@ -224,3 +235,81 @@ async fn fault_restarted_empty_the_registrar_registers_again(server: Server) {
     instancer.stop().await;
 }
 both_servers!(fault_restarted_empty_the_registrar_registers_again);
+
+/// The server frozen (SIGSTOP) for longer than the lease TTL, then resumed: while it is
+/// frozen the instancer publishes an error (keep-alive pings end the watch, the re-read
+/// times out) and the endpointer keeps serving the last good set; after the resume etcd finds the lease overdue and revokes it, or the
+/// keep-alive gets there first and the lease lives on; either way the registration is in
+/// etcd under the registrar's current lease within TTL + 2 s of the resume, stays there,
+/// and the instancer shows it.
+async fn fault_paused_longer_than_the_ttl(server: Server) {
+    let Some((_lock, addr, live)) = fault_setup(server, "pause", "p1").await else {
+        return;
+    };
+    let Live {
+        registrar,
+        instancer,
+        mut sub,
+    } = live;
+    let endpointer =
+        DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(i.id().to_string())
+        });
+    let old_lease = registrar.lease_id();
+    let paused = sd_testkit::PauseGuard::pause(server).await.unwrap();
+    let frozen = Instant::now();
+    // The silent server is noticed: HTTP/2 keep-alive pings (1 s here) end the watch, and
+    // the re-read times out.
+    let err = wait_for_error(&mut sub, "server frozen").await;
+    eprintln!(
+        "{server}: error published {:?} after the freeze: {err}",
+        frozen.elapsed()
+    );
+    // The scenario, not a synchronisation: frozen for more than twice the TTL.
+    tokio::time::sleep((TTL * 2 + Duration::from_secs(1)).saturating_sub(frozen.elapsed())).await;
+    let snap = endpointer.endpoints();
+    let served: Vec<&str> = snap.get().unwrap().iter().map(|e| e.as_str()).collect();
+    assert_eq!(
+        served,
+        ["p1"],
+        "last good set served while the server is frozen"
+    );
+    drop(snap);
+    paused.resume().await.unwrap();
+    let resumed = Instant::now();
+
+    let probe = registry(&addr, "probe", "");
+    registered_within(&probe, &registrar, "the resume").await;
+    let registered = resumed.elapsed();
+    if !matches!(instancer.state(), Some(sd_core::Event::Instances(ref s)) if by_id(s, "p1").is_some())
+    {
+        wait_for_set(&mut sub, "instancer shows p1 after the resume", |s| {
+            by_id(s, "p1").is_some()
+        })
+        .await;
+    }
+    eprintln!(
+        "{server}: frozen {:?}; registration in etcd {registered:?} after the resume, \
+         lease {} (re-registrations: {})",
+        resumed - frozen,
+        if registrar.lease_id() == old_lease {
+            "survived"
+        } else {
+            "expired and was granted again"
+        },
+        registrar.reregistrations()
+    );
+    // It stays: the keep-alive works after the freeze.
+    tokio::time::sleep(TTL * 2).await;
+    let key_lease = probe.client().key_lease(registrar.key()).await.unwrap();
+    assert_eq!(key_lease, Some(registrar.lease_id()));
+    let snap = endpointer.endpoints();
+    let served: Vec<&str> = snap.get().unwrap().iter().map(|e| e.as_str()).collect();
+    assert_eq!(served, ["p1"]);
+    drop(snap);
+    registrar.deregister().await.unwrap();
+    wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;
+    endpointer.close().await;
+    instancer.stop().await;
+}
+both_servers!(fault_paused_longer_than_the_ttl);

@@ -8,7 +8,7 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,dns,eureka] [--quick]`;
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka] [--quick]`;
 //! the extra scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             "--quick" | "-quick" => quick = true,
             "--help" | "-h" => {
                 eprintln!(
-                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,dns,eureka,breakdown] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -115,6 +115,7 @@ fn main() -> ExitCode {
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::registries::run(scale),
             "zk" => scenarios::registries::run_zk(scale),
+            "etcd" => scenarios::registries::run_etcd(scale),
             "dns" => scenarios::dnssrv::run(scale),
             "eureka" => scenarios::eureka::run(scale),
             "" => Ok(()),

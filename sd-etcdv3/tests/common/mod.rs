@@ -35,7 +35,7 @@ macro_rules! both_servers {
 pub fn registry(addr: &str, what: &str, extra: &str) -> EtcdRegistry {
     let prefix = format!("/sdtest/{}", unique_name(what));
     EtcdRegistry::from_url(&format!(
-        "etcd://{addr}?prefix={prefix}&timeout=2s&dial_timeout=1s&keep_alive=1s{extra}"
+        "etcd://{addr}?prefix={prefix}&timeout=2s&dial_timeout=1s&keep_alive=6s{extra}"
     ))
     .unwrap()
 }

@@ -1,5 +1,6 @@
 //! Propagation on the real registries started by `scripts/registries`: Consul
-//! (`SD_TEST_CONSUL=host:port`) and ZooKeeper (`SD_TEST_ZK=host:port`). One instance of a
+//! (`SD_TEST_CONSUL=host:port`), ZooKeeper (`SD_TEST_ZK=host:port`) and etcd 3.4
+//! (`SD_TEST_ETCD=host:port`). One instance of a
 //! fresh service is registered and deregistered in turn through the backend's registrar;
 //! each time, the time from issuing the registrar's call to the `DefaultEndpointer`
 //! following the backend's instancer showing it. The loop is sd-testkit's
@@ -9,6 +10,10 @@
 //! For ZooKeeper the Go side creates and deletes a plain ephemeral node (go-kit's registrar
 //! cannot deregister, ZK-6), while ours goes through `ZkRegistrar`, whose `register()` also
 //! sets a watch on its node (one more round trip inside the measured time).
+//!
+//! For etcd both sides go through their registrar (lease grant, put with the lease,
+//! keep-alive; deregister deletes the key) and their instancer watching the prefix: go-kit
+//! re-reads the whole prefix on every watch event, ours applies the event itself.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sd_consul::ConsulRegistry;
 use sd_core::Registry;
+use sd_etcdv3::EtcdRegistry;
 use sd_testkit::propagation::propagation;
 use sd_zk::ZkRegistry;
 
@@ -44,6 +50,16 @@ pub fn run_zk(scale: usize) -> Result<(), String> {
     registry_propagation("zk", "SD_TEST_ZK", scale, |addr| {
         Ok(Arc::new(
             ZkRegistry::from_url(&format!("zk://{addr}/sdbench-sdkit"))
+                .map_err(|e| e.to_string())?,
+        ))
+    })
+}
+
+/// The etcd scenario (etcd 3.4, the server `SD_TEST_ETCD` names).
+pub fn run_etcd(scale: usize) -> Result<(), String> {
+    registry_propagation("etcd", "SD_TEST_ETCD", scale, |addr| {
+        Ok(Arc::new(
+            EtcdRegistry::from_url(&format!("etcd://{addr}?prefix=/sdbench-sdkit"))
                 .map_err(|e| e.to_string())?,
         ))
     })
