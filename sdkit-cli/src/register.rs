@@ -1,0 +1,192 @@
+//! `sdkit register`: register, keep alive until Ctrl-C / SIGTERM, deregister.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sdkit::{HealthCheck, Instance, Registration, Registry};
+use serde_json::json;
+
+use crate::failure::Failure;
+use crate::output::{self, styled};
+use crate::shutdown;
+
+/// What to register.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The service.
+    pub service: String,
+    /// `host:port`.
+    pub addr: String,
+    /// `--id`.
+    pub id: Option<String>,
+    /// `--tag`s.
+    pub tags: Vec<String>,
+    /// `--meta`s.
+    pub meta: Vec<(String, String)>,
+    /// `--weight`.
+    pub weight: Option<u32>,
+    /// `--ttl`.
+    pub ttl: Duration,
+}
+
+impl Spec {
+    /// The registration, validated as every backend validates it.
+    pub fn registration(&self) -> Result<Registration, Failure> {
+        let parsed = Instance::parse(&self.addr).map_err(|e| {
+            Failure::usage(format!(
+                "bad instance address {:?} (expected HOST:PORT): {e}",
+                self.addr
+            ))
+        })?;
+        let mut b = Instance::builder(parsed.host(), parsed.port()).tags(self.tags.iter());
+        if let Some(id) = &self.id {
+            b = b.id(id);
+        }
+        for (k, v) in &self.meta {
+            b = b.meta(k, v);
+        }
+        if let Some(w) = self.weight {
+            b = b.weight(w);
+        }
+        let r = Registration::new(&self.service, b.build()).check(HealthCheck::Ttl(self.ttl));
+        r.validate()
+            .map_err(|e| Failure::from_sd("cannot register", &e))?;
+        Ok(r)
+    }
+}
+
+fn say(
+    as_json: bool,
+    event: &str,
+    r: &Registration,
+    url: &str,
+    text: String,
+) -> std::io::Result<()> {
+    if as_json {
+        output::print_json(&json!({
+            "time": output::timestamp(),
+            "event": event,
+            "service": r.service,
+            "id": r.instance_id(),
+            "registry": sdkit::config::redact(url),
+            "ttl_seconds": r.ttl().map(|t| t.as_secs_f64()),
+            "instance": output::instance_json(&r.instance),
+        }))
+    } else {
+        let mut out = anstream::stdout().lock();
+        writeln!(out, "{} {text}", styled(output::DIM, output::timestamp()))?;
+        out.flush()
+    }
+}
+
+/// Runs `register`: exit 0 after a clean deregistration, 1 if registering or deregistering
+/// failed.
+pub async fn run(
+    registry: Arc<dyn Registry>,
+    url: &str,
+    spec: Spec,
+    as_json: bool,
+    timeout: Duration,
+) -> Result<ExitCode, Failure> {
+    let registration = spec.registration()?;
+    let id = registration.instance_id();
+    let service = registration.service.clone();
+    let registrar = registry
+        .registrar(registration.clone())
+        .await
+        .map_err(|e| Failure::from_sd(format!("cannot register {service:?} at {url}"), &e))?;
+    match tokio::time::timeout(timeout, registrar.register()).await {
+        Err(_) => {
+            // Whatever half-happened must not stay behind.
+            let _ = tokio::time::timeout(timeout, registrar.deregister()).await;
+            return Err(crate::watch::no_answer(url, timeout));
+        }
+        Ok(Err(e)) => {
+            let _ = tokio::time::timeout(timeout, registrar.deregister()).await;
+            return Err(Failure::from_sd(
+                format!("registration of {service:?} ({id}) at {url} failed"),
+                &e,
+            ));
+        }
+        Ok(Ok(())) => {}
+    }
+    say(
+        as_json,
+        "registered",
+        &registration,
+        url,
+        format!(
+            "{} {service} {} (ttl {}); Ctrl-C or SIGTERM deregisters",
+            styled(output::GREEN, "registered"),
+            output::instance_text(&registration.instance.to_builder().id(&id).build()),
+            humantime::format_duration(spec.ttl),
+        ),
+    )?;
+    shutdown::signal().await;
+    let outcome = tokio::time::timeout(timeout, registrar.deregister()).await;
+    match outcome {
+        Ok(Ok(())) => {
+            say(
+                as_json,
+                "deregistered",
+                &registration,
+                url,
+                format!("{} {service} {id}", styled(output::YELLOW, "deregistered")),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(Failure::from_sd(
+            format!(
+                "deregistration of {service:?} ({id}) failed; the registry drops it when its TTL lapses"
+            ),
+            &e,
+        )),
+        Err(_) => Err(Failure::runtime(format!(
+            "deregistration of {service:?} ({id}) got no answer within {}; the registry drops it when its TTL lapses",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(addr: &str) -> Spec {
+        Spec {
+            service: "web".into(),
+            addr: addr.into(),
+            id: Some("web-1".into()),
+            tags: vec!["a".into(), "b".into()],
+            meta: vec![("zone".into(), "eu".into())],
+            weight: Some(3),
+            ttl: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn every_option_reaches_the_registration() {
+        let r = spec("127.0.0.1:8080").registration().unwrap();
+        assert_eq!(r.service, "web");
+        assert_eq!(r.instance.addr(), "127.0.0.1:8080");
+        assert_eq!(r.instance.id(), "web-1");
+        assert_eq!(r.instance.tags(), ["a", "b"]);
+        assert_eq!(r.instance.meta()["zone"], "eu");
+        assert_eq!(r.instance.weight(), 3);
+        assert_eq!(r.ttl(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn bad_addresses_and_ttls_are_usage_errors() {
+        for bad in ["127.0.0.1", "host:port", "h:0", ":80", "h:70000"] {
+            let e = spec(bad).registration().unwrap_err();
+            assert_eq!(e.code(), crate::failure::USAGE, "{bad}: {e}");
+        }
+        let mut s = spec("h:1");
+        s.ttl = Duration::from_millis(500);
+        let e = s.registration().unwrap_err();
+        assert!(e.to_string().contains("below the 1 s minimum"), "{e}");
+    }
+}

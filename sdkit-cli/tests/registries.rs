@@ -1,0 +1,106 @@
+//! The `sdkit` binary against the real registries of the harness (scripts/registries, on
+//! 127.0.0.1): one process registers, another watches; the registrant is killed (no
+//! deregistration) and the watcher sees it go; a second registrant is stopped with SIGTERM
+//! and deregisters. `list` and `pick` read the same registration.
+//!
+//! Each test holds `sd_testkit::shared(server)`, so fault tests of other crates (which kill
+//! the server) never run at the same time.
+
+mod common;
+
+use common::{is_event, run, Running};
+use sd_testkit::Server;
+use serde_json::Value;
+
+/// Register, watch, list, pick, crash, deregister, against `url`. The registrant's TTL is 2 s,
+/// so the crashed one is gone from the `--passing` watch after the backend's expiry.
+fn register_watch_kill(server: Server, url: &str) {
+    let _shared = sd_testkit::shared(server);
+    let service = sd_testkit::unique_name("cli");
+    let mut watch = Running::start(&["watch", url, &service, "--passing", "--json"]);
+    let v = watch.expect_json("initial state", |v| v["event"] == "initial");
+    assert_eq!(v["count"], 0, "a new service has no instance");
+
+    // 1. A registrant that crashes: the registry drops it once its TTL/lease/session lapses.
+    let crashed = format!("{service}-crash");
+    let mut reg = Running::start(&[
+        "register", url, &service, "127.0.0.1:7001", "--id", &crashed, "--tag", "blue",
+        "--meta", "zone=eu", "--ttl", "2s", "--json",
+    ]);
+    let v = reg.expect_json("registered", |v| v["event"] == "registered");
+    assert_eq!(v["id"], crashed.as_str());
+    let added = watch.expect_json("the registrant appears", |v| is_event(v, "added", &crashed));
+    assert_eq!(added["instance"]["address"], "127.0.0.1:7001");
+    assert_eq!(added["service"], service.as_str());
+
+    // list and pick, from a third and fourth process, see the same instance.
+    let out = run(&["list", url, &service, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let ids: Vec<&str> = listed["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [crashed.as_str()]);
+    let out = run(&["pick", url, &service, "-n", "10", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let picked: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(picked["distribution"][0]["picks"], 10);
+
+    reg.crash();
+    watch.expect_json("the crashed registrant goes", |v| is_event(v, "removed", &crashed));
+
+    // 2. A registrant stopped with SIGTERM deregisters and exits 0.
+    let graceful = format!("{service}-term");
+    let mut reg = Running::start(&[
+        "register", url, &service, "127.0.0.1:7002", "--id", &graceful, "--ttl", "30s", "--json",
+    ]);
+    reg.expect_json("registered", |v| v["event"] == "registered");
+    watch.expect_json("the second registrant appears", |v| is_event(v, "added", &graceful));
+    let (code, lines) = reg.terminate();
+    assert_eq!(code, 0, "register exits 0 after deregistering: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"deregistered\"")),
+        "{lines:?}"
+    );
+    // With a 30 s TTL, only the deregistration can remove it this soon... but the deadline
+    // is generous, so check the order of events instead: nothing else happened in between.
+    let removed = watch.expect_json("the deregistered one goes", |v| v["event"] != "initial");
+    assert!(is_event(&removed, "removed", &graceful), "{removed}");
+
+    let (code, _) = watch.terminate();
+    assert_eq!(code, 0, "watch exits 0 on SIGTERM");
+}
+
+#[test]
+fn consul_register_watch_kill() {
+    let addr = sd_testkit::require!(Server::Consul);
+    register_watch_kill(Server::Consul, &format!("consul://{addr}"));
+}
+
+#[test]
+fn etcd_register_watch_kill() {
+    let addr = sd_testkit::require!(Server::Etcd);
+    register_watch_kill(Server::Etcd, &format!("etcd://{addr}?prefix=/sdkit-cli"));
+}
+
+#[test]
+fn zk_register_watch_kill() {
+    let addr = sd_testkit::require!(Server::Zk);
+    // The session timeout is what removes a crashed registrant's ephemeral node.
+    register_watch_kill(
+        Server::Zk,
+        &format!("zk://{addr}/sdkit-cli?session_timeout=2s&connect_timeout=5s"),
+    );
+}
+
+#[test]
+fn an_unknown_service_in_a_real_registry_is_exit_1() {
+    let addr = sd_testkit::require!(Server::Consul);
+    let _shared = sd_testkit::shared(Server::Consul);
+    let service = sd_testkit::unique_name("cli-unknown");
+    let out = run(&["list", &format!("consul://{addr}"), &service]);
+    common::assert_one_line_error(&out, 1, "no instances of");
+}
