@@ -104,3 +104,48 @@ fn an_unknown_service_in_a_real_registry_is_exit_1() {
     let out = run(&["list", &format!("consul://{addr}"), &service]);
     common::assert_one_line_error(&out, 1, "no instances of");
 }
+
+/// The registry dies under a running `watch` and `register`: the watch prints an error line
+/// (keeping the last good set), then a recovery line once the server is back, and the
+/// registrant registers again in the restarted (empty) -dev agent.
+#[test]
+fn fault_consul_restart_shows_error_then_recovery() {
+    let addr = sd_testkit::require!(Server::Consul);
+    let _lock = sd_testkit::exclusive(Server::Consul);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(sd_testkit::wait_ready(Server::Consul)).unwrap();
+    let url = format!("consul://{addr}");
+    let service = sd_testkit::unique_name("cli-fault");
+    let id = format!("{service}-1");
+    let mut reg = Running::start(&[
+        "register", &url, &service, "127.0.0.1:7003", "--id", &id, "--ttl", "5s", "--json",
+    ]);
+    reg.expect_json("registered", |v| v["event"] == "registered");
+    let mut watch = Running::start(&["watch", &url, &service, "--json"]);
+    watch.expect_json("the registrant", |v| is_event(v, "added", &id));
+
+    rt.block_on(sd_testkit::kill(Server::Consul)).unwrap();
+    let err = watch.expect_json("an error line", |v| v["event"] == "error");
+    assert!(err["error"].as_str().unwrap().contains("consul"), "{err}");
+
+    rt.block_on(sd_testkit::restart(Server::Consul)).unwrap();
+    watch.expect_json("a recovery line", |v| v["event"] == "recovered");
+    // The -dev agent restarted empty; the registrar registers again.
+    let end = std::time::Instant::now() + common::DEADLINE;
+    let out = loop {
+        let out = run(&["list", &url, &service, "--json"]);
+        if out.code == 0 || std::time::Instant::now() > end {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(out.code, 0, "re-registered within {:?}: {}", common::DEADLINE, out.stderr);
+    assert!(out.stdout.contains(&id), "{}", out.stdout);
+    let (code, _) = reg.terminate();
+    assert_eq!(code, 0);
+    let (code, _) = watch.terminate();
+    assert_eq!(code, 0);
+}
