@@ -53,7 +53,7 @@ pub enum Command {
     /// recovery) until Ctrl-C.
     #[command(override_usage = "sdkit watch [OPTIONS] [URL] <SERVICE>")]
     Watch {
-        /// [URL] SERVICE.
+        /// The registry URL (left out: SD_REGISTRY), then SERVICE.
         #[arg(value_name = "URL|SERVICE", required = true, num_args = 1..=2)]
         args: Vec<String>,
         /// Which instances.
@@ -63,7 +63,7 @@ pub enum Command {
     /// Show the instances of a service as a table (or what the registry can do, without SERVICE).
     #[command(override_usage = "sdkit list [OPTIONS] [URL] [SERVICE]")]
     List {
-        /// [URL] [SERVICE].
+        /// The registry URL (left out: SD_REGISTRY), then optionally SERVICE.
         #[arg(value_name = "URL|SERVICE", num_args = 0..=2)]
         args: Vec<String>,
         /// Which instances.
@@ -73,7 +73,7 @@ pub enum Command {
     /// Register an instance and keep it registered until Ctrl-C or SIGTERM, then deregister it.
     #[command(override_usage = "sdkit register [OPTIONS] [URL] <SERVICE> <HOST:PORT>")]
     Register {
-        /// [URL] SERVICE HOST:PORT.
+        /// The registry URL (left out: SD_REGISTRY), then SERVICE and HOST:PORT.
         #[arg(value_name = "URL|SERVICE|HOST:PORT", required = true, num_args = 2..=3)]
         args: Vec<String>,
         /// The instance id (default: SERVICE-HOST-PORT).
@@ -96,7 +96,7 @@ pub enum Command {
     /// Show which instances a balancer of sd-lb would pick, and the distribution.
     #[command(override_usage = "sdkit pick [OPTIONS] [URL] <SERVICE>")]
     Pick {
-        /// [URL] SERVICE.
+        /// The registry URL (left out: SD_REGISTRY), then SERVICE.
         #[arg(value_name = "URL|SERVICE", required = true, num_args = 1..=2)]
         args: Vec<String>,
         /// The balancer.

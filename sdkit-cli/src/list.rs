@@ -77,7 +77,7 @@ pub async fn instances(
         ]);
     }
     let mut out = anstream::stdout().lock();
-    writeln!(out, "{table}")?;
+    writeln!(out, "{}", output::table_text(&table))?;
     writeln!(
         out,
         "{}",
@@ -174,7 +174,7 @@ pub fn capabilities(registry: &Arc<dyn Registry>, as_json: bool) -> Result<ExitC
             "{}",
             styled(output::BOLD, format!("{scheme}:// registry"))
         )?;
-        writeln!(out, "{table}")?;
+        writeln!(out, "{}", output::table_text(&table))?;
         out.flush()?;
     }
     Err(Failure::runtime(cannot_list(scheme)))

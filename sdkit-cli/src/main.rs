@@ -115,21 +115,39 @@ fn env_url() -> Option<String> {
 
 /// Opens the registry, a bad URL being a usage error that names the bad part.
 fn connect(url: &str) -> Result<std::sync::Arc<dyn sdkit::Registry>, Failure> {
-    sdkit::connect(url).map_err(|e| {
-        Failure::from_sd(
-            format!("bad registry URL {}", sdkit::config::redact(url)),
-            &e,
-        )
-    })
+    // The error names the URL (redacted) itself.
+    sdkit::connect(url).map_err(|e| Failure::from_sd("bad registry URL", &e))
 }
 
 /// A warning on stderr for `memory://`, which no other process can see.
 fn warn_memory(url: &str) {
     if url.trim_start().starts_with("memory:") {
-        eprintln!(
-            "sdkit: note: memory:// is this process's own registry; other processes (your \
-             services, another sdkit) cannot see it. Use static:// for a server-less demo."
+        note(
+            "memory:// is this process's own registry; other processes (your services, \
+             another sdkit) cannot see it. Use static:// for a server-less demo.",
         );
+    }
+}
+
+/// One `sdkit: note: ...` line on stderr.
+pub fn note(message: &str) {
+    eprintln!("sdkit: note: {message}");
+}
+
+/// Notes for filters the registry cannot apply as asked (from its capabilities).
+fn filter_notes(registry: &dyn sdkit::Registry, filter: &cli::Filter) {
+    let caps = registry.capabilities();
+    let scheme = registry.scheme();
+    if !filter.tags.is_empty() && !caps.tags {
+        note(&format!(
+            "{scheme}:// does not carry tags, so --tag cannot select instances \
+             (static:// ignores it, dns+srv:// then matches none)"
+        ));
+    }
+    if filter.passing && !caps.health {
+        note(&format!(
+            "{scheme}:// does not carry health: every instance it lists counts as passing"
+        ));
     }
 }
 
@@ -141,6 +159,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let t = cli::target(args, env_url(), "watch", "SERVICE", 1, 1)?;
             let registry = connect(&t.url)?;
             warn_memory(&t.url);
+            filter_notes(registry.as_ref(), &filter);
             let query = filter.query(&t.rest[0]);
             watch::run(registry, &t.url, query, as_json, timeout).await
         }
@@ -150,6 +169,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             warn_memory(&t.url);
             match t.rest.first() {
                 Some(service) => {
+                    filter_notes(registry.as_ref(), &filter);
                     list::instances(registry, &t.url, filter.query(service), as_json, timeout).await
                 }
                 None => list::capabilities(&registry, as_json),
@@ -191,6 +211,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             // Check the options before asking the registry anything.
             let service = t.rest[0].clone();
             pick::check_options(balancer, key.as_deref(), seed)?;
+            filter_notes(registry.as_ref(), &filter);
             let set = list::current(&registry, &t.url, &filter.query(&service), timeout).await?;
             let picks = pick::simulate(&set, balancer, key.as_deref(), n, seed)?;
             pick::print(&set, &service, balancer, key.as_deref(), n, &picks, as_json)

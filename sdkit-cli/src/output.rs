@@ -68,12 +68,22 @@ pub fn meta_text(i: &Instance) -> String {
         .join(",")
 }
 
-/// A table with plain ASCII borders (it reads the same on a terminal, in a pipe and in a log).
+/// A table of aligned columns without borders, like `kubectl get` (it reads the same on a
+/// terminal, in a pipe and in a log, and `awk` can take it apart).
 pub fn table(header: Vec<&str>) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::ASCII_BORDERS_ONLY_CONDENSED);
+    t.load_preset(presets::NOTHING);
     t.set_header(header);
     t
+}
+
+/// The table as text, without the padding at the end of its lines.
+pub fn table_text(table: &Table) -> String {
+    table
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Writes `value` as one line of JSON to stdout.

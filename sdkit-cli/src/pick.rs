@@ -163,7 +163,7 @@ pub fn print(
         first.join(" "),
         if n as usize > SHOWN { " ..." } else { "" }
     )?;
-    writeln!(out, "{table}")?;
+    writeln!(out, "{}", output::table_text(&table))?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

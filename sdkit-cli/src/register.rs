@@ -32,6 +32,33 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// What `caps` says the registry will not do with this registration, one note each.
+    pub fn notes(&self, scheme: &str, caps: sdkit::Capabilities) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut dropped = |asked: bool, carried: bool, what: &str| {
+            if asked && !carried {
+                notes.push(format!(
+                    "{scheme}:// does not store {what}: it is not registered"
+                ));
+            }
+        };
+        dropped(!self.tags.is_empty(), caps.tags, "tags (--tag)");
+        dropped(!self.meta.is_empty(), caps.metadata, "metadata (--meta)");
+        dropped(self.weight.is_some(), caps.weight, "weights (--weight)");
+        if self.id.is_some() && !caps.ids {
+            notes.push(format!(
+                "{scheme}:// does not publish the registered id: watchers see another id"
+            ));
+        }
+        if caps.registration && !caps.expiry {
+            notes.push(format!(
+                "{scheme}:// has no expiry: if this process is killed without deregistering, \
+                 the registration stays until someone removes it"
+            ));
+        }
+        notes
+    }
+
     /// The registration, validated as every backend validates it.
     pub fn registration(&self) -> Result<Registration, Failure> {
         let parsed = Instance::parse(&self.addr).map_err(|e| {
@@ -91,6 +118,9 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
     let registration = spec.registration()?;
+    for note in spec.notes(registry.scheme(), registry.capabilities()) {
+        crate::note(&note);
+    }
     let id = registration.instance_id();
     let service = registration.service.clone();
     let registrar = registry
@@ -176,6 +206,25 @@ mod tests {
         assert_eq!(r.instance.meta()["zone"], "eu");
         assert_eq!(r.instance.weight(), 3);
         assert_eq!(r.ttl(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn notes_follow_the_capabilities() {
+        let s = spec("h:1");
+        assert!(s.notes("consul", sdkit::Capabilities::all()).is_empty());
+        let dns = sdkit::Capabilities::none()
+            .with_registration()
+            .with_weight();
+        let notes = s.notes("dns+srv", dns).join("\n");
+        for what in [
+            "tags (--tag)",
+            "metadata (--meta)",
+            "registered id",
+            "no expiry",
+        ] {
+            assert!(notes.contains(what), "{what}: {notes}");
+        }
+        assert!(!notes.contains("weights"), "{notes}");
     }
 
     #[test]

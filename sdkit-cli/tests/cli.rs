@@ -247,3 +247,29 @@ fn memory_urls_warn_that_other_processes_cannot_see_them() {
         out.stderr
     );
 }
+
+#[test]
+fn filters_the_registry_cannot_apply_get_a_note() {
+    let out = run(&[
+        "list",
+        "static://10.0.0.1:80",
+        "web",
+        "--tag",
+        "x",
+        "--passing",
+    ]);
+    assert_eq!(out.code, 0, "static:// ignores filters: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("sdkit: note: static:// does not carry tags"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("does not carry health"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["list", "static://10.0.0.1:80", "web"]);
+    assert_eq!(out.stderr, "", "no note without filters");
+}
