@@ -118,6 +118,7 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
     let registration = spec.registration()?;
+    let mut stop = shutdown::Shutdown::install()?;
     for note in spec.notes(registry.scheme(), registry.capabilities()) {
         crate::note(&note);
     }
@@ -127,20 +128,29 @@ pub async fn run(
         .registrar(registration.clone())
         .await
         .map_err(|e| Failure::from_sd(format!("cannot register {service:?} at {url}"), &e))?;
-    match tokio::time::timeout(timeout, registrar.register()).await {
-        Err(_) => {
+    let registered = stop
+        .unless_stopped(tokio::time::timeout(timeout, registrar.register()))
+        .await;
+    match registered {
+        None => {
+            let _ = tokio::time::timeout(timeout, registrar.deregister()).await;
+            return Err(Failure::runtime(format!(
+                "stopped by a signal while registering {service:?} ({id}); deregistered"
+            )));
+        }
+        Some(Err(_)) => {
             // Whatever half-happened must not stay behind.
             let _ = tokio::time::timeout(timeout, registrar.deregister()).await;
             return Err(crate::watch::no_answer(url, timeout));
         }
-        Ok(Err(e)) => {
+        Some(Ok(Err(e))) => {
             let _ = tokio::time::timeout(timeout, registrar.deregister()).await;
             return Err(Failure::from_sd(
                 format!("registration of {service:?} ({id}) at {url} failed"),
                 &e,
             ));
         }
-        Ok(Ok(())) => {}
+        Some(Ok(Ok(()))) => {}
     }
     say(
         as_json,
@@ -154,7 +164,7 @@ pub async fn run(
             humantime::format_duration(spec.ttl),
         ),
     )?;
-    shutdown::signal().await;
+    stop.wait().await;
     let outcome = tokio::time::timeout(timeout, registrar.deregister()).await;
     match outcome {
         Ok(Ok(())) => {

@@ -208,15 +208,34 @@ pub async fn run(
     as_json: bool,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
+    let mut stop = shutdown::Shutdown::install()?;
     let service = query.service.clone();
-    let instancer = tokio::time::timeout(timeout, registry.instancer(&query))
+    let Some(instancer) = stop
+        .unless_stopped(tokio::time::timeout(timeout, registry.instancer(&query)))
         .await
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let instancer = instancer
         .map_err(|_| no_answer(url, timeout))?
         .map_err(|e| Failure::from_sd(format!("cannot watch {service:?} at {url}"), &e))?;
     let mut events = instancer.subscribe();
     let mut differ = Differ::default();
-    let first = match tokio::time::timeout(timeout, events.next()).await {
-        Err(_) => return Err(no_answer(url, timeout)),
+    let first = stop
+        .unless_stopped(tokio::time::timeout(timeout, events.next()))
+        .await;
+    let first = match first {
+        None => {
+            instancer.stop().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(first) => first,
+    };
+    let first = match first {
+        Err(_) => {
+            instancer.stop().await;
+            return Err(no_answer(url, timeout));
+        }
         Ok(None) => {
             return Err(Failure::runtime(format!(
                 "the instancer of {service:?} stopped"
@@ -233,11 +252,9 @@ pub async fn run(
         Ok(Some(event)) => event,
     };
     print(&differ.apply(first), &service, as_json)?;
-    let stop = shutdown::signal();
-    tokio::pin!(stop);
     let outcome = loop {
         tokio::select! {
-            _ = &mut stop => break Ok(ExitCode::SUCCESS),
+            _ = stop.wait() => break Ok(ExitCode::SUCCESS),
             event = events.next() => match event {
                 Some(event) => {
                     if let Err(e) = print(&differ.apply(event), &service, as_json) {

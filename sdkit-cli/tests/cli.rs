@@ -273,3 +273,16 @@ fn filters_the_registry_cannot_apply_get_a_note() {
     let out = run(&["list", "static://10.0.0.1:80", "web"]);
     assert_eq!(out.stderr, "", "no note without filters");
 }
+
+#[test]
+fn sigterm_while_waiting_for_a_silent_registry_ends_watch_cleanly() {
+    // A "registry" on loopback that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("consul://{}", silent.local_addr().unwrap());
+    let w = common::Running::start(&["watch", &url, "web", "--timeout", "300s"]);
+    // Once it has connected it is waiting for the first answer, signal handlers installed.
+    let (_conn, _) = silent.accept().unwrap();
+    let (code, lines) = w.terminate();
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(lines.is_empty(), "{lines:?}");
+}
