@@ -1,66 +1,37 @@
 //! `sdkit list`: the instances of a service as a table, or what a registry can do.
 
+use sdkit::{Capabilities, InstanceSet, ServiceQuery};
+use serde_json::{json, Value};
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use sdkit::{Capabilities, Event, InstanceSet, Registry, ServiceQuery};
-use serde_json::{json, Value};
-
+use crate::ctx::Ctx;
 use crate::failure::Failure;
 use crate::output::{self, styled};
-use crate::watch::no_answer;
 
 /// The current instances matching `query`: the instancer's first state. An error state, no
-/// answer within `timeout` and an empty set (unknown service) are failures.
-pub async fn current(
-    registry: &Arc<dyn Registry>,
-    url: &str,
-    query: &ServiceQuery,
-    timeout: Duration,
-) -> Result<InstanceSet, Failure> {
-    let service = &query.service;
-    let instancer = tokio::time::timeout(timeout, registry.instancer(query))
-        .await
-        .map_err(|_| no_answer(url, timeout))?
-        .map_err(|e| Failure::from_sd(format!("cannot read {service:?} at {url}"), &e))?;
-    let mut events = instancer.subscribe();
-    let first = tokio::time::timeout(timeout, events.next()).await;
-    instancer.stop().await;
-    match first {
-        Err(_) => Err(no_answer(url, timeout)),
-        Ok(None) => Err(Failure::runtime(format!(
-            "the instancer of {service:?} stopped"
-        ))),
-        Ok(Some(Event::Error(e))) => Err(Failure::from_sd(
-            format!("cannot read {service:?} at {url}"),
-            &e,
-        )),
-        Ok(Some(Event::Instances(set))) if set.is_empty() => {
-            let filtered = if query.tags.is_empty() && !query.passing_only {
-                String::new()
-            } else {
-                " matching the --tag/--passing filters".to_string()
-            };
-            Err(Failure::runtime(format!(
-                "no instances of {service:?}{filtered} at {url} (unknown service?)"
-            )))
-        }
-        Ok(Some(Event::Instances(set))) => Ok(set),
+/// answer within `--timeout` and an empty set (unknown service) are failures.
+pub async fn current(ctx: &Ctx, query: &ServiceQuery) -> Result<InstanceSet, Failure> {
+    let opened = ctx.open(query).await?;
+    opened.instancer.stop().await;
+    if !opened.first.is_empty() {
+        return Ok(opened.first);
     }
+    let filtered = if query.tags.is_empty() && !query.passing_only {
+        ""
+    } else {
+        " matching the --tag/--passing filters"
+    };
+    Err(Failure::runtime(format!(
+        "no instances of {:?}{filtered} at {} (unknown service?)",
+        query.service, ctx.url
+    )))
 }
 
 /// `list URL SERVICE`: the table (or a JSON array of instances).
-pub async fn instances(
-    registry: Arc<dyn Registry>,
-    url: &str,
-    query: ServiceQuery,
-    as_json: bool,
-    timeout: Duration,
-) -> Result<ExitCode, Failure> {
-    let set = current(&registry, url, &query, timeout).await?;
-    if as_json {
+pub async fn instances(ctx: &Ctx, query: ServiceQuery) -> Result<ExitCode, Failure> {
+    let set = current(ctx, &query).await?;
+    if ctx.json {
         let list: Vec<Value> = set.iter().map(output::instance_json).collect();
         output::print_json(&json!({"service": query.service, "instances": list}))?;
         return Ok(ExitCode::SUCCESS);
@@ -147,10 +118,10 @@ pub fn cannot_list(scheme: &str) -> String {
 }
 
 /// `list URL`: what the registry can do, then a clear failure: services cannot be listed.
-pub fn capabilities(registry: &Arc<dyn Registry>, as_json: bool) -> Result<ExitCode, Failure> {
-    let scheme = registry.scheme();
-    let rows = capability_rows(registry.capabilities());
-    if as_json {
+pub fn capabilities(ctx: &Ctx) -> Result<ExitCode, Failure> {
+    let scheme = ctx.registry.scheme();
+    let rows = capability_rows(ctx.registry.capabilities());
+    if ctx.json {
         let caps: serde_json::Map<String, Value> = rows
             .iter()
             .map(|(n, d, _)| (n.to_string(), json!(d)))

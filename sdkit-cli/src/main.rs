@@ -14,6 +14,7 @@
 //! `docs/CLI.md`.
 
 mod cli;
+mod ctx;
 mod failure;
 mod list;
 mod output;
@@ -151,28 +152,41 @@ fn filter_notes(registry: &dyn sdkit::Registry, filter: &cli::Filter) {
     }
 }
 
+/// Splits the positional arguments, opens the registry and says what it cannot do.
+fn context(
+    cli: &Cli,
+    args: Vec<String>,
+    command: &str,
+    shape: &str,
+    counts: (usize, usize),
+) -> Result<(ctx::Ctx, Vec<String>), Failure> {
+    let t = cli::target(args, env_url(), command, shape, counts.0, counts.1)?;
+    let registry = connect(&t.url)?;
+    warn_memory(&t.url);
+    let ctx = ctx::Ctx {
+        registry,
+        url: t.url,
+        json: cli.json,
+        timeout: cli.timeout,
+    };
+    Ok((ctx, t.rest))
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let as_json = cli.json;
-    let timeout = cli.timeout;
-    match cli.command {
+    match &cli.command {
         Command::Watch { args, filter } => {
-            let t = cli::target(args, env_url(), "watch", "SERVICE", 1, 1)?;
-            let registry = connect(&t.url)?;
-            warn_memory(&t.url);
-            filter_notes(registry.as_ref(), &filter);
-            let query = filter.query(&t.rest[0]);
-            watch::run(registry, &t.url, query, as_json, timeout).await
+            let (ctx, rest) = context(&cli, args.clone(), "watch", "SERVICE", (1, 1))?;
+            filter_notes(ctx.registry.as_ref(), filter);
+            watch::run(&ctx, filter.query(&rest[0])).await
         }
         Command::List { args, filter } => {
-            let t = cli::target(args, env_url(), "list", "[SERVICE]", 0, 1)?;
-            let registry = connect(&t.url)?;
-            warn_memory(&t.url);
-            match t.rest.first() {
+            let (ctx, rest) = context(&cli, args.clone(), "list", "[SERVICE]", (0, 1))?;
+            match rest.first() {
                 Some(service) => {
-                    filter_notes(registry.as_ref(), &filter);
-                    list::instances(registry, &t.url, filter.query(service), as_json, timeout).await
+                    filter_notes(ctx.registry.as_ref(), filter);
+                    list::instances(&ctx, filter.query(service)).await
                 }
-                None => list::capabilities(&registry, as_json),
+                None => list::capabilities(&ctx),
             }
         }
         Command::Register {
@@ -183,19 +197,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             weight,
             ttl,
         } => {
-            let t = cli::target(args, env_url(), "register", "SERVICE HOST:PORT", 2, 2)?;
-            let registry = connect(&t.url)?;
-            warn_memory(&t.url);
+            let (ctx, rest) = context(&cli, args.clone(), "register", "SERVICE HOST:PORT", (2, 2))?;
             let spec = register::Spec {
-                service: t.rest[0].clone(),
-                addr: t.rest[1].clone(),
-                id,
-                tags,
-                meta,
-                weight,
-                ttl,
+                service: rest[0].clone(),
+                addr: rest[1].clone(),
+                id: id.clone(),
+                tags: tags.clone(),
+                meta: meta.clone(),
+                weight: *weight,
+                ttl: *ttl,
             };
-            register::run(registry, &t.url, spec, as_json, timeout).await
+            register::run(&ctx, spec).await
         }
         Command::Pick {
             args,
@@ -205,16 +217,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             seed,
             filter,
         } => {
-            let t = cli::target(args, env_url(), "pick", "SERVICE", 1, 1)?;
-            let registry = connect(&t.url)?;
-            warn_memory(&t.url);
+            let (ctx, rest) = context(&cli, args.clone(), "pick", "SERVICE", (1, 1))?;
+            let (balancer, key, n, seed) = (*balancer, key.as_deref(), *n, *seed);
             // Check the options before asking the registry anything.
-            let service = t.rest[0].clone();
-            pick::check_options(balancer, key.as_deref(), seed)?;
-            filter_notes(registry.as_ref(), &filter);
-            let set = list::current(&registry, &t.url, &filter.query(&service), timeout).await?;
-            let picks = pick::simulate(&set, balancer, key.as_deref(), n, seed)?;
-            pick::print(&set, &service, balancer, key.as_deref(), n, &picks, as_json)
+            pick::check_options(balancer, key, seed)?;
+            filter_notes(ctx.registry.as_ref(), filter);
+            let service = &rest[0];
+            let set = list::current(&ctx, &filter.query(service)).await?;
+            let picks = pick::simulate(&set, balancer, key, n, seed)?;
+            pick::print(&set, service, balancer, key, n, &picks, ctx.json)
         }
     }
 }

@@ -2,12 +2,12 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sdkit::{HealthCheck, Instance, Registration, Registry};
+use sdkit::{HealthCheck, Instance, Registration};
 use serde_json::json;
 
+use crate::ctx::Ctx;
 use crate::failure::Failure;
 use crate::output::{self, styled};
 use crate::shutdown;
@@ -110,13 +110,9 @@ fn say(
 
 /// Runs `register`: exit 0 after a clean deregistration, 1 if registering or deregistering
 /// failed.
-pub async fn run(
-    registry: Arc<dyn Registry>,
-    url: &str,
-    spec: Spec,
-    as_json: bool,
-    timeout: Duration,
-) -> Result<ExitCode, Failure> {
+pub async fn run(ctx: &Ctx, spec: Spec) -> Result<ExitCode, Failure> {
+    let (registry, url, as_json, timeout) =
+        (&ctx.registry, ctx.url.as_str(), ctx.json, ctx.timeout);
     let registration = spec.registration()?;
     let mut stop = shutdown::Shutdown::install()?;
     for note in spec.notes(registry.scheme(), registry.capabilities()) {
@@ -141,7 +137,7 @@ pub async fn run(
         Some(Err(_)) => {
             // Whatever half-happened must not stay behind.
             let _ = tokio::time::timeout(timeout, registrar.deregister()).await;
-            return Err(crate::watch::no_answer(url, timeout));
+            return Err(ctx.no_answer());
         }
         Some(Ok(Err(e))) => {
             let _ = tokio::time::timeout(timeout, registrar.deregister()).await;

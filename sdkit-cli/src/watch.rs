@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use sdkit::{Event, Instance, InstanceSet, Registry, ServiceQuery};
+use sdkit::{Event, Instance, InstanceSet, ServiceQuery};
 use serde_json::{json, Value};
 
+use crate::ctx::{Ctx, Opened};
 use crate::failure::Failure;
 use crate::output::{self, styled};
 use crate::shutdown;
@@ -200,64 +199,27 @@ fn print(changes: &[Change], service: &str, as_json: bool) -> std::io::Result<()
     out.flush()
 }
 
-/// Runs `watch` until Ctrl-C / SIGTERM.
-pub async fn run(
-    registry: Arc<dyn Registry>,
-    url: &str,
-    query: ServiceQuery,
-    as_json: bool,
-    timeout: Duration,
-) -> Result<ExitCode, Failure> {
+/// Runs `watch` until Ctrl-C / SIGTERM (exit code 0). If the registry cannot be read when
+/// the watch starts, that is a failure: a watch that never saw a good state shows nothing.
+pub async fn run(ctx: &Ctx, query: ServiceQuery) -> Result<ExitCode, Failure> {
     let mut stop = shutdown::Shutdown::install()?;
     let service = query.service.clone();
-    let Some(instancer) = stop
-        .unless_stopped(tokio::time::timeout(timeout, registry.instancer(&query)))
-        .await
-    else {
+    let Some(opened) = stop.unless_stopped(ctx.open(&query)).await else {
         return Ok(ExitCode::SUCCESS);
     };
-    let instancer = instancer
-        .map_err(|_| no_answer(url, timeout))?
-        .map_err(|e| Failure::from_sd(format!("cannot watch {service:?} at {url}"), &e))?;
-    let mut events = instancer.subscribe();
+    let Opened {
+        instancer,
+        mut events,
+        first,
+    } = opened?;
     let mut differ = Differ::default();
-    let first = stop
-        .unless_stopped(tokio::time::timeout(timeout, events.next()))
-        .await;
-    let first = match first {
-        None => {
-            instancer.stop().await;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Some(first) => first,
-    };
-    let first = match first {
-        Err(_) => {
-            instancer.stop().await;
-            return Err(no_answer(url, timeout));
-        }
-        Ok(None) => {
-            return Err(Failure::runtime(format!(
-                "the instancer of {service:?} stopped"
-            )))
-        }
-        // The registry cannot be read now: most likely a wrong URL, so say so and stop.
-        Ok(Some(Event::Error(e))) => {
-            instancer.stop().await;
-            return Err(Failure::from_sd(
-                format!("cannot watch {service:?} at {url}"),
-                &e,
-            ));
-        }
-        Ok(Some(event)) => event,
-    };
-    print(&differ.apply(first), &service, as_json)?;
+    print(&differ.apply(Event::Instances(first)), &service, ctx.json)?;
     let outcome = loop {
         tokio::select! {
             _ = stop.wait() => break Ok(ExitCode::SUCCESS),
             event = events.next() => match event {
                 Some(event) => {
-                    if let Err(e) = print(&differ.apply(event), &service, as_json) {
+                    if let Err(e) = print(&differ.apply(event), &service, ctx.json) {
                         break Err(e.into());
                     }
                 }
@@ -267,14 +229,6 @@ pub async fn run(
     };
     instancer.stop().await;
     outcome
-}
-
-/// No answer from the registry in time.
-pub fn no_answer(url: &str, timeout: Duration) -> Failure {
-    Failure::runtime(format!(
-        "no answer from {url} within {} (is the registry running? raise --timeout if it is slow)",
-        humantime::format_duration(timeout)
-    ))
 }
 
 #[cfg(test)]
