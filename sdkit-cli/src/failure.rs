@@ -70,8 +70,22 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// Whether there is nothing to say: the reader of the output went away (`| head`), which
+    /// ends the command quietly with exit code 0, as it ends `watch` on purpose.
+    pub fn is_quiet(&self) -> bool {
+        self.message.is_empty()
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failure {
+                message: String::new(),
+                code: 0,
+            };
+        }
         Failure::runtime(format!("cannot write the output: {e}"))
     }
 }
@@ -90,5 +104,9 @@ mod tests {
         assert_eq!(f.to_string(), "bad URL: invalid configuration: no host");
         let f = Failure::from_sd("watch", &sdkit::Error::unavailable("etcd", "down"));
         assert_eq!(f.code(), RUNTIME);
+        let f = Failure::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(f.is_quiet() && f.code() == 0);
+        let f = Failure::from(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!f.is_quiet() && f.code() == RUNTIME);
     }
 }

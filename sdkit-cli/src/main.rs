@@ -64,7 +64,9 @@ fn main() -> ExitCode {
 }
 
 fn fail(f: &Failure) -> ExitCode {
-    eprintln!("sdkit: {f}");
+    if !f.is_quiet() {
+        eprintln!("sdkit: {f}");
+    }
     f.exit_code()
 }
 
