@@ -134,6 +134,25 @@ fn watch_prints_the_initial_state_and_stops_on_sigterm() {
 }
 
 #[test]
+fn watch_text_lines_have_a_timestamp_the_service_and_the_change() {
+    let mut w = common::Running::start(&["watch", TWO, "web"]);
+    let lines = w.expect_lines(3);
+    let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.splitn(4, ' ').collect()).collect();
+    for f in &fields {
+        assert!(f[0].ends_with('Z') && f[0].contains('T'), "{lines:?}");
+        assert_eq!(f[1], "web", "{lines:?}");
+    }
+    assert_eq!(fields[0][2..], ["=", "2 instances"]);
+    assert_eq!(fields[1][2..], ["+", "10.0.0.1:80 health=passing weight=1"]);
+    assert_eq!(fields[2][2..], ["+", "10.0.0.2:80 health=passing weight=1"]);
+    assert!(
+        lines.iter().all(|l| !l.contains('\x1b')),
+        "piped: no colour"
+    );
+    assert_eq!(w.terminate().0, 0);
+}
+
+#[test]
 fn a_bad_url_is_one_line_naming_the_problem() {
     let out = run(&["list", "foo://x", "web"]);
     assert_one_line_error(&out, 2, "unknown registry scheme foo://");

@@ -237,3 +237,25 @@ fn fault_consul_restart_shows_error_then_recovery() {
     let (code, _) = watch.terminate();
     assert_eq!(code, 0);
 }
+
+/// Without `--passing`, a crashed Consul registrant does not vanish: its TTL check turns
+/// critical, and the watch prints a `changed` line saying so.
+#[test]
+fn consul_lapsed_ttl_is_a_changed_line_without_passing() {
+    let addr = sd_testkit::require!(Server::Consul);
+    let _shared = sd_testkit::shared(Server::Consul);
+    let url = format!("consul://{addr}");
+    let service = sd_testkit::unique_name("cli-changed");
+    let mut watch = Running::start(&["watch", &url, &service, "--json"]);
+    watch.expect_json("initial state", |v| v["event"] == "initial");
+    let reg = Running::start(&["register", &url, &service, "127.0.0.1:7004", "--ttl", "2s"]);
+    let added = watch.expect_json("the registrant", |v| about(v, "added", "127.0.0.1:7004"));
+    assert_eq!(added["instance"]["health"], "passing");
+    reg.crash();
+    let changed = watch.expect_json("health turns critical", |v| v["event"] == "changed");
+    assert_eq!(changed["before"]["health"], "passing", "{changed}");
+    assert_eq!(changed["instance"]["health"], "critical", "{changed}");
+    assert_eq!(changed["instance"]["address"], "127.0.0.1:7004");
+    let (code, _) = watch.terminate();
+    assert_eq!(code, 0);
+}

@@ -134,6 +134,23 @@ impl Running {
         }
     }
 
+    /// Waits for the next `n` lines (any text) and returns them.
+    pub fn expect_lines(&mut self, n: usize) -> Vec<String> {
+        let end = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    got.push(line);
+                }
+                Err(e) => panic!("{e:?} after {got:?}; stderr: {}", self.stderr_now()),
+            }
+        }
+        got
+    }
+
     fn stderr_now(&mut self) -> String {
         let _ = self.child.kill();
         let mut s = String::new();
