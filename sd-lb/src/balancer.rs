@@ -23,7 +23,9 @@ use crate::error::LbError;
 /// used (Envoy's panic mode: a registry that marks everything critical must not take the
 /// service down). Backends without health report every instance as passing.
 ///
-/// A pick never waits for a lock and makes no allocation. Exactly what synchronises:
+/// A pick never waits for a lock and makes no allocation, except the first pick after an
+/// update, which starts the rebuild (a thread, or for round robin and random the new list
+/// of passing endpoints) and may republish an expired ejection. Exactly what synchronises:
 /// balancers with derived tables ([`Weighted`](crate::Weighted), [`P2c`](crate::P2c),
 /// [`ConsistentHash`](crate::ConsistentHash)) rebuild them on a background thread that the
 /// first pick after an update starts; picks meanwhile use the previous table, or, when that
@@ -172,8 +174,11 @@ pub enum Outcome {
     /// while it ran (to the balancer a timeout and a cancellation look the same). Outlier
     /// ejection counts it as a failure, so an endpoint that hangs is ejected; P2C records the
     /// time until then as a latency. [`Retry`](crate::Retry) reports it when its overall
-    /// timeout cuts an attempt off, the tower adapters when their response future is dropped
-    /// before it completes (e.g. by a timeout layer outside them).
+    /// timeout, or a timeout of the caller's around [`Retry::call`](crate::Retry::call),
+    /// cuts an attempt off; the tower adapters when their response future is dropped after
+    /// its first poll and before it completes (e.g. by a timeout layer outside them). A
+    /// response future dropped before its first poll sent nothing and reports
+    /// [`Unknown`](Outcome::Unknown).
     Timeout,
     /// Not reported (the guard was dropped): counts as finished, neither success nor failure.
     /// The time since the pick is still a latency measurement (a cancelled request took it).
@@ -295,6 +300,49 @@ impl<E: 'static> Picked<E> {
 impl<E: 'static> Drop for Picked<E> {
     fn drop(&mut self) {
         self.report(Outcome::Unknown);
+    }
+}
+
+/// A pick whose request may be cut off: held by a caller that can itself be dropped mid-request
+/// ([`Retry::call`](crate::Retry::call) under a timeout of the caller's, tower's response
+/// futures). Dropped after [`start`](Running::start) without an outcome, it reports
+/// [`Outcome::Timeout`] (a hanging endpoint then counts for outlier ejection); dropped before,
+/// [`Outcome::Unknown`] (the request never went out: a cancelled caller says nothing about
+/// the endpoint).
+pub(crate) struct Running<E: 'static> {
+    picked: Option<Picked<E>>,
+    started: bool,
+}
+
+impl<E: 'static> Running<E> {
+    /// Holds `picked`, not started yet.
+    pub(crate) fn new(picked: Picked<E>) -> Self {
+        Running {
+            picked: Some(picked),
+            started: false,
+        }
+    }
+
+    /// The request is under way: from now on, dropping this reports a timeout.
+    pub(crate) fn start(&mut self) {
+        self.started = true;
+    }
+
+    /// Reports `outcome` for the pick.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        if let Some(p) = self.picked.take() {
+            p.finish(outcome);
+        }
+    }
+}
+
+impl<E: 'static> Drop for Running<E> {
+    fn drop(&mut self) {
+        if let Some(p) = self.picked.take() {
+            if self.started {
+                p.finish(Outcome::Timeout);
+            }
+        }
     }
 }
 
@@ -763,6 +811,8 @@ struct Shared<T, E: 'static> {
     rebuild: Mutex<()>,
     /// A background rebuild is scheduled or running.
     building: AtomicBool,
+    /// Numbers the subscriptions (see [`subscribe`]).
+    subscriptions: AtomicU64,
     background: bool,
     build: Box<Build<T, E>>,
 }
@@ -771,6 +821,8 @@ struct Shared<T, E: 'static> {
 pub(crate) struct View<T, E: 'static> {
     pub(crate) snapshot: Snapshot<E>,
     changes: Changes,
+    /// The number of the subscription the snapshot came from (see [`subscribe`]).
+    seq: u64,
     /// See [`preferred_of`].
     preferred: Option<Box<[u32]>>,
     pub(crate) value: T,
@@ -788,12 +840,18 @@ impl<T, E: 'static> View<T, E> {
         matches!(self.snapshot.get(), Ok(l) if !l.is_empty())
     }
 
-    fn make(snapshot: Snapshot<E>, changes: Changes, build: &Build<T, E>, old: Option<&T>) -> Self {
+    fn make(sub: Subscribed<E>, build: &Build<T, E>, old: Option<&T>) -> Self {
+        let Subscribed {
+            changes,
+            snapshot,
+            seq,
+        } = sub;
         let preferred = preferred_of(snapshot.all());
         let value = build(snapshot.all(), preferred.as_deref(), old);
         View {
             snapshot,
             changes,
+            seq,
             preferred,
             value,
         }
@@ -809,12 +867,27 @@ pub(crate) enum Current<T, E: 'static> {
     Fallback(Snapshot<E>),
 }
 
+/// What [`subscribe`] took from the endpointer.
+struct Subscribed<E: 'static> {
+    changes: Changes,
+    snapshot: Snapshot<E>,
+    seq: u64,
+}
+
 /// The endpointer's current notifier (marked seen) and snapshot, in that order: an update
-/// that lands in between is seen as a change, never missed.
-fn subscribe<E, P: Endpointer<E> + ?Sized>(endpointer: &P) -> (Changes, Snapshot<E>) {
+/// that lands in between is seen as a change, never missed. Numbered from `counter`, so that
+/// a background rebuild can tell that a view built from a later subscription is already in
+/// place, whatever the snapshots' versions say (a custom endpointer's version need not grow,
+/// e.g. one switching between two sources).
+fn subscribe<E, P: Endpointer<E> + ?Sized>(counter: &AtomicU64, endpointer: &P) -> Subscribed<E> {
+    let seq = counter.fetch_add(1, Ordering::AcqRel) + 1;
     let mut changes = endpointer.changes();
     changes.mark_seen();
-    (changes, endpointer.endpoints().detach())
+    Subscribed {
+        changes,
+        snapshot: endpointer.endpoints().detach(),
+        seq,
+    }
 }
 
 /// Clears the building flag when a rebuild ends, also by unwinding.
@@ -836,12 +909,14 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
         build: impl Fn(&[Endpoint<E>], Option<&[u32]>, Option<&T>) -> T + Send + Sync + 'static,
     ) -> Self {
         let build: Box<Build<T, E>> = Box::new(build);
-        let (changes, snapshot) = subscribe(endpointer);
+        let subscriptions = AtomicU64::new(0);
+        let first = subscribe(&subscriptions, endpointer);
         Viewed {
             shared: Arc::new(Shared {
-                view: ArcSwap::from_pointee(View::make(snapshot, changes, &*build, None)),
+                view: ArcSwap::from_pointee(View::make(first, &*build, None)),
                 rebuild: Mutex::new(()),
                 building: AtomicBool::new(false),
+                subscriptions,
                 background,
                 build,
             }),
@@ -897,13 +972,8 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
         if !old.changes.has_changed() {
             return Some(old);
         }
-        let (changes, snapshot) = subscribe(endpointer);
-        let next = Arc::new(View::make(
-            snapshot,
-            changes,
-            &*self.shared.build,
-            Some(&old.value),
-        ));
+        let sub = subscribe(&self.shared.subscriptions, endpointer);
+        let next = Arc::new(View::make(sub, &*self.shared.build, Some(&old.value)));
         self.shared.view.store(next.clone());
         Some(Guard::from_inner(next))
     }
@@ -916,19 +986,17 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
         {
             return;
         }
-        let (changes, snapshot) = subscribe(endpointer);
+        let sub = subscribe(&self.shared.subscriptions, endpointer);
         let shared = self.shared.clone();
         let job = move || {
             let _building = Building(&shared.building);
             let _lock = shared.rebuild.lock().unwrap_or_else(|p| p.into_inner());
             let old = shared.view.load_full();
-            if std::ptr::eq::<Endpoints<E>>(&*old.snapshot, &*snapshot)
-                || old.snapshot.version() > snapshot.version()
-            {
+            if std::ptr::eq::<Endpoints<E>>(&*old.snapshot, &*sub.snapshot) || old.seq > sub.seq {
                 // A refresh got there first.
                 return;
             }
-            let next = View::make(snapshot, changes, &*shared.build, Some(&old.value));
+            let next = View::make(sub, &*shared.build, Some(&old.value));
             shared.view.store(Arc::new(next));
         };
         if let Err(e) = std::thread::Builder::new()
@@ -954,11 +1022,11 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
         if !old.changes.has_changed() {
             return;
         }
-        let (changes, snapshot) = subscribe(endpointer);
-        if std::ptr::eq::<Endpoints<E>>(&*old.snapshot, &*snapshot) {
+        let sub = subscribe(&self.shared.subscriptions, endpointer);
+        if std::ptr::eq::<Endpoints<E>>(&*old.snapshot, &*sub.snapshot) {
             return;
         }
-        let next = View::make(snapshot, changes, &*self.shared.build, Some(&old.value));
+        let next = View::make(sub, &*self.shared.build, Some(&old.value));
         self.shared.view.store(Arc::new(next));
     }
 

@@ -220,7 +220,10 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
             return;
         }
         if !entries.contains_key(&ptr) && entries.len() >= self.prune_at.load(Ordering::Relaxed) {
-            entries.retain(|_, e| e.value.strong_count() > 0);
+            // Drops the entries of departed endpoints *and* takes their addresses off the
+            // published ejected list: once an entry's `Weak` is gone the allocator may hand
+            // the address to a new endpoint, which the list would otherwise avoid.
+            self.publish(&mut entries, now);
             self.prune_at
                 .store((2 * entries.len()).max(PRUNE_MIN), Ordering::Relaxed);
         }

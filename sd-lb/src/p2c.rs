@@ -13,7 +13,7 @@ use crate::balancer::{
 };
 use crate::error::LbError;
 
-/// Two loads closer than this ratio are a tie (see the comparison in `pick_with`).
+/// Two peak-EWMA costs closer than this ratio are a tie (see the comparison in `pick_with`).
 const TIE: f64 = 0.999;
 
 /// The load a [`P2c`] balancer compares.
@@ -362,19 +362,19 @@ where
             // so an ejected endpoint's share spreads evenly.
             let i = accepted_or_redraw(list, cands, i, request, splitmix(r ^ 1));
             let j = accepted_or_redraw(list, cands, j, request, splitmix(r ^ 2));
-            let (li, lj) = match self.load {
-                Load::PendingRequests => (
-                    slots[i].load.pending_requests() as f64,
-                    slots[j].load.pending_requests() as f64,
-                ),
+            // A tie goes to `i`, itself a uniform draw. In-flight counts are exact: the less
+            // loaded wins. Peak-EWMA costs within 0.1 % are a tie, so noise-level
+            // differences (the decay of endpoints whose statistics were created nanoseconds
+            // apart) cannot starve one endpoint while no real load tells them apart.
+            let j_lighter = match self.load {
+                Load::PendingRequests => {
+                    slots[j].load.pending_requests() < slots[i].load.pending_requests()
+                }
                 Load::PeakEwma { .. } => {
-                    (slots[i].load.ewma_cost(now), slots[j].load.ewma_cost(now))
+                    slots[j].load.ewma_cost(now) < slots[i].load.ewma_cost(now) * TIE
                 }
             };
-            // Costs within 0.1 % are a tie, and a tie goes to `i`, itself a uniform draw: so
-            // noise-level differences (the decay of endpoints whose statistics were created
-            // nanoseconds apart) cannot starve one endpoint while no real load tells them apart.
-            if lj < li * TIE {
+            if j_lighter {
                 j
             } else {
                 i

@@ -8,7 +8,7 @@ use ::tower::retry::budget::Budget;
 use sd_core::{Backoff, BoxError, Endpoint};
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, Outcome, Picked, Request};
+use crate::balancer::{Balancer, Outcome, Request, Running};
 use crate::error::{
     AttemptTimeout, BudgetExhausted, ErrorLog, RetryError, RetryErrorKind, Timeout,
 };
@@ -197,7 +197,34 @@ impl<B> Retry<B> {
     /// `f` runs once per attempt with that attempt's endpoint. Its outcome is reported to
     /// the balancer (load tracking, outlier ejection). Timeouts and backoff use tokio's timer,
     /// so call this inside a tokio runtime with time enabled when either is set.
-    pub async fn call<E, F, Fut, T, Er>(&self, mut f: F) -> Result<T, RetryError>
+    pub async fn call<E, F, Fut, T, Er>(&self, f: F) -> Result<T, RetryError>
+    where
+        B: Balancer<E>,
+        E: Send + Sync + 'static,
+        F: FnMut(Endpoint<E>) -> Fut,
+        Fut: Future<Output = Result<T, Er>>,
+        Er: Into<BoxError>,
+    {
+        self.run(None, f).await
+    }
+
+    /// [`call`](Self::call) for a request with a consistent-hashing key (see
+    /// [`Request::with_key`]; [`hash_key`](crate::hash_key) makes one from any `Hash` value):
+    /// a [`ConsistentHash`](crate::ConsistentHash) balancer sends the first attempt to the
+    /// key's owner, and retries (avoiding the endpoints that failed) to the next ones of the
+    /// key's own order, the same in every client. Other balancers ignore the key.
+    pub async fn call_keyed<E, F, Fut, T, Er>(&self, key: u64, f: F) -> Result<T, RetryError>
+    where
+        B: Balancer<E>,
+        E: Send + Sync + 'static,
+        F: FnMut(Endpoint<E>) -> Fut,
+        Fut: Future<Output = Result<T, Er>>,
+        Er: Into<BoxError>,
+    {
+        self.run(Some(key), f).await
+    }
+
+    async fn run<E, F, Fut, T, Er>(&self, key: Option<u64>, mut f: F) -> Result<T, RetryError>
     where
         B: Balancer<E>,
         E: Send + Sync + 'static,
@@ -206,7 +233,9 @@ impl<B> Retry<B> {
         Er: Into<BoxError>,
     {
         let mut raw = ErrorLog::default();
-        let mut running: Option<Picked<E>> = None;
+        // The attempt in flight. Dropped with this future (a timeout of the caller's around
+        // `call`), it reports the attempt as timed out, so a hanging endpoint is ejected.
+        let mut running: Option<Running<E>> = None;
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -215,11 +244,14 @@ impl<B> Retry<B> {
             .timeout
             .and_then(|t| Instant::now().checked_add(t).map(|d| (t, d)));
         let outcome = match deadline {
-            None => self.attempts(&mut f, &mut raw, &mut running, None).await,
+            None => {
+                self.attempts(key, &mut f, &mut raw, &mut running, None)
+                    .await
+            }
             Some((t, deadline)) => {
                 match tokio::time::timeout_at(
                     deadline,
-                    self.attempts(&mut f, &mut raw, &mut running, Some((t, deadline))),
+                    self.attempts(key, &mut f, &mut raw, &mut running, Some((t, deadline))),
                 )
                 .await
                 {
@@ -249,9 +281,10 @@ impl<B> Retry<B> {
     /// to fire otherwise.
     async fn attempts<E, F, Fut, T, Er>(
         &self,
+        key: Option<u64>,
         f: &mut F,
         raw: &mut ErrorLog,
-        running: &mut Option<Picked<E>>,
+        running: &mut Option<Running<E>>,
         deadline: Option<(Duration, Instant)>,
     ) -> Result<T, (Option<BoxError>, RetryErrorKind)>
     where
@@ -293,6 +326,9 @@ impl<B> Retry<B> {
             let picked = {
                 let avoid = |e: &Endpoint<E>| tried.iter().any(|t| Endpoint::same_value(t, e));
                 let mut req = Request::new();
+                if let Some(k) = key {
+                    req = req.with_key(k);
+                }
                 if self.avoid_failed && !tried.is_empty() {
                     req = req.avoid(&avoid);
                 }
@@ -303,9 +339,12 @@ impl<B> Retry<B> {
                 Ok(picked) => {
                     let ep = picked.endpoint().clone();
                     let fut = f(ep.clone());
-                    // Held by `call` while the attempt runs: if the overall timeout drops
-                    // this future, `call` reports the attempt as timed out.
-                    *running = Some(picked);
+                    // Held by `call` while the attempt runs: if the overall timeout (or a
+                    // caller's timeout around `call`) drops this future, the attempt is
+                    // reported as timed out.
+                    let mut guard = Running::new(picked);
+                    guard.start();
+                    *running = Some(guard);
                     let r = match self.attempt_timeout {
                         None => fut.await.map_err(Into::into),
                         Some(t) => match tokio::time::timeout(t, fut).await {
@@ -315,9 +354,9 @@ impl<B> Retry<B> {
                     };
                     let picked = running.take();
                     match &r {
-                        Ok(_) => picked.into_iter().for_each(Picked::success),
+                        Ok(_) => picked.into_iter().for_each(|p| p.finish(Outcome::Success)),
                         Err(_) => {
-                            picked.into_iter().for_each(Picked::failure);
+                            picked.into_iter().for_each(|p| p.finish(Outcome::Failure));
                             if self.avoid_failed
                                 && !tried.iter().any(|t| Endpoint::same_value(t, &ep))
                             {

@@ -17,9 +17,11 @@ use crate::error::LbError;
 /// when the set changes (LB-2), a strict rotation across threads. [`RoundRobin::per_thread`]
 /// keeps one counter per thread instead (starting at a random offset), for hot paths on many
 /// cores: each thread rotates fairly on its own and threads do not share a cache line; the
-/// global order is no longer strict. Each live thread has a counter of its own (up to 32
-/// threads picking at once; beyond that, threads share counters, which costs contention, not
-/// fairness). Both take one `arc-swap` load per pick and no lock or allocation.
+/// global order is no longer strict. Each live thread has a counter of its own, up to 32
+/// threads picking at once; beyond that, a thread shares the counter of another: the picks of
+/// all threads together stay evenly spread, but one thread's own sequence may then skip
+/// endpoints (two threads alternating on one counter over two endpoints each see only one of
+/// them). Both take one `arc-swap` load per pick and no lock or allocation.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
 /// and some are not, the rotation runs over the passing ones only.

@@ -8,8 +8,10 @@
 //!   [`Balancer`] picks; [`PickLayer`] instead hands `(endpoint, request)` to an inner
 //!   service, for a `ServiceBuilder` stack. Both report the outcome (success or error) to the
 //!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request; a
-//!   response future dropped before it completes (a timeout layer outside) reports
-//!   [`Outcome::Timeout`], which outlier ejection counts as a failure.
+//!   response future dropped after its first poll and before it completes (a timeout layer
+//!   outside) reports [`Outcome::Timeout`], which outlier ejection counts as a failure; one
+//!   dropped before its first poll (a caller that went away first) reports nothing about
+//!   the endpoint ([`Outcome::Unknown`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -24,7 +26,7 @@ use futures::Stream;
 use sd_core::{BoxError, Changes, DefaultEndpointer, Endpoint, Endpointer, Factory, Instancer};
 use std::sync::Arc;
 
-use crate::balancer::{preferred_of, Balancer, Cands, Outcome, Picked, Request};
+use crate::balancer::{preferred_of, Balancer, Cands, Outcome, Request, Running};
 
 /// The key of a discovered service: the instance's `(addr, id)`.
 pub type Key = (String, String);
@@ -233,8 +235,9 @@ impl<P, E: 'static> std::fmt::Debug for Discover<P, E> {
 /// assert_eq!(svc.oneshot("hi".to_string()).await.unwrap(), "b: hi");
 /// # });
 /// ```
-pub struct Balanced<B, E> {
+pub struct Balanced<B, E, K = NoKey> {
     balancer: B,
+    key: K,
     _e: PhantomData<fn() -> E>,
 }
 
@@ -243,18 +246,36 @@ impl<B, E> Balanced<B, E> {
     pub fn new(balancer: B) -> Self {
         Balanced {
             balancer,
+            key: NoKey,
             _e: PhantomData,
         }
     }
 }
 
-impl<B: Clone, E> Clone for Balanced<B, E> {
-    fn clone(&self) -> Self {
-        Balanced::new(self.balancer.clone())
+impl<B, E, K> Balanced<B, E, K> {
+    /// Picks with the consistent-hashing key `key` computes from each request (e.g.
+    /// `|r: &Req| sd_lb::hash_key(&r.user)`), so that a [`ConsistentHash`](crate::ConsistentHash)
+    /// balancer sends each key to its owner. Without it every request has no key.
+    pub fn key<F>(self, key: F) -> Balanced<B, E, KeyFn<F>> {
+        Balanced {
+            balancer: self.balancer,
+            key: KeyFn(key),
+            _e: PhantomData,
+        }
     }
 }
 
-impl<B, E> std::fmt::Debug for Balanced<B, E> {
+impl<B: Clone, E, K: Clone> Clone for Balanced<B, E, K> {
+    fn clone(&self) -> Self {
+        Balanced {
+            balancer: self.balancer.clone(),
+            key: self.key.clone(),
+            _e: PhantomData,
+        }
+    }
+}
+
+impl<B, E, K> std::fmt::Debug for Balanced<B, E, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balanced").finish()
     }
@@ -268,26 +289,6 @@ pin_project_lite::pin_project! {
         inner: Option<F>,
         picked: Option<Running<E>>,
         error: Option<BoxError>,
-    }
-}
-
-/// A pick whose request is running: reported as [`Outcome::Timeout`] if it is dropped before
-/// the response future completes (cut off by a timeout layer outside, or cancelled).
-struct Running<E: 'static>(Option<Picked<E>>);
-
-impl<E: 'static> Running<E> {
-    fn finish(mut self, outcome: Outcome) {
-        if let Some(p) = self.0.take() {
-            p.finish(outcome);
-        }
-    }
-}
-
-impl<E: 'static> Drop for Running<E> {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            p.finish(Outcome::Timeout);
-        }
     }
 }
 
@@ -307,6 +308,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // Polled once: the request is under way, and dropping this future from now on (a
+        // timeout layer outside, a cancelled caller) reports the pick as timed out; a future
+        // dropped before its first poll never sent anything.
+        if let Some(running) = this.picked.as_mut() {
+            running.start();
+        }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             let e = this
                 .error
@@ -330,11 +337,56 @@ where
     }
 }
 
-impl<B, E, Req> Service<Req> for Balanced<B, E>
+/// How [`Balanced`] and [`PickLayer`] find a request's consistent-hashing key (see
+/// [`Request::key`]).
+pub trait RequestKey<Req> {
+    /// The key of `req`, if it has one.
+    fn key(&self, req: &Req) -> Option<u64>;
+}
+
+/// No request has a key (the default of [`Balanced`] and [`PickLayer`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKey;
+
+impl<Req> RequestKey<Req> for NoKey {
+    fn key(&self, _: &Req) -> Option<u64> {
+        None
+    }
+}
+
+/// A request key computed by a closure (see [`Balanced::key`], [`PickLayer::key`]).
+#[derive(Clone, Copy)]
+pub struct KeyFn<F>(F);
+
+impl<F> std::fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyFn")
+    }
+}
+
+impl<F, Req> RequestKey<Req> for KeyFn<F>
+where
+    F: Fn(&Req) -> u64,
+{
+    fn key(&self, req: &Req) -> Option<u64> {
+        Some((self.0)(req))
+    }
+}
+
+/// The pick request for `req`.
+fn request_for<'a, E, Req, K: RequestKey<Req>>(key: &K, req: &Req) -> Request<'a, E> {
+    match key.key(req) {
+        Some(k) => Request::new().with_key(k),
+        None => Request::new(),
+    }
+}
+
+impl<B, E, K, Req> Service<Req> for Balanced<B, E, K>
 where
     B: Balancer<E>,
     E: Service<Req> + Clone + Send + Sync + 'static,
     E::Error: Into<BoxError>,
+    K: RequestKey<Req>,
 {
     type Response = E::Response;
     type Error = BoxError;
@@ -345,12 +397,12 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.balancer.pick_with(&Request::new()) {
+        match self.balancer.pick_with(&request_for(&self.key, &req)) {
             Ok(picked) => {
                 let svc = picked.endpoint().value().clone();
                 Reporting {
                     inner: Some(svc.oneshot(req)),
-                    picked: Some(Running(Some(picked))),
+                    picked: Some(Running::new(picked)),
                     error: None,
                 }
             }
@@ -384,8 +436,9 @@ where
 /// assert_eq!(svc.oneshot("users").await.unwrap(), "GET http://10.0.0.1/users");
 /// # });
 /// ```
-pub struct PickLayer<B, E> {
+pub struct PickLayer<B, E, K = NoKey> {
     balancer: B,
+    key: K,
     _e: PhantomData<fn() -> E>,
 }
 
@@ -394,63 +447,84 @@ impl<B, E> PickLayer<B, E> {
     pub fn new(balancer: B) -> Self {
         PickLayer {
             balancer,
+            key: NoKey,
             _e: PhantomData,
         }
     }
 }
 
-impl<B: Clone, E> Clone for PickLayer<B, E> {
-    fn clone(&self) -> Self {
-        PickLayer::new(self.balancer.clone())
+impl<B, E, K> PickLayer<B, E, K> {
+    /// Picks with the consistent-hashing key `key` computes from each request (see
+    /// [`Balanced::key`]).
+    pub fn key<F>(self, key: F) -> PickLayer<B, E, KeyFn<F>> {
+        PickLayer {
+            balancer: self.balancer,
+            key: KeyFn(key),
+            _e: PhantomData,
+        }
     }
 }
 
-impl<B, E> std::fmt::Debug for PickLayer<B, E> {
+impl<B: Clone, E, K: Clone> Clone for PickLayer<B, E, K> {
+    fn clone(&self) -> Self {
+        PickLayer {
+            balancer: self.balancer.clone(),
+            key: self.key.clone(),
+            _e: PhantomData,
+        }
+    }
+}
+
+impl<B, E, K> std::fmt::Debug for PickLayer<B, E, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PickLayer").finish()
     }
 }
 
-impl<B: Clone, S, E> Layer<S> for PickLayer<B, E> {
-    type Service = Pick<S, B, E>;
-    fn layer(&self, inner: S) -> Pick<S, B, E> {
+impl<B: Clone, S, E, K: Clone> Layer<S> for PickLayer<B, E, K> {
+    type Service = Pick<S, B, E, K>;
+    fn layer(&self, inner: S) -> Pick<S, B, E, K> {
         Pick {
             inner,
             balancer: self.balancer.clone(),
+            key: self.key.clone(),
             _e: PhantomData,
         }
     }
 }
 
 /// The service made by [`PickLayer`].
-pub struct Pick<S, B, E> {
+pub struct Pick<S, B, E, K = NoKey> {
     inner: S,
     balancer: B,
+    key: K,
     _e: PhantomData<fn() -> E>,
 }
 
-impl<S: Clone, B: Clone, E> Clone for Pick<S, B, E> {
+impl<S: Clone, B: Clone, E, K: Clone> Clone for Pick<S, B, E, K> {
     fn clone(&self) -> Self {
         Pick {
             inner: self.inner.clone(),
             balancer: self.balancer.clone(),
+            key: self.key.clone(),
             _e: PhantomData,
         }
     }
 }
 
-impl<S, B, E> std::fmt::Debug for Pick<S, B, E> {
+impl<S, B, E, K> std::fmt::Debug for Pick<S, B, E, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pick").finish()
     }
 }
 
-impl<S, B, E, Req> Service<Req> for Pick<S, B, E>
+impl<S, B, E, K, Req> Service<Req> for Pick<S, B, E, K>
 where
     B: Balancer<E>,
     E: Send + Sync + 'static,
     S: Service<(Endpoint<E>, Req)>,
     S::Error: Into<BoxError>,
+    K: RequestKey<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -461,12 +535,12 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.balancer.pick_with(&Request::new()) {
+        match self.balancer.pick_with(&request_for(&self.key, &req)) {
             Ok(picked) => {
                 let fut = self.inner.call((picked.endpoint().clone(), req));
                 Reporting {
                     inner: Some(fut),
-                    picked: Some(Running(Some(picked))),
+                    picked: Some(Running::new(picked)),
                     error: None,
                 }
             }
