@@ -30,9 +30,9 @@ async fn lookup_now(reg: &DnsRegistry, svc: &str) -> Vec<String> {
 }
 
 /// Two processes on one host (a host name, as most deployments register), two ids, two
-/// ports. `Shared::register` reads the SRV set and deletes, as "stale", every record with the
-/// same *target* but another port (registrar.rs: `.filter(|c| c.target == target)`), so the
-/// second registration deletes the first instance's record. docs/DNS.md says only "registering
+/// ports. `Shared::register` used to delete, as "stale", every record with the same *target*
+/// but another port, so the second registration deleted the first instance's record; now a
+/// host-name target (shared by every instance on the host) has nothing replaced. docs/DNS.md says only "registering
 /// the same id again with a new port replaces the record" — here the ids differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_host_name_both_stay_registered() {
@@ -67,11 +67,12 @@ async fn two_instances_on_one_host_name_both_stay_registered() {
     );
 }
 
-/// Instance ids are turned into one DNS label by `label()` (lower-case, every other
-/// character '-', cut at 63): distinct ids such as `api_1` and `api.1` (or two long ids that
-/// share their first 63 characters) get the same target `api-1.<svc>.<zone>`. The second
-/// registration deletes the first's SRV record (same target, other port) and wipes the
-/// target's A record (`ANY A` delete) to put its own address there.
+/// Instance ids are turned into one DNS label by `label()`. It used to lower-case, turn every
+/// other character into '-' and cut at 63, so distinct ids such as `api_1` and `api.1` (or two
+/// long ids that share their first 63 characters) got the same target `api-1.<svc>.<zone>`:
+/// the second registration deleted the first's SRV record (same target, other port) and
+/// wiped the target's A record (`ANY A` delete) to put its own address there. A lossy id now
+/// gets a hash suffix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_that_map_to_one_label_do_not_clobber_each_other() {
     let addr = require!(Server::Dns);
@@ -106,7 +107,7 @@ async fn ids_that_map_to_one_label_do_not_clobber_each_other() {
 }
 
 /// The same collision once the keep-alive has re-asserted the first registration
-/// (`reassert=1s`): the re-assertion adds its A record back next to the other's, so both SRV
+/// (`reassert=1s`): the re-assertion added its A record back next to the other's, so both SRV
 /// records point at a name with both addresses and instancers publish cross-wired instances
 /// (127.0.0.31:9202 and 127.0.0.32:9201): traffic for one instance goes to the other's host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +171,7 @@ async fn colliding_ids_never_publish_cross_wired_addresses() {
 /// A service name that is a CNAME to the SRV records (legal DNS: RFC 2782 only forbids
 /// aliases as *targets*), written with BIND's own nsupdate and served by the real BIND, which
 /// answers the SRV query with the CNAME and the SRV records in one response. The instancer
-/// publishes the **empty set** (no error): hickory-resolver 0.25's CachingClient folds an SRV
+/// used to publish the **empty set** (no error): hickory-resolver 0.25's CachingClient folds an SRV
 /// answer's search name into the SRV *target* and then filters out the SRV records themselves
 /// (their owner is neither the query name nor the folded name), follows "the CNAME" to
 /// `SRV <target>`, gets NXDOMAIN, and sd-dnssrv classifies that as "no records".
@@ -193,12 +194,14 @@ async fn a_cname_at_the_service_name_is_followed_on_real_bind() {
     let via_cname = lookup_now(&reg, &svc).await;
     common::nsupdate(
         &addr,
-        &format!(
-            "update delete _{svc}._tcp.{z}. CNAME\nupdate delete _{svc}-real._tcp.{z}. SRV"
-        ),
+        &format!("update delete _{svc}._tcp.{z}. CNAME\nupdate delete _{svc}-real._tcp.{z}. SRV"),
     )
     .await;
-    assert_eq!(direct, [format!("web1.{z}:8080")], "the SRV records themselves");
+    assert_eq!(
+        direct,
+        [format!("web1.{z}:8080")],
+        "the SRV records themselves"
+    );
     assert_eq!(
         via_cname,
         [format!("web1.{z}:8080")],

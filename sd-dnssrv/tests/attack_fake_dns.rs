@@ -38,7 +38,11 @@ fn n(s: &str) -> Name {
 }
 
 fn srv(owner: &str, ttl: u32, prio: u16, weight: u16, port: u16, target: &str) -> Record {
-    Record::from_rdata(n(owner), ttl, RData::SRV(SRV::new(prio, weight, port, n(target))))
+    Record::from_rdata(
+        n(owner),
+        ttl,
+        RData::SRV(SRV::new(prio, weight, port, n(target))),
+    )
 }
 
 fn a(owner: &str, ttl: u32, ip: [u8; 4]) -> Record {
@@ -49,7 +53,15 @@ fn soa_record(ttl: u32) -> Record {
     Record::from_rdata(
         n("fake.test."),
         ttl,
-        RData::SOA(SOA::new(n("ns.fake.test."), n("root.fake.test."), 1, 60, 60, 600, ttl)),
+        RData::SOA(SOA::new(
+            n("ns.fake.test."),
+            n("root.fake.test."),
+            1,
+            60,
+            60,
+            600,
+            ttl,
+        )),
     )
 }
 
@@ -95,7 +107,9 @@ impl Drop for FakeDns {
 }
 
 impl FakeDns {
-    async fn start(handler: impl Fn(&Name, RecordType, bool) -> Reply + Send + Sync + 'static) -> FakeDns {
+    async fn start(
+        handler: impl Fn(&Name, RecordType, bool) -> Reply + Send + Sync + 'static,
+    ) -> FakeDns {
         let handler: Handler = Arc::new(handler);
         let (udp, tcp) = loop {
             let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -232,18 +246,50 @@ async fn every_answer_kind_is_classified_as_documented() {
     let m = mode.clone();
     let fake = FakeDns::start(move |name, qt, _| {
         if name.to_ascii() != SVC || qt != RecordType::SRV {
-            return Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() };
+            return Reply {
+                code: Some(ResponseCode::NXDomain),
+                soa: Some(5),
+                ..Default::default()
+            };
         }
         match m.load(Ordering::SeqCst) {
-            0 => Reply { answers: vec![srv(SVC, 5, 0, 1, 8080, "a.fake.test.")], ..Default::default() },
-            1 => Reply { code: Some(ResponseCode::ServFail), ..Default::default() },
-            2 => Reply { code: Some(ResponseCode::Refused), ..Default::default() },
-            3 => Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() },
-            4 => Reply { raw: Some(b"\x00\x01garbage that is not DNS".to_vec()), ..Default::default() },
-            5 => Reply { soa: Some(5), ..Default::default() },
-            6 => Reply { drop: true, ..Default::default() },
-            7 => Reply { code: Some(ResponseCode::NotImp), ..Default::default() },
-            _ => Reply { code: Some(ResponseCode::FormErr), ..Default::default() },
+            0 => Reply {
+                answers: vec![srv(SVC, 5, 0, 1, 8080, "a.fake.test.")],
+                ..Default::default()
+            },
+            1 => Reply {
+                code: Some(ResponseCode::ServFail),
+                ..Default::default()
+            },
+            2 => Reply {
+                code: Some(ResponseCode::Refused),
+                ..Default::default()
+            },
+            3 => Reply {
+                code: Some(ResponseCode::NXDomain),
+                soa: Some(5),
+                ..Default::default()
+            },
+            4 => Reply {
+                raw: Some(b"\x00\x01garbage that is not DNS".to_vec()),
+                ..Default::default()
+            },
+            5 => Reply {
+                soa: Some(5),
+                ..Default::default()
+            },
+            6 => Reply {
+                drop: true,
+                ..Default::default()
+            },
+            7 => Reply {
+                code: Some(ResponseCode::NotImp),
+                ..Default::default()
+            },
+            _ => Reply {
+                code: Some(ResponseCode::FormErr),
+                ..Default::default()
+            },
         }
     })
     .await;
@@ -254,7 +300,22 @@ async fn every_answer_kind_is_classified_as_documented() {
     let e = wait(&inst, bound, |e| is_set(e, &good)).await;
     assert!(e.as_ref().is_some_and(|e| is_set(e, &good)), "{e:?}");
     let mut report = Vec::new();
-    for (m, want_error) in [(1, true), (0, false), (2, true), (0, false), (4, true), (0, false), (6, true), (0, false), (7, true), (0, false), (8, true), (3, false), (0, false), (5, false)] {
+    for (m, want_error) in [
+        (1, true),
+        (0, false),
+        (2, true),
+        (0, false),
+        (4, true),
+        (0, false),
+        (6, true),
+        (0, false),
+        (7, true),
+        (0, false),
+        (8, true),
+        (3, false),
+        (0, false),
+        (5, false),
+    ] {
         mode.store(m, Ordering::SeqCst);
         let e = if want_error {
             wait(&inst, bound, |e| matches!(e, Event::Error(_))).await
@@ -281,14 +342,30 @@ async fn every_answer_kind_is_classified_as_documented() {
 async fn a_truncated_answer_is_read_over_tcp_even_when_large() {
     let fake = FakeDns::start(move |name, qt, tcp| {
         if name.to_ascii() != SVC || qt != RecordType::SRV {
-            return Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() };
+            return Reply {
+                code: Some(ResponseCode::NXDomain),
+                soa: Some(5),
+                ..Default::default()
+            };
         }
         if !tcp {
-            return Reply { truncated: true, ..Default::default() };
+            return Reply {
+                truncated: true,
+                ..Default::default()
+            };
         }
         Reply {
             answers: (0..600)
-                .map(|i| srv(SVC, 5, 0, 1, 8000 + i as u16, &format!("host-{i}.fake.test.")))
+                .map(|i| {
+                    srv(
+                        SVC,
+                        5,
+                        0,
+                        1,
+                        8000 + i as u16,
+                        &format!("host-{i}.fake.test."),
+                    )
+                })
                 .collect(),
             ..Default::default()
         }
@@ -296,7 +373,12 @@ async fn a_truncated_answer_is_read_over_tcp_even_when_large() {
     .await;
     let reg = fake.registry("");
     let inst = reg.dns_instancer(&ServiceQuery::new("web")).await.unwrap();
-    let e = wait(&inst, Duration::from_secs(15), |e| matches!(e, Event::Instances(s) if s.len() == 600)).await;
+    let e = wait(
+        &inst,
+        Duration::from_secs(15),
+        |e| matches!(e, Event::Instances(s) if s.len() == 600),
+    )
+    .await;
     inst.stop().await;
     assert_eq!(addrs(&e).len(), 600, "{:?}", e.map(|e| e.addrs().len()));
 }
@@ -315,7 +397,11 @@ async fn a_cname_chain_to_the_srv_records_is_followed() {
         if qt == RecordType::SRV && name == "_mid._tcp.fake.test." {
             return Reply {
                 answers: vec![
-                    Record::from_rdata(n("_mid._tcp.fake.test."), 5, RData::CNAME(CNAME(n("_real._tcp.fake.test.")))),
+                    Record::from_rdata(
+                        n("_mid._tcp.fake.test."),
+                        5,
+                        RData::CNAME(CNAME(n("_real._tcp.fake.test."))),
+                    ),
                     srv("_real._tcp.fake.test.", 5, 0, 1, 8080, "a.fake.test."),
                 ],
                 ..Default::default()
@@ -325,31 +411,82 @@ async fn a_cname_chain_to_the_srv_records_is_followed() {
             return Reply {
                 answers: vec![
                     Record::from_rdata(n(SVC), 5, RData::CNAME(CNAME(n("_mid._tcp.fake.test.")))),
-                    Record::from_rdata(n("_mid._tcp.fake.test."), 5, RData::CNAME(CNAME(n("_real._tcp.fake.test.")))),
+                    Record::from_rdata(
+                        n("_mid._tcp.fake.test."),
+                        5,
+                        RData::CNAME(CNAME(n("_real._tcp.fake.test."))),
+                    ),
                     srv("_real._tcp.fake.test.", 5, 0, 1, 8080, "a.fake.test."),
                 ],
                 ..Default::default()
             };
         }
-        Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() }
+        Reply {
+            code: Some(ResponseCode::NXDomain),
+            soa: Some(5),
+            ..Default::default()
+        }
     })
     .await;
-    let inst = fake.registry("").dns_instancer(&ServiceQuery::new("web")).await.unwrap();
-    let e = wait(&inst, Duration::from_secs(15), |e| is_set(e, &["a.fake.test:8080"])).await;
+    let inst = fake
+        .registry("")
+        .dns_instancer(&ServiceQuery::new("web"))
+        .await
+        .unwrap();
+    let e = wait(&inst, Duration::from_secs(15), |e| {
+        is_set(e, &["a.fake.test:8080"])
+    })
+    .await;
     inst.stop().await;
     assert_eq!(addrs(&e), ["a.fake.test:8080"], "{e:?}");
+}
+
+/// A CNAME loop at the service name (each answer holds one alias, so every hop is a new
+/// query) is an error event after at most `MAX_CNAME_HOPS` aliases, not a hang and not the
+/// empty set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cname_loop_is_an_error_event() {
+    let fake = FakeDns::start(move |name, qt, _| {
+        let name = name.to_ascii();
+        let alias = |from: &str, to: &str| Reply {
+            answers: vec![Record::from_rdata(n(from), 5, RData::CNAME(CNAME(n(to))))],
+            ..Default::default()
+        };
+        match (name.as_str(), qt) {
+            (SVC, RecordType::SRV) => alias(SVC, "_loop._tcp.fake.test."),
+            ("_loop._tcp.fake.test.", RecordType::SRV) => alias("_loop._tcp.fake.test.", SVC),
+            _ => Reply {
+                code: Some(ResponseCode::NXDomain),
+                soa: Some(5),
+                ..Default::default()
+            },
+        }
+    })
+    .await;
+    let reg = fake.registry("");
+    let inst = reg.dns_instancer(&ServiceQuery::new("web")).await.unwrap();
+    let e = wait(&inst, Duration::from_secs(15), |e| {
+        matches!(e, Event::Error(_))
+    })
+    .await;
+    inst.stop().await;
+    match e {
+        Some(Event::Error(err)) => assert!(err.to_string().contains("CNAME"), "{err}"),
+        other => panic!("a CNAME loop gave {other:?}"),
+    }
 }
 
 /// docs/DNS.md: "Bad records are skipped alone ...: port 0, the target `.`, and with
 /// `resolve_targets` a target that does not exist or has no address ... A bad record never
 /// hides a good group: the lowest priority is chosen among usable records."
 ///
-/// With `resolve_targets`, the priority group is chosen *before* the targets are resolved
+/// With `resolve_targets`, the priority group used to be chosen *before* the targets were
+/// resolved
 /// (instancer.rs `select()` then the resolution loop), so a lowest-priority group whose targets
 /// do not resolve hides the good higher-priority group: the set published is empty although
 /// a usable backup exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unresolvable_lowest_priority_group_hides_the_good_backup_group() {
+async fn an_unresolvable_lowest_priority_group_does_not_hide_the_good_backup_group() {
     let fake = FakeDns::start(move |name, qt, _| {
         let name = name.to_ascii();
         match (name.as_str(), qt) {
@@ -364,8 +501,15 @@ async fn an_unresolvable_lowest_priority_group_hides_the_good_backup_group() {
                 answers: vec![a("good.fake.test.", 5, [127, 0, 0, 9])],
                 ..Default::default()
             },
-            ("good.fake.test.", _) => Reply { soa: Some(5), ..Default::default() },
-            _ => Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() },
+            ("good.fake.test.", _) => Reply {
+                soa: Some(5),
+                ..Default::default()
+            },
+            _ => Reply {
+                code: Some(ResponseCode::NXDomain),
+                soa: Some(5),
+                ..Default::default()
+            },
         }
     })
     .await;
@@ -374,7 +518,10 @@ async fn an_unresolvable_lowest_priority_group_hides_the_good_backup_group() {
         .dns_instancer(&ServiceQuery::new("web"))
         .await
         .unwrap();
-    let e = wait(&inst, Duration::from_secs(10), |e| is_set(e, &["127.0.0.9:9000"])).await;
+    let e = wait(&inst, Duration::from_secs(10), |e| {
+        is_set(e, &["127.0.0.9:9000"])
+    })
+    .await;
     inst.stop().await;
     assert_eq!(
         addrs(&e),
@@ -389,9 +536,16 @@ async fn an_unresolvable_lowest_priority_group_hides_the_good_backup_group() {
 async fn a_one_second_ttl_is_re_read_about_every_second() {
     let fake = FakeDns::start(move |name, qt, _| {
         if name.to_ascii() == SVC && qt == RecordType::SRV {
-            return Reply { answers: vec![srv(SVC, 1, 0, 1, 8080, "a.fake.test.")], ..Default::default() };
+            return Reply {
+                answers: vec![srv(SVC, 1, 0, 1, 8080, "a.fake.test.")],
+                ..Default::default()
+            };
         }
-        Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() }
+        Reply {
+            code: Some(ResponseCode::NXDomain),
+            soa: Some(5),
+            ..Default::default()
+        }
     })
     .await;
     let reg = DnsRegistry::from_url(&format!(
@@ -420,12 +574,22 @@ async fn stop_cancels_a_hanging_lookup() {
     let s = silent.clone();
     let fake = FakeDns::start(move |name, qt, _| {
         if s.load(Ordering::SeqCst) == 1 {
-            return Reply { drop: true, ..Default::default() };
+            return Reply {
+                drop: true,
+                ..Default::default()
+            };
         }
         if name.to_ascii() == SVC && qt == RecordType::SRV {
-            return Reply { answers: vec![srv(SVC, 0, 0, 1, 8080, "a.fake.test.")], ..Default::default() };
+            return Reply {
+                answers: vec![srv(SVC, 0, 0, 1, 8080, "a.fake.test.")],
+                ..Default::default()
+            };
         }
-        Reply { code: Some(ResponseCode::NXDomain), soa: Some(5), ..Default::default() }
+        Reply {
+            code: Some(ResponseCode::NXDomain),
+            soa: Some(5),
+            ..Default::default()
+        }
     })
     .await;
     let reg = DnsRegistry::from_url(&format!(

@@ -66,7 +66,11 @@ async fn serve(pattern: Pattern) -> (SocketAddr, tokio::task::JoinHandle<()>) {
                 let mut left = p.count;
                 while left > 0 {
                     let n = left.min(per_block.max(1));
-                    let bytes = if n == per_block { &block[..] } else { &block[..n * p.unit.len()] };
+                    let bytes = if n == per_block {
+                        &block[..]
+                    } else {
+                        &block[..n * p.unit.len()]
+                    };
                     if sock.write_all(bytes).await.is_err() {
                         return;
                     }
@@ -142,7 +146,9 @@ async fn answer_bodies_are_bounded_on_every_path() {
     let (grew_ok, r) = peak_growth_mib(c.app("WEB")).await;
     let e = r.unwrap_err();
     assert!(e.to_string().contains("larger than"), "{e}");
-    report.push(format!("200 with a 300 MiB body: peak RSS +{grew_ok} MiB ({e:.80})"));
+    report.push(format!(
+        "200 with a 300 MiB body: peak RSS +{grew_ok} MiB ({e:.80})"
+    ));
 
     // 2. The same 300 MiB as the body of a 503 (and of a 4xx on register): status_error()
     //    reads it whole with resp.text(), no bound.
@@ -161,7 +167,10 @@ async fn answer_bodies_are_bounded_on_every_path() {
     .unwrap();
     let (grew_5xx, r) = peak_growth_mib(c.app("WEB")).await;
     let e = r.unwrap_err();
-    report.push(format!("503 with a 300 MiB body: peak RSS +{grew_5xx} MiB ({:.80})", e.to_string()));
+    report.push(format!(
+        "503 with a 300 MiB body: peak RSS +{grew_5xx} MiB ({:.80})",
+        e.to_string()
+    ));
 
     // 3. A body just under MAX_BODY that serde_json::Value inflates: 60 MiB of `0,` in an
     //    array is 30 M numbers, each a 32-byte Value (plus Vec doubling).

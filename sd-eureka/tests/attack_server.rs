@@ -16,9 +16,11 @@ use sd_eureka::Status;
 use sd_testkit::{require, shared, unique_name, Server};
 
 /// Metadata round trip with odd keys. The registrar refuses the reserved `sdkit.tags` and
-/// `@class` keys with a configuration error, but *silently drops* every user key starting
+/// `@class` keys with a configuration error, but used to *silently drop* every user key starting
 /// with `eureka.` (registrar.rs build_body: `.filter(|(k, _)| !k.starts_with("eureka."))`),
-/// so `eureka.zone` (a natural key for Eureka users) never reaches the server.
+/// so `eureka.zone` (a natural key for Eureka users) never reached the server. Now only
+/// `eureka.status` and `eureka.secure` (which the instancer adds) are left out, and
+/// `sdkit.health` is refused too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_metadata_keys_round_trip_or_are_refused_never_dropped_silently() {
     let addr = require!(Server::Eureka);
@@ -46,7 +48,9 @@ async fn user_metadata_keys_round_trip_or_are_refused_never_dropped_silently() {
         }
     };
     registrar.register().await.unwrap();
-    let instancer = reg.eureka_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .eureka_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     let set = wait_for_set(&mut sub, "registered", |s| s.len() == 1).await;
     let i = by_id(&set, "meta-1").unwrap().clone();
@@ -66,9 +70,10 @@ async fn user_metadata_keys_round_trip_or_are_refused_never_dropped_silently() {
 
 /// docs/EUREKA.md: OUT_OF_SERVICE is `Critical` ("Warning if it carries sdkit.health=warning");
 /// `set_status(Status::OutOfService)` is how an instance "takes itself out of rotation". An
-/// instance registered with `Health::Warning` and then drained on purpose keeps the
-/// `sdkit.health=warning` metadata, so every sdkit client reads the drained instance as
-/// `Warning` (serving with a warning) instead of `Critical`.
+/// instance registered with `Health::Warning` and then drained on purpose used to keep the
+/// `sdkit.health=warning` metadata, so every sdkit client read the drained instance as
+/// `Warning` (serving with a warning) instead of `Critical`; the first `set_status` now
+/// overwrites the marker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_instance_reads_as_critical_whatever_its_initial_health() {
     let addr = require!(Server::Eureka);
@@ -85,7 +90,9 @@ async fn a_drained_instance_reads_as_critical_whatever_its_initial_health() {
         ))
         .unwrap();
     registrar.register().await.unwrap();
-    let instancer = reg.eureka_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .eureka_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "warning", |s| {
         by_id(s, "w-1").is_some_and(|i| i.health() == Health::Warning)
@@ -99,7 +106,9 @@ async fn a_drained_instance_reads_as_critical_whatever_its_initial_health() {
     // Now drain it on purpose.
     registrar.set_status(Status::OutOfService).await.unwrap();
     let set = wait_for_set(&mut sub, "drained", |s| {
-        by_id(s, "w-1").is_some_and(|i| i.meta().get("eureka.status").map(String::as_str) == Some("OUT_OF_SERVICE"))
+        by_id(s, "w-1").is_some_and(|i| {
+            i.meta().get("eureka.status").map(String::as_str) == Some("OUT_OF_SERVICE")
+        })
     })
     .await;
     let h = by_id(&set, "w-1").unwrap().health();
@@ -112,14 +121,15 @@ async fn a_drained_instance_reads_as_critical_whatever_its_initial_health() {
     );
 }
 
-/// Two statements about eviction disagree: docs/EUREKA.md says a vanished instance goes
-/// "after about its lease + 1 s (measured: 2.2 s and 2.6 s for a 2 s lease on eureka-core
-/// 2.0.4; the 1.x 'lease counted twice' quirk does not show here)", while registrar.rs's
-/// rustdoc (and the comment in tests/server.rs) say "only after about **twice** the lease
-/// duration ... plus its eviction interval". Measured here with a 6 s lease, where the two
-/// predictions (about 7 s vs about 13 s) are far apart.
+/// Eviction time of a vanished instance, measured with a 6 s lease, where "lease + 1 s"
+/// (about 7 s, what docs/EUREKA.md used to say) and "twice the lease + the 1 s eviction
+/// interval" (about 13 s after the last renewal, what registrar.rs says: eureka-core's
+/// `Lease.isExpired` counts the lease twice) are far apart. Measured 12.4 s and 11.7 s after
+/// the renewals stopped (renewal every 2 s). The test prints the time and asserts only what
+/// load cannot fake: the instance was not evicted before one lease had passed, and it was
+/// evicted (within the 30 s wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_time_matches_the_documented_lease_plus_one_second() {
+async fn eviction_takes_about_twice_the_lease() {
     let addr = require!(Server::Eureka);
     let _lock = shared(Server::Eureka);
     let reg = registry(&addr);
@@ -135,7 +145,9 @@ async fn eviction_time_matches_the_documented_lease_plus_one_second() {
         .await
         .unwrap();
     let guard = RegistrationGuard::register(dying).await.unwrap();
-    let instancer = reg.eureka_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .eureka_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "registered", |s| s.len() == 1).await;
     // Let at least one renewal happen (every 2 s), then stop renewing as a crash would.
@@ -147,8 +159,10 @@ async fn eviction_time_matches_the_documented_lease_plus_one_second() {
     instancer.stop().await;
     eprintln!("evicted {took:?} after the renewals stopped (lease 6 s, renewal every 2 s)");
     assert!(ids(&set).is_empty());
+    // The last renewal was at most one renewal interval (2 s) before `died`; the server
+    // keeps the instance at least one lease (6 s) after it.
     assert!(
-        took <= Duration::from_secs(10),
-        "evicted after {took:?}: docs/EUREKA.md says about lease + 1 s (+ poll), i.e. ~7 s for a 6 s lease"
+        took >= Duration::from_secs(4),
+        "evicted {took:?} after the renewals stopped: sooner than its 6 s lease allows"
     );
 }

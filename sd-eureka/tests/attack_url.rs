@@ -10,7 +10,7 @@ use sd_eureka::EurekaRegistry;
 fn impossible_values_are_refused_at_parse_time() {
     let mut accepted = Vec::new();
     for url in [
-        "eureka://127.0.0.1:0/eureka",          // port 0: nothing listens there
+        "eureka://127.0.0.1:0/eureka", // port 0: nothing listens there
         "eureka://127.0.0.1:8761,127.0.0.1:0/eureka",
         "eureka://h?timeout=0ms",
         "eureka://h?renew=0s",
