@@ -29,6 +29,21 @@ async fn lookup_now(reg: &DnsRegistry, svc: &str) -> Vec<String> {
     v
 }
 
+/// Registers `instances` of `svc`, in order; returns their registrars.
+async fn register_both(
+    reg: &DnsRegistry,
+    svc: &str,
+    instances: [Instance; 2],
+) -> [std::sync::Arc<dyn sd_core::Registrar>; 2] {
+    let mut out = Vec::new();
+    for i in instances {
+        let r = reg.registrar(Registration::new(svc, i)).await.unwrap();
+        r.register().await.unwrap();
+        out.push(r);
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!())
+}
+
 /// Two processes on one host (a host name, as most deployments register), two ids, two
 /// ports. `Shared::register` used to delete, as "stale", every record with the same *target*
 /// but another port, so the second registration deleted the first instance's record; now a
@@ -41,22 +56,15 @@ async fn two_instances_on_one_host_name_both_stay_registered() {
     let svc = unique_name("atk-host");
     let reg = registry(&addr, "");
     let host = format!("web1.{}", zone());
-    let r1 = reg
-        .registrar(Registration::new(
-            &svc,
+    let [r1, r2] = register_both(
+        &reg,
+        &svc,
+        [
             Instance::builder(&host, 9101).id("proc-1").build(),
-        ))
-        .await
-        .unwrap();
-    let r2 = reg
-        .registrar(Registration::new(
-            &svc,
             Instance::builder(&host, 9102).id("proc-2").build(),
-        ))
-        .await
-        .unwrap();
-    r1.register().await.unwrap();
-    r2.register().await.unwrap();
+        ],
+    )
+    .await;
     let got = lookup_now(&reg, &svc).await;
     r1.deregister().await.unwrap();
     r2.deregister().await.unwrap();
@@ -79,22 +87,15 @@ async fn ids_that_map_to_one_label_do_not_clobber_each_other() {
     let _lock = shared(Server::Dns);
     let svc = unique_name("atk-label");
     let reg = registry(&addr, "&resolve_targets=1");
-    let r1 = reg
-        .registrar(Registration::new(
-            &svc,
+    let [r1, r2] = register_both(
+        &reg,
+        &svc,
+        [
             Instance::builder("127.0.0.31", 9201).id("api_1").build(),
-        ))
-        .await
-        .unwrap();
-    let r2 = reg
-        .registrar(Registration::new(
-            &svc,
             Instance::builder("127.0.0.32", 9202).id("api.1").build(),
-        ))
-        .await
-        .unwrap();
-    r1.register().await.unwrap();
-    r2.register().await.unwrap();
+        ],
+    )
+    .await;
     let got = lookup_now(&reg, &svc).await;
     r1.deregister().await.unwrap();
     r2.deregister().await.unwrap();
@@ -121,26 +122,19 @@ async fn colliding_ids_never_publish_cross_wired_addresses() {
     ))
     .unwrap();
     let long = "x".repeat(63);
-    let r1 = reg
-        .registrar(Registration::new(
-            &svc,
+    let [r1, r2] = register_both(
+        &reg,
+        &svc,
+        [
             Instance::builder("127.0.0.41", 9301)
                 .id(format!("{long}-a"))
                 .build(),
-        ))
-        .await
-        .unwrap();
-    let r2 = reg
-        .registrar(Registration::new(
-            &svc,
             Instance::builder("127.0.0.42", 9302)
                 .id(format!("{long}-b"))
                 .build(),
-        ))
-        .await
-        .unwrap();
-    r1.register().await.unwrap();
-    r2.register().await.unwrap();
+        ],
+    )
+    .await;
     let inst = reg.dns_instancer(&ServiceQuery::new(&svc)).await.unwrap();
     let mut sub = inst.subscribe();
     let right = ["127.0.0.41:9301".to_string(), "127.0.0.42:9302".to_string()];

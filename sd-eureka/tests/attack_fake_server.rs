@@ -183,7 +183,14 @@ fn addrs(e: &Option<Event>) -> Vec<String> {
 /// errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_server_answering_403_not_ready_is_failed_over() {
-    let a = Fake::start(|_, _| raw(403, "")).await;
+    fails_over_from(raw(403, "")).await;
+}
+
+/// Runs an instancer on two servers, the first answering `first` to everything, the second
+/// healthy: the instancer must publish the second's set, and the second must become the
+/// preferred server (the first one never gave a usable answer).
+async fn fails_over_from(first: Reply) {
+    let a = Fake::start(move |_, _| first.clone()).await;
     let b =
         Fake::start(|_, _| json_reply(200, &app_doc(vec![info("web-1", "10.0.0.1", 8080)]))).await;
     let r = EurekaRegistry::from_url(&format!(
@@ -205,6 +212,11 @@ async fn a_first_server_answering_403_not_ready_is_failed_over() {
         "the healthy second server was never asked (first server GETs: {}, second: {}); last state: {last:?}",
         a.gets(),
         b.gets()
+    );
+    assert_eq!(
+        r.client().preferred_server().port(),
+        Some(b.addr.port()),
+        "the server whose answer parsed is preferred"
     );
 }
 
@@ -215,29 +227,7 @@ async fn a_first_server_answering_403_not_ready_is_failed_over() {
 /// on unparseable answers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_server_answering_garbage_is_failed_over() {
-    let a = Fake::start(|_, _| raw(200, "<html>proxy login</html>")).await;
-    let b =
-        Fake::start(|_, _| json_reply(200, &app_doc(vec![info("web-1", "10.0.0.1", 8080)]))).await;
-    let r = EurekaRegistry::from_url(&format!(
-        "eureka://{},{}/eureka?poll=200ms&timeout=2s",
-        a.addr, b.addr
-    ))
-    .unwrap();
-    let inst = r.instancer(&ServiceQuery::new("web")).await.unwrap();
-    let last = wait_state(
-        &*inst,
-        Duration::from_secs(5),
-        |e| matches!(e, Event::Instances(s) if !s.is_empty()),
-    )
-    .await;
-    inst.stop().await;
-    assert_eq!(
-        addrs(&last),
-        ["10.0.0.1:8080"],
-        "the healthy second server was never asked (first server GETs: {}, second: {}); last state: {last:?}",
-        a.gets(),
-        b.gets()
-    );
+    fails_over_from(raw(200, "<html>proxy login</html>")).await;
 }
 
 /// Control: a dead first server (connection refused) does fail over, and the answering
