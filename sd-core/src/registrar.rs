@@ -9,6 +9,11 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 
+/// The longest TTL, check interval or `deregister_critical_after` a [`Registration`] may
+/// ask for: 2^31 - 1 seconds (about 68 years), what every backend can carry (Eureka's lease
+/// is a 32-bit number of seconds; Consul's durations are 64-bit nanoseconds).
+pub const MAX_REGISTRATION_DURATION: Duration = Duration::from_secs(i32::MAX as u64);
+
 /// How the registry should check the registered instance's health.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -115,10 +120,12 @@ impl Registration {
         }
     }
 
-    /// Checks what every backend needs: a service name, a host, a port, a sane TTL, and a
-    /// health check whenever `deregister_critical_after` is set (nothing could make the
-    /// instance critical otherwise; Consul rejects it too). Every registry calls this, so a
-    /// registration one backend accepts is accepted by all.
+    /// Checks what every backend needs: a service name, a host, a port, a sane TTL, durations
+    /// (TTL, check interval, `deregister_critical_after`) of at most
+    /// [`MAX_REGISTRATION_DURATION`], and a health check whenever `deregister_critical_after`
+    /// is set (nothing could make the instance critical otherwise; Consul rejects it too).
+    /// Every registry calls this; what a backend refuses beyond it (e.g. Consul's metadata
+    /// key characters) is listed in docs/URLS.md ("what differs").
     pub fn validate(&self) -> Result<()> {
         if self.service.trim().is_empty() {
             return Err(Error::config("registration: empty service name"));
@@ -146,6 +153,26 @@ impl Registration {
                 return Err(Error::config(format!(
                     "registration of {:?}: TTL {d:?} is below the 1 s minimum",
                     self.service
+                )));
+            }
+        }
+        let durations = [
+            self.check.as_ref().map(|c| match c {
+                HealthCheck::Ttl(d) => ("TTL", *d),
+                HealthCheck::Http { interval, .. }
+                | HealthCheck::Tcp { interval, .. }
+                | HealthCheck::Grpc { interval, .. } => ("check interval", *interval),
+            }),
+            self.deregister_critical_after
+                .map(|d| ("deregister_critical_after", d)),
+        ];
+        for (what, d) in durations.into_iter().flatten() {
+            if d > MAX_REGISTRATION_DURATION {
+                return Err(Error::config(format!(
+                    "registration of {:?}: {what} {d:?} is longer than the {} s every \
+                     registry can carry (2^31 - 1 seconds, about 68 years)",
+                    self.service,
+                    MAX_REGISTRATION_DURATION.as_secs()
                 )));
             }
         }
