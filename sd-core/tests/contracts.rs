@@ -1,5 +1,5 @@
-//! Attack on the documented contracts of the cache, subscriptions, endpointer statuses and
-//! the jitter helper.
+//! The documented contracts of the cache, subscriptions, endpointer statuses and the jitter
+//! helper, as an attacker read them (the first two tests failed before their fixes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +111,10 @@ async fn subscription_contracts_at_stop() {
     assert_eq!(e.first().await, None);
     assert_eq!(e.next().await, None);
     assert!(!ep.ready().await);
-    assert!(matches!(ep.endpoints().status(), Status::Failed(Error::Stopped)));
+    assert!(matches!(
+        ep.endpoints().status(),
+        Status::Failed(Error::Stopped)
+    ));
     ep.close().await;
 }
 
@@ -134,6 +137,10 @@ async fn ended_subscription_then_manual_apply_stays_stale() {
     ep.apply(set(&[1, 2]));
     let s = ep.endpoints();
     assert_eq!(s.all().len(), 2);
-    assert!(matches!(s.status(), Status::Stale(Error::Stopped)), "{:?}", s.status());
+    assert!(
+        matches!(s.status(), Status::Stale(Error::Stopped)),
+        "{:?}",
+        s.status()
+    );
     ep.close().await;
 }

@@ -1,5 +1,5 @@
-//! Attack on `RegistryUrl`: arbitrary input never panics, and option secrets never show in
-//! `Debug`, `Display` or any error.
+//! `RegistryUrl` under arbitrary input: it never panics, and secrets (option values and
+//! authority credentials) never show in `Debug`, `Display` or any error.
 
 use proptest::prelude::*;
 use sd_core::config::{parse_duration, redact, split_host_port};
@@ -60,6 +60,27 @@ proptest! {
             if let Err(e) = u.finish() {
                 prop_assert!(!e.to_string().contains(&value), "{e}");
             }
+        }
+    }
+
+    /// Credentials in the authority (or before the `@` of a URL without a scheme) never
+    /// appear in `redact` or in any parse error, whatever the scheme, the password's
+    /// characters or what follows the host.
+    #[test]
+    fn authority_credentials_never_print(
+        scheme in prop::sample::select(vec!["consul://", "etcd://", "zk://", "memory://",
+            "static://", "bogus://", "", "CONSUL://", "1nv@lid://"]),
+        user in "[a-z]{0,6}",
+        password in "[A-Za-z0-9:@!$]{0,6}Zq9[A-Za-z0-9:@!$]{0,6}",
+        host in "[a-z0-9.]{1,10}(:[0-9]{1,5})?",
+        tail in "(/[a-z]{0,5})?(\\?[a-z]{1,5}=[a-z0-9]{0,5})?",
+    ) {
+        let url = format!("{scheme}{user}:{password}@{host}{tail}");
+        let shown = redact(&url);
+        prop_assert!(!shown.contains(&password), "{url} -> {shown}");
+        if let Err(e) = RegistryUrl::parse(&url) {
+            let e = e.to_string();
+            prop_assert!(!e.contains(&password), "{url} -> {e}");
         }
     }
 }

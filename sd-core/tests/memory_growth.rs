@@ -1,4 +1,5 @@
-//! Attack on `MemoryRegistry` bookkeeping: instancers that come and go on a quiet service.
+//! `MemoryRegistry` bookkeeping: instancers that come and go, on a quiet service and on names
+//! that do not exist, leave nothing behind (this leaked ~16 MB and ~42 MB per 100 000 before).
 
 #[global_allocator]
 static ALLOC: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;

@@ -1,4 +1,5 @@
-//! Attack on the facade's URL handling: secrets in places other than the query.
+//! The facade's URL handling with secrets outside the query: credentials in the authority (or
+//! before the `@` of a URL missing its scheme) never show in an error.
 
 fn connect_err(url: &str) -> String {
     sdkit::connect(url).unwrap_err().to_string()
@@ -25,7 +26,10 @@ fn rejected_authority_credentials_are_not_echoed() {
 /// The same through `SD_REGISTRY`, where the URL comes from deployment configuration.
 #[test]
 fn from_env_does_not_echo_authority_credentials() {
-    std::env::set_var(sdkit::ENV_VAR, "consul://admin:hunter2@consul.internal:8500");
+    std::env::set_var(
+        sdkit::ENV_VAR,
+        "consul://admin:hunter2@consul.internal:8500",
+    );
     let e = sdkit::from_env().unwrap_err().to_string();
     std::env::remove_var(sdkit::ENV_VAR);
     assert!(!e.contains("hunter2"), "password echoed in the error: {e}");
@@ -52,7 +56,11 @@ fn redact_hides_authority_credentials() {
 fn duplicate_secret_option_is_redacted() {
     let e = connect_err("consul://h:1?token=hunter2&token=hunter3");
     assert!(!e.contains("hunter2") && !e.contains("hunter3"), "{e}");
-    let u = sdkit::RegistryUrl::parse("consul://h:1?Auth_Token=hunter2&tsig_secret=hunter3").unwrap();
+    let u =
+        sdkit::RegistryUrl::parse("consul://h:1?Auth_Token=hunter2&tsig_secret=hunter3").unwrap();
     let shown = format!("{u:?} {u}");
-    assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("hunter3"),
+        "{shown}"
+    );
 }
