@@ -468,6 +468,35 @@ fn memory_reaper_survives_a_panicking_tracing_layer() {
     );
 }
 
+/// A source whose second round panics (a backend bug, or a `tracing` layer panicking on a line
+/// the round logs): the round counts as failed (an error event, the last good set kept) and
+/// the loop carries on with the next round.
+#[tokio::test(start_paused = true)]
+async fn watch_loop_survives_a_panicking_round() {
+    struct PanicsOnce(usize);
+    #[async_trait::async_trait]
+    impl Source for PanicsOnce {
+        async fn next_step(&mut self) -> Step {
+            self.0 += 1;
+            match self.0 {
+                1 => Step::Publish(one(1)),
+                2 => panic!("round bug"),
+                3 => Step::Publish(one(3)),
+                _ => std::future::pending().await,
+            }
+        }
+    }
+    let instancer = WatchedInstancer::start(PanicsOnce(0), LoopConfig::new("test", "svc")).await;
+    let mut sub = instancer.subscribe();
+    assert_eq!(sub.next().await, Some(sd_core::Event::instances(one(1))));
+    match sub.next().await {
+        Some(sd_core::Event::Error(e)) => assert!(e.to_string().contains("round bug"), "{e}"),
+        other => panic!("expected the panic as an error event, got {other:?}"),
+    }
+    assert_eq!(sub.next().await, Some(sd_core::Event::instances(one(3))));
+    instancer.stop().await;
+}
+
 // Silence an unused import when some tests are filtered out.
 #[allow(dead_code)]
 fn _uses(_: &dyn Instancer, _: Error) {}

@@ -4,7 +4,7 @@
 #[global_allocator]
 static ALLOC: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;
 
-use sd_core::{Instance, MemoryRegistry, ServiceQuery};
+use sd_core::{Instance, Instancer, MemoryRegistry, ServiceQuery};
 
 /// An application that builds a short-lived instancer per request (or per job) on a service
 /// that does not change, or probes services that do not exist: every `instancer_for` pushes a
@@ -35,4 +35,30 @@ fn dropped_instancers_do_not_accumulate() {
         "100 000 dropped instancers of one quiet service left {grown} bytes live; \
          100 000 dropped instancers of absent services left {grown_names} bytes live"
     );
+}
+
+/// Forgetting dropped views never forgets a live one: a service with no instance is kept while
+/// a view of it (an instancer, or only a subscription) lives, and a forgotten service comes
+/// back for the next instancer.
+#[tokio::test]
+async fn live_views_are_kept_while_dropped_ones_go() {
+    let reg = MemoryRegistry::new();
+    let kept = reg.instancer_for(&ServiceQuery::new("svc"));
+    let mut sub = kept.subscribe();
+    drop(kept); // only the subscription holds the view now
+    for _ in 0..10 {
+        drop(reg.instancer_for(&ServiceQuery::new("svc")));
+    }
+    assert!(sub.next().await.unwrap().as_instances().unwrap().is_empty());
+    reg.insert("svc", Instance::new("10.0.0.1", 1), None);
+    assert_eq!(sub.next().await.unwrap().addrs(), ["10.0.0.1:1"]);
+    assert!(reg.remove("svc", &Instance::new("10.0.0.1", 1)));
+    assert!(sub.next().await.unwrap().as_instances().unwrap().is_empty());
+    drop(sub);
+    // Forgotten now; a new instancer sees later inserts all the same.
+    let again = reg.instancer_for(&ServiceQuery::new("svc"));
+    let mut sub = again.subscribe();
+    assert!(sub.next().await.unwrap().as_instances().unwrap().is_empty());
+    reg.insert("svc", Instance::new("10.0.0.1", 2), None);
+    assert_eq!(sub.next().await.unwrap().addrs(), ["10.0.0.1:2"]);
 }
