@@ -236,7 +236,10 @@ fn endpointer_is_not_silently_current_when_the_watch_loops_runtime_ended() {
     let rt = multi_thread(1);
     rt.block_on(async {
         let ep = DefaultEndpointer::new(&instancer, factory);
-        assert_eq!(ep.endpoints().status(), &Status::Current);
+        // The last state is applied at once. (The attack's version asserted `Current` here:
+        // with the fix the cache is already closed, so the endpointer's loop may turn it
+        // `Stale` before this line runs.)
+        assert_eq!(ep.endpoints().all().len(), 1);
         // The registry changes; nobody will ever see it.
         let _ = tx.send(one(2));
         let noticed = tokio::time::timeout(Duration::from_secs(5), async {
