@@ -144,7 +144,13 @@ impl ReaperSlot {
 /// critical in the others), is passing again on its next renewal, and is removed
 /// [`deregister_critical_after`](Registration::deregister_critical_after) after it turned
 /// critical (never, without it). HTTP, TCP and gRPC checks are not run: such an instance
-/// keeps its registered health (see docs/URLS.md).
+/// keeps its registered health (see docs/URLS.md). TTLs lapse on the clock of the runtime that
+/// registered them, and keep lapsing after that runtime has ended (the expiry task then moves
+/// to a thread of its own), so a vanished registrant expires whatever became of its runtime.
+///
+/// Instancers cost nothing once dropped: a view leaves the registry with its instancer's last
+/// handle (the instancer or a subscription), and a service with no instance and no view is
+/// forgotten.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
