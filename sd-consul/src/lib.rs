@@ -81,10 +81,14 @@ pub mod registry;
 pub use client::{
     check_status, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed, BACKEND,
     DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT, FILTERED_BY_ACLS_HEADER,
-    MAX_WAIT, MIN_MAX_BODY, TOKEN_HEADER,
+    MAX_SKIP_REASONS, MAX_WAIT, MIN_ENTRY_BYTES, MIN_MAX_BODY, TOKEN_HEADER,
 };
 pub use instancer::{
-    ConsulInstancer, HealthSource, META_DATACENTER, META_NODE, UNCHANGED_INDEX_PACE,
+    entry_to_instance, tag_lowercase, ConsulInstancer, HealthSource, META_DATACENTER, META_NODE,
+    UNCHANGED_INDEX_PACE,
 };
-pub use registrar::{ConsulRegistrar, DEFAULT_RECHECK};
+pub use registrar::{
+    ConsulRegistrar, DEFAULT_RECHECK, MAX_GO_DURATION, MAX_META_KEY_LEN, MAX_META_PAIRS,
+    MAX_META_VALUE_LEN,
+};
 pub use registry::ConsulRegistry;
