@@ -550,7 +550,7 @@ mod tests {
             b,
             json!({
                 "ID": "web-1", "Name": "web", "Tags": ["v2"], "Address": "10.0.0.1", "Port": 8080,
-                "Meta": {"zone": "a"}, "Weights": {"Passing": 5, "Warning": 1},
+                "Meta": {"zone": "a"}, "Weights": {"Passing": 5, "Warning": 5},
                 "Check": {"CheckID": "service:web-1", "Name": "Service 'web' check",
                           "Status": "passing", "TTL": "10000ms",
                           "DeregisterCriticalServiceAfter": "90000ms"}

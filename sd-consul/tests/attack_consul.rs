@@ -500,7 +500,7 @@ async fn attack_registrations_memory_accepts_work_on_consul() {
     ];
     let mut report = Vec::new();
     for (what, reg) in accepted {
-        let m = memory.registrar(reg.clone()).await.and_then(|_| Ok(()));
+        let m = memory.registrar(reg.clone()).await.map(|_| ());
         assert!(m.is_ok(), "{what}: memory refused: {m:?}");
         let r = match consul.registrar(reg.clone()).await {
             Ok(r) => r,
