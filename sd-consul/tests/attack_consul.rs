@@ -4,6 +4,8 @@
 //! Hostile answers a real agent cannot give come from a tiny HTTP/1.1 fake on 127.0.0.1;
 //! everything else runs against the real agent (`SD_TEST_CONSUL`).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use sd_consul::{Client, ClientConfig, ConsulInstancer, ConsulRegistry};
 use sd_core::{Event, Instance, Instancer, Registrar, Registration, ServiceQuery};
 use sd_testkit::{require, shared, unique_name, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// A fake agent: every request is answered at once by `answer(n)` (n counts from 1) with
@@ -32,13 +34,8 @@ async fn fake_agent(
             };
             let (c, answer) = (c.clone(), answer.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if common::http::read_request_head(&mut conn).await.is_none() {
+                    return;
                 }
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
                 let (index, body) = answer(n);

@@ -7,13 +7,15 @@
 //!
 //! Its own test binary: the counting allocator is global.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use sd_consul::{Client, ClientConfig, MAX_SKIP_REASONS, MIN_ENTRY_BYTES};
 use sd_testkit::alloc::live_bytes;
 use sd_testkit::CountingAllocator;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 #[global_allocator]
@@ -29,13 +31,8 @@ async fn serve(body: Arc<Vec<u8>>) -> String {
         while let Ok((mut conn, _)) = listener.accept().await {
             let b = body.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if common::http::read_request_head(&mut conn).await.is_none() {
+                    return;
                 }
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 7\r\n\

@@ -4,6 +4,8 @@
 //!
 //! Everything else is tested against the real agent (tests/agent.rs, tests/faults.rs).
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use sd_consul::{Client, ClientConfig, ConsulInstancer, HealthSource, UNCHANGED_INDEX_PACE};
 use sd_core::{Backoff, Error, Event, Instancer, ServiceQuery, Source, Step};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// One scripted answer: status, `X-Consul-Index` (if any), other headers and the body.
@@ -123,14 +125,9 @@ async fn fake_agent() -> (String, Script) {
             };
             let s = s.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let Some(buf) = common::http::read_request_head(&mut conn).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&buf).to_string();
                 let target = head
                     .lines()
