@@ -51,7 +51,6 @@ pub struct RegistryUrl {
     /// `scheme://authority/path`, as written.
     head: String,
     query: Vec<QueryPart>,
-    raw_redacted: String,
     scheme: String,
     hosts: Vec<String>,
     path: String,
@@ -125,7 +124,7 @@ impl RegistryUrl {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
             Error::config(format!(
                 "registry URL {:?}: missing scheme, expected e.g. consul://127.0.0.1:8500",
-                redact(s)
+                redact_all_values(s)
             ))
         })?;
         let scheme = scheme.to_ascii_lowercase();
@@ -136,7 +135,7 @@ impl RegistryUrl {
         {
             return Err(Error::config(format!(
                 "registry URL {:?}: bad scheme {:?} (letters, digits, '+', '-' and '.' only)",
-                redact(s),
+                redact_all_values(s),
                 redact(&scheme)
             )));
         }
@@ -153,7 +152,7 @@ impl RegistryUrl {
             return Err(Error::config(format!(
                 "registry URL {:?}: credentials in the authority are not accepted; \
                  use options such as username=...&password_env=VAR",
-                redact(s)
+                redact_all_values(s)
             )));
         }
         let hosts: Vec<String> = authority
@@ -167,7 +166,7 @@ impl RegistryUrl {
             if params.insert(k.to_string(), v.to_string()).is_some() {
                 return Err(Error::config(format!(
                     "registry URL {:?}: option {k:?} given twice",
-                    redact(s)
+                    redact_all_values(s)
                 )));
             }
         }
@@ -175,7 +174,7 @@ impl RegistryUrl {
         Ok(RegistryUrl {
             head: hide_userinfo(head).into_owned(),
             query,
-            raw_redacted: redact(s),
+            
             scheme,
             hosts,
             path: path.to_string(),
@@ -209,7 +208,17 @@ impl RegistryUrl {
 
     /// An error about this URL, naming it (secrets redacted).
     pub fn error(&self, message: impl fmt::Display) -> Error {
-        Error::config(format!("registry URL {:?}: {message}", self.raw_redacted))
+        Error::config(format!("registry URL {:?}: {message}", self.shown()))
+    }
+
+    /// The URL as quoted in errors, logs and `Debug`: credentials in the authority, the values
+    /// of secret options, and the values of options not read (yet) are hidden, so that a
+    /// mistyped secret option (`toekn=...`) never prints its value, whichever error is met
+    /// first.
+    fn shown(&self) -> String {
+        render(&self.head, &self.query, |p| {
+            is_secret_key(&p.key) || !self.read.contains(&p.key)
+        })
     }
 
     /// The raw value of option `key`, marking it as known.
@@ -308,9 +317,7 @@ impl RegistryUrl {
             return Ok(());
         }
         let known: Vec<&str> = self.read.iter().map(String::as_str).collect();
-        let shown = render(&self.head, &self.query, |p| {
-            is_secret_key(&p.key) || !self.read.contains(&p.key)
-        });
+        let shown = self.shown();
         Err(Error::config(format!(
             "registry URL {shown:?}: unknown option{} {}; known options for {}:// are: {}",
             if unknown.len() > 1 { "s" } else { "" },
@@ -331,13 +338,13 @@ impl RegistryUrl {
 
 impl fmt::Debug for RegistryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RegistryUrl({})", self.raw_redacted)
+        write!(f, "RegistryUrl({})", self.shown())
     }
 }
 
 impl fmt::Display for RegistryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.raw_redacted)
+        f.write_str(&self.shown())
     }
 }
 
@@ -360,6 +367,13 @@ impl fmt::Display for RegistryUrl {
 pub fn redact(s: &str) -> String {
     let (head, parts) = split_query(s);
     render(&hide_userinfo(head), &parts, |p| is_secret_key(&p.key))
+}
+
+/// `s` with credentials in the authority and the value of every option hidden: for errors
+/// met before the options are read, when a mistyped secret option cannot be told apart.
+fn redact_all_values(s: &str) -> String {
+    let (head, parts) = split_query(s);
+    render(&hide_userinfo(head), &parts, |_| true)
 }
 
 /// `head` (a URL without its query) with any userinfo in its authority replaced by `***`.
