@@ -19,7 +19,12 @@ use sd_testkit::{shared, unique_name, Server};
 /// alone". The JSON path refuses port 0; go-kit's plain path must too.
 #[test]
 fn plain_values_with_port_zero_are_refused() {
-    for v in [&b"1.2.3.4:0"[..], b"http://1.2.3.4:0", b"[::1]:0", b"host:0"] {
+    for v in [
+        &b"1.2.3.4:0"[..],
+        b"http://1.2.3.4:0",
+        b"[::1]:0",
+        b"host:0",
+    ] {
         let r = decode_value("k", v);
         assert!(
             r.is_err(),
@@ -62,9 +67,15 @@ async fn a_plain_port_zero_value_is_not_published(server: Server) {
     let service = unique_name("port0");
     let c = reg.client();
     let dir = c.service_dir(&service);
-    c.put(&format!("{dir}good"), b"10.0.0.1:80", 0).await.unwrap();
-    c.put(&format!("{dir}zero"), b"10.0.0.2:0", 0).await.unwrap();
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    c.put(&format!("{dir}good"), b"10.0.0.1:80", 0)
+        .await
+        .unwrap();
+    c.put(&format!("{dir}zero"), b"10.0.0.2:0", 0)
+        .await
+        .unwrap();
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     let set = wait_for_set(&mut sub, "first set", |s| !s.is_empty()).await;
     let ports: Vec<u16> = set.iter().map(|i| i.port()).collect();
@@ -92,7 +103,9 @@ async fn non_utf8_keys_do_not_collide(server: Server) {
     };
     raw.put(key(0xff), "10.0.0.1:1", None).await.unwrap();
     raw.put(key(0xfe), "10.0.0.2:2", None).await.unwrap();
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     let first = wait_for_set(&mut sub, "first set", |s| !s.is_empty()).await;
     let first_addrs: Vec<String> = first.iter().map(|i| i.addr().to_string()).collect();
@@ -117,7 +130,10 @@ async fn non_utf8_keys_do_not_collide(server: Server) {
     );
     let after = after.expect("an event after the delete");
     assert_eq!(
-        after.iter().map(|i| i.addr().to_string()).collect::<Vec<_>>(),
+        after
+            .iter()
+            .map(|i| i.addr().to_string())
+            .collect::<Vec<_>>(),
         ["10.0.0.2:2"],
         "after deleting the \\xff key"
     );
@@ -138,7 +154,11 @@ async fn many_hostile_values_are_skipped_alone(server: Server) {
         b"\xff\xfe\xfd".to_vec(),
         b"{".to_vec(),
         vec![b'{'; 512 * 1024],
-        format!("{{\"host\":\"h\",\"port\":1,\"tags\":{}}}", "[".repeat(5000)).into_bytes(),
+        format!(
+            "{{\"host\":\"h\",\"port\":1,\"tags\":{}}}",
+            "[".repeat(5000)
+        )
+        .into_bytes(),
         br#"{"host":"h","port":70000}"#.to_vec(),
         br#"{"host":"h","port":1,"weight":-5}"#.to_vec(),
         b"hello".to_vec(),
@@ -152,8 +172,14 @@ async fn many_hostile_values_are_skipped_alone(server: Server) {
             bad[(i as usize / 4) % bad.len()].clone()
         } else {
             good += 1;
-            format!("10.{}.{}.{}:{}", i / 65536, (i / 256) % 256, i % 256, 1000 + i % 5000)
-                .into_bytes()
+            format!(
+                "10.{}.{}.{}:{}",
+                i / 65536,
+                (i / 256) % 256,
+                i % 256,
+                1000 + i % 5000
+            )
+            .into_bytes()
         };
         ops.push(sd_etcdv3::etcd_client::TxnOp::put(k, v, None));
     }
@@ -162,7 +188,9 @@ async fn many_hostile_values_are_skipped_alone(server: Server) {
             .await
             .unwrap();
     }
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     let set = wait_for_set(&mut sub, "all good ones", |s| s.len() == good).await;
     assert!(set.iter().all(|i| i.port() != 0));
@@ -242,7 +270,9 @@ async fn a_revoked_lease_is_replaced(server: Server) {
         .etcd_registrar(ttl_registration(&service, 7, "r1", Duration::from_secs(2)))
         .unwrap();
     r.register().await.unwrap();
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "registered", |s| s.len() == 1).await;
     let lease = r.lease_id();
@@ -280,11 +310,16 @@ async fn a_foreign_overwrite_is_undone(server: Server) {
         .etcd_registrar(ttl_registration(&service, 7, "r1", Duration::from_secs(2)))
         .unwrap();
     r.register().await.unwrap();
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "registered", |s| s.len() == 1 && s[0].port() == 7).await;
     reg.client().put(r.key(), b"10.9.9.9:9", 0).await.unwrap();
-    wait_for_set(&mut sub, "overwritten", |s| s.len() == 1 && s[0].port() == 9).await;
+    wait_for_set(&mut sub, "overwritten", |s| {
+        s.len() == 1 && s[0].port() == 9
+    })
+    .await;
     wait_for_set(&mut sub, "restored", |s| s.len() == 1 && s[0].port() == 7).await;
     r.deregister().await.unwrap();
     instancer.stop().await;
@@ -392,7 +427,10 @@ async fn a_dropped_guard_deletes_the_key(server: Server) {
     drop(guard);
     let deadline = Instant::now() + Duration::from_secs(10);
     while reg.client().key_lease(&key).await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "key still there 10 s after the guard was dropped");
+        assert!(
+            Instant::now() < deadline,
+            "key still there 10 s after the guard was dropped"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -435,7 +473,10 @@ async fn an_impossible_ttl_is_a_config_error(server: Server) {
         }
         Ok(r) => r,
     };
-    let r = match reg.registrar(Registration::new("big", Instance::new("10.0.0.1", 1))).await {
+    let r = match reg
+        .registrar(Registration::new("big", Instance::new("10.0.0.1", 1)))
+        .await
+    {
         Err(e) => {
             assert!(matches!(e, Error::Config(_)), "{e}");
             return;
@@ -495,12 +536,19 @@ async fn registrars_never_end_an_instancers_watch(server: Server) {
     let _lock = shared(server);
     let reg = registry(&addr, "indep", "");
     let service = unique_name("indep");
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "empty", |s| s.is_empty()).await;
     for i in 0..3u16 {
         let r = reg
-            .etcd_registrar(ttl_registration(&service, 100 + i, &format!("r{i}"), Duration::from_secs(5)))
+            .etcd_registrar(ttl_registration(
+                &service,
+                100 + i,
+                &format!("r{i}"),
+                Duration::from_secs(5),
+            ))
             .unwrap();
         r.register().await.unwrap();
         wait_for_set(&mut sub, "registered", |s| s.len() == 1).await;
@@ -509,9 +557,15 @@ async fn registrars_never_end_an_instancers_watch(server: Server) {
         drop(r);
     }
     let c = reg.client();
-    c.put(&c.instance_key(&service, "raw"), b"10.0.0.9:9", 0).await.unwrap();
+    c.put(&c.instance_key(&service, "raw"), b"10.0.0.9:9", 0)
+        .await
+        .unwrap();
     wait_for_set(&mut sub, "raw write", |s| s.len() == 1).await;
-    assert_eq!(instancer.stats().full_reads(), 1, "the watch was never re-created");
+    assert_eq!(
+        instancer.stats().full_reads(),
+        1,
+        "the watch was never re-created"
+    );
     instancer.stop().await;
     common::delete_dir(c, &c.service_dir(&service)).await;
 }
@@ -583,7 +637,9 @@ mod proxy {
                     }
                     let m = m.clone();
                     let h = tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else { return };
+                        let Ok(server) = TcpStream::connect(target).await else {
+                            return;
+                        };
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
                         let up = tokio::spawn(pipe(cr, sw, m.clone()));
@@ -603,7 +659,12 @@ mod proxy {
                 }
             })
             .abort_handle();
-            Proxy { addr, mode, conns, accept }
+            Proxy {
+                addr,
+                mode,
+                conns,
+                accept,
+            }
         }
 
         /// Closes every connection and refuses new ones.
@@ -646,7 +707,12 @@ async fn changes_while_the_connection_is_cut_are_not_lost(server: Server) {
     let direct = registry(&addr, "cut-direct", "");
     let service = unique_name("cut");
     let r = reg
-        .etcd_registrar(ttl_registration(&service, 7, "mine", Duration::from_secs(10)))
+        .etcd_registrar(ttl_registration(
+            &service,
+            7,
+            "mine",
+            Duration::from_secs(10),
+        ))
         .unwrap();
     r.register().await.unwrap();
     // The direct client writes under the proxied registry's prefix.
@@ -654,7 +720,9 @@ async fn changes_while_the_connection_is_cut_are_not_lost(server: Server) {
     let x = reg.client().instance_key(&service, "x");
     let y = reg.client().instance_key(&service, "y");
     dc.put(&x, b"10.0.0.1:1", 0).await.unwrap();
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "x and mine", |s| s.len() == 2).await;
     proxy.cut();
@@ -687,10 +755,17 @@ async fn a_stall_longer_than_the_ttl_is_recovered(server: Server) {
     let direct = registry(&addr, "stall-direct", "");
     let service = unique_name("stall");
     let r = reg
-        .etcd_registrar(ttl_registration(&service, 7, "mine", Duration::from_secs(2)))
+        .etcd_registrar(ttl_registration(
+            &service,
+            7,
+            "mine",
+            Duration::from_secs(2),
+        ))
         .unwrap();
     r.register().await.unwrap();
-    let instancer = reg.etcd_instancer(&ServiceQuery::new(service.as_str())).await;
+    let instancer = reg
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
     let mut sub = instancer.subscribe();
     wait_for_set(&mut sub, "mine", |s| s.len() == 1).await;
     proxy.stall();

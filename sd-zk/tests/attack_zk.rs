@@ -70,7 +70,11 @@ async fn deregister_while_the_node_is_being_recreated_leaves_no_node() {
                 .await
                 .len();
             instancer.stop().await;
-            leaked.push((i, still.clone(), format!("instancer saw {seen} instance(s)")));
+            leaked.push((
+                i,
+                still.clone(),
+                format!("instancer saw {seen} instance(s)"),
+            ));
             for n in left {
                 let _ = zk.delete(&format!("{}/{n}", r.dir()), None).await;
             }
@@ -197,9 +201,13 @@ async fn nested_nodes(extra: &str) {
     let set = wait_for_set(&mut sub, "x only", |s| !s.is_empty()).await;
     assert_eq!(ids(&set), ["x"]);
     for i in 0..20 {
-        zk.set_data(&format!("{dir}/x/y"), format!("10.0.0.2:{}", 100 + i).as_bytes(), None)
-            .await
-            .unwrap();
+        zk.set_data(
+            &format!("{dir}/x/y"),
+            format!("10.0.0.2:{}", 100 + i).as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
         zk.create(&format!("{dir}/x/y/g{i}"), b"10.9.9.9:9", &open)
             .await
             .unwrap();
@@ -255,7 +263,10 @@ async fn directory_deleted_and_recreated(extra: &str) {
     zk.delete(r.dir(), None).await.unwrap();
     let r2 = registry.zk_registrar(reg(&service, 9802, "b")).unwrap();
     r2.register().await.unwrap();
-    let set = wait_for_set(&mut sub, "b after the directory came back", |s| !s.is_empty()).await;
+    let set = wait_for_set(&mut sub, "b after the directory came back", |s| {
+        !s.is_empty()
+    })
+    .await;
     assert_eq!(ids(&set), ["b"]);
     r2.deregister().await.unwrap();
     instancer.stop().await;
@@ -283,7 +294,10 @@ async fn many_children_with_hostile_data() {
     let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     let _ = zk.create("/sdkit-tests", &[], &open).await;
     zk.create(&dir, &[], &open).await.unwrap();
-    let deep = format!("{{\"host\":\"h\",\"port\":1,\"tags\":{}}}", "[".repeat(5000));
+    let deep = format!(
+        "{{\"host\":\"h\",\"port\":1,\"tags\":{}}}",
+        "[".repeat(5000)
+    );
     let bad: Vec<Vec<u8>> = vec![
         b"\xff\xfe".to_vec(),
         b"{".to_vec(),
@@ -366,10 +380,11 @@ async fn huge_timeouts_do_not_panic() {
             Ok(r) => r,
         };
         let c = reg.client().clone();
-        let outcome = tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_secs(5), c.session()).await
-        })
-        .await;
+        let outcome =
+            tokio::spawn(
+                async move { tokio::time::timeout(Duration::from_secs(5), c.session()).await },
+            )
+            .await;
         if let Err(join) = outcome {
             if join.is_panic() {
                 let p = join.into_panic();
@@ -382,7 +397,10 @@ async fn huge_timeouts_do_not_panic() {
             }
         }
     }
-    assert!(panics.is_empty(), "accepted by from_url, then panicked: {panics:?}");
+    assert!(
+        panics.is_empty(),
+        "accepted by from_url, then panicked: {panics:?}"
+    );
 }
 
 /// `session_timeout` is sent to the server as `as_millis() as i32`: 25 days wraps to a
@@ -408,10 +426,10 @@ async fn a_long_session_timeout_is_not_the_shortest() {
     ))
     .unwrap()
     .client()
-        .session()
-        .await
-        .unwrap()
-        .session_timeout();
+    .session()
+    .await
+    .unwrap()
+    .session_timeout();
     assert!(
         got >= reference,
         "asked for 2 500 000 s, got a {got:?} session (asking for 60 s gives {reference:?})"
@@ -441,7 +459,10 @@ async fn stopping_one_instancer_keeps_the_other_watching(extra: &str) {
     drop(sub1);
     let b = registry.zk_registrar(reg(&service, 9902, "b")).unwrap();
     b.register().await.unwrap();
-    wait_for_set(&mut sub2, "second sees b after the first stopped", |s| s.len() == 2).await;
+    wait_for_set(&mut sub2, "second sees b after the first stopped", |s| {
+        s.len() == 2
+    })
+    .await;
     a.deregister().await.unwrap();
     let set = wait_for_set(&mut sub2, "second sees a leave", |s| s.len() == 1).await;
     assert_eq!(ids(&set), ["b"]);
@@ -515,7 +536,10 @@ async fn a_foreign_data_change_is_undone() {
     let r = registry.zk_registrar(reg(&service, 9911, "d")).unwrap();
     r.register().await.unwrap();
     let (instancer, mut sub) = common::watch(&registry, &service).await;
-    wait_for_set(&mut sub, "registered", |s| s.len() == 1 && s[0].port() == 9911).await;
+    wait_for_set(&mut sub, "registered", |s| {
+        s.len() == 1 && s[0].port() == 9911
+    })
+    .await;
     let zk = raw(&addr).await;
     zk.set_data(&r.node_path().unwrap(), b"10.6.6.6:666", None)
         .await
@@ -523,7 +547,9 @@ async fn a_foreign_data_change_is_undone() {
     wait_for_set(&mut sub, "hijacked", |s| s.len() == 1 && s[0].port() == 666).await;
     let restored = tokio::time::timeout(
         Duration::from_secs(10),
-        wait_for_set(&mut sub, "restored", |s| s.len() == 1 && s[0].port() == 9911),
+        wait_for_set(&mut sub, "restored", |s| {
+            s.len() == 1 && s[0].port() == 9911
+        }),
     )
     .await;
     r.deregister().await.unwrap();
@@ -600,7 +626,9 @@ mod proxy {
                     }
                     let m = m.clone();
                     let h = tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else { return };
+                        let Ok(server) = TcpStream::connect(target).await else {
+                            return;
+                        };
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
                         let up = tokio::spawn(pipe(cr, sw, m.clone()));
@@ -620,7 +648,12 @@ mod proxy {
                 }
             })
             .abort_handle();
-            Proxy { addr, mode, conns, accept }
+            Proxy {
+                addr,
+                mode,
+                conns,
+                accept,
+            }
         }
 
         /// Closes every connection and refuses new ones.
@@ -672,7 +705,9 @@ async fn changes_while_disconnected_are_not_lost(extra: &str) {
     let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     let _ = zk.create("/sdkit-tests", &[], &open).await;
     zk.create(&dir, &[], &open).await.unwrap();
-    zk.create(&format!("{dir}/x"), b"10.0.0.1:1", &open).await.unwrap();
+    zk.create(&format!("{dir}/x"), b"10.0.0.1:1", &open)
+        .await
+        .unwrap();
     let r = registry.zk_registrar(reg(&service, 9921, "mine")).unwrap();
     r.register().await.unwrap();
     let node = r.node_path().unwrap();
@@ -682,7 +717,9 @@ async fn changes_while_disconnected_are_not_lost(extra: &str) {
     proxy.cut();
     common::wait_for_error(&mut sub, "connection cut").await;
     zk.delete(&format!("{dir}/x"), None).await.unwrap();
-    zk.create(&format!("{dir}/y"), b"10.0.0.2:2", &open).await.unwrap();
+    zk.create(&format!("{dir}/y"), b"10.0.0.2:2", &open)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
 
