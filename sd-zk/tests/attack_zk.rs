@@ -524,9 +524,13 @@ async fn fifty_registrars_all_come_back_after_session_expiry() {
 }
 
 /// Someone rewrites the registrar's node data (another address): the registrar's watch fires
-/// (an exists watch fires on data changes) but only checks that the node exists, so the
-/// foreign data stays published. The etcd registrar puts its value back in the same case
-/// (attack_etcd a_foreign_overwrite_is_undone).
+/// (it fires on data changes too) and the registrar writes its own data back, as the etcd
+/// registrar puts its value back (attack_etcd a_foreign_overwrite_is_undone).
+///
+/// The proof is on the server: the node's version moves past the hijack's and its data is the
+/// registrar's again. (The attack's first version also waited for an instancer to publish
+/// the hijacked address first; with the fix the restore can land before the instancer reads
+/// the node, so that wait could time out on a correct registrar.)
 #[tokio::test]
 async fn a_foreign_data_change_is_undone() {
     let addr = require!(Server::Zk);
@@ -541,21 +545,29 @@ async fn a_foreign_data_change_is_undone() {
     })
     .await;
     let zk = raw(&addr).await;
-    zk.set_data(&r.node_path().unwrap(), b"10.6.6.6:666", None)
-        .await
-        .unwrap();
-    wait_for_set(&mut sub, "hijacked", |s| s.len() == 1 && s[0].port() == 666).await;
-    let restored = tokio::time::timeout(
-        Duration::from_secs(10),
+    let path = r.node_path().unwrap();
+    let hijack = zk.set_data(&path, b"10.6.6.6:666", None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restored = loop {
+        let (data, stat) = zk.get_data(&path).await.unwrap();
+        if stat.version > hijack.version && data == r.data() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if restored {
         wait_for_set(&mut sub, "restored", |s| {
             s.len() == 1 && s[0].port() == 9911
-        }),
-    )
-    .await;
+        })
+        .await;
+    }
     r.deregister().await.unwrap();
     instancer.stop().await;
     assert!(
-        restored.is_ok(),
+        restored,
         "10 s later the registrar's node still says 10.6.6.6:666"
     );
 }
