@@ -276,9 +276,18 @@ impl Shared {
             self.creating.store(false, Ordering::SeqCst);
             return Ok(());
         };
-        for path in self.own_nodes(&zk).await? {
+        let own = match self.own_nodes(&zk).await {
+            Ok(own) => own,
+            // The session ended meanwhile, and its nodes with it.
+            Err(_) if zk.state().is_terminated() => {
+                self.creating.store(false, Ordering::SeqCst);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        for path in own {
             match zk.delete(&path, None).await {
-                Ok(()) | Err(zk::Error::NoNode) => {
+                Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::SessionExpired) => {
                     tracing::debug!(backend = BACKEND, node = %path, "deleted the node of a create that was cut short");
                 }
                 Err(e) => return Err(zk_error(format!("deleting {path}"), e)),
@@ -307,7 +316,8 @@ impl Shared {
         let mut last = None;
         for _ in 0..3 {
             match zk.delete(&node.path, None).await {
-                Ok(()) | Err(zk::Error::NoNode) => {
+                // SessionExpired: the node went with the session that owned it.
+                Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::SessionExpired) => {
                     self.set_node(None);
                     return Ok(());
                 }
