@@ -76,6 +76,10 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// message). The bound keeps a runaway prefix from allocating without limit.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The longest `dial_timeout`, `timeout` and `keep_alive` accepted (24 h): longer values are
+/// refused at construction, so deadlines computed from them cannot overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// How to reach and authenticate to etcd.
 ///
 /// Built with [`ClientConfig::new`] and the setters, or from an `etcd://` URL by
@@ -261,7 +265,8 @@ fn is_transport(e: &etcd_client::Error) -> bool {
 }
 
 /// Maps an etcd client error to sdkit's kinds: auth failures are [`Error::Rejected`], a
-/// deadline is [`Error::Timeout`], bad arguments [`Error::Config`], the rest
+/// deadline is [`Error::Timeout`], bad arguments and out-of-range values (a TTL above
+/// etcd's longest lease) [`Error::Config`], the rest
 /// [`Error::Unavailable`]. `op` names what was attempted.
 pub(crate) fn map_err(op: &str, e: etcd_client::Error) -> Error {
     use tonic::Code;
@@ -275,6 +280,9 @@ pub(crate) fn map_err(op: &str, e: etcd_client::Error) -> Error {
                     message: format!("{op}: {}", s.message()),
                 }
             }
+            // A lease TTL above etcd's maximum ("too large lease TTL"): asking again
+            // will not help.
+            Code::OutOfRange => Error::config(format!("etcd {op}: {}", s.message())),
             Code::DeadlineExceeded => Error::Timeout {
                 backend: BACKEND,
                 message: format!("{op}: {}", s.message()),
@@ -366,8 +374,11 @@ impl KeepAliveStream {
 /// One key and its value, as read from etcd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The key (lossily decoded as UTF-8).
+    /// The key (lossily decoded as UTF-8, for ids and logs).
     pub key: String,
+    /// The key's bytes: what tells two keys apart (two keys that are not UTF-8 can decode
+    /// to the same `key`).
+    pub raw_key: Vec<u8>,
     /// The value bytes.
     pub value: Vec<u8>,
 }
@@ -376,7 +387,7 @@ impl Client {
     /// A client for `config`. Reads the TLS files now; sends nothing until the first request.
     ///
     /// Fails with [`Error::Config`] on no endpoint, a user without password (or the other way
-    /// round), a zero timeout, or an unreadable or non-PEM TLS file.
+    /// round), a zero timeout or one above [`MAX_TIMEOUT`], or an unreadable or non-PEM TLS file.
     pub fn new(config: ClientConfig) -> Result<Self> {
         if config.endpoints.is_empty() {
             return Err(Error::config("etcd: no endpoint given"));
@@ -394,6 +405,12 @@ impl Client {
             if d.is_zero() {
                 return Err(Error::config(format!(
                     "etcd: {name} must be greater than 0"
+                )));
+            }
+            if d > MAX_TIMEOUT {
+                return Err(Error::config(format!(
+                    "etcd: {name} {d:?} is above the {} h maximum",
+                    MAX_TIMEOUT.as_secs() / 3600
                 )));
             }
         }
@@ -469,7 +486,7 @@ impl Client {
             options = options.with_tls(tls.clone());
         }
         // Authentication is a request: bound it like every other one.
-        let bound = c.dial_timeout + c.timeout;
+        let bound = c.dial_timeout.saturating_add(c.timeout);
         let connected = tokio::time::timeout(
             bound,
             etcd_client::Client::connect([self.url(i)], Some(options)),
@@ -574,6 +591,7 @@ impl Client {
             .iter()
             .map(|kv| Entry {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
+                raw_key: kv.key().to_vec(),
                 value: kv.value().to_vec(),
             })
             .collect();

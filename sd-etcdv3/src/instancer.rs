@@ -132,6 +132,9 @@ pub fn decode_value(id_from_key: &str, value: &[u8]) -> Result<Instance, String>
     let plain = Instance::parse(text).map_err(|e| {
         format!("value is neither sdkit's instance JSON nor a go-kit host:port or URL: {e}")
     })?;
+    if plain.port() == 0 {
+        return Err(format!("value {text:?} has port 0"));
+    }
     Ok(plain.to_builder().id(id_from_key).build())
 }
 
@@ -171,7 +174,8 @@ pub struct PrefixSource {
     client: Client,
     query: ServiceQuery,
     dir: String,
-    entries: BTreeMap<String, Instance>,
+    /// The decoded instances by raw key bytes (two non-UTF-8 keys may print the same).
+    entries: BTreeMap<Vec<u8>, Instance>,
     watch: Option<WatchStream>,
     /// A stream message read while coalescing that ends or cancels the watch.
     pending: Option<Result<Option<WatchResponse>, etcd_client::Error>>,
@@ -267,7 +271,7 @@ impl PrefixSource {
             let mut entries = BTreeMap::new();
             for kv in &kvs {
                 if let Some(i) = self.decode(&kv.key, &kv.value) {
-                    entries.insert(kv.key.clone(), i);
+                    entries.insert(kv.raw_key.clone(), i);
                 }
             }
             self.entries = entries;
@@ -411,19 +415,19 @@ impl PrefixSource {
     fn apply(&mut self, resp: &WatchResponse) {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let key = String::from_utf8_lossy(kv.key());
             match ev.event_type() {
                 EventType::Put => match self.decode(&key, kv.value()) {
                     Some(i) => {
-                        self.entries.insert(key, i);
+                        self.entries.insert(kv.key().to_vec(), i);
                     }
                     None => {
                         // The key's current value is bad: its old value is gone too.
-                        self.entries.remove(&key);
+                        self.entries.remove(kv.key());
                     }
                 },
                 EventType::Delete => {
-                    self.entries.remove(&key);
+                    self.entries.remove(kv.key());
                 }
             }
         }

@@ -87,9 +87,10 @@ pub mod registry;
 pub use client::{
     Client, ClientConfig, Entry, KeepAliveStream, BACKEND, DEFAULT_DIAL_TIMEOUT,
     DEFAULT_KEEP_ALIVE, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
+    MAX_TIMEOUT,
 };
 pub use instancer::{decode_value, AfterGet, EtcdInstancer, PrefixSource, SourceStats};
-pub use registrar::{lease_seconds, EtcdRegistrar, ValueFormat, DEFAULT_TTL};
+pub use registrar::{lease_seconds, EtcdRegistrar, ValueFormat, DEFAULT_TTL, MAX_TTL};
 pub use registry::EtcdRegistry;
 
 /// The etcd client library this backend is built on, for what it does not wrap

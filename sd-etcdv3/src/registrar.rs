@@ -17,7 +17,8 @@
 //! HTTP, TCP and gRPC checks cannot be expressed in etcd and are refused at construction.
 //!
 //! Both calls are idempotent. Registering again grants a fresh lease, moves the key to it and
-//! revokes the old one; deregistering deletes the key and revokes the lease (go-kit only
+//! revokes the old one, with no keep-alive round running meanwhile (a round and the swap
+//! would otherwise race and could delete the key); deregistering deletes the key and revokes the lease (go-kit only
 //! stopped the keep-alive and left the key to expire, E3-5), and does nothing when not
 //! registered. Dropping the registrar stops the keep-alive only, so the key expires with its
 //! lease, as after a crash.
@@ -38,6 +39,10 @@ use crate::instancer::ValueJson;
 
 /// The TTL of a registration without a TTL check (go-kit's `NewTTLOption(3s, 10s)`, E3-4.4).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// The longest lease etcd grants (its `MaxLeaseTTL`, 9 000 000 000 s); a longer TTL is
+/// refused at construction.
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// How the registrar writes the instance value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,6 +100,11 @@ struct Shared {
     /// The open keep-alive stream (of the current lease, or stale) and how many rounds it
     /// has renewed.
     keeper: Mutex<Option<(KeepAliveStream, u64)>>,
+    /// Held by a whole keep-alive round and by `register()`'s lease swap, so the two never
+    /// interleave: a round that read the old lease could otherwise see the key "on another
+    /// lease" (a false loss) and put it on a lease of its own, which `register()` then
+    /// revoked as "the old one", deleting the key.
+    lease_ops: Mutex<()>,
     reregistrations: watch::Sender<u64>,
 }
 
@@ -177,6 +187,7 @@ impl KeepAlive for Shared {
     /// Renews the lease on one open stream; once per TTL also checks that the key is still
     /// there with the lease. Registers again when etcd lost the lease or the key.
     async fn keep_alive(&self) -> Result<()> {
+        let _round = self.lease_ops.lock().await;
         let lease = self.lease();
         let (alive, rounds) = self.renew(lease).await?;
         let lost = if !alive {
@@ -276,6 +287,13 @@ impl EtcdRegistrar {
                 registration.service
             )));
         }
+        if ttl > MAX_TTL {
+            return Err(Error::config(format!(
+                "registration of {:?}: TTL {ttl:?} is above etcd's longest lease ({} s)",
+                registration.service,
+                MAX_TTL.as_secs()
+            )));
+        }
         if registration.deregister_critical_after.is_some() {
             return Err(Error::config(format!(
                 "registration of {:?}: deregister_critical_after is a Consul option; \
@@ -298,6 +316,7 @@ impl EtcdRegistrar {
                 ttl_secs,
                 lease: std::sync::Mutex::new(0),
                 keeper: Mutex::new(None),
+                lease_ops: Mutex::new(()),
                 reregistrations: watch::channel(0).0,
             }),
             period,
@@ -358,7 +377,11 @@ impl EtcdRegistrar {
 impl Registrar for EtcdRegistrar {
     async fn register(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        let lease = match self.shared.put_with_new_lease().await {
+        let swapped = {
+            let _no_round = self.shared.lease_ops.lock().await;
+            self.shared.put_with_new_lease().await
+        };
+        let lease = match swapped {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(backend = BACKEND, key = %self.shared.key, error = %e, "register failed");
@@ -500,6 +523,11 @@ mod tests {
                 Registration::new("web", Instance::new("h", 1))
                     .check(HealthCheck::Ttl(Duration::from_millis(500))),
                 "1 s minimum",
+            ),
+            (
+                Registration::new("web", Instance::new("h", 1))
+                    .check(HealthCheck::Ttl(MAX_TTL + Duration::from_secs(1))),
+                "longest lease",
             ),
             (
                 Registration::new("web", Instance::new("h", 1))

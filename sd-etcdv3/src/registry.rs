@@ -11,9 +11,9 @@ use sd_core::{
     Result, ServiceQuery,
 };
 
-use crate::client::{Client, ClientConfig, DEFAULT_PORT};
+use crate::client::{Client, ClientConfig, DEFAULT_PORT, MAX_TIMEOUT};
 use crate::instancer::EtcdInstancer;
-use crate::registrar::{EtcdRegistrar, ValueFormat, DEFAULT_TTL};
+use crate::registrar::{EtcdRegistrar, ValueFormat, DEFAULT_TTL, MAX_TTL};
 
 /// An etcd v3 cluster as an sdkit [`Registry`]: instancers are get-then-watch directory
 /// watches, registrars put leased keys and keep the lease alive.
@@ -61,15 +61,15 @@ impl EtcdRegistry {
     /// | `tls` | talk TLS (with the built-in webpki roots unless `ca` is given) | `false` |
     /// | `ca` | PEM file of the CA certificate(s) to trust (implies `tls`) | none |
     /// | `cert`, `key` | client certificate and key PEM files (implies `tls`; both or neither) | none |
-    /// | `dial_timeout` | connect timeout | `3s` |
-    /// | `timeout` | deadline of each request (get, put, lease calls) | `5s` |
-    /// | `keep_alive` | HTTP/2 ping interval while a stream is open; a server silent for as long again is dropped. Keep it at or above the server's `--grpc-keepalive-min-time` (5 s by default), or the server closes the connection | `10s` |
-    /// | `ttl` | lease TTL of registrations without a TTL check, at least `1s` | `10s` |
+    /// | `dial_timeout` | connect timeout, at most `24h` | `3s` |
+    /// | `timeout` | deadline of each request (get, put, lease calls), at most `24h` | `5s` |
+    /// | `keep_alive` | HTTP/2 ping interval while a stream is open; a server silent for as long again is dropped. Keep it at or above the server's `--grpc-keepalive-min-time` (5 s by default), or the server closes the connection; at most `24h` | `10s` |
+    /// | `ttl` | lease TTL of registrations without a TTL check, at least `1s`, at most `9000000000s` (etcd's longest lease) | `10s` |
     /// | `format` | value the registrar writes: `json` (the whole instance) or `plain` (go-kit's `host:port`) | `json` |
     /// | `passing` | make every instancer passing-only | `false` |
     ///
-    /// Hosts default to `127.0.0.1:2379`, ports to 2379; several hosts are one balanced
-    /// connection that fails over. Errors name the bad part and never show the password.
+    /// Hosts default to `127.0.0.1:2379`, ports to 2379; with several hosts the client
+    /// connects to one at a time and moves to the next when it cannot reach it (no balancing). Errors name the bad part and never show the password.
     pub fn from_url(url: &str) -> Result<Self> {
         let mut u = RegistryUrl::parse(url)?;
         if u.scheme() != "etcd" && u.scheme() != "etcdv3" {
@@ -115,6 +115,12 @@ impl EtcdRegistry {
                 if d.is_zero() {
                     return Err(u.error(format!("option {key} must be greater than 0")));
                 }
+                if d > MAX_TIMEOUT {
+                    return Err(u.error(format!(
+                        "option {key}={d:?} is above the {} h maximum",
+                        MAX_TIMEOUT.as_secs() / 3600
+                    )));
+                }
                 *slot = d;
             }
         }
@@ -126,6 +132,12 @@ impl EtcdRegistry {
             Some(ttl) if ttl < Duration::from_secs(1) => {
                 return Err(u.error(format!(
                     "option ttl={ttl:?} is below etcd's 1 s lease granularity"
+                )))
+            }
+            Some(ttl) if ttl > MAX_TTL => {
+                return Err(u.error(format!(
+                    "option ttl={ttl:?} is above etcd's longest lease ({} s)",
+                    MAX_TTL.as_secs()
                 )))
             }
             Some(ttl) => ttl,
@@ -308,6 +320,12 @@ mod tests {
             ("etcd://h?timeout=0s", "timeout must be greater than 0"),
             ("etcd://h?dial_timeout=3", "missing unit"),
             ("etcd://h?ttl=500ms", "1 s lease granularity"),
+            ("etcd://h?ttl=9000000001s", "longest lease"),
+            ("etcd://h?timeout=25h", "24 h maximum"),
+            (
+                "etcd://h?dial_timeout=10000000000000000000s",
+                "24 h maximum",
+            ),
             ("etcd://h?format=xml", "use json"),
             ("etcd://h?tls=maybe", "not a boolean"),
             ("etcd://h?cert=/x.pem", "cert and key go together"),

@@ -443,7 +443,7 @@ both_servers!(keep_alive_holds_and_a_deleted_key_is_put_again);
 async fn sdkit_connect_and_two_endpoints_one_dead(server: Server) {
     let Some(addr) = addr(server) else { return };
     let _lock = shared(server);
-    // The first endpoint refuses connections; the balanced channel uses the second.
+    // The first endpoint refuses connections; the client moves on to the second.
     let prefix = format!("/sdtest/{}", unique_name("multi"));
     let reg = sd_etcdv3::EtcdRegistry::from_url(&format!(
         "etcdv3://127.0.0.1:1,{addr}?prefix={prefix}&timeout=3s"

@@ -54,6 +54,7 @@ mod lock;
 mod logs;
 mod names;
 pub mod propagation;
+pub mod proxy;
 
 pub use alloc::CountingAllocator;
 pub use control::{

@@ -51,6 +51,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The smallest session and connect timeouts accepted (go-kit ZK-2: 1 s).
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The longest session timeout accepted: 2 147 483 647 ms (about 24.8 days), the largest the
+/// protocol carries (a signed 32-bit count of milliseconds; a longer one would wrap negative
+/// and the server would grant its *shortest* session). The server clamps it further to its
+/// `maxSessionTimeout` (20 ticks, 40 s, by default).
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// The longest connect timeout accepted (24 h), so the connect deadline cannot overflow.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// How an instancer watches a service directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WatchMode {
@@ -187,9 +196,23 @@ impl ClientConfig {
                 self.session_timeout
             )));
         }
+        if self.session_timeout > MAX_SESSION_TIMEOUT {
+            return Err(Error::config(format!(
+                "zk: session timeout {:?} is above {} ms (about 24.8 days), the longest the \
+                 protocol carries",
+                self.session_timeout,
+                MAX_SESSION_TIMEOUT.as_millis()
+            )));
+        }
         if self.connect_timeout < MIN_TIMEOUT {
             return Err(Error::config(format!(
                 "zk: connect timeout {:?} is below the 1 s minimum",
+                self.connect_timeout
+            )));
+        }
+        if self.connect_timeout > MAX_CONNECT_TIMEOUT {
+            return Err(Error::config(format!(
+                "zk: connect timeout {:?} is above the 24 h maximum",
                 self.connect_timeout
             )));
         }
@@ -574,6 +597,15 @@ mod tests {
             (
                 ClientConfig::new(["h:1"]).connect_timeout(Duration::from_millis(10)),
                 "connect timeout",
+            ),
+            (
+                ClientConfig::new(["h:1"])
+                    .session_timeout(MAX_SESSION_TIMEOUT + Duration::from_millis(1)),
+                "longest the protocol carries",
+            ),
+            (
+                ClientConfig::new(["h:1"]).connect_timeout(Duration::from_secs(u64::MAX)),
+                "24 h maximum",
             ),
             (
                 ClientConfig::new(["h:1"]).digest(Secret::new("nopassword")),

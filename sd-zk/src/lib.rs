@@ -74,7 +74,7 @@ pub mod registry;
 
 pub use client::{
     Client, ClientConfig, Payload, WatchMode, BACKEND, DEFAULT_BASE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT, MIN_TIMEOUT,
+    DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT, MAX_CONNECT_TIMEOUT, MAX_SESSION_TIMEOUT, MIN_TIMEOUT,
 };
 pub use instancer::{decode, InstanceJson, ZkInstancer, ZkSource};
 pub use registrar::{ZkRegistrar, PROTECTED_PREFIX};

@@ -13,7 +13,16 @@
 //! session timeout: a pause, a partition) or when someone deletes it; either way the watch
 //! fires and the task creates the node again — on a new session if the old one ended —
 //! retrying with a capped, jittered backoff (100 ms up to the session timeout) while the
-//! server cannot be reached. go-kit never re-registers (ZK-11).
+//! server cannot be reached. go-kit never re-registers (ZK-11). The watch also fires when
+//! someone else rewrites the node's data; the task writes the registrar's data back.
+//!
+//! Stopping the task (deregister, drop, register again) can cut a create short after it
+//! was sent: the registrar remembers that, and the next create adopts the node it finds
+//! with its prefix, while a delete removes every node with its prefix on the live session.
+//!
+//! With digest credentials, registering under an existing service directory whose ACL
+//! lets anyone delete its children (`world:anyone` DELETE, as go-kit creates it) fails with
+//! [`Error::Config`]: the credentials would protect nothing there.
 //!
 //! [`deregister`](ZkRegistrar::deregister) stops the task and deletes **this registrar's
 //! node** (go-kit deletes the service's parent node instead, which fails while any instance
@@ -36,6 +45,7 @@
 //! and gRPC checks are rejected, since ZooKeeper has nothing to run them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -68,6 +78,11 @@ struct Shared {
     prefix: String,
     data: Vec<u8>,
     node: StdMutex<Option<Node>>,
+    /// Set while a create is under way and until its path is recorded. Still set after the
+    /// keeper was stopped (or a `register()` cancelled) in the middle of a create: the
+    /// create may have reached the server, leaving a node whose path nobody knows, so the
+    /// next `ensure` adopts it and `delete` sweeps every node with this registrar's prefix.
+    creating: AtomicBool,
     recreations: watch::Sender<u64>,
 }
 
@@ -80,23 +95,53 @@ impl Shared {
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = node;
     }
 
-    /// Makes sure the node exists on the live session and returns a watch on it.
+    /// Makes sure the node exists on the live session with this registrar's data, and
+    /// returns a watch on it (an exists/data watch: it fires on a delete and on a data
+    /// change).
     async fn ensure(&self) -> Result<zk::OneshotWatcher> {
         let zk = self.client.session().await?;
         let session = zk.session_id().0;
         let previous = self.node();
         if let Some(node) = previous.as_ref().filter(|n| n.session == session) {
-            match zk.check_and_watch_stat(&node.path).await {
-                Ok((Some(stat), w)) if stat.ephemeral_owner == session => return Ok(w),
-                Ok(_) => {}
+            match zk.get_and_watch_data(&node.path).await {
+                Ok((data, stat, w)) if stat.ephemeral_owner == session => {
+                    if data == self.data {
+                        return Ok(w);
+                    }
+                    // Someone wrote other data into the node: put ours back. The watch just
+                    // set fires on this write, and the next round checks again.
+                    tracing::warn!(backend = BACKEND, service = %self.registration.service,
+                        node = %node.path, "node data was changed by someone else; writing it back");
+                    return match zk
+                        .set_data(&node.path, &self.data, Some(stat.version))
+                        .await
+                    {
+                        // BadVersion: changed again meanwhile; NoNode: deleted meanwhile. The
+                        // watch fires for either and the next round handles it.
+                        Ok(_) | Err(zk::Error::BadVersion) | Err(zk::Error::NoNode) => Ok(w),
+                        Err(e) => Err(zk_error(format!("restoring the data of {}", node.path), e)),
+                    };
+                }
+                Ok(_) | Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(zk_error(format!("checking {}", node.path), e)),
             }
         }
-        let path = self.create(&zk).await?;
+        // A create cut short earlier may have landed: adopt its node rather than make a second.
+        let interrupted = self.creating.swap(true, Ordering::SeqCst);
+        let adopted = if interrupted {
+            self.find_own(&zk).await?
+        } else {
+            None
+        };
+        let path = match adopted {
+            Some(path) => path,
+            None => self.create(&zk).await?,
+        };
         self.set_node(Some(Node {
             path: path.clone(),
             session,
         }));
+        self.creating.store(false, Ordering::SeqCst);
         if let Some(old) = previous {
             self.recreations.send_modify(|n| *n += 1);
             tracing::warn!(backend = BACKEND, service = %self.registration.service,
@@ -140,6 +185,7 @@ impl Shared {
         let options =
             zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::new(self.client.node_acl()));
         let what = || format!("creating a node in {}", self.dir);
+        self.refuse_open_directory(zk).await?;
         let mut last = zk::Error::NoNode;
         for _ in 0..4 {
             match zk.create(&base, &self.data, &options).await {
@@ -160,27 +206,101 @@ impl Shared {
         Err(zk_error(what(), last))
     }
 
-    /// This registrar's node in the directory under the current session, if any.
-    async fn find_own(&self, zk: &zk::Client) -> Result<Option<String>> {
+    /// With digest credentials, refuses to register under an existing service directory
+    /// whose ACL lets anyone delete its children (`world:anyone` with DELETE: what go-kit and
+    /// registries without credentials create): deleting a node needs DELETE on its parent,
+    /// so the credentials would protect nothing. A directory that does not exist yet is
+    /// created with the credentials' ACL.
+    async fn refuse_open_directory(&self, zk: &zk::Client) -> Result<()> {
+        if self.client.config().digest.is_none() {
+            return Ok(());
+        }
+        let acl = match zk.get_acl(&self.dir).await {
+            Ok((acl, _)) => acl,
+            Err(zk::Error::NoNode) => return Ok(()),
+            Err(e) => return Err(zk_error(format!("reading the ACL of {}", self.dir), e)),
+        };
+        let open = acl.iter().any(|a| {
+            a.scheme() == "world"
+                && a.id() == "anyone"
+                && a.permission().has(zk::Permission::DELETE)
+        });
+        if open {
+            return Err(Error::config(format!(
+                "zk: the service directory {} lets anyone delete its children (its ACL gives \
+                 world:anyone DELETE, as go-kit and registries without credentials create it), \
+                 so the digest credentials would not protect this registration; give the \
+                 directory an ACL without world:anyone DELETE (e.g. setAcl {} \
+                 auth::cdrwa,world:anyone:r as the owner), or register without digest \
+                 credentials",
+                self.dir, self.dir
+            )));
+        }
+        Ok(())
+    }
+
+    /// The nodes with this registrar's prefix in the directory that the live session owns.
+    async fn own_nodes(&self, zk: &zk::Client) -> Result<Vec<String>> {
         let children = match zk.list_children(&self.dir).await {
             Ok(c) => c,
-            Err(zk::Error::NoNode) => return Ok(None),
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
             Err(e) => return Err(zk_error(format!("listing {}", self.dir), e)),
         };
         let session = zk.session_id().0;
+        let mut own = Vec::new();
         for child in children.iter().filter(|c| c.starts_with(&self.prefix)) {
             let path = format!("{}/{child}", self.dir);
             if let Ok(Some(stat)) = zk.check_stat(&path).await {
                 if stat.ephemeral_owner == session {
-                    return Ok(Some(path));
+                    own.push(path);
                 }
             }
         }
-        Ok(None)
+        Ok(own)
+    }
+
+    /// This registrar's node in the directory under the current session, if any.
+    async fn find_own(&self, zk: &zk::Client) -> Result<Option<String>> {
+        Ok(self.own_nodes(zk).await?.into_iter().next())
+    }
+
+    /// After a create was cut short (see `creating`): deletes every node with this
+    /// registrar's prefix that the live session owns. ZooKeeper answers one session's
+    /// requests in order, so a create sent before the listing is seen by it.
+    async fn sweep(&self) -> Result<()> {
+        if !self.creating.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(zk) = self.client.current().await else {
+            // No live session: whatever the create made went with the session that ended.
+            self.creating.store(false, Ordering::SeqCst);
+            return Ok(());
+        };
+        let own = match self.own_nodes(&zk).await {
+            Ok(own) => own,
+            // The session ended meanwhile, and its nodes with it.
+            Err(_) if zk.state().is_terminated() => {
+                self.creating.store(false, Ordering::SeqCst);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        for path in own {
+            match zk.delete(&path, None).await {
+                Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::SessionExpired) => {
+                    tracing::debug!(backend = BACKEND, node = %path, "deleted the node of a create that was cut short");
+                }
+                Err(e) => return Err(zk_error(format!("deleting {path}"), e)),
+            }
+        }
+        self.creating.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Deletes the node if the session that owns it is still the live one.
+    /// First sweeps the nodes of a create that was cut short, if any.
     async fn delete(&self) -> Result<()> {
+        self.sweep().await?;
         let Some(node) = self.node() else {
             return Ok(());
         };
@@ -196,7 +316,8 @@ impl Shared {
         let mut last = None;
         for _ in 0..3 {
             match zk.delete(&node.path, None).await {
-                Ok(()) | Err(zk::Error::NoNode) => {
+                // SessionExpired: the node went with the session that owned it.
+                Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::SessionExpired) => {
                     self.set_node(None);
                     return Ok(());
                 }
@@ -222,11 +343,12 @@ impl Shared {
 }
 
 /// Keeps the node alive: waits for its watch to fire, then makes sure it exists again.
-fn spawn_keeper(shared: Arc<Shared>, first: zk::OneshotWatcher) -> BackgroundTask {
+/// Without a first watch, it starts by making sure the node exists.
+fn spawn_keeper(shared: Arc<Shared>, first: Option<zk::OneshotWatcher>) -> BackgroundTask {
     let max = shared.client.config().session_timeout;
     BackgroundTask::spawn(move |token| async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), max);
-        let mut watch = Some(first);
+        let mut watch = first;
         loop {
             if let Some(w) = watch.take() {
                 tokio::select! {
@@ -350,6 +472,7 @@ impl ZkRegistrar {
                 prefix,
                 data,
                 node: StdMutex::new(None),
+                creating: AtomicBool::new(false),
                 recreations: watch::channel(0).0,
             }),
             state: Mutex::new(State::default()),
@@ -393,13 +516,14 @@ impl Registrar for ZkRegistrar {
     async fn register(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let r = &self.shared.registration;
+        // The keeper and this call must not both create the node.
+        if let Some(old) = state.task.take() {
+            old.stop().await;
+        }
         match self.shared.ensure_retrying().await {
             Ok(w) => {
                 state.registered = true;
-                if let Some(old) = state.task.take() {
-                    old.stop().await;
-                }
-                state.task = Some(spawn_keeper(self.shared.clone(), w));
+                state.task = Some(spawn_keeper(self.shared.clone(), Some(w)));
                 tracing::info!(backend = BACKEND, service = %r.service, address = %r.instance.addr(),
                     node = ?self.node_path(), action = "register");
                 Ok(())
@@ -407,6 +531,10 @@ impl Registrar for ZkRegistrar {
             Err(e) => {
                 tracing::warn!(backend = BACKEND, service = %r.service, address = %r.instance.addr(),
                     error = %e, "register failed");
+                if state.registered {
+                    // Registered before: keep the registration alive as before this call.
+                    state.task = Some(spawn_keeper(self.shared.clone(), None));
+                }
                 Err(e)
             }
         }
@@ -418,7 +546,8 @@ impl Registrar for ZkRegistrar {
             task.stop().await;
         }
         if !state.registered {
-            return Ok(());
+            // Nothing sent unless a cancelled register() left a create behind.
+            return self.shared.sweep().await;
         }
         let r = &self.shared.registration;
         let node = self.node_path();
@@ -447,15 +576,21 @@ impl Drop for ZkRegistrar {
     /// is shared with the registry's other users and would otherwise keep the node.
     fn drop(&mut self) {
         let state = self.state.get_mut();
-        if let Some(task) = state.task.take() {
+        let task = state.task.take();
+        if let Some(task) = &task {
             task.cancel();
         }
-        if !state.registered || self.shared.node().is_none() {
+        if !state.registered {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
             handle.spawn(async move {
+                // Wait for the keeper to end first: a create it had under way is then sent,
+                // and the delete (its sweep) sees it.
+                if let Some(task) = task {
+                    task.stop().await;
+                }
                 if let Err(e) = shared.delete().await {
                     tracing::warn!(backend = BACKEND, service = %shared.registration.service,
                         error = %e, "deleting the node of a dropped registrar failed; it goes with the session");
