@@ -1,7 +1,9 @@
-//! The quickstart, as a library so that tests can run exactly what `cargo run -p examples
-//! --example quickstart` runs, against any registry.
+//! The examples, as a library so that tests can run exactly what `cargo run -p examples
+//! --example <name>` runs, against any registry: the quickstart (this module), [`grpc`]
+//! (tonic behind sdkit's balancer, a server killed mid-call) and [`axum_service`] (an axum
+//! service that leaves rotation on SIGTERM, across a rolling restart).
 //!
-//! It starts three real HTTP services on 127.0.0.1, each registering itself in the registry
+//! The quickstart starts three real HTTP services on 127.0.0.1, each registering itself in the registry
 //! with a TTL health check that it keeps passing; a client discovers them (Instancer →
 //! Endpointer → round robin → retry) and calls them over HTTP. Then one service crashes: its
 //! server stops and so do its heartbeats, and nobody deregisters it. Retries cover the dead
@@ -10,6 +12,9 @@
 //! which no traffic goes there. On shutdown every service deregisters explicitly with
 //! `RegistrationGuard::deregister().await`, which waits for the registry's answer.
 #![warn(missing_docs)]
+
+pub mod axum_service;
+pub mod grpc;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,6 +88,20 @@ impl Report {
     }
 }
 
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hits: Vec<String> = self.hits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(
+            f,
+            "{:<40} answers: {:<26} retries: {:<3} failed: {}",
+            self.name,
+            hits.join(" "),
+            self.retries,
+            self.failures
+        )
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -91,15 +110,7 @@ impl fmt::Display for Report {
             self.registry, self.service
         )?;
         for p in &self.phases {
-            let hits: Vec<String> = p.hits.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            writeln!(
-                f,
-                "  {:<40} answers: {:<26} retries: {:<3} failed: {}",
-                p.name,
-                hits.join(" "),
-                p.retries,
-                p.failures
-            )?;
+            writeln!(f, "  {p}")?;
         }
         Ok(())
     }
@@ -170,19 +181,34 @@ async fn start_service(
 }
 
 /// Waits until the endpointer holds exactly `n` endpoints.
-async fn wait_for<E: Send + Sync + 'static>(
+pub(crate) async fn wait_for<E: Send + Sync + 'static>(
     ep: &DefaultEndpointer<E>,
     n: usize,
     timeout: Duration,
 ) -> Result<(), BoxError> {
+    wait_until(ep, timeout, |list| list.len() == n)
+        .await
+        .map_err(|_| format!("discovery did not show {n} instances within {timeout:?}").into())
+}
+
+/// Waits until `done` holds for the endpointer's current endpoints (none while it is in an
+/// error state); `Err(())` after `timeout`.
+pub(crate) async fn wait_until<E: Send + Sync + 'static>(
+    ep: &DefaultEndpointer<E>,
+    timeout: Duration,
+    done: impl Fn(&[Endpoint<E>]) -> bool,
+) -> Result<(), ()> {
     let mut changes = ep.changes();
     tokio::time::timeout(timeout, async {
-        while ep.endpoints().get().map(|l| l.len()).unwrap_or(0) != n {
-            changes.changed().await;
+        while !done(ep.endpoints().get().unwrap_or(&[])) {
+            if !changes.changed().await {
+                // The endpointer is gone: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
         }
     })
     .await
-    .map_err(|_| format!("discovery did not show {n} instances within {timeout:?}").into())
+    .map_err(|_| ())
 }
 
 /// Runs the quickstart against `registry`.

@@ -1,0 +1,546 @@
+//! The axum example, as a library so that tests run exactly what `cargo run -p examples
+//! --example axum` runs, against any registry.
+//!
+//! [`serve`] is the service a Rust author would write: an axum app that registers itself
+//! on start and, when told to stop (SIGTERM, see [`sigterm`]), leaves rotation in order:
+//! 1. **out of rotation**: it deregisters, waiting for the registry's answer;
+//! 2. **propagation**: it waits until its own view of the registry (a passing-only
+//!    instancer, like its clients') no longer lists it, then `drain_grace` more for clients
+//!    whose view lags; it keeps serving meanwhile, so a client that still picks it is served;
+//! 3. **drain**: axum's graceful shutdown stops accepting, lets the requests in flight
+//!    finish and closes idle keep-alive connections, bounded by `drain_timeout`;
+//! 4. **exit**, returning what it served.
+//!
+//! [`run`] is the demo: three instances serve while a client (discovery → round robin →
+//! retry, over reqwest) keeps calling them, and a rolling restart replaces them one by one
+//! (start the new one, wait until clients see it, stop the old one as above). The client
+//! sees no failure; every old instance finished every request it had started. A client's
+//! retry is still needed for one race no server can close: a request sent on a keep-alive
+//! connection at the moment the server closes it as idle.
+//!
+//! With `memory://` every instance lives in this process, so "SIGTERM" is a per-instance
+//! future; `cargo run -p examples --example axum -- serve` runs one instance that stops on
+//! the real signal (one process per instance, for a real registry).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use sd_lb::{Retry, RoundRobin};
+use sdkit::{
+    BoxError, DefaultEndpointer, Endpoint, HealthCheck, Instance, Registration,
+    RegistrationGuard, Registry, ServiceQuery,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{wait_for, wait_until};
+
+/// Options of one instance ([`serve`]).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The service name to register.
+    pub service: String,
+    /// This instance's name (its instance id is `{service}-{name}`; it answers with it).
+    pub name: String,
+    /// The TTL of the health check the registration keeps passing.
+    pub ttl: Duration,
+    /// How long to wait for the registry to show the deregistration (step 2).
+    pub propagation_timeout: Duration,
+    /// How long to keep serving after that, for clients whose view lags (step 2).
+    pub drain_grace: Duration,
+    /// How long the requests in flight may take to finish (step 3).
+    pub drain_timeout: Duration,
+    /// How long each request works before answering (so that some are in flight).
+    pub work: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            service: "hello".into(),
+            name: "a".into(),
+            ttl: Duration::from_secs(5),
+            propagation_timeout: Duration::from_secs(10),
+            drain_grace: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(10),
+            work: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What one instance did, returned by [`serve`] when it exits.
+#[derive(Debug, Clone, Default)]
+pub struct Stopped {
+    /// The instance's name.
+    pub name: String,
+    /// Requests it started handling.
+    pub started: usize,
+    /// Requests it answered. Equal to `started` when the drain let every request finish.
+    pub completed: usize,
+    /// Requests in flight when it stopped accepting (step 3).
+    pub in_flight_at_drain: usize,
+    /// Requests it served after deregistering (clients whose view still had it).
+    pub served_after_deregister: usize,
+    /// Whether its own view of the registry dropped it within `propagation_timeout`.
+    pub propagated: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicUsize,
+    completed: AtomicUsize,
+    after_deregister: AtomicUsize,
+    deregistered: AtomicBool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    name: Arc<str>,
+    work: Duration,
+    counters: Arc<Counters>,
+}
+
+async fn hello(State(s): State<AppState>) -> String {
+    s.counters.started.fetch_add(1, Ordering::SeqCst);
+    if s.counters.deregistered.load(Ordering::SeqCst) {
+        s.counters.after_deregister.fetch_add(1, Ordering::SeqCst);
+    }
+    tokio::time::sleep(s.work).await;
+    // Counted only when the handler runs to its end: a request cut by the shutdown is not.
+    s.counters.completed.fetch_add(1, Ordering::SeqCst);
+    s.name.to_string()
+}
+
+/// Resolves on SIGTERM (or Ctrl-C). The handler is installed when this is called, not when
+/// the future is first polled, so a signal right after the call is not missed.
+pub fn sigterm() -> std::io::Result<impl Future<Output = ()> + Send> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// Serves on `listener`, registered in `registry`, until `shutdown` resolves; then leaves
+/// rotation (deregister, wait for it to show, drain) and returns what it did.
+///
+/// `registered` (if given) is told once the registration is in, so that a caller can wait
+/// for the instance to be up.
+pub async fn serve(
+    registry: Arc<dyn Registry>,
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+    registered: Option<oneshot::Sender<()>>,
+) -> Result<Stopped, BoxError> {
+    let port = listener.local_addr()?.port();
+    let state = AppState {
+        name: opts.name.as_str().into(),
+        work: opts.work,
+        counters: Arc::new(Counters::default()),
+    };
+    let counters = state.counters.clone();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(hello))
+        .with_state(state);
+    let (drain, drained) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = drained.await;
+            })
+            .await
+    });
+
+    // Our own view of the registry, the way clients see it (started before registering so
+    // it is warm when we need it).
+    let id = format!("{}-{}", opts.service, opts.name);
+    let instancer = registry
+        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
+        .await?;
+    let view = DefaultEndpointer::new(&*instancer, |_: &Instance| -> Result<(), BoxError> {
+        Ok(())
+    });
+
+    let instance = Instance::builder("127.0.0.1", port)
+        .id(id.clone())
+        .meta("name", opts.name.as_str())
+        .build();
+    let registrar = registry
+        .registrar(
+            Registration::new(opts.service.as_str(), instance)
+                .check(HealthCheck::Ttl(opts.ttl))
+                .deregister_critical_after(Duration::from_secs(60)),
+        )
+        .await?;
+    let guard = RegistrationGuard::register(registrar).await?;
+    tracing::info!(instance = %id, port, "registered");
+    if let Some(tx) = registered {
+        let _ = tx.send(());
+    }
+
+    shutdown.await;
+
+    // 1. Out of rotation first, while still serving.
+    counters.deregistered.store(true, Ordering::SeqCst);
+    guard.deregister().await?;
+    // 2. Until the registry shows it, and a grace for clients whose view lags.
+    let gone = |list: &[Endpoint<()>]| list.iter().all(|ep| ep.instance().id() != id);
+    let propagated = wait_until(&view, opts.propagation_timeout, gone)
+        .await
+        .is_ok();
+    view.close().await;
+    instancer.stop().await;
+    tokio::time::sleep(opts.drain_grace).await;
+    // 3. Drain: stop accepting, let the requests in flight finish.
+    let in_flight_at_drain = counters
+        .started
+        .load(Ordering::SeqCst)
+        .saturating_sub(counters.completed.load(Ordering::SeqCst));
+    let _ = drain.send(());
+    let mut server = server;
+    match tokio::time::timeout(opts.drain_timeout, &mut server).await {
+        Ok(joined) => joined??,
+        Err(_) => {
+            server.abort();
+            return Err(format!(
+                "{id}: requests still in flight after {:?}",
+                opts.drain_timeout
+            )
+            .into());
+        }
+    }
+    tracing::info!(instance = %id, "drained, exiting");
+    // 4. Exit.
+    Ok(Stopped {
+        name: opts.name,
+        started: counters.started.load(Ordering::SeqCst),
+        completed: counters.completed.load(Ordering::SeqCst),
+        in_flight_at_drain,
+        served_after_deregister: counters.after_deregister.load(Ordering::SeqCst),
+        propagated,
+    })
+}
+
+/// Options of the rolling-restart demo ([`run`]).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The service name to register (make it unique when the registry is shared).
+    pub service: String,
+    /// Client callers running at once during the restart.
+    pub concurrency: usize,
+    /// Requests after the restart (checked to reach only the new instances).
+    pub requests_after: usize,
+    /// An upper bound on the requests during the restart (the callers stop at it).
+    pub max_requests: usize,
+    /// How long to wait for discovery to show a change.
+    pub discovery_timeout: Duration,
+    /// The options of each instance (`service` and `name` are set per instance).
+    pub serve: ServeOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            service: "hello".into(),
+            concurrency: 4,
+            requests_after: 30,
+            max_requests: 200_000,
+            discovery_timeout: Duration::from_secs(20),
+            serve: ServeOptions::default(),
+        }
+    }
+}
+
+/// What the rolling restart showed.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// The registry used (its URL scheme).
+    pub registry: String,
+    /// The service name registered.
+    pub service: String,
+    /// Answers per instance during the restart.
+    pub during: BTreeMap<String, usize>,
+    /// Requests that failed even after retries, during the restart.
+    pub failures: usize,
+    /// Attempts beyond the first, during the restart.
+    pub retries: usize,
+    /// Answers per instance after it.
+    pub after: BTreeMap<String, usize>,
+    /// Requests that failed after it.
+    pub failures_after: usize,
+    /// The old instances, as they exited.
+    pub stopped: Vec<Stopped>,
+    /// The new instances' names.
+    pub new: Vec<String>,
+}
+
+impl Report {
+    /// Whether the run showed what it should: no failure; every old instance served, was
+    /// seen gone by its own view, and finished every request it started; after the restart
+    /// all three new instances answer and no old one does.
+    pub fn check(&self) -> Result<(), String> {
+        if self.failures + self.failures_after > 0 {
+            return Err(format!(
+                "{} requests failed during the restart, {} after",
+                self.failures, self.failures_after
+            ));
+        }
+        if self.stopped.len() != 3 {
+            return Err(format!("{} old instances stopped, not 3", self.stopped.len()));
+        }
+        for s in &self.stopped {
+            if s.started == 0 {
+                return Err(format!("{} served nothing", s.name));
+            }
+            if s.completed != s.started {
+                return Err(format!(
+                    "{} cut {} requests short",
+                    s.name,
+                    s.started - s.completed
+                ));
+            }
+            if !s.propagated {
+                return Err(format!("{}: the registry still listed it", s.name));
+            }
+        }
+        for n in &self.new {
+            if !self.after.contains_key(n) {
+                return Err(format!("after: {n} did not answer ({:?})", self.after));
+            }
+        }
+        if let Some(old) = self.stopped.iter().find(|s| self.after.contains_key(&s.name)) {
+            return Err(format!("after: {} still answered", old.name));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hits = |m: &BTreeMap<String, usize>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        writeln!(
+            f,
+            "registry: {}://   service: {}",
+            self.registry, self.service
+        )?;
+        writeln!(
+            f,
+            "  rolling restart   answers: {}   retries: {}   failed: {}",
+            hits(&self.during),
+            self.retries,
+            self.failures
+        )?;
+        for s in &self.stopped {
+            writeln!(
+                f,
+                "    {} stopped: served {} ({} after deregistering), {} in flight at the drain, {} cut",
+                s.name,
+                s.completed,
+                s.served_after_deregister,
+                s.in_flight_at_drain,
+                s.started.saturating_sub(s.completed)
+            )?;
+        }
+        writeln!(
+            f,
+            "  after             answers: {}   failed: {}",
+            hits(&self.after),
+            self.failures_after
+        )
+    }
+}
+
+/// One instance running as a task, stopped by its own "SIGTERM".
+struct Running {
+    term: oneshot::Sender<()>,
+    task: JoinHandle<Result<Stopped, BoxError>>,
+}
+
+async fn start(
+    registry: &Arc<dyn Registry>,
+    opts: &Options,
+    name: &str,
+) -> Result<Running, BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let serve_opts = ServeOptions {
+        service: opts.service.clone(),
+        name: name.to_string(),
+        ..opts.serve.clone()
+    };
+    let (term, termed) = oneshot::channel::<()>();
+    let (up, is_up) = oneshot::channel();
+    let task = tokio::spawn(serve(
+        registry.clone(),
+        listener,
+        serve_opts,
+        async {
+            let _ = termed.await;
+        },
+        Some(up),
+    ));
+    if is_up.await.is_err() {
+        // It exited before registering: report why.
+        return Err(match task.await? {
+            Err(e) => e,
+            Ok(_) => format!("{name} exited before registering").into(),
+        });
+    }
+    Ok(Running { term, task })
+}
+
+impl Running {
+    async fn stop(self, timeout: Duration) -> Result<Stopped, BoxError> {
+        let _ = self.term.send(());
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(joined) => joined?,
+            Err(_) => Err(format!("an instance did not exit within {timeout:?}").into()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    hits: BTreeMap<String, usize>,
+    failures: usize,
+    retries: usize,
+}
+
+type Client = Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>;
+
+async fn call(client: &Client, http: &reqwest::Client, tally: &Mutex<Tally>) {
+    let attempts = AtomicUsize::new(0);
+    let result = client
+        .call(|ep: Endpoint<String>| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let http = http.clone();
+            async move {
+                http.get(ep.as_str())
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await
+            }
+        })
+        .await;
+    let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+    t.retries += attempts.into_inner().saturating_sub(1);
+    match result {
+        Ok(body) => *t.hits.entry(body).or_default() += 1,
+        Err(e) => {
+            tracing::warn!(error = %e, "request failed");
+            t.failures += 1;
+        }
+    }
+}
+
+/// Runs the rolling-restart demo against `registry`.
+pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, BoxError> {
+    let mut report = Report {
+        registry: registry.scheme().to_string(),
+        service: opts.service.clone(),
+        ..Report::default()
+    };
+    let mut old = Vec::new();
+    for name in ["a1", "b1", "c1"] {
+        old.push(start(&registry, &opts, name).await?);
+    }
+
+    // The client: discovery -> round robin -> retry, over reqwest.
+    let instancer = registry
+        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
+        .await?;
+    let endpointer = Arc::new(
+        DefaultEndpointer::builder(&*instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(format!("http://{}/", i.addr()))
+        })
+        .name(opts.service.clone())
+        .build(),
+    );
+    wait_for(&endpointer, 3, opts.discovery_timeout).await?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let client: Client = Retry::new(RoundRobin::new(endpointer.clone()))
+        .max_attempts(3)
+        .timeout(Duration::from_secs(5));
+
+    // Traffic during the whole restart, from `concurrency` callers.
+    let during = Mutex::new(Tally::default());
+    let stop = AtomicBool::new(false);
+    let sent = AtomicUsize::new(0);
+    let traffic = futures::future::join_all((0..opts.concurrency.max(1)).map(|_| async {
+        while !stop.load(Ordering::SeqCst) && sent.fetch_add(1, Ordering::SeqCst) < opts.max_requests
+        {
+            call(&client, &http, &during).await;
+        }
+    }));
+    let restart = async {
+        let mut new = Vec::new();
+        let mut stopped = Vec::new();
+        for (i, o) in old.into_iter().enumerate() {
+            let name = format!("{}2", ["a", "b", "c"][i]);
+            new.push((name.clone(), start(&registry, &opts, &name).await?));
+            wait_for(&endpointer, 4, opts.discovery_timeout).await?;
+            let timeout = opts.serve.propagation_timeout
+                + opts.serve.drain_grace
+                + opts.serve.drain_timeout;
+            stopped.push(o.stop(timeout).await?);
+            wait_for(&endpointer, 3, opts.discovery_timeout).await?;
+        }
+        Ok::<_, BoxError>((new, stopped))
+    };
+    let (restarted, ()) = tokio::join!(
+        async {
+            let r = restart.await;
+            stop.store(true, Ordering::SeqCst);
+            r
+        },
+        async {
+            traffic.await;
+        }
+    );
+    let (new, stopped) = restarted?;
+    let during = during.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.during = during.hits;
+    report.failures = during.failures;
+    report.retries = during.retries;
+    report.stopped = stopped;
+
+    // After the restart: only the new instances answer.
+    let after = Mutex::new(Tally::default());
+    for _ in 0..opts.requests_after {
+        call(&client, &http, &after).await;
+    }
+    let after = after.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.after = after.hits;
+    report.failures_after = after.failures;
+
+    let timeout = opts.serve.propagation_timeout + opts.serve.drain_grace + opts.serve.drain_timeout;
+    for (name, n) in new {
+        n.stop(timeout).await?;
+        report.new.push(name);
+    }
+    endpointer.close().await;
+    instancer.stop().await;
+    Ok(report)
+}
