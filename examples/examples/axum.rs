@@ -109,7 +109,7 @@ async fn serve_one(
         name,
         ..ServeOptions::default()
     };
-    match axum_service::serve(registry, listener, opts, term, None).await {
+    match axum_service::serve(registry, listener, opts, term).await {
         Ok(s) => {
             println!(
                 "stopped: served {} ({} after deregistering), {} in flight at the drain, all finished",

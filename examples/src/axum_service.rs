@@ -26,17 +26,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use sd_lb::{Retry, RoundRobin};
 use sdkit::{
-    BoxError, DefaultEndpointer, Endpoint, HealthCheck, Instance, Registration,
+    BoxError, DefaultEndpointer, Endpoint, HealthCheck, Instance, Instancer, Registration,
     RegistrationGuard, Registry, ServiceQuery,
 };
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::{wait_for, wait_until};
@@ -74,7 +75,7 @@ impl Default for ServeOptions {
     }
 }
 
-/// What one instance did, returned by [`serve`] when it exits.
+/// What one instance did, returned by [`Service::shutdown`] when it exits.
 #[derive(Debug, Clone, Default)]
 pub struct Stopped {
     /// The instance's name.
@@ -104,17 +105,43 @@ struct AppState {
     name: Arc<str>,
     work: Duration,
     counters: Arc<Counters>,
+    /// `/slow` requests that have started.
+    slow_started: Arc<watch::Sender<usize>>,
+    /// Set when the drain starts.
+    draining: watch::Receiver<bool>,
 }
 
-async fn hello(State(s): State<AppState>) -> String {
-    s.counters.started.fetch_add(1, Ordering::SeqCst);
-    if s.counters.deregistered.load(Ordering::SeqCst) {
-        s.counters.after_deregister.fetch_add(1, Ordering::SeqCst);
+impl AppState {
+    fn enter(&self) {
+        self.counters.started.fetch_add(1, Ordering::SeqCst);
+        if self.counters.deregistered.load(Ordering::SeqCst) {
+            self.counters.after_deregister.fetch_add(1, Ordering::SeqCst);
+        }
     }
+
+    /// Counted only when a handler runs to its end: a request cut by the shutdown is not.
+    fn leave(&self) -> String {
+        self.counters.completed.fetch_add(1, Ordering::SeqCst);
+        self.name.to_string()
+    }
+}
+
+/// `GET /`: a short request.
+async fn hello(State(s): State<AppState>) -> String {
+    s.enter();
     tokio::time::sleep(s.work).await;
-    // Counted only when the handler runs to its end: a request cut by the shutdown is not.
-    s.counters.completed.fetch_add(1, Ordering::SeqCst);
-    s.name.to_string()
+    s.leave()
+}
+
+/// `GET /slow`: a long request (an export, a long poll), here one that is still running
+/// when the drain starts: it works until then, and for a while after.
+async fn slow(State(s): State<AppState>) -> String {
+    s.enter();
+    s.slow_started.send_modify(|n| *n += 1);
+    let mut draining = s.draining.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(60), draining.wait_for(|d| *d)).await;
+    tokio::time::sleep(s.work * 10).await;
+    s.leave()
 }
 
 /// Resolves on SIGTERM (or Ctrl-C). The handler is installed when this is called, not when
@@ -133,105 +160,175 @@ pub fn sigterm() -> std::io::Result<impl Future<Output = ()> + Send> {
     })
 }
 
-/// Serves on `listener`, registered in `registry`, until `shutdown` resolves; then leaves
-/// rotation (deregister, wait for it to show, drain) and returns what it did.
-///
-/// `registered` (if given) is told once the registration is in, so that a caller can wait
-/// for the instance to be up.
+/// Serves on `listener`, registered in `registry`, until `shutdown` resolves (e.g.
+/// [`sigterm`]); then leaves rotation ([`Service::shutdown`]) and returns what it did.
 pub async fn serve(
     registry: Arc<dyn Registry>,
     listener: TcpListener,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-    registered: Option<oneshot::Sender<()>>,
 ) -> Result<Stopped, BoxError> {
-    let port = listener.local_addr()?.port();
-    let state = AppState {
-        name: opts.name.as_str().into(),
-        work: opts.work,
-        counters: Arc::new(Counters::default()),
-    };
-    let counters = state.counters.clone();
-    let app = axum::Router::new()
-        .route("/", axum::routing::get(hello))
-        .with_state(state);
-    let (drain, drained) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = drained.await;
-            })
-            .await
-    });
+    let service = Service::start(registry, listener, opts).await?;
+    shutdown.await;
+    service.shutdown().await
+}
 
-    // Our own view of the registry, the way clients see it (started before registering so
-    // it is warm when we need it).
-    let id = format!("{}-{}", opts.service, opts.name);
-    let instancer = registry
-        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
-        .await?;
-    let view = DefaultEndpointer::new(&*instancer, |_: &Instance| -> Result<(), BoxError> {
-        Ok(())
-    });
+/// A running, registered instance.
+pub struct Service {
+    opts: ServeOptions,
+    id: String,
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    slow_started: watch::Receiver<usize>,
+    draining: watch::Sender<bool>,
+    drain: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    guard: RegistrationGuard,
+    instancer: Arc<dyn Instancer>,
+    view: DefaultEndpointer<()>,
+}
 
-    let instance = Instance::builder("127.0.0.1", port)
-        .id(id.clone())
-        .meta("name", opts.name.as_str())
-        .build();
-    let registrar = registry
-        .registrar(
-            Registration::new(opts.service.as_str(), instance)
-                .check(HealthCheck::Ttl(opts.ttl))
-                .deregister_critical_after(Duration::from_secs(60)),
-        )
-        .await?;
-    let guard = RegistrationGuard::register(registrar).await?;
-    tracing::info!(instance = %id, port, "registered");
-    if let Some(tx) = registered {
-        let _ = tx.send(());
+impl Service {
+    /// Serves the app on `listener` and registers it (returns once the registration is in).
+    pub async fn start(
+        registry: Arc<dyn Registry>,
+        listener: TcpListener,
+        opts: ServeOptions,
+    ) -> Result<Service, BoxError> {
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let (slow_tx, slow_started) = watch::channel(0);
+        let (draining, draining_rx) = watch::channel(false);
+        let state = AppState {
+            name: opts.name.as_str().into(),
+            work: opts.work,
+            counters: counters.clone(),
+            slow_started: Arc::new(slow_tx),
+            draining: draining_rx,
+        };
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(hello))
+            .route("/slow", axum::routing::get(slow))
+            .with_state(state);
+        let (drain, drained) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = drained.await;
+                })
+                .await
+        });
+
+        // Our own view of the registry, the way clients see it (started before registering
+        // so it is warm when we need it).
+        let id = format!("{}-{}", opts.service, opts.name);
+        let instancer = registry
+            .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
+            .await?;
+        let view = DefaultEndpointer::new(&*instancer, |_: &Instance| -> Result<(), BoxError> {
+            Ok(())
+        });
+        let instance = Instance::builder("127.0.0.1", addr.port())
+            .id(id.clone())
+            .meta("name", opts.name.as_str())
+            .build();
+        let registrar = registry
+            .registrar(
+                Registration::new(opts.service.as_str(), instance)
+                    .check(HealthCheck::Ttl(opts.ttl))
+                    .deregister_critical_after(Duration::from_secs(60)),
+            )
+            .await?;
+        let guard = RegistrationGuard::register(registrar).await?;
+        tracing::info!(instance = %id, %addr, "registered");
+        Ok(Service {
+            opts,
+            id,
+            addr,
+            counters,
+            slow_started,
+            draining,
+            drain,
+            server,
+            guard,
+            instancer,
+            view,
+        })
     }
 
-    shutdown.await;
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 
-    // 1. Out of rotation first, while still serving.
-    counters.deregistered.store(true, Ordering::SeqCst);
-    guard.deregister().await?;
-    // 2. Until the registry shows it, and a grace for clients whose view lags.
-    let gone = |list: &[Endpoint<()>]| list.iter().all(|ep| ep.instance().id() != id);
-    let propagated = wait_until(&view, opts.propagation_timeout, gone)
-        .await
-        .is_ok();
-    view.close().await;
-    instancer.stop().await;
-    tokio::time::sleep(opts.drain_grace).await;
-    // 3. Drain: stop accepting, let the requests in flight finish.
-    let in_flight_at_drain = counters
-        .started
-        .load(Ordering::SeqCst)
-        .saturating_sub(counters.completed.load(Ordering::SeqCst));
-    let _ = drain.send(());
-    let mut server = server;
-    match tokio::time::timeout(opts.drain_timeout, &mut server).await {
-        Ok(joined) => joined??,
-        Err(_) => {
-            server.abort();
-            return Err(format!(
-                "{id}: requests still in flight after {:?}",
-                opts.drain_timeout
-            )
-            .into());
+    /// Waits until `n` `/slow` requests have started (at most `timeout`).
+    pub async fn wait_slow(&self, n: usize, timeout: Duration) -> Result<(), BoxError> {
+        let mut rx = self.slow_started.clone();
+        let started = tokio::time::timeout(timeout, async { rx.wait_for(|k| *k >= n).await.is_ok() })
+            .await
+            .unwrap_or(false);
+        if started {
+            Ok(())
+        } else {
+            Err(format!("{}: no /slow request within {timeout:?}", self.id).into())
         }
     }
-    tracing::info!(instance = %id, "drained, exiting");
-    // 4. Exit.
-    Ok(Stopped {
-        name: opts.name,
-        started: counters.started.load(Ordering::SeqCst),
-        completed: counters.completed.load(Ordering::SeqCst),
-        in_flight_at_drain,
-        served_after_deregister: counters.after_deregister.load(Ordering::SeqCst),
-        propagated,
-    })
+
+    /// Leaves rotation: deregisters, waits until the registry shows it gone and for the
+    /// grace, drains the requests in flight, and returns what it did.
+    pub async fn shutdown(self) -> Result<Stopped, BoxError> {
+        let Service {
+            opts,
+            id,
+            counters,
+            draining,
+            drain,
+            mut server,
+            guard,
+            instancer,
+            view,
+            ..
+        } = self;
+        // 1. Out of rotation first, while still serving.
+        counters.deregistered.store(true, Ordering::SeqCst);
+        guard.deregister().await?;
+        // 2. Until the registry shows it, and a grace for clients whose view lags.
+        let gone = |list: &[Endpoint<()>]| list.iter().all(|ep| ep.instance().id() != id);
+        let propagated = wait_until(&view, opts.propagation_timeout, gone)
+            .await
+            .is_ok();
+        view.close().await;
+        instancer.stop().await;
+        tokio::time::sleep(opts.drain_grace).await;
+        // 3. Drain: stop accepting, let the requests in flight finish.
+        let in_flight_at_drain = counters
+            .started
+            .load(Ordering::SeqCst)
+            .saturating_sub(counters.completed.load(Ordering::SeqCst));
+        let _ = draining.send(true);
+        let _ = drain.send(());
+        match tokio::time::timeout(opts.drain_timeout, &mut server).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                server.abort();
+                return Err(format!(
+                    "{id}: requests still in flight after {:?}",
+                    opts.drain_timeout
+                )
+                .into());
+            }
+        }
+        tracing::info!(instance = %id, "drained, exiting");
+        // 4. Exit.
+        Ok(Stopped {
+            name: opts.name,
+            started: counters.started.load(Ordering::SeqCst),
+            completed: counters.completed.load(Ordering::SeqCst),
+            in_flight_at_drain,
+            served_after_deregister: counters.after_deregister.load(Ordering::SeqCst),
+            propagated,
+        })
+    }
 }
 
 /// Options of the rolling-restart demo ([`run`]).
@@ -285,6 +382,8 @@ pub struct Report {
     pub stopped: Vec<Stopped>,
     /// The new instances' names.
     pub new: Vec<String>,
+    /// `/slow` requests in flight at an old instance's drain that got no answer.
+    pub slow_cut: usize,
 }
 
 impl Report {
@@ -301,9 +400,15 @@ impl Report {
         if self.stopped.len() != 3 {
             return Err(format!("{} old instances stopped, not 3", self.stopped.len()));
         }
+        if self.slow_cut > 0 {
+            return Err(format!(
+                "{} slow requests in flight at a drain got no answer",
+                self.slow_cut
+            ));
+        }
         for s in &self.stopped {
-            if s.started == 0 {
-                return Err(format!("{} served nothing", s.name));
+            if s.in_flight_at_drain == 0 {
+                return Err(format!("{}: nothing in flight at its drain", s.name));
             }
             if s.completed != s.started {
                 return Err(format!(
@@ -361,6 +466,11 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
+            "    /slow requests in flight at a drain and cut: {}",
+            self.slow_cut
+        )?;
+        writeln!(
+            f,
             "  after             answers: {}   failed: {}",
             hits(&self.after),
             self.failures_after
@@ -368,52 +478,40 @@ impl fmt::Display for Report {
     }
 }
 
-/// One instance running as a task, stopped by its own "SIGTERM".
-struct Running {
-    term: oneshot::Sender<()>,
-    task: JoinHandle<Result<Stopped, BoxError>>,
-}
-
 async fn start(
     registry: &Arc<dyn Registry>,
     opts: &Options,
     name: &str,
-) -> Result<Running, BoxError> {
+) -> Result<Service, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let serve_opts = ServeOptions {
         service: opts.service.clone(),
         name: name.to_string(),
         ..opts.serve.clone()
     };
-    let (term, termed) = oneshot::channel::<()>();
-    let (up, is_up) = oneshot::channel();
-    let task = tokio::spawn(serve(
-        registry.clone(),
-        listener,
-        serve_opts,
-        async {
-            let _ = termed.await;
-        },
-        Some(up),
-    ));
-    if is_up.await.is_err() {
-        // It exited before registering: report why.
-        return Err(match task.await? {
-            Err(e) => e,
-            Ok(_) => format!("{name} exited before registering").into(),
-        });
-    }
-    Ok(Running { term, task })
+    Service::start(registry.clone(), listener, serve_opts).await
 }
 
-impl Running {
-    async fn stop(self, timeout: Duration) -> Result<Stopped, BoxError> {
-        let _ = self.term.send(());
-        match tokio::time::timeout(timeout, self.task).await {
-            Ok(joined) => joined?,
-            Err(_) => Err(format!("an instance did not exit within {timeout:?}").into()),
-        }
-    }
+/// Stops `old` the way SIGTERM would, with a `/slow` request in flight: returns what it
+/// did and whether the slow request got its answer.
+async fn stop_with_slow_request(
+    old: Service,
+    http: &reqwest::Client,
+    opts: &Options,
+) -> Result<(Stopped, bool), BoxError> {
+    let url = format!("http://{}/slow", old.addr());
+    let request = tokio::spawn({
+        let http = http.clone();
+        async move { http.get(url).send().await?.error_for_status()?.text().await }
+    });
+    old.wait_slow(1, opts.discovery_timeout).await?;
+    let timeout =
+        opts.serve.propagation_timeout + opts.serve.drain_grace + opts.serve.drain_timeout;
+    let stopped = tokio::time::timeout(timeout, old.shutdown())
+        .await
+        .map_err(|_| format!("an instance did not exit within {timeout:?}"))??;
+    let answered = matches!(request.await, Ok(Ok(ref body)) if *body == stopped.name);
+    Ok((stopped, answered))
 }
 
 #[derive(Default)]
@@ -501,10 +599,7 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
             let name = format!("{}2", ["a", "b", "c"][i]);
             new.push((name.clone(), start(&registry, &opts, &name).await?));
             wait_for(&endpointer, 4, opts.discovery_timeout).await?;
-            let timeout = opts.serve.propagation_timeout
-                + opts.serve.drain_grace
-                + opts.serve.drain_timeout;
-            stopped.push(o.stop(timeout).await?);
+            stopped.push(stop_with_slow_request(o, &http, &opts).await?);
             wait_for(&endpointer, 3, opts.discovery_timeout).await?;
         }
         Ok::<_, BoxError>((new, stopped))
@@ -520,6 +615,8 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         }
     );
     let (new, stopped) = restarted?;
+    let (stopped, answered): (Vec<_>, Vec<_>) = stopped.into_iter().unzip();
+    report.slow_cut = answered.iter().filter(|a| !**a).count();
     let during = during.into_inner().unwrap_or_else(|e| e.into_inner());
     report.during = during.hits;
     report.failures = during.failures;
@@ -535,9 +632,8 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     report.after = after.hits;
     report.failures_after = after.failures;
 
-    let timeout = opts.serve.propagation_timeout + opts.serve.drain_grace + opts.serve.drain_timeout;
     for (name, n) in new {
-        n.stop(timeout).await?;
+        n.shutdown().await?;
         report.new.push(name);
     }
     endpointer.close().await;
