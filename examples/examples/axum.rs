@@ -102,7 +102,10 @@ async fn serve_one(
         }
     };
     if let Ok(addr) = listener.local_addr() {
-        println!("{service}/{name} serving on http://{addr}/ (pid {}); SIGTERM to stop", std::process::id());
+        println!(
+            "{service}/{name} serving on http://{addr}/ (pid {}); SIGTERM to stop",
+            std::process::id()
+        );
     }
     let opts = ServeOptions {
         service,

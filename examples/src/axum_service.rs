@@ -25,8 +25,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,7 +115,9 @@ impl AppState {
     fn enter(&self) {
         self.counters.started.fetch_add(1, Ordering::SeqCst);
         if self.counters.deregistered.load(Ordering::SeqCst) {
-            self.counters.after_deregister.fetch_add(1, Ordering::SeqCst);
+            self.counters
+                .after_deregister
+                .fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -264,9 +266,10 @@ impl Service {
     /// Waits until `n` `/slow` requests have started (at most `timeout`).
     pub async fn wait_slow(&self, n: usize, timeout: Duration) -> Result<(), BoxError> {
         let mut rx = self.slow_started.clone();
-        let started = tokio::time::timeout(timeout, async { rx.wait_for(|k| *k >= n).await.is_ok() })
-            .await
-            .unwrap_or(false);
+        let started =
+            tokio::time::timeout(timeout, async { rx.wait_for(|k| *k >= n).await.is_ok() })
+                .await
+                .unwrap_or(false);
         if started {
             Ok(())
         } else {
@@ -398,7 +401,10 @@ impl Report {
             ));
         }
         if self.stopped.len() != 3 {
-            return Err(format!("{} old instances stopped, not 3", self.stopped.len()));
+            return Err(format!(
+                "{} old instances stopped, not 3",
+                self.stopped.len()
+            ));
         }
         if self.slow_cut > 0 {
             return Err(format!(
@@ -426,7 +432,11 @@ impl Report {
                 return Err(format!("after: {n} did not answer ({:?})", self.after));
             }
         }
-        if let Some(old) = self.stopped.iter().find(|s| self.after.contains_key(&s.name)) {
+        if let Some(old) = self
+            .stopped
+            .iter()
+            .find(|s| self.after.contains_key(&s.name))
+        {
             return Err(format!("after: {} still answered", old.name));
         }
         Ok(())
@@ -587,7 +597,8 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     let stop = AtomicBool::new(false);
     let sent = AtomicUsize::new(0);
     let traffic = futures::future::join_all((0..opts.concurrency.max(1)).map(|_| async {
-        while !stop.load(Ordering::SeqCst) && sent.fetch_add(1, Ordering::SeqCst) < opts.max_requests
+        while !stop.load(Ordering::SeqCst)
+            && sent.fetch_add(1, Ordering::SeqCst) < opts.max_requests
         {
             call(&client, &http, &during).await;
         }

@@ -28,7 +28,6 @@
 //!
 //! Retrying is only right for idempotent calls; [`retryable`] retries the codes that mean
 //! "not processed or the server went away" and stops on application errors.
-#![allow(missing_docs)] // the generated code below
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,6 +44,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 /// The code generated from `proto/greeter.proto` by tonic-prost-build (see `build.rs`).
+#[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("greeter");
 }
@@ -139,7 +139,12 @@ impl fmt::Display for Report {
         for p in &self.phases {
             writeln!(f, "  {p}")?;
         }
-        Ok(())
+        writeln!(
+            f,
+            "  {} ejected by outlier detection before discovery dropped it: {}",
+            self.killed,
+            if self.ejected { "yes" } else { "no" }
+        )
     }
 }
 
@@ -212,9 +217,7 @@ impl Server {
             rt.block_on(async move {
                 let incoming = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => tonic::transport::server::TcpIncoming::from(l),
-                    Err(e) => {
-                        return tracing::error!(server = %thread_name, error = %e, "listener")
-                    }
+                    Err(e) => return tracing::error!(server = %thread_name, error = %e, "listener"),
                 };
                 let serve = tonic::transport::Server::builder()
                     .add_service(GreeterServer::new(hello))
@@ -294,12 +297,16 @@ pub fn retryable(error: &BoxError) -> bool {
     }
 }
 
+/// The client's balancer: P2C on peak-EWMA latency over one `Channel` per instance, under
+/// outlier ejection.
+pub type Balancer = Outlier<P2c<Arc<DefaultEndpointer<Channel>>, Channel>, Channel>;
+
 /// The client: discovery → one lazily connected [`Channel`] per instance → P2C peak-EWMA
 /// under outlier ejection → retry.
 pub struct Client {
     instancer: Arc<dyn Instancer>,
     endpointer: Arc<DefaultEndpointer<Channel>>,
-    retry: Retry<Outlier<P2c<Arc<DefaultEndpointer<Channel>>, Channel>, Channel>>,
+    retry: Retry<Balancer>,
 }
 
 impl Client {
@@ -468,7 +475,9 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         },
     )
     .await;
-    kill_result.into_inner().unwrap_or_else(|e| e.into_inner())?;
+    kill_result
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())?;
     report.ejected = client.is_ejected(&victim.name);
     report.phases.push(phase);
 

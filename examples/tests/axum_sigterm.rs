@@ -21,7 +21,9 @@ async fn sigterm_deregisters_then_drains_then_exits() {
         ..ServeOptions::default()
     };
     // What `serve` does, with a look inside between the steps.
-    let service = Service::start(registry.clone(), listener, opts).await.unwrap();
+    let service = Service::start(registry.clone(), listener, opts)
+        .await
+        .unwrap();
 
     let instancer = registry
         .instancer(&ServiceQuery::new("sigterm").passing_only(true))
@@ -61,7 +63,10 @@ async fn sigterm_deregisters_then_drains_then_exits() {
         .expect("shut down after SIGTERM")
         .unwrap()
         .unwrap();
-    assert!(stopped.propagated, "its own view saw it gone before the drain");
+    assert!(
+        stopped.propagated,
+        "its own view saw it gone before the drain"
+    );
     assert_eq!(stopped.in_flight_at_drain, 1, "{stopped:?}");
     assert_eq!((stopped.started, stopped.completed), (2, 2), "{stopped:?}");
     let answer = slow.await.unwrap().unwrap().text().await.unwrap();

@@ -41,7 +41,12 @@ fn only_transport_failures_are_retried() {
     for code in [Code::Unavailable, Code::Unknown, Code::Cancelled] {
         assert!(retryable(&err(code)), "{code:?}");
     }
-    for code in [Code::InvalidArgument, Code::NotFound, Code::PermissionDenied, Code::Internal] {
+    for code in [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::PermissionDenied,
+        Code::Internal,
+    ] {
         assert!(!retryable(&err(code)), "{code:?}");
     }
     assert!(retryable(&"no endpoints available".into()));
