@@ -25,18 +25,8 @@ use examples::axum_service::{self, Options, ServeOptions};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
-    let registry = match sdkit::from_env() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(registry) = examples::setup() else {
+        return ExitCode::FAILURE;
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -60,25 +50,10 @@ async fn demo(registry: std::sync::Arc<dyn sdkit::Registry>) -> ExitCode {
         service: format!("hello-axum-{}", std::process::id()),
         ..Options::default()
     };
-    match axum_service::run(registry, opts).await {
-        Ok(report) => {
-            print!("{report}");
-            match report.check() {
-                Ok(()) => {
-                    println!("ok: no request failed across the rolling restart; every old instance drained");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("unexpected: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    examples::conclude(axum_service::run(registry, opts).await, |report| {
+        report.check()?;
+        Ok("no request failed across the rolling restart; every old instance drained".into())
+    })
 }
 
 async fn serve_one(

@@ -24,49 +24,25 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
-    let registry = match sdkit::from_env() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(registry) = examples::setup() else {
+        return ExitCode::FAILURE;
     };
     let opts = examples::grpc::Options {
         // Unique per run, so runs against a shared registry never see each other.
         service: format!("greeter-{}", std::process::id()),
         ..Default::default()
     };
-    match examples::grpc::run(registry, opts).await {
-        Ok(report) => {
-            print!("{report}");
-            match report.check() {
-                Ok(()) => {
-                    println!(
-                        "ok: no call failed; the call cut by killing {} was retried, {}",
-                        report.killed,
-                        if report.ejected {
-                            "ejection took it out before discovery dropped it"
-                        } else {
-                            "discovery dropped it"
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("unexpected: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    examples::conclude(examples::grpc::run(registry, opts).await, |report| {
+        report.check()?;
+        Ok(format!(
+            "no call failed; the call cut by killing {} was retried; {} ({:.1} s after the kill)",
+            report.killed,
+            if report.ejected == Some(true) {
+                "ejection took it out at once, discovery dropped it"
+            } else {
+                "discovery dropped it"
+            },
+            report.noticed_after.as_secs_f64()
+        ))
+    })
 }

@@ -31,16 +31,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use sd_lb::{Retry, RoundRobin};
 use sdkit::{
-    BoxError, DefaultEndpointer, Endpoint, HealthCheck, Instance, Instancer, Registration,
-    RegistrationGuard, Registry, ServiceQuery,
+    BoxError, DefaultEndpointer, Endpoint, Instance, Instancer, RegistrationGuard, Registry,
+    ServiceQuery,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::{wait_for, wait_until};
+use crate::{register, wait_for, wait_until, HttpClient, Phase};
 
 /// Options of one instance ([`serve`]).
 #[derive(Debug, Clone)]
@@ -230,18 +229,7 @@ impl Service {
         let view = DefaultEndpointer::new(&*instancer, |_: &Instance| -> Result<(), BoxError> {
             Ok(())
         });
-        let instance = Instance::builder("127.0.0.1", addr.port())
-            .id(id.clone())
-            .meta("name", opts.name.as_str())
-            .build();
-        let registrar = registry
-            .registrar(
-                Registration::new(opts.service.as_str(), instance)
-                    .check(HealthCheck::Ttl(opts.ttl))
-                    .deregister_critical_after(Duration::from_secs(60)),
-            )
-            .await?;
-        let guard = RegistrationGuard::register(registrar).await?;
+        let guard = register(&registry, &opts.service, &opts.name, addr.port(), opts.ttl).await?;
         tracing::info!(instance = %id, %addr, "registered");
         Ok(Service {
             opts,
@@ -524,42 +512,6 @@ async fn stop_with_slow_request(
     Ok((stopped, answered))
 }
 
-#[derive(Default)]
-struct Tally {
-    hits: BTreeMap<String, usize>,
-    failures: usize,
-    retries: usize,
-}
-
-type Client = Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>;
-
-async fn call(client: &Client, http: &reqwest::Client, tally: &Mutex<Tally>) {
-    let attempts = AtomicUsize::new(0);
-    let result = client
-        .call(|ep: Endpoint<String>| {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            let http = http.clone();
-            async move {
-                http.get(ep.as_str())
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await
-            }
-        })
-        .await;
-    let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-    t.retries += attempts.into_inner().saturating_sub(1);
-    match result {
-        Ok(body) => *t.hits.entry(body).or_default() += 1,
-        Err(e) => {
-            tracing::warn!(error = %e, "request failed");
-            t.failures += 1;
-        }
-    }
-}
-
 /// Runs the rolling-restart demo against `registry`.
 pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, BoxError> {
     let mut report = Report {
@@ -573,34 +525,21 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     }
 
     // The client: discovery -> round robin -> retry, over reqwest.
-    let instancer = registry
-        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
-        .await?;
-    let endpointer = Arc::new(
-        DefaultEndpointer::builder(&*instancer, |i: &Instance| -> Result<String, BoxError> {
-            Ok(format!("http://{}/", i.addr()))
-        })
-        .name(opts.service.clone())
-        .build(),
-    );
-    wait_for(&endpointer, 3, opts.discovery_timeout).await?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let client: Client = Retry::new(RoundRobin::new(endpointer.clone()))
-        .max_attempts(3)
-        .timeout(Duration::from_secs(5));
+    let client = HttpClient::new(&registry, &opts.service).await?;
+    let endpointer = &client.endpointer;
+    wait_for(endpointer, 3, opts.discovery_timeout).await?;
 
     // Traffic during the whole restart, from `concurrency` callers.
-    let during = Mutex::new(Tally::default());
+    let during = Mutex::new(Phase::new("rolling restart"));
     let stop = AtomicBool::new(false);
     let sent = AtomicUsize::new(0);
     let traffic = futures::future::join_all((0..opts.concurrency.max(1)).map(|_| async {
         while !stop.load(Ordering::SeqCst)
             && sent.fetch_add(1, Ordering::SeqCst) < opts.max_requests
         {
-            call(&client, &http, &during).await;
+            let (result, attempts) = client.get().await;
+            let mut p = during.lock().unwrap_or_else(|e| e.into_inner());
+            p.record(result, attempts);
         }
     }));
     let restart = async {
@@ -609,9 +548,9 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         for (i, o) in old.into_iter().enumerate() {
             let name = format!("{}2", ["a", "b", "c"][i]);
             new.push((name.clone(), start(&registry, &opts, &name).await?));
-            wait_for(&endpointer, 4, opts.discovery_timeout).await?;
-            stopped.push(stop_with_slow_request(o, &http, &opts).await?);
-            wait_for(&endpointer, 3, opts.discovery_timeout).await?;
+            wait_for(endpointer, 4, opts.discovery_timeout).await?;
+            stopped.push(stop_with_slow_request(o, client.http(), &opts).await?);
+            wait_for(endpointer, 3, opts.discovery_timeout).await?;
         }
         Ok::<_, BoxError>((new, stopped))
     };
@@ -635,11 +574,11 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     report.stopped = stopped;
 
     // After the restart: only the new instances answer.
-    let after = Mutex::new(Tally::default());
+    let mut after = Phase::new("after");
     for _ in 0..opts.requests_after {
-        call(&client, &http, &after).await;
+        let (result, attempts) = client.get().await;
+        after.record(result, attempts);
     }
-    let after = after.into_inner().unwrap_or_else(|e| e.into_inner());
     report.after = after.hits;
     report.failures_after = after.failures;
 
@@ -647,7 +586,6 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         n.shutdown().await?;
         report.new.push(name);
     }
-    endpointer.close().await;
-    instancer.stop().await;
+    client.close().await;
     Ok(report)
 }

@@ -29,15 +29,14 @@
 //! Retrying is only right for idempotent calls; [`retryable`] retries the codes that mean
 //! "not processed or the server went away" and stops on application errors.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sd_lb::{Decision, Outlier, OutlierConfig, P2c, Retry};
 use sdkit::{
-    BoxError, DefaultEndpointer, Endpoint, HealthCheck, Instance, Instancer, Registration,
-    RegistrationGuard, Registry, ServiceQuery,
+    BoxError, DefaultEndpointer, Endpoint, Instance, Instancer, RegistrationGuard, Registry,
+    ServiceQuery,
 };
 use tokio::sync::{oneshot, Notify};
 use tonic::transport::Channel;
@@ -53,7 +52,7 @@ use pb::greeter_client::GreeterClient;
 use pb::greeter_server::{Greeter, GreeterServer};
 use pb::{HelloReply, HelloRequest};
 
-use crate::{wait_for, Phase};
+use crate::{register, wait_for, Phase, Report};
 
 /// Options for [`run`].
 #[derive(Debug, Clone)]
@@ -79,72 +78,6 @@ impl Default for Options {
             ttl: Duration::from_secs(3),
             discovery_timeout: Duration::from_secs(20),
         }
-    }
-}
-
-/// The whole run.
-#[derive(Debug, Default, Clone)]
-pub struct Report {
-    /// The registry used (its URL scheme).
-    pub registry: String,
-    /// The service name registered.
-    pub service: String,
-    /// All up; one killed mid-call; after discovery dropped it.
-    pub phases: Vec<Phase>,
-    /// The server that was killed.
-    pub killed: String,
-    /// Whether outlier ejection had taken the killed server out before discovery did.
-    pub ejected: bool,
-}
-
-impl Report {
-    /// Whether the run showed what it should: no call failed, all three servers answered
-    /// before the kill, the call cut by the kill was retried, and nothing reached the
-    /// killed server once discovery dropped it.
-    pub fn check(&self) -> Result<(), String> {
-        if self.phases.len() != 3 {
-            return Err(format!("expected 3 phases, got {}", self.phases.len()));
-        }
-        for p in &self.phases {
-            if p.failures > 0 {
-                return Err(format!("{}: {} calls failed", p.name, p.failures));
-            }
-        }
-        if self.phases[0].hits.len() != 3 {
-            return Err(format!(
-                "all up: expected 3 servers to answer, got {:?}",
-                self.phases[0].hits
-            ));
-        }
-        if self.phases[1].retries == 0 {
-            return Err("killed: the call cut by the kill was not retried".into());
-        }
-        if self.phases[2].hits.contains_key(&self.killed) || self.phases[2].retries > 0 {
-            return Err(format!(
-                "after discovery: calls still reached {}",
-                self.killed
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "registry: {}://   service: {}",
-            self.registry, self.service
-        )?;
-        for p in &self.phases {
-            writeln!(f, "  {p}")?;
-        }
-        writeln!(
-            f,
-            "  {} ejected by outlier detection before discovery dropped it: {}",
-            self.killed,
-            if self.ejected { "yes" } else { "no" }
-        )
     }
 }
 
@@ -233,18 +166,7 @@ impl Server {
             // crash, and calls in flight there are cut.
             drop(rt);
         });
-        let instance = Instance::builder("127.0.0.1", port)
-            .id(format!("{service}-{name}"))
-            .meta("name", name)
-            .build();
-        let registrar = registry
-            .registrar(
-                Registration::new(service, instance)
-                    .check(HealthCheck::Ttl(ttl))
-                    .deregister_critical_after(Duration::from_secs(60)),
-            )
-            .await?;
-        let registration = RegistrationGuard::register(registrar).await?;
+        let registration = register(registry, service, name, port, ttl).await?;
         Ok(Server {
             name: name.to_string(),
             kill: Some(kill),
@@ -402,10 +324,7 @@ async fn traffic<F: std::future::Future<Output = ()>>(
 ) -> Phase {
     let done = AtomicUsize::new(0);
     let half = Notify::new();
-    let phase = std::sync::Mutex::new(Phase {
-        name: name.to_string(),
-        ..Phase::default()
-    });
+    let phase = std::sync::Mutex::new(Phase::new(name));
     let caller = || async {
         loop {
             let n = done.fetch_add(1, Ordering::SeqCst);
@@ -416,15 +335,11 @@ async fn traffic<F: std::future::Future<Output = ()>>(
                 break;
             }
             let (result, attempts) = client.say_hello("example").await;
-            let mut p = phase.lock().unwrap_or_else(|e| e.into_inner());
-            p.retries += attempts.saturating_sub(1);
-            match result {
-                Ok(reply) => *p.hits.entry(reply.server).or_default() += 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, "call failed");
-                    p.failures += 1;
-                }
-            }
+            let answer = result.map(|reply| reply.server);
+            phase
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(answer, attempts);
         }
     };
     let callers = futures::future::join_all((0..opts.concurrency.max(1)).map(|_| caller()));
@@ -460,6 +375,7 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     let mut victim = servers.remove(1);
     report.killed = victim.name.clone();
     let kill_result = std::sync::Mutex::new(Ok::<(), String>(()));
+    let killed_at = std::sync::Mutex::new(None);
     let phase = traffic(
         &client,
         &format!("{} killed mid-call", victim.name),
@@ -472,17 +388,21 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
                     Err("the victim took no call to hold".into());
             }
             victim.kill().await;
+            *killed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(tokio::time::Instant::now());
         },
     )
     .await;
     kill_result
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())?;
-    report.ejected = client.is_ejected(&victim.name);
+    let killed_at = killed_at.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.ejected = Some(client.is_ejected(&victim.name));
     report.phases.push(phase);
 
     // Discovery drops it once its TTL lapses.
     wait_for(client.endpointer(), 2, opts.discovery_timeout + opts.ttl).await?;
+    report.noticed_after = killed_at.map(|t| t.elapsed()).unwrap_or_default();
     report
         .phases
         .push(traffic(&client, "after discovery dropped it", &opts, async {}).await);

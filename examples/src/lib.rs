@@ -55,6 +55,9 @@ pub struct Report {
     pub killed: String,
     /// How long after the crash discovery dropped the crashed service.
     pub noticed_after: Duration,
+    /// Whether outlier ejection had taken the crashed service out before discovery dropped
+    /// it (`None` where the client has no outlier ejection).
+    pub ejected: Option<bool>,
 }
 
 impl Report {
@@ -112,6 +115,11 @@ impl fmt::Display for Report {
         for p in &self.phases {
             writeln!(f, "  {p}")?;
         }
+        if let Some(ejected) = self.ejected {
+            let yes = if ejected { "yes" } else { "no" };
+            let killed = &self.killed;
+            writeln!(f, "  {killed} ejected before discovery dropped it: {yes}")?;
+        }
         Ok(())
     }
 }
@@ -160,6 +168,70 @@ async fn start_service(
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    let registration = register(registry, service, name, port, ttl).await?;
+    Ok(Service {
+        name: name.to_string(),
+        server,
+        registration: Some(registration),
+    })
+}
+
+/// The start of every example binary: logs (`RUST_LOG`, default `error`) and the registry
+/// `SD_REGISTRY` names (`memory://` when unset). On a bad URL it prints the error and
+/// returns `None`.
+pub fn setup() -> Option<Arc<dyn Registry>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
+    match sdkit::from_env() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// The end of every example binary: prints the report and the outcome of its check (the
+/// check returns the success message).
+pub fn conclude<R: fmt::Display>(
+    result: Result<R, BoxError>,
+    check: impl FnOnce(&R) -> Result<String, String>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            match check(&report) {
+                Ok(message) => {
+                    println!("ok: {message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unexpected: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Registers `127.0.0.1:port` as instance `{service}-{name}` (meta `name`) with a TTL
+/// health check that the returned guard keeps passing.
+pub(crate) async fn register(
+    registry: &Arc<dyn Registry>,
+    service: &str,
+    name: &str,
+    port: u16,
+    ttl: Duration,
+) -> Result<RegistrationGuard, BoxError> {
     let instance = Instance::builder("127.0.0.1", port)
         .id(format!("{service}-{name}"))
         .meta("name", name)
@@ -172,12 +244,101 @@ async fn start_service(
                 .deregister_critical_after(Duration::from_secs(60)),
         )
         .await?;
-    let registration = RegistrationGuard::register(registrar).await?;
-    Ok(Service {
-        name: name.to_string(),
-        server,
-        registration: Some(registration),
-    })
+    Ok(RegistrationGuard::register(registrar).await?)
+}
+
+/// The HTTP client of the quickstart and the axum example: Instancer → Endpointer → round
+/// robin → retry, over reqwest.
+pub(crate) struct HttpClient {
+    instancer: Arc<dyn sdkit::Instancer>,
+    pub(crate) endpointer: Arc<DefaultEndpointer<String>>,
+    http: reqwest::Client,
+    retry: Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>,
+}
+
+impl HttpClient {
+    /// A client of `service`'s passing instances.
+    pub(crate) async fn new(registry: &Arc<dyn Registry>, service: &str) -> Result<Self, BoxError> {
+        let instancer = registry
+            .instancer(&ServiceQuery::new(service).passing_only(true))
+            .await?;
+        let endpointer = Arc::new(
+            DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
+                Ok(format!("http://{}/", i.addr()))
+            })
+            .name(service.to_string())
+            .build(),
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let retry = Retry::new(RoundRobin::new(endpointer.clone()))
+            .max_attempts(3)
+            .timeout(Duration::from_secs(5));
+        Ok(HttpClient {
+            instancer,
+            endpointer,
+            http,
+            retry,
+        })
+    }
+
+    /// `GET /` on a balanced, retried endpoint; returns the body (the answering service's
+    /// name) and the number of attempts.
+    pub(crate) async fn get(&self) -> (Result<String, BoxError>, usize) {
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let result = self
+            .retry
+            .call(|ep: Endpoint<String>| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let http = self.http.clone();
+                async move {
+                    http.get(ep.as_str())
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .text()
+                        .await
+                }
+            })
+            .await;
+        (result.map_err(Into::into), attempts.into_inner())
+    }
+
+    /// The reqwest client.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Closes the endpoints and stops discovery.
+    pub(crate) async fn close(&self) {
+        self.endpointer.close().await;
+        self.instancer.stop().await;
+    }
+}
+
+impl Phase {
+    /// A phase named `name`, with nothing recorded yet.
+    pub fn new(name: impl Into<String>) -> Phase {
+        Phase {
+            name: name.into(),
+            ..Phase::default()
+        }
+    }
+
+    /// Records one request: its outcome (the answer is the answering service's name) and
+    /// how many attempts it took.
+    pub fn record(&mut self, result: Result<String, BoxError>, attempts: usize) {
+        self.retries += attempts.saturating_sub(1);
+        match result {
+            Ok(name) => *self.hits.entry(name).or_default() += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "request failed");
+                self.failures += 1;
+            }
+        }
+    }
 }
 
 /// Waits until the endpointer holds exactly `n` endpoints.
@@ -226,64 +387,23 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     }
 
     // The client: Instancer -> Endpointer -> round robin -> retry.
-    let instancer = registry
-        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
-        .await?;
-    let endpointer = Arc::new(
-        DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
-            Ok(format!("http://{}/", i.addr()))
-        })
-        .name(opts.service.clone())
-        .build(),
-    );
-    wait_for(&endpointer, 3, opts.discovery_timeout).await?;
+    let client = HttpClient::new(&registry, &opts.service).await?;
+    wait_for(&client.endpointer, 3, opts.discovery_timeout).await?;
 
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let retry = Retry::new(RoundRobin::new(endpointer.clone()))
-        .max_attempts(3)
-        .timeout(Duration::from_secs(5));
-
-    let phase = |name: &str| Phase {
-        name: name.to_string(),
-        ..Phase::default()
-    };
     let traffic = |mut p: Phase| {
-        let http = http.clone();
-        let retry = &retry;
+        let client = &client;
         async move {
             for _ in 0..opts.requests {
-                let attempts = std::sync::atomic::AtomicUsize::new(0);
-                let result = retry
-                    .call(|ep: Endpoint<String>| {
-                        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let http = http.clone();
-                        async move {
-                            http.get(ep.as_str())
-                                .send()
-                                .await?
-                                .error_for_status()?
-                                .text()
-                                .await
-                        }
-                    })
-                    .await;
-                p.retries += attempts.into_inner().saturating_sub(1);
-                match result {
-                    Ok(body) => *p.hits.entry(body).or_default() += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "request failed");
-                        p.failures += 1;
-                    }
-                }
+                let (result, attempts) = client.get().await;
+                p.record(result, attempts);
             }
             p
         }
     };
 
-    report.phases.push(traffic(phase("all three up")).await);
+    report
+        .phases
+        .push(traffic(Phase::new("all three up")).await);
 
     // One service crashes: its port closes at once and its heartbeats stop, but nobody
     // deregisters it, so the registry still lists it until its TTL lapses.
@@ -295,16 +415,20 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         guard.abandon();
     }
     report.killed = victim.name.clone();
-    report
-        .phases
-        .push(traffic(phase(&format!("{} crashed, still registered", victim.name))).await);
+    report.phases.push(
+        traffic(Phase::new(format!(
+            "{} crashed, still registered",
+            victim.name
+        )))
+        .await,
+    );
 
     // Discovery notices on its own once the TTL lapses; traffic no longer goes there.
-    wait_for(&endpointer, 2, opts.discovery_timeout + opts.ttl).await?;
+    wait_for(&client.endpointer, 2, opts.discovery_timeout + opts.ttl).await?;
     report.noticed_after = crashed_at.elapsed();
     report
         .phases
-        .push(traffic(phase("after discovery dropped it")).await);
+        .push(traffic(Phase::new("after discovery dropped it")).await);
 
     // Clean shutdown.
     for mut s in services {
@@ -313,7 +437,6 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         }
         s.server.abort();
     }
-    endpointer.close().await;
-    instancer.stop().await;
+    client.close().await;
     Ok(report)
 }
