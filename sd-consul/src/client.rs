@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use sd_core::{Error, Health, RegistryUrl, Result, Secret};
+use sd_core::{Error, Health, Instance, RegistryUrl, Result, Secret};
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use url::Url;
@@ -68,6 +69,19 @@ pub const DEFAULT_MAX_BODY: usize = 32 << 20;
 
 /// The smallest body cap [`ClientConfig::max_body`] accepts (64 KiB).
 pub const MIN_MAX_BODY: usize = 64 << 10;
+
+/// A health answer may hold at most one entry per this many bytes of
+/// [`ClientConfig::max_body`] (131 072 entries under the default cap).
+///
+/// A real entry, with its node, service and at least the node's `serfHealth` check, is
+/// over a kilobyte; an answer with more, smaller, entries is an [`Error::Malformed`]
+/// error. This bounds what the decoded instances of one answer can cost, whatever the
+/// entries are (the body cap alone does not: `[1,1,1,...]` is two bytes an entry).
+pub const MIN_ENTRY_BYTES: usize = 256;
+
+/// At most this many reasons for skipped entries are kept per answer (and logged by the
+/// instancer); further skipped entries are only counted.
+pub const MAX_SKIP_REASONS: usize = 5;
 
 /// How to reach and authenticate to a Consul agent.
 ///
@@ -169,7 +183,9 @@ impl ClientConfig {
         self
     }
 
-    /// Sets the request timeout (more than 0; checked by [`Client::new`]).
+    /// Sets the request timeout (more than 0; checked by [`Client::new`]). A very long
+    /// one (up to `Duration::MAX`) means in effect no timeout: a frozen agent or a dead
+    /// TCP path is then never noticed.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -294,9 +310,13 @@ impl fmt::Debug for Client {
 pub struct HealthAnswer {
     /// The `X-Consul-Index` header.
     pub index: u64,
-    /// The entries, one per service instance, as their raw JSON text (decoded one by one by
-    /// the instancer into typed structs, so a bad entry is skipped alone).
-    pub entries: Vec<Box<RawValue>>,
+    /// The instances of the usable entries
+    /// ([`entry_to_instance`](crate::entry_to_instance)), in the agent's order.
+    pub instances: Vec<Instance>,
+    /// How many entries were unusable and skipped.
+    pub skipped: usize,
+    /// Why, for the first [`MAX_SKIP_REASONS`] skipped entries.
+    pub skip_reasons: Vec<String>,
     /// The agent said (`X-Consul-Results-Filtered-By-ACLs: true`) that the ACL token may
     /// not see some of the entries, which were left out.
     pub filtered_by_acls: bool,
@@ -438,6 +458,67 @@ async fn status_error(what: &str, resp: Response) -> Error {
             }
         }
         _ => Error::unavailable(BACKEND, message),
+    }
+}
+
+/// What decoding a health answer gives: the instances, and the entries skipped.
+#[derive(Default)]
+struct Decoded {
+    instances: Vec<Instance>,
+    skipped: usize,
+    skip_reasons: Vec<String>,
+    /// The answer had more than the allowed number of entries.
+    too_many: bool,
+}
+
+/// Decodes a health answer (`[entry, ...]`, or `null` for none) entry by entry: each entry
+/// is borrowed from the body as raw JSON text (no allocation), converted into an
+/// [`Instance`] or skipped with its reason, and dropped before the next one is read. So
+/// what an answer costs is its body plus the instances kept, never a copy per entry.
+struct EntriesSeed<'a> {
+    max_entries: usize,
+    out: &'a mut Decoded,
+}
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of entries")
+    }
+
+    /// `null` is what an agent sends for "no entries" in some versions.
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let mut n = 0usize;
+        while let Some(entry) = seq.next_element::<&'de RawValue>()? {
+            n += 1;
+            if n > self.max_entries {
+                self.out.too_many = true;
+                return Err(serde::de::Error::custom("too many entries"));
+            }
+            match crate::instancer::entry_to_instance(entry) {
+                Ok(instance) => self.out.instances.push(instance),
+                Err(reason) => {
+                    self.out.skipped += 1;
+                    if self.out.skip_reasons.len() < MAX_SKIP_REASONS {
+                        self.out.skip_reasons.push(reason);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -592,7 +673,8 @@ impl Client {
         let c = &self.inner.config;
         let blocking = index > 0;
         let timeout = if blocking {
-            c.wait + c.wait / 16 + c.timeout
+            // Saturating: `timeout` may be as long as `Duration::MAX` ("no timeout").
+            (c.wait + c.wait / 16).saturating_add(c.timeout)
         } else {
             c.timeout
         };
@@ -618,12 +700,14 @@ impl Client {
     /// checks. With `index > 0` this is a blocking query that returns when the index moves
     /// past `index` or after the configured wait.
     ///
-    /// The body is read up to [`ClientConfig::max_body`] bytes and split into its entries
-    /// without building a JSON tree: each entry stays raw text, decoded (into typed structs)
-    /// one by one by the instancer, so a bad entry is skipped alone.
+    /// The body is read up to [`ClientConfig::max_body`] bytes and decoded entry by entry
+    /// without building a JSON tree or copying the entries: each is converted into an
+    /// [`Instance`] by [`entry_to_instance`](crate::entry_to_instance) as it is read, so a
+    /// bad entry is skipped alone (counted, with the first [`MAX_SKIP_REASONS`] reasons).
     ///
     /// Fails with [`Error::Malformed`] when the body is not a JSON array, is larger than the
-    /// cap, or the `X-Consul-Index` header is missing or not a number.
+    /// cap, has more than one entry per [`MIN_ENTRY_BYTES`] of the cap, or the
+    /// `X-Consul-Index` header is missing or not a number.
     pub async fn health_service(
         &self,
         service: &str,
@@ -663,15 +747,32 @@ impl Client {
             .get(FILTERED_BY_ACLS_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = self.read_body(resp, &what).await?;
-        // `null` is what an agent sends for "no entries" in some versions.
-        let entries: Option<Vec<Box<RawValue>>> = serde_json::from_slice(&body).map_err(|e| {
-            // Only on this error path: is it JSON at all (checked without building a
-            // tree), or JSON of the wrong shape?
-            let problem = match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                Ok(_) => format!("expected a JSON array of entries ({e})"),
-                Err(syntax) => format!("body is not JSON ({syntax})"),
+        let max_entries = (self.inner.config.max_body / MIN_ENTRY_BYTES).max(1);
+        let mut decoded = Decoded::default();
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        let result = EntriesSeed {
+            max_entries,
+            out: &mut decoded,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if let Err(e) = result {
+            let problem = if decoded.too_many {
+                format!(
+                    "the answer has more than {max_entries} entries, one per {MIN_ENTRY_BYTES} \
+                     bytes of the {}-byte cap (raise it with ClientConfig::max_body or the URL \
+                     option max_body=)",
+                    self.inner.config.max_body
+                )
+            } else {
+                // Only on this error path: is it JSON at all (checked without building a
+                // tree), or JSON of the wrong shape?
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                    Ok(_) => format!("expected a JSON array of entries ({e})"),
+                    Err(syntax) => format!("body is not JSON ({syntax})"),
+                }
             };
-            Error::malformed(
+            return Err(Error::malformed(
                 BACKEND,
                 format!(
                     "{what}: {problem}: {}",
@@ -679,11 +780,13 @@ impl Client {
                         &body[..body.len().min(MAX_BODY_IN_ERROR + 1)]
                     ))
                 ),
-            )
-        })?;
+            ));
+        }
         Ok(HealthAnswer {
             index,
-            entries: entries.unwrap_or_default(),
+            instances: decoded.instances,
+            skipped: decoded.skipped,
+            skip_reasons: decoded.skip_reasons,
             filtered_by_acls,
         })
     }

@@ -9,9 +9,9 @@
 //!
 //! | answer | step | next query |
 //! |---|---|---|
-//! | entries with index `i > 0`, `i >= last` | publish the set | blocks on `i` |
-//! | index `0` | skip (nothing published), back off | non-blocking (index reset to 0) |
-//! | index `< last` | skip, back off | non-blocking (index reset to 0) |
+//! | entries with index `i > 0`, `i >= last` | publish the set | blocks on `i`; no sooner than [`UNCHANGED_INDEX_PACE`] after this one was sent if `i == last` or the set is the one last published |
+//! | index `0` | skip (nothing published), back off | non-blocking (index reset to 0), paced |
+//! | index `< last` | none yet: the round goes on | non-blocking (index reset to 0), paced, in the same round |
 //! | an error (transport, status, malformed body) | publish the error, back off | **non-blocking** (index 0), so recovery is published at once |
 //!
 //! go-kit kept the old index after an error, so after the agent came back the next query
@@ -33,16 +33,18 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::client::{Client, BACKEND};
+use crate::client::{Client, HealthAnswer, BACKEND};
 
-/// The least time between the start of a blocking query that came back with the index
-/// unchanged and the start of the next one (or the `wait`, when shorter).
+/// The least time between the start of a query whose answer changed nothing and the start
+/// of the next one (or the `wait`, when shorter).
 ///
-/// Consul's guidance for blocking queries: an answer with the same index means nothing
-/// changed (a spurious wake-up, or an agent or proxy that does not block), and the client
-/// must rate-limit such loops. Without this, an agent that answers every blocking query at
-/// once was polled about 40 times a second, forever. An answer with a new index is never
-/// delayed: the next query goes out at once.
+/// Consul's guidance for blocking queries: an early return that changes nothing (the same
+/// index, a new index with the same instances, or an index that went backwards) is a
+/// spurious wake-up or an agent or proxy that does not block, and the client must
+/// rate-limit such loops. Without this, such an agent was polled as fast as the round trip
+/// allows, forever. An answer that changes the published set is never delayed: the next
+/// query goes out at once. An answer that took longer than the pace is not delayed either
+/// (the pace counts from when the query was sent).
 pub const UNCHANGED_INDEX_PACE: Duration = Duration::from_secs(1);
 
 /// Metadata key holding the Consul node name of an instance.
@@ -147,8 +149,10 @@ fn clamp_weight(w: i64) -> u32 {
 /// - id: the service ID; tags and `Meta` as given, plus [`META_NODE`] and
 ///   [`META_DATACENTER`];
 /// - health: [`aggregate_health`] over the entry's checks;
-/// - weight: `Weights.Passing` when passing, `Weights.Warning` when warning (both default
-///   to 1), 0 ("only if nothing else") when critical or unknown.
+/// - weight: `Weights.Warning` when warning, else `Weights.Passing` (both default to 1).
+///   The sdkit registrar sends both as the instance's weight, so the weight reads back as
+///   registered whatever the health; the health itself is [`Instance::health`], which
+///   balancers use to prefer passing instances.
 ///
 /// The entry is decoded straight from its JSON text into typed structs (no generic JSON
 /// tree); fields sdkit does not use are skipped unread.
@@ -187,10 +191,10 @@ pub fn entry_to_instance(entry: &RawValue) -> Result<Instance, String> {
         .map(|w| (clamp_weight(w.passing), clamp_weight(w.warning)))
         .unwrap_or((1, 1));
     let weight = match health {
-        Health::Passing => w_pass,
         Health::Warning => w_warn,
-        // Critical, unknown, and any health added later (`Health` is non-exhaustive).
-        _ => 0,
+        // Passing, critical, unknown, and any health added later (`Health` is
+        // non-exhaustive): the weight as registered. Being critical is said by `health`.
+        _ => w_pass,
     };
     let mut b = Instance::builder(host, port)
         .id(svc.id)
@@ -209,15 +213,33 @@ pub fn entry_to_instance(entry: &RawValue) -> Result<Instance, String> {
     Ok(b.build())
 }
 
+/// Lower-cases a tag the way Consul compares tags: Go's `strings.ToLower`, which maps each
+/// character on its own with Go's `unicode.ToLower` (Unicode's simple case mapping).
+///
+/// Rust's `str::to_lowercase` differs in two ways, both handled here: it maps `İ`
+/// (U+0130) to two characters (`i` and a combining dot; Go maps it to `i`, the first of
+/// them), and it lower-cases a word-final `Σ` to `ς` (Go: `σ`, as everywhere). Characters
+/// added in Unicode 16 are lower-cased by Rust's tables and not by Go's (Unicode 15 up to
+/// Go 1.26), so a tag with one of them may match here and not on the agent.
+pub fn tag_lowercase(tag: &str) -> String {
+    tag.chars()
+        .map(|c| c.to_lowercase().next().unwrap_or(c))
+        .collect()
+}
+
 /// One Consul health watch as a [`Source`]: each round is one (blocking) health query.
 ///
 /// Tags are ANDed: the first is filtered by the agent (`?tag=`), the others here
 /// (CONSUL-2; Consul issue #294). Passing-only is the agent's `?passing` filter
 /// (CONSUL-3), which keeps only entries whose checks are **all** passing (warning excluded).
-/// Tags match case-insensitively (`V2` is `v2`), as the agent's own `?tag=` filter does.
+/// Tags match case-insensitively (`V2` is `v2`), with the agent's own rule
+/// ([`tag_lowercase`]).
 ///
-/// A blocking query that returns with the index unchanged is followed by the next one no
-/// sooner than [`UNCHANGED_INDEX_PACE`] after it was sent.
+/// A query whose answer changes nothing (the index unchanged or gone backwards, or the
+/// instances the same as last published) is followed by the next one no sooner than
+/// [`UNCHANGED_INDEX_PACE`] after it was sent. An index that goes backwards resets the
+/// index to 0 and the round goes on with a non-blocking query (after that pace), logged at
+/// `warn` the first time and at `debug` after that.
 pub struct HealthSource {
     client: Client,
     query: ServiceQuery,
@@ -225,6 +247,11 @@ pub struct HealthSource {
     other_tags: Vec<String>,
     index: u64,
     not_before: Option<Instant>,
+    /// The instances last published (sorted), to tell an answer that changes nothing;
+    /// `None` before the first and after an error.
+    last: Option<Vec<Instance>>,
+    /// Whether an index going backwards was logged at `warn` already.
+    warned_backwards: bool,
     filtered_by_acls: Arc<AtomicBool>,
     warned_acls: bool,
 }
@@ -245,7 +272,7 @@ impl HealthSource {
             .tags
             .iter()
             .skip(1)
-            .map(|t| t.to_lowercase())
+            .map(|t| tag_lowercase(t))
             .collect();
         HealthSource {
             client,
@@ -253,6 +280,8 @@ impl HealthSource {
             other_tags,
             index: 0,
             not_before: None,
+            last: None,
+            warned_backwards: false,
             filtered_by_acls: Arc::new(AtomicBool::new(false)),
             warned_acls: false,
         }
@@ -273,7 +302,9 @@ impl HealthSource {
                 service = %self.query.service,
                 "the agent left out instances the ACL token may not read \
                  (X-Consul-Results-Filtered-By-ACLs); the published set may be partial or empty: \
-                 give the token service:read on the service and node:read on its nodes"
+                 give the token service:read on the service and node:read on its nodes \
+                 (ConsulInstancer::results_filtered_by_acls tells it; an instancer from \
+                 ConsulRegistry::consul_instancer has it)"
             );
         }
     }
@@ -283,75 +314,107 @@ impl HealthSource {
         self.index
     }
 
-    fn instances(&self, entries: &[Box<RawValue>]) -> Vec<Instance> {
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match entry_to_instance(entry) {
-                Ok(i) => {
-                    // The first tag was the agent's filter; the others are checked here
-                    // the way the agent checks it: case-insensitively.
-                    let has = |want: &String| i.tags().iter().any(|t| t.to_lowercase() == *want);
-                    if self.other_tags.iter().all(has) {
-                        out.push(i);
-                    }
-                }
-                Err(reason) => tracing::warn!(
-                    backend = BACKEND,
-                    service = %self.query.service,
-                    %reason,
-                    "skipping an unusable entry"
-                ),
-            }
+    /// Keeps the instances with every tag after the first (the first was the agent's
+    /// filter), compared the way the agent compares it; logs the skipped entries.
+    fn instances(&self, answer: HealthAnswer) -> Vec<Instance> {
+        for reason in &answer.skip_reasons {
+            tracing::warn!(
+                backend = BACKEND,
+                service = %self.query.service,
+                %reason,
+                "skipping an unusable entry"
+            );
+        }
+        let unlogged = answer.skipped - answer.skip_reasons.len();
+        if unlogged > 0 {
+            tracing::warn!(
+                backend = BACKEND,
+                service = %self.query.service,
+                skipped = unlogged,
+                "skipping more unusable entries (reasons not logged)"
+            );
+        }
+        let mut out = answer.instances;
+        if !self.other_tags.is_empty() {
+            out.retain(|i| {
+                self.other_tags
+                    .iter()
+                    .all(|want| i.tags().iter().any(|t| tag_lowercase(t) == *want))
+            });
         }
         out
+    }
+
+    /// After an answer that changed nothing: the next query no sooner than the pace after
+    /// this one was sent.
+    fn pace_from(&mut self, sent: Instant) {
+        let pace = UNCHANGED_INDEX_PACE.min(self.client.config().wait);
+        self.not_before = Some(sent + pace);
     }
 }
 
 #[async_trait]
 impl Source for HealthSource {
     async fn next_step(&mut self) -> Step {
-        if let Some(not_before) = self.not_before.take() {
-            tokio::time::sleep_until(not_before).await;
-        }
-        let sent = Instant::now();
-        let tag = self.query.tags.first().map(String::as_str);
-        let answer = self
-            .client
-            .health_service(
-                &self.query.service,
-                tag,
-                self.query.passing_only,
-                self.index,
-            )
-            .await;
-        match answer {
-            Err(e) => {
-                // CONSUL-8 fix: do not block on the old index once the agent is back.
-                self.index = 0;
-                Step::Fail(e)
+        loop {
+            if let Some(not_before) = self.not_before.take() {
+                tokio::time::sleep_until(not_before).await;
             }
-            Ok(a) if a.index == 0 => {
-                self.index = 0;
-                Step::Skip("index is not sane (0); next query is non-blocking".into())
-            }
-            Ok(a) if a.index < self.index => {
-                let last = self.index;
-                self.index = 0;
-                Step::Skip(format!(
-                    "index went backwards ({} < {last}); resetting to 0",
-                    a.index
-                ))
-            }
-            Ok(a) => {
-                if a.index == self.index {
-                    // Nothing changed (an early return): rate-limit the next query.
-                    let pace = UNCHANGED_INDEX_PACE.min(self.client.config().wait);
-                    self.not_before = Some(sent + pace);
+            let sent = Instant::now();
+            let tag = self.query.tags.first().map(String::as_str);
+            let answer = self
+                .client
+                .health_service(
+                    &self.query.service,
+                    tag,
+                    self.query.passing_only,
+                    self.index,
+                )
+                .await;
+            return match answer {
+                Err(e) => {
+                    // CONSUL-8 fix: do not block on the old index once the agent is back.
+                    self.index = 0;
+                    self.last = None;
+                    Step::Fail(e)
                 }
-                self.index = a.index;
-                self.note_acl_filtering(a.filtered_by_acls);
-                Step::Publish(self.instances(&a.entries))
-            }
+                Ok(a) if a.index == 0 => {
+                    self.index = 0;
+                    self.pace_from(sent);
+                    Step::Skip("index is not sane (0); next query is non-blocking".into())
+                }
+                Ok(a) if a.index < self.index => {
+                    // Consul's guidance: reset to 0 and start over. The non-blocking query
+                    // goes out in this same round, paced (an agent or proxy that does this
+                    // on every query must not be hammered).
+                    let last = self.index;
+                    self.index = 0;
+                    self.pace_from(sent);
+                    if self.warned_backwards {
+                        tracing::debug!(backend = BACKEND, service = %self.query.service,
+                            "index went backwards ({} < {last}); resetting to 0", a.index);
+                    } else {
+                        self.warned_backwards = true;
+                        tracing::warn!(backend = BACKEND, service = %self.query.service,
+                            "index went backwards ({} < {last}); resetting to 0 (logged once; \
+                             later ones at debug)", a.index);
+                    }
+                    continue;
+                }
+                Ok(a) => {
+                    let unchanged_index = a.index == self.index;
+                    self.index = a.index;
+                    self.note_acl_filtering(a.filtered_by_acls);
+                    let mut set = self.instances(a);
+                    set.sort();
+                    if unchanged_index || self.last.as_ref() == Some(&set) {
+                        // Nothing changed (an early return): rate-limit the next query.
+                        self.pace_from(sent);
+                    }
+                    self.last = Some(set.clone());
+                    Step::Publish(set)
+                }
+            };
         }
     }
 }
@@ -475,12 +538,13 @@ mod tests {
         assert_eq!(i.weight(), 10);
         let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["passing", "warning"])).unwrap();
         assert_eq!((i.health(), i.weight()), (Health::Warning, 3));
+        // Critical: the registered (passing) weight; the health says it is critical.
         let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["warning", "critical"])).unwrap();
-        assert_eq!((i.health(), i.weight()), (Health::Critical, 0));
+        assert_eq!((i.health(), i.weight()), (Health::Critical, 10));
         let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["maintenance"])).unwrap();
         assert_eq!(i.health(), Health::Critical);
         let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["bogus", "warning"])).unwrap();
-        assert_eq!((i.health(), i.weight()), (Health::Unknown, 0));
+        assert_eq!((i.health(), i.weight()), (Health::Unknown, 10));
     }
 
     #[test]
@@ -576,6 +640,17 @@ mod tests {
                 let _ = entry_to_instance(&raw(&e));
             }
         }
+    }
+
+    /// Go's `strings.ToLower` (per character, simple mapping), not Rust's
+    /// `str::to_lowercase`: `İ` is `i`, a final `Σ` is `σ`.
+    #[test]
+    fn tags_are_lower_cased_like_go() {
+        assert_eq!(tag_lowercase("İ"), "i");
+        assert_eq!(tag_lowercase("ΟΔΟΣ"), "οδοσ");
+        assert_eq!(tag_lowercase("V2-Beta"), "v2-beta");
+        assert_eq!(tag_lowercase("ÀÉ"), "àé");
+        assert_ne!("ΟΔΟΣ".to_lowercase(), "οδοσ");
     }
 
     #[test]

@@ -54,8 +54,9 @@
 //!   first filtered by the agent, the rest here (CONSUL-2). Passing-only is the agent's
 //!   `?passing` (CONSUL-3): entries with **any** non-passing check, warnings included, are
 //!   left out.
-//! - Index sanity (CONSUL-6): an index of 0 or one that goes backwards publishes nothing,
-//!   backs off, and resets the index to 0.
+//! - Index sanity (CONSUL-6): an index of 0 publishes nothing, backs off, and resets the
+//!   index to 0; one that goes backwards resets the index to 0 and the round goes on with a
+//!   non-blocking query (paced, and logged at `warn` once).
 //! - After any error the next query is non-blocking (fixes CONSUL-8: go-kit blocked on the
 //!   old index, so recovery could take up to 5 minutes to be published), and the error is
 //!   published at once, not after the backoff sleep.
@@ -64,9 +65,11 @@
 //! - A body that is not a JSON array, or an answer without `X-Consul-Index`, is an error
 //!   event with a clear message; an entry without a usable address or port is skipped alone
 //!   with a warning. Entries with the same address and ID collapse to one (sd-core).
-//! - Tags match case-insensitively, as the agent's filter does. A blocking query that comes
-//!   back with the index unchanged is rate-limited ([`UNCHANGED_INDEX_PACE`]); answers are
-//!   read up to a cap ([`DEFAULT_MAX_BODY`]) and decoded entry by entry into typed structs.
+//! - Tags match case-insensitively with the agent's own rule ([`tag_lowercase`]; other
+//!   registries match tags exactly). A query whose answer changes nothing is followed by
+//!   the next no sooner than [`UNCHANGED_INDEX_PACE`] after it; answers are read up to a cap
+//!   ([`DEFAULT_MAX_BODY`]) and decoded entry by entry straight into instances, at most one
+//!   entry per [`MIN_ENTRY_BYTES`] of the cap.
 //! - The registrar heartbeats TTL checks and re-registers when the agent lost the service
 //!   (see [`registrar`]); go-kit has neither.
 //!
@@ -81,10 +84,14 @@ pub mod registry;
 pub use client::{
     check_status, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed, BACKEND,
     DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT, FILTERED_BY_ACLS_HEADER,
-    MAX_WAIT, MIN_MAX_BODY, TOKEN_HEADER,
+    MAX_SKIP_REASONS, MAX_WAIT, MIN_ENTRY_BYTES, MIN_MAX_BODY, TOKEN_HEADER,
 };
 pub use instancer::{
-    ConsulInstancer, HealthSource, META_DATACENTER, META_NODE, UNCHANGED_INDEX_PACE,
+    entry_to_instance, tag_lowercase, ConsulInstancer, HealthSource, META_DATACENTER, META_NODE,
+    UNCHANGED_INDEX_PACE,
 };
-pub use registrar::{ConsulRegistrar, DEFAULT_RECHECK};
+pub use registrar::{
+    ConsulRegistrar, DEFAULT_RECHECK, MAX_GO_DURATION, MAX_META_KEY_LEN, MAX_META_PAIRS,
+    MAX_META_VALUE_LEN,
+};
 pub use registry::ConsulRegistry;

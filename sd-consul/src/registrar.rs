@@ -90,9 +90,80 @@ struct ServiceBody {
     check: Option<CheckBody>,
 }
 
-/// A Consul duration: whole milliseconds, which Go's `time.ParseDuration` accepts.
+/// A Consul duration: whole milliseconds, which Go's `time.ParseDuration` accepts (for
+/// durations up to [`MAX_GO_DURATION`], checked by [`ConsulRegistrar::new`]).
 fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
+}
+
+/// The longest duration Consul takes (Go's `time.Duration` is an `int64` of nanoseconds:
+/// about 292 years). A longer TTL, check interval or `deregister_critical_after` is refused
+/// by [`ConsulRegistrar::new`] (the agent would answer HTTP 400).
+pub const MAX_GO_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// The most `Meta` pairs Consul takes on a service.
+pub const MAX_META_PAIRS: usize = 64;
+
+/// The longest `Meta` key Consul takes, in bytes.
+pub const MAX_META_KEY_LEN: usize = 128;
+
+/// The longest `Meta` value Consul takes, in bytes.
+pub const MAX_META_VALUE_LEN: usize = 512;
+
+/// Consul's own checks of a service's `Meta` (the agent's `validateMetaPair`): at most
+/// [`MAX_META_PAIRS`] pairs, keys of `[A-Za-z0-9_-]` only, at most [`MAX_META_KEY_LEN`]
+/// bytes, not starting with `consul-` (reserved), values at most [`MAX_META_VALUE_LEN`]
+/// bytes.
+fn check_meta(service: &str, meta: &BTreeMap<String, String>) -> Result<()> {
+    let bad = |what: String| {
+        Err(Error::config(format!(
+            "registration of {service:?}: {what} (Consul's limit; the agent would refuse it)"
+        )))
+    };
+    if meta.len() > MAX_META_PAIRS {
+        return bad(format!(
+            "{} metadata pairs, more than {MAX_META_PAIRS}",
+            meta.len()
+        ));
+    }
+    for (k, v) in meta {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return bad(format!(
+                "metadata key {k:?} has characters other than A-Z, a-z, 0-9, _ and -"
+            ));
+        }
+        if k.len() > MAX_META_KEY_LEN {
+            return bad(format!(
+                "metadata key {k:?} is longer than {MAX_META_KEY_LEN} characters"
+            ));
+        }
+        if k.starts_with("consul-") {
+            return bad(format!(
+                "metadata key {k:?} starts with \"consul-\", reserved for Consul"
+            ));
+        }
+        if v.len() > MAX_META_VALUE_LEN {
+            return bad(format!(
+                "the value of metadata key {k:?} is longer than {MAX_META_VALUE_LEN} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a duration Go cannot hold.
+fn check_duration(service: &str, what: &str, d: Duration) -> Result<()> {
+    if d > MAX_GO_DURATION {
+        return Err(Error::config(format!(
+            "registration of {service:?}: {what} {d:?} is longer than Consul's maximum \
+             duration ({MAX_GO_DURATION:?}, about 292 years; Go's time.Duration)"
+        )));
+    }
+    Ok(())
 }
 
 /// The check id sdkit registers a service's check under: `service:<service id>`, what
@@ -115,6 +186,18 @@ fn build_body(r: &Registration) -> Result<ServiceBody> {
             "registration of {:?}: deregister_critical_after needs a health check",
             r.service
         )));
+    }
+    if let Some(d) = r.deregister_critical_after {
+        check_duration(&r.service, "deregister_critical_after", d)?;
+    }
+    match &r.check {
+        Some(HealthCheck::Ttl(d)) => check_duration(&r.service, "the TTL", *d)?,
+        Some(
+            HealthCheck::Http { interval, .. }
+            | HealthCheck::Tcp { interval, .. }
+            | HealthCheck::Grpc { interval, .. },
+        ) => check_duration(&r.service, "the check interval", *interval)?,
+        _ => {}
     }
     let check = r.check.as_ref().map(|c| {
         let mut body = CheckBody {
@@ -168,6 +251,7 @@ fn build_body(r: &Registration) -> Result<ServiceBody> {
         .filter(|(k, _)| !k.starts_with("consul."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    check_meta(&r.service, &meta)?;
     Ok(ServiceBody {
         id,
         name: r.service.clone(),
@@ -175,9 +259,11 @@ fn build_body(r: &Registration) -> Result<ServiceBody> {
         address: r.instance.host().to_string(),
         port: r.instance.port(),
         meta,
+        // The same weight whatever the health: it reads back as registered (the instancer
+        // takes Weights.Warning for a warning instance), as on every other registry.
         weights: WeightsBody {
             passing: r.instance.weight(),
-            warning: 1,
+            warning: r.instance.weight(),
         },
         check,
     })
@@ -278,8 +364,13 @@ impl fmt::Debug for ConsulRegistrar {
 
 impl ConsulRegistrar {
     /// A registrar for `registration`. Fails with [`Error::Config`] when the registration
-    /// is invalid (see [`Registration::validate`]), has weight 0, or asks for
-    /// `deregister_critical_after` without a check. Nothing is sent yet.
+    /// is invalid (see [`Registration::validate`]), has weight 0, asks for
+    /// `deregister_critical_after` without a check, or breaks a Consul limit the agent
+    /// would refuse with HTTP 400: a TTL, check interval or `deregister_critical_after`
+    /// longer than [`MAX_GO_DURATION`], or `Meta` Consul does not take (more than
+    /// [`MAX_META_PAIRS`] pairs, a key with characters other than `[A-Za-z0-9_-]`, longer
+    /// than [`MAX_META_KEY_LEN`] or starting with `consul-`, a value longer than
+    /// [`MAX_META_VALUE_LEN`]). The error names the key or the limit. Nothing is sent yet.
     pub fn new(client: Client, registration: Registration) -> Result<Self> {
         let body = build_body(&registration)?;
         let ttl = registration.ttl();
@@ -459,7 +550,7 @@ mod tests {
             b,
             json!({
                 "ID": "web-1", "Name": "web", "Tags": ["v2"], "Address": "10.0.0.1", "Port": 8080,
-                "Meta": {"zone": "a"}, "Weights": {"Passing": 5, "Warning": 1},
+                "Meta": {"zone": "a"}, "Weights": {"Passing": 5, "Warning": 5},
                 "Check": {"CheckID": "service:web-1", "Name": "Service 'web' check",
                           "Status": "passing", "TTL": "10000ms",
                           "DeregisterCriticalServiceAfter": "90000ms"}

@@ -58,7 +58,7 @@ impl ConsulRegistry {
     /// | `ns`, `partition` | namespace, admin partition (Consul Enterprise) | none |
     /// | `wait` | blocking-query wait, at most `10m` | `60s` |
     /// | `timeout` | timeout of each non-blocking request | `10s` |
-    /// | `tls` | use HTTPS | `false` |
+    /// | `tls` | use HTTPS (`tls=false` with `ca` or `cert` is an error) | `false` |
     /// | `ca` | PEM file of the CA certificates to trust, instead of the built-in (webpki) roots (implies `tls`) | the built-in roots |
     /// | `public_roots` | with `ca`, trust the built-in roots too | `false` |
     /// | `max_body` | largest answer body read, in bytes (at least 65536) | 33554432 (32 MiB) |
@@ -102,7 +102,7 @@ impl ConsulRegistry {
         if let Some(max_body) = u.number::<usize>("max_body")? {
             config.max_body = max_body;
         }
-        config.tls = u.bool("tls")?.unwrap_or(false);
+        let tls = u.bool("tls")?;
         config.ca_file = path_option(&mut u, "ca")?;
         config.public_roots = u.bool("public_roots")?.unwrap_or(false);
         config.cert_file = path_option(&mut u, "cert")?;
@@ -114,9 +114,14 @@ impl ConsulRegistry {
                 u.error("options cert and key go together (client certificate and its key)")
             );
         }
-        if config.ca_file.is_some() || config.cert_file.is_some() {
-            config.tls = true;
+        let implies_tls = config.ca_file.is_some() || config.cert_file.is_some();
+        if tls == Some(false) && implies_tls {
+            return Err(u.error(
+                "tls=false contradicts ca=/cert= (TLS files mean HTTPS): drop tls=false, \
+                 or drop the TLS files to talk plain HTTP",
+            ));
         }
+        config.tls = tls.unwrap_or(false) || implies_tls;
         let client = Client::new(config).map_err(|e| match e {
             Error::Config(m) => u.error(m),
             other => other,
@@ -148,6 +153,11 @@ impl ConsulRegistry {
     }
 
     /// Starts a typed [`ConsulInstancer`] (what [`Registry::instancer`] returns, boxed).
+    ///
+    /// Use this instead of [`Registry::instancer`] (or `sdkit::connect`, which gives an
+    /// `Arc<dyn Registry>`) for what only Consul has, such as
+    /// [`ConsulInstancer::results_filtered_by_acls`]: build the registry with
+    /// [`ConsulRegistry::from_url`] from the same URL.
     pub async fn consul_instancer(&self, query: &ServiceQuery) -> ConsulInstancer {
         let mut query = query.clone();
         query.passing_only |= self.passing_only;
@@ -234,6 +244,14 @@ mod tests {
             ("consul://a:1,b:2", "one agent address"),
             ("consul://h?cert=/x.pem", "cert and key go together"),
             ("consul://h?ca=/nonexistent/ca.pem", "cannot read CA file"),
+            (
+                "consul://h?tls=false&ca=/x/ca.pem",
+                "tls=false contradicts ca=/cert=",
+            ),
+            (
+                "consul://h?tls=false&cert=/x/c.pem&key=/x/k.pem",
+                "tls=false contradicts",
+            ),
             (
                 "consul://h?token_env=SD_CONSUL_SURELY_UNSET",
                 "SD_CONSUL_SURELY_UNSET is not set",

@@ -160,8 +160,8 @@ async fn passing_only_drops_an_instance_whose_ttl_check_goes_critical() {
     .await;
     assert_eq!(
         by_id(&set, "lazy").unwrap().weight(),
-        0,
-        "critical instances weigh 0"
+        1,
+        "critical instances keep their registered weight (health says critical)"
     );
     // Use the lazy instance as a clock: re-registering makes it passing again and its
     // 1 s TTL lapses again (each round takes at least 1 s, measured by the agent). Go on
@@ -271,7 +271,8 @@ async fn datacenter_node_meta_and_weights_show_up_on_the_instance() {
     assert_eq!(i.meta()[META_NODE], "sd-test");
     assert_eq!((i.health(), i.weight()), (Health::Passing, 7));
 
-    // Warning: the Warning weight (1, Consul's default) applies.
+    // Warning: the Warning weight applies; sdkit registers it as the weight, so it reads
+    // back as registered.
     let check = r.ttl_check_id().unwrap().to_string();
     let url = reg
         .client()
@@ -289,7 +290,7 @@ async fn datacenter_node_meta_and_weights_show_up_on_the_instance() {
         by_id(s, "m1").is_some_and(|i| i.health() == Health::Warning)
     })
     .await;
-    assert_eq!(by_id(&set, "m1").unwrap().weight(), 1);
+    assert_eq!(by_id(&set, "m1").unwrap().weight(), 7);
     r.deregister().await.unwrap();
     instancer.stop().await;
 }

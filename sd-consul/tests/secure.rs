@@ -200,7 +200,7 @@ async fn the_test_ca_and_client_certificate_work_through_the_url() {
         .await
         .unwrap();
     // The "consul" service is the agent itself (a server in -dev mode).
-    assert_eq!(answer.entries.len(), 1, "{:?}", answer.entries);
+    assert_eq!(answer.instances.len(), 1, "{:?}", answer.instances);
     assert!(answer.index > 0);
 }
 

@@ -81,12 +81,15 @@ impl Default for Backoff {
 
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, for poll intervals.
 ///
-/// Saturates at `Duration::MAX` instead of overflowing for huge `d`.
+/// `spread` is clamped to at most 1; a spread that is zero, negative or not a number (NaN,
+/// infinite) means no jitter: `d` is returned as is. Saturates at `Duration::MAX` instead of
+/// overflowing for huge `d`.
 pub fn jittered(d: Duration, spread: f64) -> Duration {
-    let spread = spread.clamp(0.0, 1.0);
-    if spread == 0.0 || d.is_zero() {
+    // `clamp` keeps NaN, which `gen_range` would panic on.
+    if !spread.is_finite() || spread <= 0.0 || d.is_zero() {
         return d;
     }
+    let spread = spread.min(1.0);
     let factor = rand::thread_rng().gen_range(1.0 - spread..=1.0 + spread);
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }

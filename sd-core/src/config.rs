@@ -135,8 +135,9 @@ impl RegistryUrl {
                 .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
         {
             return Err(Error::config(format!(
-                "registry URL {:?}: bad scheme {scheme:?}",
-                redact(s)
+                "registry URL {:?}: bad scheme {:?} (letters, digits, '+', '-' and '.' only)",
+                redact(s),
+                redact(&scheme)
             )));
         }
         let rest = rest.split('#').next().unwrap_or_default();
@@ -172,7 +173,7 @@ impl RegistryUrl {
         }
         let (head, query) = split_query(s);
         Ok(RegistryUrl {
-            head: head.to_string(),
+            head: hide_userinfo(head).into_owned(),
             query,
             raw_redacted: redact(s),
             scheme,
@@ -340,26 +341,65 @@ impl fmt::Display for RegistryUrl {
     }
 }
 
-/// `s` with the values of secret options replaced by `***`.
+/// `s` with credentials in the authority and the values of secret options replaced by `***`.
+///
+/// Credentials in the authority (`scheme://user:pass@host`, or `user:pass@host` with no
+/// scheme) become `***@host`: everything up to the last `@` before the path, query or
+/// fragment is hidden, so a password that itself contains `@` or `:` is hidden whole.
 ///
 /// An option is secret when its name, percent-decoded and lower-cased, contains `token`,
-/// `passw`, `secret`, `credential`, `auth`, `apikey` or `digest` (ZooKeeper's `user:password`) (so `Token=`, `tok%65n=` and
-/// `acl_token=` are all hidden); `*_env` options name a variable and are shown.
+/// `passw`, `secret`, `credential`, `auth`, `apikey` or `digest` (ZooKeeper's
+/// `user:password`), so `Token=`, `tok%65n=` and `acl_token=` are all hidden; `*_env` options
+/// name a variable and are shown.
+///
+/// ```
+/// use sd_core::config::redact;
+/// assert_eq!(redact("etcd://root:hunter2@10.0.0.1:2379?token=x"), "etcd://***@10.0.0.1:2379?token=***");
+/// assert_eq!(redact("admin:hunter2@consul.internal:8500"), "***@consul.internal:8500");
+/// ```
 pub fn redact(s: &str) -> String {
     let (head, parts) = split_query(s);
-    render(head, &parts, |p| is_secret_key(&p.key))
+    render(&hide_userinfo(head), &parts, |p| is_secret_key(&p.key))
+}
+
+/// `head` (a URL without its query) with any userinfo in its authority replaced by `***`.
+///
+/// The authority ends at the first `/`, `?` or `#` after `://` (or, without `://`, in the
+/// whole string). Everything up to the last `@` before that end is hidden; a well-formed
+/// scheme is kept. So `user:pass@host` with no scheme, and a "scheme" that is itself
+/// `user:pass@host` or holds an `@`, are hidden too.
+fn hide_userinfo(head: &str) -> std::borrow::Cow<'_, str> {
+    let authority_start = head.find("://").map_or(0, |i| i + 3);
+    let end = head[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(head.len(), |j| authority_start + j);
+    let Some(at) = head[..end].rfind('@') else {
+        return head.into();
+    };
+    let scheme_ok = authority_start > 3 && {
+        let scheme = &head[..authority_start - 3];
+        scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let kept = if scheme_ok {
+        &head[..authority_start]
+    } else {
+        ""
+    };
+    format!("{kept}***{}", &head[at..]).into()
 }
 
 /// Splits `host:port` / `[v6]:port` / `host`, using `default_port` when there is none.
+///
+/// A port must be 1 to 65535: an explicit port 0 is an error that says so.
 pub fn split_host_port(s: &str, default_port: u16) -> std::result::Result<(String, u16), String> {
     if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("host {s:?}: missing ']'"))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("host {s:?}: bad port {p:?}"))?,
+            Some(p) => parse_port(s, p)?,
             None if after.is_empty() => default_port,
             None => return Err(format!("host {s:?}: unexpected {after:?} after ']'")),
         };
@@ -373,12 +413,21 @@ pub fn split_host_port(s: &str, default_port: u16) -> std::result::Result<(Strin
             if h.is_empty() {
                 return Err(format!("host {s:?}: empty host"));
             }
-            let port = p
-                .parse()
-                .map_err(|_| format!("host {s:?}: bad port {p:?}"))?;
-            Ok((h.to_string(), port))
+            Ok((h.to_string(), parse_port(s, p)?))
         }
         None => Ok((s.to_string(), default_port)),
+    }
+}
+
+/// The port `p` of host `s`: 1 to 65535. Port 0 ("any port" to the OS) is refused: nothing
+/// can be reached there.
+fn parse_port(s: &str, p: &str) -> std::result::Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(0) => Err(format!(
+            "host {s:?}: port 0 is not a port a registry listens on (use 1 to 65535)"
+        )),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("host {s:?}: bad port {p:?} (use 1 to 65535)")),
     }
 }
 
@@ -533,5 +582,64 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not both"));
+    }
+
+    /// Userinfo in the authority is hidden in `redact` and in every parse error, with or
+    /// without a scheme, whatever characters the password holds.
+    #[test]
+    fn authority_credentials_never_print() {
+        for (url, shown) in [
+            (
+                "etcd://root:hunter2@127.0.0.1:2379",
+                "etcd://***@127.0.0.1:2379",
+            ),
+            ("zk://u:hunter2@h:2181/x", "zk://***@h:2181/x"),
+            (
+                "consul://admin:hun@ter2@h:8500?token=t",
+                "consul://***@h:8500?token=***",
+            ),
+            (
+                "admin:hunter2@consul.internal:8500",
+                "***@consul.internal:8500",
+            ),
+            ("admin:hunter2@h/p", "***@h/p"),
+            ("CONSUL://hunter2@h", "CONSUL://***@h"),
+            ("consul://h:8500/path", "consul://h:8500/path"),
+            (
+                "consul://h:8500?username=a@b",
+                "consul://h:8500?username=a@b",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        for url in [
+            "etcd://root:hunter2@127.0.0.1:2379",
+            "zk://u:hunter2@h:2181/x",
+            "admin:hunter2@consul.internal:8500",
+            "admin:hunter2@h://x",
+            "consul://a:hunter2@b@h:1",
+        ] {
+            let err = RegistryUrl::parse(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+        }
+    }
+
+    /// An explicit port 0 is refused with a message saying so, bracketed or not; no port at
+    /// all still takes the default.
+    #[test]
+    fn port_zero_is_refused() {
+        for host in ["h:0", "[::1]:0", "10.0.0.1:00"] {
+            let err = split_host_port(host, 2379).unwrap_err();
+            assert!(err.contains("port 0"), "{host}: {err}");
+        }
+        let u = RegistryUrl::parse("etcd://h1:2379,h2:0").unwrap();
+        let err = u.host_ports(2379).unwrap_err().to_string();
+        assert!(err.contains("port 0") && err.contains("h2:0"), "{err}");
+        assert_eq!(split_host_port("h", 2379).unwrap(), ("h".into(), 2379));
+        assert_eq!(split_host_port("h:1", 2379).unwrap(), ("h".into(), 1));
+        assert_eq!(
+            split_host_port("[::1]:65535", 1).unwrap(),
+            ("::1".into(), 65535)
+        );
     }
 }

@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
-use crate::task::{deadline_after, BackgroundTask};
+use crate::task::{deadline_after, panic_message, BackgroundTask};
 
 /// The discovery status carried by an endpoint [`Snapshot`].
 ///
@@ -43,8 +43,9 @@ pub enum Status {
     /// The endpoints reflect the registry.
     Current,
     /// The endpoints are the last known good ones and are served (the default, go-kit EP-7):
-    /// the last event was this error, or, with [`Error::Stopped`], the instancer has stopped
-    /// (or was dropped) and the endpoints will not change any more.
+    /// the last event was this error, or, with [`Error::Stopped`], the endpoints will not
+    /// change any more: the instancer has stopped (or was dropped, or its loop ended with the
+    /// runtime it ran on), or the endpointer's own loop ended with the runtime it ran on.
     Stale(Error),
     /// In the error state with `InvalidateOnError`: the endpoints are served until `deadline`.
     Invalidating {
@@ -55,20 +56,10 @@ pub enum Status {
     },
     /// Reads fail with this error, and no endpoints are held: the endpoints were invalidated
     /// (the first error of the error state, as in go-kit EP-9), the endpointer was closed
-    /// ([`Error::Stopped`]), the very first event was an error (nothing known to serve), or
-    /// the instancer stopped before publishing anything ([`Error::Stopped`]).
+    /// ([`Error::Stopped`]), the very first event was an error (nothing known to serve; with
+    /// or without `invalidate_on_error`), or the instancer stopped before publishing
+    /// anything ([`Error::Stopped`]).
     Failed(Error),
-}
-
-/// The text of a caught panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_string()
-    }
 }
 
 /// One immutable state of an endpointer: the endpoints, sorted by instance, and the status.
@@ -302,6 +293,8 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
     /// error until a good event arrives. With a zero timeout, reads fail at once.
     ///
     /// Without it (the default), the last known good endpoints are served through errors.
+    /// Either way, an error before anything was known fails reads at once
+    /// ([`Status::Failed`]): there is nothing to serve until a deadline.
     pub fn invalidate_on_error(mut self, timeout: Duration) -> Self {
         self.invalidate_on_error = Some(timeout);
         self
@@ -351,31 +344,59 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
             shared.apply(event);
         }
         let loop_shared = shared.clone();
-        let task = BackgroundTask::spawn(move |token| async move {
-            let shared = loop_shared;
-            let mut sub = Some(sub);
-            loop {
-                let (deadline, retry_at) = shared.timers();
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    event = async { sub.as_mut()?.next().await }, if sub.is_some() => match event {
-                        Some(event) => shared.survive(|| shared.apply(event)),
-                        // The instancer stopped: keep the last state, say so, keep the timers.
-                        None => {
-                            sub = None;
-                            shared.survive(|| shared.instancer_ended());
+        let task = BackgroundTask::spawn(move |token| {
+            // Built outside the future, so it also runs if the future is dropped unpolled.
+            let ended = LoopEnded {
+                shared: loop_shared.clone(),
+                token: token.clone(),
+            };
+            async move {
+                let _ended = ended;
+                let shared = loop_shared;
+                let mut sub = Some(sub);
+                loop {
+                    let (deadline, retry_at) = shared.timers();
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        event = async { sub.as_mut()?.next().await }, if sub.is_some() => match event {
+                            Some(event) => shared.survive(|| shared.apply(event)),
+                            // The instancer stopped: keep the last state, say so, keep the timers.
+                            None => {
+                                sub = None;
+                                shared.survive(|| shared.instancer_ended());
+                            }
+                        },
+                        _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                            shared.survive(|| shared.invalidate_if_due());
                         }
-                    },
-                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                        shared.survive(|| shared.invalidate_if_due());
-                    }
-                    _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
-                        shared.survive(|| shared.retry_failed());
+                        _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                            shared.survive(|| shared.retry_failed());
+                        }
                     }
                 }
             }
         });
         DefaultEndpointer { shared, task }
+    }
+}
+
+/// Lives in the endpointer's background loop. Dropped without the loop having been cancelled
+/// (its runtime shut down while the endpointer lives on), it marks the endpoints as no longer
+/// followed: a current state turns `Stale(Stopped)`, a pending one `Failed(Stopped)`.
+struct LoopEnded<E: 'static> {
+    shared: Arc<Shared<E>>,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl<E: 'static> Drop for LoopEnded<E> {
+    fn drop(&mut self) {
+        if self.token.is_cancelled() {
+            return;
+        }
+        // While unwinding, a panic in a log layer would abort: commit the state silently.
+        let log = !std::thread::panicking();
+        self.shared
+            .survive(|| self.shared.stop_following(Note::LoopEnded, log));
     }
 }
 
@@ -417,6 +438,7 @@ enum Note {
     DiscoveryError(Error),
     Invalidated(Error),
     InstancerEnded,
+    LoopEnded,
 }
 
 impl<E: 'static> Shared<E> {
@@ -427,7 +449,7 @@ impl<E: 'static> Shared<E> {
     /// Runs one step of the background loop, which must outlive a panicking log layer: the
     /// state is committed before anything is logged (see [`Note`]), so the loop carries on.
     fn survive(&self, step: impl FnOnce()) {
-        let _ = catch_unwind(AssertUnwindSafe(step));
+        crate::task::survive(step);
     }
 
     /// Logs what an update noted, after its state lock is released.
@@ -452,6 +474,10 @@ impl<E: 'static> Shared<E> {
                 Note::InstancerEnded => tracing::warn!(endpointer = %self.name,
                     "instancer ended (stopped or dropped): serving the last known endpoints, \
                      which will not change any more"),
+                Note::LoopEnded => tracing::warn!(endpointer = %self.name,
+                    "the endpointer's background loop ended with its runtime (shut down while \
+                     the endpointer lives on): serving the last known endpoints, which will \
+                     not change any more; build the endpointer on a runtime that outlives it"),
             }
         }
     }
@@ -597,6 +623,14 @@ impl<E: 'static> Shared<E> {
             // The first error wins; later ones change neither error nor deadline (EP-8).
             return;
         }
+        if st.instances.is_none() {
+            // Nothing was ever known (the very first event is an error): there is nothing to
+            // serve until a deadline, and "no instances" would be a lie. Reads fail at once,
+            // as without invalidation.
+            st.error = Some((err.clone(), None));
+            self.publish(st, Status::Failed(err));
+            return;
+        }
         let deadline = deadline_after(timeout);
         st.error = Some((err.clone(), Some(deadline)));
         if timeout.is_zero() {
@@ -656,6 +690,12 @@ impl<E: 'static> Shared<E> {
     /// The subscription ended: the endpoints will not change any more. A current state
     /// turns stale, a pending one fails (nothing will arrive); an error state stays.
     fn instancer_ended(&self) {
+        self.stop_following(Note::InstancerEnded, true);
+    }
+
+    /// The endpoints will not change any more (the subscription or the loop ended), for the
+    /// reason in `note`, logged when `log`.
+    fn stop_following(&self, note: Note, log: bool) {
         {
             let mut st = self.lock();
             if st.closed || st.ended {
@@ -671,7 +711,9 @@ impl<E: 'static> Shared<E> {
                 self.publish(&mut st, status);
             }
         }
-        self.emit(vec![Note::InstancerEnded]);
+        if log {
+            self.emit(vec![note]);
+        }
     }
 
     fn close_all(&self) {

@@ -11,17 +11,22 @@
 //! A backend implements [`KeepAlive`] (one round: renew, and re-register if lost) and starts
 //! [`spawn_keepalive`] when it registers. The loop waits one period, runs a round, and on
 //! failure retries with a capped, jittered [`Backoff`] (never slower than the period, so a
-//! registration is not given up to its TTL because of one failed heartbeat). Stopping the
-//! returned [`BackgroundTask`] cancels the round in flight and any wait.
+//! registration is not given up to its TTL because of one failed heartbeat). A round that
+//! panics (a backend bug, a `tracing` layer that panics on a log line) counts as a failed
+//! round, and the loop's own log line is written with a panic in it caught, so the loop
+//! survives both. Stopping the returned [`BackgroundTask`] cancels the round in flight and
+//! any wait.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 
 use crate::backoff::Backoff;
-use crate::error::Result;
-use crate::task::{sleep_or_cancel, BackgroundTask};
+use crate::error::{Error, Result};
+use crate::task::{panic_message, sleep_or_cancel, survive, BackgroundTask};
 
 /// One round of keeping a registration alive.
 #[async_trait]
@@ -102,9 +107,15 @@ pub fn spawn_keepalive<K: KeepAlive + ?Sized>(
             if !sleep_or_cancel(&token, delay).await {
                 return;
             }
+            // A panicking round (a backend bug, or a `tracing` layer that panics while the
+            // round logs) fails that round; it must not end the loop, or the registration
+            // lapses while its registrar lives.
             let outcome = tokio::select! {
                 _ = token.cancelled() => return,
-                r = keeper.keep_alive() => r,
+                r = AssertUnwindSafe(keeper.keep_alive()).catch_unwind() => r.unwrap_or_else(|panic| {
+                    Err(Error::unavailable(config.backend,
+                        format!("keep-alive round panicked: {}", panic_message(&*panic))))
+                }),
             };
             delay = match outcome {
                 Ok(()) => {
@@ -113,8 +124,10 @@ pub fn spawn_keepalive<K: KeepAlive + ?Sized>(
                 }
                 Err(e) => {
                     let d = backoff.next_delay();
-                    tracing::warn!(backend = config.backend, target = %config.target,
-                        error = %e, retry_in = ?d, "keep-alive failed");
+                    survive(|| {
+                        tracing::warn!(backend = config.backend, target = %config.target,
+                            error = %e, retry_in = ?d, "keep-alive failed")
+                    });
                     d
                 }
             };

@@ -74,7 +74,9 @@ pub use instance::{Health, Instance, InstanceBuilder};
 pub use instancer::{FixedInstancer, Instancer};
 pub use keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
 pub use memory::{MemoryInstancer, MemoryRegistrar, MemoryRegistry};
-pub use registrar::{HealthCheck, Registrar, Registration, RegistrationGuard};
+pub use registrar::{
+    HealthCheck, Registrar, Registration, RegistrationGuard, MAX_REGISTRATION_DURATION,
+};
 pub use registry::{Registry, ServiceQuery};
 pub use static_registry::StaticRegistry;
 pub use task::BackgroundTask;

@@ -19,7 +19,7 @@ use crate::instancer::Instancer;
 use crate::keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
-use crate::task::{deadline_after, BackgroundTask};
+use crate::task::{deadline_after, survive, BackgroundTask};
 
 type Key = (String, String);
 
@@ -66,6 +66,16 @@ struct Service {
     views: Vec<View>,
 }
 
+/// Removes `service` from `services` when it holds no entry and no live view: a name that was
+/// only queried, or whose last instance left, costs nothing once nobody watches it.
+fn forget_if_unused(services: &mut HashMap<String, Service>, service: &str) {
+    if services.get(service).is_some_and(|svc| {
+        svc.entries.is_empty() && svc.views.iter().all(|v| v.cache.strong_count() == 0)
+    }) {
+        services.remove(service);
+    }
+}
+
 impl Service {
     fn publish(&mut self) {
         self.views.retain(|v| v.cache.strong_count() > 0);
@@ -93,9 +103,32 @@ struct Inner {
     /// task on its own, so the task never holds `Inner` while it waits: dropping the last
     /// registry handle drops `Inner`, whose `reaper` then cancels the task.
     reaper_wake: Arc<Notify>,
-    /// The reaper task, on the runtime of the insert that (re)started it. It is started again
-    /// on the current runtime when that runtime has ended (see `ensure_reaper`).
-    reaper: Mutex<Option<BackgroundTask>>,
+    /// The reaper task (see `ensure_reaper`).
+    reaper: Mutex<ReaperSlot>,
+}
+
+/// Where the TTL reaper runs.
+///
+/// It runs on the runtime of the insert or renewal that started it, so it follows that
+/// runtime's clock (paused time in tests). When that runtime ends while the registry lives
+/// on, the reaper's task is dropped with it, and a drop guard in the task moves the reaper to
+/// a dedicated thread (`sd-memory-reaper`, a current-thread runtime of its own), so expiry
+/// never depends on the registrant's runtime: a vanished registrant's TTL lapses even when its
+/// whole runtime is gone. The next insert or renewal made on a runtime brings it back there.
+#[derive(Default)]
+struct ReaperSlot {
+    /// Increases with every reaper started; a dying reaper restarts only its own generation.
+    generation: u64,
+    /// The running reaper, if any.
+    task: Option<BackgroundTask>,
+    /// Whether `task` runs on the dedicated thread.
+    dedicated: bool,
+}
+
+impl ReaperSlot {
+    fn running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 /// An in-process registry. Clones share the same registry.
@@ -111,7 +144,13 @@ struct Inner {
 /// critical in the others), is passing again on its next renewal, and is removed
 /// [`deregister_critical_after`](Registration::deregister_critical_after) after it turned
 /// critical (never, without it). HTTP, TCP and gRPC checks are not run: such an instance
-/// keeps its registered health (see docs/URLS.md).
+/// keeps its registered health (see docs/URLS.md). TTLs lapse on the clock of the runtime that
+/// registered them, and keep lapsing after that runtime has ended (the expiry task then moves
+/// to a thread of its own), so a vanished registrant expires whatever became of its runtime.
+///
+/// Instancers cost nothing once dropped: a view leaves the registry with its instancer's last
+/// handle (the instancer or a subscription), and a service with no instance and no view is
+/// forgotten.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -166,6 +205,9 @@ impl MemoryRegistry {
     }
 
     /// Watches the instances matching `query` (tags ANDed, passing-only).
+    ///
+    /// The view is forgotten when the instancer and its last subscription are dropped: an
+    /// application may create and drop instancers freely, for any names, at no lasting cost.
     pub fn instancer_for(&self, query: &ServiceQuery) -> MemoryInstancer {
         let cache = Arc::new(InstanceCache::new());
         let mut services = self.lock();
@@ -175,7 +217,13 @@ impl MemoryRegistry {
             query: query.clone(),
             cache: Arc::downgrade(&cache),
         });
-        MemoryInstancer { cache }
+        MemoryInstancer {
+            view: Arc::new(ViewHandle {
+                cache,
+                registry: Arc::downgrade(&self.inner),
+                service: query.service.clone(),
+            }),
+        }
     }
 
     /// A registrar for `registration` (registered on [`Registrar::register`]). (The
@@ -237,6 +285,7 @@ impl MemoryRegistry {
         let removed = svc.entries.remove(&key).is_some();
         if removed {
             svc.publish();
+            forget_if_unused(&mut services, service);
         }
         removed
     }
@@ -244,7 +293,7 @@ impl MemoryRegistry {
     /// Extends a TTL registration by `ttl`, making a lapsed (critical) one passing again;
     /// returns `false` if it is not registered (any more).
     pub fn renew(&self, service: &str, instance: &Instance, ttl: Duration) -> bool {
-        let renewed = {
+        let (renewed, revived) = {
             let mut services = self.lock();
             let key = (instance.addr().to_string(), instance.id().to_string());
             match services.get_mut(service) {
@@ -253,21 +302,27 @@ impl MemoryRegistry {
                         e.ttl = Some(ttl);
                         e.expires = Some(deadline_after(ttl));
                         e.remove_at = None;
-                        if e.critical.take().is_some() {
-                            tracing::info!(service = %service, instance = %e.instance,
-                                "registration renewed; passing again");
+                        let revived = e.critical.take().map(|_| e.instance.clone());
+                        if revived.is_some() {
                             svc.publish();
                         }
-                        true
+                        (true, revived)
                     }
-                    None => false,
+                    None => (false, None),
                 },
-                None => false,
+                None => (false, None),
             }
         };
         if renewed {
-            // A heartbeat also restarts a reaper whose runtime has ended.
+            // A heartbeat also brings the reaper back onto a live runtime.
             self.ensure_reaper();
+        }
+        // Logged last, outside the lock: a panicking log layer finds the state committed.
+        if let Some(instance) = revived {
+            survive(|| {
+                tracing::info!(service = %service, instance = %instance,
+                    "registration renewed; passing again")
+            });
         }
         renewed
     }
@@ -282,60 +337,110 @@ impl MemoryRegistry {
     }
 
     /// Turns lapsed TTL entries critical and removes those critical for long enough;
-    /// returns the next deadline, if any.
+    /// returns the next deadline, if any. Logs what it did after releasing the lock (a
+    /// panicking log layer then finds the registry consistent, and the reaper carries on).
     fn reap(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        let mut services = self.lock();
-        for (name, svc) in services.iter_mut() {
-            let mut changed = false;
-            svc.entries.retain(|_, e| {
-                if e.critical.is_none() && e.expires.is_some_and(|t| t <= now) {
-                    tracing::info!(service = %name, instance = %e.instance, ttl = ?e.ttl,
-                        "registration's TTL lapsed; instance critical");
-                    e.critical = Some(
-                        e.instance
-                            .to_builder()
-                            .health(crate::instance::Health::Critical)
-                            .build(),
-                    );
-                    e.remove_at = e.remove_after.map(deadline_after);
-                    changed = true;
+        let mut notes = Vec::new();
+        {
+            let mut services = self.lock();
+            let mut emptied = Vec::new();
+            for (name, svc) in services.iter_mut() {
+                let mut changed = false;
+                svc.entries.retain(|_, e| {
+                    if e.critical.is_none() && e.expires.is_some_and(|t| t <= now) {
+                        e.critical = Some(
+                            e.instance
+                                .to_builder()
+                                .health(crate::instance::Health::Critical)
+                                .build(),
+                        );
+                        e.remove_at = e.remove_after.map(deadline_after);
+                        notes.push(Reaped::Lapsed(name.clone(), e.instance.clone(), e.ttl));
+                        changed = true;
+                    }
+                    if e.critical.is_some() && e.remove_at.is_some_and(|t| t <= now) {
+                        notes.push(Reaped::Removed(
+                            name.clone(),
+                            e.instance.clone(),
+                            e.remove_after,
+                        ));
+                        changed = true;
+                        return false;
+                    }
+                    if let Some(t) = e.next_deadline() {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                    true
+                });
+                if changed {
+                    svc.publish();
+                    if svc.entries.is_empty() {
+                        emptied.push(name.clone());
+                    }
                 }
-                if e.critical.is_some() && e.remove_at.is_some_and(|t| t <= now) {
-                    tracing::info!(service = %name, instance = %e.instance,
-                        after = ?e.remove_after, "critical registration removed (deregister_critical_after)");
-                    changed = true;
-                    return false;
-                }
-                if let Some(t) = e.next_deadline() {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-                true
-            });
-            if changed {
-                svc.publish();
             }
+            for name in emptied {
+                forget_if_unused(&mut services, &name);
+            }
+        }
+        for note in notes {
+            survive(|| match note {
+                Reaped::Lapsed(service, instance, ttl) => {
+                    tracing::info!(service = %service, instance = %instance, ttl = ?ttl,
+                        "registration's TTL lapsed; instance critical")
+                }
+                Reaped::Removed(service, instance, after) => {
+                    tracing::info!(service = %service, instance = %instance, after = ?after,
+                        "critical registration removed (deregister_critical_after)")
+                }
+            });
         }
         next
     }
 
-    /// Starts the reaper on the current runtime unless one is running. A reaper whose
-    /// runtime has ended (its task was dropped with it) counts as not running, so expiry
-    /// resumes on the next TTL insert or renewal from a live runtime.
+    /// Makes sure a reaper runs: on the current runtime when there is one (moving it there
+    /// from the dedicated thread), else on the dedicated thread. See [`ReaperSlot`].
     fn ensure_reaper(&self) {
-        let mut reaper = self.inner.reaper.lock().unwrap_or_else(|p| p.into_inner());
-        if reaper.as_ref().is_some_and(|task| !task.is_finished()) {
+        let mut slot = self.inner.reaper.lock().unwrap_or_else(|p| p.into_inner());
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if slot.running() && (!slot.dedicated || !on_runtime) {
             return;
         }
-        if tokio::runtime::Handle::try_current().is_err() {
-            // Outside a runtime (a plain `insert` from sync code): the next insert or
-            // renewal inside one starts it.
-            return;
+        slot.generation += 1;
+        if on_runtime {
+            slot.task = Some(spawn_reaper(&self.inner, slot.generation));
+            slot.dedicated = false;
+        } else {
+            // Outside a runtime (a plain `insert` from sync code).
+            let generation = slot.generation;
+            drop(slot);
+            move_reaper_to_thread(Arc::downgrade(&self.inner), generation);
         }
-        let weak = Arc::downgrade(&self.inner);
-        let wake = self.inner.reaper_wake.clone();
-        *reaper = Some(BackgroundTask::spawn(move |token| async move {
+    }
+}
+
+/// What the reaper did to one entry, logged after the registry lock is released.
+enum Reaped {
+    Lapsed(String, Instance, Option<Duration>),
+    Removed(String, Instance, Option<Duration>),
+}
+
+/// Spawns the reaper loop of generation `generation` on the current runtime.
+fn spawn_reaper(inner: &Arc<Inner>, generation: u64) -> BackgroundTask {
+    let weak = Arc::downgrade(inner);
+    let wake = inner.reaper_wake.clone();
+    BackgroundTask::spawn(move |token| {
+        // Built outside the future, so it also runs if the future is dropped unpolled (a
+        // spawn on a runtime that is shutting down).
+        let restart = MoveReaperIfDropped {
+            registry: weak.clone(),
+            generation,
+            token: token.clone(),
+        };
+        async move {
+            let _restart = restart;
             loop {
                 // Upgrade only for the reap itself; never hold `Inner` across the wait.
                 let next = match weak.upgrade() {
@@ -354,7 +459,74 @@ impl MemoryRegistry {
                     _ = sleep => {}
                 }
             }
-        }));
+        }
+    })
+}
+
+/// Lives in a reaper's task: dropped without the task having been cancelled (its runtime shut
+/// down while the registry lives on), it moves the reaper to the dedicated thread.
+struct MoveReaperIfDropped {
+    registry: Weak<Inner>,
+    generation: u64,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for MoveReaperIfDropped {
+    fn drop(&mut self) {
+        if !self.token.is_cancelled() && self.registry.strong_count() > 0 {
+            move_reaper_to_thread(self.registry.clone(), self.generation);
+        }
+    }
+}
+
+/// Starts the reaper on a new dedicated thread, unless a reaper newer than `generation` was
+/// started meanwhile. Everything, the slot's lock included, is taken on the new thread: the
+/// caller may be a reaper task being dropped while its runtime shuts down, possibly inside
+/// `ensure_reaper` with the slot locked.
+fn move_reaper_to_thread(registry: Weak<Inner>, generation: u64) {
+    let spawned = std::thread::Builder::new()
+        .name("sd-memory-reaper".into())
+        .spawn(move || {
+            let Some(inner) = registry.upgrade() else {
+                return;
+            };
+            let mut slot = inner.reaper.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.generation != generation && slot.running() {
+                return;
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    drop(slot);
+                    survive(|| {
+                        tracing::error!(error = %e,
+                            "memory registry: cannot start the TTL reaper's runtime; TTLs no longer lapse")
+                    });
+                    return;
+                }
+            };
+            slot.generation += 1;
+            let task = {
+                let _enter = runtime.enter();
+                spawn_reaper(&inner, slot.generation)
+            };
+            let token = task.token().clone();
+            slot.task = Some(task);
+            slot.dedicated = true;
+            drop(slot);
+            // The reaper holds only a `Weak`: dropping the registry cancels it (through the
+            // slot), which ends this thread.
+            drop(inner);
+            runtime.block_on(token.cancelled());
+        });
+    if let Err(e) = spawned {
+        survive(|| {
+            tracing::error!(error = %e,
+                "memory registry: cannot start the TTL reaper's thread; TTLs no longer lapse")
+        });
     }
 }
 
@@ -381,17 +553,50 @@ impl Registry for MemoryRegistry {
 /// An instancer over a [`MemoryRegistry`] service.
 #[derive(Debug)]
 pub struct MemoryInstancer {
+    view: Arc<ViewHandle>,
+}
+
+/// One view's cache, shared by its instancer and subscriptions. When the last of them is
+/// dropped, the view leaves the registry (and so does its service, if nothing else is left).
+struct ViewHandle {
     cache: Arc<InstanceCache>,
+    registry: Weak<Inner>,
+    service: String,
+}
+
+impl fmt::Debug for ViewHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("View")
+            .field("service", &self.service)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Drop for ViewHandle {
+    fn drop(&mut self) {
+        let Some(inner) = self.registry.upgrade() else {
+            return;
+        };
+        let registry = MemoryRegistry { inner };
+        let mut services = registry.lock();
+        if let Some(svc) = services.get_mut(&self.service) {
+            let me = Arc::as_ptr(&self.cache);
+            svc.views
+                .retain(|v| v.cache.as_ptr() != me && v.cache.strong_count() > 0);
+            forget_if_unused(&mut services, &self.service);
+        }
+    }
 }
 
 #[async_trait]
 impl Instancer for MemoryInstancer {
     /// The subscription keeps this view of the registry alive after the instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.cache.subscribe().keeping(self.cache.clone())
+        self.view.cache.subscribe().keeping(self.view.clone())
     }
     async fn stop(&self) {
-        self.cache.close();
+        self.view.cache.close();
     }
 }
 
@@ -438,14 +643,14 @@ struct Lease {
 impl KeepAlive for Lease {
     async fn keep_alive(&self) -> Result<()> {
         if !self.registry.renew(&self.service, &self.instance, self.ttl) {
-            // The registry dropped us (expired): register again.
-            tracing::warn!(service = %self.service, instance = %self.instance, "registration lost; re-registering");
+            // The registry dropped us (expired): register again, then say so.
             self.registry.insert_entry(
                 &self.service,
                 self.instance.clone(),
                 Some(self.ttl),
                 self.remove_after,
             );
+            tracing::warn!(service = %self.service, instance = %self.instance, "registration lost; re-registered");
         }
         Ok(())
     }

@@ -1,13 +1,20 @@
 //! The [`Registrar`] trait and what a registration says.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::instance::Instance;
+
+/// The longest TTL, check interval or `deregister_critical_after` a [`Registration`] may
+/// ask for: 2^31 - 1 seconds (about 68 years), what every backend can carry (Eureka's lease
+/// is a 32-bit number of seconds; Consul's durations are 64-bit nanoseconds).
+pub const MAX_REGISTRATION_DURATION: Duration = Duration::from_secs(i32::MAX as u64);
 
 /// How the registry should check the registered instance's health.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,10 +122,12 @@ impl Registration {
         }
     }
 
-    /// Checks what every backend needs: a service name, a host, a port, a sane TTL, and a
-    /// health check whenever `deregister_critical_after` is set (nothing could make the
-    /// instance critical otherwise; Consul rejects it too). Every registry calls this, so a
-    /// registration one backend accepts is accepted by all.
+    /// Checks what every backend needs: a service name, a host, a port, a sane TTL, durations
+    /// (TTL, check interval, `deregister_critical_after`) of at most
+    /// [`MAX_REGISTRATION_DURATION`], and a health check whenever `deregister_critical_after`
+    /// is set (nothing could make the instance critical otherwise; Consul rejects it too).
+    /// Every registry calls this; what a backend refuses beyond it (e.g. Consul's metadata
+    /// key characters) is listed in docs/URLS.md ("what differs").
     pub fn validate(&self) -> Result<()> {
         if self.service.trim().is_empty() {
             return Err(Error::config("registration: empty service name"));
@@ -146,6 +155,26 @@ impl Registration {
                 return Err(Error::config(format!(
                     "registration of {:?}: TTL {d:?} is below the 1 s minimum",
                     self.service
+                )));
+            }
+        }
+        let durations = [
+            self.check.as_ref().map(|c| match c {
+                HealthCheck::Ttl(d) => ("TTL", *d),
+                HealthCheck::Http { interval, .. }
+                | HealthCheck::Tcp { interval, .. }
+                | HealthCheck::Grpc { interval, .. } => ("check interval", *interval),
+            }),
+            self.deregister_critical_after
+                .map(|d| ("deregister_critical_after", d)),
+        ];
+        for (what, d) in durations.into_iter().flatten() {
+            if d > MAX_REGISTRATION_DURATION {
+                return Err(Error::config(format!(
+                    "registration of {:?}: {what} {d:?} is longer than the {} s every \
+                     registry can carry (2^31 - 1 seconds, about 68 years)",
+                    self.service,
+                    MAX_REGISTRATION_DURATION.as_secs()
                 )));
             }
         }
@@ -197,16 +226,24 @@ impl<T: Registrar + ?Sized> Registrar for Arc<T> {
 /// waits for the registry's answer and reports its error, on every kind of runtime. This is
 /// what the examples do.
 ///
-/// Dropping the guard instead is a best effort, and never silent when it cannot deregister:
+/// Dropping the guard instead is a best effort, and never silent when it cannot deregister.
+/// The drop first polls the deregistration once on its own thread (a deregistration that
+/// needs no timer or I/O, such as the embedded registry's, is then done), and otherwise
+/// spawns the rest on the runtime:
 ///
-/// - on a **multi-thread** runtime (`#[tokio::main]`'s default), the drop blocks its thread
-///   (`block_in_place`) until the deregistration is answered or [`DROP_DEADLINE`] (5 s)
-///   passes, so a guard dropped at the end of `main` deregisters before the runtime shuts down;
+/// - on a **multi-thread** runtime (`#[tokio::main]`'s default), the drop then blocks its
+///   thread (`block_in_place`) until the deregistration is answered or [`DROP_DEADLINE`]
+///   (5 s) passes (a warning says so; it carries on in the background), so a guard dropped
+///   at the end of `main` deregisters before the runtime shuts down;
 /// - on a **current-thread** runtime it cannot block (the deregistration needs that very
-///   thread), so it spawns the deregistration; if the runtime shuts down first, a warning
-///   names the instance that stays registered;
-/// - outside any runtime (or while the runtime is shutting down, or while unwinding from a
-///   panic) nothing can be sent: a warning says so.
+///   thread), so it returns and the spawned deregistration runs later;
+/// - while the runtime **shuts down** (a guard owned by a task that the shutdown drops), the
+///   spawned deregistration is cancelled at once and the drop returns at once: it never
+///   waits on timers that no thread drives any more;
+/// - outside any runtime, or while unwinding from a panic, nothing can be sent.
+///
+/// Whenever the deregistration is not sent or is cancelled, a warning names the instance that
+/// stays registered; a failed one is logged with its error.
 ///
 /// An instance left registered this way is removed by the registry's own health check (a TTL
 /// that lapses, `deregister_critical_after`), as after a crash.
@@ -217,7 +254,7 @@ pub struct RegistrationGuard {
 }
 
 /// How long dropping a [`RegistrationGuard`] on a multi-thread runtime waits for the
-/// deregistration.
+/// deregistration (a wall-clock wait: it does not depend on the runtime's timers).
 pub const DROP_DEADLINE: Duration = Duration::from_secs(5);
 
 impl RegistrationGuard {
@@ -292,39 +329,59 @@ impl Drop for RegistrationGuard {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return not_sent("dropped outside a tokio runtime");
         };
-        match handle.runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => {
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    tokio::task::block_in_place(|| {
-                        handle.block_on(tokio::time::timeout(DROP_DEADLINE, r.deregister()))
-                    })
-                }));
-                match outcome {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => {
-                        tracing::warn!(service = %service, id = %id, error = %e, "deregistration on drop failed")
-                    }
-                    Ok(Err(_)) => {
-                        tracing::warn!(service = %service, id = %id, deadline = ?DROP_DEADLINE,
-                            "deregistration on drop timed out")
-                    }
-                    // The runtime is shutting down (its timers are gone), or blocking is not allowed here.
-                    Err(_) => not_sent("could not block on this runtime (it may be shutting down)"),
-                }
+        let mut deregistration = Box::pin(async move { r.deregister().await });
+        // One poll here, on this thread: a deregistration that needs no timer or I/O (the
+        // embedded registry) is done at once, even while the runtime shuts down.
+        let waker = futures::task::noop_waker();
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            deregistration
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(&waker))
+        }));
+        match first {
+            Ok(Poll::Ready(Ok(()))) => return,
+            Ok(Poll::Ready(Err(e))) => {
+                return tracing::warn!(service = %service, id = %id, error = %e,
+                    "deregistration on drop failed")
             }
-            _ => {
-                let guard = WarnIfCancelled {
-                    service,
-                    id,
-                    done: false,
-                };
-                handle.spawn(async move {
-                    if let Err(e) = r.deregister().await {
-                        tracing::warn!(service = %guard.service, id = %guard.id, error = %e,
-                            "deregistration on drop failed");
-                    }
-                    guard.finish();
-                });
+            Ok(Poll::Pending) => {}
+            Err(_) => return not_sent("the deregistration panicked"),
+        }
+        // The rest runs as a task: the runtime's workers drive its timers and sockets. Never
+        // wait on a tokio timer here: while the runtime shuts down, nothing drives them.
+        let guard = WarnIfCancelled {
+            service: service.clone(),
+            id: id.clone(),
+            done: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        handle.spawn(async move {
+            if let Err(e) = deregistration.await {
+                tracing::warn!(service = %guard.service, id = %guard.id, error = %e,
+                    "deregistration on drop failed");
+            }
+            guard.finish();
+            let _ = tx.send(());
+        });
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            // A current-thread runtime cannot run the task while this thread waits for it:
+            // it runs later; if runtime shutdown cancels it, `WarnIfCancelled` says so.
+            return;
+        }
+        // During shutdown the task is dropped at once: the channel disconnects, and
+        // `WarnIfCancelled` has said so. `block_in_place` panics where blocking is not allowed
+        // (outside a worker of this runtime); the task still runs, unwatched.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tokio::task::block_in_place(|| rx.recv_timeout(DROP_DEADLINE))
+        }));
+        match outcome {
+            // Answered (the task logged a failure), or cancelled by runtime shutdown
+            // (`WarnIfCancelled` warned), or we could not wait (the task carries on).
+            Ok(Ok(())) | Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected)) | Err(_) => {}
+            Ok(Err(std::sync::mpsc::RecvTimeoutError::Timeout)) => {
+                tracing::warn!(service = %service, id = %id, deadline = ?DROP_DEADLINE,
+                    "deregistration on drop not answered in time; it carries on in the background \
+                     unless the runtime shuts down first")
             }
         }
     }

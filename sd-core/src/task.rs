@@ -78,6 +78,25 @@ pub(crate) fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
         .unwrap_or(now)
 }
 
+/// Runs `f`, dropping a panic out of it. For the log lines of the background loops: logging
+/// runs user code (any `tracing` layer), which may panic, and a loop that has already
+/// committed its state must carry on. Callers log only after committing, and never under a
+/// lock.
+pub(crate) fn survive(f: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+}
+
+/// The text of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
 /// Sleeps for `d` unless `token` is cancelled first. Returns `false` when cancelled.
 pub async fn sleep_or_cancel(token: &CancellationToken, d: std::time::Duration) -> bool {
     tokio::select! {

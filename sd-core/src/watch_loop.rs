@@ -13,12 +13,20 @@
 //!
 //! Stopping cancels the round in flight (dropping its future aborts the HTTP request or
 //! watch) and any sleep, and waits for the loop to end (fixes CONSUL-9).
+//!
+//! The loop survives user code: a round that panics (a backend bug, or a `tracing` layer
+//! that panics while the round logs) counts as a failed round, and the loop's own log lines
+//! are written after the state is published, with a panic in them caught. If the loop ends
+//! anyway (its runtime shuts down while the instancer lives on), the cache is closed: every
+//! subscription ends, and an endpointer following it turns `Stale(Stopped)` and says so.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 
 use crate::backoff::{jittered, Backoff};
 use crate::cache::{InstanceCache, Subscription};
@@ -26,7 +34,7 @@ use crate::error::Error;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
-use crate::task::{sleep_or_cancel, BackgroundTask};
+use crate::task::{panic_message, sleep_or_cancel, survive, BackgroundTask};
 
 /// The outcome of one round of a [`Source`].
 ///
@@ -131,29 +139,64 @@ impl fmt::Debug for WatchedInstancer {
     }
 }
 
-fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> Option<Step> {
+/// Publishes the outcome of one round and returns whether it failed (`Fail` or `Skip`).
+///
+/// The cache is updated first and only then is anything logged, and the logging runs under
+/// [`survive`]: a `tracing` layer is user code and may panic, and the loop must carry on
+/// with a consistent state (the panic is dropped).
+fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> bool {
     match step {
         Step::Publish(list) => {
             let (set, dropped) = InstanceSet::new_counting(list);
-            if dropped > 0 {
-                tracing::warn!(backend = config.backend, target = %config.target, dropped,
-                    "registry returned entries with the same address and id; kept one of each");
-            }
             let n = set.len();
-            if cache.update(Event::Instances(set)) {
-                tracing::debug!(backend = config.backend, target = %config.target, instances = n, "instances changed");
-            }
-            None
+            let changed = cache.update(Event::Instances(set));
+            survive(|| {
+                if dropped > 0 {
+                    tracing::warn!(backend = config.backend, target = %config.target, dropped,
+                        "registry returned entries with the same address and id; kept one of each");
+                }
+                if changed {
+                    tracing::debug!(backend = config.backend, target = %config.target, instances = n, "instances changed");
+                }
+            });
+            false
         }
         Step::Fail(e) => {
-            tracing::warn!(backend = config.backend, target = %config.target, error = %e, "discovery failed");
             cache.update(Event::Error(e.clone()));
-            Some(Step::Fail(e))
+            survive(
+                || tracing::warn!(backend = config.backend, target = %config.target, error = %e, "discovery failed"),
+            );
+            true
         }
         Step::Skip(reason) => {
-            tracing::warn!(backend = config.backend, target = %config.target, reason = %reason, "discovery round skipped");
-            Some(Step::Skip(reason))
+            survive(
+                || tracing::warn!(backend = config.backend, target = %config.target, reason = %reason, "discovery round skipped"),
+            );
+            true
         }
+    }
+}
+
+/// One round of `source`. A panic in it (a backend's code, or a `tracing` layer it logs
+/// through) fails the round instead of ending the loop; the next round follows the backoff.
+async fn round<S: Source>(source: &mut S, config: &LoopConfig) -> Step {
+    match AssertUnwindSafe(source.next_step()).catch_unwind().await {
+        Ok(step) => step,
+        Err(panic) => Step::Fail(Error::unavailable(
+            config.backend,
+            format!("discovery round panicked: {}", panic_message(&*panic)),
+        )),
+    }
+}
+
+/// Closes the cache when dropped: lives in the loop, so subscribers see their subscription
+/// end (and an endpointer turns `Stale`) however the loop ends: stopped, or dropped with the
+/// runtime it ran on while the instancer lives on.
+struct CloseOnDrop(Arc<InstanceCache>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -170,11 +213,14 @@ impl WatchedInstancer {
     /// Must be called inside a tokio runtime.
     pub async fn start<S: Source>(mut source: S, config: LoopConfig) -> Self {
         let cache = Arc::new(InstanceCache::new());
-        let first = source.next_step().await;
-        let first_failed = publish(&cache, &config, first).is_some();
+        let first = round(&mut source, &config).await;
+        let first_failed = publish(&cache, &config, first);
         let loop_cache = cache.clone();
         let mut loop_config = config.clone();
+        // Built outside the future, so it also runs if the future is dropped unpolled.
+        let close_on_drop = CloseOnDrop(cache.clone());
         let task = BackgroundTask::spawn(move |token| async move {
+            let _close_on_drop = close_on_drop;
             let cfg = &mut loop_config;
             let mut wait = if first_failed {
                 Some(cfg.backoff.next_delay())
@@ -189,17 +235,16 @@ impl WatchedInstancer {
                 }
                 let step = tokio::select! {
                     _ = token.cancelled() => return,
-                    step = source.next_step() => step,
+                    step = round(&mut source, cfg) => step,
                 };
                 if token.is_cancelled() {
                     return;
                 }
-                wait = match publish(&loop_cache, cfg, step) {
-                    None => {
-                        cfg.backoff.reset();
-                        next_interval(&source, cfg)
-                    }
-                    Some(_) => Some(cfg.backoff.next_delay()),
+                wait = if publish(&loop_cache, cfg, step) {
+                    Some(cfg.backoff.next_delay())
+                } else {
+                    cfg.backoff.reset();
+                    next_interval(&source, cfg)
                 };
             }
         });

@@ -189,6 +189,23 @@ async fn bad_registrations_fail_with_a_clear_error() {
                 .check(HealthCheck::Ttl(Duration::from_millis(10))),
             "1 s minimum",
         ),
+        (
+            Registration::new("s", Instance::new("h", 1)).check(HealthCheck::Ttl(Duration::MAX)),
+            "longer than the 2147483647 s",
+        ),
+        (
+            Registration::new("s", Instance::new("h", 1))
+                .check(HealthCheck::Ttl(Duration::from_secs(10)))
+                .deregister_critical_after(Duration::MAX),
+            "deregister_critical_after",
+        ),
+        (
+            Registration::new("s", Instance::new("h", 1)).check(HealthCheck::Tcp {
+                addr: "h:1".into(),
+                interval: Duration::from_secs(u64::MAX / 2),
+            }),
+            "check interval",
+        ),
     ] {
         let err = reg.registrar(r).await.unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");

@@ -11,6 +11,12 @@
 //! | records | `Ok` with the records and the smallest TTL |
 //! | NXDOMAIN, or NOERROR without records (NODATA) | `Ok` with **no** records: an empty set |
 //! | SERVFAIL, REFUSED, any other failure code, a timeout, a socket error | `Err`: an error event, the last good set stays |
+//!
+//! SRV queries go through the resolver's nameserver pool (failover between nameservers,
+//! UDP with a retry over TCP when truncated) but not through its lookup logic, which in
+//! hickory-resolver 0.25 mistakes an SRV answer's target for a CNAME to follow and drops
+//! SRV records found behind a CNAME. [`Client::lookup_srv`] follows CNAME chains itself
+//! (RFC 2782 allows the service name to be an alias; only targets must not be).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -22,17 +28,17 @@ use futures::StreamExt;
 use hickory_client::client::{Client as UpdateClient, ClientHandle};
 use hickory_proto::dnssec::rdata::tsig::TsigAlgorithm;
 use hickory_proto::dnssec::tsig::TSigner;
-use hickory_proto::op::{Message, MessageFinalizer, ResponseCode};
+use hickory_proto::op::{Message, MessageFinalizer, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use hickory_proto::runtime::TokioRuntimeProvider;
 use hickory_proto::tcp::TcpClientStream;
 use hickory_proto::udp::UdpClientStream;
-use hickory_proto::xfer::DnsHandle;
+use hickory_proto::xfer::{DnsHandle, DnsRequestOptions};
 use hickory_proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::name_server::{NameServerPool, TokioConnectionProvider};
 use hickory_resolver::{ResolveError, TokioResolver};
 use sd_core::{Error, Result, Secret};
 
@@ -47,6 +53,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many times a query is sent before it fails.
 pub const DEFAULT_ATTEMPTS: usize = 2;
+
+/// How many CNAMEs [`Client::lookup_srv`] follows from the service name before it gives up
+/// (a loop, or a chain longer than any sane zone has).
+pub const MAX_CNAME_HOPS: usize = 8;
 
 /// A TSIG key for signing dynamic updates (RFC 8945), as BIND's `key` statement gives it.
 #[derive(Clone, Debug)]
@@ -183,6 +193,8 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     resolver: TokioResolver,
+    /// The resolver's nameservers, asked directly for SRV records.
+    pool: NameServerPool<TokioConnectionProvider>,
     signer: Option<Arc<dyn MessageFinalizer>>,
     srv_queries: AtomicU64,
 }
@@ -206,6 +218,7 @@ impl Client {
             return Err(Error::config("dnssrv: attempts must be at least 1"));
         }
         let provider = TokioConnectionProvider::default();
+        let provider_for_pool = provider.clone();
         let mut builder = match config.nameserver {
             Some(ns) => {
                 let group = NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true);
@@ -232,6 +245,11 @@ impl Client {
             opts.use_hosts_file = ResolveHosts::Never;
         }
         let resolver = builder.build();
+        let pool = NameServerPool::from_config(
+            NameServerConfigGroup::from(resolver.config().name_servers().to_vec()),
+            resolver.options().clone(),
+            provider_for_pool,
+        );
         let signer = match &config.tsig {
             Some(key) => Some(Arc::new(key.signer()?) as Arc<dyn MessageFinalizer>),
             None => None,
@@ -240,6 +258,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 resolver,
+                pool,
                 signer,
                 srv_queries: AtomicU64::new(0),
             }),
@@ -257,39 +276,108 @@ impl Client {
         self.inner.srv_queries.load(Ordering::Relaxed)
     }
 
-    /// Looks up the SRV records of `name` (a fully qualified name).
+    /// Looks up the SRV records of `name` (a fully qualified name), following a CNAME chain
+    /// at the name (at most [`MAX_CNAME_HOPS`] aliases; more is an error).
     pub async fn lookup_srv(&self, name: &Name) -> Result<SrvAnswer> {
         self.inner.srv_queries.fetch_add(1, Ordering::Relaxed);
-        match self
-            .inner
-            .resolver
-            .lookup(name.clone(), RecordType::SRV)
-            .await
-        {
-            Ok(lookup) => {
-                let mut answer = SrvAnswer::default();
-                for record in lookup.record_iter() {
-                    if let RData::SRV(srv) = record.data() {
-                        let ttl = Duration::from_secs(u64::from(record.ttl()));
-                        answer.ttl = Some(answer.ttl.map_or(ttl, |t| t.min(ttl)));
-                        answer.records.push(SrvRecord {
-                            priority: srv.priority(),
-                            weight: srv.weight(),
-                            port: srv.port(),
-                            target: name_text(srv.target()),
-                            ttl,
-                        });
+        let opts = self.inner.resolver.options();
+        let mut request = DnsRequestOptions::default();
+        request.use_edns = opts.edns0;
+        request.recursion_desired = opts.recursion_desired;
+        let mut current = name.clone();
+        // The smallest TTL of the aliases followed.
+        let mut alias_ttl: Option<Duration> = None;
+        let mut hops = 0;
+        loop {
+            let first = self
+                .inner
+                .pool
+                .lookup(Query::query(current.clone(), RecordType::SRV), request)
+                .next()
+                .await;
+            let response = match first {
+                Some(Ok(response)) => response,
+                Some(Err(e)) => {
+                    return match negative_proto(&e) {
+                        Some(ttl) => Ok(SrvAnswer {
+                            records: Vec::new(),
+                            ttl: min_ttl(ttl, alias_ttl),
+                        }),
+                        None => Err(proto_lookup_error(&format!("SRV {name}"), &e)),
                     }
                 }
-                Ok(answer)
+                None => {
+                    return Err(Error::Timeout {
+                        backend: BACKEND,
+                        message: format!("SRV {name}: no answer from the nameserver"),
+                    })
+                }
+            };
+            match response.response_code() {
+                ResponseCode::NoError => {}
+                ResponseCode::NXDomain => {
+                    let ttl = response.negative_ttl().map(secs);
+                    return Ok(SrvAnswer {
+                        records: Vec::new(),
+                        ttl: min_ttl(ttl, alias_ttl),
+                    });
+                }
+                code => {
+                    return Err(Error::unavailable(
+                        BACKEND,
+                        format!("SRV {name}: the nameserver answered {code}"),
+                    ))
+                }
             }
-            Err(e) => match negative(&e) {
-                Some(ttl) => Ok(SrvAnswer {
+            // Walk the chain inside this answer: SRV records at `current`, else its CNAME.
+            let mut moved = false;
+            loop {
+                let mut answer = SrvAnswer::default();
+                let mut alias = None;
+                for record in response.answers() {
+                    if record.name() != &current {
+                        continue;
+                    }
+                    match record.data() {
+                        RData::SRV(srv) => {
+                            let ttl = secs(record.ttl());
+                            answer.ttl = Some(answer.ttl.map_or(ttl, |t| t.min(ttl)));
+                            answer.records.push(SrvRecord {
+                                priority: srv.priority(),
+                                weight: srv.weight(),
+                                port: srv.port(),
+                                target: name_text(srv.target()),
+                                ttl,
+                            });
+                        }
+                        RData::CNAME(target) => alias = Some((target.0.clone(), record.ttl())),
+                        _ => {}
+                    }
+                }
+                if !answer.records.is_empty() {
+                    answer.ttl = min_ttl(answer.ttl, alias_ttl);
+                    return Ok(answer);
+                }
+                let Some((target, ttl)) = alias else { break };
+                hops += 1;
+                if hops > MAX_CNAME_HOPS {
+                    return Err(Error::malformed(
+                        BACKEND,
+                        format!("SRV {name}: more than {MAX_CNAME_HOPS} CNAMEs (a loop?)"),
+                    ));
+                }
+                alias_ttl = min_ttl(Some(secs(ttl)), alias_ttl);
+                current = target;
+                moved = true;
+            }
+            if !moved {
+                // No SRV record and no alias at the name asked: NODATA, an empty set.
+                return Ok(SrvAnswer {
                     records: Vec::new(),
-                    ttl,
-                }),
-                None => Err(lookup_error(&format!("SRV {name}"), &e)),
-            },
+                    ttl: min_ttl(response.negative_ttl().map(secs), alias_ttl),
+                });
+            }
+            // The chain leaves this answer at `current`: ask for that name.
         }
     }
 
@@ -483,26 +571,49 @@ fn update_error(zone: &str, signed: bool, e: ProtoError) -> Error {
     Error::unavailable(BACKEND, format!("dynamic update of zone {zone}: {e}"))
 }
 
+fn secs(ttl: u32) -> Duration {
+    Duration::from_secs(u64::from(ttl))
+}
+
+/// The smaller of two optional TTLs.
+fn min_ttl(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// `Some(negative TTL)` when the error is an authoritative "no such records" (NXDOMAIN or
 /// NODATA); `None` when it is a failure.
 fn negative(e: &ResolveError) -> Option<Option<Duration>> {
-    match e.proto().map(ProtoError::kind) {
-        Some(ProtoErrorKind::NoRecordsFound {
+    e.proto().and_then(negative_proto)
+}
+
+fn negative_proto(e: &ProtoError) -> Option<Option<Duration>> {
+    match e.kind() {
+        ProtoErrorKind::NoRecordsFound {
             response_code: ResponseCode::NXDomain | ResponseCode::NoError,
             negative_ttl,
             ..
-        }) => Some(negative_ttl.map(|t| Duration::from_secs(u64::from(t)))),
+        } => Some(negative_ttl.map(secs)),
         _ => None,
     }
 }
 
 fn lookup_error(what: &str, e: &ResolveError) -> Error {
-    match e.proto().map(ProtoError::kind) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => Error::unavailable(
+    match e.proto() {
+        Some(p) => proto_lookup_error(what, p),
+        None => Error::unavailable(BACKEND, format!("{what}: {e}")),
+    }
+}
+
+fn proto_lookup_error(what: &str, e: &ProtoError) -> Error {
+    match e.kind() {
+        ProtoErrorKind::NoRecordsFound { response_code, .. } => Error::unavailable(
             BACKEND,
             format!("{what}: the nameserver answered {response_code}"),
         ),
-        Some(ProtoErrorKind::Timeout) => Error::Timeout {
+        ProtoErrorKind::Timeout => Error::Timeout {
             backend: BACKEND,
             message: format!("{what}: no answer from the nameserver"),
         },

@@ -14,7 +14,9 @@
 //! go-kit re-resolved on a fixed ticker and ignored TTLs (DNS-4), and one record with port
 //! 0 failed the whole resolution (DNS-3, go-kit issue #892). Here a record with port 0, the
 //! target `.` (RFC 2782: "decidedly not available"), or (with `resolve_targets`) a target
-//! that does not resolve is skipped alone, with the reason logged once.
+//! that does not resolve is skipped alone, with the reason logged once. The lowest priority
+//! is chosen among the records left, so a group whose every record is bad (with
+//! `resolve_targets`: whose targets all fail to resolve) never hides a good backup group.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -219,7 +221,12 @@ impl SrvSource {
     async fn round(&mut self) -> Result<(Vec<Instance>, Option<Duration>)> {
         let answer = self.client.lookup_srv(&self.name).await?;
         let mut ttl = answer.ttl;
-        let (usable, mut skipped) = select(&answer.records, self.options.all_priorities);
+        // With resolve_targets the priority group is chosen among the records whose target
+        // resolved, so an unresolvable lowest group does not hide a good backup group.
+        let (usable, mut skipped) = select(
+            &answer.records,
+            self.options.all_priorities || self.options.resolve_targets,
+        );
         let mut out = Vec::with_capacity(usable.len());
         if self.options.resolve_targets {
             let targets: BTreeSet<String> = usable.iter().map(|r| r.target.clone()).collect();
@@ -258,8 +265,16 @@ impl SrvSource {
                     }
                 }
             }
+            let lowest = usable
+                .iter()
+                .filter(|r| self.addresses.contains_key(&r.target))
+                .map(|r| r.priority)
+                .min();
             for r in &usable {
                 if let Some((ips, expires)) = self.addresses.get(&r.target) {
+                    if !self.options.all_priorities && Some(r.priority) != lowest {
+                        continue; // a backup group, not in use
+                    }
                     let left = expires.saturating_duration_since(now);
                     ttl = Some(ttl.map_or(left, |x| x.min(left)));
                     out.extend(ips.iter().map(|ip| instance(r, &ip.to_string())));

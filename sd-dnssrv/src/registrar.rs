@@ -6,7 +6,7 @@
 //! | instance host | SRV target | extra record |
 //! |---|---|---|
 //! | a host name (`api1.example.com`) | that name | none |
-//! | an IP address | `<id>.<service>.<zone>` (the instance id as a DNS label) | its `A` or `AAAA` record |
+//! | an IP address | `<id>.<service>.<zone>` (the instance id as a DNS label, see [`label`]) | its `A` or `AAAA` record |
 //!
 //! The SRV record carries the port, the weight ([`Instance::weight`](sd_core::Instance::weight),
 //! at most 65 535) and the priority ([`META_PRIORITY`] in the instance
@@ -14,8 +14,12 @@
 //!
 //! [`register`](DnsRegistrar::register) reads the SRV set from the primary and sends one
 //! update message that deletes any record with the same target but another port, weight or
-//! priority (a re-registration of the same id replaces it), replaces the target's address
-//! record, and adds the SRV record. Adding a record that is already there changes nothing,
+//! priority, replaces the target's address record, and adds the SRV record. That replacement
+//! is done only for an IP host, whose target is the instance's own name (distinct ids get
+//! distinct names, see [`label`]): re-registering the same id with a new port or address
+//! replaces its record. A host-name target is shared by every instance on that host, so
+//! nothing there is replaced: two ids on one host name with two ports are two records, and
+//! a process that comes back on another port leaves its old record until it is deleted. Adding a record that is already there changes nothing,
 //! so registering twice is harmless. While registered, the addition is sent again every
 //! `reassert` period (default [`DEFAULT_REASSERT`], at least 1 s) on sd-core's keep-alive
 //! loop, so a zone that lost the record
@@ -53,10 +57,24 @@ pub const DEFAULT_REASSERT: Duration = Duration::from_secs(30);
 /// The TTL given to registered records when the URL does not say (`record_ttl`).
 pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(10);
 
-/// The instance id as one DNS label: lower-case letters, digits and `-`, at most 63
-/// characters; anything else becomes `-`.
+/// The instance id as one DNS label, distinct for distinct ids.
+///
+/// An id that already is a clean label (lower-case letters, digits and single inner `-`, at
+/// most 63 characters) is used as it is. Any other id is mapped (lower-cased, other
+/// characters become `-`, cut to 51 characters) and gets `--` and 10 hex digits of a hash
+/// (FNV-1a) of the whole id; a clean label never contains `--`, so `api_1`, `api.1` and
+/// `API-1` get three different labels, as do two long ids that share their first 63
+/// characters (two mapped ids collide only if their 40-bit hashes do).
+///
+/// ```
+/// use sd_dnssrv::registrar::label;
+/// assert_eq!(label("web-1"), "web-1");
+/// assert_ne!(label("api_1"), label("api.1"));
+/// assert!(label("api_1").starts_with("api-1--") && label("api_1").len() == 17);
+/// ```
 pub fn label(id: &str) -> String {
-    let mut s: String = id
+    const HASH_DIGITS: usize = 10;
+    let mapped: String = id
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -66,13 +84,28 @@ pub fn label(id: &str) -> String {
             }
         })
         .collect();
-    s.truncate(63);
-    let s = s.trim_matches('-').to_string();
-    if s.is_empty() {
-        "instance".to_string()
-    } else {
-        s
+    let clean = mapped == id
+        && (1..=63).contains(&id.len())
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+        && !id.contains("--");
+    if clean {
+        return mapped;
     }
+    // FNV-1a, 64 bits: stable across processes, platforms and versions.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut prefix: String = mapped
+        .trim_matches('-')
+        .chars()
+        .take(63 - 2 - HASH_DIGITS)
+        .collect();
+    prefix.truncate(prefix.trim_end_matches('-').len());
+    if prefix.is_empty() {
+        prefix.push_str("instance");
+    }
+    format!("{prefix}--{:010x}", hash & 0xff_ffff_ffff)
 }
 
 /// What one registration writes into the zone.
@@ -231,6 +264,13 @@ struct Shared {
 impl Shared {
     async fn register(&self) -> Result<()> {
         let r = &self.records;
+        // Only a target that is the instance's own name (an IP host: `<id>.<service>.<zone>`,
+        // distinct per id, see [`label`]) identifies the instance, so only then is a record
+        // with the same target and other values an earlier registration of the same id. A
+        // host name is shared by every instance on that host: nothing at it is replaced.
+        if r.address.is_none() {
+            return self.client.update(r.add(&[])).await;
+        }
         // The read only finds records to replace. A server that refuses it (no
         // allow-query for us) may still accept the update, and if it refuses that too, the
         // update's error says what to configure.
@@ -387,7 +427,10 @@ mod tests {
         );
         let r = Records::new(&reg, &zone(), "tcp", Duration::from_secs(5)).unwrap();
         assert_eq!(r.srv_name.to_ascii(), "_web._tcp.sd.test.");
-        assert_eq!(r.srv.target().to_ascii(), "web-1.web.sd.test.");
+        assert_eq!(
+            r.srv.target().to_ascii(),
+            format!("{}.web.sd.test.", label("Web_1"))
+        );
         assert_eq!(
             (r.srv.port(), r.srv.weight(), r.srv.priority()),
             (8080, 7, 0)
@@ -466,9 +509,36 @@ mod tests {
     }
 
     #[test]
-    fn labels() {
-        assert_eq!(label("Web_1"), "web-1");
-        assert_eq!(label("--"), "instance");
-        assert_eq!(label(&"x".repeat(100)).len(), 63);
+    fn labels_are_distinct_for_distinct_ids() {
+        assert_eq!(label("web-1"), "web-1");
+        assert_eq!(label(&"x".repeat(63)), "x".repeat(63));
+        let long = "x".repeat(100);
+        let ids = [
+            "Web_1",
+            "web_1",
+            "web.1",
+            "WEB-1",
+            "--",
+            "",
+            "-web-1",
+            "web-1-",
+            "web-1--0123456789",
+            "web--1",
+            &long,
+            &format!("{long}-a"),
+            &format!("{long}-b"),
+        ];
+        let labels: Vec<String> = ids.iter().map(|id| label(id)).collect();
+        for (id, l) in ids.iter().zip(&labels) {
+            assert!((1..=63).contains(&l.len()), "{id:?} -> {l:?}");
+            assert!(l
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            assert!(!l.starts_with('-') && !l.ends_with('-'), "{id:?} -> {l:?}");
+            assert_ne!(l, "web-1", "{id:?} must not take the clean id's label");
+        }
+        let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+        assert_eq!(distinct.len(), labels.len(), "{labels:?}");
+        assert_eq!(label("Web_1"), label("Web_1"), "stable");
     }
 }

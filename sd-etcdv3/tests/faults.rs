@@ -64,6 +64,17 @@ async fn live(addr: &str, what: &str, id: &str) -> Live {
     }
 }
 
+/// The endpoints `endpointer` serves now (instance ids).
+fn served(endpointer: &DefaultEndpointer<String>) -> Vec<String> {
+    endpointer
+        .endpoints()
+        .get()
+        .unwrap()
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
 /// Waits (at most [`REREGISTER_BOUND`]) until the registrar's key is in etcd under the
 /// registrar's current lease: a bounded poll of the server, as there is no event for "a key
 /// exists".
@@ -120,10 +131,7 @@ async fn fault_kill_keeps_the_last_good_set_then_restart_with_data_recovers(serv
     })
     .await
     .expect("the endpointer sees the error");
-    let snap = endpointer.endpoints();
-    let served: Vec<&str> = snap.get().unwrap().iter().map(|e| e.as_str()).collect();
-    assert_eq!(served, ["k1"]);
-    drop(snap);
+    assert_eq!(served(&endpointer), ["k1"]);
 
     // A short outage (less than the TTL): the scenario, not a synchronisation.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -258,23 +266,25 @@ async fn fault_paused_longer_than_the_ttl(server: Server) {
     let old_lease = registrar.lease_id();
     let paused = sd_testkit::PauseGuard::pause(server).await.unwrap();
     let frozen = Instant::now();
-    // The silent server is noticed: HTTP/2 keep-alive pings (1 s here) end the watch, and
-    // the re-read times out.
-    let err = wait_for_error(&mut sub, "server frozen").await;
+    // The silent server is noticed: HTTP/2 keep-alive pings (6 s here) end the watch, and
+    // the re-read times out (2 s). hyper sends a ping once a whole interval has passed
+    // without data, so that is between 6 + 6 + 2 and 6 + 6 + 6 + 2 s; bounded by 40 s.
+    sd_testkit::conformance::wait_error(&mut sub, Duration::from_secs(40), "server frozen").await;
+    let err = match sub.current() {
+        Some(sd_core::Event::Error(e)) => e,
+        other => panic!("the error was replaced at once by {other:?}"),
+    };
     eprintln!(
         "{server}: error published {:?} after the freeze: {err}",
         frozen.elapsed()
     );
     // The scenario, not a synchronisation: frozen for more than twice the TTL.
     tokio::time::sleep((TTL * 2 + Duration::from_secs(1)).saturating_sub(frozen.elapsed())).await;
-    let snap = endpointer.endpoints();
-    let served: Vec<&str> = snap.get().unwrap().iter().map(|e| e.as_str()).collect();
     assert_eq!(
-        served,
+        served(&endpointer),
         ["p1"],
         "last good set served while the server is frozen"
     );
-    drop(snap);
     paused.resume().await.unwrap();
     let resumed = Instant::now();
 
@@ -303,10 +313,7 @@ async fn fault_paused_longer_than_the_ttl(server: Server) {
     tokio::time::sleep(TTL * 2).await;
     let key_lease = probe.client().key_lease(registrar.key()).await.unwrap();
     assert_eq!(key_lease, Some(registrar.lease_id()));
-    let snap = endpointer.endpoints();
-    let served: Vec<&str> = snap.get().unwrap().iter().map(|e| e.as_str()).collect();
-    assert_eq!(served, ["p1"]);
-    drop(snap);
+    assert_eq!(served(&endpointer), ["p1"]);
     registrar.deregister().await.unwrap();
     wait_for_set(&mut sub, "deregistered", |s| s.is_empty()).await;
     endpointer.close().await;

@@ -12,12 +12,17 @@
 //! | [`renew`](Client::renew) | `PUT {base}/apps/{APP}/{id}` | 200, or 404 when the server does not know the instance |
 //! | [`cancel`](Client::cancel) | `DELETE {base}/apps/{APP}/{id}` | 200, 404 when already gone |
 //! | [`set_status`](Client::set_status) | `PUT {base}/apps/{APP}/{id}/status?value=STATUS` | 200, 404 when unknown |
+//! | [`set_metadata`](Client::set_metadata) | `PUT {base}/apps/{APP}/{id}/metadata?KEY=VALUE` | 200, 404 when unknown |
 //! | [`app`](Client::app) | `GET {base}/apps/{APP}` | 200 `{"application": {...}}`, 404 when no instance |
 //! | [`vip`](Client::vip) | `GET {base}/vips/{vip}` | 200 `{"applications": {...}}`, 404 when none |
 //!
-//! Several servers may be given. Every request goes to the server that answered last; when
-//! it cannot be reached, times out or answers 5xx, the same request goes to the next one,
-//! and so on once around the list. A 4xx answer is an answer (no failover).
+//! Several servers may be given. Every request goes first to the server that answered last;
+//! when it cannot be reached, times out or answers 5xx, the same request goes to the next
+//! one, and so on once around the list. A read (`app`, `vip`) also goes to the next server
+//! when the answer is 403 (what a Eureka server answers while it is not ready to serve
+//! reads, e.g. in the peer-sync wait after a restart) or cannot be parsed; a server becomes
+//! the preferred one only when its read answer was parsed. Other 4xx answers are answers (no
+//! failover). An error answer's body is read only up to [`MAX_ERROR_BODY`] bytes.
 //!
 //! ```
 //! use std::time::Duration;
@@ -61,6 +66,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer body read (a full registry of tens of thousands of instances fits);
 /// a larger one is an [`Error::Malformed`] instead of an unbounded allocation.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The most of an error answer's body that is read (to quote it in the error).
+pub const MAX_ERROR_BODY: usize = 4096;
 
 /// How to reach and authenticate to the Eureka servers.
 ///
@@ -161,12 +169,14 @@ pub(crate) fn quote(s: &str) -> String {
     }
 }
 
-/// Why one server did not give a usable answer.
-enum Attempt {
-    /// It answered (any status below 500).
-    Answer(Response),
-    /// It could not be reached, timed out, or answered 5xx.
-    Failed(Error),
+/// What one server's answer comes to.
+enum Outcome<T> {
+    /// A usable answer: the result, and that server becomes the preferred one.
+    Answer(T),
+    /// An answer that is final (no failover) but does not make the server preferred.
+    Final(Error),
+    /// The next server is tried.
+    Next(Error),
 }
 
 impl Client {
@@ -279,15 +289,17 @@ impl Client {
         req
     }
 
-    async fn attempt(&self, what: &str, base: &Url, req: RequestBuilder) -> Attempt {
+    /// Sends `req`: the response, or the error when the server cannot be reached, times out
+    /// or answers 5xx.
+    async fn attempt(&self, what: &str, base: &Url, req: RequestBuilder) -> Result<Response> {
         match req.send().await {
             Ok(resp) if resp.status().is_server_error() => {
-                Attempt::Failed(status_error(what, base, resp).await)
+                Err(status_error(what, base, resp).await)
             }
-            Ok(resp) => Attempt::Answer(resp),
+            Ok(resp) => Ok(resp),
             Err(e) => {
                 let message = format!("{what} at {base}: {}", error_chain(&e));
-                Attempt::Failed(if e.is_timeout() {
+                Err(if e.is_timeout() {
                     Error::Timeout {
                         backend: BACKEND,
                         message,
@@ -299,29 +311,40 @@ impl Client {
         }
     }
 
-    /// Sends the request `build` makes for each server, from the preferred one on, until one
-    /// answers below 500; remembers that server. Fails with the last server's error (and how
-    /// many were tried) when none answers.
-    async fn send(
+    /// Sends the request `build` makes for each server, from the preferred one on, and
+    /// hands each answer below 500 to `accept`, until one is an [`Outcome::Answer`] (that
+    /// server is remembered) or [`Outcome::Final`]. Fails with the last server's error (and
+    /// how many were tried) when every server failed.
+    async fn send_with<T, F, Fut>(
         &self,
         what: &str,
         build: impl Fn(&Url) -> RequestBuilder,
-    ) -> Result<(Url, Response)> {
+        accept: F,
+    ) -> Result<T>
+    where
+        F: Fn(Url, Response) -> Fut,
+        Fut: std::future::Future<Output = Outcome<T>>,
+    {
         let n = self.inner.bases.len();
         let first = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut last = None;
         for k in 0..n {
             let i = (first + k) % n;
             let base = &self.inner.bases[i];
-            match self.attempt(what, base, build(base)).await {
-                Attempt::Answer(resp) => {
+            let outcome = match self.attempt(what, base, build(base)).await {
+                Ok(resp) => accept(base.clone(), resp).await,
+                Err(e) => Outcome::Next(e),
+            };
+            match outcome {
+                Outcome::Answer(v) => {
                     if k > 0 {
                         tracing::info!(backend = BACKEND, server = %base, "failed over to another Eureka server");
                     }
                     self.inner.preferred.store(i, Ordering::Relaxed);
-                    return Ok((base.clone(), resp));
+                    return Ok(v);
                 }
-                Attempt::Failed(e) => {
+                Outcome::Final(e) => return Err(e),
+                Outcome::Next(e) => {
                     if n > 1 {
                         tracing::debug!(backend = BACKEND, server = %base, error = %e, "Eureka server failed; trying the next");
                     }
@@ -335,6 +358,18 @@ impl Client {
         } else {
             e
         })
+    }
+
+    /// [`send_with`](Self::send_with) for writes: any answer below 500 is the answer.
+    async fn send(
+        &self,
+        what: &str,
+        build: impl Fn(&Url) -> RequestBuilder,
+    ) -> Result<(Url, Response)> {
+        self.send_with(what, build, |base, resp| async move {
+            Outcome::Answer((base, resp))
+        })
+        .await
     }
 
     /// `POST /apps/{APP}` with `{"instance": instance}`.
@@ -400,47 +435,34 @@ impl Client {
         .await
     }
 
-    /// `GET` of a JSON document; `None` on 404.
+    /// `PUT /apps/{APP}/{id}/metadata?{key}={value}`: sets one metadata entry of a
+    /// registered instance (Eureka adds or replaces entries; it cannot remove one).
+    pub async fn set_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<InstanceUpdate> {
+        let what = format!("metadata change of {app}/{id}");
+        self.instance_call(
+            &what,
+            Method::PUT,
+            &["apps", app, id, "metadata"],
+            &[(key, value)],
+        )
+        .await
+    }
+
+    /// `GET` of a JSON document; `None` on 404. A 403 (not ready) or an answer that cannot
+    /// be read or parsed goes to the next server.
     async fn get_json(&self, what: &str, segments: &[&str]) -> Result<Option<serde_json::Value>> {
-        let (base, mut resp) = self
-            .send(what, |b| self.request(b, Method::GET, segments))
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(what, &base, resp).await);
-        }
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_BODY {
-                        return Err(Error::malformed(
-                            BACKEND,
-                            format!("{what} at {base}: the answer is larger than {MAX_BODY} bytes"),
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(Error::unavailable(
-                        BACKEND,
-                        format!("{what} at {base}: reading the answer: {}", error_chain(&e)),
-                    ))
-                }
-            }
-        }
-        serde_json::from_slice(&body).map(Some).map_err(|e| {
-            Error::malformed(
-                BACKEND,
-                format!(
-                    "{what} at {base}: the answer is not JSON ({e}): {}",
-                    quote(&String::from_utf8_lossy(&body))
-                ),
-            )
-        })
+        self.send_with(
+            what,
+            |b| self.request(b, Method::GET, segments),
+            |base, resp| read_json(what, base, resp),
+        )
+        .await
     }
 
     /// `GET /apps/{APP}`: the application document, `None` when the server has no instance
@@ -478,11 +500,75 @@ fn annotate(e: Error, suffix: &str) -> Error {
     }
 }
 
+/// Reads a read's answer: 404 is `None`, 2xx is the JSON document (at most [`MAX_BODY`]
+/// bytes); 403 and an unreadable or unparseable body go to the next server; any other status
+/// is a final error.
+async fn read_json(
+    what: &str,
+    base: Url,
+    mut resp: Response,
+) -> Outcome<Option<serde_json::Value>> {
+    match resp.status() {
+        StatusCode::NOT_FOUND => return Outcome::Answer(None),
+        StatusCode::FORBIDDEN => return Outcome::Next(status_error(what, &base, resp).await),
+        s if !s.is_success() => return Outcome::Final(status_error(what, &base, resp).await),
+        _ => {}
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Outcome::Next(Error::malformed(
+                        BACKEND,
+                        format!("{what} at {base}: the answer is larger than {MAX_BODY} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Outcome::Next(Error::unavailable(
+                    BACKEND,
+                    format!("{what} at {base}: reading the answer: {}", error_chain(&e)),
+                ))
+            }
+        }
+    }
+    match serde_json::from_slice(&body) {
+        Ok(doc) => Outcome::Answer(Some(doc)),
+        Err(e) => Outcome::Next(Error::malformed(
+            BACKEND,
+            format!(
+                "{what} at {base}: the answer is not JSON ({e}): {}",
+                quote(&String::from_utf8_lossy(&body))
+            ),
+        )),
+    }
+}
+
+/// The first `limit` bytes of `resp`'s body (or fewer, when reading fails); the rest is never
+/// read (the connection is dropped).
+async fn body_prefix(mut resp: Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// A failure status as an error: 400/401/403/404/409 are [`Error::Rejected`] (retrying the
-/// same request will not help), anything else [`Error::Unavailable`].
+/// same request will not help), anything else [`Error::Unavailable`]. At most
+/// [`MAX_ERROR_BODY`] bytes of the body are read.
 async fn status_error(what: &str, base: &Url, resp: Response) -> Error {
     let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
+    let body = body_prefix(resp, MAX_ERROR_BODY).await;
     let mut message = format!("{what} at {base}: HTTP {status}: {}", quote(&body));
     if status == StatusCode::UNAUTHORIZED {
         message.push_str(" (the server wants credentials: give user= and password_env=)");

@@ -152,12 +152,7 @@ pub fn instance_from_json(v: &Value) -> Result<Instance, String> {
     };
     let status = i.status.as_deref().unwrap_or("UNKNOWN");
     let mut health = status_health(status);
-    let mut b = Instance::builder(host, port)
-        .id(id)
-        .meta(META_STATUS, status);
-    if is_secure {
-        b = b.meta(META_SECURE, "true");
-    }
+    let mut b = Instance::builder(host, port).id(id);
     for (k, v) in i.metadata.unwrap_or_default() {
         let v = match v {
             Value::String(s) => s,
@@ -182,6 +177,12 @@ pub fn instance_from_json(v: &Value) -> Result<Instance, String> {
             continue;
         }
         b = b.meta(k, v);
+    }
+    // Set last: a metadata entry of the same name (another client's) does not hide the
+    // server's status.
+    b = b.meta(META_STATUS, status);
+    if is_secure {
+        b = b.meta(META_SECURE, "true");
     }
     Ok(b.health(health).build())
 }

@@ -30,7 +30,7 @@
 //! [`deregister`](EurekaRegistrar::deregister) are idempotent: registering again re-sends
 //! the registration and keeps the one renewal task; deregistering when not registered
 //! sends nothing. Dropping the registrar stops the renewals only, so the server evicts the
-//! instance after its lease, as after a crash.
+//! instance after about twice its lease, as after a crash.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,7 +46,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 
 use crate::client::{Client, InstanceUpdate, BACKEND};
-use crate::instancer::{META_HEALTH, META_TAGS};
+use crate::instancer::{META_HEALTH, META_SECURE, META_STATUS, META_TAGS};
 
 /// Eureka's default lease duration (`leaseInfo.durationInSecs`).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(90);
@@ -212,10 +212,11 @@ fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody>
         .instance
         .meta()
         .keys()
-        .find(|k| k.as_str() == META_TAGS || k.as_str() == "@class")
+        .find(|k| [META_TAGS, META_HEALTH, "@class"].contains(&k.as_str()))
     {
         return Err(Error::config(format!(
-            "registration of {:?}: metadata key {k:?} is reserved (sdkit carries the tags in {META_TAGS})",
+            "registration of {:?}: metadata key {k:?} is reserved (sdkit carries the tags in \
+             {META_TAGS} and the Warning health in {META_HEALTH}; @class is the codec's)",
             r.service
         )));
     }
@@ -223,8 +224,10 @@ fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody>
         .instance
         .meta()
         .iter()
-        // The keys sdkit adds when reading (eureka.status, eureka.secure) are not sent back.
-        .filter(|(k, _)| !k.starts_with("eureka."))
+        // The two keys sdkit's instancer adds when reading (eureka.status, eureka.secure)
+        // describe the server's view and are not sent back, so an instance read from an
+        // instancer can be registered again; every other key is sent as it is.
+        .filter(|(k, _)| k.as_str() != META_STATUS && k.as_str() != META_SECURE)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if !r.instance.tags().is_empty() {
@@ -266,20 +269,26 @@ struct Shared {
     client: Client,
     registration: Registration,
     body: InstanceBody,
-    /// The status to announce (the registration's, then whatever `set_status` set).
-    status: std::sync::Mutex<Status>,
+    /// The status to announce (the registration's, then whatever `set_status` set), and
+    /// whether the body still carries the Warning marker ([`META_HEALTH`]): only until the
+    /// first `set_status`, so a drained instance reads as drained.
+    status: std::sync::Mutex<(Status, bool)>,
     reregistrations: watch::Sender<u64>,
 }
 
 impl Shared {
     fn current_body(&self) -> InstanceBody {
         let mut body = self.body.clone();
-        body.status = self.status().as_str();
+        let (status, marked) = *self.status.lock().unwrap_or_else(|p| p.into_inner());
+        body.status = status.as_str();
+        if !marked {
+            body.metadata.remove(META_HEALTH);
+        }
         body
     }
 
     fn status(&self) -> Status {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     async fn register(&self) -> Result<()> {
@@ -378,12 +387,13 @@ impl EurekaRegistrar {
         let lease = Lease::for_registration(&registration, default_lease)?;
         let body = build_body(&registration, lease, vip.unwrap_or(&registration.service))?;
         let status = Status::for_health(registration.instance.health());
+        let marked = body.metadata.contains_key(META_HEALTH);
         Ok(EurekaRegistrar {
             shared: Arc::new(Shared {
                 client,
                 registration,
                 body,
-                status: std::sync::Mutex::new(status),
+                status: std::sync::Mutex::new((status, marked)),
                 reregistrations: watch::channel(0).0,
             }),
             lease,
@@ -434,11 +444,39 @@ impl EurekaRegistrar {
     /// registration, it is registered again with the new status.
     pub async fn set_status(&self, status: Status) -> Result<()> {
         let state = self.state.lock().await;
-        *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        let marked = std::mem::replace(
+            &mut *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()),
+            (status, false),
+        )
+        .1;
         if !state.registered {
             return Ok(());
         }
         let body = &self.shared.body;
+        if marked {
+            // The Warning marker would make an OUT_OF_SERVICE instance read as Warning; it
+            // is overwritten before the status changes (Eureka cannot delete a metadata key).
+            let cleared = self
+                .shared
+                .client
+                .set_metadata(&body.app, &body.instance_id, META_HEALTH, "none")
+                .await;
+            match cleared {
+                Ok(InstanceUpdate::Updated) => {}
+                Ok(InstanceUpdate::Unknown) => {
+                    return self.shared.reregister("metadata change answered 404").await
+                }
+                Err(e) => {
+                    // Keep the marker pending so a retry clears it.
+                    self.shared
+                        .status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .1 = true;
+                    return Err(e);
+                }
+            }
+        }
         match self
             .shared
             .client
@@ -606,6 +644,22 @@ mod tests {
     }
 
     #[test]
+    fn metadata_is_sent_as_given_except_the_keys_the_instancer_adds() {
+        let r = Registration::new(
+            "web",
+            Instance::builder("h", 1)
+                .meta("eureka.zone", "a")
+                .meta("zone", "b")
+                .meta(META_STATUS, "UP")
+                .meta(META_SECURE, "true")
+                .build(),
+        );
+        let body = build_body(&r, Lease::default(), "web").unwrap();
+        let keys: Vec<&str> = body.metadata.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["eureka.zone", "zone"]);
+    }
+
+    #[test]
     fn bad_registrations_say_what_to_fix() {
         let inst = || Instance::builder("h", 1).build();
         for (r, lease, needle) in [
@@ -630,6 +684,21 @@ mod tests {
                     "web",
                     Instance::builder("h", 1).meta("sdkit.tags", "x").build(),
                 ),
+                Lease::default(),
+                "is reserved",
+            ),
+            (
+                Registration::new(
+                    "web",
+                    Instance::builder("h", 1)
+                        .meta("sdkit.health", "warning")
+                        .build(),
+                ),
+                Lease::default(),
+                "is reserved",
+            ),
+            (
+                Registration::new("web", Instance::builder("h", 1).meta("@class", "x").build()),
                 Lease::default(),
                 "is reserved",
             ),

@@ -6,27 +6,14 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use sd_core::{
-    BoxError, DefaultEndpointer, Event, FixedEndpointer, Health, Instance, InstanceCache,
-};
+use sd_core::{DefaultEndpointer, Event, FixedEndpointer, Health, Instance};
 use sd_lb::{
     Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
 };
 
 /// A runtime (for the endpointer's tasks) and an empty endpointer fed by hand.
 fn endpointer() -> (tokio::runtime::Runtime, Arc<DefaultEndpointer<u32>>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ep = {
-        let _rt = rt.enter();
-        Arc::new(DefaultEndpointer::new(
-            &InstanceCache::new(),
-            |i: &Instance| -> Result<u32, BoxError> { Ok(i.port() as u32) },
-        ))
-    };
-    (rt, ep)
+    common::hand_fed(|i| i.port() as u32)
 }
 
 fn many(n: u32) -> Event {

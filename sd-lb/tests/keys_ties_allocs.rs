@@ -1,12 +1,14 @@
 //! Found by the review of issue 9 (sd-lb): the P2C tie rule with in-flight counts, request
 //! keys through `Retry` and the tower adapters, and allocations right after an update.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sd_core::{
-    BoxError, DefaultEndpointer, Endpoint, Event, FixedEndpointer, Instance, InstanceCache,
-};
+use common::fixed;
+
+use sd_core::{BoxError, Endpoint, Event, FixedEndpointer, Instance};
 use sd_lb::{hash_key, tower::Balanced, Balancer, ConsistentHash, P2c, Request, Retry, RoundRobin};
 
 // Counts per thread, so the harness's other threads do not count.
@@ -15,12 +17,6 @@ static GLOBAL: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;
 
 fn allocs() -> u64 {
     sd_testkit::alloc::thread_allocs()
-}
-
-fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
-    Arc::new(FixedEndpointer::new(
-        (0..n).map(|p| (Instance::new("10.0.0.1", 1000 + p), p)),
-    ))
 }
 
 /// P2C over requests in flight compares exact integer counts: the tie rule made for
@@ -102,17 +98,7 @@ async fn balanced_over_consistent_hash_keeps_a_key_on_one_endpoint() {
 /// once the new table is in place, picks allocate nothing again.
 #[test]
 fn only_the_first_pick_after_an_update_allocates() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ep = {
-        let _rt = rt.enter();
-        Arc::new(DefaultEndpointer::new(
-            &InstanceCache::new(),
-            |i: &Instance| -> Result<u16, BoxError> { Ok(i.port()) },
-        ))
-    };
+    let (_rt, ep) = common::hand_fed(|i| i.port());
     let set = |n: u16| {
         Event::instances(
             (1..=n)

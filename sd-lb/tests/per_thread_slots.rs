@@ -4,30 +4,10 @@
 
 mod common;
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
-use common::fixed;
-use sd_core::FixedEndpointer;
+use common::{fixed, picker};
 use sd_lb::{Balancer, RoundRobin};
-
-/// A thread that stays alive and picks once from `rr` per call of the returned function.
-fn picker(
-    rr: &Arc<RoundRobin<Arc<FixedEndpointer<u16>>, u16>>,
-) -> (impl Fn() -> u16, std::thread::JoinHandle<()>) {
-    let (to, rx) = mpsc::channel::<()>();
-    let (tx, from) = mpsc::channel::<u16>();
-    let rr = rr.clone();
-    let thread = std::thread::spawn(move || {
-        for () in rx {
-            tx.send(*rr.pick().unwrap()).unwrap();
-        }
-    });
-    let pick = move || {
-        to.send(()).unwrap();
-        from.recv().unwrap()
-    };
-    (pick, thread)
-}
 
 /// Regression: slots were `thread number mod 16`, so a thread started after fifteen others
 /// (that had ended) shared the counter of a thread still alive, and the two advanced each

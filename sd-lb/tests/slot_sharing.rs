@@ -1,29 +1,14 @@
 //! From the review of issue 9, item 14: `RoundRobin::per_thread` beyond its 32 slots. Its own test
 //! binary: slots are process-wide, so no other test may hold any.
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use sd_core::{FixedEndpointer, Instance};
-use sd_lb::{Balancer, RoundRobin};
+use sd_lb::RoundRobin;
 
-type Rr = RoundRobin<Arc<FixedEndpointer<u16>>, u16>;
+mod common;
 
-/// A live thread that picks once from `rr` per call of the returned function.
-fn picker(rr: &Arc<Rr>) -> (impl Fn() -> u16, std::thread::JoinHandle<()>) {
-    let (to, rx) = mpsc::channel::<()>();
-    let (tx, from) = mpsc::channel::<u16>();
-    let rr = rr.clone();
-    let thread = std::thread::spawn(move || {
-        for () in rx {
-            tx.send(*rr.pick().unwrap()).unwrap();
-        }
-    });
-    let pick = move || {
-        to.send(()).unwrap();
-        from.recv().unwrap()
-    };
-    (pick, thread)
-}
+use common::picker;
 
 /// The doc of `RoundRobin`: up to 32 threads have a counter of their own; beyond that a
 /// thread shares the counter of another (round_robin.rs, `Lease::acquire`), so its own

@@ -246,3 +246,17 @@ fn from_env_defaults_to_memory_and_reads_the_variable() {
     assert!(e.contains("SD_REGISTRY"), "{e}");
     std::env::remove_var(sdkit::ENV_VAR);
 }
+
+/// A port must be 1 to 65535: port 0 is refused at `connect`, saying so.
+#[cfg(all(feature = "consul", feature = "etcd", feature = "zk"))]
+#[test]
+fn port_zero_is_refused() {
+    for url in [
+        "consul://127.0.0.1:0",
+        "etcd://h1:2379,h2:0?prefix=/s",
+        "zk://[::1]:0/services",
+    ] {
+        let e = err(url);
+        assert!(e.contains("port 0"), "{url}: {e}");
+    }
+}

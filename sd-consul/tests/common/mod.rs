@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod http;
 pub mod secure;
 
 use sd_consul::{ConsulInstancer, ConsulRegistrar, ConsulRegistry};

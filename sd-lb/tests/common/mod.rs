@@ -1,10 +1,10 @@
 //! Helpers shared by sd-lb's tests.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
-use sd_core::{FixedEndpointer, Instance};
-use sd_lb::Balancer;
+use sd_core::{BoxError, DefaultEndpointer, FixedEndpointer, Instance, InstanceCache};
+use sd_lb::{Balancer, RoundRobin};
 
 /// `n` endpoints `10.0.0.1:1000+i` whose values are `i`, 0-based.
 pub fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
@@ -40,4 +40,43 @@ pub fn combined_counts<B: Balancer<u16> + ?Sized + 'static>(
         }
     }
     total
+}
+
+/// A runtime (for the endpointer's tasks) and an empty endpointer fed by hand
+/// (`DefaultEndpointer::apply`), whose endpoint values are `make(instance)`.
+pub fn hand_fed<T: Send + Sync + 'static>(
+    make: impl Fn(&Instance) -> T + Send + Sync + 'static,
+) -> (tokio::runtime::Runtime, Arc<DefaultEndpointer<T>>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ep = {
+        let _rt = rt.enter();
+        Arc::new(DefaultEndpointer::new(
+            &InstanceCache::new(),
+            move |i: &Instance| -> Result<T, BoxError> { Ok(make(i)) },
+        ))
+    };
+    (rt, ep)
+}
+
+/// A thread that stays alive and picks once from `rr` per call of the returned function
+/// (per-thread counters are held while their thread lives).
+pub fn picker(
+    rr: &Arc<RoundRobin<Arc<FixedEndpointer<u16>>, u16>>,
+) -> (impl Fn() -> u16, std::thread::JoinHandle<()>) {
+    let (to, rx) = mpsc::channel::<()>();
+    let (tx, from) = mpsc::channel::<u16>();
+    let rr = rr.clone();
+    let thread = std::thread::spawn(move || {
+        for () in rx {
+            tx.send(*rr.pick().unwrap()).unwrap();
+        }
+    });
+    let pick = move || {
+        to.send(()).unwrap();
+        from.recv().unwrap()
+    };
+    (pick, thread)
 }
