@@ -11,46 +11,22 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
-    let registry = match sdkit::from_env() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(registry) = examples::setup() else {
+        return ExitCode::FAILURE;
     };
     let opts = examples::Options {
         // Unique per run, so runs against a shared registry never see each other.
         service: format!("hello-{}", std::process::id()),
         ..Default::default()
     };
-    match examples::run(registry, opts).await {
-        Ok(report) => {
-            print!("{report}");
-            match report.check() {
-                Ok(()) => {
-                    println!(
-                        "ok: no request lost; traffic moved off {} once discovery noticed the crash ({:.1} s later, TTL {} s)",
-                        report.killed,
-                        report.noticed_after.as_secs_f64(),
-                        examples::Options::default().ttl.as_secs()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("unexpected: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let ttl = opts.ttl;
+    examples::conclude(examples::run(registry, opts).await, |report| {
+        report.check()?;
+        Ok(format!(
+            "no request lost; traffic moved off {} once discovery noticed the crash ({:.1} s later, TTL {} s)",
+            report.killed,
+            report.noticed_after.as_secs_f64(),
+            ttl.as_secs()
+        ))
+    })
 }

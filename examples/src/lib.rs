@@ -1,7 +1,9 @@
-//! The quickstart, as a library so that tests can run exactly what `cargo run -p examples
-//! --example quickstart` runs, against any registry.
+//! The examples, as a library so that tests can run exactly what `cargo run -p examples
+//! --example <name>` runs, against any registry: the quickstart (this module), [`grpc`]
+//! (tonic behind sdkit's balancer, a server killed mid-call) and [`axum_service`] (an axum
+//! service that leaves rotation on SIGTERM, across a rolling restart).
 //!
-//! It starts three real HTTP services on 127.0.0.1, each registering itself in the registry
+//! The quickstart starts three real HTTP services on 127.0.0.1, each registering itself in the registry
 //! with a TTL health check that it keeps passing; a client discovers them (Instancer →
 //! Endpointer → round robin → retry) and calls them over HTTP. Then one service crashes: its
 //! server stops and so do its heartbeats, and nobody deregisters it. Retries cover the dead
@@ -10,6 +12,9 @@
 //! which no traffic goes there. On shutdown every service deregisters explicitly with
 //! `RegistrationGuard::deregister().await`, which waits for the registry's answer.
 #![warn(missing_docs)]
+
+pub mod axum_service;
+pub mod grpc;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +55,9 @@ pub struct Report {
     pub killed: String,
     /// How long after the crash discovery dropped the crashed service.
     pub noticed_after: Duration,
+    /// Whether outlier ejection had taken the crashed service out before discovery dropped
+    /// it (`None` where the client has no outlier ejection).
+    pub ejected: Option<bool>,
 }
 
 impl Report {
@@ -83,6 +91,20 @@ impl Report {
     }
 }
 
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hits: Vec<String> = self.hits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(
+            f,
+            "{:<40} answers: {:<26} retries: {:<3} failed: {}",
+            self.name,
+            hits.join(" "),
+            self.retries,
+            self.failures
+        )
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -91,15 +113,12 @@ impl fmt::Display for Report {
             self.registry, self.service
         )?;
         for p in &self.phases {
-            let hits: Vec<String> = p.hits.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            writeln!(
-                f,
-                "  {:<40} answers: {:<26} retries: {:<3} failed: {}",
-                p.name,
-                hits.join(" "),
-                p.retries,
-                p.failures
-            )?;
+            writeln!(f, "  {p}")?;
+        }
+        if let Some(ejected) = self.ejected {
+            let yes = if ejected { "yes" } else { "no" };
+            let killed = &self.killed;
+            writeln!(f, "  {killed} ejected before discovery dropped it: {yes}")?;
         }
         Ok(())
     }
@@ -149,6 +168,70 @@ async fn start_service(
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    let registration = register(registry, service, name, port, ttl).await?;
+    Ok(Service {
+        name: name.to_string(),
+        server,
+        registration: Some(registration),
+    })
+}
+
+/// The start of every example binary: logs (`RUST_LOG`, default `error`) and the registry
+/// `SD_REGISTRY` names (`memory://` when unset). On a bad URL it prints the error and
+/// returns `None`.
+pub fn setup() -> Option<Arc<dyn Registry>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
+    match sdkit::from_env() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// The end of every example binary: prints the report and the outcome of its check (the
+/// check returns the success message).
+pub fn conclude<R: fmt::Display>(
+    result: Result<R, BoxError>,
+    check: impl FnOnce(&R) -> Result<String, String>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            match check(&report) {
+                Ok(message) => {
+                    println!("ok: {message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unexpected: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Registers `127.0.0.1:port` as instance `{service}-{name}` (meta `name`) with a TTL
+/// health check that the returned guard keeps passing.
+pub(crate) async fn register(
+    registry: &Arc<dyn Registry>,
+    service: &str,
+    name: &str,
+    port: u16,
+    ttl: Duration,
+) -> Result<RegistrationGuard, BoxError> {
     let instance = Instance::builder("127.0.0.1", port)
         .id(format!("{service}-{name}"))
         .meta("name", name)
@@ -161,28 +244,132 @@ async fn start_service(
                 .deregister_critical_after(Duration::from_secs(60)),
         )
         .await?;
-    let registration = RegistrationGuard::register(registrar).await?;
-    Ok(Service {
-        name: name.to_string(),
-        server,
-        registration: Some(registration),
-    })
+    Ok(RegistrationGuard::register(registrar).await?)
+}
+
+/// The HTTP client of the quickstart and the axum example: Instancer → Endpointer → round
+/// robin → retry, over reqwest.
+pub(crate) struct HttpClient {
+    instancer: Arc<dyn sdkit::Instancer>,
+    pub(crate) endpointer: Arc<DefaultEndpointer<String>>,
+    http: reqwest::Client,
+    retry: Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>,
+}
+
+impl HttpClient {
+    /// A client of `service`'s passing instances.
+    pub(crate) async fn new(registry: &Arc<dyn Registry>, service: &str) -> Result<Self, BoxError> {
+        let instancer = registry
+            .instancer(&ServiceQuery::new(service).passing_only(true))
+            .await?;
+        let endpointer = Arc::new(
+            DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
+                Ok(format!("http://{}/", i.addr()))
+            })
+            .name(service.to_string())
+            .build(),
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let retry = Retry::new(RoundRobin::new(endpointer.clone()))
+            .max_attempts(3)
+            .timeout(Duration::from_secs(5));
+        Ok(HttpClient {
+            instancer,
+            endpointer,
+            http,
+            retry,
+        })
+    }
+
+    /// `GET /` on a balanced, retried endpoint; returns the body (the answering service's
+    /// name) and the number of attempts.
+    pub(crate) async fn get(&self) -> (Result<String, BoxError>, usize) {
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let result = self
+            .retry
+            .call(|ep: Endpoint<String>| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let http = self.http.clone();
+                async move {
+                    http.get(ep.as_str())
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .text()
+                        .await
+                }
+            })
+            .await;
+        (result.map_err(Into::into), attempts.into_inner())
+    }
+
+    /// The reqwest client.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Closes the endpoints and stops discovery.
+    pub(crate) async fn close(&self) {
+        self.endpointer.close().await;
+        self.instancer.stop().await;
+    }
+}
+
+impl Phase {
+    /// A phase named `name`, with nothing recorded yet.
+    pub fn new(name: impl Into<String>) -> Phase {
+        Phase {
+            name: name.into(),
+            ..Phase::default()
+        }
+    }
+
+    /// Records one request: its outcome (the answer is the answering service's name) and
+    /// how many attempts it took.
+    pub fn record(&mut self, result: Result<String, BoxError>, attempts: usize) {
+        self.retries += attempts.saturating_sub(1);
+        match result {
+            Ok(name) => *self.hits.entry(name).or_default() += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "request failed");
+                self.failures += 1;
+            }
+        }
+    }
 }
 
 /// Waits until the endpointer holds exactly `n` endpoints.
-async fn wait_for<E: Send + Sync + 'static>(
+pub(crate) async fn wait_for<E: Send + Sync + 'static>(
     ep: &DefaultEndpointer<E>,
     n: usize,
     timeout: Duration,
 ) -> Result<(), BoxError> {
+    wait_until(ep, timeout, |list| list.len() == n)
+        .await
+        .map_err(|_| format!("discovery did not show {n} instances within {timeout:?}").into())
+}
+
+/// Waits until `done` holds for the endpointer's current endpoints (none while it is in an
+/// error state); `Err(())` after `timeout`.
+pub(crate) async fn wait_until<E: Send + Sync + 'static>(
+    ep: &DefaultEndpointer<E>,
+    timeout: Duration,
+    done: impl Fn(&[Endpoint<E>]) -> bool,
+) -> Result<(), ()> {
     let mut changes = ep.changes();
     tokio::time::timeout(timeout, async {
-        while ep.endpoints().get().map(|l| l.len()).unwrap_or(0) != n {
-            changes.changed().await;
+        while !done(ep.endpoints().get().unwrap_or(&[])) {
+            if !changes.changed().await {
+                // The endpointer is gone: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
         }
     })
     .await
-    .map_err(|_| format!("discovery did not show {n} instances within {timeout:?}").into())
+    .map_err(|_| ())
 }
 
 /// Runs the quickstart against `registry`.
@@ -200,64 +387,23 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     }
 
     // The client: Instancer -> Endpointer -> round robin -> retry.
-    let instancer = registry
-        .instancer(&ServiceQuery::new(opts.service.as_str()).passing_only(true))
-        .await?;
-    let endpointer = Arc::new(
-        DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
-            Ok(format!("http://{}/", i.addr()))
-        })
-        .name(opts.service.clone())
-        .build(),
-    );
-    wait_for(&endpointer, 3, opts.discovery_timeout).await?;
+    let client = HttpClient::new(&registry, &opts.service).await?;
+    wait_for(&client.endpointer, 3, opts.discovery_timeout).await?;
 
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let retry = Retry::new(RoundRobin::new(endpointer.clone()))
-        .max_attempts(3)
-        .timeout(Duration::from_secs(5));
-
-    let phase = |name: &str| Phase {
-        name: name.to_string(),
-        ..Phase::default()
-    };
     let traffic = |mut p: Phase| {
-        let http = http.clone();
-        let retry = &retry;
+        let client = &client;
         async move {
             for _ in 0..opts.requests {
-                let attempts = std::sync::atomic::AtomicUsize::new(0);
-                let result = retry
-                    .call(|ep: Endpoint<String>| {
-                        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let http = http.clone();
-                        async move {
-                            http.get(ep.as_str())
-                                .send()
-                                .await?
-                                .error_for_status()?
-                                .text()
-                                .await
-                        }
-                    })
-                    .await;
-                p.retries += attempts.into_inner().saturating_sub(1);
-                match result {
-                    Ok(body) => *p.hits.entry(body).or_default() += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "request failed");
-                        p.failures += 1;
-                    }
-                }
+                let (result, attempts) = client.get().await;
+                p.record(result, attempts);
             }
             p
         }
     };
 
-    report.phases.push(traffic(phase("all three up")).await);
+    report
+        .phases
+        .push(traffic(Phase::new("all three up")).await);
 
     // One service crashes: its port closes at once and its heartbeats stop, but nobody
     // deregisters it, so the registry still lists it until its TTL lapses.
@@ -269,16 +415,20 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         guard.abandon();
     }
     report.killed = victim.name.clone();
-    report
-        .phases
-        .push(traffic(phase(&format!("{} crashed, still registered", victim.name))).await);
+    report.phases.push(
+        traffic(Phase::new(format!(
+            "{} crashed, still registered",
+            victim.name
+        )))
+        .await,
+    );
 
     // Discovery notices on its own once the TTL lapses; traffic no longer goes there.
-    wait_for(&endpointer, 2, opts.discovery_timeout + opts.ttl).await?;
+    wait_for(&client.endpointer, 2, opts.discovery_timeout + opts.ttl).await?;
     report.noticed_after = crashed_at.elapsed();
     report
         .phases
-        .push(traffic(phase("after discovery dropped it")).await);
+        .push(traffic(Phase::new("after discovery dropped it")).await);
 
     // Clean shutdown.
     for mut s in services {
@@ -287,7 +437,6 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
         }
         s.server.abort();
     }
-    endpointer.close().await;
-    instancer.stop().await;
+    client.close().await;
     Ok(report)
 }

@@ -1,8 +1,9 @@
 //! The quickstart runs unchanged on the embedded registry and, selected only by the
 //! `SD_REGISTRY` variable (the way the binary picks it), on a real Consul agent.
 
+mod common;
+
 use examples::{run, Options};
-use sd_testkit::Server;
 
 #[tokio::test]
 async fn quickstart_on_the_embedded_registry() {
@@ -15,16 +16,14 @@ async fn quickstart_on_the_embedded_registry() {
 /// The only test in this binary that touches `SD_REGISTRY`, so there is no race on it.
 #[tokio::test]
 async fn quickstart_on_consul_selected_by_sd_registry() {
-    let addr = sd_testkit::require!(Server::Consul);
-    let _consul = sd_testkit::shared(Server::Consul); // not while a fault test has it down
-    std::env::set_var(sdkit::ENV_VAR, format!("consul://{addr}"));
-    let registry = sdkit::from_env();
-    std::env::remove_var(sdkit::ENV_VAR);
+    let Some((registry, _consul)) = common::consul_by_sd_registry() else {
+        return;
+    };
     let opts = Options {
         service: sd_testkit::unique_name("quickstart"),
         ..Options::default()
     };
-    let report = run(registry.unwrap(), opts).await.unwrap();
+    let report = run(registry, opts).await.unwrap();
     report.check().unwrap();
     assert_eq!(report.registry, "consul");
 }
