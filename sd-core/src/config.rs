@@ -174,7 +174,7 @@ impl RegistryUrl {
         Ok(RegistryUrl {
             head: hide_userinfo(head).into_owned(),
             query,
-            
+
             scheme,
             hosts,
             path: path.to_string(),
