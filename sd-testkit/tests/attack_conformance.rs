@@ -1,7 +1,8 @@
 //! Attack on the conformance suite (issue 10): can a registry that breaks the contract still
 //! pass it? Each test wraps `memory://` in a deliberately broken `Registry` and runs every
 //! behaviour of the suite on it (each on a fresh runtime, a failing behaviour = a panic).
-//! A broken registry must fail at least one behaviour; the honest wrapper must pass all.
+//! A broken registry must fail at least one behaviour (the faults the suite once let through:
+//! the behaviour written for them); the honest wrapper must pass all.
 //!
 //! The `Registry`/`Instancer`/`Registrar` traits are `#[async_trait]`; the impls below are
 //! written in the desugared form so that sd-testkit needs no new dev-dependency.
@@ -46,6 +47,35 @@ enum Fault {
     SpuriousErrors,
     /// `stop()` publishes an empty set before closing (consumers drop every endpoint).
     EmptyOnStop,
+    /// A filtered query (tags, `passing_only`) decides once per address whether it matches:
+    /// an instance re-registered so that it starts or stops matching is not moved (a
+    /// server-side filter not re-evaluated on change).
+    StickyFilter,
+}
+
+/// The StickyFilter fault's state: the filter's first decision for each address.
+struct Sticky {
+    query: ServiceQuery,
+    decided: std::collections::HashMap<String, bool>,
+}
+
+impl Sticky {
+    fn apply(&mut self, e: Event) -> Event {
+        match e {
+            Event::Instances(s) => Event::Instances(InstanceSet::new(
+                s.iter()
+                    .filter(|i| {
+                        *self
+                            .decided
+                            .entry(i.addr().to_string())
+                            .or_insert_with(|| self.query.matches(i))
+                    })
+                    .cloned()
+                    .collect(),
+            )),
+            e => e,
+        }
+    }
 }
 
 struct Broken {
@@ -141,7 +171,11 @@ impl Instancer for BrokenInstancer {
         Box::pin(async move {
             self.inner.stop().await;
             if self.fault == Fault::EmptyOnStop {
-                publish(&self.out, &self.fresh, Event::Instances(InstanceSet::empty()));
+                publish(
+                    &self.out,
+                    &self.fresh,
+                    Event::Instances(InstanceSet::empty()),
+                );
             }
             self.out.close();
             for c in self.fresh.lock().unwrap().iter().filter_map(Weak::upgrade) {
@@ -216,7 +250,18 @@ impl Registry for Broken {
         Self: 'async_trait,
     {
         Box::pin(async move {
-            let inner = self.mem.instancer(query).await?;
+            let filtered = !query.tags.is_empty() || query.passing_only;
+            let mut sticky = (self.fault == Fault::StickyFilter && filtered).then(|| Sticky {
+                query: query.clone(),
+                decided: Default::default(),
+            });
+            let inner = if sticky.is_some() {
+                self.mem
+                    .instancer(&ServiceQuery::new(&query.service))
+                    .await?
+            } else {
+                self.mem.instancer(query).await?
+            };
             let mut sub = inner.subscribe();
             let out = Arc::new(InstanceCache::new());
             let fresh: Arc<Mutex<Vec<Weak<InstanceCache>>>> = Default::default();
@@ -224,6 +269,10 @@ impl Registry for Broken {
             let mut last_addrs = None;
             if let Some(e) = sub.try_next() {
                 let e = transform(fault, e);
+                let e = match &mut sticky {
+                    Some(st) => st.apply(e),
+                    None => e,
+                };
                 last_addrs = addr_set(&e);
                 out.update(e);
             }
@@ -236,6 +285,10 @@ impl Registry for Broken {
                         e = sub.next() => {
                             let Some(e) = e else { return };
                             let e = transform(fault, e);
+                            let e = match &mut sticky {
+                                Some(st) => st.apply(e),
+                                None => e,
+                            };
                             if fault == Fault::FreezeAttributes {
                                 let a = addr_set(&e);
                                 if a.is_some() && a == last_addrs {
@@ -275,10 +328,7 @@ impl Registry for Broken {
     {
         Box::pin(async move {
             let sent = if self.fault == Fault::NeverExpires {
-                Registration::new(
-                    registration.service.clone(),
-                    registration.instance.clone(),
-                )
+                Registration::new(registration.service.clone(), registration.instance.clone())
             } else {
                 registration.clone()
             };
@@ -301,13 +351,15 @@ macro_rules! behaviours {
     };
 }
 
-const BEHAVIOURS: [(&str, Behaviour); 10] = behaviours![
+const BEHAVIOURS: [(&str, Behaviour); 12] = behaviours![
     register_is_seen_with_its_fields,
     services_and_instancers_are_independent,
     deregister_removes_and_is_idempotent,
     vanished_registrant_expires,
     tags_are_anded,
     passing_only_leaves_out_unhealthy,
+    reregister_changes_attributes,
+    filtered_instancer_follows_changes,
     bulk_churn_final_set_is_exact,
     restart_keeps_last_good_and_recovers,
     stop_is_idempotent_and_final,
@@ -359,6 +411,15 @@ fn assert_caught(fault: Fault) {
     );
 }
 
+/// The fault is caught, and by the behaviour written for it.
+fn assert_caught_by(fault: Fault, behaviour: &str) {
+    let failed = failing_behaviours(fault);
+    assert!(
+        failed.contains(&behaviour),
+        "{behaviour} passes a registry with fault {fault:?} (failing: {failed:?})"
+    );
+}
+
 #[test]
 fn attack_suite_honest_wrapper_passes_everything() {
     assert_eq!(failing_behaviours(Fault::Honest), Vec::<&str>::new());
@@ -391,20 +452,28 @@ fn attack_suite_catches_a_late_subscriber_without_current_state() {
 
 #[test]
 fn attack_suite_catches_attribute_changes_never_published() {
-    assert_caught(Fault::FreezeAttributes);
+    assert_caught_by(Fault::FreezeAttributes, "reregister_changes_attributes");
 }
 
 #[test]
 fn attack_suite_catches_a_deregistered_instance_coming_back() {
-    assert_caught(Fault::Resurrect);
+    assert_caught_by(Fault::Resurrect, "deregister_removes_and_is_idempotent");
 }
 
 #[test]
 fn attack_suite_catches_spurious_error_events() {
-    assert_caught(Fault::SpuriousErrors);
+    assert_caught_by(
+        Fault::SpuriousErrors,
+        "deregister_removes_and_is_idempotent",
+    );
 }
 
 #[test]
 fn attack_suite_catches_an_empty_set_published_by_stop() {
-    assert_caught(Fault::EmptyOnStop);
+    assert_caught_by(Fault::EmptyOnStop, "stop_is_idempotent_and_final");
+}
+
+#[test]
+fn attack_suite_catches_a_filter_not_following_changes() {
+    assert_caught_by(Fault::StickyFilter, "filtered_instancer_follows_changes");
 }
