@@ -394,7 +394,8 @@ impl Registrar for EtcdRegistrar {
             .as_ref()
             .map_or(true, BackgroundTask::is_finished)
         {
-            let config = KeepAliveConfig::new(BACKEND, self.shared.key.clone(), self.period);
+            let config = KeepAliveConfig::new(BACKEND, self.shared.key.clone(), self.period)
+                .service(self.shared.registration.service.clone());
             state.task = Some(spawn_keepalive(self.shared.clone(), config));
         }
         tracing::info!(backend = BACKEND, key = %self.shared.key,
