@@ -70,7 +70,9 @@ fn metered_counts_picks_and_picks_without_endpoints() {
         lb.pick_with(&Request::new()).unwrap().success();
     }
     let empty = Metered::new(
-        RoundRobin::new(Arc::new(FixedEndpointer::<u16>::new(Vec::<(Instance, u16)>::new()))),
+        RoundRobin::new(Arc::new(FixedEndpointer::<u16>::new(
+            Vec::<(Instance, u16)>::new(),
+        ))),
         m,
     );
     assert!(empty.pick().is_err());
@@ -118,11 +120,17 @@ async fn retry_counts_retries_and_exhaustion() {
     assert_eq!(get(&all, "sdkit_balancer_retries_total"), 3);
     assert_eq!(get(&all, "sdkit_balancer_picks_total"), 5);
     assert_eq!(
-        get(&all, "sdkit_balancer_retries_exhausted_total{reason=attempts}"),
+        get(
+            &all,
+            "sdkit_balancer_retries_exhausted_total{reason=attempts}"
+        ),
         1
     );
     assert_eq!(
-        get(&all, "sdkit_balancer_retries_exhausted_total{reason=budget}"),
+        get(
+            &all,
+            "sdkit_balancer_retries_exhausted_total{reason=budget}"
+        ),
         1
     );
 }
