@@ -291,10 +291,28 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
+    /// Registers, then sets the status through the status endpoint: when a lease for the id
+    /// already exists (a restarted process, a registration not yet expired), Eureka keeps
+    /// that lease's status, or a status override set earlier, over the one in the new
+    /// registration (its `LeaseExistsRule` and `OverrideExistsRule`), so an instance
+    /// registered again as `OUT_OF_SERVICE` would stay `UP` (and the other way round).
     async fn register(&self) -> Result<()> {
-        self.client
-            .register(&self.body.app, &self.current_body())
-            .await
+        let body = self.current_body();
+        self.client.register(&self.body.app, &body).await?;
+        match self
+            .client
+            .set_status(&self.body.app, &self.body.instance_id, body.status)
+            .await?
+        {
+            InstanceUpdate::Updated => Ok(()),
+            InstanceUpdate::Unknown => Err(Error::unavailable(
+                BACKEND,
+                format!(
+                    "the server answered 404 to the status of {}/{} right after registering it",
+                    self.body.app, self.body.instance_id
+                ),
+            )),
+        }
     }
 
     async fn reregister(&self, why: &str) -> Result<()> {

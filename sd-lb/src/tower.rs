@@ -7,7 +7,7 @@
 //! - [`Balanced`] is a [`Service`] that sends each request to the endpoint service a
 //!   [`Balancer`] picks; [`PickLayer`] instead hands `(endpoint, request)` to an inner
 //!   service, for a `ServiceBuilder` stack. Both report the outcome (success or error) to the
-//!   balancer's [`Picked`] guard, so P2C load and outlier ejection see every request; a
+//!   balancer's [`Picked`](crate::Picked) guard, so P2C load and outlier ejection see every request; a
 //!   response future dropped after its first poll and before it completes (a timeout layer
 //!   outside) reports [`Outcome::Timeout`], which outlier ejection counts as a failure; one
 //!   dropped before its first poll (a caller that went away first) reports nothing about

@@ -21,7 +21,11 @@
 //! Every wait is an event wait with a generous deadline ([`Target::deadline`]); nothing sleeps
 //! to synchronise, so the suite stays deterministic on a loaded two-core machine. The only
 //! bounded polls are where there is no event to wait for: the alive-task count after
-//! `stop()`, and "no event follows `stop()`".
+//! `stop()`, "no event follows `stop()`", and "nothing is published for two TTLs after a
+//! deregistration" (no zombie, no spurious error).
+//!
+//! Outside the restart behaviour the registry is healthy: there every wait fails on an error
+//! event. The public [`wait_set`] skips error events (for fault tests).
 //!
 //! | behaviour | needs |
 //! |---|---|
@@ -31,6 +35,8 @@
 //! | [`vanished_registrant_expires`] | registration, expiry |
 //! | [`tags_are_anded`] | registration, tags |
 //! | [`passing_only_leaves_out_unhealthy`] | registration, health |
+//! | [`reregister_changes_attributes`] | registration, and tags, metadata, weight or health |
+//! | [`filtered_instancer_follows_changes`] | registration, server_side_filtering, tags or health |
 //! | [`bulk_churn_final_set_is_exact`] | registration |
 //! | [`restart_keeps_last_good_and_recovers`] | registration, a [`Target::server`] to restart |
 //! | [`stop_is_idempotent_and_final`] | nothing |
@@ -109,7 +115,8 @@ impl Target {
         self
     }
 
-    /// The TTL of the suite's registrations (`HealthCheck::Ttl`).
+    /// The TTL of the suite's registrations (`HealthCheck::Ttl`); a deregistered instance
+    /// must stay gone (nothing published) for two of them.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -262,6 +269,28 @@ pub async fn wait_set(
     what: &str,
     pred: impl Fn(&InstanceSet) -> bool,
 ) -> InstanceSet {
+    wait_set_inner(sub, deadline, what, pred, false).await
+}
+
+/// Like [`wait_set`], but an error event on the way fails: outside the restart behaviour the
+/// registry is healthy, so an error event is a spurious one (consumers would log it, alert on
+/// it, or back off for nothing).
+async fn expect_set(
+    sub: &mut Subscription,
+    deadline: Duration,
+    what: &str,
+    pred: impl Fn(&InstanceSet) -> bool,
+) -> InstanceSet {
+    wait_set_inner(sub, deadline, what, pred, true).await
+}
+
+async fn wait_set_inner(
+    sub: &mut Subscription,
+    deadline: Duration,
+    what: &str,
+    pred: impl Fn(&InstanceSet) -> bool,
+    errors_fail: bool,
+) -> InstanceSet {
     let until = Instant::now() + deadline;
     let mut last: Option<Event> = None;
     loop {
@@ -272,10 +301,26 @@ pub async fn wait_set(
                 }
                 last = Some(Event::Instances(set));
             }
+            Ok(Some(Event::Error(e))) if errors_fail => panic!(
+                "{what}: an error event while the registry is healthy: {e}; last event: {last:?}"
+            ),
             Ok(Some(e @ Event::Error(_))) => last = Some(e),
             Ok(None) => panic!("{what}: the instancer closed; last event: {last:?}"),
             Err(_) => panic!("{what}: not seen within {deadline:?}; last event: {last:?}"),
         }
+    }
+}
+
+/// For the whole of `period` nothing is published: not an error event, not a set. Used where
+/// the registry does not change, so an honest instancer (whose cache never republishes an
+/// unchanged set) stays silent; `what` names the check ("still gone", "still there").
+async fn expect_quiet(sub: &mut Subscription, period: Duration, what: &str) {
+    match tokio::time::timeout(period, sub.next()).await {
+        Err(_) => {}
+        Ok(Some(e)) => panic!(
+            "{what}: the registry did not change, yet within {period:?} the instancer published {e:?}"
+        ),
+        Ok(None) => panic!("{what}: the instancer closed"),
     }
 }
 
@@ -336,7 +381,7 @@ pub async fn register_is_seen_with_its_fields(t: Target) {
     let instancer = t.instancer(ServiceQuery::new(&service)).await;
     let mut sub = instancer.subscribe();
     let registrar = t.register(&service, want.clone()).await;
-    let set = wait_set(&mut sub, t.deadline, "registered instance", |s| {
+    let set = expect_set(&mut sub, t.deadline, "registered instance", |s| {
         find(s, want.addr()).is_some()
     })
     .await;
@@ -368,7 +413,7 @@ pub async fn register_is_seen_with_its_fields(t: Target) {
     // A second instancer of the same service sees it too, at once.
     let second = t.instancer(ServiceQuery::new(&service)).await;
     let mut sub2 = second.subscribe();
-    wait_set(&mut sub2, t.deadline, "second instancer", |s| {
+    expect_set(&mut sub2, t.deadline, "second instancer", |s| {
         find(s, want.addr()).is_some()
     })
     .await;
@@ -397,25 +442,25 @@ pub async fn services_and_instancers_are_independent(t: Target) {
     let rb = t.register(&b, instance(&b, 1, 31102)).await;
     let only =
         |addr: &'static str| move |s: &InstanceSet| addrs(s) == BTreeSet::from([addr.to_string()]);
-    wait_set(
+    expect_set(
         &mut sa1,
         t.deadline,
         "service a, instancer 1",
         only("127.0.0.1:31101"),
     )
     .await;
-    wait_set(
+    expect_set(
         &mut sa2,
         t.deadline,
         "service a, instancer 2",
         only("127.0.0.1:31101"),
     )
     .await;
-    wait_set(&mut sb1, t.deadline, "service b", only("127.0.0.1:31102")).await;
+    expect_set(&mut sb1, t.deadline, "service b", only("127.0.0.1:31102")).await;
     // Stopping one instancer of `a` leaves the other working.
     a2.stop().await;
     let ra2 = t.register(&a, instance(&a, 2, 31103)).await;
-    wait_set(&mut sa1, t.deadline, "a after a2 stopped", |s| s.len() == 2).await;
+    expect_set(&mut sa1, t.deadline, "a after a2 stopped", |s| s.len() == 2).await;
     // A late subscriber gets the current state at once (no wait).
     let late = a1.subscribe();
     match late.current() {
@@ -438,7 +483,8 @@ pub async fn services_and_instancers_are_independent(t: Target) {
     }
 }
 
-/// deregister → gone; deregistering twice and deregistering before registering are harmless.
+/// deregister → gone, and still gone two TTLs later (no heartbeat in flight brings it back);
+/// deregistering twice and deregistering before registering are harmless.
 pub async fn deregister_removes_and_is_idempotent(t: Target) {
     let caps = t.caps();
     if t.lacks(
@@ -457,13 +503,22 @@ pub async fn deregister_removes_and_is_idempotent(t: Target) {
     let mut sub = instancer.subscribe();
     let keep = t.register(&service, instance(&service, 1, 31201)).await;
     let gone = t.register(&service, instance(&service, 2, 31202)).await;
-    wait_set(&mut sub, t.deadline, "two registered", |s| s.len() == 2).await;
+    expect_set(&mut sub, t.deadline, "two registered", |s| s.len() == 2).await;
     gone.deregister().await.expect("deregister");
     gone.deregister().await.expect("deregister twice");
-    let set = wait_set(&mut sub, t.deadline, "one deregistered", |s| s.len() == 1).await;
+    let set = expect_set(&mut sub, t.deadline, "one deregistered", |s| s.len() == 1).await;
     assert_eq!(addrs(&set), BTreeSet::from(["127.0.0.1:31201".to_string()]));
+    // Gone for good: no heartbeat, keep-alive or re-assertion in flight at the deregister
+    // brings it back (the zombie race of keep-alive registrars), the live one stays, and a
+    // healthy registry publishes no error: nothing at all is published for two TTLs.
+    expect_quiet(
+        &mut sub,
+        t.ttl * 2,
+        "the deregistered instance stays gone for 2 TTLs",
+    )
+    .await;
     keep.deregister().await.unwrap();
-    wait_set(&mut sub, t.deadline, "all deregistered", |s| s.is_empty()).await;
+    expect_set(&mut sub, t.deadline, "all deregistered", |s| s.is_empty()).await;
     instancer.stop().await;
 }
 
@@ -485,9 +540,9 @@ pub async fn vanished_registrant_expires(t: Target) {
     let mut sub = instancer.subscribe();
     let stays = t.register(&service, instance(&service, 1, 31301)).await;
     let vanishes = t.register(&service, instance(&service, 2, 31302)).await;
-    wait_set(&mut sub, t.deadline, "both registered", |s| s.len() == 2).await;
+    expect_set(&mut sub, t.deadline, "both registered", |s| s.len() == 2).await;
     drop(vanishes);
-    let set = wait_set(
+    let set = expect_set(
         &mut sub,
         t.expiry_deadline,
         "vanished instance expired",
@@ -529,15 +584,15 @@ pub async fn tags_are_anded(t: Target) {
     regs.push(t.register(&service, tagged(1, 31401, &["a"])).await);
     regs.push(t.register(&service, tagged(2, 31402, &["a", "b"])).await);
     regs.push(t.register(&service, tagged(3, 31403, &["b"])).await);
-    wait_set(&mut s_all, t.deadline, "three registered", |s| s.len() == 3).await;
-    let set = wait_set(&mut s_both, t.deadline, "tags a AND b", |s| !s.is_empty()).await;
+    expect_set(&mut s_all, t.deadline, "three registered", |s| s.len() == 3).await;
+    let set = expect_set(&mut s_both, t.deadline, "tags a AND b", |s| !s.is_empty()).await;
     assert_eq!(
         addrs(&set),
         BTreeSet::from(["127.0.0.1:31402".to_string()]),
         "{}: tags are ANDed",
         t.backend
     );
-    wait_set(&mut s_a, t.deadline, "tag a", |s| {
+    expect_set(&mut s_a, t.deadline, "tag a", |s| {
         addrs(s) == BTreeSet::from(["127.0.0.1:31401".to_string(), "127.0.0.1:31402".to_string()])
     })
     .await;
@@ -575,7 +630,7 @@ pub async fn passing_only_leaves_out_unhealthy(t: Target) {
     regs.push(t.register(&service, with(1, 31501, Health::Passing)).await);
     regs.push(t.register(&service, with(2, 31502, Health::Warning)).await);
     regs.push(t.register(&service, with(3, 31503, Health::Critical)).await);
-    let set = wait_set(&mut s_all, t.deadline, "three with their health", |s| {
+    let set = expect_set(&mut s_all, t.deadline, "three with their health", |s| {
         s.len() == 3
             && find(s, "127.0.0.1:31502").map(Instance::health) == Some(Health::Warning)
             && find(s, "127.0.0.1:31503").map(Instance::health) == Some(Health::Critical)
@@ -585,7 +640,7 @@ pub async fn passing_only_leaves_out_unhealthy(t: Target) {
         find(&set, "127.0.0.1:31501").map(Instance::health),
         Some(Health::Passing)
     );
-    let set = wait_set(&mut s_pass, t.deadline, "passing only", |s| !s.is_empty()).await;
+    let set = expect_set(&mut s_pass, t.deadline, "passing only", |s| !s.is_empty()).await;
     assert_eq!(
         addrs(&set),
         BTreeSet::from(["127.0.0.1:31501".to_string()]),
@@ -596,6 +651,195 @@ pub async fn passing_only_leaves_out_unhealthy(t: Target) {
         r.deregister().await.unwrap();
     }
     passing.stop().await;
+    all.stop().await;
+}
+
+/// Whether `got` carries `want`'s attributes, as far as `caps` declares them. The weight is
+/// compared for a passing instance only: a registry may weigh a warning instance down
+/// (Consul publishes `Weights.Warning` for it, docs/CONSUL.md).
+fn same_attributes(caps: Capabilities, got: &Instance, want: &Instance) -> bool {
+    let mut tags = got.tags().to_vec();
+    tags.sort();
+    let mut want_tags = want.tags().to_vec();
+    want_tags.sort();
+    (!caps.tags || tags == want_tags)
+        && (!caps.metadata
+            || want
+                .meta()
+                .iter()
+                .all(|(k, v)| got.meta().get(k) == Some(v)))
+        && (!caps.weight || want.health() != Health::Passing || got.weight() == want.weight())
+        && (!caps.health || got.health() == want.health())
+}
+
+/// The same id and address registered again with other tags, metadata and weight, then with
+/// another health (as far as the backend declares them), each time by a new registrar after
+/// the previous one vanished (a restarted process announcing itself anew) → every instancer
+/// sees the new values on the one instance: a change of an instance already listed is
+/// published like any other.
+pub async fn reregister_changes_attributes(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "reregister_changes_attributes",
+        &[
+            ("registration", caps.registration),
+            (
+                "tags, metadata, weight or health",
+                caps.tags || caps.metadata || caps.weight || caps.health,
+            ),
+        ],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-attrs");
+    let make = |tag: &str, zone: &str, weight: u32, health: Health| {
+        let mut b = Instance::builder("127.0.0.1", 31901).id(format!("{service}-1"));
+        if caps.tags {
+            b = b.tag(tag);
+        }
+        if caps.metadata {
+            b = b.meta("zone", zone);
+        }
+        if caps.weight {
+            b = b.weight(weight);
+        }
+        if caps.health {
+            b = b.health(health);
+        }
+        b.build()
+    };
+    let before = make("blue", "z1", 7, Health::Passing);
+    let instancer = t.instancer(ServiceQuery::new(&service)).await;
+    let mut sub = instancer.subscribe();
+    let mut registrar = t.register(&service, before.clone()).await;
+    expect_set(&mut sub, t.deadline, "first values", |s| {
+        s.len() == 1 && same_attributes(caps, s.iter().next().unwrap(), &before)
+    })
+    .await;
+    // Each time the registrant vanishes (its heartbeats stop, nothing is deregistered) and
+    // the same instance is announced again with other values: first tags, metadata and
+    // weight, then the health.
+    let mut steps = vec![(
+        "tags, metadata, weight",
+        make("green", "z2", 3, Health::Passing),
+    )];
+    if caps.health {
+        steps.push(("health", make("green", "z2", 3, Health::Warning)));
+    }
+    let mut after = before;
+    for (what, values) in steps {
+        drop(registrar);
+        registrar = t.register(&service, values.clone()).await;
+        expect_set(
+            &mut sub,
+            t.deadline,
+            &format!("re-registered with new {what}"),
+            |s| s.len() == 1 && same_attributes(caps, s.iter().next().unwrap(), &values),
+        )
+        .await;
+        after = values;
+    }
+    // A late instancer sees the new values too.
+    let late = t.instancer(ServiceQuery::new(&service)).await;
+    let mut late_sub = late.subscribe();
+    expect_set(
+        &mut late_sub,
+        t.deadline,
+        "new values, late instancer",
+        |s| s.len() == 1 && same_attributes(caps, s.iter().next().unwrap(), &after),
+    )
+    .await;
+    registrar.deregister().await.unwrap();
+    expect_set(&mut sub, t.deadline, "deregistered", |s| s.is_empty()).await;
+    late.stop().await;
+    instancer.stop().await;
+}
+
+/// The registry's own filter (tag and/or passing) follows in-place changes: an instance
+/// re-registered so that it starts or stops matching enters or leaves the filtered instancer,
+/// which always equals the unfiltered set filtered by [`ServiceQuery::matches`].
+pub async fn filtered_instancer_follows_changes(t: Target) {
+    let caps = t.caps();
+    if t.lacks(
+        "filtered_instancer_follows_changes",
+        &[
+            ("registration", caps.registration),
+            ("server_side_filtering", caps.server_side_filtering),
+            ("tags or health", caps.tags || caps.health),
+        ],
+    ) {
+        return;
+    }
+    let service = crate::unique_name("cf-filter");
+    let mut query = ServiceQuery::new(&service).passing_only(caps.health);
+    if caps.tags {
+        query = query.tag("a");
+    }
+    let make = |n: usize, port: u16, matching: bool| {
+        let mut b = Instance::builder("127.0.0.1", port).id(format!("{service}-{n}"));
+        if caps.tags {
+            b = b.tag(if matching { "a" } else { "b" });
+        }
+        if caps.health {
+            b = b.health(if matching {
+                Health::Passing
+            } else {
+                Health::Warning
+            });
+        }
+        b.build()
+    };
+    let filtered = t.instancer(query.clone()).await;
+    let all = t.instancer(ServiceQuery::new(&service)).await;
+    let (mut s_f, mut s_all) = (filtered.subscribe(), all.subscribe());
+    let x = "127.0.0.1:32901".to_string();
+    let y = "127.0.0.1:32902".to_string();
+    let mut rx = t.register(&service, make(1, 32901, true)).await;
+    let mut ry = t.register(&service, make(2, 32902, false)).await;
+    // (x matches, y matches) after each step, and the filtered set that follows.
+    let steps = [(true, false), (true, true), (false, true)];
+    for (step, &(x_in, y_in)) in steps.iter().enumerate() {
+        if step > 0 {
+            let (prev_x, prev_y) = steps[step - 1];
+            if prev_x != x_in {
+                drop(rx);
+                rx = t.register(&service, make(1, 32901, x_in)).await;
+            }
+            if prev_y != y_in {
+                drop(ry);
+                ry = t.register(&service, make(2, 32902, y_in)).await;
+            }
+        }
+        let want: BTreeSet<String> = [(x_in, &x), (y_in, &y)]
+            .into_iter()
+            .filter(|(m, _)| *m)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let full = expect_set(&mut s_all, t.deadline, "unfiltered set", |s| {
+            s.len() == 2
+                && s.iter()
+                    .filter(|i| query.matches(i))
+                    .map(|i| i.addr().to_string())
+                    .collect::<BTreeSet<_>>()
+                    == want
+        })
+        .await;
+        let got = expect_set(&mut s_f, t.deadline, "filtered set", |s| addrs(s) == want).await;
+        for i in got.iter() {
+            assert!(
+                query.matches(i),
+                "{}: step {step}: the filter let through {i:?} (unfiltered: {full:?})",
+                t.backend
+            );
+        }
+    }
+    rx.deregister().await.unwrap();
+    ry.deregister().await.unwrap();
+    expect_set(&mut s_f, t.deadline, "filtered, all deregistered", |s| {
+        s.is_empty()
+    })
+    .await;
+    filtered.stop().await;
     all.stop().await;
 }
 
@@ -683,7 +927,7 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
         .map(|i| (i, format!("127.0.0.1:{}", port_of(i))))
         .collect();
     let long = t.deadline * 4;
-    wait_set(&mut sub, long, "all registered", |s| s.len() == n).await;
+    expect_set(&mut sub, long, "all registered", |s| s.len() == n).await;
 
     let mut rng = Lcg(0x5d_c0_ff_ee);
     let mut order: Vec<usize> = (0..n).collect();
@@ -721,7 +965,7 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
     .await;
     registrars.extend(replaced.into_iter().flatten());
     let want_addrs: BTreeSet<String> = want.values().cloned().collect();
-    let set = wait_set(&mut sub, long, "final churned set", |s| {
+    let set = expect_set(&mut sub, long, "final churned set", |s| {
         addrs(s) == want_addrs
     })
     .await;
@@ -734,7 +978,7 @@ pub async fn bulk_churn_final_set_is_exact(t: Target) {
         r.deregister().await.expect("final deregister")
     })
     .await;
-    wait_set(&mut sub, long, "all deregistered", |s| s.is_empty()).await;
+    expect_set(&mut sub, long, "all deregistered", |s| s.is_empty()).await;
     instancer.stop().await;
 }
 
@@ -767,7 +1011,7 @@ pub async fn restart_keeps_last_good_and_recovers(t: Target) {
             Ok(i.addr().to_string())
         });
     let registrar = t.register(&service, instance(&service, 1, 31601)).await;
-    wait_set(&mut sub, t.deadline, "registered before the outage", |s| {
+    expect_set(&mut sub, t.deadline, "registered before the outage", |s| {
         s.len() == 1
     })
     .await;
@@ -811,35 +1055,41 @@ pub async fn restart_keeps_last_good_and_recovers(t: Target) {
 
 /// `stop()` is idempotent, ends all background work (the runtime's alive-task count returns
 /// to what it was before the registry was made, once the registry is dropped), and no event
-/// follows it.
+/// follows it: not a registration made after it, not an empty set, not an error, only the
+/// end of the subscription.
 pub async fn stop_is_idempotent_and_final(t: Target) {
     let caps = t.caps();
     let service = crate::unique_name("cf-stop");
     let instancer = t.instancer(ServiceQuery::new(&service)).await;
     let mut sub = instancer.subscribe();
-    let _ = tokio::time::timeout(t.deadline, sub.next()).await;
-    instancer.stop().await;
-    instancer.stop().await;
-    let registrar = if caps.registration {
-        Some(t.register(&service, instance(&service, 1, 31701)).await)
+    // A non-empty state before the stop (where the registry can hold one), so that a stop
+    // publishing an empty set (every consumer dropping every endpoint) shows.
+    let mut registrars = Vec::new();
+    if caps.registration {
+        registrars.push(t.register(&service, instance(&service, 1, 31701)).await);
+        expect_set(&mut sub, t.deadline, "registered before the stop", |s| {
+            s.len() == 1
+                && find(s, "127.0.0.1:31701").map(Instance::health) == Some(Health::Passing)
+        })
+        .await;
     } else {
-        None
-    };
-    // After stop the subscription ends; anything it still yields must predate the stop.
-    let until = Instant::now() + t.deadline;
-    loop {
-        match tokio::time::timeout_at(until, sub.next()).await {
-            Ok(None) => break,
-            Ok(Some(Event::Instances(s))) => assert!(
-                find(&s, "127.0.0.1:31701").is_none(),
-                "{}: an event followed stop(): {s:?}",
-                t.backend
-            ),
-            Ok(Some(Event::Error(_))) => {}
-            Err(_) => panic!("{}: the subscription did not end after stop()", t.backend),
+        match tokio::time::timeout(t.deadline, sub.next()).await {
+            Ok(Some(Event::Instances(_))) | Err(_) => {}
+            Ok(other) => panic!("{}: first event before the stop: {other:?}", t.backend),
         }
     }
-    if let Some(r) = registrar {
+    instancer.stop().await;
+    instancer.stop().await;
+    if caps.registration {
+        registrars.push(t.register(&service, instance(&service, 2, 31702)).await);
+    }
+    // Every state before the stop was consumed: nothing may follow it, only the end.
+    match tokio::time::timeout(t.deadline, sub.next()).await {
+        Ok(None) => {}
+        Ok(Some(e)) => panic!("{}: an event followed stop(): {e:?}", t.backend),
+        Err(_) => panic!("{}: the subscription did not end after stop()", t.backend),
+    }
+    for r in registrars {
         r.deregister().await.unwrap();
     }
     let backend = t.backend;
@@ -886,7 +1136,7 @@ pub async fn bad_entry_is_skipped_alone(t: Target) {
     let instancer = t.instancer(ServiceQuery::new(&service)).await;
     let mut sub = instancer.subscribe();
     let first = t.register(&service, instance(&service, 1, 31801)).await;
-    wait_set(&mut sub, t.deadline, "first good instance", |s| {
+    expect_set(&mut sub, t.deadline, "first good instance", |s| {
         s.len() == 1
     })
     .await;
@@ -944,6 +1194,8 @@ macro_rules! conformance {
             $crate::__conformance_test!($backend, $make, vanished_registrant_expires);
             $crate::__conformance_test!($backend, $make, tags_are_anded);
             $crate::__conformance_test!($backend, $make, passing_only_leaves_out_unhealthy);
+            $crate::__conformance_test!($backend, $make, reregister_changes_attributes);
+            $crate::__conformance_test!($backend, $make, filtered_instancer_follows_changes);
             $crate::__conformance_test!($backend, $make, bulk_churn_final_set_is_exact);
             $crate::__conformance_test!($backend, $make, restart_keeps_last_good_and_recovers);
             $crate::__conformance_test!($backend, $make, stop_is_idempotent_and_final);

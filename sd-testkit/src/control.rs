@@ -17,13 +17,33 @@ pub fn script_path() -> PathBuf {
     repo_root().join("scripts").join("registries")
 }
 
-/// Runtime directory of `scripts/registries` (pid files, logs, data, locks):
-/// `SD_REGISTRIES_DIR` if set, else `<repo>/target/registries`.
+/// Runtime directory of `scripts/registries` for the servers this checkout starts (pid
+/// files, logs, data): `SD_REGISTRIES_DIR` if set, else `<repo>/target/registries`. The
+/// machine-wide part (locks, owner records) is in [`machine_dir`].
 pub fn registries_dir() -> PathBuf {
     match std::env::var_os("SD_REGISTRIES_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => repo_root().join("target").join("registries"),
     }
+}
+
+/// The per-user, machine-wide directory that `scripts/registries` shares between checkouts
+/// (the servers' ports are fixed, so there is one server of each kind per machine):
+/// `<SD_CACHE_DIR>/run`, by default `$HOME/.cache/sd-registries/run`. It holds the lock of
+/// the script's state-changing commands, the owner record of each server (which runtime dir
+/// started it) and the test locks of [`exclusive`](crate::exclusive) and
+/// [`shared`](crate::shared). Without `SD_CACHE_DIR` and `HOME`, [`registries_dir`].
+pub fn machine_dir() -> PathBuf {
+    let cache = match std::env::var_os("SD_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => match std::env::var_os("HOME") {
+            Some(home) if !home.is_empty() => {
+                PathBuf::from(home).join(".cache").join("sd-registries")
+            }
+            _ => return registries_dir(),
+        },
+    };
+    cache.join("run")
 }
 
 /// A `scripts/registries` invocation that failed.

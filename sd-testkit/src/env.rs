@@ -1,15 +1,18 @@
 //! Which servers are available: `SD_TEST_*` variables and `SD_INTEGRATION`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, Once, OnceLock};
 
-/// Name of the variable that turns a missing server into a test failure.
+/// Name of the variable that switches integration tests off.
 ///
-/// `SD_INTEGRATION=1` (also `true`/`yes`/`on`, case-insensitive) makes [`require()`] panic
-/// when a server's `SD_TEST_*` variable is missing; any other value, or no value, makes it
-/// skip the test instead.
+/// `SD_INTEGRATION=0` (also `false`/`no`/`off`, case-insensitive) makes [`require()`] skip,
+/// loudly, a test whose server's `SD_TEST_*` variable is missing. Any other value, or no
+/// value, makes [`require()`] start the missing server on demand (and panic if it cannot):
+/// a test that needs a server never passes without one. `SD_INTEGRATION=1` additionally
+/// tells the few tests that need more than a server (a Go toolchain for the go-kit interop
+/// tests, see [`integration_required`]) to fail instead of skipping.
 pub const INTEGRATION_ENV: &str = "SD_INTEGRATION";
 
 /// Default DNS zone served by `scripts/registries` (overridden by `SD_TEST_DNS_ZONE`).
@@ -145,7 +148,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether `SD_INTEGRATION` asks for integration tests to be mandatory.
+/// Whether `SD_INTEGRATION` is `1` (or `true`/`yes`/`on`): integration tests are mandatory,
+/// so a test needing something [`require()`] cannot start (a Go toolchain) fails instead of
+/// skipping. [`require()`] itself does not look at it: it starts missing servers unless
+/// `SD_INTEGRATION` is `0`.
 pub fn integration_required() -> bool {
     parse_flag(std::env::var(INTEGRATION_ENV).ok().as_deref())
 }
@@ -162,7 +168,9 @@ pub fn integration_required() -> bool {
 /// * Not set and `SD_INTEGRATION=0` (or `false`/`no`/`off`): prints a loud
 ///   `SKIPPED (not run) ...` line straight to stderr (so `cargo test` shows it, with a
 ///   headline on the first skip of the process) and returns `None`; the
-///   [`require!`](crate::require!) macro turns that into an early return.
+///   [`require!`](crate::require!) macro turns that into an early return. When the process
+///   exits (after libtest's `test result:` line) it prints one more line counting the tests
+///   that skipped: `sd-testkit: SKIPPED (not run): N integration tests of this test binary`.
 #[track_caller]
 pub fn require(server: Server) -> Option<String> {
     let name = server.env_var();
@@ -186,15 +194,67 @@ pub fn require(server: Server) -> Option<String> {
     }
 }
 
+/// The tests of this process that skipped (their thread names: libtest names each test's
+/// thread after the test), and how many `require` calls skipped (the fallback count).
+static SKIPPED_TESTS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+static SKIPPED_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records a skipped test and, on the first skip of the process, arranges for the one-line
+/// summary at exit.
+fn record_skip() {
+    static AT_EXIT: Once = Once::new();
+    SKIPPED_CALLS.fetch_add(1, Ordering::Relaxed);
+    let name = std::thread::current()
+        .name()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:?}", std::thread::current().id()));
+    lock(&SKIPPED_TESTS).insert(name);
+    AT_EXIT.call_once(|| {
+        // SAFETY: `atexit` only stores the pointer to `skip_summary_at_exit`, a plain
+        // `extern "C" fn()` without captured state that lives as long as the process. It is
+        // called once, on the thread that calls `exit` (libtest's main thread after the
+        // run, or `std::process::exit`), and it is sound to run then: it touches only
+        // statics (never destroyed), does not lock a mutex another thread could hold for
+        // ever (`try_lock`, with a lock-free fallback), writes to stderr through `std`
+        // (unbuffered, usable until the process ends) ignoring errors, and cannot unwind
+        // (nothing in it panics; were it to, an `extern "C" fn` aborts instead of unwinding
+        // into C). A failed registration (non-zero return) only loses the summary line.
+        // tests/skip_summary.rs runs a test binary whose tests skip and checks the line.
+        let _ = unsafe { libc::atexit(skip_summary_at_exit) };
+    });
+}
+
+/// The line printed at exit by a process in which integration tests were skipped.
+pub(crate) fn skip_summary(tests: usize) -> String {
+    format!(
+        "sd-testkit: SKIPPED (not run): {tests} integration test{} of this test binary, because \
+         {INTEGRATION_ENV}=0; `ok`/`passed` above does not mean they were tested\n",
+        if tests == 1 { "" } else { "s" }
+    )
+}
+
+extern "C" fn skip_summary_at_exit() {
+    use std::io::Write;
+    let tests = match SKIPPED_TESTS.try_lock() {
+        Ok(set) => set.len(),
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().len(),
+        Err(std::sync::TryLockError::WouldBlock) => SKIPPED_CALLS.load(Ordering::Relaxed),
+    };
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(skip_summary(tests).as_bytes());
+}
+
 fn skip_notice(server: Server, at: &std::panic::Location<'_>) {
     use std::io::Write;
     static HEADLINE: AtomicBool = AtomicBool::new(false);
+    record_skip();
     let mut out = String::new();
     if !HEADLINE.swap(true, Ordering::Relaxed) {
         out.push_str(&format!(
             "sd-testkit: {INTEGRATION_ENV}=0: integration tests that need a registry are \
              SKIPPED in this test binary, not run (unset {INTEGRATION_ENV} to run them \
-             against real servers started on demand)\n"
+             against real servers started on demand); a count follows the test result\n"
         ));
     }
     out.push_str(&format!(

@@ -58,8 +58,8 @@ pub mod proxy;
 
 pub use alloc::CountingAllocator;
 pub use control::{
-    kill, pause, registries_dir, repo_root, restart, restart_empty, resume, script_path,
-    wait_ready, ControlError, PauseGuard,
+    kill, machine_dir, pause, registries_dir, repo_root, restart, restart_empty, resume,
+    script_path, wait_ready, ControlError, PauseGuard,
 };
 pub use env::{
     consul_secure_dir, dns_zone, etcd_secure_dir, integration_required, require, Server,

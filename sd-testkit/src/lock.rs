@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use fs2::FileExt;
 
-use crate::control::{heal_blocking, registries_dir};
+use crate::control::{heal_blocking, machine_dir, registries_dir};
 use crate::Server;
 
 /// Holds the exclusive fault-test lock for one server; released on drop.
@@ -17,7 +17,7 @@ use crate::Server;
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ExclusiveGuard {
     server: Server,
-    _file: File,
+    _files: Vec<File>,
 }
 
 impl ExclusiveGuard {
@@ -35,7 +35,7 @@ impl Drop for ExclusiveGuard {
                 self.server
             );
         }
-        // `_file` is closed after this, which releases the flock.
+        // `_files` are closed after this, which releases the flocks.
     }
 }
 
@@ -44,7 +44,7 @@ impl Drop for ExclusiveGuard {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct SharedGuard {
     server: Server,
-    _file: File,
+    _files: Vec<File>,
 }
 
 impl SharedGuard {
@@ -54,26 +54,74 @@ impl SharedGuard {
     }
 }
 
-/// Path of the lock file for `server`: `<registries dir>/locks/<name>.lock`.
+/// Path of the lock file for `server`: `<machine dir>/locks/<name>.lock`, machine-wide
+/// because the server is (every checkout uses the one on the fixed port).
 pub(crate) fn lock_path(server: Server) -> PathBuf {
-    registries_dir()
+    machine_dir()
         .join("locks")
         .join(format!("{}.lock", server.name()))
 }
 
-fn open_lock_file(server: Server) -> (PathBuf, File) {
-    let path = lock_path(server);
+/// The lock files taken, in this order: the machine-wide one, then (if it is another file)
+/// `<registries dir>/locks/<name>.lock`, where sd-testkit before the machine-wide locks took
+/// it, so that checkouts not updated yet sharing one `SD_REGISTRIES_DIR` still exclude and
+/// are excluded. A fixed order, so two holders never wait for each other in a cycle.
+fn lock_paths(server: Server) -> Vec<PathBuf> {
+    let mut paths = vec![lock_path(server)];
+    let legacy = registries_dir()
+        .join("locks")
+        .join(format!("{}.lock", server.name()));
+    if !paths.contains(&legacy) {
+        paths.push(legacy);
+    }
+    paths
+}
+
+fn open_lock_file(path: &std::path::Path) -> File {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("cannot create lock directory {}: {e}", dir.display()));
     }
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("cannot open lock file {}: {e}", path.display()));
-    (path, file)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open lock file {}: {e}", path.display()))
+}
+
+type LockFn = fn(&File) -> std::io::Result<()>;
+
+/// Opens and locks every file of [`lock_paths`] in order, saying so when it has to wait.
+fn lock_all(server: Server, exclusive: bool) -> Vec<File> {
+    lock_paths(server)
+        .into_iter()
+        .map(|path| {
+            let file = open_lock_file(&path);
+            // Fully qualified: std's inherent `File::lock_shared` (Rust 1.89+) would shadow
+            // fs2's.
+            let (try_lock, lock): (LockFn, LockFn) = if exclusive {
+                (FileExt::try_lock_exclusive, FileExt::lock_exclusive)
+            } else {
+                (FileExt::try_lock_shared, FileExt::lock_shared)
+            };
+            if try_lock(&file).is_err() {
+                if exclusive {
+                    eprintln!(
+                        "sd-testkit: waiting for the exclusive lock on {server} ({})",
+                        path.display()
+                    );
+                } else {
+                    eprintln!(
+                        "sd-testkit: waiting while a fault test holds {server} ({})",
+                        path.display()
+                    );
+                }
+                lock(&file).unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+            }
+            file
+        })
+        .collect()
 }
 
 /// Takes the exclusive lock for fault tests on `server`, waiting (blocking the thread)
@@ -82,8 +130,9 @@ fn open_lock_file(server: Server) -> (PathBuf, File) {
 /// Fault tests (those that [`kill`](crate::kill), [`pause`](crate::pause) or
 /// [`restart`](crate::restart) a shared server) must hold this for their whole duration,
 /// so that two of them, possibly in different test binaries run by one `cargo test`,
-/// never disturb the same server at the same time. It is an advisory `flock(2)` on
-/// `target/registries/locks/<name>.lock` (under `SD_REGISTRIES_DIR` if set).
+/// never disturb the same server at the same time, even from two checkouts. It is an
+/// advisory `flock(2)` on `<machine dir>/locks/<name>.lock` (see [`machine_dir`](crate::machine_dir):
+/// `$HOME/.cache/sd-registries/run/locks/<name>.lock` by default).
 ///
 /// Normal tests do not take this lock and are never blocked by it. A normal test that
 /// happens to use the server while a fault test has it paused or dead will see errors;
@@ -95,18 +144,9 @@ fn open_lock_file(server: Server) -> (PathBuf, File) {
 ///
 /// If the lock file cannot be created or locked.
 pub fn exclusive(server: Server) -> ExclusiveGuard {
-    let (path, file) = open_lock_file(server);
-    if FileExt::try_lock_exclusive(&file).is_err() {
-        eprintln!(
-            "sd-testkit: waiting for the exclusive lock on {server} ({})",
-            path.display()
-        );
-        FileExt::lock_exclusive(&file)
-            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
-    }
     ExclusiveGuard {
         server,
-        _file: file,
+        _files: lock_all(server, true),
     }
 }
 
@@ -121,19 +161,9 @@ pub fn exclusive(server: Server) -> ExclusiveGuard {
 ///
 /// If the lock file cannot be created or locked.
 pub fn shared(server: Server) -> SharedGuard {
-    let (path, file) = open_lock_file(server);
-    // Fully qualified: std's inherent `File::lock_shared` (Rust 1.89+) would shadow fs2's.
-    if FileExt::try_lock_shared(&file).is_err() {
-        eprintln!(
-            "sd-testkit: waiting while a fault test holds {server} ({})",
-            path.display()
-        );
-        FileExt::lock_shared(&file)
-            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
-    }
     SharedGuard {
         server,
-        _file: file,
+        _files: lock_all(server, false),
     }
 }
 
@@ -149,6 +179,10 @@ mod tests {
         let b = lock_path(Server::Etcd35);
         assert_ne!(a, b);
         assert!(a.ends_with("locks/etcd.lock"));
+        assert!(a.starts_with(machine_dir()));
+        let all = lock_paths(Server::Etcd);
+        assert_eq!(all[0], a, "the machine-wide lock first");
+        assert!(all.len() <= 2 && all.iter().all(|p| p.ends_with("locks/etcd.lock")));
     }
 
     /// The flock excludes a second holder even inside one process (separate open file
