@@ -205,6 +205,7 @@ impl KeepAlive for Shared {
                 "registration lost; registering again");
             let lease = self.put_with_new_lease().await?;
             self.reregistrations.send_modify(|n| *n += 1);
+            sd_core::observe::reregistered(BACKEND, &self.registration.service);
             tracing::info!(backend = BACKEND, key = %self.key, lease, action = "reregister");
         }
         Ok(())
