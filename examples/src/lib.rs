@@ -15,6 +15,7 @@
 
 pub mod axum_service;
 pub mod grpc;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -307,6 +307,7 @@ impl KeepAlive for Shared {
             );
             self.client.register(&self.body).await?;
             self.reregistrations.send_modify(|n| *n += 1);
+            sd_core::observe::reregistered(BACKEND, &self.body.name);
             tracing::info!(backend = BACKEND, service = %self.body.name, id = %self.body.id, action = "reregister");
             if let Some(check) = &self.check_id {
                 // A new check starts with the instance's health (registered so); this only

@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::observe::KeepAliveMetrics;
 use crate::task::{panic_message, sleep_or_cancel, survive, BackgroundTask};
 
 /// One round of keeping a registration alive.
@@ -44,6 +46,9 @@ pub struct KeepAliveConfig {
     pub backend: &'static str,
     /// What is kept alive (service and instance id), for logs.
     pub target: String,
+    /// The service name, for the `service` label of metrics and spans; `None` uses
+    /// `target` up to its first `/` or space. Never an instance id (docs/OBSERVABILITY.md).
+    pub service: Option<String>,
     /// The time between successful rounds, e.g. a third of the TTL.
     pub period: Duration,
     /// The first retry delay after a failed round (default 100 ms); retries grow up to
@@ -57,8 +62,24 @@ impl KeepAliveConfig {
         KeepAliveConfig {
             backend,
             target: target.into(),
+            service: None,
             period: period.max(Duration::from_millis(10)),
             retry_initial: Duration::from_millis(100),
+        }
+    }
+
+    /// Sets the service name used in metrics and spans.
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// The `service` label: [`service`](Self::service), else `target` up to its first `/`
+    /// or space (backends name their target `service/id`).
+    pub fn service_label(&self) -> &str {
+        match &self.service {
+            Some(s) => s,
+            None => self.target.split(['/', ' ']).next().unwrap_or_default(),
         }
     }
 
@@ -100,6 +121,7 @@ pub fn spawn_keepalive<K: KeepAlive + ?Sized>(
     keeper: Arc<K>,
     config: KeepAliveConfig,
 ) -> BackgroundTask {
+    let metrics = KeepAliveMetrics::new(config.backend, config.service_label());
     BackgroundTask::spawn(move |token| async move {
         let mut backoff = Backoff::new(config.retry_initial, config.period);
         let mut delay = config.period;
@@ -110,13 +132,23 @@ pub fn spawn_keepalive<K: KeepAlive + ?Sized>(
             // A panicking round (a backend bug, or a `tracing` layer that panics while the
             // round logs) fails that round; it must not end the loop, or the registration
             // lapses while its registrar lives.
+            let span = tracing::debug_span!(
+                "sdkit.keepalive",
+                backend = config.backend,
+                service = config.service_label(),
+                outcome = tracing::field::Empty
+            );
             let outcome = tokio::select! {
                 _ = token.cancelled() => return,
-                r = AssertUnwindSafe(keeper.keep_alive()).catch_unwind() => r.unwrap_or_else(|panic| {
+                r = AssertUnwindSafe(keeper.keep_alive().instrument(span.clone())).catch_unwind() => r.unwrap_or_else(|panic| {
                     Err(Error::unavailable(config.backend,
                         format!("keep-alive round panicked: {}", panic_message(&*panic))))
                 }),
             };
+            metrics.round(outcome.is_ok());
+            survive(|| {
+                span.record("outcome", crate::observe::outcome(&outcome));
+            });
             delay = match outcome {
                 Ok(()) => {
                     backoff.reset();

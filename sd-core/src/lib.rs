@@ -53,6 +53,7 @@ pub mod instance;
 pub mod instancer;
 pub mod keepalive;
 pub mod memory;
+pub mod observe;
 pub mod registrar;
 pub mod registry;
 pub mod static_registry;
@@ -74,6 +75,7 @@ pub use instance::{Health, Instance, InstanceBuilder};
 pub use instancer::{FixedInstancer, Instancer};
 pub use keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
 pub use memory::{MemoryInstancer, MemoryRegistrar, MemoryRegistry};
+pub use observe::ObservedRegistry;
 pub use registrar::{
     HealthCheck, Registrar, Registration, RegistrationGuard, MAX_REGISTRATION_DURATION,
 };

@@ -17,6 +17,7 @@ use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
 use crate::keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
+use crate::observe::LoopMetrics;
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
 use crate::task::{deadline_after, survive, BackgroundTask};
@@ -58,6 +59,8 @@ impl Entry {
 struct View {
     query: ServiceQuery,
     cache: Weak<InstanceCache>,
+    /// The view's instancer metrics (nothing without the `metrics` feature).
+    metrics: LoopMetrics,
 }
 
 #[derive(Default)]
@@ -79,21 +82,30 @@ fn forget_if_unused(services: &mut HashMap<String, Service>, service: &str) {
 impl Service {
     fn publish(&mut self) {
         self.views.retain(|v| v.cache.strong_count() > 0);
-        for v in &self.views {
+        let entries = &self.entries;
+        for v in &mut self.views {
             if let Some(cache) = v.cache.upgrade() {
-                cache.update(Event::Instances(self.filtered(&v.query)));
+                let set = filtered(entries, &v.query);
+                let n = set.len();
+                let changed = cache.update(Event::Instances(set));
+                v.metrics.succeeded(n, changed, None);
             }
         }
     }
 
     fn filtered(&self, q: &ServiceQuery) -> InstanceSet {
-        self.entries
-            .values()
-            .map(Entry::visible)
-            .filter(|i| q.matches(i))
-            .cloned()
-            .collect()
+        filtered(&self.entries, q)
     }
+}
+
+/// The entries `q` selects, as instancers see them.
+fn filtered(entries: &BTreeMap<Key, Entry>, q: &ServiceQuery) -> InstanceSet {
+    entries
+        .values()
+        .map(Entry::visible)
+        .filter(|i| q.matches(i))
+        .cloned()
+        .collect()
 }
 
 #[derive(Default)]
@@ -212,10 +224,15 @@ impl MemoryRegistry {
         let cache = Arc::new(InstanceCache::new());
         let mut services = self.lock();
         let svc = services.entry(query.service.clone()).or_default();
-        cache.update(Event::Instances(svc.filtered(query)));
+        let set = svc.filtered(query);
+        let n = set.len();
+        cache.update(Event::Instances(set));
+        let mut metrics = LoopMetrics::new("memory", &query.service);
+        metrics.succeeded(n, true, None);
         svc.views.push(View {
             query: query.clone(),
             cache: Arc::downgrade(&cache),
+            metrics,
         });
         MemoryInstancer {
             view: Arc::new(ViewHandle {
@@ -650,6 +667,7 @@ impl KeepAlive for Lease {
                 Some(self.ttl),
                 self.remove_after,
             );
+            crate::observe::reregistered("memory", &self.service);
             tracing::warn!(service = %self.service, instance = %self.instance, "registration lost; re-registered");
         }
         Ok(())

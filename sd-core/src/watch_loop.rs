@@ -23,10 +23,11 @@
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use crate::backoff::{jittered, Backoff};
 use crate::cache::{InstanceCache, Subscription};
@@ -34,6 +35,7 @@ use crate::error::Error;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
+use crate::observe::LoopMetrics;
 use crate::task::{panic_message, sleep_or_cancel, survive, BackgroundTask};
 
 /// The outcome of one round of a [`Source`].
@@ -65,6 +67,14 @@ pub trait Source: Send + 'static {
     fn refresh_after(&self) -> Option<Duration> {
         None
     }
+
+    /// The registry's own time of the latest change in the set the last round returned
+    /// (a modification time, a last-updated timestamp), if it gives one. With the `metrics`
+    /// feature the loop records how long after that time the change reached subscribers
+    /// (`sdkit_instancer_propagation_delay_seconds`). `None`, the default, records nothing.
+    fn changed_at(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 /// How the loop paces itself.
@@ -74,6 +84,9 @@ pub struct LoopConfig {
     pub backend: &'static str,
     /// What is watched (service name, prefix, path), for logs.
     pub target: String,
+    /// The service name, for the `service` label of metrics and spans; `None` uses
+    /// `target`. Never an instance id or address (docs/OBSERVABILITY.md).
+    pub service: Option<String>,
     /// Wait this long after a successful round (poll-based sources). `None` for sources that
     /// block by themselves.
     pub interval: Option<Duration>,
@@ -89,10 +102,22 @@ impl LoopConfig {
         LoopConfig {
             backend,
             target: target.into(),
+            service: None,
             interval: None,
             interval_jitter: 0.1,
             backoff: Backoff::default(),
         }
+    }
+
+    /// Sets the service name used in metrics and spans (default: `target`).
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// The `service` label: [`service`](Self::service), else `target`.
+    pub fn service_label(&self) -> &str {
+        self.service.as_deref().unwrap_or(&self.target)
     }
 
     /// Sets the poll interval.
@@ -144,12 +169,19 @@ impl fmt::Debug for WatchedInstancer {
 /// The cache is updated first and only then is anything logged, and the logging runs under
 /// [`survive`]: a `tracing` layer is user code and may panic, and the loop must carry on
 /// with a consistent state (the panic is dropped).
-fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> bool {
+fn publish(
+    cache: &InstanceCache,
+    config: &LoopConfig,
+    metrics: &mut LoopMetrics,
+    step: Step,
+    changed_at: Option<SystemTime>,
+) -> bool {
     match step {
         Step::Publish(list) => {
             let (set, dropped) = InstanceSet::new_counting(list);
             let n = set.len();
             let changed = cache.update(Event::Instances(set));
+            metrics.succeeded(n, changed, changed_at);
             survive(|| {
                 if dropped > 0 {
                     tracing::warn!(backend = config.backend, target = %config.target, dropped,
@@ -162,13 +194,15 @@ fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> bool {
             false
         }
         Step::Fail(e) => {
-            cache.update(Event::Error(e.clone()));
+            let published = cache.update(Event::Error(e.clone()));
+            metrics.failed(published);
             survive(
                 || tracing::warn!(backend = config.backend, target = %config.target, error = %e, "discovery failed"),
             );
             true
         }
         Step::Skip(reason) => {
+            metrics.failed(false);
             survive(
                 || tracing::warn!(backend = config.backend, target = %config.target, reason = %reason, "discovery round skipped"),
             );
@@ -179,14 +213,34 @@ fn publish(cache: &InstanceCache, config: &LoopConfig, step: Step) -> bool {
 
 /// One round of `source`. A panic in it (a backend's code, or a `tracing` layer it logs
 /// through) fails the round instead of ending the loop; the next round follows the backoff.
+///
+/// The round runs in a `sdkit.discover` span (`backend`, `service`, `outcome`).
 async fn round<S: Source>(source: &mut S, config: &LoopConfig) -> Step {
-    match AssertUnwindSafe(source.next_step()).catch_unwind().await {
+    let span = tracing::debug_span!(
+        "sdkit.discover",
+        backend = config.backend,
+        service = config.service_label(),
+        outcome = tracing::field::Empty
+    );
+    let step = match AssertUnwindSafe(source.next_step().instrument(span.clone()))
+        .catch_unwind()
+        .await
+    {
         Ok(step) => step,
         Err(panic) => Step::Fail(Error::unavailable(
             config.backend,
             format!("discovery round panicked: {}", panic_message(&*panic)),
         )),
-    }
+    };
+    let outcome = match step {
+        Step::Publish(_) => "ok",
+        Step::Fail(_) => "error",
+        _ => "skipped",
+    };
+    survive(|| {
+        span.record("outcome", outcome);
+    });
+    step
 }
 
 /// Closes the cache when dropped: lives in the loop, so subscribers see their subscription
@@ -213,8 +267,9 @@ impl WatchedInstancer {
     /// Must be called inside a tokio runtime.
     pub async fn start<S: Source>(mut source: S, config: LoopConfig) -> Self {
         let cache = Arc::new(InstanceCache::new());
+        let mut metrics = LoopMetrics::new(config.backend, config.service_label());
         let first = round(&mut source, &config).await;
-        let first_failed = publish(&cache, &config, first);
+        let first_failed = publish(&cache, &config, &mut metrics, first, source.changed_at());
         let loop_cache = cache.clone();
         let mut loop_config = config.clone();
         // Built outside the future, so it also runs if the future is dropped unpolled.
@@ -240,7 +295,7 @@ impl WatchedInstancer {
                 if token.is_cancelled() {
                     return;
                 }
-                wait = if publish(&loop_cache, cfg, step) {
+                wait = if publish(&loop_cache, cfg, &mut metrics, step, source.changed_at()) {
                     Some(cfg.backoff.next_delay())
                 } else {
                     cfg.backoff.reset();

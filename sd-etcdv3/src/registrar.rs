@@ -205,6 +205,7 @@ impl KeepAlive for Shared {
                 "registration lost; registering again");
             let lease = self.put_with_new_lease().await?;
             self.reregistrations.send_modify(|n| *n += 1);
+            sd_core::observe::reregistered(BACKEND, &self.registration.service);
             tracing::info!(backend = BACKEND, key = %self.key, lease, action = "reregister");
         }
         Ok(())
@@ -394,7 +395,8 @@ impl Registrar for EtcdRegistrar {
             .as_ref()
             .map_or(true, BackgroundTask::is_finished)
         {
-            let config = KeepAliveConfig::new(BACKEND, self.shared.key.clone(), self.period);
+            let config = KeepAliveConfig::new(BACKEND, self.shared.key.clone(), self.period)
+                .service(self.shared.registration.service.clone());
             state.task = Some(spawn_keepalive(self.shared.clone(), config));
         }
         tracing::info!(backend = BACKEND, key = %self.shared.key,

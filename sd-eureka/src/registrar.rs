@@ -320,6 +320,7 @@ impl Shared {
             why, "the server does not know the instance; registering again");
         self.register().await?;
         self.reregistrations.send_modify(|n| *n += 1);
+        sd_core::observe::reregistered(BACKEND, &self.body.app);
         tracing::info!(backend = BACKEND, app = %self.body.app, id = %self.body.instance_id, action = "reregister");
         Ok(())
     }

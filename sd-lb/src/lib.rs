@@ -70,6 +70,7 @@ mod balancer;
 pub mod error;
 mod hash;
 mod local;
+mod metrics;
 mod outlier;
 mod p2c;
 mod random;
@@ -85,6 +86,8 @@ pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, 
 pub use error::{AttemptTimeout, BudgetExhausted, LbError, RetryError, RetryErrorKind, Timeout};
 pub use hash::ConsistentHash;
 pub use local::LocalRoundRobin;
+#[cfg(feature = "metrics")]
+pub use metrics::{BalancerMetrics, Metered};
 pub use outlier::{Outlier, OutlierConfig};
 pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;

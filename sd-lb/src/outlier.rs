@@ -10,6 +10,7 @@ use sd_core::{Endpoint, Snapshot};
 
 use crate::balancer::{Balancer, Clock, Feedback, Outcome, Picked, Request};
 use crate::error::LbError;
+use crate::metrics::Meter;
 
 /// Options of [`Outlier`] ejection (Envoy's consecutive-failure detector).
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +70,8 @@ struct State<E> {
     prune_at: AtomicUsize,
     /// Counts the endpoints (for the share limit); called only when a failure would eject.
     total: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Counts ejections (nothing without the `metrics` feature).
+    meter: Meter,
 }
 
 /// Wraps any [`Balancer`] with outlier ejection.
@@ -126,6 +129,7 @@ impl<B: Balancer<E> + 'static, E: Send + Sync + 'static> Outlier<B, E> {
                 entries: Mutex::new(HashMap::new()),
                 prune_at: AtomicUsize::new(PRUNE_MIN),
                 total: Box::new(move || weak.upgrade().map_or(0, |b| b.snapshot().all().len())),
+                meter: Meter::default(),
             }),
         }
     }
@@ -134,6 +138,16 @@ impl<B: Balancer<E> + 'static, E: Send + Sync + 'static> Outlier<B, E> {
     pub fn clock(mut self, clock: Clock) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.clock = clock;
+        }
+        self
+    }
+
+    /// Counts ejections (`sdkit_balancer_ejections_total`) into `metrics` (feature
+    /// `metrics`; docs/OBSERVABILITY.md). Set it before use.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::BalancerMetrics) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.meter.metrics = Some(metrics);
         }
         self
     }
@@ -271,6 +285,7 @@ impl<E: Send + Sync + 'static> Feedback<E> for State<E> {
                     .saturating_mul(entry.ejections)
                     .min(self.config.max_ejection);
                 entry.until = now.saturating_add(nanos(time)).max(1);
+                self.meter.ejected();
                 tracing::info!(endpoint = ?endpoint, ejections = entry.ejections, ?time, "outlier: endpoint ejected");
                 self.publish(&mut entries, now);
             }

@@ -12,6 +12,7 @@ use crate::balancer::{Balancer, Outcome, Request, Running};
 use crate::error::{
     AttemptTimeout, BudgetExhausted, ErrorLog, RetryError, RetryErrorKind, Timeout,
 };
+use crate::metrics::Meter;
 
 /// What the retry callback decides after a failed attempt (go-kit's `(keepTrying, replacement)`).
 #[derive(Debug)]
@@ -79,6 +80,7 @@ pub struct Retry<B> {
     budget: Option<Arc<dyn Budget + Send + Sync>>,
     callback: Option<Arc<Callback>>,
     avoid_failed: bool,
+    meter: Meter,
 }
 
 impl<B> std::fmt::Debug for Retry<B> {
@@ -112,7 +114,17 @@ impl<B> Retry<B> {
             budget: None,
             callback: None,
             avoid_failed: true,
+            meter: Meter::default(),
         }
+    }
+
+    /// Counts retries (`sdkit_balancer_retries_total`) and calls that gave up with every
+    /// attempt used or the budget empty (`sdkit_balancer_retries_exhausted_total`) into
+    /// `metrics` (feature `metrics`; docs/OBSERVABILITY.md).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::BalancerMetrics) -> Self {
+        self.meter.metrics = Some(metrics);
+        self
     }
 
     /// The total number of attempts; 0 counts as 1 (go-kit LB-4).
@@ -303,10 +315,12 @@ impl<B> Retry<B> {
                 if let Some(budget) = &self.budget {
                     if !budget.withdraw() {
                         tracing::debug!(attempt, "retry: budget exhausted");
+                        self.meter.exhausted(true);
                         raw.push(Box::new(BudgetExhausted));
                         return Err((None, RetryErrorKind::BudgetExhausted));
                     }
                 }
+                self.meter.retry();
                 if let Some(template) = &self.backoff {
                     let b =
                         backoff.get_or_insert_with(|| template.clone().with_seed(rand::random()));
@@ -385,6 +399,7 @@ impl<B> Retry<B> {
                 Decision::Retry => {}
             }
             if self.max_attempts.is_some_and(|max| attempt >= max) {
+                self.meter.exhausted(false);
                 return Err((None, RetryErrorKind::Exhausted));
             }
         }

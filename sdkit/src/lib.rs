@@ -36,6 +36,10 @@
 //!
 //! A scheme whose feature is off fails with an error naming the feature to turn on. The full
 //! grammar is in `docs/URLS.md`; what each registry can do is in `docs/BACKENDS.md`.
+//!
+//! The `metrics` feature counts discovery, registration and balancing through the `metrics`
+//! facade crate (any exporter); `tracing` spans are always there. Both are described in
+//! `docs/OBSERVABILITY.md`.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -81,7 +85,17 @@ pub const SCHEMES: &[&str] = &[
 /// assert!(err.contains("unknown registry scheme foo://"));
 /// assert!(err.contains("memory, static, consul"));
 /// ```
+///
+/// The registry is wrapped in an [`ObservedRegistry`]: instancer creation, registrations and
+/// deregistrations run in `sdkit.registry` spans, and with the `metrics` feature they are
+/// counted (docs/OBSERVABILITY.md).
 pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
+    let registry = open(url)?;
+    Ok(Arc::new(ObservedRegistry::new(registry)))
+}
+
+/// [`connect`] without the [`ObservedRegistry`] around it.
+fn open(url: &str) -> Result<Arc<dyn Registry>> {
     let parsed = RegistryUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => {
