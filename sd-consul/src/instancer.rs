@@ -453,7 +453,9 @@ impl ConsulInstancer {
         } else {
             format!("{} tags={:?}", query.service, query.tags)
         };
-        let config = LoopConfig::new(BACKEND, target).backoff(backoff);
+        let config = LoopConfig::new(BACKEND, target)
+            .service(query.service.clone())
+            .backoff(backoff);
         let source = HealthSource::new(client, query);
         let filtered_by_acls = source.filtered_by_acls.clone();
         let inner = WatchedInstancer::start(source, config).await;

@@ -438,7 +438,8 @@ impl ConsulRegistrar {
             BACKEND,
             format!("{}/{}", self.shared.body.name, self.shared.body.id),
             self.period,
-        );
+        )
+        .service(self.shared.body.name.clone());
         spawn_keepalive(self.shared.clone(), config)
     }
 }

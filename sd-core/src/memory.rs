@@ -697,7 +697,8 @@ impl Registrar for MemoryRegistrar {
                 remove_after,
             });
             let config =
-                KeepAliveConfig::new("memory", target, KeepAliveConfig::period_for_ttl(ttl));
+                KeepAliveConfig::new("memory", target, KeepAliveConfig::period_for_ttl(ttl))
+                    .service(self.registration.service.clone());
             *hb = Some(spawn_keepalive(lease, config));
         }
         Ok(())

@@ -347,7 +347,9 @@ impl DnsInstancer {
         options: LookupOptions,
     ) -> Self {
         let backoff = Backoff::new(Backoff::GOKIT_INITIAL, options.max_refresh);
-        let config = LoopConfig::new(BACKEND, name.to_ascii()).backoff(backoff);
+        let config = LoopConfig::new(BACKEND, name.to_ascii())
+            .service(query.service.clone())
+            .backoff(backoff);
         let source = SrvSource::new(client, name.clone(), query, options);
         DnsInstancer {
             inner: WatchedInstancer::start(source, config).await,

@@ -370,7 +370,8 @@ impl Registrar for DnsRegistrar {
                     self.registration.instance_id()
                 ),
                 self.period,
-            );
+            )
+            .service(self.registration.service.clone());
             *task = Some(spawn_keepalive(self.shared.clone(), config));
         }
         tracing::debug!(backend = BACKEND, name = %self.shared.records.srv_name,

@@ -473,7 +473,9 @@ impl EtcdInstancer {
             format!("{} tags={:?}", source.dir, source.query.tags)
         };
         let stats = source.stats();
-        let config = LoopConfig::new(BACKEND, target).backoff(backoff);
+        let config = LoopConfig::new(BACKEND, target)
+            .service(source.query.service.clone())
+            .backoff(backoff);
         let inner = WatchedInstancer::start(source, config).await;
         EtcdInstancer { inner, stats }
     }

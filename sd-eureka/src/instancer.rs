@@ -381,6 +381,7 @@ pub async fn start_instancer(
         format!("{target} tags={:?}", query.tags)
     };
     let config = LoopConfig::new(BACKEND, name)
+        .service(query.service.clone())
         .interval(poll)
         .backoff(backoff);
     WatchedInstancer::start(AppSource::new(client, target, query), config).await

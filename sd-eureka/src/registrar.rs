@@ -320,7 +320,7 @@ impl Shared {
             why, "the server does not know the instance; registering again");
         self.register().await?;
         self.reregistrations.send_modify(|n| *n += 1);
-        sd_core::observe::reregistered(BACKEND, &self.body.app);
+        sd_core::observe::reregistered(BACKEND, &self.registration.service);
         tracing::info!(backend = BACKEND, app = %self.body.app, id = %self.body.instance_id, action = "reregister");
         Ok(())
     }
@@ -516,7 +516,8 @@ impl EurekaRegistrar {
             BACKEND,
             format!("{}/{}", self.shared.body.app, self.shared.body.instance_id),
             self.lease.renew,
-        );
+        )
+        .service(self.shared.registration.service.clone());
         spawn_keepalive(self.shared.clone(), config)
     }
 }

@@ -31,6 +31,7 @@ mod on {
     pub(crate) struct Handles {
         pub(crate) picks: metrics::Counter,
         pub(crate) no_endpoints: metrics::Counter,
+        pub(crate) pick_errors: metrics::Counter,
         pub(crate) retries: metrics::Counter,
         pub(crate) exhausted_attempts: metrics::Counter,
         pub(crate) exhausted_budget: metrics::Counter,
@@ -54,6 +55,7 @@ mod on {
             BalancerMetrics(Arc::new(Handles {
                 picks: metrics::counter!("sdkit_balancer_picks_total", &labels),
                 no_endpoints: metrics::counter!("sdkit_balancer_no_endpoints_total", &labels),
+                pick_errors: metrics::counter!("sdkit_balancer_pick_errors_total", &labels),
                 retries: metrics::counter!("sdkit_balancer_retries_total", &labels),
                 exhausted_attempts: exhausted("attempts"),
                 exhausted_budget: exhausted("budget"),
@@ -62,9 +64,10 @@ mod on {
         }
     }
 
-    /// A balancer that counts its picks (`sdkit_balancer_picks_total`) and its picks that
-    /// found no endpoint (`sdkit_balancer_no_endpoints_total`), then hands on what `inner`
-    /// picked, unchanged.
+    /// A balancer that counts its picks (`sdkit_balancer_picks_total`), its picks that
+    /// found no endpoint (`sdkit_balancer_no_endpoints_total`) and those that failed
+    /// otherwise, e.g. on the endpointer's discovery error (`sdkit_balancer_pick_errors_total`),
+    /// then hands on what `inner` picked, unchanged.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -105,7 +108,8 @@ mod on {
             match &r {
                 Ok(_) => self.metrics.0.picks.increment(1),
                 Err(LbError::NoEndpoints) => self.metrics.0.no_endpoints.increment(1),
-                Err(_) => {}
+                // The discovery error (an invalidated set during an outage), or any other.
+                Err(_) => self.metrics.0.pick_errors.increment(1),
             }
             r
         }
@@ -116,7 +120,8 @@ mod on {
             match &r {
                 Ok(_) => self.metrics.0.picks.increment(1),
                 Err(LbError::NoEndpoints) => self.metrics.0.no_endpoints.increment(1),
-                Err(_) => {}
+                // The discovery error (an invalidated set during an outage), or any other.
+                Err(_) => self.metrics.0.pick_errors.increment(1),
             }
             r
         }

@@ -320,7 +320,6 @@ impl<B> Retry<B> {
                         return Err((None, RetryErrorKind::BudgetExhausted));
                     }
                 }
-                self.meter.retry();
                 if let Some(template) = &self.backoff {
                     let b =
                         backoff.get_or_insert_with(|| template.clone().with_seed(rand::random()));
@@ -336,6 +335,9 @@ impl<B> Retry<B> {
                         return Err((None, RetryErrorKind::Timeout));
                     }
                 }
+                // Counted here, when the retry really happens (not cut off by the timeout
+                // during the backoff).
+                self.meter.retry();
             }
             let picked = {
                 let avoid = |e: &Endpoint<E>| tried.iter().any(|t| Endpoint::same_value(t, e));

@@ -591,8 +591,11 @@ impl ZkInstancer {
 
     /// Like [`start`](Self::start), with another backoff.
     pub async fn start_with_backoff(client: Client, query: ServiceQuery, backoff: Backoff) -> Self {
+        let service = query.service.clone();
         let source = ZkSource::new(client, query);
-        let config = LoopConfig::new(BACKEND, source.dir().to_string()).backoff(backoff);
+        let config = LoopConfig::new(BACKEND, source.dir().to_string())
+            .service(service)
+            .backoff(backoff);
         ZkInstancer {
             inner: WatchedInstancer::start(source, config).await,
         }

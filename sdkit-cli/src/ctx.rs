@@ -11,7 +11,8 @@ use crate::failure::Failure;
 pub struct Ctx {
     /// The registry.
     pub registry: Arc<dyn Registry>,
-    /// Its URL, as given.
+    /// Its URL as shown in messages: credentials and secret option values hidden
+    /// (`sdkit::config::redact`). Never the raw URL: every message quotes it.
     pub url: String,
     /// `--json`.
     pub json: bool,

@@ -167,7 +167,7 @@ fn context(
     warn_memory(&t.url);
     let ctx = ctx::Ctx {
         registry,
-        url: t.url,
+        url: sdkit::config::redact(&t.url),
         json: cli.json,
         timeout: cli.timeout,
     };

@@ -148,7 +148,9 @@ pub async fn run(ctx: &Ctx, spec: Spec) -> Result<ExitCode, Failure> {
         }
         Some(Ok(Ok(()))) => {}
     }
-    say(
+    // The registration stands whatever happens to our output: a closed stdout (`| head`)
+    // must not end the command without deregistering, so an output error is only logged.
+    if let Err(e) = say(
         as_json,
         "registered",
         &registration,
@@ -159,18 +161,21 @@ pub async fn run(ctx: &Ctx, spec: Spec) -> Result<ExitCode, Failure> {
             output::instance_text(&registration.instance.to_builder().id(&id).build()),
             humantime::format_duration(spec.ttl),
         ),
-    )?;
+    ) {
+        tracing::debug!(error = %e, "cannot write the registered line; staying registered");
+    }
     stop.wait().await;
     let outcome = tokio::time::timeout(timeout, registrar.deregister()).await;
     match outcome {
         Ok(Ok(())) => {
-            say(
+            // Deregistered: that is the outcome, whether or not the line can be written.
+            let _ = say(
                 as_json,
                 "deregistered",
                 &registration,
                 url,
                 format!("{} {service} {id}", styled(output::YELLOW, "deregistered")),
-            )?;
+            );
             Ok(ExitCode::SUCCESS)
         }
         Ok(Err(e)) => Err(Failure::from_sd(
