@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use sd_core::{
-    Backoff, BoxError, Changes, Endpoint, Endpointer, Endpoints, Error, FixedEndpointer,
-    Instance, Snapshot, Status,
+    Backoff, BoxError, Changes, Endpoint, Endpointer, Endpoints, Error, FixedEndpointer, Instance,
+    Snapshot, Status,
 };
 use sd_lb::{Balancer, BalancerMetrics, Metered, Request, Retry, RoundRobin};
 
@@ -45,7 +45,10 @@ async fn a_retry_cut_off_by_the_overall_timeout_is_not_an_attempt() {
     let (m, s) = metrics();
     let retry = Retry::new(RoundRobin::new(fixed(3)))
         .max_attempts(5)
-        .backoff(Backoff::new(Duration::from_secs(100), Duration::from_secs(100)))
+        .backoff(Backoff::new(
+            Duration::from_secs(100),
+            Duration::from_secs(100),
+        ))
         .timeout(Duration::from_secs(1))
         .metrics(m);
     let attempts = AtomicUsize::new(0);
@@ -99,11 +102,24 @@ fn a_pick_failing_on_a_discovery_error_is_counted_somewhere() {
     for _ in 0..10 {
         assert!(lb.pick_with(&Request::new()).is_err());
     }
-    let picks = counter(&s, "sdkit_balancer_picks_total");
-    let none = counter(&s, "sdkit_balancer_no_endpoints_total");
+    // One snapshot: DebuggingRecorder's snapshot resets the counters it reads.
+    let all = s.snapshot().into_vec();
+    let read = |name: &str| -> u64 {
+        all.iter()
+            .filter(|(k, _, _, _)| k.key().name() == name)
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    };
+    let picks = read("sdkit_balancer_picks_total");
+    let none = read("sdkit_balancer_no_endpoints_total");
+    let errors = read("sdkit_balancer_pick_errors_total");
     assert_eq!(
-        picks + none,
-        10,
-        "10 failed picks, counted: picks_total={picks} no_endpoints_total={none}"
+        (picks, none, errors),
+        (0, 0, 10),
+        "10 picks failing on the discovery error: picks_total={picks} \
+         no_endpoints_total={none} pick_errors_total={errors}"
     );
 }
