@@ -62,10 +62,10 @@ async fn eureka_registrar_series_share_the_service_label() {
     registrar.deregister().await.unwrap();
     let regs = service_labels(&body, "sdkit_registrar_registrations_total", "eureka");
     let renewals = service_labels(&body, "sdkit_registrar_renewals_total", "eureka");
-    assert_eq!(regs, [service.clone()], "{body}");
+    assert_eq!(regs, std::slice::from_ref(&service), "{body}");
     assert_eq!(
         renewals,
-        [service.clone()],
+        std::slice::from_ref(&service),
         "registrations labelled {regs:?}, renewals {renewals:?}"
     );
 }
@@ -107,8 +107,14 @@ async fn instancer_series_are_labelled_with_the_service() {
         inst.stop().await;
         let labels = service_labels(&body, "sdkit_instancer_", backend);
         if labels != [service.clone()] {
-            wrong.push(format!("{backend}: service={labels:?}, expected {service:?}"));
+            wrong.push(format!(
+                "{backend}: service={labels:?}, expected {service:?}"
+            ));
         }
     }
-    assert!(wrong.is_empty(), "instancer series labels:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "instancer series labels:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -46,8 +46,23 @@ fn secrets_in_the_url_are_never_echoed_by_any_command() {
             vec!["list", url.as_str(), "web", "--timeout", "3s"],
             vec!["watch", url.as_str(), "web", "--timeout", "3s"],
             vec!["pick", url.as_str(), "web", "--timeout", "3s"],
-            vec!["register", url.as_str(), "web", "127.0.0.1:8080", "--timeout", "3s"],
-            vec!["list", url.as_str(), "web", "--timeout", "3s", "--json", "-vv"],
+            vec![
+                "register",
+                url.as_str(),
+                "web",
+                "127.0.0.1:8080",
+                "--timeout",
+                "3s",
+            ],
+            vec![
+                "list",
+                url.as_str(),
+                "web",
+                "--timeout",
+                "3s",
+                "--json",
+                "-vv",
+            ],
         ] {
             let out = run(&mut sdkit(), &cmd);
             assert_ne!(out.code, 0, "{cmd:?}: {}", out.all);
@@ -56,12 +71,20 @@ fn secrets_in_the_url_are_never_echoed_by_any_command() {
             }
         }
         // The same URL from SD_REGISTRY.
-        let out = run(sdkit().env("SD_REGISTRY", url), &["list", "web", "--timeout", "3s"]);
+        let out = run(
+            sdkit().env("SD_REGISTRY", url),
+            &["list", "web", "--timeout", "3s"],
+        );
         if out.all.contains(SECRET) {
             leaks.push(format!("SD_REGISTRY={url} list web ->\n{}", out.all));
         }
     }
-    assert!(leaks.is_empty(), "secret echoed {} time(s):\n{}", leaks.len(), leaks.join("\n---\n"));
+    assert!(
+        leaks.is_empty(),
+        "secret echoed {} time(s):\n{}",
+        leaks.len(),
+        leaks.join("\n---\n")
+    );
 }
 
 /// A non-UTF-8 argument is one line and exit 2, not a panic.
@@ -73,14 +96,32 @@ fn non_utf8_arguments_are_a_usage_error() {
     let bad = OsStr::from_bytes(b"we\xffb");
     for args in [
         vec![OsStr::new("list"), OsStr::new("static://10.0.0.1:80"), bad],
-        vec![OsStr::new("pick"), OsStr::new("static://10.0.0.1:80"), OsStr::new("web"), OsStr::new("--balancer"), OsStr::new("hash"), OsStr::new("--key"), bad],
-        vec![OsStr::new("register"), OsStr::new("memory://x"), OsStr::new("web"), OsStr::new("h:1"), OsStr::new("--meta"), bad],
+        vec![
+            OsStr::new("pick"),
+            OsStr::new("static://10.0.0.1:80"),
+            OsStr::new("web"),
+            OsStr::new("--balancer"),
+            OsStr::new("hash"),
+            OsStr::new("--key"),
+            bad,
+        ],
+        vec![
+            OsStr::new("register"),
+            OsStr::new("memory://x"),
+            OsStr::new("web"),
+            OsStr::new("h:1"),
+            OsStr::new("--meta"),
+            bad,
+        ],
     ] {
         let out = sdkit().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().filter(|l| !l.is_empty()).count(), 1, "{err}");
-        assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("internal error"),
+            "{err}"
+        );
     }
 }
 
@@ -88,13 +129,27 @@ fn non_utf8_arguments_are_a_usage_error() {
 #[test]
 fn pick_n_bounds() {
     for n in ["0", "10000001", "-1", "99999999999999999999"] {
-        let out = run(&mut sdkit(), &["pick", "static://10.0.0.1:80", "web", "-n", n]);
+        let out = run(
+            &mut sdkit(),
+            &["pick", "static://10.0.0.1:80", "web", "-n", n],
+        );
         assert_eq!(out.code, 2, "-n {n}: {}", out.all);
     }
     let start = Instant::now();
     let out = run(
         &mut sdkit(),
-        &["pick", "static://10.0.0.1:80,10.0.0.2:80", "web", "-n", "10000000", "-b", "hash", "--key", "user-{}-{}", "--json"],
+        &[
+            "pick",
+            "static://10.0.0.1:80,10.0.0.2:80",
+            "web",
+            "-n",
+            "10000000",
+            "-b",
+            "hash",
+            "--key",
+            "user-{}-{}",
+            "--json",
+        ],
     );
     assert_eq!(out.code, 0, "{}", out.all);
     assert!(start.elapsed() < Duration::from_secs(110));
@@ -125,7 +180,12 @@ fn watch_into_a_closed_pipe_ends_quietly() {
     };
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
 }
@@ -142,7 +202,14 @@ fn list_without_a_service_lists_consuls_services() {
     let url = format!("consul://{addr}");
     let service = sd_testkit::unique_name("listme");
     let mut reg = Command::new(assert_cmd::cargo::cargo_bin("sdkit"))
-        .args(["register", &url, &service, "127.0.0.1:19002", "--ttl", "30s"])
+        .args([
+            "register",
+            &url,
+            &service,
+            "127.0.0.1:19002",
+            "--ttl",
+            "30s",
+        ])
         .env_remove("SD_REGISTRY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -155,7 +222,9 @@ fn list_without_a_service_lists_consuls_services() {
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert!(line.contains("registered"), "{line}");
     let out = run(&mut sdkit(), &["list", &url, "--json"]);
-    let _ = Command::new("kill").args(["-TERM", &reg.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &reg.id().to_string()])
+        .status();
     let _ = reg.wait();
     assert!(
         out.code == 0 && out.all.contains(&service),

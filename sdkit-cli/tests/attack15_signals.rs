@@ -27,10 +27,22 @@ fn a_signal_at_any_moment_leaves_no_registration() {
         // SIGINT only once the handlers are surely installed: a test run from a
         // non-interactive shell's background job inherits SIGINT *ignored*, and a SIGINT
         // before sdkit installs its handler is then dropped by the kernel (not sdkit's fault).
-        let sig = if i % 2 == 1 && delay_ms >= 400 { "-INT" } else { "-TERM" };
+        let sig = if i % 2 == 1 && delay_ms >= 400 {
+            "-INT"
+        } else {
+            "-TERM"
+        };
         let service = sd_testkit::unique_name("sigreg");
         let mut child = Command::new(sdkit_bin())
-            .args(["register", &url, &service, "127.0.0.1:19001", "--ttl", "60s", "--json"])
+            .args([
+                "register",
+                &url,
+                &service,
+                "127.0.0.1:19001",
+                "--ttl",
+                "60s",
+                "--json",
+            ])
             .env_remove("SD_REGISTRY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -38,10 +50,15 @@ fn a_signal_at_any_moment_leaves_no_registration() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status();
         let end = Instant::now() + Duration::from_secs(60);
         while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < end, "sdkit register did not end after {sig}");
+            assert!(
+                Instant::now() < end,
+                "sdkit register did not end after {sig}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let out = child.wait_with_output().unwrap();
@@ -87,7 +104,14 @@ fn register_with_a_closed_stdout_does_not_abandon_its_registration() {
     let url = format!("consul://{addr}");
     let service = sd_testkit::unique_name("closedout");
     let mut child = Command::new(sdkit_bin())
-        .args(["register", &url, &service, "127.0.0.1:19003", "--ttl", "60s"])
+        .args([
+            "register",
+            &url,
+            &service,
+            "127.0.0.1:19003",
+            "--ttl",
+            "60s",
+        ])
         .env_remove("SD_REGISTRY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -102,7 +126,9 @@ fn register_with_a_closed_stdout_does_not_abandon_its_registration() {
     }
     let ended_early = child.try_wait().unwrap();
     if ended_early.is_none() {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
     }
     let out = child.wait_with_output().unwrap();
     let list = Command::new(sdkit_bin())
