@@ -624,6 +624,34 @@ mod tests {
     }
 
     #[test]
+    fn app_names_lists_apps_with_instances_and_says_what_is_wrong() {
+        let doc = json!({"applications": {"application": [
+            {"name": "WEB", "instance": [info()]},
+            {"name": "EMPTY", "instance": []},
+            {"name": "API", "instance": info()},
+            {"name": "WEB", "instance": [info()]},
+        ]}});
+        assert_eq!(app_names(&doc).unwrap(), ["API", "WEB"]);
+        let none = json!({"applications": {"versions__delta": "1"}});
+        assert!(app_names(&none).unwrap().is_empty());
+        for (bad, needle) in [
+            (json!({}), "no \"applications\""),
+            (json!({"applications": []}), "\"applications\" is an array"),
+            (
+                json!({"applications": {"application": [{"instance": [info()]}]}}),
+                "has no \"name\"",
+            ),
+            (
+                json!({"applications": {"application": [{"name": 7, "instance": [info()]}]}}),
+                "\"name\" is a number",
+            ),
+        ] {
+            let err = app_names(&bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn app_and_vip_documents() {
         let doc = json!({"application": {"name": "WEB", "instance": [info(), info()]}});
         assert_eq!(instances_of_app(&doc).unwrap().len(), 2);
