@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sd_core::{
@@ -321,8 +321,6 @@ pub struct AppSource {
     /// The latest `lastUpdatedTimestamp` (ms, the server's clock) of the instances this round
     /// found new or updated; see [`Source::changed_at`].
     round_updated: Option<i64>,
-    /// A round has published: later rounds' changes are changes, not the first read.
-    primed: bool,
 }
 
 impl fmt::Debug for AppSource {
@@ -343,7 +341,6 @@ impl AppSource {
             query,
             seen: HashMap::new(),
             round_updated: None,
-            primed: false,
         }
     }
 
@@ -405,25 +402,15 @@ impl AppSource {
 impl Source for AppSource {
     async fn next_step(&mut self) -> Step {
         self.round_updated = None;
-        let step = self.round().await;
-        if matches!(step, Step::Publish(_)) {
-            if !self.primed {
-                // The first answer holds registrations, not changes: no delay to report.
-                self.round_updated = None;
-            }
-            self.primed = true;
-        }
-        step
+        self.round().await
     }
 
     /// The latest `lastUpdatedTimestamp` (the Eureka server's time of a registration or
-    /// status change) of the instances the round found new or updated, after the first
-    /// round. A round that only lost instances has none (Eureka keeps no time for a removal).
+    /// status change) of the instances the round found new or updated. A round that only
+    /// lost instances has none (Eureka keeps no time for a removal). (The watch loop ignores
+    /// the first answer's.)
     fn changed_at(&self) -> Option<SystemTime> {
-        let ms = u64::try_from(self.round_updated?)
-            .ok()
-            .filter(|&ms| ms > 0)?;
-        UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+        sd_core::watch_loop::unix_millis(self.round_updated?)
     }
 }
 

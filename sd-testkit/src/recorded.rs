@@ -19,6 +19,8 @@ use std::sync::OnceLock;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_util::registry::{AtomicStorage, Registry as Store};
 
+use crate::conformance::wait_set;
+
 /// The recorder: every series in an atomic store.
 struct Recorded(Store<Key, AtomicStorage>);
 
@@ -107,4 +109,61 @@ pub async fn wait_histogram(
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// The propagation-delay scenario against a real registry whose instancers report
+/// `Source::changed_at`: one instance registered before an instancer starts (its first read
+/// must record no delay), a second registered while it watches (exactly one sample, between
+/// zero and `bound`: the registry runs on this machine, on our clock), then both
+/// deregistered (a removal carries no time: still one sample). `labels` select the
+/// instancer's series (`backend`, `service` as its watch loop labels it).
+pub async fn propagation_delay_scenario(
+    registry: std::sync::Arc<dyn sd_core::Registry>,
+    service: &str,
+    labels: &[(&str, &str)],
+    bound: std::time::Duration,
+) {
+    use sd_core::{Instance, Registration, ServiceQuery};
+    const DELAY: &str = "sdkit_instancer_propagation_delay_seconds";
+    install();
+    let register = |port: u16| {
+        let registry = registry.clone();
+        let reg = Registration::new(service, Instance::new("127.0.0.1", port));
+        async move {
+            let r = registry.registrar(reg).await.expect("registrar");
+            r.register().await.expect("register");
+            r
+        }
+    };
+    let first = register(9081).await;
+    let instancer = registry
+        .instancer(&ServiceQuery::new(service))
+        .await
+        .expect("instancer");
+    let mut sub = instancer.subscribe();
+    wait_set(&mut sub, bound, "the first instance", |s| s.len() == 1).await;
+    // (A sample from the first read, recorded a moment after this, fails the count below.)
+    assert!(
+        histogram(DELAY, labels).is_empty(),
+        "the first read is no change"
+    );
+    let second = register(9082).await;
+    wait_set(&mut sub, bound, "the second instance", |s| s.len() == 2).await;
+    let delays = wait_histogram(DELAY, labels, 1, bound).await;
+    assert_eq!(delays.len(), 1, "{delays:?}");
+    assert!(
+        (0.0..bound.as_secs_f64()).contains(&delays[0]),
+        "{delays:?}"
+    );
+    // A removal carries no time: nothing more is recorded.
+    second.deregister().await.expect("deregister");
+    wait_set(&mut sub, bound, "the second instance gone", |s| {
+        s.len() == 1
+    })
+    .await;
+    // Once a later round has published, the removal's round has been recorded (or not).
+    first.deregister().await.expect("deregister");
+    wait_set(&mut sub, bound, "all gone", |s| s.is_empty()).await;
+    assert_eq!(histogram(DELAY, labels).len(), 1);
+    instancer.stop().await;
 }

@@ -51,7 +51,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -195,8 +195,6 @@ pub struct ZkSource {
     /// The latest `mtime` (ms since the epoch, the server's clock) of the nodes this round
     /// created or changed; see [`Source::changed_at`].
     round_mtime: Option<i64>,
-    /// A round has published: later rounds' changes are changes, not the first read.
-    primed: bool,
 }
 
 impl fmt::Debug for ZkSource {
@@ -232,7 +230,6 @@ impl ZkSource {
             disconnected: false,
             nodes: BTreeMap::new(),
             round_mtime: None,
-            primed: false,
         }
     }
 
@@ -575,27 +572,17 @@ fn session_ended(state: zk::SessionState) -> Error {
 impl Source for ZkSource {
     async fn next_step(&mut self) -> Step {
         self.round_mtime = None;
-        let step = if self.armed.is_none() {
-            self.resync().await
-        } else {
-            self.wait().await
-        };
-        if matches!(step, Step::Publish(_)) {
-            if !self.primed {
-                // The first read finds registrations, not changes: no delay to report.
-                self.round_mtime = None;
-            }
-            self.primed = true;
+        if self.armed.is_none() {
+            return self.resync().await;
         }
-        step
+        self.wait().await
     }
 
     /// The latest `mtime` of the nodes the round created or changed (the server's time of
-    /// the change), after the first round. A round that only removed nodes has none:
-    /// ZooKeeper keeps no time for a deletion.
+    /// the change). A round that only removed nodes has none: ZooKeeper keeps no time for a
+    /// deletion. (The watch loop ignores the first read's.)
     fn changed_at(&self) -> Option<SystemTime> {
-        let ms = u64::try_from(self.round_mtime?).ok().filter(|&ms| ms > 0)?;
-        UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+        sd_core::watch_loop::unix_millis(self.round_mtime?)
     }
 }
 
