@@ -29,6 +29,15 @@ pub async fn current(ctx: &Ctx, query: &ServiceQuery) -> Result<InstanceSet, Fai
     )))
 }
 
+/// The dimmed line under a table: `3 instances of web`, `1 service at consul://...`.
+fn count_line(n: usize, noun: &str, preposition: &str, of: &str) -> String {
+    let plural = if n == 1 { "" } else { "s" };
+    styled(
+        output::DIM,
+        format!("{n} {noun}{plural} {preposition} {of}"),
+    )
+}
+
 /// `list URL SERVICE`: the table (or a JSON array of instances).
 pub async fn instances(ctx: &Ctx, query: ServiceQuery) -> Result<ExitCode, Failure> {
     let set = current(ctx, &query).await?;
@@ -53,15 +62,7 @@ pub async fn instances(ctx: &Ctx, query: ServiceQuery) -> Result<ExitCode, Failu
     writeln!(
         out,
         "{}",
-        styled(
-            output::DIM,
-            format!(
-                "{} instance{} of {}",
-                set.len(),
-                if set.len() == 1 { "" } else { "s" },
-                query.service
-            )
-        )
+        count_line(set.len(), "instance", "of", &query.service)
     )?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -176,15 +177,7 @@ pub async fn services(ctx: &Ctx) -> Result<ExitCode, Failure> {
             writeln!(
                 out,
                 "{}",
-                styled(
-                    output::DIM,
-                    format!(
-                        "{} service{} at {}",
-                        names.len(),
-                        if names.len() == 1 { "" } else { "s" },
-                        ctx.url
-                    )
-                )
+                count_line(names.len(), "service", "at", &ctx.url)
             )?;
             writeln!(out)?;
         }
