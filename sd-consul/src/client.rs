@@ -955,6 +955,33 @@ impl Client {
         }
     }
 
+    /// `GET /v1/catalog/services`: the names of the services of the catalog (of the
+    /// configured datacenter, namespace and partition), sorted. The body is read up to
+    /// [`ClientConfig::max_body`] bytes; an answer that is not an object of service names is
+    /// an [`Error::Malformed`].
+    pub async fn catalog_services(&self) -> Result<Vec<String>> {
+        let what = "catalog services listing";
+        let resp = self
+            .request(
+                Method::GET,
+                &["catalog", "services"],
+                true,
+                self.inner.config.timeout,
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(what, e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(what, resp).await);
+        }
+        let body = self.read_body(resp, what).await?;
+        // `{"name": ["tag", ...], ...}`: only the keys matter.
+        let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+            serde_json::from_slice(&body)
+                .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
+        Ok(map.into_keys().collect())
+    }
+
     /// `GET /v1/agent/checks`: the agent's local checks, keyed by check id.
     pub async fn agent_checks(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
         let what = "agent checks listing";

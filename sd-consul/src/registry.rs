@@ -190,6 +190,11 @@ impl Registry for ConsulRegistry {
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
         Ok(Arc::new(self.consul_registrar(registration)?))
     }
+
+    /// `GET /v1/catalog/services`. Consul lists its own `consul` service too.
+    async fn services(&self) -> Result<Vec<String>> {
+        self.client.catalog_services().await
+    }
 }
 
 #[cfg(test)]

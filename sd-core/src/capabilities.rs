@@ -42,6 +42,10 @@ pub struct Capabilities {
     /// The registry filters by tag or health itself (less traffic); without it the backend
     /// filters client-side with the same result.
     pub server_side_filtering: bool,
+    /// The registry can name the services it holds:
+    /// [`Registry::services`](crate::Registry::services) answers instead of failing with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    pub list_services: bool,
 }
 
 impl Capabilities {
@@ -56,6 +60,7 @@ impl Capabilities {
             weight: false,
             health: false,
             server_side_filtering: false,
+            list_services: false,
         }
     }
 
@@ -70,6 +75,7 @@ impl Capabilities {
             weight: true,
             health: true,
             server_side_filtering: true,
+            list_services: true,
         }
     }
 
@@ -126,6 +132,13 @@ impl Capabilities {
     #[must_use]
     pub const fn with_server_side_filtering(mut self) -> Self {
         self.server_side_filtering = true;
+        self
+    }
+
+    /// Declares [`list_services`](Self::list_services).
+    #[must_use]
+    pub const fn with_list_services(mut self) -> Self {
+        self.list_services = true;
         self
     }
 }

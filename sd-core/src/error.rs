@@ -58,6 +58,15 @@ pub enum Error {
     /// The component was stopped or closed; no more results will come.
     #[error("stopped")]
     Stopped,
+    /// The backend cannot do this at all (e.g. a `dns+srv://` registry cannot list its
+    /// services). Retrying won't help; the message says what to do instead.
+    #[error("{backend}: unsupported: {message}")]
+    Unsupported {
+        /// Backend name, e.g. `dns+srv`.
+        backend: &'static str,
+        /// What cannot be done, and what to do instead.
+        message: String,
+    },
 }
 
 impl Error {
@@ -90,6 +99,14 @@ impl Error {
         }
     }
 
+    /// An [`Error::Unsupported`].
+    pub fn unsupported(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Unsupported {
+            backend,
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::Config`].
     pub fn config(message: impl Into<String>) -> Self {
         Error::Config(message.into())
@@ -111,6 +128,7 @@ impl Error {
             Error::Rejected { .. } => 3,
             Error::Timeout { .. } => 4,
             Error::Stopped => 5,
+            Error::Unsupported { .. } => 6,
         }
     }
 }

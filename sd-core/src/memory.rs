@@ -565,6 +565,19 @@ impl Registry for MemoryRegistry {
         registration.validate()?;
         Ok(Arc::new(self.registrar_for(registration)))
     }
+
+    /// The services with at least one registered instance (a service only watched is not
+    /// listed).
+    async fn services(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, svc)| !svc.entries.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort_unstable();
+        Ok(names)
+    }
 }
 
 /// An instancer over a [`MemoryRegistry`] service.

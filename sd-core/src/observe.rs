@@ -148,6 +148,10 @@ impl Registry for ObservedRegistry {
         .await?;
         Ok(Arc::new(ObservedRegistrar { backend, inner }))
     }
+
+    async fn services(&self) -> Result<Vec<String>> {
+        in_span(self.inner.scheme(), "", "services", self.inner.services()).await
+    }
 }
 
 /// A registrar whose `register` and `deregister` are traced and counted.

@@ -93,4 +93,20 @@ pub trait Registry: Send + Sync + fmt::Debug {
 
     /// A registrar for one instance. Nothing is sent until [`Registrar::register`].
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>>;
+
+    /// The names of the services the registry holds, sorted and without duplicates, where
+    /// the registry can list them ([`Capabilities::list_services`]). The names are as the
+    /// registry stores them (Eureka upper-cases application names).
+    ///
+    /// The default fails with [`Error::Unsupported`](crate::Error::Unsupported): registries
+    /// that cannot enumerate names (`static://`, `dns+srv://`) keep it.
+    async fn services(&self) -> Result<Vec<String>> {
+        Err(crate::error::Error::unsupported(
+            self.scheme(),
+            format!(
+                "{}:// registries cannot list their services; name the service instead",
+                self.scheme()
+            ),
+        ))
+    }
 }

@@ -71,10 +71,25 @@ pub trait Source: Send + 'static {
     /// The registry's own time of the latest change in the set the last round returned
     /// (a modification time, a last-updated timestamp), if it gives one. With the `metrics`
     /// feature the loop records how long after that time the change reached subscribers
-    /// (`sdkit_instancer_propagation_delay_seconds`). `None`, the default, records nothing.
+    /// (`sdkit_instancer_propagation_delay_seconds`), for a set that changed. Until a round
+    /// has published a set, the loop ignores it: the first read finds registrations, not
+    /// changes. `None`, the default, records nothing. See [`unix_millis`].
     fn changed_at(&self) -> Option<SystemTime> {
         None
     }
+}
+
+/// A registry timestamp in milliseconds since the Unix epoch (ZooKeeper's `mtime`, Eureka's
+/// `lastUpdatedTimestamp`) as a time, for [`Source::changed_at`]; `None` when not positive.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// assert_eq!(sd_core::watch_loop::unix_millis(1_500), Some(UNIX_EPOCH + Duration::from_millis(1_500)));
+/// assert_eq!(sd_core::watch_loop::unix_millis(0), None);
+/// ```
+pub fn unix_millis(ms: i64) -> Option<SystemTime> {
+    let ms = u64::try_from(ms).ok().filter(|&ms| ms > 0)?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// How the loop paces itself.
@@ -269,7 +284,8 @@ impl WatchedInstancer {
         let cache = Arc::new(InstanceCache::new());
         let mut metrics = LoopMetrics::new(config.backend, config.service_label());
         let first = round(&mut source, &config).await;
-        let first_failed = publish(&cache, &config, &mut metrics, first, source.changed_at());
+        // The first read finds registrations, not changes: no propagation delay.
+        let first_failed = publish(&cache, &config, &mut metrics, first, None);
         let loop_cache = cache.clone();
         let mut loop_config = config.clone();
         // Built outside the future, so it also runs if the future is dropped unpolled.
@@ -277,6 +293,8 @@ impl WatchedInstancer {
         let task = BackgroundTask::spawn(move |token| async move {
             let _close_on_drop = close_on_drop;
             let cfg = &mut loop_config;
+            // A set has been published: later changes are changes.
+            let mut primed = !first_failed;
             let mut wait = if first_failed {
                 Some(cfg.backoff.next_delay())
             } else {
@@ -295,9 +313,11 @@ impl WatchedInstancer {
                 if token.is_cancelled() {
                     return;
                 }
-                wait = if publish(&loop_cache, cfg, &mut metrics, step, source.changed_at()) {
+                let changed_at = if primed { source.changed_at() } else { None };
+                wait = if publish(&loop_cache, cfg, &mut metrics, step, changed_at) {
                     Some(cfg.backoff.next_delay())
                 } else {
+                    primed = true;
                     cfg.backoff.reset();
                     next_interval(&source, cfg)
                 };

@@ -522,3 +522,44 @@ fn guard_dropped_outside_a_runtime_warns() {
     assert!(logged.contains("outside a tokio runtime"), "{logged}");
     assert_eq!(reg.instances("svc").len(), 1);
 }
+
+#[tokio::test]
+async fn services_lists_registered_services_and_static_cannot() {
+    let reg: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    assert!(reg.capabilities().list_services);
+    assert!(reg.services().await.unwrap().is_empty());
+    // A service only watched is not listed.
+    let _watch = reg.instancer(&ServiceQuery::new("watched")).await.unwrap();
+    let web = reg
+        .registrar(Registration::new("web", Instance::new("h", 1)))
+        .await
+        .unwrap();
+    let api = reg
+        .registrar(Registration::new("api", Instance::new("h", 2)))
+        .await
+        .unwrap();
+    web.register().await.unwrap();
+    api.register().await.unwrap();
+    assert_eq!(reg.services().await.unwrap(), ["api", "web"]);
+    // What `sdkit::connect` hands out passes the listing through.
+    let observed = sd_core::ObservedRegistry::new(reg.clone());
+    assert_eq!(observed.services().await.unwrap(), ["api", "web"]);
+    web.deregister().await.unwrap();
+    assert_eq!(reg.services().await.unwrap(), ["api"]);
+
+    let fixed: Arc<dyn Registry> =
+        Arc::new(sd_core::StaticRegistry::from_addrs(["127.0.0.1:1"]).unwrap());
+    assert!(!fixed.capabilities().list_services);
+    let err = fixed.services().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            sd_core::Error::Unsupported {
+                backend: "static",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cannot list"), "{err}");
+}

@@ -257,6 +257,24 @@ async fn propagation_delay_is_recorded_when_the_source_gives_a_time() {
     inst.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_first_read_records_no_propagation_delay() {
+    recorder();
+    let (source, mut feeder) = fed();
+    let l: &[(&str, &str)] = &[("backend", "test"), ("service", "loop-first")];
+    let at = SystemTime::now() - Duration::from_secs(3600);
+    // The first read finds registrations an hour old: not a delay of an hour.
+    feeder.tx.send((set(1), Some(at))).unwrap();
+    let inst = WatchedInstancer::start(source, LoopConfig::new("test", "loop-first")).await;
+    assert!(histogram("sdkit_instancer_propagation_delay_seconds", l).is_empty());
+    feeder.feed(set(2), Some(SystemTime::now())).await;
+    assert_eq!(
+        histogram("sdkit_instancer_propagation_delay_seconds", l).len(),
+        1
+    );
+    inst.stop().await;
+}
+
 struct Flaky(AtomicBool);
 
 #[async_trait::async_trait]

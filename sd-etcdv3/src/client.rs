@@ -76,6 +76,12 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// message). The bound keeps a runaway prefix from allocating without limit.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Keys read per page by [`Client::services`].
+pub const SERVICES_PAGE: i64 = 1000;
+
+/// The most service names [`Client::services`] returns.
+pub const MAX_SERVICES: usize = 100_000;
+
 /// The longest `dial_timeout`, `timeout` and `keep_alive` accepted (24 h): longer values are
 /// refused at construction, so deadlines computed from them cannot overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -596,6 +602,89 @@ impl Client {
             })
             .collect();
         Ok((revision, entries))
+    }
+
+    /// The services under the prefix: the distinct first path segments of the keys under
+    /// `<prefix>/` that have a `/` after them (a service directory holding a key), sorted.
+    ///
+    /// Keys-only range reads of [`SERVICES_PAGE`] keys at a time; after each service the
+    /// next read starts past all of its keys, so a service with many instances costs one
+    /// page at most. Bounded: at most [`MAX_SERVICES`] names are returned (more is an
+    /// [`Error::Malformed`] saying so), and values are never transferred.
+    pub async fn services(&self) -> Result<Vec<String>> {
+        let root = format!("{}/", self.prefix()).into_bytes();
+        let mut end = root.clone();
+        // `/` + 1 = `0`: the end of the range of keys starting with `root`.
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let mut names = Vec::new();
+        let mut start = root.clone();
+        loop {
+            let (from, range_end) = (&start, &end);
+            let resp = self
+                .call("get", |c| async move {
+                    c.kv_client()
+                        .get(
+                            from.clone(),
+                            Some(
+                                GetOptions::new()
+                                    .with_range(range_end.clone())
+                                    .with_keys_only()
+                                    .with_limit(SERVICES_PAGE),
+                            ),
+                        )
+                        .await
+                })
+                .await?;
+            let mut next = None;
+            let mut last: Option<Vec<u8>> = None;
+            for kv in resp.kvs() {
+                let Some(rest) = kv.key().strip_prefix(root.as_slice()) else {
+                    continue;
+                };
+                let Some(slash) = rest.iter().position(|&b| b == b'/') else {
+                    continue; // a key right under the prefix: not a service directory
+                };
+                let name = &rest[..slash];
+                // Keys are sorted, so a service's keys are contiguous.
+                if name.is_empty() || last.as_deref() == Some(name) {
+                    continue;
+                }
+                last = Some(name.to_vec());
+                names.push(String::from_utf8_lossy(name).into_owned());
+                if names.len() > MAX_SERVICES {
+                    return Err(Error::malformed(
+                        BACKEND,
+                        format!(
+                            "listing services: more than {MAX_SERVICES} under {}/",
+                            self.prefix()
+                        ),
+                    ));
+                }
+                let mut after = root.clone();
+                after.extend_from_slice(name);
+                after.push(b'0');
+                next = Some(after);
+            }
+            if !resp.more() {
+                break;
+            }
+            match next {
+                Some(n) => start = n,
+                // A full page of keys right under the prefix: go past the last one.
+                None => match resp.kvs().last() {
+                    Some(kv) => {
+                        start = kv.key().to_vec();
+                        start.push(0);
+                    }
+                    None => break,
+                },
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     /// Opens a watch of every key under `dir` from `start_revision` and waits for etcd to

@@ -239,7 +239,8 @@ impl Registry for EtcdRegistry {
         let caps = Capabilities::none()
             .with_registration()
             .with_ids()
-            .with_expiry();
+            .with_expiry()
+            .with_list_services();
         match self.format {
             ValueFormat::Json => caps.with_tags().with_metadata().with_weight().with_health(),
             ValueFormat::Plain => caps,
@@ -261,6 +262,11 @@ impl Registry for EtcdRegistry {
 
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
         Ok(Arc::new(self.etcd_registrar(registration)?))
+    }
+
+    /// The distinct first path segments under the prefix (a keys-only, paged read).
+    async fn services(&self) -> Result<Vec<String>> {
+        self.client.services().await
     }
 }
 

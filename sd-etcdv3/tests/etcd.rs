@@ -469,3 +469,37 @@ async fn sdkit_connect_and_two_endpoints_one_dead(server: Server) {
     assert_eq!(reg.format(), ValueFormat::Json);
 }
 both_servers!(sdkit_connect_and_two_endpoints_one_dead);
+
+/// `services()` reads keys only, a page at a time: a service with more keys than a page,
+/// services sorting before and after it, and a key right under the prefix (no service
+/// directory: not listed). The keys are leased for a minute, so nothing stays behind.
+async fn services_are_listed_past_a_page(server: Server) {
+    let Some(addr) = addr(server) else { return };
+    let _lock = shared(server);
+    let reg = registry(&addr, "list", "");
+    let client = reg.client().clone();
+    let lease = client.grant(60).await.unwrap();
+    let big = sd_etcdv3::client::SERVICES_PAGE as usize + 5;
+    for chunk in (0..big).collect::<Vec<_>>().chunks(100) {
+        futures::future::join_all(chunk.iter().map(|i| {
+            let key = client.instance_key("big", &format!("i{i:05}"));
+            let client = client.clone();
+            async move { client.put(&key, b"127.0.0.1:1", lease).await.unwrap() }
+        }))
+        .await;
+    }
+    for (service, id) in [("a-small", "x"), ("zz", "y")] {
+        let key = client.instance_key(service, id);
+        client.put(&key, b"127.0.0.1:2", lease).await.unwrap();
+    }
+    let stray = format!("{}/stray", client.prefix());
+    client.put(&stray, b"127.0.0.1:3", lease).await.unwrap();
+    assert_eq!(
+        reg.services().await.unwrap(),
+        ["a-small", "big", "zz"],
+        "{server:?}"
+    );
+    client.revoke(lease).await.unwrap();
+    assert!(reg.services().await.unwrap().is_empty());
+}
+both_servers!(services_are_listed_past_a_page);

@@ -472,6 +472,12 @@ impl Client {
             .await
     }
 
+    /// `GET /apps`: the applications document of every app the server holds (`None` on a
+    /// 404, which Eureka does not send for this path).
+    pub async fn apps(&self) -> Result<Option<serde_json::Value>> {
+        self.get_json("listing of apps", &["apps"]).await
+    }
+
     /// `GET /vips/{vip}`: the applications document of every instance announcing VIP address
     /// `vip`, `None` when there is none.
     pub async fn vip(&self, vip: &str) -> Result<Option<serde_json::Value>> {

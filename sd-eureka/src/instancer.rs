@@ -20,10 +20,17 @@
 //! | `meta()` | `metadata` (without `@class` and [`META_TAGS`]), plus [`META_STATUS`] (`eureka.status`) and, for a secure port, [`META_SECURE`] (`eureka.secure` = `true`) |
 //! | `health()` | `status`: see [`status_health`]; `OUT_OF_SERVICE` with metadata [`META_HEALTH`] = `warning` is `Warning` |
 //! | `weight()` | always the default (Eureka has no weights) |
+//!
+//! Each round also reports, through [`Source::changed_at`], the latest
+//! `lastUpdatedTimestamp` (the server's time of a registration or status change) of the
+//! instances that are new or updated since the previous answer, so the watch loop records
+//! `sdkit_instancer_propagation_delay_seconds` with the `metrics` feature (poll interval and
+//! the server's response cache included). The first answer reports nothing (registrations,
+//! not changes), nor does a round that only lost instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sd_core::{
@@ -238,6 +245,45 @@ pub fn instances_of_apps(doc: &Value) -> Result<Vec<&Value>, String> {
     Ok(out)
 }
 
+/// The names of the applications of a `GET /apps` answer that have at least one instance,
+/// sorted, without duplicates (Eureka upper-cases them).
+pub fn app_names(doc: &Value) -> Result<Vec<String>, String> {
+    let list: Vec<&Value> = match doc.get("applications") {
+        Some(apps @ Value::Object(_)) => match apps.get("application") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list.iter().collect(),
+            Some(one @ Value::Object(_)) => vec![one],
+            Some(other) => return Err(format!("\"application\" is {}", kind(other))),
+        },
+        Some(other) => return Err(format!("\"applications\" is {}", kind(other))),
+        None => return Err("the answer has no \"applications\"".into()),
+    };
+    let mut names = Vec::with_capacity(list.len());
+    for app in list {
+        if app_instances(app, "application")?.is_empty() {
+            continue;
+        }
+        match app.get("name") {
+            Some(Value::String(name)) if !name.is_empty() => names.push(name.clone()),
+            Some(other) => return Err(format!("an application's \"name\" is {}", kind(other))),
+            None => return Err("an application has no \"name\"".into()),
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
+/// A `lastUpdatedTimestamp`: a number, or a string of digits (Eureka's JSON codec writes
+/// either).
+fn timestamp(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// What an instancer polls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -270,6 +316,11 @@ pub struct AppSource {
     client: Client,
     target: Target,
     query: ServiceQuery,
+    /// `instanceId` → `lastUpdatedTimestamp` of the previous answer.
+    seen: HashMap<String, i64>,
+    /// The latest `lastUpdatedTimestamp` (ms, the server's clock) of the instances this round
+    /// found new or updated; see [`Source::changed_at`].
+    round_updated: Option<i64>,
 }
 
 impl fmt::Debug for AppSource {
@@ -288,7 +339,35 @@ impl AppSource {
             client,
             target,
             query,
+            seen: HashMap::new(),
+            round_updated: None,
         }
+    }
+
+    /// Remembers the `lastUpdatedTimestamp` of every instance of an answer and returns the
+    /// latest among the instances that are new or were updated since the previous answer.
+    /// Instances are known by `instanceId` (else `hostName`, as [`Instance::id`]); one
+    /// without an id or a readable timestamp is left out.
+    fn note_updates(&mut self, entries: &[&Value]) -> Option<i64> {
+        let mut seen = HashMap::with_capacity(entries.len());
+        let mut latest: Option<i64> = None;
+        for entry in entries {
+            let (Some(id), Some(at)) = (
+                entry
+                    .get("instanceId")
+                    .or_else(|| entry.get("hostName"))
+                    .and_then(Value::as_str),
+                entry.get("lastUpdatedTimestamp").and_then(timestamp),
+            ) else {
+                continue;
+            };
+            if self.seen.get(id) != Some(&at) {
+                latest = Some(latest.map_or(at, |l| l.max(at)));
+            }
+            seen.insert(id.to_string(), at);
+        }
+        self.seen = seen;
+        latest
     }
 
     /// The instances of one answer that pass the query; unusable ones are logged and
@@ -322,10 +401,29 @@ impl AppSource {
 #[async_trait]
 impl Source for AppSource {
     async fn next_step(&mut self) -> Step {
+        self.round_updated = None;
+        self.round().await
+    }
+
+    /// The latest `lastUpdatedTimestamp` (the Eureka server's time of a registration or
+    /// status change) of the instances the round found new or updated. A round that only
+    /// lost instances has none (Eureka keeps no time for a removal). (The watch loop ignores
+    /// the first answer's.)
+    fn changed_at(&self) -> Option<SystemTime> {
+        sd_core::watch_loop::unix_millis(self.round_updated?)
+    }
+}
+
+impl AppSource {
+    /// One poll: the step, with `round_updated` set.
+    async fn round(&mut self) -> Step {
         let doc = match self.fetch().await {
             Err(e) => return Step::Fail(e),
             // EU-4 fixed: no app is no instance, not an error.
-            Ok(None) => return Step::Publish(Vec::new()),
+            Ok(None) => {
+                self.seen.clear();
+                return Step::Publish(Vec::new());
+            }
             Ok(Some(doc)) => doc,
         };
         let entries = match &self.target {
@@ -333,7 +431,10 @@ impl Source for AppSource {
             Target::Vip(_) => instances_of_apps(&doc),
         };
         match entries {
-            Ok(entries) => Step::Publish(self.instances(&entries)),
+            Ok(entries) => {
+                self.round_updated = self.note_updates(&entries);
+                Step::Publish(self.instances(&entries))
+            }
             Err(e) => Step::Fail(sd_core::Error::malformed(
                 BACKEND,
                 format!(
@@ -507,6 +608,34 @@ mod tests {
         ] {
             let err = instance_from_json(&v).unwrap_err();
             assert!(err.contains(why), "{v}: {err}");
+        }
+    }
+
+    #[test]
+    fn app_names_lists_apps_with_instances_and_says_what_is_wrong() {
+        let doc = json!({"applications": {"application": [
+            {"name": "WEB", "instance": [info()]},
+            {"name": "EMPTY", "instance": []},
+            {"name": "API", "instance": info()},
+            {"name": "WEB", "instance": [info()]},
+        ]}});
+        assert_eq!(app_names(&doc).unwrap(), ["API", "WEB"]);
+        let none = json!({"applications": {"versions__delta": "1"}});
+        assert!(app_names(&none).unwrap().is_empty());
+        for (bad, needle) in [
+            (json!({}), "no \"applications\""),
+            (json!({"applications": []}), "\"applications\" is an array"),
+            (
+                json!({"applications": {"application": [{"instance": [info()]}]}}),
+                "has no \"name\"",
+            ),
+            (
+                json!({"applications": {"application": [{"name": 7, "instance": [info()]}]}}),
+                "\"name\" is a number",
+            ),
+        ] {
+            let err = app_names(&bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
         }
     }
 

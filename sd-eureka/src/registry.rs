@@ -231,6 +231,7 @@ impl Registry for EurekaRegistry {
             .with_tags()
             .with_metadata()
             .with_health()
+            .with_list_services()
     }
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
@@ -242,6 +243,24 @@ impl Registry for EurekaRegistry {
 
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
         Ok(Arc::new(self.eureka_registrar(registration)?))
+    }
+
+    /// The application names of `GET /apps` that have an instance. Eureka upper-cases app
+    /// names, so a service registered as `web` is listed as `WEB` (and `sdkit list URL WEB`
+    /// or `web` both find it).
+    async fn services(&self) -> Result<Vec<String>> {
+        let Some(doc) = self.client.apps().await? else {
+            return Ok(Vec::new());
+        };
+        crate::instancer::app_names(&doc).map_err(|e| {
+            Error::malformed(
+                crate::client::BACKEND,
+                format!(
+                    "listing of apps: {e}: {}",
+                    crate::client::quote(&doc.to_string())
+                ),
+            )
+        })
     }
 }
 

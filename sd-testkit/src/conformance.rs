@@ -21,8 +21,8 @@
 //! Every wait is an event wait with a generous deadline ([`Target::deadline`]); nothing sleeps
 //! to synchronise, so the suite stays deterministic on a loaded two-core machine. The only
 //! bounded polls are where there is no event to wait for: the alive-task count after
-//! `stop()`, "no event follows `stop()`", and "nothing is published for two TTLs after a
-//! deregistration" (no zombie, no spurious error).
+//! `stop()`, "no event follows `stop()`", "nothing is published for two TTLs after a
+//! deregistration" (no zombie, no spurious error), and the service listing (no watch).
 //!
 //! Outside the restart behaviour the registry is healthy: there every wait fails on an error
 //! event. The public [`wait_set`] skips error events (for fault tests).
@@ -41,6 +41,7 @@
 //! | [`restart_keeps_last_good_and_recovers`] | registration, a [`Target::server`] to restart |
 //! | [`stop_is_idempotent_and_final`] | nothing |
 //! | [`bad_entry_is_skipped_alone`] | registration, a [`Target::bad_entry`] hook |
+//! | [`services_are_listed`] | registration, list_services (without it: `Unsupported` is checked) |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -1172,6 +1173,74 @@ pub async fn bad_entry_is_skipped_alone(t: Target) {
     instancer.stop().await;
 }
 
+/// `Registry::services` names two registered services (case-insensitively: Eureka
+/// upper-cases names) and no longer names them once deregistered (polled: there is no
+/// watch of the listing). A backend that does not declare `list_services` must fail with
+/// `Error::Unsupported`.
+pub async fn services_are_listed(t: Target) {
+    let caps = t.caps();
+    if !caps.list_services {
+        match t.registry.services().await {
+            Err(sd_core::Error::Unsupported { .. }) => {}
+            other => panic!(
+                "{}: list_services not declared, but services() gave {other:?}",
+                t.backend
+            ),
+        }
+        skipped(
+            t.backend,
+            "services_are_listed",
+            "the backend does not declare list_services (Unsupported checked)",
+        );
+        return;
+    }
+    if t.lacks(
+        "services_are_listed",
+        &[("registration", caps.registration)],
+    ) {
+        return;
+    }
+    let a = crate::unique_name("cf-lista");
+    let b = crate::unique_name("cf-listb");
+    let ra = t.register(&a, instance(&a, 1, 31101)).await;
+    let rb = t.register(&b, instance(&b, 1, 31102)).await;
+    let listed = |names: &[String], s: &str| names.iter().any(|n| n.eq_ignore_ascii_case(s));
+    let names = poll_services(&t, "both registered services listed", |n| {
+        listed(n, &a) && listed(n, &b)
+    })
+    .await;
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "{}: sorted, no duplicates", t.backend);
+    ra.deregister().await.unwrap();
+    rb.deregister().await.unwrap();
+    poll_services(&t, "deregistered services no longer listed", |n| {
+        !listed(n, &a) && !listed(n, &b)
+    })
+    .await;
+}
+
+/// Polls `services()` every 200 ms until `pred` holds; panics with `what` after the deadline.
+async fn poll_services(t: &Target, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let end = Instant::now() + t.deadline;
+    loop {
+        let last = t.registry.services().await;
+        if let Ok(names) = &last {
+            if pred(names) {
+                return names.clone();
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "{}: {what}: not within {:?}; last answer {last:?}",
+            t.backend,
+            t.deadline
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Instantiates the conformance suite for one backend: one `#[tokio::test]` per behaviour in
 /// a module named after the backend. The second argument is a closure returning a future of
 /// `Option<Target>` (`None` skips). The calling crate needs `tokio` (with `macros` and
@@ -1200,6 +1269,7 @@ macro_rules! conformance {
             $crate::__conformance_test!($backend, $make, restart_keeps_last_good_and_recovers);
             $crate::__conformance_test!($backend, $make, stop_is_idempotent_and_final);
             $crate::__conformance_test!($backend, $make, bad_entry_is_skipped_alone);
+            $crate::__conformance_test!($backend, $make, services_are_listed);
         }
     };
 }

@@ -55,6 +55,8 @@ mod logs;
 mod names;
 pub mod propagation;
 pub mod proxy;
+#[cfg(feature = "metrics")]
+pub mod recorded;
 
 pub use alloc::CountingAllocator;
 pub use control::{

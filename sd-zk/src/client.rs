@@ -406,6 +406,38 @@ impl Client {
         format!("{base}/{service}")
     }
 
+    /// The services under the base path: its children that have at least one child (an
+    /// instance node); empty directories left by deregistered services are not listed.
+    /// Sorted. A missing base path is no service.
+    pub async fn services(&self) -> Result<Vec<String>> {
+        let zk = self.session().await?;
+        let base = self.inner.config.base.trim_end_matches('/');
+        let base = if base.is_empty() { "/" } else { base };
+        let mut children = match zk.list_children(base).await {
+            Ok(c) => c,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(zk_error(format!("listing {base}"), e)),
+        };
+        children.sort_unstable();
+        // One pipelined stat per child (the listing itself is bounded by the server's
+        // jute.maxbuffer, so this is too).
+        let zk = &zk;
+        let stats = futures::future::join_all(children.iter().map(|c| {
+            let path = format!("{}/{c}", base.trim_end_matches('/'));
+            async move { zk.check_stat(&path).await }
+        }))
+        .await;
+        let mut names = Vec::new();
+        for (child, stat) in children.into_iter().zip(stats) {
+            match stat {
+                Ok(Some(stat)) if stat.num_children > 0 => names.push(child),
+                Ok(_) => {}
+                Err(e) => return Err(zk_error(format!("reading {base}/{child}"), e)),
+            }
+        }
+        Ok(names)
+    }
+
     /// The ACL of the nodes a registrar creates and of service directories.
     pub fn node_acl(&self) -> &[zk::Acl] {
         &self.inner.node_acl

@@ -37,12 +37,21 @@
 //! skipped alone, its reason logged once. Nothing is written unless
 //! [`ClientConfig::create_parents`](crate::ClientConfig::create_parents) asks for go-kit's
 //! behaviour of creating the watched path (ZK-8).
+//!
+//! ## Propagation delay
+//!
+//! Each round reports, through [`Source::changed_at`], the latest `mtime` of the nodes it
+//! created or changed (the ZooKeeper server's time of the write), so the watch loop records
+//! `sdkit_instancer_propagation_delay_seconds` with the `metrics` feature. The first read
+//! reports nothing (it finds registrations, not changes), nor does a round that only removed
+//! nodes (ZooKeeper keeps no time for a deletion).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -161,7 +170,7 @@ pub fn decode(node: &str, data: &[u8]) -> Result<Instance, String> {
 type EventFuture = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
 
 /// A child's data, and its data watch in one-shot mode.
-type DataAndWatch = (Vec<u8>, Option<zk::OneshotWatcher>);
+type DataAndWatch = (Vec<u8>, i64, Option<zk::OneshotWatcher>);
 
 /// What the source waits on between reads.
 enum Armed {
@@ -183,6 +192,9 @@ pub struct ZkSource {
     disconnected: bool,
     /// Child name → its decoded instance (`None`: undecodable, reason already logged).
     nodes: BTreeMap<String, Option<Instance>>,
+    /// The latest `mtime` (ms since the epoch, the server's clock) of the nodes this round
+    /// created or changed; see [`Source::changed_at`].
+    round_mtime: Option<i64>,
 }
 
 impl fmt::Debug for ZkSource {
@@ -217,6 +229,7 @@ impl ZkSource {
             armed: None,
             disconnected: false,
             nodes: BTreeMap::new(),
+            round_mtime: None,
         }
     }
 
@@ -250,7 +263,9 @@ impl ZkSource {
         )
     }
 
-    fn store(&mut self, child: String, data: &[u8]) {
+    /// Stores a node read this round, created or changed at `mtime` (its `Stat`).
+    fn store(&mut self, child: String, data: &[u8], mtime: i64) {
+        self.round_mtime = Some(self.round_mtime.map_or(mtime, |m| m.max(mtime)));
         match decode(&child, data) {
             Ok(i) => {
                 self.nodes.insert(child, Some(i));
@@ -357,19 +372,19 @@ impl ZkSource {
             futures::future::join_all(paths.iter().map(|p| zk.get_and_watch_data(p)))
                 .await
                 .into_iter()
-                .map(|r| r.map(|(d, _, w)| (d, Some(w))))
+                .map(|r| r.map(|(d, stat, w)| (d, stat.mtime, Some(w))))
                 .collect()
         } else {
             futures::future::join_all(paths.iter().map(|p| zk.get_data(p)))
                 .await
                 .into_iter()
-                .map(|r| r.map(|(d, _)| (d, None)))
+                .map(|r| r.map(|(d, stat)| (d, stat.mtime, None)))
                 .collect()
         };
         let previous = std::mem::take(&mut self.nodes);
         for ((child, path), result) in children.into_iter().zip(&paths).zip(results) {
             match result {
-                Ok((data, w)) => {
+                Ok((data, mtime, w)) => {
                     if let Some(w) = w {
                         watches.push(Box::pin(w.changed()) as EventFuture);
                     }
@@ -378,7 +393,7 @@ impl ZkSource {
                         Some(Some(i)) if decode(&child, &data).ok().as_ref() == Some(i) => {
                             self.nodes.insert(child, Some(i.clone()));
                         }
-                        _ => self.store(child, &data),
+                        _ => self.store(child, &data, mtime),
                     }
                 }
                 // Deleted between the listing and the read: it is gone (go-kit skips it too).
@@ -470,7 +485,7 @@ impl ZkSource {
         let results = futures::future::join_all(paths.iter().map(|p| zk.get_data(p))).await;
         for ((child, path), result) in children.into_iter().zip(&paths).zip(results) {
             match result {
-                Ok((data, _)) => self.store(child, &data),
+                Ok((data, stat)) => self.store(child, &data, stat.mtime),
                 Err(zk::Error::NoNode) => {
                     self.nodes.remove(&child);
                 }
@@ -556,10 +571,18 @@ fn session_ended(state: zk::SessionState) -> Error {
 #[async_trait]
 impl Source for ZkSource {
     async fn next_step(&mut self) -> Step {
+        self.round_mtime = None;
         if self.armed.is_none() {
             return self.resync().await;
         }
         self.wait().await
+    }
+
+    /// The latest `mtime` of the nodes the round created or changed (the server's time of
+    /// the change). A round that only removed nodes has none: ZooKeeper keeps no time for a
+    /// deletion. (The watch loop ignores the first read's.)
+    fn changed_at(&self) -> Option<SystemTime> {
+        sd_core::watch_loop::unix_millis(self.round_mtime?)
     }
 }
 

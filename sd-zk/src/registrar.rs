@@ -143,6 +143,10 @@ impl Shared {
         }));
         self.creating.store(false, Ordering::SeqCst);
         if let Some(old) = previous {
+            // ZooKeeper has no renewal to count (the session heartbeats inside the client
+            // library); a node created again is its re-registration. Counted before the
+            // watchers of `recreations` hear of it.
+            sd_core::observe::reregistered(BACKEND, &self.registration.service);
             self.recreations.send_modify(|n| *n += 1);
             tracing::warn!(backend = BACKEND, service = %self.registration.service,
                 old = %old.path, new = %path, "node was lost (session ended or node deleted); created it again");

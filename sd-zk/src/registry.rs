@@ -162,7 +162,10 @@ impl Registry for ZkRegistry {
     /// when registrars write the JSON payload (the default), not with `payload=plain` (the id
     /// is then the znode name).
     fn capabilities(&self) -> Capabilities {
-        let caps = Capabilities::none().with_registration().with_expiry();
+        let caps = Capabilities::none()
+            .with_registration()
+            .with_expiry()
+            .with_list_services();
         match self.client.config().payload {
             Payload::Json => caps
                 .with_ids()
@@ -180,6 +183,11 @@ impl Registry for ZkRegistry {
 
     async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
         Ok(Arc::new(self.zk_registrar(registration)?))
+    }
+
+    /// The children of the base path that hold at least one instance node.
+    async fn services(&self) -> Result<Vec<String>> {
+        self.client.services().await
     }
 }
 
@@ -207,7 +215,10 @@ mod tests {
         assert!(c.create_parents);
         assert_eq!(
             r.capabilities(),
-            Capabilities::none().with_registration().with_expiry()
+            Capabilities::none()
+                .with_registration()
+                .with_expiry()
+                .with_list_services()
         );
     }
 

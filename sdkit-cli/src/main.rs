@@ -188,7 +188,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     filter_notes(ctx.registry.as_ref(), filter);
                     list::instances(&ctx, filter.query(service)).await
                 }
-                None => list::capabilities(&ctx),
+                None => list::services(&ctx).await,
             }
         }
         Command::Register {

@@ -240,12 +240,37 @@ fn list_without_a_service_shows_capabilities_and_says_why_it_cannot_list() {
     assert_one_line_error(&out, 1, "cannot list their services");
     assert!(out.stdout.contains("static:// registry"), "{}", out.stdout);
     assert!(out.stdout.contains("registration"), "{}", out.stdout);
-    let out = run(&["list", "consul://127.0.0.1:1", "--json"]);
+    let out = run(&["list", TWO, "--json"]);
     assert_eq!(out.code, 1);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(v["scheme"], "consul");
-    assert_eq!(v["capabilities"]["registration"], true);
+    assert_eq!(v["scheme"], "static");
+    assert_eq!(v["capabilities"]["list_services"], false);
     assert!(v["services"].is_null());
+    assert!(v["services_error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot list their services"));
+    // A registry that can list but cannot be reached: one clear error line.
+    let out = run(&["list", "consul://127.0.0.1:1", "--json", "--timeout", "5s"]);
+    assert_one_line_error(&out, 1, "listing the services of consul://127.0.0.1:1");
+}
+
+#[test]
+fn list_without_a_service_lists_the_services_of_a_memory_registry() {
+    // memory:// is this process's own registry: empty, but listable.
+    let out = run(&["list", "memory://cli-list", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["capabilities"]["list_services"], true);
+    assert_eq!(v["services"], serde_json::json!([]));
+    let out = run(&["list", "memory://cli-list"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("SERVICE"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("0 services at memory://cli-list"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

@@ -20,6 +20,34 @@ struct Backend {
     expiry: bool,
     /// Tags and metadata round-trip.
     tags: bool,
+    /// `list URL` names the services (`list_services`).
+    lists: bool,
+}
+
+/// `list URL --json` (no service), until it names `service` (case-insensitively: Eureka
+/// upper-cases names); Eureka's `/apps` answer is cached, so this polls, within 60 s.
+fn expect_listed(url: &str, service: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = run(&["list", url, "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(v["capabilities"]["list_services"], true, "{v}");
+        let names: Vec<&str> = v["services"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no service list: {v}"))
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        if names.iter().any(|n| n.eq_ignore_ascii_case(service)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} never listed: {names:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// Whether `v` is a watch event `event` about the instance at `addr`.
@@ -72,6 +100,18 @@ fn register_watch_kill(b: Backend) {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let picked: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(picked["distribution"][0]["picks"], 10);
+    // `list URL` names the service where the registry can list, and says it cannot where not.
+    if b.lists {
+        expect_listed(url, &service);
+    } else {
+        let out = run(&["list", url]);
+        assert_eq!(out.code, 1, "{}", out.stdout);
+        assert!(
+            out.stderr.contains("cannot list their services"),
+            "{}",
+            out.stderr
+        );
+    }
 
     if b.expiry {
         reg.crash();
@@ -116,6 +156,7 @@ fn consul_register_watch_kill() {
         url: format!("consul://{addr}"),
         expiry: true,
         tags: true,
+        lists: true,
     });
 }
 
@@ -127,6 +168,7 @@ fn etcd_register_watch_kill() {
         url: format!("etcd://{addr}?prefix=/sdkit-cli"),
         expiry: true,
         tags: true,
+        lists: true,
     });
 }
 
@@ -139,6 +181,7 @@ fn zk_register_watch_kill() {
         url: format!("zk://{addr}/sdkit-cli?session_timeout=2s&connect_timeout=5s"),
         expiry: true,
         tags: true,
+        lists: true,
     });
 }
 
@@ -152,6 +195,7 @@ fn eureka_register_watch_kill() {
         url: format!("eureka://{rest}?poll=1s&timeout=20s"),
         expiry: true,
         tags: true,
+        lists: true,
     });
 }
 
@@ -167,6 +211,7 @@ fn dnssrv_register_watch_deregister() {
         ),
         expiry: false,
         tags: false,
+        lists: false,
     });
 }
 
