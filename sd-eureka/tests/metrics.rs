@@ -18,7 +18,7 @@ async fn a_new_instance_records_its_propagation_delay() {
     let addr = require!(Server::Eureka);
     let _shared = shared(Server::Eureka);
     let service = unique_name("eu-metric-delay");
-    let target = format!("app {}", service.to_uppercase());
-    let labels: &[(&str, &str)] = &[("backend", "eureka"), ("service", &target)];
+    // Labelled with the service as the user named it (not the app Eureka upper-cases).
+    let labels: &[(&str, &str)] = &[("backend", "eureka"), ("service", &service)];
     recorded::propagation_delay_scenario(Arc::new(registry(&addr)), &service, labels, BOUND).await;
 }

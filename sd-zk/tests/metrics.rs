@@ -57,7 +57,7 @@ async fn a_new_node_records_its_propagation_delay() {
     let _shared = shared(Server::Zk);
     let registry = registry(&addr, "");
     let service = unique_name("zk-metric-delay");
-    let dir = registry.client().service_dir(&service);
-    let labels: &[(&str, &str)] = &[("backend", "zk"), ("service", &dir)];
+    // Labelled with the service, not the watched directory.
+    let labels: &[(&str, &str)] = &[("backend", "zk"), ("service", &service)];
     recorded::propagation_delay_scenario(Arc::new(registry), &service, labels, BOUND).await;
 }
