@@ -91,7 +91,6 @@ pub use instancer::{
     UNCHANGED_INDEX_PACE,
 };
 pub use registrar::{
-    ConsulRegistrar, DEFAULT_RECHECK, MAX_GO_DURATION, MAX_META_KEY_LEN, MAX_META_PAIRS,
-    MAX_META_VALUE_LEN,
+    ConsulRegistrar, DEFAULT_RECHECK, MAX_META_KEY_LEN, MAX_META_PAIRS, MAX_META_VALUE_LEN,
 };
 pub use registry::ConsulRegistry;

@@ -90,16 +90,13 @@ struct ServiceBody {
     check: Option<CheckBody>,
 }
 
-/// A Consul duration: whole milliseconds, which Go's `time.ParseDuration` accepts (for
-/// durations up to [`MAX_GO_DURATION`], checked by [`ConsulRegistrar::new`]).
+/// A Consul duration: whole milliseconds, which Go's `time.ParseDuration` accepts for every
+/// duration `Registration::validate()` lets through (at most
+/// [`MAX_REGISTRATION_DURATION`](sd_core::MAX_REGISTRATION_DURATION), far below Go's
+/// 292-year `time.Duration`).
 fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
 }
-
-/// The longest duration Consul takes (Go's `time.Duration` is an `int64` of nanoseconds:
-/// about 292 years). A longer TTL, check interval or `deregister_critical_after` is refused
-/// by [`ConsulRegistrar::new`] (the agent would answer HTTP 400).
-pub const MAX_GO_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
 
 /// The most `Meta` pairs Consul takes on a service.
 pub const MAX_META_PAIRS: usize = 64;
@@ -155,17 +152,6 @@ fn check_meta(service: &str, meta: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a duration Go cannot hold.
-fn check_duration(service: &str, what: &str, d: Duration) -> Result<()> {
-    if d > MAX_GO_DURATION {
-        return Err(Error::config(format!(
-            "registration of {service:?}: {what} {d:?} is longer than Consul's maximum \
-             duration ({MAX_GO_DURATION:?}, about 292 years; Go's time.Duration)"
-        )));
-    }
-    Ok(())
-}
-
 /// The check id sdkit registers a service's check under: `service:<service id>`, what
 /// Consul itself would pick for a service's only check.
 pub fn check_id(service_id: &str) -> String {
@@ -180,24 +166,6 @@ fn build_body(r: &Registration) -> Result<ServiceBody> {
             "registration of {:?}: weight 0 cannot be registered in Consul (Weights.Passing must be at least 1)",
             r.service
         )));
-    }
-    if r.deregister_critical_after.is_some() && r.check.is_none() {
-        return Err(Error::config(format!(
-            "registration of {:?}: deregister_critical_after needs a health check",
-            r.service
-        )));
-    }
-    if let Some(d) = r.deregister_critical_after {
-        check_duration(&r.service, "deregister_critical_after", d)?;
-    }
-    match &r.check {
-        Some(HealthCheck::Ttl(d)) => check_duration(&r.service, "the TTL", *d)?,
-        Some(
-            HealthCheck::Http { interval, .. }
-            | HealthCheck::Tcp { interval, .. }
-            | HealthCheck::Grpc { interval, .. },
-        ) => check_duration(&r.service, "the check interval", *interval)?,
-        _ => {}
     }
     let check = r.check.as_ref().map(|c| {
         let mut body = CheckBody {
@@ -365,10 +333,10 @@ impl fmt::Debug for ConsulRegistrar {
 
 impl ConsulRegistrar {
     /// A registrar for `registration`. Fails with [`Error::Config`] when the registration
-    /// is invalid (see [`Registration::validate`]), has weight 0, asks for
-    /// `deregister_critical_after` without a check, or breaks a Consul limit the agent
-    /// would refuse with HTTP 400: a TTL, check interval or `deregister_critical_after`
-    /// longer than [`MAX_GO_DURATION`], or `Meta` Consul does not take (more than
+    /// is invalid (see [`Registration::validate`]: among others, `deregister_critical_after`
+    /// without a check, durations longer than
+    /// [`MAX_REGISTRATION_DURATION`](sd_core::MAX_REGISTRATION_DURATION)), has weight 0, or
+    /// breaks a Consul limit the agent would refuse with HTTP 400: `Meta` Consul does not take (more than
     /// [`MAX_META_PAIRS`] pairs, a key with characters other than `[A-Za-z0-9_-]`, longer
     /// than [`MAX_META_KEY_LEN`] or starting with `consul-`, a value longer than
     /// [`MAX_META_VALUE_LEN`]). The error names the key or the limit. Nothing is sent yet.
