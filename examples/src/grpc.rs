@@ -3,28 +3,35 @@
 //!
 //! Three tonic servers (the `Greeter` service of `proto/greeter.proto`) register themselves
 //! with a TTL health check; a tonic client discovers them and balances its calls over one
-//! [`Channel`] per instance with sdkit: power of two choices on peak-EWMA latency
-//! ([`P2c::peak_ewma`]) under outlier ejection ([`Outlier`]), each call through [`Retry`].
-//! Mid-run one server is killed while it holds a call: its connections close, its
-//! heartbeats stop, nobody deregisters it. The cut call is retried on another server,
-//! ejection takes the dead one out of the pick after two failures, and discovery drops it
-//! when its TTL lapses. No call fails.
+//! [`Channel`] per instance with power of two choices on peak-EWMA latency. Mid-run one
+//! server is killed while it holds a call: its connections close, its heartbeats stop,
+//! nobody deregisters it. The cut call is retried on another server, ejection takes the
+//! dead one out of the pick, and discovery drops it when its TTL lapses. No call fails.
 //!
-//! # Why sd-lb's P2C and not `tower::balance::p2c` over [`sd_lb::tower::Discover`]
+//! The client comes in two builds ([`Balancing`]), both over the same discovery:
+//! - [`Balancing::Sdkit`] (the default): sd-lb's [`P2c::peak_ewma`] under outlier ejection
+//!   ([`Outlier`], after two failures), each call through sd-lb's [`Retry`].
+//! - [`Balancing::Tower`]: tower's own `tower::balance::p2c::Balance` over
+//!   `PeakEwmaDiscover` over sdkit's discovery as a tower `Discover`
+//!   ([`sd_lb::tower::Discover`]), behind a `tower::buffer::Buffer`, as the generated
+//!   client's transport; each `Channel` wrapped in [`sd_lb::tower::Eject`]; a retry loop
+//!   above the generated client. See `grpc/tower_stack.rs`.
 //!
-//! Both work with tonic (a `Discover` of `Channel`s can feed `tower::balance::p2c::Balance`
-//! wrapped in `PeakEwmaDiscover`, which is what tonic's own `Channel::balance_channel`
-//! does with pending-request load). This example uses sd-lb's balancer because:
+//! # Which to choose
+//! Both work with tonic and neither fails a call here. The differences:
 //! - **Failures count.** tower's peak EWMA measures latency only, and a dead backend
-//!   answers "connection refused" fastest of all, so P2C would prefer it until discovery
-//!   removed it. sd-lb's [`Outlier`] sees each call's outcome and ejects it after
-//!   `consecutive_failures`.
+//!   answers "connection refused" fastest of all, so tower's P2C alone would prefer it until
+//!   discovery removed it. sd-lb's [`Outlier`] sees each call's outcome; on the tower build,
+//!   [`sd_lb::tower::Eject`] turns a failing endpoint unready so that `Balance` skips it.
 //! - **Retries can replay.** A call cut by a crash must be sent again. Below the client
 //!   stub a tonic request is an HTTP body that cannot be replayed (so `tower::retry` cannot
 //!   retry it there); above the stub the request message is a cloneable value, and
 //!   [`Retry::call`] sends it again to another endpoint (`avoid_failed`), with a deadline.
+//!   The tower build retries above the stub too, but its retry cannot tell the balancer to
+//!   avoid the endpoint that just failed (ejection does that).
 //! - **No `Buffer`.** `tower::balance::p2c::Balance` is not `Clone`, so a shared client needs
-//!   a `Buffer` task in front of it; sd-lb's balancers are shared by reference.
+//!   a `Buffer` task in front of it (one more hop per call); sd-lb's balancers are shared by
+//!   reference.
 //!
 //! Retrying is only right for idempotent calls; [`retryable`] retries the codes that mean
 //! "not processed or the server went away" and stops on application errors.
@@ -54,6 +61,35 @@ use pb::{HelloReply, HelloRequest};
 
 use crate::{register, wait_for, Phase, Report};
 
+mod tower_stack;
+use tower_stack::TowerStack;
+pub use tower_stack::Transport;
+
+/// Which balancer the client uses (both over sdkit's discovery).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Balancing {
+    /// sd-lb: `Outlier<P2c::peak_ewma>` under `Retry`.
+    #[default]
+    Sdkit,
+    /// tower: `Buffer<Balance<PeakEwmaDiscover<sd_lb::tower::Discover>>>` over
+    /// `Eject<Channel>`s, with a retry loop above the generated client.
+    Tower,
+}
+
+impl std::str::FromStr for Balancing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sdkit" => Ok(Balancing::Sdkit),
+            "tower" => Ok(Balancing::Tower),
+            other => Err(format!(
+                "unknown balancing {other:?}: expected \"sdkit\" or \"tower\""
+            )),
+        }
+    }
+}
+
 /// Options for [`run`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -67,6 +103,8 @@ pub struct Options {
     pub ttl: Duration,
     /// How long to wait for discovery (or the victim taking a call) before giving up.
     pub discovery_timeout: Duration,
+    /// The client's balancer.
+    pub balancing: Balancing,
 }
 
 impl Default for Options {
@@ -77,6 +115,7 @@ impl Default for Options {
             concurrency: 4,
             ttl: Duration::from_secs(3),
             discovery_timeout: Duration::from_secs(20),
+            balancing: Balancing::default(),
         }
     }
 }
@@ -224,19 +263,39 @@ pub fn retryable(error: &BoxError) -> bool {
 pub type Balancer = Outlier<P2c<Arc<DefaultEndpointer<Channel>>, Channel>, Channel>;
 
 /// The client: discovery → one lazily connected [`Channel`] per instance → P2C peak-EWMA
-/// under outlier ejection → retry.
+/// with ejection → retry, built as [`Balancing`] says.
 pub struct Client {
     instancer: Arc<dyn Instancer>,
-    endpointer: Arc<DefaultEndpointer<Channel>>,
-    retry: Retry<Balancer>,
+    stack: Stack,
+}
+
+enum Stack {
+    Sdkit {
+        endpointer: Arc<DefaultEndpointer<Channel>>,
+        retry: Box<Retry<Balancer>>,
+    },
+    Tower(TowerStack),
 }
 
 impl Client {
-    /// A client of `service`'s passing instances in `registry`.
+    /// A client of `service`'s passing instances in `registry`, on sd-lb's balancer.
     pub async fn new(registry: &Arc<dyn Registry>, service: &str) -> Result<Client, BoxError> {
+        Client::with(registry, service, Balancing::Sdkit).await
+    }
+
+    /// A client of `service`'s passing instances in `registry`, on the given balancer.
+    pub async fn with(
+        registry: &Arc<dyn Registry>,
+        service: &str,
+        balancing: Balancing,
+    ) -> Result<Client, BoxError> {
         let instancer = registry
             .instancer(&ServiceQuery::new(service).passing_only(true))
             .await?;
+        if balancing == Balancing::Tower {
+            let stack = Stack::Tower(TowerStack::new(&instancer, service));
+            return Ok(Client { instancer, stack });
+        }
         // One Channel per instance. `connect_lazy` connects on first use and reconnects
         // after a lost connection; the Channel is dropped when discovery drops the instance.
         let endpointer = Arc::new(
@@ -270,17 +329,22 @@ impl Client {
             });
         Ok(Client {
             instancer,
-            endpointer,
-            retry,
+            stack: Stack::Sdkit {
+                endpointer,
+                retry: Box::new(retry),
+            },
         })
     }
 
     /// Calls `SayHello` on a balanced, retried channel; returns the reply and the number of
     /// attempts made.
     pub async fn say_hello(&self, name: &str) -> (Result<HelloReply, BoxError>, usize) {
+        let retry = match &self.stack {
+            Stack::Sdkit { retry, .. } => retry,
+            Stack::Tower(tower) => return tower.say_hello(name).await,
+        };
         let attempts = AtomicUsize::new(0);
-        let result = self
-            .retry
+        let result = retry
             .call(|ep: Endpoint<Channel>| {
                 attempts.fetch_add(1, Ordering::Relaxed);
                 // A generated client over the picked instance's Channel: cheap (a clone).
@@ -292,25 +356,34 @@ impl Client {
         (result.map_err(Into::into), attempts.into_inner())
     }
 
-    /// The discovered endpoints.
-    pub fn endpointer(&self) -> &Arc<DefaultEndpointer<Channel>> {
-        &self.endpointer
+    /// Waits until discovery shows `n` instances.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Result<(), BoxError> {
+        match &self.stack {
+            Stack::Sdkit { endpointer, .. } => wait_for(endpointer, n, timeout).await,
+            Stack::Tower(tower) => wait_for(tower.endpointer(), n, timeout).await,
+        }
     }
 
     /// Closes the endpoints and stops discovery.
     pub async fn close(&self) {
-        self.endpointer.close().await;
+        match &self.stack {
+            Stack::Sdkit { endpointer, .. } => endpointer.close().await,
+            Stack::Tower(tower) => tower.endpointer().close().await,
+        }
         self.instancer.stop().await;
     }
 
-    /// Whether outlier ejection currently leaves out the endpoint of the instance with
-    /// meta `name`.
+    /// Whether ejection currently leaves out the endpoint of the instance with meta `name`.
     fn is_ejected(&self, name: &str) -> bool {
-        let snap = sdkit::Endpointer::endpoints(&*self.endpointer);
+        let (endpointer, retry) = match &self.stack {
+            Stack::Sdkit { endpointer, retry } => (endpointer, retry),
+            Stack::Tower(tower) => return tower.is_ejected(name),
+        };
+        let snap = sdkit::Endpointer::endpoints(&**endpointer);
         let list = snap.all();
         list.iter()
             .filter(|ep| ep.instance().meta().get("name").map(String::as_str) == Some(name))
-            .any(|ep| self.retry.balancer().is_ejected(ep))
+            .any(|ep| retry.balancer().is_ejected(ep))
     }
 }
 
@@ -364,8 +437,8 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     for name in ["alpha", "bravo", "charlie"] {
         servers.push(Server::start(&registry, &opts.service, name, opts.ttl).await?);
     }
-    let client = Client::new(&registry, &opts.service).await?;
-    wait_for(client.endpointer(), 3, opts.discovery_timeout).await?;
+    let client = Client::with(&registry, &opts.service, opts.balancing).await?;
+    client.wait_for(3, opts.discovery_timeout).await?;
 
     report
         .phases
@@ -401,7 +474,9 @@ pub async fn run(registry: Arc<dyn Registry>, opts: Options) -> Result<Report, B
     report.phases.push(phase);
 
     // Discovery drops it once its TTL lapses.
-    wait_for(client.endpointer(), 2, opts.discovery_timeout + opts.ttl).await?;
+    client
+        .wait_for(2, opts.discovery_timeout + opts.ttl)
+        .await?;
     report.noticed_after = killed_at.map(|t| t.elapsed()).unwrap_or_default();
     report
         .phases

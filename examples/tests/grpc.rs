@@ -3,7 +3,7 @@
 
 mod common;
 
-use examples::grpc::{retryable, run, Options};
+use examples::grpc::{retryable, run, Balancing, Options};
 
 #[tokio::test]
 async fn grpc_on_the_embedded_registry() {
@@ -17,6 +17,34 @@ async fn grpc_on_the_embedded_registry() {
     assert_eq!(report.phases[2].hits.len(), 2, "{report}");
 }
 
+/// The same run with tower's own P2C (`tower::balance::p2c::Balance` over
+/// `PeakEwmaDiscover` over `sd_lb::tower::Discover`, each `Channel` in `Eject`).
+#[tokio::test]
+async fn grpc_on_tower_balance_on_the_embedded_registry() {
+    let registry = sdkit::connect("memory://grpc-tower-test").unwrap();
+    let opts = Options {
+        balancing: Balancing::Tower,
+        ..Options::default()
+    };
+    let report = run(registry, opts).await.unwrap();
+    println!("{report}");
+    report.check().unwrap();
+    assert_eq!(report.phases[2].hits.len(), 2, "{report}");
+    assert_eq!(
+        report.ejected,
+        Some(true),
+        "Eject took the killed server out before discovery did: {report}"
+    );
+}
+
+#[test]
+fn balancing_parses_and_refuses_unknown_names() {
+    assert_eq!("tower".parse::<Balancing>(), Ok(Balancing::Tower));
+    assert_eq!("sdkit".parse::<Balancing>(), Ok(Balancing::Sdkit));
+    let err = "envoy".parse::<Balancing>().unwrap_err();
+    assert!(err.contains("\"sdkit\" or \"tower\""), "{err}");
+}
+
 /// The only test in this binary that touches `SD_REGISTRY`, so there is no race on it.
 #[tokio::test]
 async fn grpc_on_consul_selected_by_sd_registry() {
@@ -27,10 +55,20 @@ async fn grpc_on_consul_selected_by_sd_registry() {
         service: sd_testkit::unique_name("grpc"),
         ..Options::default()
     };
-    let report = run(registry, opts).await.unwrap();
+    let report = run(registry.clone(), opts).await.unwrap();
     println!("{report}");
     report.check().unwrap();
     assert_eq!(report.registry, "consul");
+    // And on tower's balancer.
+    let opts = Options {
+        service: sd_testkit::unique_name("grpc-tower"),
+        balancing: Balancing::Tower,
+        ..Options::default()
+    };
+    let report = run(registry, opts).await.unwrap();
+    println!("{report}");
+    report.check().unwrap();
+    assert_eq!(report.ejected, Some(true), "{report}");
 }
 
 #[test]

@@ -12,6 +12,12 @@
 //!   outside) reports [`Outcome::Timeout`], which outlier ejection counts as a failure; one
 //!   dropped before its first poll (a caller that went away first) reports nothing about
 //!   the endpoint ([`Outcome::Unknown`]).
+//! - [`Eject`] (and [`EjectLayer`]) gives tower's own balancers failure ejection: an
+//!   endpoint service that fails calls in a row turns unready for a while, so
+//!   `tower::balance::p2c::Balance` stops picking it before discovery drops it.
+
+mod eject;
+pub use eject::{Eject, EjectConfig, EjectFuture, EjectLayer};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
