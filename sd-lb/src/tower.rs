@@ -17,7 +17,7 @@
 //!   `tower::balance::p2c::Balance` stops picking it before discovery drops it.
 
 mod eject;
-pub use eject::{Eject, EjectConfig, EjectFuture, EjectLayer};
+pub use eject::{Eject, EjectConfig, EjectFuture, EjectHandle, EjectLayer};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -52,7 +52,10 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 /// endpointer in an error state keeps serving its last good endpoints, so nothing changes;
 /// one whose endpoints were invalidated (`invalidate_on_error`) reads as empty, removing
 /// every service. Errors are logged, not yielded, because a discovery error is fatal to
-/// tower's `Balance`. The stream ends when the endpointer is closed or dropped.
+/// tower's `Balance`. When the endpointer is closed or dropped, every service is removed,
+/// then the stream yields one `Err(`[`Error::Stopped`](sd_core::Error::Stopped)`)` and
+/// ends: tower's `Balance` then fails its callers at once (it ignores the end of its
+/// stream, and with no service left would leave them waiting for ever).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -77,6 +80,8 @@ pub struct Discover<P, E: 'static> {
     waiting: Option<Waiting>,
     started: bool,
     done: bool,
+    /// The final `Err(Stopped)` has been yielded.
+    ended: bool,
 }
 
 impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discover<P, E> {
@@ -91,6 +96,7 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discover<P, E> {
             waiting: None,
             started: false,
             done: false,
+            ended: false,
         }
     }
 
@@ -174,6 +180,10 @@ where
                 return Poll::Ready(Some(Ok(change)));
             }
             if this.done {
+                if !this.ended {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(sd_core::Error::Stopped)));
+                }
                 return Poll::Ready(None);
             }
             if !this.started {

@@ -100,9 +100,10 @@ async fn discovery_diffs_full_sets_into_changes() {
     let c = d.next().await.unwrap().unwrap();
     assert_eq!(describe(&c), "-10.0.0.1:2");
 
-    // Closing the endpointer removes everything and ends the stream.
+    // Closing the endpointer removes everything, says it stopped and ends the stream.
     ep.close().await;
     assert_eq!(describe(&d.next().await.unwrap().unwrap()), "-10.0.0.1:3");
+    assert!(matches!(d.next().await, Some(Err(sd_core::Error::Stopped))));
     assert!(d.next().await.is_none());
 }
 

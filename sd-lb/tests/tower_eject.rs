@@ -196,3 +196,48 @@ async fn tower_p2c_stops_picking_an_ejected_endpoint() {
     assert_eq!(calls[0].load(Ordering::SeqCst), 2);
     assert_eq!(calls[1].load(Ordering::SeqCst), 198);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_reports_ejection_and_keeps_nothing_alive() {
+    let mut svc = Eject::new(flaky(), config(1));
+    let handle = svc.handle();
+    assert!(!handle.is_ejected() && !handle.is_gone());
+    assert!(call(&mut svc, true).await.is_err());
+    assert!(handle.is_ejected());
+    let clone = svc.clone();
+    drop(svc);
+    assert!(!handle.is_gone(), "a clone is left");
+    drop(clone);
+    assert!(handle.is_gone());
+    assert!(!handle.is_ejected(), "nothing to eject any more");
+}
+
+/// The probe slot is given back when its holder goes away without an outcome: a clone told
+/// "ready" and dropped, or a probe call dropped before it completed. Otherwise the endpoint
+/// would stay unready for ever.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_goes_away_frees_the_slot() {
+    let mut svc = Eject::new(flaky(), config(1));
+    assert!(call(&mut svc, true).await.is_err());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut holder = svc.clone();
+    assert!(ready_now(&mut holder).await, "holder takes the probe slot");
+    assert!(!ready_now(&mut svc).await, "one probe at a time");
+    drop(holder);
+    assert!(
+        ready_now(&mut svc).await,
+        "the slot came back with the holder's drop"
+    );
+    // A probe call dropped before its outcome.
+    let fut = svc.call(false);
+    let mut other = svc.clone();
+    assert!(!ready_now(&mut other).await, "the probe is in flight");
+    drop(fut);
+    assert!(
+        ready_now(&mut other).await,
+        "a dropped probe frees the slot"
+    );
+    // Its outcome decides: a success ends probation for everyone.
+    assert!(other.call(false).await.is_ok());
+    assert!(ready_now(&mut svc).await && ready_now(&mut other).await);
+}

@@ -32,8 +32,8 @@ fn set(ports: &[u16]) -> Event {
     )
 }
 
-/// Closing the endpointer under a `Discover` removes every service and ends the stream (the
-/// docs: "The stream ends when the endpointer is closed or dropped"); a `Discover` made
+/// Closing the endpointer under a `Discover` removes every service, yields `Err(Stopped)`
+/// once and ends the stream; a `Discover` made
 /// with `from_instancer` owns its endpointer and closes every endpoint once when dropped
 /// mid-wait. Passes.
 #[tokio::test]
@@ -54,11 +54,12 @@ async fn discover_ends_on_close_and_closes_what_it_owns() {
     }
     assert_eq!(inserted, 2);
     ep.close().await;
-    let mut removed = 0;
+    let (mut removed, mut stopped) = (0, 0);
     let end = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match d.next().await {
                 Some(Ok(Change::Remove(_))) => removed += 1,
+                Some(Err(sd_core::Error::Stopped)) => stopped += 1,
                 None => break,
                 other => panic!("{other:?}"),
             }
@@ -67,6 +68,7 @@ async fn discover_ends_on_close_and_closes_what_it_owns() {
     .await;
     assert!(end.is_ok(), "the stream did not end after close");
     assert_eq!(removed, 2);
+    assert_eq!(stopped, 1, "the end is announced as Err(Stopped), once");
 
     // Owned endpointer, dropped while the stream waits for a change.
     let cache = InstanceCache::new();

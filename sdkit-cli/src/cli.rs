@@ -212,7 +212,8 @@ pub fn target(
     };
     if let Some(a) = args.iter().find(|a| a.contains("://")) {
         return Err(Failure::usage(format!(
-            "{a:?} looks like a registry URL; the URL goes first: sdkit {command} URL {shape}"
+            "{:?} looks like a registry URL; the URL goes first: sdkit {command} URL {shape}",
+            crate::failure::mask_urls(a)
         )));
     }
     if args.len() < min || args.len() > max {

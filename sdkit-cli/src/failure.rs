@@ -110,3 +110,59 @@ mod tests {
         assert!(!f.is_quiet() && f.code() == RUNTIME);
     }
 }
+
+/// `text` with every word that looks like a URL (holds `://`; words end at white space and
+/// quotes) cut down to its scheme: `consul://…`. For messages quoting arguments the CLI
+/// did not read as a URL (a second URL, a URL in the wrong place, clap's own errors): their
+/// options were never parsed, so which ones are secret is unknown and none is shown.
+pub fn mask_urls(text: &str) -> String {
+    let is_boundary = |c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`');
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        match word.find("://") {
+            Some(i) => {
+                let scheme = &word[..i];
+                let scheme_ok = !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+                if scheme_ok {
+                    out.push_str(scheme);
+                }
+                out.push_str("://…");
+            }
+            None => out.push_str(word),
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_boundary(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod mask_urls_tests {
+    use super::mask_urls;
+
+    #[test]
+    fn urls_are_cut_to_their_scheme() {
+        assert_eq!(
+            mask_urls("unexpected argument 'consul://h:1?token=s3cret' found"),
+            "unexpected argument 'consul://…' found"
+        );
+        assert_eq!(
+            mask_urls("\"etcd://root:pw@h:1\" looks like a URL"),
+            "\"etcd://…\" looks like a URL"
+        );
+        assert_eq!(mask_urls("u:pw@x://y and more"), "://… and more");
+        assert_eq!(mask_urls("no url here"), "no url here");
+    }
+}

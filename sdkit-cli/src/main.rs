@@ -91,6 +91,8 @@ fn clap_error(e: clap::Error) -> ExitCode {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("bad arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
+            // clap quotes the bad argument as typed: a URL there may carry a secret.
+            let first = failure::mask_urls(first);
             fail(&Failure::usage(format!("{first} (see sdkit --help)")))
         }
     }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sd_lb::tower::{Discover, Eject, EjectConfig};
+use sd_lb::tower::{Discover, Eject, EjectConfig, EjectHandle};
 use sdkit::{BoxError, DefaultEndpointer, Instance, Instancer};
 use tonic::codegen::http;
 use tonic::transport::Channel;
@@ -49,15 +49,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct TowerStack {
     endpointer: Arc<DefaultEndpointer<Eject<Channel>>>,
     transport: Transport,
-    /// Each instance's `Eject` by its `name` metadata, to report ejections.
-    ejects: Arc<Mutex<HashMap<String, Eject<Channel>>>>,
+    /// A handle on each instance's `Eject` by its `name` metadata, to report ejections
+    /// (weak: it keeps no `Channel` alive; gone ones are pruned at each insert).
+    ejects: Arc<Mutex<HashMap<String, EjectHandle>>>,
 }
 
 impl TowerStack {
     /// Builds the stack over `instancer`'s instances. Must run inside a tokio runtime (the
     /// buffer spawns its worker).
     pub(super) fn new(instancer: &Arc<dyn Instancer>, service: &str) -> TowerStack {
-        let ejects: Arc<Mutex<HashMap<String, Eject<Channel>>>> = Arc::default();
+        let ejects: Arc<Mutex<HashMap<String, EjectHandle>>> = Arc::default();
         let seen = ejects.clone();
         let endpointer = Arc::new(
             DefaultEndpointer::builder(
@@ -77,9 +78,9 @@ impl TowerStack {
                         },
                     );
                     if let Some(name) = i.meta().get("name") {
-                        seen.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(name.clone(), eject.clone());
+                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        seen.retain(|_, h| !h.is_gone());
+                        seen.insert(name.clone(), eject.handle());
                     }
                     Ok(eject)
                 },
@@ -134,6 +135,6 @@ impl TowerStack {
     /// Whether the instance with meta `name` is ejected now.
     pub(super) fn is_ejected(&self, name: &str) -> bool {
         let ejects = self.ejects.lock().unwrap_or_else(|e| e.into_inner());
-        ejects.get(name).is_some_and(Eject::is_ejected)
+        ejects.get(name).is_some_and(EjectHandle::is_ejected)
     }
 }

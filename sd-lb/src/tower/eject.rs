@@ -6,12 +6,13 @@
 //! closes that gap the way linkerd's failure accrual does: it counts an endpoint's failed
 //! calls in a row and, at [`EjectConfig::consecutive_failures`], turns the endpoint
 //! *unready* for an ejection time. A balancer skips unready endpoints and is woken when the
-//! time is up; the next call is a probe (one more failure ejects it again, for longer).
+//! time is up; then one call is admitted as a probe and decides: a failure ejects it again,
+//! for longer, a success puts it back.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use ::tower::{Layer, Service};
@@ -38,6 +39,10 @@ impl Default for EjectConfig {
     }
 }
 
+/// The longest ejection: about 30 years, "for ever" (longer ones are cut to it, so that an
+/// `Instant` plus the time, and tokio's timer rounding on top, never overflow).
+const FOR_EVER: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 #[derive(Debug, Default)]
 struct State {
     /// Failed calls in a row.
@@ -46,38 +51,80 @@ struct State {
     ejections: u32,
     /// Ejected until then.
     until: Option<Instant>,
+    /// Ejections so far: a call's outcome counts only if no ejection began after it was
+    /// sent.
+    epoch: u64,
+    /// The ejection is over and one probe call decides: until its outcome no other call
+    /// is admitted.
+    probation: bool,
+    /// In probation, a clone was told "ready" for the probe (it holds the slot until it
+    /// calls or is dropped), or the probe is in flight.
+    probe_taken: bool,
+    /// Tasks waiting for the probe's outcome (each waker once).
+    waiters: Vec<Waker>,
 }
 
 impl State {
-    /// Records one call's outcome.
-    fn record(&mut self, failed: bool, config: &EjectConfig) {
-        if !failed {
-            self.consecutive = 0;
-            self.ejections = 0;
-            return;
+    /// Records the outcome of a call sent in `epoch`; returns the wakers to wake.
+    fn record(
+        &mut self,
+        failed: bool,
+        epoch: u64,
+        probe: bool,
+        config: &EjectConfig,
+    ) -> Vec<Waker> {
+        if probe {
+            self.probe_taken = false;
         }
-        self.consecutive = self.consecutive.saturating_add(1);
-        // Calls already in flight when the endpoint was ejected do not extend the ejection.
-        if config.consecutive_failures > 0
-            && self.consecutive >= config.consecutive_failures
-            && self.until.is_none()
-        {
-            self.ejections = self.ejections.saturating_add(1);
-            let time = config
-                .base_ejection
-                .saturating_mul(self.ejections)
-                .min(config.max_ejection);
-            // An ejection time past what `Instant` can hold is "for ever".
-            self.until = Some(Instant::now().checked_add(time).unwrap_or_else(far_future));
-            self.consecutive = 0;
-            tracing::debug!(ejection = ?time, ejections = self.ejections, "endpoint ejected");
+        // A call sent before the latest ejection says nothing about the endpoint since.
+        if epoch == self.epoch {
+            if failed {
+                self.consecutive = self.consecutive.saturating_add(1);
+                if config.consecutive_failures > 0
+                    && self.consecutive >= config.consecutive_failures
+                    && self.until.is_none()
+                {
+                    self.eject(config);
+                }
+            } else {
+                self.consecutive = 0;
+                self.ejections = 0;
+                self.probation = false;
+            }
         }
+        if self.probe_taken && self.probation {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.waiters)
+        }
+    }
+
+    fn eject(&mut self, config: &EjectConfig) {
+        self.ejections = self.ejections.saturating_add(1);
+        let time = config
+            .base_ejection
+            .saturating_mul(self.ejections)
+            .min(config.max_ejection)
+            .min(FOR_EVER);
+        self.until = Some(Instant::now() + time);
+        self.epoch += 1;
+        self.consecutive = 0;
+        self.probation = false;
+        self.probe_taken = false;
+        tracing::debug!(ejection = ?time, ejections = self.ejections, "endpoint ejected");
+    }
+
+    /// Gives up the probe slot (its holder went away without an outcome).
+    fn release_probe(&mut self) -> Vec<Waker> {
+        self.probe_taken = false;
+        std::mem::take(&mut self.waiters)
     }
 }
 
-/// About 30 years from now: as far as tokio's timer goes.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+fn wake(wakers: Vec<Waker>) {
+    for w in wakers {
+        w.wake();
+    }
 }
 
 /// An endpoint service that turns unready after failing
@@ -88,8 +135,11 @@ fn far_future() -> Instant {
 ///
 /// Only `Err` counts as a failure: for a tonic `Channel` that is a call that reached no
 /// server or was cut (gRPC statuses arrive as `Ok` responses); for hyper, a transport error.
-/// A success resets the counts. After the ejection time the endpoint is ready again and
-/// its next outcome decides: a success keeps it in, a failure ejects it again for longer.
+/// A success resets the counts. After the ejection time the endpoint is on probation: one
+/// call is admitted (the clone told "ready" first holds the slot until it calls or is
+/// dropped), every other caller sees it unready until that probe's outcome: a success ends
+/// probation, a failure ejects it again for longer. A call sent before an ejection that
+/// ends after it does not count (it says nothing about the endpoint since).
 ///
 /// When every endpoint is ejected, a tower balancer has nothing ready and callers wait until
 /// the first ejection ends (or their own timeout): bound the wait with a timeout layer and
@@ -115,6 +165,8 @@ pub struct Eject<S> {
     config: EjectConfig,
     state: Arc<Mutex<State>>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// This clone holds the probe slot (told "ready" in probation, not called yet).
+    probe: bool,
 }
 
 impl<S> Eject<S> {
@@ -125,6 +177,7 @@ impl<S> Eject<S> {
             config,
             state: Arc::default(),
             sleep: None,
+            probe: false,
         }
     }
 
@@ -137,6 +190,36 @@ impl<S> Eject<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// A handle on the ejection state that does not keep the service (or its connection)
+    /// alive: for reports and metrics kept beside a balancer.
+    pub fn handle(&self) -> EjectHandle {
+        EjectHandle {
+            state: Arc::downgrade(&self.state),
+        }
+    }
+}
+
+/// A weak handle on an [`Eject`]'s state, from [`Eject::handle`].
+#[derive(Debug, Clone)]
+pub struct EjectHandle {
+    state: Weak<Mutex<State>>,
+}
+
+impl EjectHandle {
+    /// Whether the endpoint is ejected now (`false` once every clone of it is gone).
+    pub fn is_ejected(&self) -> bool {
+        self.state.upgrade().is_some_and(|state| {
+            let until = lock(&state).until;
+            until.is_some_and(|t| Instant::now() < t)
+        })
+    }
+
+    /// Whether every clone of the [`Eject`] has been dropped (the endpoint left the
+    /// balancer): the handle can be dropped too.
+    pub fn is_gone(&self) -> bool {
+        self.state.strong_count() == 0
     }
 }
 
@@ -152,6 +235,16 @@ impl<S: Clone> Clone for Eject<S> {
             config: self.config,
             state: self.state.clone(),
             sleep: None,
+            probe: false,
+        }
+    }
+}
+
+impl<S> Drop for Eject<S> {
+    fn drop(&mut self) {
+        if self.probe {
+            let wakers = lock(&self.state).release_probe();
+            wake(wakers);
         }
     }
 }
@@ -175,9 +268,10 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
-            let until = lock(&self.state).until;
-            match until {
-                Some(t) if Instant::now() < t => {
+            let mut state = lock(&self.state);
+            if let Some(t) = state.until {
+                if Instant::now() < t {
+                    drop(state);
                     // Unready until `t`: the timer wakes the balancer then.
                     let sleep = self
                         .sleep
@@ -186,45 +280,89 @@ where
                         sleep.as_mut().reset(t);
                     }
                     ready!(sleep.as_mut().poll(cx));
+                    continue;
                 }
-                Some(t) => {
-                    // The ejection is over; the next outcome decides.
-                    let mut state = lock(&self.state);
-                    if state.until == Some(t) {
-                        state.until = None;
-                        // One more failure ejects it again.
-                        state.consecutive = self.config.consecutive_failures.saturating_sub(1);
-                    }
-                    drop(state);
-                    self.sleep = None;
-                    return self.inner.poll_ready(cx);
-                }
-                None => return self.inner.poll_ready(cx),
+                // The ejection is over: probation, one more failure ejects it again.
+                state.until = None;
+                state.probation = true;
+                state.probe_taken = false;
+                state.consecutive = self.config.consecutive_failures.saturating_sub(1);
             }
+            self.sleep = None;
+            if state.probation && !self.probe {
+                if state.probe_taken {
+                    // Another caller's probe decides: wait for its outcome.
+                    if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                        state.waiters.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                state.probe_taken = true;
+                self.probe = true;
+            }
+            drop(state);
+            return self.inner.poll_ready(cx);
         }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let probe = std::mem::take(&mut self.probe);
+        let epoch = lock(&self.state).epoch;
         EjectFuture {
             inner: self.inner.call(req),
-            state: Some((self.state.clone(), self.config)),
+            call: Call {
+                state: Some(self.state.clone()),
+                config: self.config,
+                epoch,
+                probe,
+            },
+        }
+    }
+}
+
+/// A call in flight: its outcome goes to the shared state once.
+struct Call {
+    /// `None` once the outcome is recorded.
+    state: Option<Arc<Mutex<State>>>,
+    config: EjectConfig,
+    epoch: u64,
+    probe: bool,
+}
+
+impl Call {
+    fn finish(&mut self, failed: bool) {
+        if let Some(state) = self.state.take() {
+            let wakers = lock(&state).record(failed, self.epoch, self.probe, &self.config);
+            wake(wakers);
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Dropped before its outcome: counts nothing, but a probe gives up its slot.
+        if let (Some(state), true) = (self.state.take(), self.probe) {
+            let wakers = lock(&state).release_probe();
+            wake(wakers);
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`Eject`]: records the outcome when it completes. One dropped
-    /// before completing records nothing.
+    /// before completing records nothing (a probe gives up its slot).
     pub struct EjectFuture<F> {
         #[pin]
         inner: F,
-        state: Option<(Arc<Mutex<State>>, EjectConfig)>,
+        call: Call,
     }
 }
 
 impl<F> std::fmt::Debug for EjectFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EjectFuture").finish_non_exhaustive()
+        f.debug_struct("EjectFuture")
+            .field("probe", &self.call.probe)
+            .finish_non_exhaustive()
     }
 }
 
@@ -237,9 +375,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let Some((state, config)) = this.state.take() {
-            lock(&state).record(result.is_err(), &config);
-        }
+        this.call.finish(result.is_err());
         Poll::Ready(result)
     }
 }
