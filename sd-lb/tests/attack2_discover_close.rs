@@ -3,7 +3,7 @@
 //!
 //! Run: `CARGO_INCREMENTAL=0 cargo test -p sd-lb --test attack2_discover_close`
 //!
-//! `a_balance_whose_discovery_closed_fails_instead_of_hanging` (FAILS today): when the
+//! `a_balance_whose_discovery_closed_fails_instead_of_hanging` (failed before the fix in ee5b0e2; a regression test now): when the
 //! endpointer is closed, `Discover::sync` (sd-lb/src/tower.rs) removes every service and the
 //! stream ends (`Poll::Ready(None)`). tower 0.5's `p2c::Balance::poll_ready` ignores the end
 //! of its discover stream (`let _ = self.update_pending_from_discover(cx)?`) and, with no

@@ -2,22 +2,22 @@
 //!
 //! Run: `CARGO_INCREMENTAL=0 cargo test -p sd-lb --test attack2_eject`
 //!
-//! - `after_an_ejection_only_one_probe_is_admitted_until_its_outcome` (FAILS today): the
+//! - `after_an_ejection_only_one_probe_is_admitted_until_its_outcome` (failed before the fix in ee5b0e2; a regression test now): the
 //!   docs say that after the ejection time "the next call is a probe (one more failure ejects
 //!   it again, for longer)", "the way linkerd's failure accrual does" (linkerd admits one
 //!   request in probation). `Eject::poll_ready` (sd-lb/src/tower/eject.rs, the `Some(t)` arm
 //!   of `poll_ready`) clears the ejection and stays ready for every caller until the first
 //!   outcome comes back, so a burst is sent to a still-dead endpoint.
-//! - `tower_balance_sends_a_burst_to_a_dead_endpoint_after_its_ejection` (FAILS today): the
+//! - `tower_balance_sends_a_burst_to_a_dead_endpoint_after_its_ejection` (failed before the fix in ee5b0e2; a regression test now): the
 //!   same through `tower::balance::p2c::Balance` + `PeakEwma`, as in examples/grpc's tower
 //!   build: after the dead endpoint's ejection ends, every call dispatched before the first
 //!   failure returns goes to it and fails.
-//! - `a_call_in_flight_at_the_ejection_re_ejects_after_it_ends` (FAILS today): eject.rs says
+//! - `a_call_in_flight_at_the_ejection_re_ejects_after_it_ends` (failed before the fix in ee5b0e2; a regression test now): eject.rs says
 //!   "Calls already in flight when the endpoint was ejected do not extend the ejection", and
 //!   the docs that after the ejection "the next outcome decides"; a call sent *before* the
 //!   ejection that fails after the ejection ended ejects the endpoint again, for twice as
 //!   long, with no call ever sent after the ejection.
-//! - `an_ejection_time_near_instants_limit_does_not_panic` (FAILS today): an ejection time
+//! - `an_ejection_time_near_instants_limit_does_not_panic` (failed before the fix in ee5b0e2; a regression test now): an ejection time
 //!   that `Instant::checked_add` accepts but that lies within 1 ms of `Instant`'s limit is
 //!   handed to `tokio::time::sleep_until`, whose timer adds 999 999 ns and panics
 //!   ("overflow when adding duration to instant") inside `poll_ready` — inside a balancer or

@@ -3,7 +3,7 @@
 //!
 //! Run: `CARGO_INCREMENTAL=0 cargo test -p sdkit-cli --test attack2_cli`
 //!
-//! - `a_url_in_the_wrong_place_is_echoed_with_its_secret` (FAILS today): `cli::target`
+//! - `a_url_in_the_wrong_place_is_echoed_with_its_secret` (failed before the fix in ee5b0e2; a regression test now): `cli::target`
 //!   (sdkit-cli/src/cli.rs, the "looks like a registry URL; the URL goes first" error)
 //!   quotes the misplaced argument as given, `{a:?}`, not `sdkit::config::redact(a)`: a
 //!   second URL, or a URL after the service with `SD_REGISTRY` set, is printed with its
