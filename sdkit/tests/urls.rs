@@ -260,3 +260,36 @@ fn port_zero_is_refused() {
         assert!(e.contains("port 0"), "{url}: {e}");
     }
 }
+
+/// Issue 19: `cache=` is a common option, read by `connect` for every scheme; a bad one fails
+/// at construction saying what to fix.
+#[tokio::test]
+async fn cache_option_is_common_to_every_scheme() {
+    let dir = std::env::temp_dir().join(format!("sdkit-urls-cache-{}", std::process::id()));
+    for url in [
+        format!("memory://cache-opt?cache={}", dir.display()),
+        format!("static://10.0.0.1:80?cache={}", dir.display()),
+    ] {
+        let reg = sdkit::connect(&url).unwrap();
+        let inst = reg.instancer(&ServiceQuery::new("web")).await.unwrap();
+        inst.stop().await;
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(err("memory://x?cache=").contains("option cache is empty"));
+    assert!(err("memory://x?cache=/a&cache=/b").contains("given twice"));
+    // Other options still go to the backend, which still checks them.
+    assert!(err("memory://x?cache=/a&colour=blue").contains("unknown option colour"));
+    #[cfg(feature = "consul")]
+    {
+        let e = sdkit::consul::ConsulRegistry::from_url("consul://h?cache=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DiskCachedRegistry"), "{e}");
+        assert!(sdkit::connect("consul://h?cache=/x&token=t").is_ok());
+    }
+}
