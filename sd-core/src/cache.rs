@@ -89,11 +89,7 @@ impl InstanceCache {
         let Some(tx) = guard.as_ref() else {
             return false;
         };
-        let mut event = Some(event);
         let published = tx.send_if_modified(|state| {
-            let Some(event) = event.take() else {
-                return false;
-            };
             let freshness = freshness.unwrap_or_else(|| match (&event, state.as_ref()) {
                 (Event::Instances(_), _) => Freshness::Fresh,
                 (Event::Error(_), Some(old)) => old.freshness.after_error(),

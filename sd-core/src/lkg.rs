@@ -9,7 +9,9 @@
 //!   per instancer, **atomically**: a temporary file in the same directory, written,
 //!   `fsync`ed, renamed over the old one, and the directory `fsync`ed; a reader sees the
 //!   old file or the new one, never a mix, and concurrent writers (two processes with the
-//!   same cache directory) cannot corrupt it;
+//!   same cache directory) cannot corrupt it. The set is written again when the instancer
+//!   enters an error state and every [`DiskCache::refresh_every`] while it stays fresh, so
+//!   the file's time is the last time the registry confirmed the set, give or take that;
 //! - when the instancer's first round fails (the registry cannot be reached at start), the
 //!   file is read and its set published **stale** ([`StaleReason::Disk`], with the age of
 //!   the file: see [`Freshness`]); failures after that are absorbed while the disk set is
@@ -66,6 +68,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
+use tokio::time::Instant;
 
 use crate::cache::{InstanceCache, Subscription};
 use crate::capabilities::Capabilities;
@@ -87,6 +90,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The largest file read by default (16 MiB, about 100 000 instances); larger files are
 /// ignored.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// How often an unchanged fresh set is written again by default: 5 minutes.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 
 /// File names longer than this use a hash of the key instead (and rely on the key stored in
 /// the file to tell keys apart).
@@ -223,6 +229,7 @@ pub struct Loaded {
 pub struct DiskCache {
     dir: PathBuf,
     max_bytes: u64,
+    refresh: Duration,
 }
 
 /// Distinguishes the temporary files of one process.
@@ -234,7 +241,18 @@ impl DiskCache {
         DiskCache {
             dir: dir.into(),
             max_bytes: DEFAULT_MAX_FILE_BYTES,
+            refresh: DEFAULT_REFRESH,
         }
+    }
+
+    /// How often a [`DiskCachedInstancer`] writes an unchanged, fresh set again, so that the
+    /// file's time (the age of a set read back from it) stays within this of the last time
+    /// the registry confirmed it (default [`DEFAULT_REFRESH`]). Besides, the set is written
+    /// when it changes and when the instancer enters an error state.
+    #[must_use]
+    pub fn refresh_every(mut self, every: Duration) -> Self {
+        self.refresh = every;
+        self
     }
 
     /// Files larger than `max` bytes are neither read nor written (default
@@ -456,11 +474,21 @@ struct Follow {
     seen: bool,
     /// The disk set is served and the registry has not answered since.
     from_disk: bool,
-    /// The last set written to disk.
-    written: Option<InstanceSet>,
+    /// The fresh set served now (`None` in an error state or while serving stale data).
+    live: Option<InstanceSet>,
+    /// The last set written to disk, and when (tokio's clock).
+    written: Option<(InstanceSet, Instant)>,
 }
 
 impl Follow {
+    /// When the live set is due to be written again (to refresh the file's time).
+    fn refresh_at(&self) -> Option<Instant> {
+        match (&self.live, &self.written) {
+            (Some(_), Some((_, at))) => at.checked_add(self.cache.refresh),
+            _ => None,
+        }
+    }
+
     async fn handle(&mut self, event: Event, freshness: Freshness) {
         match event {
             Event::Instances(set) => {
@@ -469,7 +497,8 @@ impl Follow {
                 let fresh = !freshness.is_stale();
                 self.out
                     .update_with(Event::Instances(set.clone()), freshness);
-                if fresh && self.written.as_ref() != Some(&set) {
+                self.live = fresh.then(|| set.clone());
+                if fresh && self.written.as_ref().map(|(w, _)| w) != Some(&set) {
                     self.write(set).await;
                 }
             }
@@ -486,23 +515,36 @@ impl Follow {
                     return;
                 }
                 self.out.update(Event::Error(err));
+                // The live set was confirmed until now: the file says so.
+                if let Some(set) = self.live.take() {
+                    self.write(set).await;
+                }
             }
+        }
+    }
+
+    /// Writes the live set again, so that the file's time stays close to the last time the
+    /// registry confirmed it.
+    async fn refresh(&mut self) {
+        if let Some(set) = self.live.clone() {
+            self.write(set).await;
         }
     }
 
     async fn write(&mut self, set: InstanceSet) {
         let (cache, key, s) = (self.cache.clone(), self.key.clone(), set.clone());
         let result = tokio::task::spawn_blocking(move || cache.store(&key, &s)).await;
-        match result {
-            Ok(Ok(_)) => self.written = Some(set),
-            Ok(Err(e)) => survive(|| {
-                tracing::warn!(key = %self.key, dir = %self.cache.dir.display(), error = %e,
-                    "last-known-good snapshot not written")
-            }),
-            Err(e) => survive(
-                || tracing::warn!(key = %self.key, error = %e, "last-known-good snapshot not written"),
-            ),
-        }
+        // A failed write is not retried before the next refresh either.
+        self.written = Some((set, Instant::now()));
+        let error = match result {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        survive(|| {
+            tracing::warn!(key = %self.key, dir = %self.cache.dir.display(), error = %error,
+                "last-known-good snapshot not written")
+        });
     }
 
     /// The first round failed with `err`: serves the disk snapshot, if there is a good one.
@@ -517,10 +559,9 @@ impl Follow {
                 let n = loaded.instances.len();
                 self.from_disk = true;
                 self.out.update_with(
-                    Event::Instances(loaded.instances.clone()),
+                    Event::Instances(loaded.instances),
                     Freshness::stale_since_wall(loaded.written, StaleReason::Disk),
                 );
-                self.written = Some(loaded.instances);
                 let age = SystemTime::now()
                     .duration_since(loaded.written)
                     .unwrap_or(Duration::ZERO);
@@ -620,6 +661,7 @@ impl DiskCachedInstancer {
             out: out.clone(),
             seen: false,
             from_disk: false,
+            live: None,
             written: None,
         };
         let mut sub = inner.subscribe();
@@ -631,12 +673,16 @@ impl DiskCachedInstancer {
         let task = BackgroundTask::spawn(move |token| async move {
             let _closing = closing;
             loop {
+                let refresh_at = follow.refresh_at();
                 tokio::select! {
                     _ = token.cancelled() => return,
                     next = sub.next_with_freshness() => match next {
                         Some((event, freshness)) => follow.handle(event, freshness).await,
                         None => return,
                     },
+                    _ = tokio::time::sleep_until(refresh_at.unwrap_or_else(Instant::now)), if refresh_at.is_some() => {
+                        follow.refresh().await;
+                    }
                 }
             }
         });

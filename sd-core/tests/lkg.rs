@@ -447,3 +447,55 @@ async fn wait_file(dir: &std::path::Path, k: &CacheKey, n: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The file's time is the last time the registry confirmed the set, give or take the
+/// refresh period: an unchanged fresh set is written again every `refresh_every`, and the
+/// set is written when the instancer enters an error state (confirmed until then). A set
+/// read back later is then never reported younger than it is, nor much older.
+#[tokio::test]
+async fn the_file_time_follows_the_last_confirmation() {
+    let dir = TempDir::new("refresh");
+    let read = |k: &CacheKey| DiskCache::new(&dir.0).load(k).unwrap().written;
+    let until = |what: &str| {
+        let what = what.to_string();
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        move || assert!(tokio::time::Instant::now() < end, "{what}")
+    };
+
+    // Refreshed while fresh and unchanged.
+    let k = key("refresh");
+    let inner = Arc::new(InstanceCache::new());
+    inner.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    let cache = DiskCache::new(&dir.0).refresh_every(Duration::from_millis(50));
+    let inst = DiskCachedInstancer::start(inner.clone(), cache, k.clone()).await;
+    let first = read(&k);
+    let check = until("the file is never written again");
+    while read(&k) <= first {
+        check();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    inst.stop().await;
+
+    // Written when the error state starts.
+    let k = key("error");
+    let inner = Arc::new(InstanceCache::new());
+    inner.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    let cache = DiskCache::new(&dir.0).refresh_every(Duration::from_secs(3600));
+    let inst = DiskCachedInstancer::start(inner.clone(), cache, k.clone()).await;
+    let first = read(&k);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The file keeps milliseconds.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let before = std::time::UNIX_EPOCH + Duration::from_millis(since_epoch.as_millis() as u64);
+    inner.update(Event::Error(Error::unavailable("test", "down")));
+    let check = until("the file is not written at the error");
+    while read(&k) < before {
+        check();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(read(&k) > first);
+    assert_eq!(DiskCache::new(&dir.0).load(&k).unwrap().instances.len(), 1);
+    inst.stop().await;
+}

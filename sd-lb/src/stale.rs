@@ -9,7 +9,8 @@ use crate::error::LbError;
 
 /// Wraps any balancer: a pick fails with [`LbError::Stale`] when the endpoints are stale
 /// ([`Freshness::is_stale`]: the instancer is in an error state, or serves a set loaded from
-/// disk, or has stopped) for longer than `max`; otherwise the inner balancer picks.
+/// disk, or has stopped) for longer than `max`; otherwise the inner balancer picks. When the
+/// snapshot serves nothing (reads fail), the inner balancer's error is returned unchanged.
 ///
 /// Without it, stale endpoints are served for as long as they are stale (go-kit's
 /// last-known-good, EP-7). With it, a caller that prefers failing over using endpoints
@@ -74,7 +75,12 @@ impl<B> RefuseStale<B> {
 
 impl<E: 'static, B: Balancer<E>> Balancer<E> for RefuseStale<B> {
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        self.check(self.inner.snapshot().freshness())?;
+        let snapshot = self.inner.snapshot();
+        // A snapshot that serves nothing gets the inner balancer's own error (LB-1).
+        if snapshot.get().is_ok() {
+            self.check(snapshot.freshness())?;
+        }
+        drop(snapshot);
         self.inner.pick_with(request)
     }
 

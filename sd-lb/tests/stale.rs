@@ -70,3 +70,28 @@ async fn picks_fail_when_stale_beyond_the_limit_and_recover() {
     assert_eq!(rr.pick().unwrap().as_str(), "10.0.0.1:80");
     ep.close().await;
 }
+
+/// A snapshot that serves nothing gets the inner balancer's own error (LB-1), not a stale
+/// error: after invalidation, reads fail with the discovery error.
+#[tokio::test(start_paused = true)]
+async fn failed_snapshots_keep_the_discovery_error() {
+    let cache = InstanceCache::new();
+    cache.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    let ep = Arc::new(
+        DefaultEndpointer::builder(&cache, factory)
+            .invalidate_on_error(Duration::ZERO)
+            .build(),
+    );
+    let lb = RefuseStale::new(RoundRobin::new(ep.clone()), Duration::ZERO);
+    let v = ep.endpoints().version();
+    cache.update(Event::Error(Error::unavailable("test", "down")));
+    settle(&ep, v).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(ep.endpoints().is_stale());
+    assert!(
+        matches!(lb.pick(), Err(LbError::Discovery(_))),
+        "{:?}",
+        lb.pick()
+    );
+    ep.close().await;
+}
