@@ -80,6 +80,7 @@ use crate::instancer::Instancer;
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
 use crate::task::{survive, BackgroundTask};
+use crate::watch_loop::CloseOnDrop;
 
 /// The first word of every file.
 pub const MAGIC: &str = "sdkit-lkg";
@@ -704,15 +705,6 @@ impl DiskCachedInstancer {
     /// The current state (for tests and diagnostics).
     pub fn state(&self) -> Option<Event> {
         self.watch.out.state()
-    }
-}
-
-/// Closes the output when the follower ends, however it ends.
-struct CloseOnDrop(Arc<InstanceCache>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
     }
 }
 
