@@ -67,7 +67,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::cache::{InstanceCache, Subscription};
@@ -249,10 +249,10 @@ impl DiskCache {
     /// How often a [`DiskCachedInstancer`] writes an unchanged, fresh set again, so that the
     /// file's time (the age of a set read back from it) stays within this of the last time
     /// the registry confirmed it (default [`DEFAULT_REFRESH`]). Besides, the set is written
-    /// when it changes and when the instancer enters an error state.
+    /// when it changes and when the instancer enters an error state. At least 10 ms.
     #[must_use]
     pub fn refresh_every(mut self, every: Duration) -> Self {
-        self.refresh = every;
+        self.refresh = every.max(Duration::from_millis(10));
         self
     }
 
@@ -441,7 +441,7 @@ fn parse_instance(v: &Value) -> Option<Instance> {
         .map(|t| t.as_str().map(str::to_string))
         .collect::<Option<Vec<_>>>()?;
     let mut meta = BTreeMap::new();
-    for (k, v) in v.get("meta")?.as_object().unwrap_or(&Map::new()) {
+    for (k, v) in v.get("meta")?.as_object()? {
         meta.insert(k.clone(), v.as_str()?.to_string());
     }
     let weight = u32::try_from(v.get("weight")?.as_u64()?).ok()?;
