@@ -284,12 +284,39 @@ async fn cache_option_is_common_to_every_scheme() {
     assert!(err("memory://x?cache=/a&cache=/b").contains("given twice"));
     // Other options still go to the backend, which still checks them.
     assert!(err("memory://x?cache=/a&colour=blue").contains("unknown option colour"));
+    // Every backend takes it through `connect`; a backend's own constructor says where it is read.
+    #[allow(unused_mut)]
+    let mut backends: Vec<(&str, fn(&str) -> Result<(), sdkit::Error>)> = Vec::new();
     #[cfg(feature = "consul")]
-    {
-        let e = sdkit::consul::ConsulRegistry::from_url("consul://h?cache=/x")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("DiskCachedRegistry"), "{e}");
-        assert!(sdkit::connect("consul://h?cache=/x&token=t").is_ok());
+    backends.push(("consul://h?token=t", |u| {
+        sdkit::consul::ConsulRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "etcd")]
+    backends.push(("etcd://h?password=p&user=u", |u| {
+        sdkit::etcd::EtcdRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "zk")]
+    backends.push(("zk://h/services?", |u| {
+        sdkit::zk::ZkRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "eureka")]
+    backends.push(("eureka://h/eureka?", |u| {
+        sdkit::eureka::EurekaRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "dnssrv")]
+    backends.push(("dns+srv://127.0.0.1:53/?zone=example.org", |u| {
+        sdkit::dnssrv::DnsRegistry::from_url(u).map(drop)
+    }));
+    for (base, own) in backends {
+        let sep = if base.ends_with('?') { "" } else { "&" };
+        let url = format!("{base}{sep}cache=/x");
+        let url = url.replace("?&", "?");
+        assert!(
+            sdkit::connect(&url).is_ok(),
+            "{url}: {:?}",
+            sdkit::connect(&url).err()
+        );
+        let e = own(&url).unwrap_err().to_string();
+        assert!(e.contains("DiskCachedRegistry"), "{url}: {e}");
     }
 }
