@@ -285,8 +285,9 @@ async fn cache_option_is_common_to_every_scheme() {
     // Other options still go to the backend, which still checks them.
     assert!(err("memory://x?cache=/a&colour=blue").contains("unknown option colour"));
     // Every backend takes it through `connect`; a backend's own constructor says where it is read.
+    type OwnFromUrl = fn(&str) -> Result<(), sdkit::Error>;
     #[allow(unused_mut)]
-    let mut backends: Vec<(&str, fn(&str) -> Result<(), sdkit::Error>)> = Vec::new();
+    let mut backends: Vec<(&str, OwnFromUrl)> = Vec::new();
     #[cfg(feature = "consul")]
     backends.push(("consul://h?token=t", |u| {
         sdkit::consul::ConsulRegistry::from_url(u).map(drop)
