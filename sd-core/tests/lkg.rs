@@ -499,3 +499,21 @@ async fn the_file_time_follows_the_last_confirmation() {
     assert_eq!(DiskCache::new(&dir.0).load(&k).unwrap().instances.len(), 1);
     inst.stop().await;
 }
+
+/// A directory that cannot be written (here: a file stands where it should be) costs the
+/// snapshot, logged, never the instancer: the set is published as usual.
+#[tokio::test]
+async fn an_unwritable_directory_only_costs_the_snapshot() {
+    let dir = TempDir::new("unwritable");
+    let not_a_dir = dir.0.join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let inner = Arc::new(InstanceCache::new());
+    inner.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    let inst = DiskCachedInstancer::start(inner, DiskCache::new(&not_a_dir), key("web")).await;
+    assert_eq!(inst.state().unwrap().addrs(), ["10.0.0.1:80"]);
+    let warn = logs.at_least(tracing::Level::WARN);
+    assert!(warn.contains("snapshot not written"), "{warn}");
+    inst.stop().await;
+}
