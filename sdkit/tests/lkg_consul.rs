@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sd_testkit::proxy::Proxy;
-use sd_testkit::{require, shared, unique_name, Server};
+use sd_testkit::{exclusive, require, shared, unique_name, Server};
 use sdkit::lb::{Balancer, LbError, RefuseStale, RoundRobin};
 use sdkit::{
-    BoxError, DefaultEndpointer, Endpointer, Freshness, Instance, Instancer, Registrar,
-    Registration, ServiceQuery, StaleReason,
+    BoxError, DefaultEndpointer, Endpointer, Freshness, HealthCheck, Instance, Instancer,
+    Registrar, Registration, ServiceQuery, StaleReason,
 };
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -176,6 +176,81 @@ async fn lkg_consul_restart_while_unreachable_serves_disk_then_fresh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    ep.close().await;
+    instancer.stop().await;
+}
+
+/// The same story with the agent itself killed (the scenario): a process restarted
+/// while the registry is down serves the endpoints from disk, stale; after the agent's
+/// restart (a -dev agent restarts empty) the registrar registers again and the client is
+/// fresh. Holds `exclusive(Server::Consul)` throughout; the guard heals the agent on drop.
+#[tokio::test]
+async fn fault_lkg_consul_killed_then_restarted_client_serves_disk_then_fresh() {
+    let addr = require!(Server::Consul);
+    let _lock = exclusive(Server::Consul);
+    sd_testkit::wait_ready(Server::Consul).await.unwrap();
+    let dir = TempDir(std::env::temp_dir().join(unique_name("sdkit-lkg-kill")));
+    let url = format!(
+        "consul://{addr}?wait=1s&timeout=1s&cache={}",
+        dir.0.display()
+    );
+    let service = unique_name("lkg-kill");
+    let query = ServiceQuery::new(service.as_str());
+    let direct = sdkit::connect(&format!("consul://{addr}?wait=1s&timeout=1s")).unwrap();
+    let registrar = direct
+        .registrar(
+            Registration::new(
+                service.as_str(),
+                Instance::builder("127.0.0.1", 23002).id("kill-1").build(),
+            )
+            .check(HealthCheck::Ttl(Duration::from_secs(2))),
+        )
+        .await
+        .unwrap();
+    registrar.register().await.unwrap();
+
+    let first = sdkit::connect(&url).unwrap();
+    let instancer = first.instancer(&query).await.unwrap();
+    let ep = DefaultEndpointer::new(&instancer, factory);
+    wait_until(&ep, "first client sees the instance", |s| {
+        s.get().is_ok_and(|l| l.len() == 1)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !files(&dir.0)
+        .iter()
+        .any(|(_, body)| body.contains("kill-1"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "snapshot never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ep.close().await;
+    instancer.stop().await;
+
+    sd_testkit::kill(Server::Consul).await.unwrap();
+    let second = sdkit::connect(&url).unwrap();
+    let instancer = second.instancer(&query).await.unwrap();
+    let ep = DefaultEndpointer::new(&instancer, factory);
+    let snap = ep.endpoints();
+    let served: Vec<&str> = snap.get().unwrap().iter().map(|e| e.as_str()).collect();
+    assert_eq!(
+        served,
+        ["kill-1"],
+        "served from disk while the agent is down"
+    );
+    assert_eq!(snap.freshness().reason(), Some(StaleReason::Disk));
+
+    sd_testkit::restart(Server::Consul).await.unwrap();
+    wait_until(&ep, "fresh with the re-registered instance", |s| {
+        !s.is_stale()
+            && s.get()
+                .is_ok_and(|l| l.iter().any(|e| e.as_str() == "kill-1"))
+    })
+    .await;
+    registrar.deregister().await.unwrap();
     ep.close().await;
     instancer.stop().await;
 }
