@@ -31,6 +31,8 @@ use crate::instancer::Instancer;
 struct Published {
     event: Event,
     freshness: Freshness,
+    /// The number of the update that published it (see `InstanceCache::answers`).
+    answer: u64,
 }
 
 /// Stores the current [`Event`] and hands it to subscribers. Cheap to share behind an `Arc`.
@@ -42,6 +44,9 @@ struct Published {
 pub struct InstanceCache {
     tx: Mutex<Option<watch::Sender<Option<Published>>>>,
     rx: watch::Receiver<Option<Published>>,
+    /// Counts every update, published or suppressed: a second identical answer from the
+    /// registry is visible here (empty-set protection reads it as a confirmation).
+    answers: watch::Sender<u64>,
 }
 
 impl Default for InstanceCache {
@@ -57,6 +62,7 @@ impl InstanceCache {
         InstanceCache {
             tx: Mutex::new(Some(tx)),
             rx,
+            answers: watch::channel(0).0,
         }
     }
 
@@ -89,6 +95,10 @@ impl InstanceCache {
         let Some(tx) = guard.as_ref() else {
             return false;
         };
+        // Every update is numbered; the state it publishes carries its number, and the count
+        // moves only after the state is sent (both under the lock), so a reader that sees
+        // the count beyond the current state's number knows of a later, suppressed update.
+        let answer = *self.answers.borrow() + 1;
         let published = tx.send_if_modified(|state| {
             let freshness = freshness.unwrap_or_else(|| match (&event, state.as_ref()) {
                 (Event::Instances(_), _) => Freshness::Fresh,
@@ -113,9 +123,14 @@ impl InstanceCache {
                 }
                 (_, e) => e,
             };
-            replaced = state.replace(Published { event, freshness });
+            replaced = state.replace(Published {
+                event,
+                freshness,
+                answer,
+            });
             true
         });
+        self.answers.send_replace(answer);
         drop(guard);
         drop((discarded, replaced));
         published
@@ -141,7 +156,11 @@ impl InstanceCache {
         let rx = self.rx.clone();
         #[cfg(test)]
         tests::race_point();
-        Subscription { rx, keep: None }
+        Subscription {
+            rx,
+            keep: None,
+            answers: self.answers.subscribe(),
+        }
     }
 
     /// Stops publishing for good. Subscribers receive any state they have not seen yet, and
@@ -178,6 +197,7 @@ impl Instancer for InstanceCache {
 pub struct Subscription {
     rx: watch::Receiver<Option<Published>>,
     keep: Option<Arc<dyn Any + Send + Sync>>,
+    answers: watch::Receiver<u64>,
 }
 
 impl fmt::Debug for Subscription {
@@ -198,6 +218,17 @@ impl Subscription {
     pub fn keeping(mut self, source: Arc<dyn Any + Send + Sync>) -> Self {
         self.keep = Some(source);
         self
+    }
+
+    /// A receiver of the instancer's update count: it moves with every update, whether or
+    /// not the update changed anything (an identical second answer).
+    pub(crate) fn answers(&self) -> watch::Receiver<u64> {
+        self.answers.clone()
+    }
+
+    /// The number of the update that published the current state (0 before any).
+    pub(crate) fn state_answer(&self) -> u64 {
+        self.rx.borrow().as_ref().map_or(0, |p| p.answer)
     }
 
     /// Waits for a state this subscription has not returned yet and returns it.

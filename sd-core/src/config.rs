@@ -352,6 +352,9 @@ impl RegistryUrl {
         let hint = if unknown.iter().any(|k| k.as_str() == "cache") {
             " (the cache option is read by sdkit::connect; with a backend's own constructor, \
              wrap the registry in sd_core::lkg::DiskCachedRegistry)"
+        } else if unknown.iter().any(|k| k.as_str() == "protect") {
+            " (the protect option is read by sdkit::connect; with a backend's own constructor, \
+             wrap the registry in sd_core::protect::ProtectedRegistry)"
         } else {
             ""
         };
@@ -377,6 +380,7 @@ impl RegistryUrl {
 /// sees: left out of [`RegistryUrl::identity`].
 pub const TRANSPORT_OPTIONS: &[&str] = &[
     "cache",
+    "protect",
     "wait",
     "timeout",
     "connect_timeout",
@@ -405,6 +409,7 @@ pub const TRANSPORT_OPTIONS: &[&str] = &[
 /// | option | meaning |
 /// |---|---|
 /// | `cache=/dir` | keep a last-known-good snapshot per instancer in `/dir` ([`crate::lkg`]) |
+/// | `protect=true` / `protect=<hold>` / `protect=false` | empty-set protection with the default hold (30 s), another hold, or none ([`crate::protect`]) |
 ///
 /// ```
 /// use sd_core::config::CommonOptions;
@@ -412,12 +417,16 @@ pub const TRANSPORT_OPTIONS: &[&str] = &[
 /// assert_eq!(url, "consul://127.0.0.1:8500?dc=eu1");
 /// assert_eq!(common.cache.as_deref(), Some(std::path::Path::new("/var/lib/sd")));
 /// assert!(CommonOptions::split("consul://h?cache=").is_err());
+/// let (_, common) = CommonOptions::split("etcd://h?protect=10s").unwrap();
+/// assert_eq!(common.protect.unwrap().hold_time(), std::time::Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct CommonOptions {
     /// The directory of the last-known-good snapshots (`cache=`), if any.
     pub cache: Option<PathBuf>,
+    /// Empty-set protection (`protect=`), if on.
+    pub protect: Option<crate::protect::EmptySetProtection>,
 }
 
 impl CommonOptions {
@@ -428,8 +437,9 @@ impl CommonOptions {
         let (head, parts) = split_query(url);
         let mut common = CommonOptions::default();
         let mut rest = Vec::new();
+        let mut seen = BTreeSet::new();
         for part in parts {
-            if part.key != "cache" {
+            if part.key != "cache" && part.key != "protect" {
                 rest.push(part.raw);
                 continue;
             }
@@ -438,14 +448,35 @@ impl CommonOptions {
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
             let err = |m: &str| Error::config(format!("registry URL {:?}: {m}", redact(url)));
+            if !seen.insert(part.key.clone()) {
+                return Err(err(&format!("option {:?} given twice", part.key)));
+            }
+            if part.key == "protect" {
+                common.protect = match value.as_str() {
+                    "" | "true" | "1" | "yes" | "on" => {
+                        Some(crate::protect::EmptySetProtection::default())
+                    }
+                    "false" | "0" | "no" | "off" => None,
+                    v => match parse_duration(v) {
+                        Ok(hold) if !hold.is_zero() => {
+                            Some(crate::protect::EmptySetProtection::default().hold(hold))
+                        }
+                        Ok(_) => return Err(err("option protect=0s: a hold must be positive; use protect=false to turn protection off")),
+                        Err(m) => {
+                            return Err(err(&format!(
+                                "option protect={v:?}: {m} (use true, false or a hold such as 30s)"
+                            )))
+                        }
+                    },
+                };
+                continue;
+            }
             if value.is_empty() {
                 return Err(err(
                     "option cache is empty; give the directory of the snapshots, e.g. cache=/var/lib/app/sd",
                 ));
             }
-            if common.cache.replace(PathBuf::from(value)).is_some() {
-                return Err(err("option \"cache\" given twice"));
-            }
+            common.cache = Some(PathBuf::from(value));
         }
         let stripped = if rest.is_empty() {
             head.to_string()

@@ -10,7 +10,9 @@
 //!   good set (the registry cannot be reached, or answers with errors);
 //! - [`StaleReason::Disk`]: the set was loaded from the on-disk last-known-good file at start
 //!   because the registry could not be reached ([`crate::lkg`]);
-//! - [`StaleReason::Stopped`]: the instancer stopped, the set will not change any more.
+//! - [`StaleReason::Stopped`]: the instancer stopped, the set will not change any more;
+//! - [`StaleReason::Protected`]: empty-set protection keeps the previous set through a sudden
+//!   shrink the registry has not confirmed yet ([`crate::protect`]).
 //!
 //! A stale state remembers since when the registry has not confirmed the data
 //! ([`Freshness::as_of`]): the start of the error state, or the time the disk file was
@@ -35,15 +37,19 @@ pub enum StaleReason {
     Disk,
     /// The instancer stopped: the set will not change any more.
     Stopped,
+    /// Empty-set protection holds the previous set back from a sudden shrink that the
+    /// registry has not confirmed yet ([`crate::protect`]).
+    Protected,
 }
 
 impl StaleReason {
-    /// A short lower-case name (`error`, `disk`, `stopped`), for logs and metrics.
+    /// A short lower-case name (`error`, `disk`, `stopped`, `protected`), for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             StaleReason::Error => "error",
             StaleReason::Disk => "disk",
             StaleReason::Stopped => "stopped",
+            StaleReason::Protected => "protected",
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod keepalive;
 pub mod lkg;
 pub mod memory;
 pub mod observe;
+pub mod protect;
 pub mod registrar;
 pub mod registry;
 pub mod static_registry;

@@ -93,7 +93,9 @@ pub const SCHEMES: &[&str] = &[
 /// Every scheme also accepts the common options of [`CommonOptions`]: `cache=/dir` keeps a
 /// last-known-good snapshot of each instancer on disk and serves it, marked stale, when the
 /// registry cannot be reached at start ([`lkg`]; the registry is wrapped in a
-/// [`DiskCachedRegistry`](lkg::DiskCachedRegistry)).
+/// [`DiskCachedRegistry`](lkg::DiskCachedRegistry)); `protect=true` (or `protect=<hold>`)
+/// holds back a sudden empty answer until the registry confirms it or the hold (30 s by
+/// default) ends ([`protect`]; off by default).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -109,6 +111,10 @@ pub const SCHEMES: &[&str] = &[
 pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     let (url, common) = CommonOptions::split(url)?;
     let mut registry = open(&url)?;
+    // Protection inside the disk cache: a held-back shrink is never written to disk.
+    if let Some(protection) = common.protect {
+        registry = Arc::new(protect::ProtectedRegistry::new(registry, protection));
+    }
     if let Some(dir) = common.cache {
         let identity = RegistryUrl::parse(&url)?.identity();
         registry = Arc::new(lkg::DiskCachedRegistry::new(

@@ -319,5 +319,31 @@ async fn cache_option_is_common_to_every_scheme() {
         );
         let e = own(&url).unwrap_err().to_string();
         assert!(e.contains("DiskCachedRegistry"), "{url}: {e}");
+        let url = format!("{base}{sep}protect=10s").replace("?&", "?");
+        assert!(sdkit::connect(&url).is_ok(), "{url}");
+        let e = own(&url).unwrap_err().to_string();
+        assert!(e.contains("ProtectedRegistry"), "{url}: {e}");
     }
+}
+
+/// Issue 19: `protect=` is a common option too; with `cache=` the protection sits inside.
+#[tokio::test]
+async fn protect_option_is_common_to_every_scheme() {
+    let reg = sdkit::connect("memory://protect-opt?protect=5s").unwrap();
+    let r = reg
+        .registrar(Registration::new("web", Instance::new("127.0.0.1", 1)))
+        .await
+        .unwrap();
+    r.register().await.unwrap();
+    let inst = reg.instancer(&ServiceQuery::new("web")).await.unwrap();
+    let mut sub = inst.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs(), ["127.0.0.1:1"]);
+    r.deregister().await.unwrap();
+    // The empty answer is held back: the previous set, stale.
+    let (event, freshness) = sub.next_with_freshness().await.unwrap();
+    assert_eq!(event.addrs(), ["127.0.0.1:1"]);
+    assert_eq!(freshness.reason(), Some(sdkit::StaleReason::Protected));
+    inst.stop().await;
+    assert!(err("memory://x?protect=soon").contains("protect=\"soon\""));
+    assert!(sdkit::connect("memory://x?protect=false").is_ok());
 }
