@@ -49,6 +49,7 @@ pub mod endpoint;
 pub mod endpointer;
 pub mod error;
 pub mod event;
+mod follow;
 pub mod freshness;
 pub mod instance;
 pub mod instancer;

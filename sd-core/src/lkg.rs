@@ -71,13 +71,12 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::cache::{InstanceCache, Subscription};
-use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::event::{Event, InstanceSet};
+use crate::follow::{pass_through_registry, Followed};
 use crate::freshness::{Freshness, StaleReason};
 use crate::instance::{Health, Instance};
 use crate::instancer::Instancer;
-use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
 use crate::task::{survive, BackgroundTask};
 use crate::watch_loop::CloseOnDrop;
@@ -621,29 +620,15 @@ impl Follow {
 /// # });
 /// ```
 pub struct DiskCachedInstancer {
-    watch: Arc<Watch>,
-}
-
-/// The follower and its output, shared by the instancer and its subscriptions.
-struct Watch {
-    out: Arc<InstanceCache>,
-    inner: Arc<dyn Instancer>,
-    task: BackgroundTask,
+    watch: Arc<Followed>,
     path: PathBuf,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.cancel();
-        self.out.close();
-    }
 }
 
 impl fmt::Debug for DiskCachedInstancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiskCachedInstancer")
             .field("inner", &self.watch.inner)
-            .field("path", &self.watch.path)
+            .field("path", &self.path)
             .finish()
     }
 }
@@ -688,18 +673,14 @@ impl DiskCachedInstancer {
             }
         });
         DiskCachedInstancer {
-            watch: Arc::new(Watch {
-                out,
-                inner,
-                task,
-                path,
-            }),
+            watch: Arc::new(Followed { out, inner, task }),
+            path,
         }
     }
 
     /// The snapshot file.
     pub fn path(&self) -> &Path {
-        &self.watch.path
+        &self.path
     }
 
     /// The current state (for tests and diagnostics).
@@ -713,14 +694,12 @@ impl Instancer for DiskCachedInstancer {
     /// The subscription keeps the follower (and through it the inner instancer) running
     /// after this instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.watch.out.subscribe().keeping(self.watch.clone())
+        self.watch.subscribe()
     }
 
     /// Stops the inner instancer and the follower.
     async fn stop(&self) {
-        self.watch.inner.stop().await;
-        self.watch.task.stop().await;
-        self.watch.out.close();
+        self.watch.stop().await
     }
 }
 
@@ -776,26 +755,12 @@ impl DiskCachedRegistry {
 
 #[async_trait]
 impl Registry for DiskCachedRegistry {
-    fn scheme(&self) -> &'static str {
-        self.inner.scheme()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    pass_through_registry!();
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
         let inner = self.inner.instancer(query).await?;
         Ok(Arc::new(
             DiskCachedInstancer::start(inner, self.cache.clone(), self.key(query)).await,
         ))
-    }
-
-    async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
-        self.inner.registrar(registration).await
-    }
-
-    async fn services(&self) -> Result<Vec<String>> {
-        self.inner.services().await
     }
 }

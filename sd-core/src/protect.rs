@@ -47,12 +47,11 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::cache::{InstanceCache, Subscription};
-use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::event::{Event, InstanceSet};
+use crate::follow::{pass_through_registry, Followed};
 use crate::freshness::{Freshness, StaleReason};
 use crate::instancer::Instancer;
-use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
 use crate::task::{deadline_after, survive, BackgroundTask};
 use crate::watch_loop::CloseOnDrop;
@@ -202,20 +201,7 @@ impl Guard {
 
 /// Wraps any [`Instancer`] with [`EmptySetProtection`]; see the [module](self) docs.
 pub struct ProtectedInstancer {
-    watch: Arc<Watch>,
-}
-
-struct Watch {
-    out: Arc<InstanceCache>,
-    inner: Arc<dyn Instancer>,
-    task: BackgroundTask,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.cancel();
-        self.out.close();
-    }
+    watch: Arc<Followed>,
 }
 
 impl fmt::Debug for ProtectedInstancer {
@@ -285,7 +271,7 @@ impl ProtectedInstancer {
             }
         });
         ProtectedInstancer {
-            watch: Arc::new(Watch { out, inner, task }),
+            watch: Arc::new(Followed { out, inner, task }),
         }
     }
 
@@ -300,14 +286,12 @@ impl Instancer for ProtectedInstancer {
     /// The subscription keeps the follower (and through it the inner instancer) running
     /// after this instancer is dropped.
     fn subscribe(&self) -> Subscription {
-        self.watch.out.subscribe().keeping(self.watch.clone())
+        self.watch.subscribe()
     }
 
     /// Stops the inner instancer and the follower.
     async fn stop(&self) {
-        self.watch.inner.stop().await;
-        self.watch.task.stop().await;
-        self.watch.out.close();
+        self.watch.stop().await
     }
 }
 
@@ -341,13 +325,7 @@ impl ProtectedRegistry {
 
 #[async_trait]
 impl Registry for ProtectedRegistry {
-    fn scheme(&self) -> &'static str {
-        self.inner.scheme()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    pass_through_registry!();
 
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
         let inner = self.inner.instancer(query).await?;
@@ -356,13 +334,5 @@ impl Registry for ProtectedRegistry {
             self.config.clone(),
             query.service.clone(),
         )))
-    }
-
-    async fn registrar(&self, registration: Registration) -> Result<Arc<dyn Registrar>> {
-        self.inner.registrar(registration).await
-    }
-
-    async fn services(&self) -> Result<Vec<String>> {
-        self.inner.services().await
     }
 }
