@@ -65,6 +65,34 @@ fn files(dir: &std::path::Path) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A first client: discovers `query` with the cache on, until it sees one instance and the
+/// snapshot holding `id` is written; then stops (a process exit).
+async fn first_client_writes_the_snapshot(
+    url: &str,
+    query: &ServiceQuery,
+    dir: &TempDir,
+    id: &str,
+) {
+    let first = sdkit::connect(url).unwrap();
+    let instancer = first.instancer(query).await.unwrap();
+    let ep = DefaultEndpointer::new(&instancer, factory);
+    wait_until(&ep, "first client sees the instance", |s| {
+        s.get().is_ok_and(|l| l.len() == 1)
+    })
+    .await;
+    assert_eq!(ep.endpoints().freshness(), &Freshness::Fresh);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !files(&dir.0).iter().any(|(_, body)| body.contains(id)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "snapshot never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ep.close().await;
+    instancer.stop().await;
+}
+
 #[tokio::test]
 async fn lkg_consul_restart_while_unreachable_serves_disk_then_fresh() {
     let addr = require!(Server::Consul);
@@ -91,22 +119,7 @@ async fn lkg_consul_restart_while_unreachable_serves_disk_then_fresh() {
     registrar.register().await.unwrap();
 
     // First client: discovers with the cache on, which writes the snapshot.
-    let first = sdkit::connect(&url).unwrap();
-    let instancer = first.instancer(&query).await.unwrap();
-    let ep = DefaultEndpointer::new(&instancer, factory);
-    wait_until(&ep, "first client sees the instance", |s| {
-        s.get().is_ok_and(|l| l.len() == 1)
-    })
-    .await;
-    assert_eq!(ep.endpoints().freshness(), &Freshness::Fresh);
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !files(&dir.0).iter().any(|(_, body)| body.contains("lkg-1")) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "snapshot never written"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_client_writes_the_snapshot(&url, &query, &dir, "lkg-1").await;
     let written = files(&dir.0);
     assert_eq!(written.len(), 1, "{written:?}");
     let (name, body) = &written[0];
@@ -118,11 +131,6 @@ async fn lkg_consul_restart_while_unreachable_serves_disk_then_fresh() {
         !name.contains(TOKEN) && !body.contains(TOKEN),
         "the token leaked: {name} {body}"
     );
-    // The client stops (a process exit).
-    ep.close().await;
-    instancer.stop().await;
-    drop(first);
-
     // The registry becomes unreachable; a new client starts.
     proxy.cut();
     let second = sdkit::connect(&url).unwrap();
@@ -209,26 +217,7 @@ async fn fault_lkg_consul_killed_then_restarted_client_serves_disk_then_fresh() 
         .unwrap();
     registrar.register().await.unwrap();
 
-    let first = sdkit::connect(&url).unwrap();
-    let instancer = first.instancer(&query).await.unwrap();
-    let ep = DefaultEndpointer::new(&instancer, factory);
-    wait_until(&ep, "first client sees the instance", |s| {
-        s.get().is_ok_and(|l| l.len() == 1)
-    })
-    .await;
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !files(&dir.0)
-        .iter()
-        .any(|(_, body)| body.contains("kill-1"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "snapshot never written"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ep.close().await;
-    instancer.stop().await;
+    first_client_writes_the_snapshot(&url, &query, &dir, "kill-1").await;
 
     sd_testkit::kill(Server::Consul).await.unwrap();
     let second = sdkit::connect(&url).unwrap();
