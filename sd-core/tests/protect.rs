@@ -250,7 +250,12 @@ async fn a_held_shrink_is_not_written_to_disk() {
     inner.update(Event::instances(set(0)));
     assert_eq!(next(&mut sub).await, (0, Freshness::Fresh));
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !DiskCache::new(&dir).load(&key).unwrap().instances.is_empty() {
+    while !DiskCache::new(&dir)
+        .load(&key)
+        .unwrap()
+        .instances
+        .is_empty()
+    {
         assert!(
             tokio::time::Instant::now() < end,
             "the confirmed set is never written"
