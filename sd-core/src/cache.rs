@@ -23,13 +23,30 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use crate::event::Event;
+use crate::freshness::Freshness;
 use crate::instancer::Instancer;
 
+/// One published state: the event and how fresh its data is.
+#[derive(Debug, Clone)]
+struct Published {
+    event: Event,
+    freshness: Freshness,
+    /// The number of the update that published it (see `InstanceCache::answers`).
+    answer: u64,
+}
+
 /// Stores the current [`Event`] and hands it to subscribers. Cheap to share behind an `Arc`.
+///
+/// Each state also carries a [`Freshness`]: [`update`](Self::update) marks a set fresh and
+/// an error stale (since the start of the error state, see [`Freshness`]);
+/// [`update_with`](Self::update_with) sets it explicitly (e.g. a set loaded from disk).
 #[derive(Debug)]
 pub struct InstanceCache {
-    tx: Mutex<Option<watch::Sender<Option<Event>>>>,
-    rx: watch::Receiver<Option<Event>>,
+    tx: Mutex<Option<watch::Sender<Option<Published>>>>,
+    rx: watch::Receiver<Option<Published>>,
+    /// Counts every update, published or suppressed: a second identical answer from the
+    /// registry is visible here (empty-set protection reads it as a confirmation).
+    answers: watch::Sender<u64>,
 }
 
 impl Default for InstanceCache {
@@ -45,6 +62,7 @@ impl InstanceCache {
         InstanceCache {
             tx: Mutex::new(Some(tx)),
             rx,
+            answers: watch::channel(0).0,
         }
     }
 
@@ -54,34 +72,65 @@ impl InstanceCache {
     /// Instances equal to ones already published keep their old handles, so consumers
     /// detect unchanged instances with a pointer comparison. After [`close`](Self::close),
     /// nothing is published.
+    ///
+    /// A set is published [`Freshness::Fresh`]; an error makes the state stale
+    /// ([`StaleReason::Error`](crate::StaleReason::Error)) from now, or keeps the time and
+    /// reason of a state that was already stale.
     pub fn update(&self, event: Event) -> bool {
+        self.publish(event, None)
+    }
+
+    /// Publishes `event` with the given `freshness` unless both equal the current state
+    /// (the same set marked otherwise is published again, with the same handles). Returns
+    /// whether it was published.
+    pub fn update_with(&self, event: Event, freshness: Freshness) -> bool {
+        self.publish(event, Some(freshness))
+    }
+
+    fn publish(&self, event: Event, freshness: Option<Freshness>) -> bool {
         // What the update replaces or discards is dropped after the locks are released:
         // freeing thousands of instances must not hold up subscribers reading the state.
-        let (mut discarded, mut replaced): (Option<Event>, Option<Event>) = (None, None);
+        let (mut discarded, mut replaced): (Option<Event>, Option<Published>) = (None, None);
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = guard.as_ref() else {
             return false;
         };
+        // Every update is numbered; the state it publishes carries its number, and the count
+        // moves only after the state is sent (both under the lock), so a reader that sees
+        // the count beyond the current state's number knows of a later, suppressed update.
+        let answer = *self.answers.borrow() + 1;
         let published = tx.send_if_modified(|state| {
-            let event = match (state.as_ref(), event) {
+            let freshness = freshness.unwrap_or_else(|| match (&event, state.as_ref()) {
+                (Event::Instances(_), _) => Freshness::Fresh,
+                (Event::Error(_), Some(old)) => old.freshness.after_error(),
+                (Event::Error(_), None) => Freshness::Fresh.after_error(),
+            });
+            let same_freshness = state.as_ref().is_some_and(|s| s.freshness == freshness);
+            let event = match (state.as_ref().map(|s| &s.event), event) {
                 // One merge both detects "unchanged" and re-uses the old handles.
                 (Some(Event::Instances(old)), Event::Instances(new)) => {
                     let merged = new.canonicalize(old);
                     discarded = Some(Event::Instances(new));
                     match merged {
                         Some(set) => Event::Instances(set),
-                        None => return false,
+                        None if same_freshness => return false,
+                        None => Event::Instances(old.clone()),
                     }
                 }
-                (Some(old), e) if *old == e => {
+                (Some(old), e) if *old == e && same_freshness => {
                     discarded = Some(e);
                     return false;
                 }
                 (_, e) => e,
             };
-            replaced = state.replace(event);
+            replaced = state.replace(Published {
+                event,
+                freshness,
+                answer,
+            });
             true
         });
+        self.answers.send_replace(answer);
         drop(guard);
         drop((discarded, replaced));
         published
@@ -89,7 +138,12 @@ impl InstanceCache {
 
     /// The current state: `None` until the first event.
     pub fn state(&self) -> Option<Event> {
-        self.rx.borrow().clone()
+        self.rx.borrow().as_ref().map(|p| p.event.clone())
+    }
+
+    /// The freshness of the current state: `None` until the first event.
+    pub fn freshness(&self) -> Option<Freshness> {
+        self.rx.borrow().as_ref().map(|p| p.freshness.clone())
     }
 
     /// A new subscription. Its first [`next`](Subscription::next) returns the current state
@@ -102,7 +156,11 @@ impl InstanceCache {
         let rx = self.rx.clone();
         #[cfg(test)]
         tests::race_point();
-        Subscription { rx, keep: None }
+        Subscription {
+            rx,
+            keep: None,
+            answers: self.answers.subscribe(),
+        }
     }
 
     /// Stops publishing for good. Subscribers receive any state they have not seen yet, and
@@ -137,14 +195,15 @@ impl Instancer for InstanceCache {
 /// following the registry (go-kit EP-12). Only [`Instancer::stop`] ends them early.
 #[derive(Clone)]
 pub struct Subscription {
-    rx: watch::Receiver<Option<Event>>,
+    rx: watch::Receiver<Option<Published>>,
     keep: Option<Arc<dyn Any + Send + Sync>>,
+    answers: watch::Receiver<u64>,
 }
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("current", &*self.rx.borrow())
+            .field("current", &self.current())
             .field("keeps_source_alive", &self.keep.is_some())
             .finish()
     }
@@ -161,6 +220,17 @@ impl Subscription {
         self
     }
 
+    /// A receiver of the instancer's update count: it moves with every update, whether or
+    /// not the update changed anything (an identical second answer).
+    pub(crate) fn answers(&self) -> watch::Receiver<u64> {
+        self.answers.clone()
+    }
+
+    /// The number of the update that published the current state (0 before any).
+    pub(crate) fn state_answer(&self) -> u64 {
+        self.rx.borrow().as_ref().map_or(0, |p| p.answer)
+    }
+
     /// Waits for a state this subscription has not returned yet and returns it.
     ///
     /// Returns the current state at once on the first call if there is one. If several
@@ -168,12 +238,18 @@ impl Subscription {
     /// `None` once the instancer has stopped (or was dropped) and the last state has been
     /// returned.
     pub async fn next(&mut self) -> Option<Event> {
+        self.next_with_freshness().await.map(|(e, _)| e)
+    }
+
+    /// [`next`](Self::next), with the [`Freshness`] published with the event (read together,
+    /// so they always belong to the same state).
+    pub async fn next_with_freshness(&mut self) -> Option<(Event, Freshness)> {
         loop {
             if self.rx.changed().await.is_err() {
                 return None;
             }
-            if let Some(e) = self.rx.borrow_and_update().clone() {
-                return Some(e);
+            if let Some(p) = self.rx.borrow_and_update().as_ref() {
+                return Some((p.event.clone(), p.freshness.clone()));
             }
         }
     }
@@ -183,11 +259,18 @@ impl Subscription {
     /// After the instancer stopped, this still returns its last state once if this
     /// subscription has not returned it yet.
     pub fn try_next(&mut self) -> Option<Event> {
+        self.try_next_with_freshness().map(|(e, _)| e)
+    }
+
+    /// [`try_next`](Self::try_next), with the [`Freshness`] published with the event.
+    pub fn try_next_with_freshness(&mut self) -> Option<(Event, Freshness)> {
         // `has_changed` answers `Err` once the sender is gone, even with an unseen value;
         // the borrow's own flag does not depend on the sender.
         let state = self.rx.borrow_and_update();
         if state.has_changed() {
-            state.clone()
+            state
+                .as_ref()
+                .map(|p| (p.event.clone(), p.freshness.clone()))
         } else {
             None
         }
@@ -195,7 +278,13 @@ impl Subscription {
 
     /// The current state, without marking it seen; `None` until the first event.
     pub fn current(&self) -> Option<Event> {
-        self.rx.borrow().clone()
+        self.rx.borrow().as_ref().map(|p| p.event.clone())
+    }
+
+    /// The freshness of the current state, without marking it seen; `None` until the first
+    /// event.
+    pub fn current_freshness(&self) -> Option<Freshness> {
+        self.rx.borrow().as_ref().map(|p| p.freshness.clone())
     }
 
     /// Waits until there is a state (the first event) and returns it, without marking it seen.
@@ -205,7 +294,7 @@ impl Subscription {
         // `wait_for` marks what it saw as seen; wait on a copy of the receiver instead.
         let mut rx = self.rx.clone();
         let state = rx.wait_for(|s| s.is_some()).await.ok()?;
-        state.clone()
+        state.as_ref().map(|p| p.event.clone())
     }
 
     /// This subscription as a [`Stream`] of events (the same semantics as [`next`](Self::next)).

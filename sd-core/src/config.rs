@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -221,6 +222,36 @@ impl RegistryUrl {
         })
     }
 
+    /// What identifies the registry's data, for the file names and files of the
+    /// last-known-good cache ([`crate::lkg`]): the hosts, the path, and every option that may
+    /// select data (`dc`, `ns`, `zone`, `prefix`, `passing`, ...), sorted, as
+    /// `hosts/path?k=v&...`. Left out: secret options (a secret never reaches a file or a
+    /// file name), `*_env` options, and options that only tune the transport or timing
+    /// ([`TRANSPORT_OPTIONS`]), so that retuning a timeout keeps the same file.
+    ///
+    /// ```
+    /// use sd_core::RegistryUrl;
+    /// let u = RegistryUrl::parse("consul://10.0.0.1:8500?token=s3cret&dc=eu1&wait=30s").unwrap();
+    /// assert_eq!(u.identity(), "10.0.0.1:8500?dc=eu1");
+    /// ```
+    pub fn identity(&self) -> String {
+        let options: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.to_ascii_lowercase();
+                !is_secret_key(&k) && !k.ends_with("_env") && !TRANSPORT_OPTIONS.contains(&&*k)
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut id = format!("{}{}", self.hosts.join(","), self.path);
+        if !options.is_empty() {
+            id.push('?');
+            id.push_str(&options.join("&"));
+        }
+        id
+    }
+
     /// The raw value of option `key`, marking it as known.
     pub fn param(&mut self, key: &str) -> Option<String> {
         self.read.insert(key.to_string());
@@ -318,8 +349,17 @@ impl RegistryUrl {
         }
         let known: Vec<&str> = self.read.iter().map(String::as_str).collect();
         let shown = self.shown();
+        let hint = if unknown.iter().any(|k| k.as_str() == "cache") {
+            " (the cache option is read by sdkit::connect; with a backend's own constructor, \
+             wrap the registry in sd_core::lkg::DiskCachedRegistry)"
+        } else if unknown.iter().any(|k| k.as_str() == "protect") {
+            " (the protect option is read by sdkit::connect; with a backend's own constructor, \
+             wrap the registry in sd_core::protect::ProtectedRegistry)"
+        } else {
+            ""
+        };
         Err(Error::config(format!(
-            "registry URL {shown:?}: unknown option{} {}; known options for {}:// are: {}",
+            "registry URL {shown:?}: unknown option{} {}{hint}; known options for {}:// are: {}",
             if unknown.len() > 1 { "s" } else { "" },
             unknown
                 .iter()
@@ -333,6 +373,117 @@ impl RegistryUrl {
                 known.join(", ")
             }
         )))
+    }
+}
+
+/// Options that only tune the transport or timing of a backend, not which instances it
+/// sees: left out of [`RegistryUrl::identity`].
+pub const TRANSPORT_OPTIONS: &[&str] = &[
+    "cache",
+    "protect",
+    "wait",
+    "timeout",
+    "connect_timeout",
+    "session_timeout",
+    "max_body",
+    "tls",
+    "ca",
+    "cert",
+    "key",
+    "public_roots",
+    "ttl",
+    "lease",
+    "renew",
+    "reassert",
+    "record_ttl",
+    "poll",
+    "min_refresh",
+    "max_refresh",
+    "attempts",
+    "create_parents",
+];
+
+/// The options every registry URL accepts, whatever the backend: read once, here, and taken
+/// out of the URL before the backend parses it (`sdkit::connect` does this).
+///
+/// | option | meaning |
+/// |---|---|
+/// | `cache=/dir` | keep a last-known-good snapshot per instancer in `/dir` ([`crate::lkg`]) |
+/// | `protect=true` / `protect=<hold>` / `protect=false` | empty-set protection with the default hold (30 s), another hold, or none ([`crate::protect`]) |
+///
+/// ```
+/// use sd_core::config::CommonOptions;
+/// let (url, common) = CommonOptions::split("consul://127.0.0.1:8500?dc=eu1&cache=%2Fvar%2Flib%2Fsd").unwrap();
+/// assert_eq!(url, "consul://127.0.0.1:8500?dc=eu1");
+/// assert_eq!(common.cache.as_deref(), Some(std::path::Path::new("/var/lib/sd")));
+/// assert!(CommonOptions::split("consul://h?cache=").is_err());
+/// let (_, common) = CommonOptions::split("etcd://h?protect=10s").unwrap();
+/// assert_eq!(common.protect.unwrap().hold_time(), std::time::Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CommonOptions {
+    /// The directory of the last-known-good snapshots (`cache=`), if any.
+    pub cache: Option<PathBuf>,
+    /// Empty-set protection (`protect=`), if on.
+    pub protect: Option<crate::protect::EmptySetProtection>,
+}
+
+impl CommonOptions {
+    /// Takes the common options out of `url`: returns the URL without them (the rest as
+    /// written) and their values. Fails on an empty or repeated common option.
+    pub fn split(url: &str) -> Result<(String, CommonOptions)> {
+        let url = url.trim();
+        let (head, parts) = split_query(url);
+        let mut common = CommonOptions::default();
+        let mut rest = Vec::new();
+        let mut seen = BTreeSet::new();
+        for part in parts {
+            if part.key != "cache" && part.key != "protect" {
+                rest.push(part.raw);
+                continue;
+            }
+            let value = url::form_urlencoded::parse(part.raw.as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let err = |m: &str| Error::config(format!("registry URL {:?}: {m}", redact(url)));
+            if !seen.insert(part.key.clone()) {
+                return Err(err(&format!("option {:?} given twice", part.key)));
+            }
+            if part.key == "protect" {
+                common.protect = match value.as_str() {
+                    "" | "true" | "1" | "yes" | "on" => {
+                        Some(crate::protect::EmptySetProtection::default())
+                    }
+                    "false" | "0" | "no" | "off" => None,
+                    v => match parse_duration(v) {
+                        Ok(hold) if !hold.is_zero() => {
+                            Some(crate::protect::EmptySetProtection::default().hold(hold))
+                        }
+                        Ok(_) => return Err(err("option protect=0s: a hold must be positive; use protect=false to turn protection off")),
+                        Err(m) => {
+                            return Err(err(&format!(
+                                "option protect={v:?}: {m} (use true, false or a hold such as 30s)"
+                            )))
+                        }
+                    },
+                };
+                continue;
+            }
+            if value.is_empty() {
+                return Err(err(
+                    "option cache is empty; give the directory of the snapshots, e.g. cache=/var/lib/app/sd",
+                ));
+            }
+            common.cache = Some(PathBuf::from(value));
+        }
+        let stripped = if rest.is_empty() {
+            head.to_string()
+        } else {
+            format!("{head}?{}", rest.join("&"))
+        };
+        Ok((stripped, common))
     }
 }
 

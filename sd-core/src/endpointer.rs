@@ -28,6 +28,7 @@ use crate::cache::Subscription;
 use crate::endpoint::{Endpoint, Factory};
 use crate::error::Error;
 use crate::event::{Event, InstanceSet};
+use crate::freshness::{Freshness, StaleReason};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
 use crate::task::{deadline_after, panic_message, BackgroundTask};
@@ -72,25 +73,39 @@ pub struct Endpoints<E> {
     list: Arc<[Endpoint<E>]>,
     status: Status,
     version: u64,
+    freshness: Freshness,
 }
 
 impl<E> Endpoints<E> {
     /// A state for a custom [`Endpointer`] (a decorator such as a zone filter or a subset):
     /// `list` is sorted by instance here if it is not already, as balancers expect.
-    /// `version` should increase with every state the endpointer publishes.
+    /// `version` should increase with every state the endpointer publishes. Its freshness
+    /// is [`Freshness::Fresh`]; see [`with_freshness`](Self::with_freshness).
     pub fn new(mut list: Vec<Endpoint<E>>, status: Status, version: u64) -> Self {
         if !list.windows(2).all(|w| w[0].instance() <= w[1].instance()) {
             list.sort_by(|a, b| a.instance().cmp(b.instance()));
         }
-        Self::shared(list.into(), status, version)
+        Self::shared(list.into(), status, version, Freshness::Fresh)
+    }
+
+    /// The same state with another [`Freshness`] (a decorator passes on its source's).
+    pub fn with_freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
+        self
     }
 
     /// A state over an already sorted, shared list.
-    fn shared(list: Arc<[Endpoint<E>]>, status: Status, version: u64) -> Self {
+    fn shared(
+        list: Arc<[Endpoint<E>]>,
+        status: Status,
+        version: u64,
+        freshness: Freshness,
+    ) -> Self {
         Endpoints {
             list,
             status,
             version,
+            freshness,
         }
     }
 
@@ -133,6 +148,48 @@ impl<E> Endpoints<E> {
         self.status != Status::Pending
     }
 
+    /// How fresh the endpoints are: whether the registry confirms them now, and if not,
+    /// since when and why not (the instancer is in an error state, the set was loaded from
+    /// disk at start, the instancer stopped). See [`Freshness`].
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use sd_core::*;
+    ///
+    /// let instancer = InstanceCache::new(); // an instancer driven by hand
+    /// instancer.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    /// let endpointer = DefaultEndpointer::new(&instancer, |i: &Instance| -> Result<String, BoxError> {
+    ///     Ok(i.addr().to_string())
+    /// });
+    /// assert!(!endpointer.endpoints().is_stale());
+    ///
+    /// // The registry fails: the last known good endpoints are served, marked stale.
+    /// instancer.update(Event::Error(Error::unavailable("demo", "connection refused")));
+    /// let mut changes = endpointer.changes();
+    /// while !endpointer.endpoints().is_stale() { changes.changed().await; }
+    /// tokio::time::advance(Duration::from_secs(42)).await;
+    /// let snapshot = endpointer.endpoints();
+    /// assert_eq!(snapshot.freshness().reason(), Some(StaleReason::Error));
+    /// assert_eq!(snapshot.age(), Duration::from_secs(42));
+    /// assert_eq!(snapshot.get().unwrap().len(), 1);
+    /// endpointer.close().await;
+    /// # });
+    /// ```
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    /// Whether the endpoints are stale ([`Freshness::is_stale`]).
+    pub fn is_stale(&self) -> bool {
+        self.freshness.is_stale()
+    }
+
+    /// How old the endpoints are: zero while fresh ([`Freshness::age`]; reads tokio's clock).
+    pub fn age(&self) -> Duration {
+        self.freshness.age()
+    }
+
     /// The most recent discovery error, if the current state is an error state.
     pub fn last_error(&self) -> Option<&Error> {
         match &self.status {
@@ -149,6 +206,7 @@ impl<E> fmt::Debug for Endpoints<E> {
             .field("list", &self.list)
             .field("status", &self.status)
             .field("version", &self.version)
+            .field("freshness", &self.freshness)
             .finish()
     }
 }
@@ -321,7 +379,12 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
         let (tx, _) = watch::channel(0);
         let empty: Arc<[Endpoint<E>]> = Arc::from(Vec::new());
         let shared = Arc::new(Shared {
-            current: ArcSwap::from_pointee(Endpoints::shared(empty.clone(), Status::Pending, 0)),
+            current: ArcSwap::from_pointee(Endpoints::shared(
+                empty.clone(),
+                Status::Pending,
+                0,
+                Freshness::Fresh,
+            )),
             factory: self.factory,
             invalidate_after: self.invalidate_on_error,
             name: self.name,
@@ -331,6 +394,7 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
                 instances: None,
                 failed: Vec::new(),
                 error: None,
+                freshness: Freshness::Fresh,
                 closed: false,
                 received: false,
                 ended: false,
@@ -340,8 +404,8 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
             }),
         });
         let mut sub = self.sub;
-        if let Some(event) = sub.try_next() {
-            shared.apply(event);
+        if let Some((event, freshness)) = sub.try_next_with_freshness() {
+            shared.apply(event, Some(freshness));
         }
         let loop_shared = shared.clone();
         let task = BackgroundTask::spawn(move |token| {
@@ -358,8 +422,8 @@ impl<E: Send + Sync + 'static> EndpointerBuilder<E> {
                     let (deadline, retry_at) = shared.timers();
                     tokio::select! {
                         _ = token.cancelled() => return,
-                        event = async { sub.as_mut()?.next().await }, if sub.is_some() => match event {
-                            Some(event) => shared.survive(|| shared.apply(event)),
+                        event = async { sub.as_mut()?.next_with_freshness().await }, if sub.is_some() => match event {
+                            Some((event, freshness)) => shared.survive(|| shared.apply(event, Some(freshness))),
                             // The instancer stopped: keep the last state, say so, keep the timers.
                             None => {
                                 sub = None;
@@ -409,6 +473,8 @@ struct State<E> {
     failed: Vec<Instance>,
     /// The current error state: the first error and, with invalidation, its deadline.
     error: Option<(Error, Option<Instant>)>,
+    /// How fresh the endpoints held are.
+    freshness: Freshness,
     closed: bool,
     /// Whether any event from the instancer has been applied.
     received: bool,
@@ -490,6 +556,7 @@ impl<E: 'static> Shared<E> {
             st.owned.clone(),
             status,
             st.version,
+            st.freshness.clone(),
         )));
         self.tx.send_replace(st.version);
     }
@@ -534,7 +601,9 @@ impl<E: 'static> Shared<E> {
         (deadline, retry)
     }
 
-    fn apply(&self, event: Event) {
+    /// Applies `event`, published with `freshness` (`None`: a set is fresh, an error makes
+    /// the endpoints held stale from now).
+    fn apply(&self, event: Event, freshness: Option<Freshness>) {
         let mut notes = Vec::new();
         {
             let mut st = self.lock();
@@ -545,9 +614,21 @@ impl<E: 'static> Shared<E> {
             match event {
                 Event::Instances(set) => {
                     st.error = None;
+                    st.freshness = match freshness {
+                        Some(f) if st.ended => f.after_stop(),
+                        Some(f) => f,
+                        None if st.ended => Freshness::stale_now(StaleReason::Stopped),
+                        None => Freshness::Fresh,
+                    };
                     self.rebuild(&mut st, set, &mut notes);
                 }
-                Event::Error(err) => self.apply_error(&mut st, err, &mut notes),
+                Event::Error(err) => {
+                    st.freshness = match freshness {
+                        Some(f) if f.is_stale() => f,
+                        _ => st.freshness.after_error(),
+                    };
+                    self.apply_error(&mut st, err, &mut notes)
+                }
             }
         }
         self.emit(notes);
@@ -702,6 +783,7 @@ impl<E: 'static> Shared<E> {
                 return;
             }
             st.ended = true;
+            st.freshness = st.freshness.after_stop();
             let status = match self.current.load().status {
                 Status::Current => Some(Status::Stale(Error::Stopped)),
                 Status::Pending => Some(Status::Failed(Error::Stopped)),
@@ -798,8 +880,16 @@ impl<E: Send + Sync + 'static> DefaultEndpointer<E> {
     /// For sources that are not an [`Instancer`] and for benchmarks; an endpointer fed this
     /// way usually follows a [`FixedInstancer`](crate::FixedInstancer) or an empty
     /// [`InstanceCache`](crate::InstanceCache). Ignored after [`close`](Self::close).
+    ///
+    /// A set applied this way is [`Freshness::Fresh`]; an error makes the endpoints held
+    /// stale from now. [`apply_with`](Self::apply_with) sets the freshness.
     pub fn apply(&self, event: Event) {
-        self.shared.apply(event);
+        self.shared.apply(event, None);
+    }
+
+    /// [`apply`](Self::apply) with the [`Freshness`] of the event's data.
+    pub fn apply_with(&self, event: Event, freshness: Freshness) {
+        self.shared.apply(event, Some(freshness));
     }
 
     /// Stops following the instancer and closes every endpoint exactly once. Idempotent;

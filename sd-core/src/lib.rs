@@ -49,11 +49,15 @@ pub mod endpoint;
 pub mod endpointer;
 pub mod error;
 pub mod event;
+mod follow;
+pub mod freshness;
 pub mod instance;
 pub mod instancer;
 pub mod keepalive;
+pub mod lkg;
 pub mod memory;
 pub mod observe;
+pub mod protect;
 pub mod registrar;
 pub mod registry;
 pub mod static_registry;
@@ -63,7 +67,7 @@ pub mod watch_loop;
 pub use backoff::Backoff;
 pub use cache::{InstanceCache, Subscription};
 pub use capabilities::Capabilities;
-pub use config::{RegistryUrl, Secret};
+pub use config::{CommonOptions, RegistryUrl, Secret};
 pub use endpoint::{Endpoint, Factory};
 pub use endpointer::{
     Changes, DefaultEndpointer, Endpointer, EndpointerBuilder, Endpoints, FixedEndpointer,
@@ -71,6 +75,7 @@ pub use endpointer::{
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, InstanceSet};
+pub use freshness::{Freshness, StaleReason};
 pub use instance::{Health, Instance, InstanceBuilder};
 pub use instancer::{FixedInstancer, Instancer};
 pub use keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};

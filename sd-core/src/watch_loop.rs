@@ -261,7 +261,7 @@ async fn round<S: Source>(source: &mut S, config: &LoopConfig) -> Step {
 /// Closes the cache when dropped: lives in the loop, so subscribers see their subscription
 /// end (and an endpointer turns `Stale`) however the loop ends: stopped, or dropped with the
 /// runtime it ran on while the instancer lives on.
-struct CloseOnDrop(Arc<InstanceCache>);
+pub(crate) struct CloseOnDrop(pub(crate) Arc<InstanceCache>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {

@@ -15,6 +15,16 @@ pub enum LbError {
     /// The endpointer reported this discovery error; it is passed on unchanged.
     #[error(transparent)]
     Discovery(#[from] sd_core::Error),
+    /// The endpoints are stale for longer than a [`RefuseStale`](crate::RefuseStale) allows.
+    #[error("endpoints are stale ({}) for {age:?}, more than the {max:?} allowed", reason.as_str())]
+    Stale {
+        /// Why they are stale.
+        reason: sd_core::StaleReason,
+        /// How old they are.
+        age: Duration,
+        /// The limit that was exceeded.
+        max: Duration,
+    },
 }
 
 /// How a retried call ended without success; see [`RetryError::kind`].

@@ -13,6 +13,7 @@
 //! | [`P2c`] | the less loaded of two random endpoints: in-flight requests or peak-EWMA latency |
 //! | [`ConsistentHash`] | the owner of a request key (Maglev) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
+//! | [`RefuseStale`] | wraps any balancer: fails picks while the endpoints are stale for too long |
 //!
 //! Which one to choose, with a simulation of each: `docs/BALANCERS.md`. In short: P2C with
 //! outlier ejection when backends differ in speed, consistent hashing when keys must stick,
@@ -76,6 +77,7 @@ mod p2c;
 mod random;
 mod retry;
 mod round_robin;
+mod stale;
 pub mod tower;
 mod weighted;
 
@@ -93,4 +95,5 @@ pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
 pub use round_robin::RoundRobin;
+pub use stale::RefuseStale;
 pub use weighted::Weighted;

@@ -89,12 +89,44 @@ pub const SCHEMES: &[&str] = &[
 /// The registry is wrapped in an [`ObservedRegistry`]: instancer creation, registrations and
 /// deregistrations run in `sdkit.registry` spans, and with the `metrics` feature they are
 /// counted (docs/OBSERVABILITY.md).
+///
+/// Every scheme also accepts the common options of [`CommonOptions`]: `cache=/dir` keeps a
+/// last-known-good snapshot of each instancer on disk and serves it, marked stale, when the
+/// registry cannot be reached at start ([`lkg`]; the registry is wrapped in a
+/// [`DiskCachedRegistry`](lkg::DiskCachedRegistry)); `protect=true` (or `protect=<hold>`)
+/// holds back a sudden empty answer until the registry confirms it or the hold (30 s by
+/// default) ends ([`protect`]; off by default).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let dir = std::env::temp_dir().join(format!("sdkit-connect-doc-{}", std::process::id()));
+/// let registry = sdkit::connect(&format!("memory://docs-lkg?cache={}", dir.display()))?;
+/// let instancer = registry.instancer(&sdkit::ServiceQuery::new("web")).await?;
+/// instancer.stop().await;
+/// assert!(dir.join("k-memory+docs-lkg+web+0+all.lkg").exists());
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), sdkit::Error>(())
+/// # }).unwrap();
+/// ```
 pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
-    let registry = open(url)?;
+    let (url, common) = CommonOptions::split(url)?;
+    let mut registry = open(&url)?;
+    // Protection inside the disk cache: a held-back shrink is never written to disk.
+    if let Some(protection) = common.protect {
+        registry = Arc::new(protect::ProtectedRegistry::new(registry, protection));
+    }
+    if let Some(dir) = common.cache {
+        let identity = RegistryUrl::parse(&url)?.identity();
+        registry = Arc::new(lkg::DiskCachedRegistry::new(
+            registry,
+            lkg::DiskCache::new(dir),
+            identity,
+        ));
+    }
     Ok(Arc::new(ObservedRegistry::new(registry)))
 }
 
-/// [`connect`] without the [`ObservedRegistry`] around it.
+/// [`connect`] without the [`ObservedRegistry`] around it nor the common options.
 fn open(url: &str) -> Result<Arc<dyn Registry>> {
     let parsed = RegistryUrl::parse(url)?;
     match parsed.scheme() {

@@ -260,3 +260,90 @@ fn port_zero_is_refused() {
         assert!(e.contains("port 0"), "{url}: {e}");
     }
 }
+
+/// Issue 19: `cache=` is a common option, read by `connect` for every scheme; a bad one fails
+/// at construction saying what to fix.
+#[tokio::test]
+async fn cache_option_is_common_to_every_scheme() {
+    let dir = std::env::temp_dir().join(format!("sdkit-urls-cache-{}", std::process::id()));
+    for url in [
+        format!("memory://cache-opt?cache={}", dir.display()),
+        format!("static://10.0.0.1:80?cache={}", dir.display()),
+    ] {
+        let reg = sdkit::connect(&url).unwrap();
+        let inst = reg.instancer(&ServiceQuery::new("web")).await.unwrap();
+        inst.stop().await;
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(err("memory://x?cache=").contains("option cache is empty"));
+    assert!(err("memory://x?cache=/a&cache=/b").contains("given twice"));
+    // Other options still go to the backend, which still checks them.
+    assert!(err("memory://x?cache=/a&colour=blue").contains("unknown option colour"));
+    // Every backend takes it through `connect`; a backend's own constructor says where it is read.
+    type OwnFromUrl = fn(&str) -> Result<(), sdkit::Error>;
+    #[allow(unused_mut)]
+    let mut backends: Vec<(&str, OwnFromUrl)> = Vec::new();
+    #[cfg(feature = "consul")]
+    backends.push(("consul://h?token=t", |u| {
+        sdkit::consul::ConsulRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "etcd")]
+    backends.push(("etcd://h?password=p&user=u", |u| {
+        sdkit::etcd::EtcdRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "zk")]
+    backends.push(("zk://h/services?", |u| {
+        sdkit::zk::ZkRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "eureka")]
+    backends.push(("eureka://h/eureka?", |u| {
+        sdkit::eureka::EurekaRegistry::from_url(u).map(drop)
+    }));
+    #[cfg(feature = "dnssrv")]
+    backends.push(("dns+srv://127.0.0.1:53/?zone=example.org", |u| {
+        sdkit::dnssrv::DnsRegistry::from_url(u).map(drop)
+    }));
+    for (base, own) in backends {
+        let sep = if base.ends_with('?') { "" } else { "&" };
+        let url = format!("{base}{sep}cache=/x");
+        let url = url.replace("?&", "?");
+        assert!(
+            sdkit::connect(&url).is_ok(),
+            "{url}: {:?}",
+            sdkit::connect(&url).err()
+        );
+        let e = own(&url).unwrap_err().to_string();
+        assert!(e.contains("DiskCachedRegistry"), "{url}: {e}");
+        let url = format!("{base}{sep}protect=10s").replace("?&", "?");
+        assert!(sdkit::connect(&url).is_ok(), "{url}");
+        let e = own(&url).unwrap_err().to_string();
+        assert!(e.contains("ProtectedRegistry"), "{url}: {e}");
+    }
+}
+
+/// Issue 19: `protect=` is a common option too; with `cache=` the protection sits inside.
+#[tokio::test]
+async fn protect_option_is_common_to_every_scheme() {
+    let reg = sdkit::connect("memory://protect-opt?protect=5s").unwrap();
+    let r = reg
+        .registrar(Registration::new("web", Instance::new("127.0.0.1", 1)))
+        .await
+        .unwrap();
+    r.register().await.unwrap();
+    let inst = reg.instancer(&ServiceQuery::new("web")).await.unwrap();
+    let mut sub = inst.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs(), ["127.0.0.1:1"]);
+    r.deregister().await.unwrap();
+    // The empty answer is held back: the previous set, stale.
+    let (event, freshness) = sub.next_with_freshness().await.unwrap();
+    assert_eq!(event.addrs(), ["127.0.0.1:1"]);
+    assert_eq!(freshness.reason(), Some(sdkit::StaleReason::Protected));
+    inst.stop().await;
+    assert!(err("memory://x?protect=soon").contains("protect=\"soon\""));
+    assert!(sdkit::connect("memory://x?protect=false").is_ok());
+}
