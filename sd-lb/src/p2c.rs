@@ -91,12 +91,16 @@ impl EndpointLoad {
         Duration::from_nanos(f64::from_bits(self.cost.load(Ordering::Relaxed)) as u64)
     }
 
+    /// The peak-EWMA cost of one more request on an endpoint of `weight`: the decayed
+    /// latency estimate × (1 + requests in flight ÷ weight), as `× weight` (cross-multiplied
+    /// by the caller: `(in flight + weight) × latency`). With weight 1 it is Finagle's
+    /// latency × (in flight + 1).
     #[inline]
-    fn ewma_cost(&self, now: u64) -> f64 {
+    fn ewma_cost(&self, now: u64, weight: f64) -> f64 {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
         let decayed = cost * exp_neg(elapsed * self.inv_decay);
-        decayed * (self.pending_requests() as f64 + 1.0)
+        decayed * (self.pending_requests() as f64 + weight)
     }
 
     fn observe(&self, now: u64, rtt: f64) {
@@ -358,12 +362,15 @@ fn redraw_weighted<E>(
 /// endpoints with their statistics, checked against the endpointer's version number), no
 /// lock and no allocation.
 ///
-/// **Weights.** [`Instance::weight`](sd_core::Instance::weight) counts: the first choice is
+/// **Weights.** [`Instance::weight`](sd_core::Instance::weight) counts, read as capacity:
+/// an endpoint of weight `w` is taken to serve `w` requests at once. The first choice is
 /// drawn in proportion to weight, the second in proportion to weight among the others
-/// (without replacement, so the two are always distinct), and the one with the lower
-/// `load ÷ weight` wins (a tie goes to the first). Idle endpoints thus get picks in
-/// proportion to their weights, and under load each endpoint's load tends to its share of
-/// the weight. An endpoint of weight 0 is never picked while one of positive weight can be;
+/// (without replacement, so the two are always distinct), and the one with the lower load
+/// per unit of weight wins, a tie going to the first: requests in flight ÷ weight, or for
+/// peak EWMA latency × (1 + requests in flight ÷ weight). Idle endpoints of equal latency
+/// thus get picks in proportion to their weights, under load each endpoint's requests in
+/// flight tend to its share of the weight, and a slower endpoint still loses to a faster
+/// one whatever their weights. An endpoint of weight 0 is never picked while one of positive weight can be;
 /// when every candidate weighs 0, all count as 1. When all candidates have the same weight
 /// (the usual case) both draws are uniform, as in unweighted P2C, at the same cost; with
 /// different weights a draw is a binary search over cumulative weights (`O(log N)`).
@@ -418,7 +425,13 @@ fn build_table<E>(
     let cands = Cands::new(list.len(), preferred);
     // Weight 0 among the candidates means "only if nothing else": when every candidate
     // weighs 0, they all count as 1.
-    let weight_of = |e: &Endpoint<E>| if weights { e.instance().weight() as u64 } else { 1 };
+    let weight_of = |e: &Endpoint<E>| {
+        if weights {
+            e.instance().weight() as u64
+        } else {
+            1
+        }
+    };
     let all_zero = (0..cands.len()).all(|k| weight_of(&list[cands.at(k)]) == 0);
     let weight_of = |e: &Endpoint<E>| if all_zero { 1 } else { weight_of(e) };
     let slots = list
@@ -439,10 +452,13 @@ fn build_table<E>(
     let cand_weights: Vec<u64> = (0..cands.len())
         .map(|k| slots[cands.at(k)].weight)
         .collect();
-    Table {
-        sampler: Sampler::new(&cand_weights),
-        slots,
+    let sampler = Sampler::new(&cand_weights);
+    let mut slots = slots;
+    if sampler.is_none() {
+        // Equal weights: plain P2C, exactly (the loads compare as with weight 1).
+        slots.iter_mut().for_each(|s| s.weight = 1);
     }
+    Table { sampler, slots }
 }
 
 impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
@@ -562,9 +578,7 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let view = match self.view.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => {
-                return pick_fallback(&s, self.random(), request, self.weights)
-            }
+            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, self.weights),
         };
         let list = endpoints_of(&view.snapshot)?;
         let slots = &view.value.slots;
@@ -614,8 +628,10 @@ where
                     (lj as u128) * (wi as u128) < (li as u128) * (wj as u128)
                 }
                 Load::PeakEwma { .. } => {
+                    // latency × (1 + in flight ÷ weight), cross-multiplied by both weights.
                     let (wi, wj) = (wi as f64, wj as f64);
-                    slots[j].load.ewma_cost(now) * wi < slots[i].load.ewma_cost(now) * wj * TIE
+                    slots[j].load.ewma_cost(now, wj) * wi
+                        < slots[i].load.ewma_cost(now, wi) * wj * TIE
                 }
             };
             if j_lighter {
