@@ -258,9 +258,7 @@ where
         let key = request.key().unwrap_or_else(thread_random);
         let table = match self.table.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => {
-                return pick_fallback(&s, splitmix(key), request, self.weights)
-            }
+            Current::Fallback(s) => return pick_fallback(&s, splitmix(key), request, self.weights),
         };
         let list = endpoints_of(&table.snapshot)?;
         let slots = &table.value.slots;
@@ -336,7 +334,10 @@ mod tests {
         ] {
             let c = slot_counts(&weights, true);
             let m: usize = c.iter().sum();
-            assert_eq!(m as u64, table_size(weights.iter().filter(|w| **w > 0).count()));
+            assert_eq!(
+                m as u64,
+                table_size(weights.iter().filter(|w| **w > 0).count())
+            );
             let total: f64 = weights.iter().map(|w| *w as f64).sum();
             let bound = 2.0 + 2.0 * weights.len() as f64;
             for (i, w) in weights.iter().enumerate() {
