@@ -10,8 +10,8 @@
 //! | [`LocalRoundRobin`] | in turn, from a cached snapshot: the fastest pick, one handle per thread |
 //! | [`Random`] | uniformly at random (seedable) |
 //! | [`Weighted`] | smooth weighted round robin over instance weights |
-//! | [`P2c`] | the less loaded of two random endpoints: in-flight requests or peak-EWMA latency |
-//! | [`ConsistentHash`] | the owner of a request key (Maglev) |
+//! | [`P2c`] | the less loaded (per unit of weight) of two distinct random endpoints, drawn by weight: in-flight requests or peak-EWMA latency |
+//! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
 //!
 //! Which one to choose, with a simulation of each: `docs/BALANCERS.md`. In short: P2C with
