@@ -14,6 +14,9 @@
 //! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
 //!
+//! [`Subset`] wraps an endpointer instead: each client uses a stable, deterministic subset of
+//! the endpoints (the SRE book's algorithm), any balancer on top.
+//!
 //! Which one to choose, with a simulation of each: `docs/BALANCERS.md`. In short: P2C with
 //! outlier ejection when backends differ in speed, consistent hashing when keys must stick,
 //! round robin when backends are identical.
@@ -76,6 +79,7 @@ mod p2c;
 mod random;
 mod retry;
 mod round_robin;
+mod subset;
 pub mod tower;
 mod weighted;
 
@@ -93,4 +97,5 @@ pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
 pub use round_robin::RoundRobin;
+pub use subset::Subset;
 pub use weighted::Weighted;
