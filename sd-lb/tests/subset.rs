@@ -62,7 +62,11 @@ fn connection_spread_is_within_one() {
         let ep = fleet(0..n);
         let s = subsets(&ep, clients, size);
         let per = spread(&s);
-        assert_eq!(per.len(), n as usize, "every endpoint is used ({n}, {clients}, {size})");
+        assert_eq!(
+            per.len(),
+            n as usize,
+            "every endpoint is used ({n}, {clients}, {size})"
+        );
         let (min, max) = (per.values().min().unwrap(), per.values().max().unwrap());
         assert!(
             max - min <= 1,
@@ -89,7 +93,10 @@ fn connection_spread_is_within_one() {
 fn one_endpoint_more_or_less_moves_at_most_one_per_client() {
     let base = subsets(&fleet(0..300), 300, 10);
     for (what, changed) in [
-        ("removed", subsets(&fleet((0..300).filter(|i| *i != 123)), 300, 10)),
+        (
+            "removed",
+            subsets(&fleet((0..300).filter(|i| *i != 123)), 300, 10),
+        ),
         ("added", subsets(&fleet(0..301), 300, 10)),
         ("removed first", subsets(&fleet(1..300), 300, 10)),
     ] {
@@ -105,7 +112,10 @@ fn one_endpoint_more_or_less_moves_at_most_one_per_client() {
         }
         // Each round's order loses (or gains) one position: the subsets after it shift by
         // one, the ones before it do not move. Averaged over rounds, about half move.
-        assert!(touched <= 300 * 3 / 4, "{what}: {touched} of 300 clients changed");
+        assert!(
+            touched <= 300 * 3 / 4,
+            "{what}: {touched} of 300 clients changed"
+        );
         eprintln!("{what}: {touched} of 300 clients' subsets changed (by one endpoint each)");
         // The spread after the change is still within one.
         let per = spread(&changed);
@@ -174,9 +184,8 @@ async fn balancer_on_a_subset_follows_updates() {
     ep.apply(set(1..41));
     let sub = Arc::new(Subset::new(ep.clone(), 2, 4));
     let rr = RoundRobin::new(sub.clone());
-    let mine = |s: &Subset<_, u16>| -> BTreeSet<u16> {
-        s.endpoints().all().iter().map(|e| **e).collect()
-    };
+    let mine =
+        |s: &Subset<_, u16>| -> BTreeSet<u16> { s.endpoints().all().iter().map(|e| **e).collect() };
     let before = mine(&sub);
     assert_eq!(before.len(), 4);
     for _ in 0..20 {
@@ -192,7 +201,11 @@ async fn balancer_on_a_subset_follows_updates() {
     ));
     let after = mine(&sub);
     assert!(!after.contains(&gone));
-    assert_eq!(before.intersection(&after).count(), 3, "{before:?} → {after:?}");
+    assert_eq!(
+        before.intersection(&after).count(),
+        3,
+        "{before:?} → {after:?}"
+    );
     for _ in 0..20 {
         let p = *rr.pick().unwrap();
         assert!(after.contains(&p), "{p} not in {after:?}");
