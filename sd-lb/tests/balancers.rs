@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{combined_counts, fixed};
+use common::{combined_counts, fixed, weighted};
 use sd_core::{
     BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedEndpointer, Instance,
     InstanceCache,
@@ -14,19 +14,6 @@ use sd_core::{
 use sd_lb::{
     Balancer, Clock, ConsistentHash, LbError, Load, LocalRoundRobin, P2c, Random, Request, Weighted,
 };
-
-fn weighted(weights: &[u32]) -> Arc<FixedEndpointer<u16>> {
-    Arc::new(FixedEndpointer::new(weights.iter().enumerate().map(
-        |(i, w)| {
-            (
-                Instance::builder("10.0.0.1", 1000 + i as u16)
-                    .weight(*w)
-                    .build(),
-                i as u16,
-            )
-        },
-    )))
-}
 
 /// Pearson's chi-squared statistic of `counts` against expected frequencies.
 fn chi2(counts: &[usize], expected: &[f64]) -> f64 {

@@ -5,29 +5,18 @@
 //! every run; the tolerances are still derived from the sample size (five binomial standard
 //! deviations), not tuned to the seed.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::weighted;
 use proptest::prelude::*;
 use sd_core::{
     BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedEndpointer, Instance,
     InstanceCache,
 };
 use sd_lb::{Balancer, Clock, ConsistentHash, Load, P2c, Request};
-
-/// Endpoints `10.0.0.1:1000+i` with values `i` and the given weights.
-fn weighted(weights: &[u32]) -> Arc<FixedEndpointer<u16>> {
-    Arc::new(FixedEndpointer::new(weights.iter().enumerate().map(
-        |(i, w)| {
-            (
-                Instance::builder("10.0.0.1", 1000 + i as u16)
-                    .weight(*w)
-                    .build(),
-                i as u16,
-            )
-        },
-    )))
-}
 
 /// Asserts that `counts` (out of their sum) follow `weights` within five binomial standard
 /// deviations per endpoint, plus `slack` (a share: e.g. a table's rounding); zero weights
