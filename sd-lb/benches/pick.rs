@@ -9,6 +9,11 @@
 //! reference. The `p2c_*` figures include ending the request (dropping the guard), which is
 //! where peak-EWMA reads the clock a second time; `p2c_*_pick_only` time the pick alone.
 //! Consistent hashing picks a different key each time.
+//!
+//! The endpoints have weights 1 to 4, so `p2c_*` and `consistent_hash` are the weighted
+//! balancers (P2C draws by weight: a binary search over cumulative weights);
+//! `p2c_inflight_unweighted*` is the same P2C with `ignore_weights()` (uniform draws, the
+//! cost of any set whose weights are all equal).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -191,7 +196,13 @@ fn bench(c: &mut Criterion) {
     run(c, "weighted", |ep| Plain(Weighted::new(ep)));
     run(c, "p2c_inflight", |ep| Guarded(P2c::pending_requests(ep)));
     run(c, "p2c_peak_ewma", |ep| Guarded(P2c::peak_ewma(ep)));
+    run(c, "p2c_inflight_unweighted", |ep| {
+        Guarded(P2c::pending_requests(ep).ignore_weights())
+    });
     run_pick_only(c, "p2c_inflight_pick_only", P2c::pending_requests);
+    run_pick_only(c, "p2c_inflight_unweighted_pick_only", |ep| {
+        P2c::pending_requests(ep).ignore_weights()
+    });
     run_pick_only(c, "p2c_peak_ewma_pick_only", P2c::peak_ewma);
     run(c, "consistent_hash", |ep| Keyed(ConsistentHash::new(ep)));
 }

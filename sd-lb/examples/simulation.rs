@@ -10,6 +10,10 @@
 //! balancers are drawn to (a fast failure looks like a fast, idle endpoint), with and without
 //! [`Outlier`] ejection.
 //!
+//! A third run gives the endpoints different capacities, announced as instance weights
+//! (weight `w`: `w` requests served at once, the rest queue), to compare balancers that honour
+//! weights with ones that do not.
+//!
 //! Run: `cargo run --release -p sd-lb --example simulation`
 
 use std::sync::Arc;
@@ -97,6 +101,48 @@ async fn simulate(
     }
 }
 
+/// Capacities (requests served at once) of the third run, announced as weights.
+const CAPACITY: [u32; 8] = [1, 1, 1, 1, 2, 2, 4, 4];
+const CAPACITY_CLIENTS: usize = 24;
+
+/// Runs `REQUESTS` requests from `CAPACITY_CLIENTS` clients through `lb` over endpoints that
+/// serve `CAPACITY[i]` requests at once (the rest wait in line), each in 5–15 ms.
+async fn simulate_capacity(lb: Arc<dyn Balancer<usize>>) -> (Vec<Duration>, Vec<usize>) {
+    let slots: Arc<Vec<tokio::sync::Semaphore>> = Arc::new(
+        CAPACITY
+            .iter()
+            .map(|c| tokio::sync::Semaphore::new(*c as usize))
+            .collect(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let per_client = REQUESTS / CAPACITY_CLIENTS;
+    for c in 0..CAPACITY_CLIENTS {
+        let (lb, tx, slots) = (lb.clone(), tx.clone(), slots.clone());
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(c as u64);
+            for _ in 0..per_client {
+                let start = Instant::now();
+                let picked = lb.pick_with(&Request::new()).unwrap();
+                let i = **picked.endpoint();
+                let permit = slots[i].acquire().await.expect("open");
+                tokio::time::sleep(Duration::from_micros(rng.gen_range(5_000..15_000))).await;
+                drop(permit);
+                picked.success();
+                let _ = tx.send((i, start.elapsed()));
+            }
+        });
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(REQUESTS);
+    let mut per_endpoint = vec![0usize; CAPACITY.len()];
+    while let Some((i, d)) = rx.recv().await {
+        per_endpoint[i] += 1;
+        latencies.push(d);
+    }
+    latencies.sort();
+    (latencies, per_endpoint)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -173,6 +219,36 @@ fn main() {
                 100.0 * a.failed as f64 / REQUESTS as f64,
                 100.0 * b.failed as f64 / REQUESTS as f64,
                 ms(pct(&b.latencies, 0.99)),
+            );
+        }
+
+        println!("\n## Endpoints of different capacity, announced as weights\n");
+        println!(
+            "{REQUESTS} requests, {CAPACITY_CLIENTS} concurrent; endpoint `i` serves `CAPACITY[i]` requests at once in 5–15 ms each, the rest wait; its weight is its capacity: {CAPACITY:?}\n"
+        );
+        println!("| balancer | p50 ms | p99 ms | mean ms | requests per endpoint (weights {CAPACITY:?}) |");
+        println!("|---|---:|---:|---:|---|");
+        let ep: Ep = Arc::new(FixedEndpointer::new(CAPACITY.iter().enumerate().map(|(i, w)| {
+            (Instance::builder("10.0.0.1", 9100 + i as u16).weight(*w).build(), i)
+        })));
+        let lbs: Vec<(&str, Arc<dyn Balancer<usize>>)> = vec![
+            ("round robin", Arc::new(RoundRobin::new(ep.clone()))),
+            ("weighted", Arc::new(Weighted::new(ep.clone()))),
+            ("p2c, in-flight, weights ignored", Arc::new(P2c::pending_requests(ep.clone()).seed(1).ignore_weights())),
+            ("p2c, in-flight, weighted", Arc::new(P2c::pending_requests(ep.clone()).seed(1))),
+            ("p2c, peak EWMA, weights ignored", Arc::new(P2c::peak_ewma(ep.clone()).clock(clock).seed(1).ignore_weights())),
+            ("p2c, peak EWMA, weighted", Arc::new(P2c::peak_ewma(ep.clone()).clock(clock).seed(1))),
+        ];
+        for (name, lb) in lbs {
+            let (lat, per) = simulate_capacity(lb).await;
+            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+            let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                ms(pct(&lat, 0.5)),
+                ms(pct(&lat, 0.99)),
+                ms(mean),
+                spread.join(" "),
             );
         }
     });

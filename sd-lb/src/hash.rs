@@ -7,7 +7,7 @@ use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
     bounded, endpoints_of, hash_key, pick_fallback, redraw_accepted, splitmix, thread_random,
-    Balancer, Current, Picked, Request, Viewed,
+    Balancer, Cands, Current, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -28,6 +28,16 @@ use crate::error::LbError;
 /// every client that sees the same set, but not the Maglev mapping: keys move once more when
 /// the table is ready). A pick never reports "no endpoints" while the endpointer has some.
 /// [`refresh`](ConsistentHash::refresh) brings the table up to date on the calling thread.
+///
+/// **Weights.** An endpoint owns a share of the table in proportion to its
+/// [`Instance::weight`](sd_core::Instance::weight) (weighted Maglev, as in Envoy: in each
+/// filling round an endpoint takes a slot only when its weight has earned one), so it gets
+/// that share of the keys; every endpoint of positive weight owns at least one slot. An
+/// endpoint of weight 0 owns none while one of positive weight exists (when all weigh 0 they
+/// count as 1). With equal weights the table is the unweighted one, slot for slot. A weight
+/// change is an update like any other: the keys that move are about the share that changed
+/// hands. [`ignore_weights`](ConsistentHash::ignore_weights) gives every endpoint an equal
+/// share.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
 /// and some are not, the table holds the passing ones only, so the keys of a failing
@@ -58,6 +68,7 @@ use crate::error::LbError;
 /// ```
 pub struct ConsistentHash<P, E: 'static> {
     endpointer: P,
+    weights: bool,
     table: Viewed<Table, E>,
     _e: PhantomData<fn() -> E>,
 }
@@ -65,16 +76,41 @@ pub struct ConsistentHash<P, E: 'static> {
 struct Table {
     /// Endpoint index per slot; `M` entries (prime).
     slots: Vec<u32>,
+    /// The endpoints that own slots (indices into the list), for the last-resort choice
+    /// when a request avoids most of them.
+    members: Box<[u32]>,
 }
 
 impl<P: Endpointer<E>, E: Send + Sync + 'static> ConsistentHash<P, E> {
     /// A Maglev balancer over `endpointer` (its table is built now, on this thread).
     pub fn new(endpointer: P) -> Self {
         ConsistentHash {
-            table: Viewed::new(&endpointer, true, |l, preferred, _| build(l, preferred)),
+            table: Self::view(&endpointer, true),
             endpointer,
+            weights: true,
             _e: PhantomData,
         }
+    }
+
+    fn view(endpointer: &P, weights: bool) -> Viewed<Table, E> {
+        Viewed::new(endpointer, true, move |l, preferred, _| {
+            build(l, preferred, weights)
+        })
+    }
+
+    /// Ignores [`Instance::weight`](sd_core::Instance::weight): every endpoint owns the same
+    /// share of the table (the table is rebuilt now, on this thread). For a set whose weights
+    /// are all equal this changes nothing: the table is the same slot for slot. Every client
+    /// of a service must make the same choice, or they map keys differently.
+    pub fn ignore_weights(mut self) -> Self {
+        self.weights = false;
+        self.table = Self::view(&self.endpointer, false);
+        self
+    }
+
+    /// Whether instance weights count (see [`ignore_weights`](ConsistentHash::ignore_weights)).
+    pub fn honours_weights(&self) -> bool {
+        self.weights
     }
 
     /// Brings the table up to date with the endpointer now, on this thread (waiting for a
@@ -128,15 +164,36 @@ pub(crate) fn table_size(n: usize) -> u64 {
     m
 }
 
-fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Table {
-    // The members: the preferred (passing) endpoints when there are some.
-    let members: Vec<u32> = match preferred {
+fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>, weights: bool) -> Table {
+    // The candidates: the preferred (passing) endpoints when there are some.
+    let cands: Vec<u32> = match preferred {
         Some(p) => p.to_vec(),
         None => (0..list.len() as u32).collect(),
     };
+    let weight_of = |i: u32| {
+        if weights {
+            list[i as usize].instance().weight() as u64
+        } else {
+            1
+        }
+    };
+    // The members own slots: candidates of positive weight, or all of them (as weight 1)
+    // when every one weighs 0.
+    let (members, weight): (Vec<u32>, Vec<u64>) = if cands.iter().all(|&i| weight_of(i) == 0) {
+        cands.iter().map(|&i| (i, 1)).unzip()
+    } else {
+        cands
+            .iter()
+            .map(|&i| (i, weight_of(i)))
+            .filter(|&(_, w)| w > 0)
+            .unzip()
+    };
     let n = members.len();
     if n == 0 {
-        return Table { slots: Vec::new() };
+        return Table {
+            slots: Vec::new(),
+            members: Box::new([]),
+        };
     }
     let m = table_size(n);
     let perms: Vec<(u64, u64)> = members
@@ -153,8 +210,24 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Table {
     let mut next = vec![0u64; n];
     let mut slots = vec![u32::MAX; m as usize];
     let mut filled = 0u64;
+    // Weighted Maglev, as Envoy builds it: in round `t` (from 1) a member takes its next
+    // preferred slot only if `t × weight ≥ its target`, and each slot taken raises the target
+    // by the largest weight. The heaviest member takes a slot every round, one of half its
+    // weight every other round, and so on, so slot counts follow the weights (every member
+    // takes at least one, in round 1). With equal weights every member takes a slot every
+    // round: the plain Maglev table, slot for slot. Bounds: rounds ≤ M (the heaviest
+    // member fills one slot per round), so `t × weight < 2^32 · M` and targets stay far
+    // from overflowing `u64`.
+    let wmax = weight.iter().copied().max().unwrap_or(1);
+    let mut target = vec![0u64; n];
+    let mut round = 0u64;
     'outer: loop {
+        round += 1;
         for i in 0..n {
+            if round * weight[i] < target[i] {
+                continue;
+            }
+            target[i] += wmax;
             let (offset, skip) = perms[i];
             let mut c = (offset + next[i] * skip) % m;
             while slots[c as usize] != u32::MAX {
@@ -169,7 +242,10 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Table {
             }
         }
     }
-    Table { slots }
+    Table {
+        slots,
+        members: members.into_boxed_slice(),
+    }
 }
 
 impl<E, P> Balancer<E> for ConsistentHash<P, E>
@@ -182,7 +258,7 @@ where
         let key = request.key().unwrap_or_else(thread_random);
         let table = match self.table.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, splitmix(key), request, false),
+            Current::Fallback(s) => return pick_fallback(&s, splitmix(key), request, self.weights),
         };
         let list = endpoints_of(&table.snapshot)?;
         let slots = &table.value.slots;
@@ -201,8 +277,9 @@ where
         }
         // Most endpoints are avoided: a choice among the accepted ones, still a function of
         // the key (the same in every client) and uniform over keys.
+        let members = Cands::new(list.len(), Some(&table.value.members));
         Ok(Picked::new(
-            list[redraw_accepted(list, table.cands(), first, request, h)].clone(),
+            list[redraw_accepted(list, members, first, request, h)].clone(),
         ))
     }
 
@@ -213,7 +290,90 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::table_size;
+    use super::{build, table_size};
+    use sd_core::{Endpoint, Instance};
+
+    fn endpoints(weights: &[u32]) -> Vec<Endpoint<()>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Endpoint::new(
+                    Instance::builder("10.0.0.1", 1000 + i as u16)
+                        .weight(*w)
+                        .build(),
+                    (),
+                )
+            })
+            .collect()
+    }
+
+    fn slot_counts(weights: &[u32], honour: bool) -> Vec<usize> {
+        let table = build(&endpoints(weights), None, honour);
+        let mut c = vec![0usize; weights.len()];
+        for &s in &table.slots {
+            c[s as usize] += 1;
+        }
+        c
+    }
+
+    /// Each endpoint owns `M × weight / total` slots: exactly, up to the rounding of the
+    /// filling rounds. Endpoint i takes a slot in round 1 and then once per `wmax / w_i`
+    /// rounds, so after `T` rounds it holds `T·w_i/wmax + 1` slots at most and
+    /// `T·w_i/wmax - 1` at least, and the last round is cut short: an error of at most 2 slots
+    /// per endpoint before normalisation, which shifts the others by at most 2 each, hence
+    /// the bound `2 + 2n` slots.
+    #[test]
+    fn weighted_table_shares_follow_weights() {
+        for weights in [
+            vec![1u32, 2, 3, 4],
+            vec![100, 1, 1, 50, 7],
+            vec![5, 5, 5, 0],
+            vec![u32::MAX, 1, u32::MAX / 2],
+            (1..=40).collect(),
+        ] {
+            let c = slot_counts(&weights, true);
+            let m: usize = c.iter().sum();
+            assert_eq!(
+                m as u64,
+                table_size(weights.iter().filter(|w| **w > 0).count())
+            );
+            let total: f64 = weights.iter().map(|w| *w as f64).sum();
+            let bound = 2.0 + 2.0 * weights.len() as f64;
+            for (i, w) in weights.iter().enumerate() {
+                let expected = m as f64 * *w as f64 / total;
+                if *w == 0 {
+                    assert_eq!(c[i], 0, "weight 0 owns no slot: {weights:?} {c:?}");
+                } else {
+                    assert!(c[i] >= 1, "every positive weight owns a slot: {c:?}");
+                    assert!(
+                        (c[i] as f64 - expected).abs() <= bound.max(1.0),
+                        "{weights:?}: endpoint {i} owns {} slots, expected {expected:.1} ± {bound}",
+                        c[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// With equal weights (any value) the weighted build is the plain Maglev table, slot for
+    /// slot: sets without weights map keys exactly as before weights counted.
+    #[test]
+    fn equal_weights_build_the_unweighted_table() {
+        for w in [1u32, 7, u32::MAX] {
+            let eps = endpoints(&[w; 13]);
+            assert_eq!(
+                build(&eps, None, true).slots,
+                build(&eps, None, false).slots
+            );
+        }
+        // All zero counts as all one.
+        let eps = endpoints(&[0; 5]);
+        assert_eq!(
+            build(&eps, None, true).slots,
+            build(&endpoints(&[1; 5]), None, true).slots
+        );
+    }
 
     #[test]
     fn table_size_tiers_are_a_function_of_n_alone() {

@@ -10,10 +10,13 @@
 //! | [`LocalRoundRobin`] | in turn, from a cached snapshot: the fastest pick, one handle per thread |
 //! | [`Random`] | uniformly at random (seedable) |
 //! | [`Weighted`] | smooth weighted round robin over instance weights |
-//! | [`P2c`] | the less loaded of two random endpoints: in-flight requests or peak-EWMA latency |
-//! | [`ConsistentHash`] | the owner of a request key (Maglev) |
+//! | [`P2c`] | the less loaded (per unit of weight) of two distinct random endpoints, drawn by weight: in-flight requests or peak-EWMA latency |
+//! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
 //! | [`RefuseStale`] | wraps any balancer: fails picks while the endpoints are stale for too long |
+//!
+//! [`Subset`] wraps an endpointer instead: each client uses a stable, deterministic subset of
+//! the endpoints (the SRE book's algorithm), any balancer on top.
 //!
 //! Which one to choose, with a simulation of each: `docs/BALANCERS.md`. In short: P2C with
 //! outlier ejection when backends differ in speed, consistent hashing when keys must stick,
@@ -78,6 +81,7 @@ mod random;
 mod retry;
 mod round_robin;
 mod stale;
+mod subset;
 pub mod tower;
 mod weighted;
 
@@ -96,4 +100,5 @@ pub use random::Random;
 pub use retry::{Decision, Retry};
 pub use round_robin::RoundRobin;
 pub use stale::RefuseStale;
+pub use subset::Subset;
 pub use weighted::Weighted;

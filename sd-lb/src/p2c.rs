@@ -91,12 +91,16 @@ impl EndpointLoad {
         Duration::from_nanos(f64::from_bits(self.cost.load(Ordering::Relaxed)) as u64)
     }
 
+    /// The peak-EWMA cost of one more request on an endpoint of `weight`: the decayed
+    /// latency estimate × (1 + requests in flight ÷ weight), as `× weight` (cross-multiplied
+    /// by the caller: `(in flight + weight) × latency`). With weight 1 it is Finagle's
+    /// latency × (in flight + 1).
     #[inline]
-    fn ewma_cost(&self, now: u64) -> f64 {
+    fn ewma_cost(&self, now: u64, weight: f64) -> f64 {
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
         let decayed = cost * exp_neg(elapsed * self.inv_decay);
-        decayed * (self.pending_requests() as f64 + 1.0)
+        decayed * (self.pending_requests() as f64 + weight)
     }
 
     fn observe(&self, now: u64, rtt: f64) {
@@ -176,19 +180,207 @@ fn accepted_or_redraw<E>(
     }
 }
 
-/// One table entry: the endpoint value (weakly, for matching across updates) and its load.
+/// A uniform draw among the accepted candidates other than `i` (the second choice when a
+/// redraw landed on the first); `i` when there is none.
+#[cold]
+fn other_than<E: Send + Sync>(
+    list: &[Endpoint<E>],
+    cands: Cands<'_>,
+    i: usize,
+    request: &Request<'_, E>,
+    r: u64,
+) -> usize {
+    let first = &list[i];
+    let avoid = |e: &Endpoint<E>| request.avoids(e) || std::ptr::eq(e, first);
+    redraw_accepted(list, cands, i, &Request::new().avoid(&avoid), r)
+}
+
+/// The two choices of weighted P2C: the first in proportion to weight, the second in
+/// proportion to weight among the others (without replacement); each replaced by a weighted
+/// redraw among the accepted endpoints when the request avoids it, and kept distinct while
+/// two endpoints of positive weight are accepted. Zero-weight endpoints are never drawn.
+#[inline]
+fn weighted_pair<E>(
+    list: &[Endpoint<E>],
+    cands: Cands<'_>,
+    s: &Sampler,
+    request: &Request<'_, E>,
+    r: u64,
+) -> (usize, usize) {
+    let ki = s.draw(r);
+    if s.positive < 2 {
+        let i = cands.at(ki);
+        return (i, i);
+    }
+    let kj = s.draw_other(splitmix(r), ki);
+    let (mut i, mut j) = (cands.at(ki), cands.at(kj));
+    if request.has_avoid() {
+        if request.avoids(&list[i]) {
+            i = redraw_weighted(list, cands, s, i, None, request, splitmix(r ^ 1));
+        }
+        if request.avoids(&list[j]) || j == i {
+            j = redraw_weighted(list, cands, s, j, Some(i), request, splitmix(r ^ 2));
+        }
+    }
+    (i, j)
+}
+
+/// One table entry: the endpoint value (weakly, for matching across updates), its load and
+/// its weight.
 struct Slot<E> {
     value: Weak<E>,
     load: Arc<EndpointLoad>,
+    /// The weight the load is divided by: the instance's weight (1 for every endpoint when
+    /// weights are ignored or all candidates weigh 0).
+    weight: u64,
 }
 
-/// Power of two choices: draw two distinct endpoints at random, take the less loaded.
+/// The statistics table of one snapshot, and the weighted sampler when the candidates'
+/// weights differ.
+struct Table<E> {
+    slots: Vec<Slot<E>>,
+    /// `None` when every candidate has the same weight (or weights are ignored): both draws
+    /// are then uniform and loads compare directly, as in unweighted P2C.
+    sampler: Option<Sampler>,
+}
+
+/// Draws candidates in proportion to their weights: cumulative weights over the candidates
+/// (in [`Cands`] order) and a binary search, `O(log N)`, no allocation.
+struct Sampler {
+    /// `cum[k]` is the sum of the weights of candidates `0..=k`.
+    cum: Box<[u64]>,
+    /// Candidates of positive weight (zero-weight ones are never drawn).
+    positive: usize,
+}
+
+impl Sampler {
+    /// The weights of the candidates, or `None` when they are all equal.
+    fn new(weights: &[u64]) -> Option<Self> {
+        if weights.windows(2).all(|w| w[0] == w[1]) {
+            return None;
+        }
+        let mut sum = 0u64;
+        let cum = weights
+            .iter()
+            .map(|w| {
+                sum = sum.saturating_add(*w);
+                sum
+            })
+            .collect();
+        Some(Sampler {
+            cum,
+            positive: weights.iter().filter(|w| **w > 0).count(),
+        })
+    }
+
+    #[inline]
+    fn total(&self) -> u64 {
+        self.cum[self.cum.len() - 1]
+    }
+
+    /// The weight of candidate `k`.
+    #[inline]
+    fn weight(&self, k: usize) -> u64 {
+        self.cum[k] - if k == 0 { 0 } else { self.cum[k - 1] }
+    }
+
+    /// The candidate whose cumulative range holds `x` (`x < total`).
+    #[inline]
+    fn at(&self, x: u64) -> usize {
+        self.cum.partition_point(|&c| c <= x)
+    }
+
+    /// A candidate drawn with probability weight / total.
+    #[inline]
+    fn draw(&self, r: u64) -> usize {
+        self.at(((r as u128 * self.total() as u128) >> 64) as u64)
+    }
+
+    /// A candidate other than `k` (of positive weight), drawn with probability
+    /// weight / (total - weight of `k`): the second choice, without replacement.
+    /// Needs two candidates of positive weight.
+    #[inline]
+    fn draw_other(&self, r: u64, k: usize) -> usize {
+        let wk = self.weight(k);
+        let mut x = ((r as u128 * (self.total() - wk) as u128) >> 64) as u64;
+        if x >= self.cum[k] - wk {
+            x += wk;
+        }
+        self.at(x)
+    }
+}
+
+/// The endpoint to use in place of candidate index `start` (in the list), which the request
+/// avoids or which duplicates the other choice (`skip`): a few weighted draws, then a
+/// weighted choice among the accepted candidates of positive weight other than `skip`;
+/// `start` when there is none. No allocation.
+#[cold]
+fn redraw_weighted<E>(
+    list: &[Endpoint<E>],
+    cands: Cands<'_>,
+    s: &Sampler,
+    start: usize,
+    skip: Option<usize>,
+    request: &Request<'_, E>,
+    mut r: u64,
+) -> usize {
+    let ok = |i: usize| Some(i) != skip && !request.avoids(&list[i]);
+    for _ in 0..4 {
+        r = splitmix(r);
+        let i = cands.at(s.draw(r));
+        if ok(i) {
+            return i;
+        }
+    }
+    let accepted: u64 = (0..cands.len())
+        .filter(|&k| ok(cands.at(k)))
+        .map(|k| s.weight(k))
+        .sum();
+    if accepted == 0 {
+        return start;
+    }
+    let mut x = ((splitmix(r) as u128 * accepted as u128) >> 64) as u64;
+    for k in 0..cands.len() {
+        if !ok(cands.at(k)) {
+            continue;
+        }
+        let w = s.weight(k);
+        if x < w {
+            return cands.at(k);
+        }
+        x -= w;
+    }
+    start
+}
+
+/// Power of two choices: draw two distinct endpoints at random, take the less loaded per
+/// unit of weight.
 ///
 /// The load is pluggable ([`Load`]): requests in flight, or peak-EWMA latency. It is fed
 /// back through the [`Picked`] guard returned by [`pick_with`](Balancer::pick_with): a guard
-/// dropped without a report still ends its request. Statistics survive endpoint-set updates
-/// for the endpoints that stay. A pick takes one `arc-swap` load (the endpoints with their
-/// statistics, checked against the endpointer's version number), no lock and no allocation.
+/// dropped without a report still ends its request. A pick takes one `arc-swap` load (the
+/// endpoints with their statistics, checked against the endpointer's version number), no
+/// lock and no allocation.
+///
+/// **Weights.** [`Instance::weight`](sd_core::Instance::weight) counts, read as capacity:
+/// an endpoint of weight `w` is taken to serve `w` requests at once. The first choice is
+/// drawn in proportion to weight, the second in proportion to weight among the others
+/// (without replacement, so the two are always distinct), and the one with the lower load
+/// per unit of weight wins, a tie going to the first: requests in flight ÷ weight, or for
+/// peak EWMA latency × (1 + requests in flight ÷ weight). Idle endpoints of equal latency
+/// thus get picks in proportion to their weights, under load each endpoint's requests in
+/// flight tend to its share of the weight, and a slower endpoint still loses to a faster
+/// one whatever their weights. An endpoint of weight 0 is never picked while one of positive weight can be;
+/// when every candidate weighs 0, all count as 1. When all candidates have the same weight
+/// (the usual case) both draws are uniform, as in unweighted P2C, at the same cost; with
+/// different weights a draw is a binary search over cumulative weights (`O(log N)`).
+/// [`ignore_weights`](P2c::ignore_weights) restores plain P2C.
+///
+/// **State across updates.** Each endpoint's statistics are keyed by the endpoint itself
+/// (its value, which the endpointer keeps while the instance stays, also when its weight,
+/// tags or health change), not by its position in the list: an update that inserts or
+/// removes other endpoints, or changes this one's weight, keeps its in-flight count and
+/// latency estimate. New endpoints start from zero requests and the default RTT.
 ///
 /// After an update the statistics table is rebuilt on a background thread (started by the
 /// first pick that sees the update); picks meanwhile use the previous table, or, when that
@@ -211,23 +403,39 @@ pub struct P2c<P, E: 'static> {
     endpointer: P,
     load: Load,
     clock: Clock,
-    view: Viewed<Vec<Slot<E>>, E>,
+    weights: bool,
+    view: Viewed<Table<E>, E>,
     seeded: Option<AtomicU64>,
 }
 
-fn build_slots<E>(
+fn build_table<E>(
     list: &[Endpoint<E>],
-    old: Option<&Vec<Slot<E>>>,
+    preferred: Option<&[u32]>,
+    old: Option<&Table<E>>,
     load: Load,
     clock: Clock,
-) -> Vec<Slot<E>> {
+    weights: bool,
+) -> Table<E> {
     let previous: HashMap<*const E, &Arc<EndpointLoad>> = old
         .into_iter()
-        .flatten()
+        .flat_map(|t| &t.slots)
         .filter(|s| s.value.strong_count() > 0)
         .map(|s| (s.value.as_ptr(), &s.load))
         .collect();
-    list.iter()
+    let cands = Cands::new(list.len(), preferred);
+    // Weight 0 among the candidates means "only if nothing else": when every candidate
+    // weighs 0, they all count as 1.
+    let weight_of = |e: &Endpoint<E>| {
+        if weights {
+            e.instance().weight() as u64
+        } else {
+            1
+        }
+    };
+    let all_zero = (0..cands.len()).all(|k| weight_of(&list[cands.at(k)]) == 0);
+    let weight_of = |e: &Endpoint<E>| if all_zero { 1 } else { weight_of(e) };
+    let slots = list
+        .iter()
         .map(|e| {
             let ptr = Arc::as_ptr(e.value_arc());
             let load = previous
@@ -237,9 +445,20 @@ fn build_slots<E>(
             Slot {
                 value: Arc::downgrade(e.value_arc()),
                 load,
+                weight: weight_of(e),
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    let cand_weights: Vec<u64> = (0..cands.len())
+        .map(|k| slots[cands.at(k)].weight)
+        .collect();
+    let sampler = Sampler::new(&cand_weights);
+    let mut slots = slots;
+    if sampler.is_none() {
+        // Equal weights: plain P2C, exactly (the loads compare as with weight 1).
+        slots.iter_mut().for_each(|s| s.weight = 1);
+    }
+    Table { sampler, slots }
 }
 
 impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
@@ -252,16 +471,20 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
             Load::PendingRequests => Clock::std(),
             Load::PeakEwma { .. } => Clock::fast(),
         };
-        let view = Viewed::new(&endpointer, true, move |list, _, old| {
-            build_slots(list, old, load, clock)
-        });
         P2c {
+            view: Self::view(&endpointer, load, clock, true),
             endpointer,
             load,
             clock,
-            view,
+            weights: true,
             seeded: None,
         }
+    }
+
+    fn view(endpointer: &P, load: Load, clock: Clock, weights: bool) -> Viewed<Table<E>, E> {
+        Viewed::new(endpointer, true, move |list, preferred, old| {
+            build_table(list, preferred, old, load, clock, weights)
+        })
     }
 
     /// P2C over requests in flight.
@@ -278,11 +501,25 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
-        let load = self.load;
-        self.view = Viewed::new(&self.endpointer, true, move |list, _, old| {
-            build_slots(list, old, load, clock)
-        });
+        self.view = Self::view(&self.endpointer, self.load, clock, self.weights);
         self
+    }
+
+    /// Ignores [`Instance::weight`](sd_core::Instance::weight): both choices are drawn
+    /// uniformly and loads compare directly (P2C as in tower and Finagle). Statistics start
+    /// afresh.
+    ///
+    /// By default weights count (see [`P2c`]); for a set whose weights are all equal the two
+    /// behave the same.
+    pub fn ignore_weights(mut self) -> Self {
+        self.weights = false;
+        self.view = Self::view(&self.endpointer, self.load, self.clock, false);
+        self
+    }
+
+    /// Whether instance weights count (see [`ignore_weights`](P2c::ignore_weights)).
+    pub fn honours_weights(&self) -> bool {
+        self.weights
     }
 
     /// Draws from one shared sequence fixed by `seed` instead of a per-thread generator.
@@ -319,13 +556,16 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
             .all()
             .iter()
             .position(|e| Endpoint::same_value(e, endpoint))?;
-        Some(view.value[i].load.clone())
+        Some(view.value.slots[i].load.clone())
     }
 }
 
 impl<P, E: 'static> std::fmt::Debug for P2c<P, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("P2c").field("load", &self.load).finish()
+        f.debug_struct("P2c")
+            .field("load", &self.load)
+            .field("weights", &self.weights)
+            .finish()
     }
 }
 
@@ -338,10 +578,10 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let view = match self.view.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, false),
+            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, self.weights),
         };
         let list = endpoints_of(&view.snapshot)?;
-        let slots = &view.value;
+        let slots = &view.value.slots;
         let cands = view.cands();
         let n = cands.len();
         let now = match self.load {
@@ -352,26 +592,46 @@ where
             cands.at(0)
         } else {
             let r = self.random();
-            let i = bounded(r, n);
-            let mut j = bounded(splitmix(r), n - 1);
-            if j >= i {
-                j += 1;
-            }
-            let (i, j) = (cands.at(i), cands.at(j));
-            // An avoided draw is replaced by a uniform draw among the accepted endpoints,
-            // so an ejected endpoint's share spreads evenly.
-            let i = accepted_or_redraw(list, cands, i, request, splitmix(r ^ 1));
-            let j = accepted_or_redraw(list, cands, j, request, splitmix(r ^ 2));
-            // A tie goes to `i`, itself a uniform draw. In-flight counts are exact: the less
-            // loaded wins. Peak-EWMA costs within 0.1 % are a tie, so noise-level
-            // differences (the decay of endpoints whose statistics were created nanoseconds
-            // apart) cannot starve one endpoint while no real load tells them apart.
+            let (i, j) = match &view.value.sampler {
+                None => {
+                    let i = bounded(r, n);
+                    let mut j = bounded(splitmix(r), n - 1);
+                    if j >= i {
+                        j += 1;
+                    }
+                    let (i, j) = (cands.at(i), cands.at(j));
+                    // An avoided draw is replaced by a uniform draw among the accepted
+                    // endpoints, so an ejected endpoint's share spreads evenly; the two
+                    // choices stay distinct while two endpoints are accepted.
+                    let i = accepted_or_redraw(list, cands, i, request, splitmix(r ^ 1));
+                    let mut j = accepted_or_redraw(list, cands, j, request, splitmix(r ^ 2));
+                    if j == i {
+                        j = other_than(list, cands, i, request, splitmix(r ^ 3));
+                    }
+                    (i, j)
+                }
+                Some(s) => weighted_pair(list, cands, s, request, r),
+            };
+            // A tie goes to `i`, itself a (weighted) random draw. Loads are divided by the
+            // weights (cross-multiplied: no division, no rounding). In-flight counts are
+            // exact: the less loaded wins. Peak-EWMA costs within 0.1 % are a tie, so
+            // noise-level differences (the decay of endpoints whose statistics were
+            // created nanoseconds apart) cannot starve one endpoint while no real load
+            // tells them apart.
+            let (wi, wj) = (slots[i].weight.max(1), slots[j].weight.max(1));
             let j_lighter = match self.load {
                 Load::PendingRequests => {
-                    slots[j].load.pending_requests() < slots[i].load.pending_requests()
+                    let (li, lj) = (
+                        slots[i].load.pending_requests(),
+                        slots[j].load.pending_requests(),
+                    );
+                    (lj as u128) * (wi as u128) < (li as u128) * (wj as u128)
                 }
                 Load::PeakEwma { .. } => {
-                    slots[j].load.ewma_cost(now) < slots[i].load.ewma_cost(now) * TIE
+                    // latency × (1 + in flight ÷ weight), cross-multiplied by both weights.
+                    let (wi, wj) = (wi as f64, wj as f64);
+                    slots[j].load.ewma_cost(now, wj) * wi
+                        < slots[i].load.ewma_cost(now, wi) * wj * TIE
                 }
             };
             if j_lighter {

@@ -1,8 +1,9 @@
 //! A pick makes no allocation: a counting global allocator observes 100 000 picks of round
 //! robin (both counters and the local handle), random, P2C (both loads, with its completion
-//! guard), weighted and consistent hashing.
+//! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
+//! two choices distinct), weighted and consistent hashing (weighted and not).
 
-use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, FixedInstancer, Instance};
+use sd_core::{BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedInstancer, Instance};
 use sd_lb::{
     Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
 };
@@ -89,6 +90,45 @@ fn picks_do_not_allocate() {
         let v = **p.endpoint();
         drop(p); // a dropped guard reports too
         v
+    });
+    // Weighted P2C (the weights above are 0, 1, 2: the weighted sampler), with endpoints to
+    // avoid (weighted redraws, distinct choices).
+    let avoid = |e: &Endpoint<u64>| **e % 7 == 0;
+    let p2c = P2c::pending_requests(ep.clone());
+    let mut held = std::collections::VecDeque::with_capacity(64);
+    count("p2c in-flight, weighted, avoiding, held", || {
+        let p = p2c.pick_with(&Request::new().avoid(&avoid)).unwrap();
+        let v = **p.endpoint();
+        // Keep some requests in flight so that loads differ.
+        if held.len() == 32 {
+            held.pop_front();
+        }
+        held.push_back(p);
+        v
+    });
+    let ewma = P2c::peak_ewma(ep.clone());
+    count("p2c peak-ewma, weighted, avoiding", || {
+        let p = ewma.pick_with(&Request::new().avoid(&avoid)).unwrap();
+        let v = **p.endpoint();
+        p.success();
+        v
+    });
+    // Equal weights: the uniform path, with the same avoid filter.
+    let equal = P2c::pending_requests(ep.clone()).ignore_weights();
+    count("p2c in-flight, weights ignored, avoiding", || {
+        let p = equal.pick_with(&Request::new().avoid(&avoid)).unwrap();
+        let v = **p.endpoint();
+        p.success();
+        v
+    });
+    let hash = ConsistentHash::new(ep.clone()).ignore_weights();
+    let mut k = 0u64;
+    count("consistent hash, weights ignored", || {
+        k += 1;
+        **hash
+            .pick_with(&Request::new().with_key(k))
+            .unwrap()
+            .endpoint()
     });
     let weighted = Weighted::new(ep.clone());
     count("weighted", || *weighted.pick().unwrap());

@@ -13,6 +13,20 @@ pub fn fixed(n: u16) -> Arc<FixedEndpointer<u16>> {
     ))
 }
 
+/// Endpoints `10.0.0.1:1000+i` whose values are `i`, 0-based, with the given weights.
+pub fn weighted(weights: &[u32]) -> Arc<FixedEndpointer<u16>> {
+    Arc::new(FixedEndpointer::new(weights.iter().enumerate().map(
+        |(i, w)| {
+            (
+                Instance::builder("10.0.0.1", 1000 + i as u16)
+                    .weight(*w)
+                    .build(),
+                i as u16,
+            )
+        },
+    )))
+}
+
 /// `threads` threads pick `picks` times each from `balancer`, all at once; returns how often
 /// each endpoint value `0..n` was picked, summed over the threads.
 pub fn combined_counts<B: Balancer<u16> + ?Sized + 'static>(
