@@ -193,8 +193,10 @@ mod tests {
     fn hash_keeps_a_key_on_one_instance_and_spreads_many() {
         let p = simulate(&set(), BalancerKind::Hash, Some("user-42"), 50, None).unwrap();
         assert!(p.counts.contains(&50), "{:?}", p.counts);
+        // Weighted Maglev: the weight-3 instance owns about three quarters of the keys
+        // (750 ± 5σ, σ ≈ 14).
         let p = simulate(&set(), BalancerKind::Hash, Some("user-{}"), 1000, None).unwrap();
-        assert!(p.counts.iter().all(|&c| c > 300), "{:?}", p.counts);
+        assert!((680..=820).contains(&p.counts[0]), "{:?}", p.counts);
     }
 
     #[test]
