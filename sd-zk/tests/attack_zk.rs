@@ -487,7 +487,8 @@ async fn stopping_one_instancer_keeps_the_other_watching_oneshot() {
 async fn fifty_registrars_all_come_back_after_session_expiry() {
     let addr = require!(Server::Zk);
     let _shared = shared(Server::Zk);
-    let registry = registry(&addr, "");
+    let proxy = sd_testkit::proxy::Proxy::start(&addr).await;
+    let registry = common::registry_via(&proxy, "");
     let service = unique_name("zk-fifty");
     let mut rs = Vec::new();
     for i in 0..50u16 {
@@ -499,7 +500,7 @@ async fn fifty_registrars_all_come_back_after_session_expiry() {
     }
     let (instancer, mut sub) = common::watch(&registry, &service).await;
     wait_for_set(&mut sub, "fifty", |s| s.len() == 50).await;
-    common::expire_session(&addr, &registry).await;
+    common::expire_session(&addr, &proxy, &registry).await;
     common::wait_for_error(&mut sub, "session ended").await;
     wait_for_set(&mut sub, "fifty again", |s| s.len() == 50).await;
     let zk = raw(&addr).await;

@@ -195,7 +195,8 @@ async fn zk8_the_read_path_writes_nothing_unless_asked() {
 async fn zk9_instancer_survives_an_error_mid_watch(extra: &str) {
     let addr = require!(Server::Zk);
     let _shared = shared(Server::Zk);
-    let registry = registry(&addr, extra);
+    let proxy = sd_testkit::proxy::Proxy::start(&addr).await;
+    let registry = common::registry_via(&proxy, extra);
     let service = unique_name("zk-nine");
     let r = registry.zk_registrar(reg(&service, 9041, "r1")).unwrap();
     r.register().await.unwrap();
@@ -205,7 +206,7 @@ async fn zk9_instancer_survives_an_error_mid_watch(extra: &str) {
     let mut recreated = r.watch_recreations();
     let sessions = registry.client().sessions_opened();
 
-    expire_session(&addr, &registry).await;
+    expire_session(&addr, &proxy, &registry).await;
     let err = wait_for_error(&mut sub, "session ended mid-watch").await;
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     tokio::time::timeout(BOUND, recreated.wait_for(|n| *n >= 1))

@@ -108,18 +108,27 @@ pub fn ids(set: &InstanceSet) -> Vec<String> {
     v
 }
 
-/// Ends `registry`'s current session from outside, as the server does when it expires it:
-/// a second connection joins the session (same id and password) and closes it. The
-/// registry's client then sees its session expire, with no server fault.
-pub async fn expire_session(addr: &str, registry: &ZkRegistry) {
+/// A registry as [`registry`], connected through `proxy` (for [`expire_session`]).
+pub fn registry_via(proxy: &sd_testkit::proxy::Proxy, extra: &str) -> ZkRegistry {
+    registry(&proxy.addr.to_string(), extra)
+}
+
+/// Ends `registry`'s current session from outside, as the server does when it expires it.
+/// `registry` must reach the server through `proxy` ([`registry_via`]): the proxy is cut, so
+/// its client cannot reconnect, while a second connection straight to the server (`addr`)
+/// joins the session (same id and password) and closes it; then the proxy is restored and
+/// the registry's client finds its session gone. (Without the cut, the client reconnecting
+/// takes the session back from the joining connection, and the two can keep stealing it
+/// from each other until the join times out.)
+pub async fn expire_session(addr: &str, proxy: &sd_testkit::proxy::Proxy, registry: &ZkRegistry) {
     let live = registry
         .client()
         .current()
         .await
         .expect("the registry has a live session");
     let info = live.session().clone();
-    // The connection timeout defaults to 2/5 of the session timeout (0.8 s), which a loaded
-    // machine can miss: give the join 10 s, and three tries (a hang guard, not a bound).
+    drop(live);
+    proxy.cut();
     let mut last = None;
     for _ in 0..3 {
         match zk::Client::connector()
@@ -131,10 +140,19 @@ pub async fn expire_session(addr: &str, registry: &ZkRegistry) {
         {
             Ok(thief) => {
                 drop(thief); // closes the session (not detached)
-                return;
+                last = None;
+                break;
+            }
+            // Cut off, the session may expire before the join: ended all the same.
+            Err(zk::Error::SessionExpired) => {
+                last = None;
+                break;
             }
             Err(e) => last = Some(e),
         }
     }
-    panic!("join the session: {last:?}");
+    proxy.restore();
+    if let Some(e) = last {
+        panic!("join the session: {e:?}");
+    }
 }
