@@ -173,7 +173,7 @@ pub fn select(records: &[SrvRecord], all_priorities: bool) -> (Vec<SrvRecord>, V
     (usable, skipped)
 }
 
-fn instance(r: &SrvRecord, host: &str) -> Instance {
+pub(crate) fn instance(r: &SrvRecord, host: &str) -> Instance {
     Instance::builder(host, r.port)
         .id(r.target.clone())
         .weight(u32::from(r.weight))
