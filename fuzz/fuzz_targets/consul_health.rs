@@ -10,14 +10,6 @@
 
 use libfuzzer_sys::fuzz_target;
 use sd_consul::{MAX_SKIP_REASONS, MIN_ENTRY_BYTES, MIN_MAX_BODY};
-use sd_core::Registration;
-
-/// go-kit's plain form of the instance's address reads back as the same host and port.
-fn plain_form_reads_back(i: &sd_core::Instance) {
-    let back = sd_core::Instance::parse(i.addr())
-        .unwrap_or_else(|e| panic!("the address of {i:?} does not parse back: {e}"));
-    assert_eq!((back.host(), back.port()), (i.host(), i.port()), "{i:?}");
-}
 
 fuzz_target!(|data: &[u8]| {
     // The smallest cap a client accepts: the entry bound is reached with small inputs.
@@ -28,11 +20,6 @@ fuzz_target!(|data: &[u8]| {
     assert!(instances.len() + skipped <= (max_body / MIN_ENTRY_BYTES).max(1));
     assert!(reasons.len() <= MAX_SKIP_REASONS.min(skipped));
     for i in &instances {
-        assert!(!i.host().is_empty(), "instance without a host: {i:?}");
-        assert_ne!(i.port(), 0, "instance with port 0: {i:?}");
-        plain_form_reads_back(&i);
-        Registration::new("svc", i.clone())
-            .validate()
-            .unwrap_or_else(|e| panic!("decoded {i:?} is not registrable: {e}"));
+        sdkit_fuzz::check_instance(i);
     }
 });

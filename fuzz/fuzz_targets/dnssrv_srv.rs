@@ -9,14 +9,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sd_core::Registration;
-
-/// go-kit's plain form of the instance's address reads back as the same host and port.
-fn plain_form_reads_back(i: &sd_core::Instance) {
-    let back = sd_core::Instance::parse(i.addr())
-        .unwrap_or_else(|e| panic!("the address of {i:?} does not parse back: {e}"));
-    assert_eq!((back.host(), back.port()), (i.host(), i.port()), "{i:?}");
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok((lowest, skipped)) = sd_dnssrv::fuzzing::srv_response(data, false) else {
@@ -27,11 +19,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(skipped, skipped_all);
     assert!(all.len() >= lowest.len());
     for i in &all {
-        assert!(!i.host().is_empty(), "instance without a host: {i:?}");
-        assert_ne!(i.port(), 0, "instance with port 0: {i:?}");
-        plain_form_reads_back(&i);
-        Registration::new("svc", i.clone())
-            .validate()
-            .unwrap_or_else(|e| panic!("decoded {i:?} is not registrable: {e}"));
+        sdkit_fuzz::check_instance(i);
     }
 });
