@@ -230,14 +230,15 @@ impl Instance {
 /// returns it as the instance should carry it: a DNS name or IPv4 address as given, an
 /// IPv6 address (bare or bracketed: `::1`, `[::1]`) in its canonical form without brackets.
 /// Fails, saying why, on an empty host, whitespace or control characters, any of
-/// `/ \ @ ? #` (a URL, not a host), brackets around anything but an IPv6 address, and a
-/// `:` outside an IPv6 address.
+/// `/ \ @ ? #` (a URL, not a host) or `{ }` (a plain value starting with `{` is read as
+/// sdkit's JSON), brackets around anything but an IPv6 address, and a `:` outside an IPv6
+/// address.
 ///
 /// An instance built on the host it returns keeps its address through go-kit's plain
 /// `host:port` form: [`Instance::parse`] of its [`addr`](Instance::addr) gives the same
 /// host and port. Every decoder of registry data checks hosts with it (fuzzing found JSON
-/// payloads with hosts such as `w/b.internal` whose plain form did not parse, and control
-/// characters in plain values).
+/// payloads with hosts such as `w/b.internal` or `{xot` whose plain form did not parse or
+/// was read as JSON, and control characters in plain values).
 ///
 /// ```
 /// use sd_core::instance::usable_host;
@@ -254,7 +255,7 @@ pub fn usable_host(host: &str) -> Result<String, String> {
     }
     if let Some(c) = host
         .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || "/\\@?#".contains(*c))
+        .find(|c| c.is_whitespace() || c.is_control() || "/\\@?#{}".contains(*c))
     {
         return Err(format!("host {host:?} contains {c:?}"));
     }
@@ -456,6 +457,8 @@ mod tests {
             "user@h:80",
             "h#x:80",
             "[web]:80",
+            // Read as JSON by the etcd and ZooKeeper decoders (found by `etcd_value`).
+            "{xot:80",
         ] {
             assert!(Instance::parse(bad).is_err(), "{bad:?}");
         }
