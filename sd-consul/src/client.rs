@@ -463,10 +463,10 @@ async fn status_error(what: &str, resp: Response) -> Error {
 
 /// What decoding a health answer gives: the instances, and the entries skipped.
 #[derive(Default)]
-struct Decoded {
-    instances: Vec<Instance>,
-    skipped: usize,
-    skip_reasons: Vec<String>,
+pub(crate) struct Decoded {
+    pub(crate) instances: Vec<Instance>,
+    pub(crate) skipped: usize,
+    pub(crate) skip_reasons: Vec<String>,
     /// The answer had more than the allowed number of entries.
     too_many: bool,
 }
@@ -520,6 +520,50 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
         }
         Ok(())
     }
+}
+
+/// Decodes the body of a health answer read under a `max_body` cap: at most one entry per
+/// [`MIN_ENTRY_BYTES`] of the cap, each converted by
+/// [`entry_to_instance`](crate::entry_to_instance) or skipped with its reason. Fails, with
+/// what is wrong and the start of the body, when the body is not a JSON array (or `null`)
+/// or has too many entries. The one decoder of [`Client::health_service`]; the fuzz target
+/// `consul_health` calls it through [`crate::fuzzing`].
+pub(crate) fn decode_health_body(
+    body: &[u8],
+    max_body: usize,
+) -> std::result::Result<Decoded, String> {
+    let max_entries = (max_body / MIN_ENTRY_BYTES).max(1);
+    let mut decoded = Decoded::default();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result = EntriesSeed {
+        max_entries,
+        out: &mut decoded,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    if let Err(e) = result {
+        let problem = if decoded.too_many {
+            format!(
+                "the answer has more than {max_entries} entries, one per {MIN_ENTRY_BYTES} \
+                 bytes of the {max_body}-byte cap (raise it with ClientConfig::max_body or the \
+                 URL option max_body=)"
+            )
+        } else {
+            // Only on this error path: is it JSON at all (checked without building a
+            // tree), or JSON of the wrong shape?
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => format!("expected a JSON array of entries ({e})"),
+                Err(syntax) => format!("body is not JSON ({syntax})"),
+            }
+        };
+        return Err(format!(
+            "{problem}: {}",
+            truncate(&String::from_utf8_lossy(
+                &body[..body.len().min(MAX_BODY_IN_ERROR + 1)]
+            ))
+        ));
+    }
+    Ok(decoded)
 }
 
 impl Client {
@@ -747,41 +791,8 @@ impl Client {
             .get(FILTERED_BY_ACLS_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = self.read_body(resp, &what).await?;
-        let max_entries = (self.inner.config.max_body / MIN_ENTRY_BYTES).max(1);
-        let mut decoded = Decoded::default();
-        let mut de = serde_json::Deserializer::from_slice(&body);
-        let result = EntriesSeed {
-            max_entries,
-            out: &mut decoded,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
-        if let Err(e) = result {
-            let problem = if decoded.too_many {
-                format!(
-                    "the answer has more than {max_entries} entries, one per {MIN_ENTRY_BYTES} \
-                     bytes of the {}-byte cap (raise it with ClientConfig::max_body or the URL \
-                     option max_body=)",
-                    self.inner.config.max_body
-                )
-            } else {
-                // Only on this error path: is it JSON at all (checked without building a
-                // tree), or JSON of the wrong shape?
-                match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                    Ok(_) => format!("expected a JSON array of entries ({e})"),
-                    Err(syntax) => format!("body is not JSON ({syntax})"),
-                }
-            };
-            return Err(Error::malformed(
-                BACKEND,
-                format!(
-                    "{what}: {problem}: {}",
-                    truncate(&String::from_utf8_lossy(
-                        &body[..body.len().min(MAX_BODY_IN_ERROR + 1)]
-                    ))
-                ),
-            ));
-        }
+        let decoded = decode_health_body(&body, self.inner.config.max_body)
+            .map_err(|problem| Error::malformed(BACKEND, format!("{what}: {problem}")))?;
         Ok(HealthAnswer {
             index,
             instances: decoded.instances,

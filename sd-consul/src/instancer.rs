@@ -174,6 +174,8 @@ pub fn entry_to_instance(entry: &RawValue) -> Result<Instance, String> {
             svc.id
         ));
     }
+    let host =
+        sd_core::instance::usable_host(host).map_err(|e| format!("service {:?}: {e}", svc.id))?;
     let port = match svc.port {
         Some(p) if (1..=65535).contains(&p) => p as u16,
         Some(p) => return Err(format!("service {:?} has port {p}", svc.id)),
@@ -517,6 +519,21 @@ mod tests {
         assert_eq!(i.addr(), "10.0.0.10:9000");
         let i = entry_to_instance(&entry("", "10.0.0.1", 9000, &[])).unwrap();
         assert_eq!(i.addr(), "10.0.0.1:9000");
+    }
+
+    /// The host rule fuzzing established for every decoder (`sd_core::instance::usable_host`):
+    /// an address that is not a host skips the entry, with the reason; an IPv6 address is
+    /// kept in its canonical form, so the instance's go-kit plain form parses back.
+    #[test]
+    fn addresses_that_are_not_hosts_skip_the_entry() {
+        for bad in ["w/b.internal", "[]", "a:b", "[web]", "a b", "h\u{1}"] {
+            let err = entry_to_instance(&entry(bad, "10.0.0.1", 80, &[])).unwrap_err();
+            assert!(err.contains("host"), "{bad}: {err}");
+            let err = entry_to_instance(&entry("", bad, 80, &[])).unwrap_err();
+            assert!(err.contains("host"), "{bad}: {err}");
+        }
+        let i = entry_to_instance(&entry("[0:0::1]", "10.0.0.1", 80, &[])).unwrap();
+        assert_eq!(i.addr(), "[::1]:80");
     }
 
     #[test]

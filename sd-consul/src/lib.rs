@@ -81,6 +81,25 @@ pub mod instancer;
 pub mod registrar;
 pub mod registry;
 
+/// Entry points for the fuzz targets in `fuzz/` (not part of the API: no stability promise).
+///
+/// Each calls the production decoder itself, never a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use sd_core::Instance;
+
+    /// Decodes a `/v1/health/service` body under a `max_body` cap exactly as
+    /// [`Client::health_service`](crate::Client::health_service) does: the instances, how
+    /// many entries were skipped, and their first reasons; or why the body was refused.
+    pub fn health_body(
+        body: &[u8],
+        max_body: usize,
+    ) -> Result<(Vec<Instance>, usize, Vec<String>), String> {
+        crate::client::decode_health_body(body, max_body)
+            .map(|d| (d.instances, d.skipped, d.skip_reasons))
+    }
+}
+
 pub use client::{
     check_status, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed, BACKEND,
     DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT, FILTERED_BY_ACLS_HEADER,

@@ -127,6 +127,7 @@ impl Instance {
                 "instance {s:?}: bad host {host:?} (IPv6 hosts must be bracketed, e.g. [::1]:80)"
             )));
         }
+        usable_host(host).map_err(|e| Error::config(format!("instance {s:?}: {e}")))?;
         let port: u16 = port
             .parse()
             .map_err(|_| Error::config(format!("instance {s:?}: bad port {port:?}")))?;
@@ -223,6 +224,58 @@ impl Instance {
             health: self.0.health,
         }
     }
+}
+
+/// Checks that `host`, as a registry or a value gave it, can be an instance's host, and
+/// returns it as the instance should carry it: a DNS name or IPv4 address as given, an
+/// IPv6 address (bare or bracketed: `::1`, `[::1]`) in its canonical form without brackets.
+/// Fails, saying why, on an empty host, whitespace or control characters, any of
+/// `/ \ @ ? #` (a URL, not a host) or `{ }` (a plain value starting with `{` is read as
+/// sdkit's JSON), brackets around anything but an IPv6 address, and a `:` outside an IPv6
+/// address.
+///
+/// An instance built on the host it returns keeps its address through go-kit's plain
+/// `host:port` form: [`Instance::parse`] of its [`addr`](Instance::addr) gives the same
+/// host and port. Every decoder of registry data checks hosts with it (fuzzing found JSON
+/// payloads with hosts such as `w/b.internal` or `{xot` whose plain form did not parse or
+/// was read as JSON, and control characters in plain values).
+///
+/// ```
+/// use sd_core::instance::usable_host;
+/// assert_eq!(usable_host("web-1.sd.test").unwrap(), "web-1.sd.test");
+/// assert_eq!(usable_host("10.0.0.1").unwrap(), "10.0.0.1");
+/// assert_eq!(usable_host("[0:0::1]").unwrap(), "::1");
+/// for bad in ["", " ", "[]", "a b", "w/b", "a:b", "[web]", "h\n", "user@h", "h?x"] {
+///     assert!(usable_host(bad).is_err(), "{bad:?}");
+/// }
+/// ```
+pub fn usable_host(host: &str) -> Result<String, String> {
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "/\\@?#{}".contains(*c))
+    {
+        return Err(format!("host {host:?} contains {c:?}"));
+    }
+    if let Some(rest) = host.strip_prefix('[') {
+        let v6 = rest
+            .strip_suffix(']')
+            .and_then(|inner| inner.parse::<std::net::Ipv6Addr>().ok())
+            .ok_or_else(|| format!("host {host:?}: only an IPv6 address may be bracketed"))?;
+        return Ok(v6.to_string());
+    }
+    if host.contains('[') || host.contains(']') {
+        return Err(format!("host {host:?} contains a bracket"));
+    }
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|v6| v6.to_string())
+            .map_err(|_| format!("host {host:?} contains ':' but is not an IPv6 address"));
+    }
+    Ok(host.to_string())
 }
 
 /// Formats `host:port`, bracketing IPv6 hosts.
@@ -391,6 +444,33 @@ mod tests {
             let err = Instance::parse(bad).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
             assert!(err.to_string().contains("instance"), "{err}");
+        }
+    }
+
+    /// Found by the `etcd_value` fuzz target (scripts/fuzz): hosts with control
+    /// characters, whitespace or URL characters were accepted.
+    #[test]
+    fn fuzz_found_parse_rejects_hosts_that_are_not_hosts() {
+        for bad in [
+            "10.0\x01\0\0\n:8080",
+            "a b:80",
+            "user@h:80",
+            "h#x:80",
+            "[web]:80",
+            // Read as JSON by the etcd and ZooKeeper decoders (found by `etcd_value`).
+            "{xot:80",
+        ] {
+            assert!(Instance::parse(bad).is_err(), "{bad:?}");
+        }
+        for (host, usable) in [
+            ("h", "h"),
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("10.0.0.1", "10.0.0.1"),
+        ] {
+            assert_eq!(usable_host(host).unwrap(), usable);
+            let i = Instance::new(usable, 80);
+            assert_eq!(Instance::parse(i.addr()).unwrap().host(), usable);
         }
     }
 

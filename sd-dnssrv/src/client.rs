@@ -29,7 +29,7 @@ use hickory_client::client::{Client as UpdateClient, ClientHandle};
 use hickory_proto::dnssec::rdata::tsig::TsigAlgorithm;
 use hickory_proto::dnssec::tsig::TSigner;
 use hickory_proto::op::{Message, MessageFinalizer, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::runtime::TokioRuntimeProvider;
 use hickory_proto::tcp::TcpClientStream;
 use hickory_proto::udp::UdpClientStream;
@@ -330,46 +330,17 @@ impl Client {
                 }
             }
             // Walk the chain inside this answer: SRV records at `current`, else its CNAME.
-            let mut moved = false;
-            loop {
-                let mut answer = SrvAnswer::default();
-                let mut alias = None;
-                for record in response.answers() {
-                    if record.name() != &current {
-                        continue;
-                    }
-                    match record.data() {
-                        RData::SRV(srv) => {
-                            let ttl = secs(record.ttl());
-                            answer.ttl = Some(answer.ttl.map_or(ttl, |t| t.min(ttl)));
-                            answer.records.push(SrvRecord {
-                                priority: srv.priority(),
-                                weight: srv.weight(),
-                                port: srv.port(),
-                                target: name_text(srv.target()),
-                                ttl,
-                            });
-                        }
-                        RData::CNAME(target) => alias = Some((target.0.clone(), record.ttl())),
-                        _ => {}
-                    }
-                }
-                if !answer.records.is_empty() {
-                    answer.ttl = min_ttl(answer.ttl, alias_ttl);
-                    return Ok(answer);
-                }
-                let Some((target, ttl)) = alias else { break };
-                hops += 1;
-                if hops > MAX_CNAME_HOPS {
-                    return Err(Error::malformed(
-                        BACKEND,
-                        format!("SRV {name}: more than {MAX_CNAME_HOPS} CNAMEs (a loop?)"),
-                    ));
-                }
-                alias_ttl = min_ttl(Some(secs(ttl)), alias_ttl);
-                current = target;
-                moved = true;
-            }
+            let moved = match walk_answer(
+                response.answers(),
+                name,
+                &mut current,
+                &mut hops,
+                &mut alias_ttl,
+            )? {
+                Walk::Found(answer) => return Ok(answer),
+                Walk::Moved => true,
+                Walk::Nothing => false,
+            };
             if !moved {
                 // No SRV record and no alias at the name asked: NODATA, an empty set.
                 return Ok(SrvAnswer {
@@ -573,6 +544,73 @@ fn update_error(zone: &str, signed: bool, e: ProtoError) -> Error {
 
 fn secs(ttl: u32) -> Duration {
     Duration::from_secs(u64::from(ttl))
+}
+
+/// Where walking one response's answer section from `current` ended.
+pub(crate) enum Walk {
+    /// SRV records (their TTL already bounded by the aliases followed).
+    Found(SrvAnswer),
+    /// No SRV record, but CNAMEs led to a name this answer says nothing more about:
+    /// `current` is that name, to be asked next.
+    Moved,
+    /// Neither SRV records nor a CNAME at `current`.
+    Nothing,
+}
+
+/// Walks the answer records of one response: the SRV records at `current`, else its CNAME
+/// (followed, at most [`MAX_CNAME_HOPS`] in all, counted in `hops`; `alias_ttl` keeps the
+/// smallest alias TTL). `name` is the name first asked, for the error. The decoder of
+/// [`Client::lookup_srv`]; the fuzz target `dnssrv_srv` calls it through
+/// [`crate::fuzzing`].
+pub(crate) fn walk_answer(
+    answers: &[Record],
+    name: &Name,
+    current: &mut Name,
+    hops: &mut usize,
+    alias_ttl: &mut Option<Duration>,
+) -> Result<Walk> {
+    let mut moved = false;
+    loop {
+        let mut answer = SrvAnswer::default();
+        let mut alias = None;
+        for record in answers {
+            if record.name() != &*current {
+                continue;
+            }
+            match record.data() {
+                RData::SRV(srv) => {
+                    let ttl = secs(record.ttl());
+                    answer.ttl = Some(answer.ttl.map_or(ttl, |t| t.min(ttl)));
+                    answer.records.push(SrvRecord {
+                        priority: srv.priority(),
+                        weight: srv.weight(),
+                        port: srv.port(),
+                        target: name_text(srv.target()),
+                        ttl,
+                    });
+                }
+                RData::CNAME(target) => alias = Some((target.0.clone(), record.ttl())),
+                _ => {}
+            }
+        }
+        if !answer.records.is_empty() {
+            answer.ttl = min_ttl(answer.ttl, *alias_ttl);
+            return Ok(Walk::Found(answer));
+        }
+        let Some((target, ttl)) = alias else {
+            return Ok(if moved { Walk::Moved } else { Walk::Nothing });
+        };
+        *hops += 1;
+        if *hops > MAX_CNAME_HOPS {
+            return Err(Error::malformed(
+                BACKEND,
+                format!("SRV {name}: more than {MAX_CNAME_HOPS} CNAMEs (a loop?)"),
+            ));
+        }
+        *alias_ttl = min_ttl(Some(secs(ttl)), *alias_ttl);
+        *current = target;
+        moved = true;
+    }
 }
 
 /// The smaller of two optional TTLs.

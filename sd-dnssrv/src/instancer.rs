@@ -154,6 +154,8 @@ pub fn select(records: &[SrvRecord], all_priorities: bool) -> (Vec<SrvRecord>, V
             Some("port 0 is not usable")
         } else if r.target.is_empty() {
             Some("target '.' means the service is decidedly not available here (RFC 2782)")
+        } else if sd_core::instance::usable_host(&r.target).as_deref() != Ok(r.target.as_str()) {
+            Some("the target is not a usable host name")
         } else {
             None
         };
@@ -173,7 +175,7 @@ pub fn select(records: &[SrvRecord], all_priorities: bool) -> (Vec<SrvRecord>, V
     (usable, skipped)
 }
 
-fn instance(r: &SrvRecord, host: &str) -> Instance {
+pub(crate) fn instance(r: &SrvRecord, host: &str) -> Instance {
     Instance::builder(host, r.port)
         .id(r.target.clone())
         .weight(u32::from(r.weight))
@@ -416,6 +418,23 @@ mod tests {
             ]
         );
         assert_eq!(select(&[], false), (vec![], vec![]));
+    }
+
+    /// The host rule fuzzing established for every decoder (`sd_core::instance::usable_host`):
+    /// a target that is not a host name skips its record alone.
+    #[test]
+    fn targets_that_are_not_host_names_are_skipped() {
+        let records = [
+            rec(1, 1, 80, "a b.example"),
+            rec(1, 1, 80, "0::1"),
+            rec(1, 1, 80, "a.example"),
+        ];
+        let (usable, skipped) = select(&records, false);
+        assert_eq!(usable, [rec(1, 1, 80, "a.example")]);
+        assert_eq!(skipped.len(), 2);
+        assert!(skipped
+            .iter()
+            .all(|s| s.reason.contains("not a usable host")));
     }
 
     #[test]

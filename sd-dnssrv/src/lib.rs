@@ -65,6 +65,55 @@ pub mod instancer;
 pub mod registrar;
 pub mod registry;
 
+/// Entry points for the fuzz targets in `fuzz/` (not part of the API: no stability promise).
+///
+/// Each calls the production code itself, never a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::Name;
+    use sd_core::Instance;
+
+    /// Decodes a DNS response from the wire (hickory's parser, as the resolver does), walks
+    /// its answer records from the first question's name as
+    /// [`Client::lookup_srv`](crate::Client::lookup_srv) does, then selects the records
+    /// and makes the instances as [`SrvSource`](crate::SrvSource) does without
+    /// `resolve_targets`: the instances and how many records were skipped (empty when
+    /// the chain leaves this response), or why the response is unusable.
+    pub fn srv_response(
+        wire: &[u8],
+        all_priorities: bool,
+    ) -> Result<(Vec<Instance>, usize), String> {
+        let message = Message::from_vec(wire).map_err(|e| e.to_string())?;
+        let name = message
+            .queries()
+            .first()
+            .map(|q| q.name().clone())
+            .unwrap_or_else(Name::root);
+        let mut current = name.clone();
+        let (mut hops, mut alias_ttl) = (0, None);
+        match crate::client::walk_answer(
+            message.answers(),
+            &name,
+            &mut current,
+            &mut hops,
+            &mut alias_ttl,
+        )
+        .map_err(|e| e.to_string())?
+        {
+            crate::client::Walk::Found(answer) => {
+                let (usable, skipped) = crate::instancer::select(&answer.records, all_priorities);
+                let instances = usable
+                    .iter()
+                    .map(|r| crate::instancer::instance(r, &r.target))
+                    .collect();
+                Ok((instances, skipped.len()))
+            }
+            crate::client::Walk::Moved | crate::client::Walk::Nothing => Ok((Vec::new(), 0)),
+        }
+    }
+}
+
 pub use client::{
     Addresses, Client, ClientConfig, SrvAnswer, SrvRecord, TsigKey, BACKEND, DEFAULT_ATTEMPTS,
     DEFAULT_PORT, DEFAULT_TIMEOUT,

@@ -119,7 +119,9 @@ pub fn decode_value(id_from_key: &str, value: &[u8]) -> Result<Instance, String>
         } else {
             v.id
         };
-        let mut b = Instance::builder(v.host.trim(), port)
+        let host = sd_core::instance::usable_host(v.host.trim())
+            .map_err(|e| format!("instance JSON: {e}"))?;
+        let mut b = Instance::builder(host, port)
             .id(id)
             .tags(v.tags)
             .weight(v.weight)
@@ -565,6 +567,41 @@ mod tests {
             let err = decode_value("k", v).unwrap_err();
             assert!(err.contains(why), "{v:?}: {err}");
         }
+    }
+
+    /// Found by the `etcd_value` fuzz target (scripts/fuzz): a plain value whose host has
+    /// control characters was accepted, and its JSON form read back as another host.
+    #[test]
+    fn fuzz_found_plain_value_with_control_characters_is_rejected() {
+        let err = decode_value("k", b"10.0\x01\0\0\n:8080").unwrap_err();
+        assert!(err.contains("contains"), "{err}");
+    }
+
+    /// Found by the `zk_data` fuzz target, same decoding rule here: JSON hosts that are not
+    /// hosts were accepted, and their go-kit plain form (the registrar's `format=plain`)
+    /// did not parse; `[]` even gave an instance with an empty host.
+    #[test]
+    fn fuzz_found_json_hosts_must_be_hosts() {
+        // `{xot` (found by `etcd_value` after the first fix): its plain value starts with
+        // `{` and was read back as broken JSON.
+        for host in [
+            "w/b.i.ternal",
+            "[]",
+            "a:b",
+            "[web]",
+            "a b",
+            "h\\u0000",
+            "{xot",
+            "x}",
+        ] {
+            let v = format!(r#"{{"host":"{host}","port":80}}"#);
+            let err = decode_value("k", v.as_bytes()).unwrap_err();
+            assert!(err.contains("instance JSON: host"), "{host}: {err}");
+        }
+        // An IPv6 address, bracketed or not, is kept in its canonical form.
+        let i = decode_value("k", br#"{"host":"[0:0::1]","port":80}"#).unwrap();
+        assert_eq!(i.addr(), "[::1]:80");
+        assert_eq!(Instance::parse(i.addr()).unwrap().host(), i.host());
     }
 
     mod fuzz {

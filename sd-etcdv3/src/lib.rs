@@ -84,6 +84,26 @@ pub mod instancer;
 pub mod registrar;
 pub mod registry;
 
+/// Entry points for the fuzz targets in `fuzz/` (not part of the API: no stability promise).
+///
+/// Each calls the production code itself, never a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use sd_core::Registration;
+
+    pub use crate::instancer::decode_value;
+
+    /// The value [`EtcdRegistrar`](crate::EtcdRegistrar) writes for `registration`,
+    /// registered under `id`, in `format`.
+    pub fn encode_value(
+        registration: &Registration,
+        id: &str,
+        format: crate::ValueFormat,
+    ) -> Vec<u8> {
+        crate::registrar::encode_value(registration, id, format)
+    }
+}
+
 pub use client::{
     Client, ClientConfig, Entry, KeepAliveStream, BACKEND, DEFAULT_DIAL_TIMEOUT,
     DEFAULT_KEEP_ALIVE, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,

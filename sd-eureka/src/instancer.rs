@@ -151,6 +151,7 @@ pub fn instance_from_json(v: &Value) -> Result<Instance, String> {
     let id = non_empty(&i.instance_id)
         .or(non_empty(&i.host_name))
         .ok_or("instance has neither instanceId nor hostName")?;
+    let host = sd_core::instance::usable_host(host).map_err(|e| format!("{id}: {e}"))?;
     let secure = i.secure_port.as_ref().filter(|p| p.enabled());
     let (port, is_secure) = match (secure, i.port.as_ref().filter(|p| p.enabled())) {
         (Some(p), _) => (p.number().map_err(|e| format!("{id}: secure {e}"))?, true),
@@ -605,6 +606,13 @@ mod tests {
                 "unexpected instance shape",
             ),
             (json!([1, 2]), "unexpected instance shape"),
+            // The host rule fuzzing established for every decoder (usable_host).
+            (
+                with(&|v| v["ipAddr"] = json!("w/b.internal")),
+                "contains '/'",
+            ),
+            (with(&|v| v["ipAddr"] = json!("[]")), "bracketed"),
+            (with(&|v| v["ipAddr"] = json!("a:b")), "not an IPv6"),
         ] {
             let err = instance_from_json(&v).unwrap_err();
             assert!(err.contains(why), "{v}: {err}");

@@ -150,7 +150,9 @@ pub fn decode(node: &str, data: &[u8]) -> Result<Instance, String> {
         } else {
             j.id
         };
-        let mut b = Instance::builder(j.host.trim(), j.port)
+        let host = sd_core::instance::usable_host(j.host.trim())
+            .map_err(|e| format!("JSON payload: {e}"))?;
+        let mut b = Instance::builder(host, j.port)
             .id(id)
             .tags(j.tags)
             .weight(j.weight)
@@ -685,6 +687,25 @@ mod tests {
             let err = decode("n", data).unwrap_err();
             assert!(err.contains(why), "{data:?}: {err}");
         }
+    }
+
+    /// Found by the `zk_data` fuzz target (scripts/fuzz): a JSON host that is not a host
+    /// was accepted, and the plain payload written for it did not parse; `[]` even gave an
+    /// instance with an empty host.
+    #[test]
+    fn fuzz_found_json_hosts_must_be_hosts() {
+        let err = decode("n", br#"{"host":"w/b.i.ternal","port":80}"#).unwrap_err();
+        assert!(err.contains("JSON payload: host"), "{err}");
+        // `{fffffff&fffternal` (found by `zk_data` after the first fix): its plain payload
+        // starts with `{` and was read back as broken JSON.
+        for host in ["[]", "a:b", "[web]", "a b", "{fffffff&fffternal", "{xot"] {
+            let v = format!(r#"{{"host":"{host}","port":80}}"#);
+            assert!(decode("n", v.as_bytes()).is_err(), "{host}");
+        }
+        let i = decode("n", br#"{"host":"[0:0::1]","port":80}"#).unwrap();
+        assert_eq!(i.host(), "::1");
+        // Control characters in go-kit's plain form (found by `etcd_value`, same parser).
+        assert!(decode("n", b"10.0\x01\0\0\n:8080").is_err());
     }
 
     #[test]
