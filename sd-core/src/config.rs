@@ -541,18 +541,27 @@ fn hide_userinfo(head: &str) -> std::borrow::Cow<'_, str> {
     let Some(at) = head[..end].rfind('@') else {
         return head.into();
     };
-    let scheme_ok = authority_start > 3 && {
-        let scheme = &head[..authority_start - 3];
-        scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    };
+    let scheme_ok = authority_start > 3 && is_scheme(&head[..authority_start - 3]);
     let kept = if scheme_ok {
         &head[..authority_start]
     } else {
         ""
     };
     format!("{kept}***{}", &head[at..]).into()
+}
+
+/// Whether `s` may be a URL scheme as [`redact`] keeps one: ASCII letters, digits, `+`, `-`
+/// and `.` (an empty string is not).
+///
+/// ```
+/// use sd_core::config::is_scheme;
+/// assert!(is_scheme("dns+srv"));
+/// assert!(!is_scheme("user:pw@host") && !is_scheme(""));
+/// ```
+pub fn is_scheme(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Splits `host:port` / `[v6]:port` / `host`, using `default_port` when there is none.

@@ -123,11 +123,7 @@ pub fn mask_urls(text: &str) -> String {
         match word.find("://") {
             Some(i) => {
                 let scheme = &word[..i];
-                let scheme_ok = !scheme.is_empty()
-                    && scheme
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-                if scheme_ok {
+                if sdkit::config::is_scheme(scheme) {
                     out.push_str(scheme);
                 }
                 out.push_str("://…");

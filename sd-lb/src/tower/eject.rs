@@ -99,6 +99,11 @@ impl State {
         }
     }
 
+    /// Whether an ejection is running now.
+    fn ejected_now(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() < t)
+    }
+
     fn eject(&mut self, config: &EjectConfig) {
         self.ejections = self.ejections.saturating_add(1);
         let time = config
@@ -183,8 +188,7 @@ impl<S> Eject<S> {
 
     /// Whether the endpoint is ejected now.
     pub fn is_ejected(&self) -> bool {
-        let until = lock(&self.state).until;
-        until.is_some_and(|t| Instant::now() < t)
+        lock(&self.state).ejected_now()
     }
 
     /// The wrapped service.
@@ -210,10 +214,9 @@ pub struct EjectHandle {
 impl EjectHandle {
     /// Whether the endpoint is ejected now (`false` once every clone of it is gone).
     pub fn is_ejected(&self) -> bool {
-        self.state.upgrade().is_some_and(|state| {
-            let until = lock(&state).until;
-            until.is_some_and(|t| Instant::now() < t)
-        })
+        self.state
+            .upgrade()
+            .is_some_and(|state| lock(&state).ejected_now())
     }
 
     /// Whether every clone of the [`Eject`] has been dropped (the endpoint left the
