@@ -13,6 +13,7 @@
 //! | [`P2c`] | the less loaded (per unit of weight) of two distinct random endpoints, drawn by weight: in-flight requests or peak-EWMA latency |
 //! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
+//! | [`SlowStart`] | wraps any balancer: a new endpoint's share ramps up over a window |
 //! | [`RefuseStale`] | wraps any balancer: fails picks while the endpoints are stale for too long |
 //!
 //! [`Subset`] wraps an endpointer instead: each client uses a stable, deterministic subset of
@@ -79,6 +80,7 @@ mod outlier;
 mod p2c;
 mod random;
 mod retry;
+mod slow_start;
 mod round_robin;
 mod stale;
 mod subset;
@@ -89,7 +91,7 @@ mod weighted;
 /// Finagle's (a share of recent requests plus a floor per second).
 pub use ::tower::retry::budget::{Budget, TpsBudget};
 pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request};
-pub use error::{AttemptTimeout, BudgetExhausted, LbError, RetryError, RetryErrorKind, Timeout};
+pub use error::{AttemptTimeout, BudgetExhausted, InvalidOption, LbError, RetryError, RetryErrorKind, Timeout};
 pub use hash::ConsistentHash;
 pub use local::LocalRoundRobin;
 #[cfg(feature = "metrics")]
@@ -99,6 +101,7 @@ pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
 pub use round_robin::RoundRobin;
+pub use slow_start::{SlowStart, SlowStartConfig};
 pub use stale::RefuseStale;
 pub use subset::Subset;
 pub use weighted::Weighted;
