@@ -1,11 +1,13 @@
 //! A pick makes no allocation: a counting global allocator observes 100 000 picks of round
 //! robin (both counters and the local handle), random, P2C (both loads, with its completion
 //! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
-//! two choices distinct), weighted and consistent hashing (weighted and not).
+//! two choices distinct), weighted and consistent hashing (weighted and not), and slow start over round robin and P2C
+//! while endpoints warm up.
 
 use sd_core::{BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedInstancer, Instance};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
+    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, SlowStart,
+    SlowStartConfig, Weighted,
 };
 
 use sd_testkit::alloc::thread_allocs;
@@ -140,5 +142,28 @@ fn picks_do_not_allocate() {
             .pick_with(&Request::new().with_key(k))
             .unwrap()
             .endpoint()
+    });
+
+    // Slow start while ten new endpoints warm up (a rejected pick is picked again).
+    let warm = |inner| {
+        SlowStart::new(inner, SlowStartConfig::new(std::time::Duration::from_secs(3600))).unwrap()
+    };
+    let ss_rr = warm(Box::new(RoundRobin::new(ep.clone())) as Box<dyn Balancer<u64>>);
+    let ss_p2c = warm(Box::new(P2c::pending_requests(ep.clone())));
+    ep.apply(Event::instances(
+        (1..=110)
+            .map(|p| Instance::builder("10.0.0.1", p).weight(1 + p as u32 % 3).build())
+            .collect::<Vec<_>>(),
+    ));
+    ss_rr.pick().unwrap();
+    assert_eq!(ss_rr.warming(), 10);
+    count("slow start over round robin, warming", || *ss_rr.pick().unwrap());
+    ss_p2c.pick().unwrap();
+    assert_eq!(ss_p2c.warming(), 10);
+    count("slow start over p2c, warming", || {
+        let p = ss_p2c.pick_with(&Request::new()).unwrap();
+        let v = **p.endpoint();
+        p.success();
+        v
     });
 }
