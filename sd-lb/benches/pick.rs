@@ -14,15 +14,21 @@
 //! balancers (P2C draws by weight: a binary search over cumulative weights);
 //! `p2c_inflight_unweighted*` is the same P2C with `ignore_weights()` (uniform draws, the
 //! cost of any set whose weights are all equal).
+//!
+//! `slow_start_*` wrap round robin and P2C in [`SlowStart`]: `_idle` with nothing warming
+//! (the wrapper's fixed cost), `_warming` right after the set grew by a tenth (at least one
+//! endpoint), every new endpoint at the 10 % floor of a one-hour ramp, so most of its turns
+//! are picked again.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use sd_core::{BoxError, DefaultEndpointer, Event, Instance, InstanceCache};
+use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, Instance, InstanceCache};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
+    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, SlowStart,
+    SlowStartConfig, Weighted,
 };
 
 const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
@@ -35,7 +41,13 @@ fn endpointer(n: usize) -> Ep {
         &src,
         |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
     ));
-    ep.apply(Event::instances(
+    ep.apply(instances(n));
+    ep
+}
+
+/// `n` instances `10.x.y.z:8080` with weights 1 to 4.
+fn instances(n: usize) -> Event {
+    Event::instances(
         (0..n)
             .map(|i| {
                 Instance::builder(
@@ -46,8 +58,17 @@ fn endpointer(n: usize) -> Ep {
                 .build()
             })
             .collect::<Vec<_>>(),
-    ));
-    ep
+    )
+}
+
+/// `inner` under slow start (a one-hour window), after `ep` grew by a tenth (at least one):
+/// the new endpoints are warming up while the benchmark runs.
+fn warming<B: Balancer<u64>>(ep: &Ep, inner: B) -> SlowStart<B, u64> {
+    let lb = SlowStart::new(inner, SlowStartConfig::new(Duration::from_secs(3600))).unwrap();
+    let n = ep.endpoints().all().len();
+    ep.apply(instances(n + (n / 10).max(1)));
+    lb.pick().unwrap();
+    lb
 }
 
 /// A picker: something that can be cloned into each thread and picks once per call.
@@ -205,6 +226,16 @@ fn bench(c: &mut Criterion) {
     });
     run_pick_only(c, "p2c_peak_ewma_pick_only", P2c::peak_ewma);
     run(c, "consistent_hash", |ep| Keyed(ConsistentHash::new(ep)));
+    run(c, "slow_start_rr_idle", |ep| {
+        let cfg = SlowStartConfig::new(Duration::from_secs(3600));
+        Plain(SlowStart::new(RoundRobin::new(ep), cfg).unwrap())
+    });
+    run(c, "slow_start_rr_warming", |ep| {
+        Plain(warming(&ep, RoundRobin::new(ep.clone())))
+    });
+    run(c, "slow_start_p2c_inflight_warming", |ep| {
+        Guarded(warming(&ep, P2c::pending_requests(ep.clone())))
+    });
 }
 
 criterion_group! {

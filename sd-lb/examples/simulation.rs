@@ -14,6 +14,10 @@
 //! (weight `w`: `w` requests served at once, the rest queue), to compare balancers that honour
 //! weights with ones that do not.
 //!
+//! A fourth run adds a cold endpoint to four warm ones (its latency starts ten times higher
+//! and falls back to normal over 10 s — or, in a variant, over its first 2 000 requests) and
+//! compares balancers with and without [`SlowStart`].
+//!
 //! Run: `cargo run --release -p sd-lb --example simulation`
 
 use std::sync::Arc;
@@ -21,10 +25,10 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sd_core::{FixedEndpointer, Instance};
+use sd_core::{BoxError, DefaultEndpointer, Event, FixedEndpointer, Instance, InstanceCache};
 use sd_lb::{
     Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, Random, Request, RoundRobin,
-    Weighted,
+    SlowStart, SlowStartConfig, Weighted,
 };
 use tokio::time::Instant;
 
@@ -143,6 +147,86 @@ async fn simulate_capacity(lb: Arc<dyn Balancer<usize>>) -> (Vec<Duration>, Vec<
     (latencies, per_endpoint)
 }
 
+/// The fourth run: clients, seconds it lasts, the cold endpoint's warm-up (time, or requests
+/// served, until its latency is normal), the slow-start window.
+const JOIN_CLIENTS: usize = 40;
+const JOIN_SECS: u64 = 20;
+const WARM_FOR: Duration = Duration::from_secs(10);
+const WARM_AFTER: usize = 2_000;
+const SLOW_START: Duration = Duration::from_secs(10);
+
+/// An endpointer over `n` endpoints `0..n` that can grow.
+fn growing(n: usize) -> Arc<DefaultEndpointer<usize>> {
+    let ep = Arc::new(DefaultEndpointer::new(
+        &InstanceCache::new(),
+        |i: &Instance| -> std::result::Result<usize, BoxError> { Ok((i.port() - 9200) as usize) },
+    ));
+    ep.apply(join_set(n));
+    ep
+}
+
+fn join_set(n: usize) -> Event {
+    Event::instances(
+        (0..n)
+            .map(|i| Instance::new("10.0.0.1", 9200 + i as u16))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Endpoint 4 joins `ep` (which has 0..4) as the clients start; it answers in 5–15 ms ×
+/// `1 + 9 × (1 − t / WARM_FOR)` for `WARM_FOR` after it joined (`by_requests`: ×
+/// `1 + 9 × (1 − served / WARM_AFTER)` until it has served `WARM_AFTER` requests), the others
+/// in 5–15 ms. Returns the new endpoint's picks and all picks per 2-second bucket, and the
+/// sorted latencies.
+async fn simulate_join(
+    lb: Arc<dyn Balancer<usize>>,
+    ep: &DefaultEndpointer<usize>,
+    by_requests: bool,
+) -> (Vec<(usize, usize)>, Vec<Duration>) {
+    ep.apply(join_set(5));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(JOIN_SECS);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for c in 0..JOIN_CLIENTS {
+        let (lb, tx, served) = (lb.clone(), tx.clone(), served.clone());
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(100 + c as u64);
+            while Instant::now() < end {
+                let start = Instant::now();
+                let picked = lb.pick_with(&Request::new()).unwrap();
+                let i = **picked.endpoint();
+                let mut us = rng.gen_range(5_000..15_000);
+                if i == 4 {
+                    let done = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let warm = if by_requests {
+                        done as f64 / WARM_AFTER as f64
+                    } else {
+                        (start - t0).as_secs_f64() / WARM_FOR.as_secs_f64()
+                    };
+                    let cold = 1.0 - warm.min(1.0);
+                    us = (us as f64 * (1.0 + 9.0 * cold)) as u64;
+                }
+                tokio::time::sleep(Duration::from_micros(us)).await;
+                picked.success();
+                let _ = tx.send((i, start - t0, start.elapsed()));
+            }
+        });
+    }
+    drop(tx);
+    let mut buckets = vec![(0usize, 0usize); (JOIN_SECS / 2) as usize];
+    let mut latencies = Vec::new();
+    while let Some((i, at, d)) = rx.recv().await {
+        let last = buckets.len() - 1;
+        let b = &mut buckets[((at.as_secs() / 2) as usize).min(last)];
+        b.0 += usize::from(i == 4);
+        b.1 += 1;
+        latencies.push(d);
+    }
+    latencies.sort();
+    (buckets, latencies)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -251,5 +335,48 @@ fn main() {
                 spread.join(" "),
             );
         }
+
+        println!("\n## A cold endpoint joins, with and without slow start\n");
+        println!(
+            "Four warm endpoints (5–15 ms); a fifth joins as {JOIN_CLIENTS} clients start sending back to back for {JOIN_SECS} s. It answers 10 × slower at first, normal {} s later (linearly in between); in the second table, normal after serving {WARM_AFTER} requests instead. Slow start: a {} s linear window from 10 %. Fair share: 20 %.",
+            WARM_FOR.as_secs(),
+            SLOW_START.as_secs()
+        );
+        for by_requests in [false, true] {
+        println!(
+            "\n| balancer (warm-up by {}) | new endpoint's share, per 2 s from its arrival | p99 ms | requests over 50 ms |",
+            if by_requests { "requests served" } else { "time" }
+        );
+        println!("|---|---|---:|---:|");
+        type Make = fn(Arc<DefaultEndpointer<usize>>, Clock) -> Box<dyn Balancer<usize>>;
+        let makes: [(&str, Make); 3] = [
+            ("round robin", |ep, _| Box::new(RoundRobin::new(ep))),
+            ("p2c, in-flight", |ep, _| Box::new(P2c::pending_requests(ep).seed(1))),
+            ("p2c, peak EWMA", |ep, clock| Box::new(P2c::peak_ewma(ep).clock(clock).seed(1))),
+        ];
+        for (name, make) in makes {
+            for slow in [false, true] {
+                let ep = growing(4);
+                let inner = make(ep.clone(), clock);
+                let lb: Arc<dyn Balancer<usize>> = if slow {
+                    Arc::new(SlowStart::new(inner, SlowStartConfig::new(SLOW_START)).expect("valid").clock(clock))
+                } else {
+                    Arc::from(inner)
+                };
+                let (buckets, lat) = simulate_join(lb, &ep, by_requests).await;
+                let shares: Vec<String> = buckets
+                    .iter()
+                    .map(|(new, all)| format!("{:.0}", 100.0 * *new as f64 / (*all).max(1) as f64))
+                    .collect();
+                let slow_requests = lat.iter().filter(|d| **d > Duration::from_millis(50)).count();
+                println!(
+                    "| {name}{} | {} % | {} | {slow_requests} |",
+                    if slow { " + slow start" } else { "" },
+                    shares.join(" "),
+                    ms(pct(&lat, 0.99)),
+                );
+            }
+        }
+    }
     });
 }
