@@ -80,8 +80,8 @@ mod outlier;
 mod p2c;
 mod random;
 mod retry;
-mod slow_start;
 mod round_robin;
+mod slow_start;
 mod stale;
 mod subset;
 pub mod tower;
@@ -90,8 +90,12 @@ mod weighted;
 /// Retry budgets, from tower: [`Retry::budget`] takes any [`Budget`]; [`TpsBudget`] is
 /// Finagle's (a share of recent requests plus a floor per second).
 pub use ::tower::retry::budget::{Budget, TpsBudget};
-pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request};
-pub use error::{AttemptTimeout, BudgetExhausted, InvalidOption, LbError, RetryError, RetryErrorKind, Timeout};
+pub use balancer::{
+    hash_key, Avoid, Balancer, Clock, Feedback, Outcome, PanicThreshold, Picked, Request,
+};
+pub use error::{
+    AttemptTimeout, BudgetExhausted, InvalidOption, LbError, RetryError, RetryErrorKind, Timeout,
+};
 pub use hash::ConsistentHash;
 pub use local::LocalRoundRobin;
 #[cfg(feature = "metrics")]

@@ -2,7 +2,7 @@
 
 use sd_core::{Changes, Endpoint, Endpointer, Snapshot};
 
-use crate::balancer::{endpoints_of, preferred_of, Cands};
+use crate::balancer::{endpoints_of, preferred_of, Cands, PanicThreshold};
 use crate::error::LbError;
 
 /// Round robin with its own cached snapshot and counter, for hot loops.
@@ -34,6 +34,7 @@ pub struct LocalRoundRobin<P, E: 'static> {
     changes: Changes,
     snapshot: Snapshot<E>,
     preferred: Option<Box<[u32]>>,
+    threshold: PanicThreshold,
     counter: u64,
 }
 
@@ -46,10 +47,19 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
         LocalRoundRobin {
             endpointer,
             changes,
-            preferred: preferred_of(snapshot.all()),
+            preferred: preferred_of(snapshot.all(), PanicThreshold::default()),
             snapshot,
+            threshold: PanicThreshold::default(),
             counter: 0,
         }
+    }
+
+    /// Uses every endpoint when fewer than `threshold` of them pass their health checks
+    /// (see [`PanicThreshold`]; the default is 50 %).
+    pub fn with_panic_threshold(mut self, threshold: PanicThreshold) -> Self {
+        self.threshold = threshold;
+        self.preferred = preferred_of(self.snapshot.all(), threshold);
+        self
     }
 
     /// Picks the next endpoint (LB-1 errors as every balancer).
@@ -69,7 +79,7 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
     fn reload(&mut self) {
         self.changes.mark_seen();
         self.snapshot = self.endpointer.endpoints().detach();
-        self.preferred = preferred_of(self.snapshot.all());
+        self.preferred = preferred_of(self.snapshot.all(), self.threshold);
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, pick_fallback, redraw_accepted, splitmix, thread_random, Balancer,
-    Cands, Clock, Current, Feedback, Outcome, Picked, Request, Viewed,
+    bounded, endpoints_of, panic_threshold_builder, pick_fallback, redraw_accepted, splitmix,
+    thread_random, Balancer, Cands, Clock, Current, Feedback, Outcome, PanicThreshold, Picked,
+    Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -481,6 +482,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
         }
     }
 
+    panic_threshold_builder!(view);
+
     fn view(endpointer: &P, load: Load, clock: Clock, weights: bool) -> Viewed<Table<E>, E> {
         Viewed::new(endpointer, true, move |list, preferred, old| {
             build_table(list, preferred, old, load, clock, weights)
@@ -501,7 +504,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
-        self.view = Self::view(&self.endpointer, self.load, clock, self.weights);
+        let next = Self::view(&self.endpointer, self.load, clock, self.weights);
+        self.view.replace(next, &self.endpointer);
         self
     }
 
@@ -513,7 +517,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// behave the same.
     pub fn ignore_weights(mut self) -> Self {
         self.weights = false;
-        self.view = Self::view(&self.endpointer, self.load, self.clock, false);
+        let next = Self::view(&self.endpointer, self.load, self.clock, false);
+        self.view.replace(next, &self.endpointer);
         self
     }
 
@@ -578,7 +583,15 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let view = match self.view.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, self.weights),
+            Current::Fallback(s) => {
+                return pick_fallback(
+                    &s,
+                    self.random(),
+                    request,
+                    self.weights,
+                    self.view.threshold(),
+                )
+            }
         };
         let list = endpoints_of(&view.snapshot)?;
         let slots = &view.value.slots;
@@ -652,6 +665,10 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.view.threshold()
     }
 }
 

@@ -130,7 +130,7 @@ impl SlowStartConfig {
 /// lb.pick().unwrap(); // the first set: not slow-started
 /// ep.apply(set(4)); // port 4 joins
 /// lb.pick().unwrap();
-/// let new = lb.snapshot().all().iter().find(|e| **e == 4).unwrap().clone();
+/// let new = lb.snapshot().all().iter().find(|e| ***e == 4).unwrap().clone();
 /// assert_eq!(lb.factor(&new), 0.1); // min_weight_percent
 /// tokio::time::advance(Duration::from_secs(30)).await;
 /// assert!((lb.factor(&new) - 0.5).abs() < 1e-6); // linear: half-way, half the share
@@ -377,6 +377,10 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.inner.snapshot()
+    }
+
+    fn panic_threshold(&self) -> crate::PanicThreshold {
+        self.inner.panic_threshold()
     }
 }
 

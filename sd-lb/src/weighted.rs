@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, pick_fallback, splitmix, thread_random, Balancer, Current,
-    PaddedCounter, Picked, Request, Viewed,
+    bounded, endpoints_of, panic_threshold_builder, pick_fallback, splitmix, thread_random,
+    Balancer, Current, PaddedCounter, PanicThreshold, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -68,6 +68,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> Weighted<P, E> {
             _e: PhantomData,
         }
     }
+
+    panic_threshold_builder!(schedule);
 
     /// Brings the schedule up to date with the endpointer now, on this thread (waiting for a
     /// background rebuild in progress). Picks never need this; it is for warming up after an
@@ -168,8 +170,14 @@ where
         let s = match self.schedule.get(&self.endpointer) {
             Current::View(v) => v,
             Current::Fallback(s) => {
-                return pick_fallback(&s, thread_random(), &Request::new(), true)
-                    .map(Picked::into_endpoint)
+                return pick_fallback(
+                    &s,
+                    thread_random(),
+                    &Request::new(),
+                    true,
+                    self.schedule.threshold(),
+                )
+                .map(Picked::into_endpoint)
             }
         };
         let list = endpoints_of(&s.snapshot)?;
@@ -181,7 +189,15 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let s = match self.schedule.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, thread_random(), request, true),
+            Current::Fallback(s) => {
+                return pick_fallback(
+                    &s,
+                    thread_random(),
+                    request,
+                    true,
+                    self.schedule.threshold(),
+                )
+            }
         };
         let list = endpoints_of(&s.snapshot)?;
         let order = &s.value.order;
@@ -195,5 +211,9 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.schedule.threshold()
     }
 }

@@ -1,13 +1,16 @@
 //! A pick makes no allocation: a counting global allocator observes 100 000 picks of round
 //! robin (both counters and the local handle), random, P2C (both loads, with its completion
 //! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
-//! two choices distinct), weighted and consistent hashing (weighted and not), and slow start over round robin and P2C
-//! while endpoints warm up.
+//! two choices distinct), weighted and consistent hashing (weighted and not), slow start
+//! over round robin and P2C while endpoints warm up, and outlier ejection in panic mode.
 
-use sd_core::{BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedInstancer, Instance};
+use sd_core::{
+    BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedEndpointer, FixedInstancer,
+    Health, Instance,
+};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, SlowStart,
-    SlowStartConfig, Weighted,
+    Balancer, ConsistentHash, LocalRoundRobin, Outlier, OutlierConfig, P2c, Random, Request,
+    RoundRobin, SlowStart, SlowStartConfig, Weighted,
 };
 
 use sd_testkit::alloc::thread_allocs;
@@ -146,18 +149,28 @@ fn picks_do_not_allocate() {
 
     // Slow start while ten new endpoints warm up (a rejected pick is picked again).
     let warm = |inner| {
-        SlowStart::new(inner, SlowStartConfig::new(std::time::Duration::from_secs(3600))).unwrap()
+        SlowStart::new(
+            inner,
+            SlowStartConfig::new(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap()
     };
     let ss_rr = warm(Box::new(RoundRobin::new(ep.clone())) as Box<dyn Balancer<u64>>);
     let ss_p2c = warm(Box::new(P2c::pending_requests(ep.clone())));
     ep.apply(Event::instances(
         (1..=110)
-            .map(|p| Instance::builder("10.0.0.1", p).weight(1 + p as u32 % 3).build())
+            .map(|p| {
+                Instance::builder("10.0.0.1", p)
+                    .weight(1 + p as u32 % 3)
+                    .build()
+            })
             .collect::<Vec<_>>(),
     ));
     ss_rr.pick().unwrap();
     assert_eq!(ss_rr.warming(), 10);
-    count("slow start over round robin, warming", || *ss_rr.pick().unwrap());
+    count("slow start over round robin, warming", || {
+        *ss_rr.pick().unwrap()
+    });
     ss_p2c.pick().unwrap();
     assert_eq!(ss_p2c.warming(), 10);
     count("slow start over p2c, warming", || {
@@ -165,5 +178,36 @@ fn picks_do_not_allocate() {
         let v = **p.endpoint();
         p.success();
         v
+    });
+
+    // Outlier ejection in panic mode (4 of 10 critical, 2 ejected: 40 % healthy), whose
+    // decision is remembered per snapshot and ejected list.
+    let ten = std::sync::Arc::new(FixedEndpointer::new((0..10u16).map(|i| {
+        let h = if i < 4 {
+            Health::Critical
+        } else {
+            Health::Passing
+        };
+        let inst = Instance::builder("10.0.0.1", 1000 + i).health(h).build();
+        (inst, i as u64 + 1)
+    })));
+    let config = OutlierConfig {
+        consecutive_failures: 1,
+        ..Default::default()
+    };
+    let outlier = Outlier::new(RoundRobin::new(ten), config);
+    let mut ejected = 0;
+    while ejected < 2 {
+        let p = outlier.pick_with(&Request::new()).unwrap();
+        if **p.endpoint() >= 5 + ejected {
+            p.failure();
+            ejected += 1;
+        } else {
+            p.success();
+        }
+    }
+    assert_eq!(outlier.ejected_count(), 2);
+    count("outlier in panic mode", || {
+        **outlier.pick_with(&Request::new()).unwrap().endpoint()
     });
 }

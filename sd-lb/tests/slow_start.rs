@@ -123,12 +123,23 @@ async fn aggression_and_the_floor_shape_the_factor() {
     assert_eq!(floor.factor(&new), 0.3);
     tokio::time::advance(WINDOW / 4).await;
     // (1/4)^(1/2) = 1/2: fast at first.
-    assert!((fast.factor(&new) - 0.5).abs() < 1e-9, "{}", fast.factor(&new));
+    assert!(
+        (fast.factor(&new) - 0.5).abs() < 1e-9,
+        "{}",
+        fast.factor(&new)
+    );
     assert!((floor.factor(&new) - 0.3).abs() < 1e-9, "the floor holds");
     tokio::time::advance(WINDOW / 4).await;
     // (1/2)^2 = 1/4: slow at first.
-    assert!((late.factor(&new) - 0.25).abs() < 1e-9, "{}", late.factor(&new));
-    assert!((floor.factor(&new) - 0.5).abs() < 1e-9, "linear above the floor");
+    assert!(
+        (late.factor(&new) - 0.25).abs() < 1e-9,
+        "{}",
+        late.factor(&new)
+    );
+    assert!(
+        (floor.factor(&new) - 0.5).abs() < 1e-9,
+        "linear above the floor"
+    );
     tokio::time::advance(WINDOW / 2).await;
     for lb in [&fast, &late, &floor] {
         assert_eq!(lb.factor(&new), 1.0);
@@ -164,7 +175,11 @@ async fn first_seen_survives_updates_and_a_return_starts_again() {
     ep.apply(set(1..=5, |_| 2));
     lb.pick().unwrap();
     assert!((lb.factor(&endpoint(&lb, 4)) - 0.25).abs() < 1e-9);
-    assert_eq!(lb.factor(&endpoint(&lb, 1)), 1.0, "not new after the empty set");
+    assert_eq!(
+        lb.factor(&endpoint(&lb, 1)),
+        1.0,
+        "not new after the empty set"
+    );
 }
 
 /// With weighted round robin, random and P2C inside, a new endpoint gets about `factor ×`
@@ -175,7 +190,10 @@ async fn weighted_random_and_p2c_are_slowed_too() {
     ep.apply(set(1..=4, |p| p as u32));
     let weighted = slow(Weighted::new(ep.clone()), SlowStartConfig::new(WINDOW));
     let random = slow(Random::new(ep.clone()), SlowStartConfig::new(WINDOW));
-    let p2c = slow(P2c::pending_requests(ep.clone()), SlowStartConfig::new(WINDOW));
+    let p2c = slow(
+        P2c::pending_requests(ep.clone()),
+        SlowStartConfig::new(WINDOW),
+    );
     let plain_p2c = P2c::pending_requests(ep.clone());
     // Port 5 joins with weight 5 of 15: a third of the weighted picks without slow start.
     ep.apply(set(1..=5, |p| p as u32));
