@@ -18,6 +18,10 @@
 //! and falls back to normal over 10 s — or, in a variant, over its first 2 000 requests) and
 //! compares balancers with and without [`SlowStart`].
 //!
+//! A fifth run marks 6 of 10 equal endpoints critical (a health check failing everywhere
+//! while the endpoints still serve) and compares panic mode (the default 50 % threshold)
+//! with [`PanicThreshold::OFF`].
+//!
 //! Run: `cargo run --release -p sd-lb --example simulation`
 
 use std::sync::Arc;
@@ -27,8 +31,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sd_core::{BoxError, DefaultEndpointer, Event, FixedEndpointer, Instance, InstanceCache};
 use sd_lb::{
-    Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, Random, Request, RoundRobin,
-    SlowStart, SlowStartConfig, Weighted,
+    Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, PanicThreshold, Random, Request,
+    RoundRobin, SlowStart, SlowStartConfig, Weighted,
 };
 use tokio::time::Instant;
 
@@ -109,18 +113,22 @@ async fn simulate(
 const CAPACITY: [u32; 8] = [1, 1, 1, 1, 2, 2, 4, 4];
 const CAPACITY_CLIENTS: usize = 24;
 
-/// Runs `REQUESTS` requests from `CAPACITY_CLIENTS` clients through `lb` over endpoints that
-/// serve `CAPACITY[i]` requests at once (the rest wait in line), each in 5–15 ms.
-async fn simulate_capacity(lb: Arc<dyn Balancer<usize>>) -> (Vec<Duration>, Vec<usize>) {
+/// Runs `REQUESTS` requests from `clients` clients through `lb` over endpoints that serve
+/// `capacity[i]` requests at once (the rest wait in line), each in 5–15 ms.
+async fn simulate_capacity(
+    lb: Arc<dyn Balancer<usize>>,
+    capacity: &[u32],
+    clients: usize,
+) -> (Vec<Duration>, Vec<usize>) {
     let slots: Arc<Vec<tokio::sync::Semaphore>> = Arc::new(
-        CAPACITY
+        capacity
             .iter()
             .map(|c| tokio::sync::Semaphore::new(*c as usize))
             .collect(),
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let per_client = REQUESTS / CAPACITY_CLIENTS;
-    for c in 0..CAPACITY_CLIENTS {
+    let per_client = REQUESTS / clients;
+    for c in 0..clients {
         let (lb, tx, slots) = (lb.clone(), tx.clone(), slots.clone());
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(c as u64);
@@ -138,7 +146,7 @@ async fn simulate_capacity(lb: Arc<dyn Balancer<usize>>) -> (Vec<Duration>, Vec<
     }
     drop(tx);
     let mut latencies = Vec::with_capacity(REQUESTS);
-    let mut per_endpoint = vec![0usize; CAPACITY.len()];
+    let mut per_endpoint = vec![0usize; capacity.len()];
     while let Some((i, d)) = rx.recv().await {
         per_endpoint[i] += 1;
         latencies.push(d);
@@ -324,7 +332,7 @@ fn main() {
             ("p2c, peak EWMA, weighted", Arc::new(P2c::peak_ewma(ep.clone()).clock(clock).seed(1))),
         ];
         for (name, lb) in lbs {
-            let (lat, per) = simulate_capacity(lb).await;
+            let (lat, per) = simulate_capacity(lb, &CAPACITY, CAPACITY_CLIENTS).await;
             let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
             let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
             println!(
@@ -378,5 +386,39 @@ fn main() {
             }
         }
     }
+
+        println!("\n## Most endpoints fail their health checks: panic mode\n");
+        println!(
+            "{REQUESTS} requests, {PANIC_CLIENTS} concurrent; 10 endpoints that each serve {PANIC_CAPACITY} requests at once in 5–15 ms (the rest wait), 6 of them marked critical by a health check although they serve fine. Default: panic threshold 50 % (4 of 10 passing is below it: all 10 serve); off: only the 4 passing serve.\n"
+        );
+        println!("| balancer | p50 ms | p99 ms | mean ms | requests per endpoint (6 critical, then 4 passing) |");
+        println!("|---|---:|---:|---:|---|");
+        let ep: Ep = Arc::new(FixedEndpointer::new((0..10).map(|i| {
+            let h = if i < 6 { sd_core::Health::Critical } else { sd_core::Health::Passing };
+            (Instance::builder("10.0.0.1", 9300 + i as u16).health(h).build(), i)
+        })));
+        let off = PanicThreshold::OFF;
+        let lbs: Vec<(&str, Arc<dyn Balancer<usize>>)> = vec![
+            ("round robin, panic threshold 50 %", Arc::new(RoundRobin::new(ep.clone()))),
+            ("round robin, panic mode off", Arc::new(RoundRobin::new(ep.clone()).with_panic_threshold(off))),
+            ("p2c, in-flight, panic threshold 50 %", Arc::new(P2c::pending_requests(ep.clone()).seed(1))),
+            ("p2c, in-flight, panic mode off", Arc::new(P2c::pending_requests(ep.clone()).with_panic_threshold(off).seed(1))),
+        ];
+        for (name, lb) in lbs {
+            let (lat, per) = simulate_capacity(lb, &[PANIC_CAPACITY; 10], PANIC_CLIENTS).await;
+            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+            let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                ms(pct(&lat, 0.5)),
+                ms(pct(&lat, 0.99)),
+                ms(mean),
+                spread.join(" "),
+            );
+        }
     });
 }
+
+/// The fifth run: requests each endpoint serves at once, clients.
+const PANIC_CAPACITY: u32 = 2;
+const PANIC_CLIENTS: usize = 16;
