@@ -805,6 +805,19 @@ pub(crate) fn pick_fallback<E>(
     ))
 }
 
+/// A uniform number in `[0, 1)` from a uniform `u64`.
+#[inline]
+pub(crate) fn unit(r: u64) -> f64 {
+    (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// The address of `endpoint`'s value: what identifies an endpoint across snapshots (the
+/// endpointer keeps the value while the instance stays).
+#[inline]
+pub(crate) fn value_ptr<E>(endpoint: &Endpoint<E>) -> usize {
+    Arc::as_ptr(endpoint.value_arc()) as usize
+}
+
 /// Maps a uniform `u64` to `0..n` without division (Lemire).
 #[inline]
 pub(crate) fn bounded(r: u64, n: usize) -> usize {

@@ -231,7 +231,8 @@ pub struct AttemptTimeout(pub Duration);
 #[error("retry budget exhausted")]
 pub struct BudgetExhausted;
 
-/// An option of a balancer or wrapper (e.g. [`SlowStart`](crate::SlowStart)) is out of
+/// An option of a balancer or wrapper ([`SlowStart`](crate::SlowStart),
+/// [`ZoneAware`](crate::ZoneAware), [`PanicThreshold`](crate::PanicThreshold)) is out of
 /// range; the message says which one and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid option {option}: {reason}")]

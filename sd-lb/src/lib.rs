@@ -14,6 +14,7 @@
 //! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
 //! | [`SlowStart`] | wraps any balancer: a new endpoint's share ramps up over a window |
+//! | [`ZoneAware`] | wraps any balancer: prefers the caller's zone, spills the share it cannot take |
 //! | [`RefuseStale`] | wraps any balancer: fails picks while the endpoints are stale for too long |
 //!
 //! [`Subset`] wraps an endpointer instead: each client uses a stable, deterministic subset of
@@ -72,6 +73,7 @@
 #![warn(missing_docs)]
 
 mod balancer;
+mod derived;
 pub mod error;
 mod hash;
 mod local;
@@ -86,6 +88,7 @@ mod stale;
 mod subset;
 pub mod tower;
 mod weighted;
+mod zone;
 
 /// Retry budgets, from tower: [`Retry::budget`] takes any [`Budget`]; [`TpsBudget`] is
 /// Finagle's (a share of recent requests plus a floor per second).
@@ -109,3 +112,4 @@ pub use slow_start::{SlowStart, SlowStartConfig};
 pub use stale::RefuseStale;
 pub use subset::Subset;
 pub use weighted::Weighted;
+pub use zone::ZoneAware;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use sd_core::{Endpoint, Endpoints, Snapshot};
 
 use crate::balancer::{
-    is_passing, Balancer, Clock, Feedback, Outcome, PanicThreshold, Picked, Request,
+    is_passing, value_ptr, Balancer, Clock, Feedback, Outcome, PanicThreshold, Picked, Request,
 };
 use crate::error::LbError;
 use crate::metrics::Meter;
@@ -231,7 +231,7 @@ impl<E: 'static> State<E> {
         let healthy = all
             .iter()
             .filter(|e| {
-                let p = Arc::as_ptr(e.value_arc()) as usize;
+                let p = value_ptr(e);
                 is_passing(e) && !list.iter().any(|&(q, until)| q == p && until > now)
             })
             .count();

@@ -3,13 +3,14 @@
 //! flooded the moment discovery announces it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
-use sd_core::{Endpoint, Endpoints, Snapshot};
+use arc_swap::Guard;
+use sd_core::{Endpoint, Snapshot};
 
-use crate::balancer::{thread_random, Balancer, Clock, Picked, Request};
+use crate::balancer::{thread_random, unit, value_ptr as ptr, Balancer, Clock, Picked, Request};
+use crate::derived::{Derived, PerSnapshot};
 use crate::error::{InvalidOption, LbError};
 
 /// Options of [`SlowStart`] (Envoy's `slow_start_config`).
@@ -108,8 +109,8 @@ impl SlowStartConfig {
 ///
 /// **Cost.** A pick adds one `arc-swap` load and the inner balancer's
 /// [`snapshot`](Balancer::snapshot) (to notice updates); while some endpoint is in slow
-/// start, one clock read and a scan of the (usually short) list of warming endpoints, and
-/// for a rejected pick a second inner pick. No allocation, except on the first pick after an
+/// start, one clock read and a binary search of the list of warming endpoints, and for a
+/// rejected pick another inner pick. No allocation, except on the first pick after an
 /// update (the warming list is rebuilt: one hash-map update per endpoint) and once when the
 /// last ramp ends. Times come from the [`Clock`] (`Clock::tokio()` for tests under
 /// `tokio::time::pause`).
@@ -145,19 +146,28 @@ pub struct SlowStart<B, E: 'static> {
     exponent: f64,
     min_factor: f64,
     clock: Clock,
-    warm: ArcSwap<Warming<E>>,
-    book: Mutex<Book>,
+    warm: PerSnapshot<Warming, Book, E>,
 }
 
 /// The endpoints in slow start in one snapshot.
-struct Warming<E: 'static> {
-    /// The snapshot this was derived from (held, so that its address and its endpoints'
-    /// value addresses are not reused while they are compared).
-    source: Option<Snapshot<E>>,
-    /// Value pointer and first-seen time (clock nanoseconds) of each endpoint in slow start.
+struct Warming {
+    /// Value pointer and first-seen time (clock nanoseconds) of each endpoint in slow start,
+    /// sorted by pointer.
     list: Box<[(usize, u64)]>,
     /// Every ramp of `list` ends by this time.
     until: u64,
+}
+
+impl Warming {
+    /// When the endpoint whose value is at `p` was first seen, if it is in slow start
+    /// (a binary search: `O(log warming)`).
+    #[inline]
+    fn first_seen(&self, p: usize) -> Option<u64> {
+        self.list
+            .binary_search_by_key(&p, |&(q, _)| q)
+            .ok()
+            .map(|i| self.list[i].1)
+    }
 }
 
 /// First-seen times by instance key, kept across updates.
@@ -172,11 +182,6 @@ struct Book {
 /// Picks redrawn at most, after a rejected one.
 const REDRAWS: usize = 3;
 
-#[inline]
-fn ptr<E>(e: &Endpoint<E>) -> usize {
-    Arc::as_ptr(e.value_arc()) as usize
-}
-
 impl<B: Balancer<E>, E: Send + Sync + 'static> SlowStart<B, E> {
     /// Slow start over `inner` (see [`SlowStart`]); an error names an option out of range.
     pub fn new(inner: B, config: SlowStartConfig) -> Result<Self, InvalidOption> {
@@ -187,12 +192,13 @@ impl<B: Balancer<E>, E: Send + Sync + 'static> SlowStart<B, E> {
             exponent: 1.0 / config.aggression,
             min_factor: config.min_weight_percent / 100.0,
             clock: Clock::default(),
-            warm: ArcSwap::from_pointee(Warming {
-                source: None,
-                list: Box::new([]),
-                until: 0,
-            }),
-            book: Mutex::new(Book::default()),
+            warm: PerSnapshot::new(
+                Warming {
+                    list: Box::new([]),
+                    until: 0,
+                },
+                Book::default(),
+            ),
         };
         // The set present now is the first set (when it is not empty).
         let _ = lb.update(lb.warm.load(), lb.inner.snapshot(), 0);
@@ -213,10 +219,8 @@ impl<B: Balancer<E>, E: Send + Sync + 'static> SlowStart<B, E> {
     /// The factor that scales `endpoint`'s share now: 1.0 unless it is in slow start (as of
     /// the last pick: an update is noticed by the next pick).
     pub fn factor(&self, endpoint: &Endpoint<E>) -> f64 {
-        let warm = self.warm.load();
-        let p = ptr(endpoint);
-        match warm.list.iter().find(|&&(q, _)| q == p) {
-            Some(&(_, first)) => self.ramp(first, self.clock.now()),
+        match self.warm.load().value.first_seen(ptr(endpoint)) {
+            Some(first) => self.ramp(first, self.clock.now()),
             None => 1.0,
         }
     }
@@ -226,6 +230,7 @@ impl<B: Balancer<E>, E: Send + Sync + 'static> SlowStart<B, E> {
         let now = self.clock.now();
         self.warm
             .load()
+            .value
             .list
             .iter()
             .filter(|&&(_, first)| now.saturating_sub(first) < self.window)
@@ -251,87 +256,77 @@ impl<B: Balancer<E>, E: Send + Sync + 'static> SlowStart<B, E> {
     /// The warming list of the inner balancer's current snapshot, and the time now (0 when
     /// nothing warms: the clock is not read).
     #[inline]
-    fn current(&self) -> (Guard<Arc<Warming<E>>>, u64) {
+    fn current(&self) -> (Guard<Arc<Derived<Warming, E>>>, u64) {
         let warm = self.warm.load();
         let snap = self.inner.snapshot();
-        let same = warm
-            .source
-            .as_ref()
-            .is_some_and(|s| std::ptr::eq::<Endpoints<E>>(&**s, &*snap));
-        if same && warm.list.is_empty() {
+        let same = warm.is_of(&snap);
+        if same && warm.value.list.is_empty() {
             return (warm, 0);
         }
         let now = self.clock.now();
-        if same && now < warm.until {
+        if same && now < warm.value.until {
             return (warm, now);
         }
         (self.update(warm, snap, now), now)
     }
 
-    /// Derives the warming list of `snap` (an update, or every ramp has ended), unless
-    /// another thread is at it (then the previous list serves meanwhile).
+    /// Derives the warming list of `snap` (an update, or every ramp has ended).
     #[cold]
     fn update(
         &self,
-        warm: Guard<Arc<Warming<E>>>,
+        warm: Guard<Arc<Derived<Warming, E>>>,
         snap: Snapshot<E>,
         now: u64,
-    ) -> Guard<Arc<Warming<E>>> {
-        let mut book = match self.book.try_lock() {
-            Ok(b) => b,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return warm,
-        };
-        let list = snap.all();
+    ) -> Guard<Arc<Derived<Warming, E>>> {
+        self.warm
+            .derive(warm, snap, |book, list| book.update(list, now, self.window))
+    }
+}
+
+impl Book {
+    /// Records the first-seen times of `list` (seen at `now` unless known, or in the first
+    /// set) and returns its endpoints in slow start.
+    fn update<E>(&mut self, list: &[Endpoint<E>], now: u64, window: u64) -> Warming {
         if !list.is_empty() {
-            let first = !book.started;
-            book.started = true;
+            let first = !self.started;
+            self.started = true;
             let mut seen = HashMap::with_capacity(list.len());
             for e in list {
                 let (addr, id) = e.instance().key();
                 let key = (addr.to_owned(), id.to_owned());
-                let at = match book.seen.get(&key) {
+                let at = match self.seen.get(&key) {
                     Some(&at) => at,
                     None if first => None,
                     None => Some(now),
                 };
                 seen.insert(key, at);
             }
-            book.seen = seen;
+            self.seen = seen;
         }
         let mut until = 0;
-        let warming: Box<[(usize, u64)]> = list
+        let mut warming: Box<[(usize, u64)]> = list
             .iter()
             .filter_map(|e| {
                 let (addr, id) = e.instance().key();
-                // A borrowed lookup would need the key owned; the map is small next to the
-                // set, and this runs once per update.
-                let at = book
+                // A borrowed lookup would need the key owned; this runs once per update.
+                let at = self
                     .seen
                     .get(&(addr.to_owned(), id.to_owned()))
                     .copied()
                     .flatten()?;
-                let end = at.saturating_add(self.window);
+                let end = at.saturating_add(window);
                 (end > now).then(|| {
                     until = until.max(end);
                     (ptr(e), at)
                 })
             })
             .collect();
-        let next = Arc::new(Warming {
-            source: Some(snap.detach()),
+        warming.sort_unstable();
+        Warming {
             list: warming,
             until,
-        });
-        self.warm.store(next.clone());
-        Guard::from_inner(next)
+        }
     }
-}
-
-/// A uniform number in `[0, 1)`.
-#[inline]
-fn unit(r: u64) -> f64 {
-    (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 impl<B, E> Balancer<E> for SlowStart<B, E>
@@ -339,8 +334,16 @@ where
     B: Balancer<E>,
     E: Send + Sync + 'static,
 {
+    fn pick(&self) -> Result<Endpoint<E>, LbError> {
+        if self.current().0.value.list.is_empty() {
+            return self.inner.pick();
+        }
+        self.pick_with(&Request::new()).map(Picked::into_endpoint)
+    }
+
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let (warm, now) = self.current();
+        let warm = &warm.value;
         if warm.list.is_empty() {
             return self.inner.pick_with(request);
         }
@@ -361,7 +364,7 @@ where
                 return Ok(picked);
             }
             let p = ptr(picked.endpoint());
-            let Some(&(_, first)) = warm.list.iter().find(|&&(q, _)| q == p) else {
+            let Some(first) = warm.first_seen(p) else {
                 return Ok(picked);
             };
             let f = self.ramp(first, now);
@@ -391,7 +394,7 @@ impl<B: std::fmt::Debug, E: 'static> std::fmt::Debug for SlowStart<B, E> {
             .field("window", &Duration::from_nanos(self.window))
             .field("aggression", &(1.0 / self.exponent))
             .field("min_factor", &self.min_factor)
-            .field("warming", &self.warm.load().list.len())
+            .field("warming", &self.warm.load().value.list.len())
             .finish()
     }
 }

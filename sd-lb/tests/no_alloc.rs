@@ -2,7 +2,8 @@
 //! robin (both counters and the local handle), random, P2C (both loads, with its completion
 //! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
 //! two choices distinct), weighted and consistent hashing (weighted and not), slow start
-//! over round robin and P2C while endpoints warm up, and outlier ejection in panic mode.
+//! over round robin and P2C while endpoints warm up, outlier ejection in panic mode, and
+//! zone-aware routing (all local, and spilling).
 
 use sd_core::{
     BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedEndpointer, FixedInstancer,
@@ -10,7 +11,7 @@ use sd_core::{
 };
 use sd_lb::{
     Balancer, ConsistentHash, LocalRoundRobin, Outlier, OutlierConfig, P2c, Random, Request,
-    RoundRobin, SlowStart, SlowStartConfig, Weighted,
+    RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 
 use sd_testkit::alloc::thread_allocs;
@@ -209,5 +210,28 @@ fn picks_do_not_allocate() {
     assert_eq!(outlier.ejected_count(), 2);
     count("outlier in panic mode", || {
         **outlier.pick_with(&Request::new()).unwrap().endpoint()
+    });
+
+    // Zone-aware routing that spills (zone a: 20 % of the endpoints, half the callers).
+    let zoned = std::sync::Arc::new(FixedEndpointer::new((0..20u16).map(|i| {
+        let z = ["a", "b", "c", "b", "c"][i as usize % 5];
+        let inst = Instance::builder("10.0.0.1", 1000 + i)
+            .meta("zone", z)
+            .build();
+        (inst, i as u64 + 1)
+    })));
+    let zone = ZoneAware::new(P2c::pending_requests(zoned.clone()), "a")
+        .callers([("a", 2.0), ("b", 1.0), ("c", 1.0)])
+        .unwrap();
+    assert!((zone.local_share() - 0.4).abs() < 1e-9);
+    count("zone-aware over p2c, spilling", || {
+        let p = zone.pick_with(&Request::new()).unwrap();
+        let v = **p.endpoint();
+        p.success();
+        v
+    });
+    let zone = ZoneAware::new(RoundRobin::new(zoned), "a");
+    count("zone-aware over round robin, all local", || {
+        *zone.pick().unwrap()
     });
 }
