@@ -22,6 +22,10 @@
 //! while the endpoints still serve) and compares panic mode (the default 50 % threshold)
 //! with [`PanicThreshold::OFF`].
 //!
+//! A sixth run spreads 10 endpoints over three zones (2, 4, 4) and the clients over the same
+//! zones (half of them in the small zone) and compares zone-blind round robin, "always
+//! local", and [`ZoneAware`] routing that knows the callers' spread.
+//!
 //! Run: `cargo run --release -p sd-lb --example simulation`
 
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use sd_core::{BoxError, DefaultEndpointer, Event, FixedEndpointer, Instance, InstanceCache};
 use sd_lb::{
     Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, PanicThreshold, Random, Request,
-    RoundRobin, SlowStart, SlowStartConfig, Weighted,
+    RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 use tokio::time::Instant;
 
@@ -120,6 +124,17 @@ async fn simulate_capacity(
     capacity: &[u32],
     clients: usize,
 ) -> (Vec<Duration>, Vec<usize>) {
+    let (latencies, per_group) = simulate_groups(vec![(lb, clients)], capacity).await;
+    (latencies, per_group.into_iter().next().unwrap_or_default())
+}
+
+/// [`simulate_capacity`] with groups of clients, each with its own balancer (`(balancer,
+/// clients)`); `REQUESTS` in all, spread evenly over the clients. Returns the sorted
+/// latencies and the requests per endpoint of each group.
+async fn simulate_groups(
+    groups: Vec<(Arc<dyn Balancer<usize>>, usize)>,
+    capacity: &[u32],
+) -> (Vec<Duration>, Vec<Vec<usize>>) {
     let slots: Arc<Vec<tokio::sync::Semaphore>> = Arc::new(
         capacity
             .iter()
@@ -127,32 +142,36 @@ async fn simulate_capacity(
             .collect(),
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let per_client = REQUESTS / clients;
-    for c in 0..clients {
-        let (lb, tx, slots) = (lb.clone(), tx.clone(), slots.clone());
-        tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(c as u64);
-            for _ in 0..per_client {
-                let start = Instant::now();
-                let picked = lb.pick_with(&Request::new()).unwrap();
-                let i = **picked.endpoint();
-                let permit = slots[i].acquire().await.expect("open");
-                tokio::time::sleep(Duration::from_micros(rng.gen_range(5_000..15_000))).await;
-                drop(permit);
-                picked.success();
-                let _ = tx.send((i, start.elapsed()));
-            }
-        });
+    let per_client = REQUESTS / groups.iter().map(|g| g.1).sum::<usize>();
+    let mut seed = 0u64;
+    for (g, (lb, clients)) in groups.iter().enumerate() {
+        for _ in 0..*clients {
+            let (lb, tx, slots) = (lb.clone(), tx.clone(), slots.clone());
+            let mut rng = StdRng::seed_from_u64(seed);
+            seed += 1;
+            tokio::spawn(async move {
+                for _ in 0..per_client {
+                    let start = Instant::now();
+                    let picked = lb.pick_with(&Request::new()).unwrap();
+                    let i = **picked.endpoint();
+                    let permit = slots[i].acquire().await.expect("open");
+                    tokio::time::sleep(Duration::from_micros(rng.gen_range(5_000..15_000))).await;
+                    drop(permit);
+                    picked.success();
+                    let _ = tx.send((g, i, start.elapsed()));
+                }
+            });
+        }
     }
     drop(tx);
     let mut latencies = Vec::with_capacity(REQUESTS);
-    let mut per_endpoint = vec![0usize; capacity.len()];
-    while let Some((i, d)) = rx.recv().await {
-        per_endpoint[i] += 1;
+    let mut per_group = vec![vec![0usize; capacity.len()]; groups.len()];
+    while let Some((g, i, d)) = rx.recv().await {
+        per_group[g][i] += 1;
         latencies.push(d);
     }
     latencies.sort();
-    (latencies, per_endpoint)
+    (latencies, per_group)
 }
 
 /// The fourth run: clients, seconds it lasts, the cold endpoint's warm-up (time, or requests
@@ -416,8 +435,61 @@ fn main() {
                 spread.join(" "),
             );
         }
+
+        println!("\n## Zones: local traffic and spillover\n");
+        println!(
+            "{REQUESTS} requests; 10 endpoints in zones a (2), b (4), c (4), each serving {ZONE_CAPACITY} requests at once in 5–15 ms (the rest wait); {ZONE_CLIENTS:?} clients in zones a, b, c. Cross-zone: share of requests that leave the caller's zone. Envoy's zone-aware routing keeps 40 % of zone a's requests local (20 % of the endpoints for 50 % of the callers) and spills the rest to b and c.\n"
+        );
+        println!("| routing | cross-zone | zone a callers kept local | p50 ms | p99 ms | requests per endpoint (a a b b b b c c c c) |");
+        println!("|---|---:|---:|---:|---:|---|");
+        const ZONES: [&str; 10] = ["a", "a", "b", "b", "b", "b", "c", "c", "c", "c"];
+        let ep: Ep = Arc::new(FixedEndpointer::new((0..10).map(|i| {
+            (Instance::builder("10.0.0.1", 9400 + i as u16).meta("zone", ZONES[i]).build(), i)
+        })));
+        let callers = [("a", ZONE_CLIENTS[0] as f64), ("b", ZONE_CLIENTS[1] as f64), ("c", ZONE_CLIENTS[2] as f64)];
+        type ZoneMake = Box<dyn Fn(&'static str) -> Arc<dyn Balancer<usize>>>;
+        let (e1, e2, e3) = (ep.clone(), ep.clone(), ep.clone());
+        let routings: Vec<(&str, ZoneMake)> = vec![
+            ("zone-blind round robin", Box::new(move |_| Arc::new(RoundRobin::new(e1.clone())))),
+            ("always local (ZoneAware, callers not given)", Box::new(move |z| Arc::new(ZoneAware::new(RoundRobin::new(e2.clone()), z)))),
+            ("ZoneAware with the callers' spread", Box::new(move |z| Arc::new(ZoneAware::new(RoundRobin::new(e3.clone()), z).callers(callers).expect("valid")))),
+        ];
+        for (name, make) in routings {
+            let groups: Vec<(Arc<dyn Balancer<usize>>, usize)> = ["a", "b", "c"]
+                .iter()
+                .zip(ZONE_CLIENTS)
+                .map(|(z, n)| (make(z), n))
+                .collect();
+            let (lat, per_group) = simulate_groups(groups, &[ZONE_CAPACITY; 10]).await;
+            let mut cross = 0;
+            let mut total = 0;
+            let mut per = [0usize; 10];
+            for (g, counts) in per_group.iter().enumerate() {
+                for (i, n) in counts.iter().enumerate() {
+                    per[i] += n;
+                    total += n;
+                    if ZONES[i] != ["a", "b", "c"][g] {
+                        cross += n;
+                    }
+                }
+            }
+            let a_local = (per_group[0][0] + per_group[0][1]) as f64 / per_group[0].iter().sum::<usize>().max(1) as f64;
+            let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
+            println!(
+                "| {name} | {:.0} % | {:.0} % | {} | {} | {} |",
+                100.0 * cross as f64 / total.max(1) as f64,
+                100.0 * a_local,
+                ms(pct(&lat, 0.5)),
+                ms(pct(&lat, 0.99)),
+                spread.join(" "),
+            );
+        }
     });
 }
+
+/// The sixth run: requests each endpoint serves at once; clients in zones a, b, c.
+const ZONE_CAPACITY: u32 = 2;
+const ZONE_CLIENTS: [usize; 3] = [8, 4, 4];
 
 /// The fifth run: requests each endpoint serves at once, clients.
 const PANIC_CAPACITY: u32 = 2;
