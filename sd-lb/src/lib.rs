@@ -15,6 +15,7 @@
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
 //! | [`SlowStart`] | wraps any balancer: a new endpoint's share ramps up over a window |
 //! | [`ZoneAware`] | wraps any balancer: prefers the caller's zone, spills the share it cannot take |
+//! | [`Drain`] | wraps any balancer: counts in-flight requests so that a removed endpoint's close waits for them ([`DrainFactory`]) |
 //! | [`RefuseStale`] | wraps any balancer: fails picks while the endpoints are stale for too long |
 //!
 //! [`Subset`] wraps an endpointer instead: each client uses a stable, deterministic subset of
@@ -74,6 +75,7 @@
 
 mod balancer;
 mod derived;
+mod drain;
 pub mod error;
 mod hash;
 mod local;
@@ -96,6 +98,7 @@ pub use ::tower::retry::budget::{Budget, TpsBudget};
 pub use balancer::{
     hash_key, Avoid, Balancer, Clock, Feedback, Outcome, PanicThreshold, Picked, Request,
 };
+pub use drain::{Drain, DrainFactory, Drained};
 pub use error::{
     AttemptTimeout, BudgetExhausted, InvalidOption, LbError, RetryError, RetryErrorKind, Timeout,
 };

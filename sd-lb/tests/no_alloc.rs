@@ -3,15 +3,15 @@
 //! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
 //! two choices distinct), weighted and consistent hashing (weighted and not), slow start
 //! over round robin and P2C while endpoints warm up, outlier ejection in panic mode, and
-//! zone-aware routing (all local, and spilling).
+//! zone-aware routing (all local, and spilling), and drain's in-flight counting.
 
 use sd_core::{
-    BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedEndpointer, FixedInstancer,
-    Health, Instance,
+    BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, Factory, FixedEndpointer,
+    FixedInstancer, Health, Instance,
 };
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, Outlier, OutlierConfig, P2c, Random, Request,
-    RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
+    Balancer, ConsistentHash, Drain, DrainFactory, LocalRoundRobin, Outlier, OutlierConfig, P2c,
+    Random, Request, RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 
 use sd_testkit::alloc::thread_allocs;
@@ -233,5 +233,23 @@ fn picks_do_not_allocate() {
     let zone = ZoneAware::new(RoundRobin::new(zoned), "a");
     count("zone-aware over round robin, all local", || {
         *zone.pick().unwrap()
+    });
+
+    // In-flight counting for graceful drain.
+    let factory = DrainFactory::new(
+        |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
+        std::time::Duration::from_secs(30),
+    );
+    let drained = std::sync::Arc::new(FixedEndpointer::new((1..=10u16).map(|p| {
+        let i = Instance::new("10.0.0.1", p);
+        let v = factory.make(&i).unwrap();
+        (i, v)
+    })));
+    let drain = Drain::new(RoundRobin::new(drained));
+    count("drain over round robin", || {
+        let p = drain.pick_with(&Request::new()).unwrap();
+        let v = ***p.endpoint();
+        p.success();
+        v
     });
 }
