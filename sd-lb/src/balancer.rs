@@ -713,9 +713,16 @@ pub(crate) fn first_accepted<E>(
 /// [`first_accepted`] drawing from `r` (for seeded balancers and for consistent hashing,
 /// whose fall-through must be the same in every client). `start` is known to be avoided.
 ///
-/// A few uniform redraws among the candidates (rejection sampling: uniform among the
-/// accepted ones, and one or two draws suffice while most are accepted), then, when most are
-/// avoided, a count of the accepted ones and a uniform choice of one of them. No allocation.
+/// Up to [`REDRAWS`] uniform redraws among the candidates (rejection sampling: uniform among
+/// the accepted ones; one or two draws suffice while most are accepted, about `1 / share`
+/// when only a share is, e.g. one zone of [`ZoneAware`](crate::ZoneAware)), then, when
+/// nearly all are avoided, a count of the accepted ones and a uniform choice of one of them
+/// (`O(N)`). No allocation.
+/// Random redraws an avoided pick makes before it counts the accepted endpoints (`O(N)`):
+/// with a fifth of the endpoints accepted, the count is needed once in 1 / 0.8^32 ≈ 1 300
+/// picks.
+pub(crate) const REDRAWS: usize = 32;
+
 #[cold]
 pub(crate) fn redraw_accepted<E>(
     list: &[Endpoint<E>],
@@ -725,7 +732,7 @@ pub(crate) fn redraw_accepted<E>(
     mut r: u64,
 ) -> usize {
     let n = cands.len();
-    for _ in 0..4 {
+    for _ in 0..REDRAWS {
         r = splitmix(r);
         let i = cands.at(bounded(r, n));
         if !req.avoids(&list[i]) {

@@ -312,7 +312,8 @@ impl Sampler {
 }
 
 /// The endpoint to use in place of candidate index `start` (in the list), which the request
-/// avoids or which duplicates the other choice (`skip`): a few weighted draws, then a
+/// avoids or which duplicates the other choice (`skip`): up to
+/// [`REDRAWS`](crate::balancer::REDRAWS) weighted draws, then a
 /// weighted choice among the accepted candidates of positive weight other than `skip`;
 /// `start` when there is none. No allocation.
 #[cold]
@@ -326,7 +327,7 @@ fn redraw_weighted<E>(
     mut r: u64,
 ) -> usize {
     let ok = |i: usize| Some(i) != skip && !request.avoids(&list[i]);
-    for _ in 0..4 {
+    for _ in 0..crate::balancer::REDRAWS {
         r = splitmix(r);
         let i = cands.at(s.draw(r));
         if ok(i) {

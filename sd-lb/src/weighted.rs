@@ -134,7 +134,8 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Schedule {
     }
 }
 
-/// The endpoint to use when the scheduled one `i` is avoided: a few draws of a random
+/// The endpoint to use when the scheduled one `i` is avoided: up to
+/// [`REDRAWS`](crate::balancer::REDRAWS) draws of a random
 /// schedule position (so the avoided share spreads over the others in proportion to their
 /// weights), then a uniform choice among the accepted eligible endpoints; the scheduled one
 /// when every eligible endpoint is avoided (never a zero-weight endpoint while a positive
@@ -142,7 +143,7 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Schedule {
 #[cold]
 fn redraw<E>(list: &[Endpoint<E>], s: &Schedule, i: usize, request: &Request<'_, E>) -> usize {
     let mut r = thread_random();
-    for _ in 0..4 {
+    for _ in 0..crate::balancer::REDRAWS {
         r = splitmix(r);
         let j = s.order[bounded(r, s.order.len())] as usize;
         if !request.avoids(&list[j]) {
