@@ -26,6 +26,10 @@
 //! zones (half of them in the small zone) and compares zone-blind round robin, "always
 //! local", and [`ZoneAware`] routing that knows the callers' spread.
 //!
+//! A seventh run replaces half of the endpoints while requests are in flight (a rolling
+//! deploy) and counts the requests cut off by the removed endpoints' close, with and without
+//! graceful [`Drain`].
+//!
 //! Run: `cargo run --release -p sd-lb --example simulation`
 
 use std::sync::Arc;
@@ -33,10 +37,12 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sd_core::{BoxError, DefaultEndpointer, Event, FixedEndpointer, Instance, InstanceCache};
+use sd_core::{
+    BoxError, DefaultEndpointer, Event, Factory, FixedEndpointer, Instance, InstanceCache,
+};
 use sd_lb::{
-    Balancer, Clock, ConsistentHash, Outlier, OutlierConfig, P2c, PanicThreshold, Random, Request,
-    RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
+    Balancer, Clock, ConsistentHash, Drain, DrainFactory, Drained, Outlier, OutlierConfig, P2c,
+    PanicThreshold, Random, Request, RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 use tokio::time::Instant;
 
@@ -484,7 +490,95 @@ fn main() {
                 spread.join(" "),
             );
         }
+
+        println!("\n## A rolling deploy: requests in flight on removed endpoints\n");
+        println!(
+            "{DRAIN_CLIENTS} clients send requests of 50–150 ms back to back for {DRAIN_SECS} s over 10 endpoints; at 2 s endpoints 0–4 are replaced by 10–14. Closing an endpoint (the factory's close) cuts its requests off: they fail.\n"
+        );
+        println!("| endpoints closed | requests | failed (cut off by close) |");
+        println!("|---|---:|---:|");
+        let closes = Connect;
+        let ep = Arc::new(DefaultEndpointer::new(&InstanceCache::new(), closes));
+        let (n, failed) = simulate_deploy(Arc::new(RoundRobin::new(ep.clone())), &ep, |c| c).await;
+        println!("| at once (plain factory) | {n} | {failed} |");
+        for timeout in [Duration::from_millis(50), Duration::from_secs(1)] {
+            let ep = Arc::new(DefaultEndpointer::new(
+                &InstanceCache::new(),
+                DrainFactory::new(Connect, timeout),
+            ));
+            let lb = Arc::new(Drain::new(RoundRobin::new(ep.clone())));
+            let (n, failed) = simulate_deploy(lb, &ep, |c: &Drained<Conn>| &**c).await;
+            println!("| after draining, timeout {} ms (`Drain` + `DrainFactory`) | {n} | {failed} |", timeout.as_millis());
+        }
     });
+}
+
+/// The seventh run: clients, seconds.
+const DRAIN_CLIENTS: usize = 40;
+const DRAIN_SECS: u64 = 4;
+
+/// A connection that its close cuts off.
+struct Conn(std::sync::atomic::AtomicBool);
+
+/// Makes connections; closing one cuts off its requests.
+struct Connect;
+
+impl Factory<Conn> for Connect {
+    fn make(&self, _: &Instance) -> std::result::Result<Conn, BoxError> {
+        Ok(Conn(std::sync::atomic::AtomicBool::new(false)))
+    }
+    fn close(&self, _: &Instance, conn: &Conn) {
+        conn.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn deploy_set(ports: std::ops::Range<u16>) -> Event {
+    Event::instances(
+        ports
+            .map(|p| Instance::new("10.0.0.1", 9500 + p))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Runs the deploy over `lb`; returns the requests made and how many were cut off (their
+/// connection was closed while they ran).
+async fn simulate_deploy<E: Send + Sync + 'static>(
+    lb: Arc<dyn Balancer<E>>,
+    ep: &DefaultEndpointer<E>,
+    conn: fn(&E) -> &Conn,
+) -> (usize, usize) {
+    ep.apply(deploy_set(0..10));
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(DRAIN_SECS);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for c in 0..DRAIN_CLIENTS {
+        let (lb, tx) = (lb.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(200 + c as u64);
+            while Instant::now() < end {
+                let picked = lb.pick_with(&Request::new()).unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
+                let cut = conn(picked.endpoint().value())
+                    .0
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                if cut {
+                    picked.failure();
+                } else {
+                    picked.success();
+                }
+                let _ = tx.send(cut);
+            }
+        });
+    }
+    drop(tx);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ep.apply(deploy_set(5..15));
+    let (mut n, mut failed) = (0, 0);
+    while let Some(cut) = rx.recv().await {
+        n += 1;
+        failed += usize::from(cut);
+    }
+    (n, failed)
 }
 
 /// The sixth run: requests each endpoint serves at once; clients in zones a, b, c.
