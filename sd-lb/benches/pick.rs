@@ -19,6 +19,11 @@
 //! (the wrapper's fixed cost), `_warming` right after the set grew by a tenth (at least one
 //! endpoint), every new endpoint at the 10 % floor of a one-hour ramp, so most of its turns
 //! are picked again.
+//!
+//! `zone_*` wrap them in [`ZoneAware`] for a caller in zone a (a fifth of the endpoints):
+//! `zone_rr_local` keeps every request local (callers spread like the endpoints);
+//! `zone_p2c_inflight_spill` is told half the callers are in zone a, so 40 % of the picks
+//! stay local and the rest spill to b and c. Below 6 endpoints there is no zone preference.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,7 +33,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, Instance, InstanceCache};
 use sd_lb::{
     Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, SlowStart,
-    SlowStartConfig, Weighted,
+    SlowStartConfig, Weighted, ZoneAware,
 };
 
 const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
@@ -45,7 +50,7 @@ fn endpointer(n: usize) -> Ep {
     ep
 }
 
-/// `n` instances `10.x.y.z:8080` with weights 1 to 4.
+/// `n` instances `10.x.y.z:8080` with weights 1 to 4, in zones a (a fifth), b and c.
 fn instances(n: usize) -> Event {
     Event::instances(
         (0..n)
@@ -55,6 +60,7 @@ fn instances(n: usize) -> Event {
                     8080,
                 )
                 .weight(1 + (i % 4) as u32)
+                .meta("zone", ["a", "b", "c", "b", "c"][i % 5])
                 .build()
             })
             .collect::<Vec<_>>(),
@@ -235,6 +241,17 @@ fn bench(c: &mut Criterion) {
     });
     run(c, "slow_start_p2c_inflight_warming", |ep| {
         Guarded(warming(&ep, P2c::pending_requests(ep.clone())))
+    });
+    run(c, "zone_rr_local", |ep| {
+        Plain(ZoneAware::new(RoundRobin::new(ep), "a"))
+    });
+    run(c, "zone_p2c_inflight_spill", |ep| {
+        let callers = [("a", 2.0), ("b", 1.0), ("c", 1.0)];
+        Guarded(
+            ZoneAware::new(P2c::pending_requests(ep), "a")
+                .callers(callers)
+                .unwrap(),
+        )
     });
 }
 
