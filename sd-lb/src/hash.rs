@@ -40,7 +40,8 @@ use crate::error::LbError;
 /// share.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, the table holds the passing ones only, so the keys of a failing
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the table holds the passing ones only, so the keys of a failing
 /// endpoint move to the others (the same way in every client that sees the same health).
 ///
 /// **Table size tiers.** `M` depends only on N, in doubling tiers: 65 537 slots for up to

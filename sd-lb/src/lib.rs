@@ -27,7 +27,8 @@
 //!
 //! Every balancer returns the endpointer's discovery error unchanged and
 //! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1), prefers endpoints
-//! whose instance passes its health checks (all of them when none passes), and builds its
+//! whose instance passes its health checks (all of them when fewer than the [`PanicThreshold`],
+//! 50 % by default, pass), and builds its
 //! tables off the request path; a pick never waits for a lock and makes no allocation, except
 //! the first pick after an update, which starts the rebuild (the details are on [`Balancer`]). [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
 //! request's outcome back to P2C and outlier ejection, even when it is just dropped.

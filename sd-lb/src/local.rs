@@ -16,7 +16,8 @@ use crate::error::LbError;
 /// It is `Send` but picks through `&mut self`: make one per thread or task.
 ///
 /// Health (see [`Balancer`](crate::Balancer)): when some endpoints are
-/// [`Passing`](sd_core::Health::Passing) and some are not, the rotation runs over the passing
+/// [`Passing`](sd_core::Health::Passing) and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the rotation runs over the passing
 /// ones only (the handle lists them when it reloads: one linear scan of the new set, on the
 /// picking thread, once per update).
 ///

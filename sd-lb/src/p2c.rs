@@ -389,7 +389,8 @@ fn redraw_weighted<E>(
 /// has nothing to serve, a uniform pick over the new set that is not load-tracked.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, both choices are drawn among the passing ones.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), both choices are drawn among the passing ones.
 ///
 /// ```
 /// use std::sync::Arc;

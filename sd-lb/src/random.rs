@@ -17,7 +17,8 @@ use crate::error::LbError;
 /// test sees the same picks on every run (go-kit LB-3's seed, without its data race).
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, it draws among the passing ones only.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), it draws among the passing ones only.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -24,7 +24,8 @@ use crate::error::LbError;
 /// them). Both take one `arc-swap` load per pick and no lock or allocation.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, the rotation runs over the passing ones only.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the rotation runs over the passing ones only.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

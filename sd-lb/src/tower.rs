@@ -48,7 +48,8 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 /// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it).
 /// It follows the balancers' health rule (see [`Balancer`]): while some endpoints are
 /// [`Passing`](sd_core::Health::Passing), only those are published (one that stops passing
-/// is removed, and inserted again when it passes); when none passes, all are. An
+/// is removed, and inserted again when it passes); when fewer than the default
+/// [`PanicThreshold`] (50 %) pass, all are. An
 /// endpointer in an error state keeps serving its last good endpoints, so nothing changes;
 /// one whose endpoints were invalidated (`invalidate_on_error`) reads as empty, removing
 /// every service. Errors are logged, not yielded, because a discovery error is fatal to

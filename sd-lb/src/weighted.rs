@@ -26,7 +26,8 @@ use crate::error::LbError;
 /// [`refresh`](Weighted::refresh).
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, the schedule holds the passing ones only.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the schedule holds the passing ones only.
 ///
 /// An endpoint of weight 0 is never picked while one with a positive weight exists; when
 /// every weight is 0, all are picked equally.

@@ -30,7 +30,7 @@ fn zoned(zones: &[(&'static str, Health)]) -> Arc<FixedEndpointer<&'static str>>
 fn spread(counts: &[(&'static str, usize)]) -> Arc<FixedEndpointer<&'static str>> {
     let list: Vec<_> = counts
         .iter()
-        .flat_map(|&(z, n)| std::iter::repeat_n((z, Health::Passing), n))
+        .flat_map(|&(z, n)| std::iter::repeat((z, Health::Passing)).take(n))
         .collect();
     zoned(&list)
 }
