@@ -260,6 +260,19 @@ async fn simulate_join(
     (buckets, latencies)
 }
 
+/// A row of a capacity table: p50, p99, mean, requests per endpoint.
+fn print_capacity_row(name: &str, lat: &[Duration], per: &[usize]) {
+    let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+    let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
+    println!(
+        "| {name} | {} | {} | {} | {} |",
+        ms(pct(lat, 0.5)),
+        ms(pct(lat, 0.99)),
+        ms(mean),
+        spread.join(" "),
+    );
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -358,15 +371,7 @@ fn main() {
         ];
         for (name, lb) in lbs {
             let (lat, per) = simulate_capacity(lb, &CAPACITY, CAPACITY_CLIENTS).await;
-            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
-            let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
-            println!(
-                "| {name} | {} | {} | {} | {} |",
-                ms(pct(&lat, 0.5)),
-                ms(pct(&lat, 0.99)),
-                ms(mean),
-                spread.join(" "),
-            );
+            print_capacity_row(name, &lat, &per);
         }
 
         println!("\n## A cold endpoint joins, with and without slow start\n");
@@ -431,15 +436,7 @@ fn main() {
         ];
         for (name, lb) in lbs {
             let (lat, per) = simulate_capacity(lb, &[PANIC_CAPACITY; 10], PANIC_CLIENTS).await;
-            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
-            let spread: Vec<String> = per.iter().map(|c| c.to_string()).collect();
-            println!(
-                "| {name} | {} | {} | {} | {} |",
-                ms(pct(&lat, 0.5)),
-                ms(pct(&lat, 0.99)),
-                ms(mean),
-                spread.join(" "),
-            );
+            print_capacity_row(name, &lat, &per);
         }
 
         println!("\n## Zones: local traffic and spillover\n");

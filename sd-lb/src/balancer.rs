@@ -812,6 +812,26 @@ pub(crate) fn pick_fallback<E>(
     ))
 }
 
+/// Picks from `inner` for `request`, also avoiding the endpoints whose value pointers are
+/// in `extra` (those a wrapper has just turned down): the redraw of
+/// [`SlowStart`](crate::SlowStart) and
+/// [`Drain`](crate::Drain). The request's key is kept.
+pub(crate) fn pick_avoiding<E: 'static, B: Balancer<E> + ?Sized>(
+    inner: &B,
+    request: &Request<'_, E>,
+    extra: &[usize],
+) -> Result<Picked<E>, LbError> {
+    if extra.is_empty() {
+        return inner.pick_with(request);
+    }
+    let avoid = |e: &Endpoint<E>| request.avoids(e) || extra.contains(&value_ptr(e));
+    let mut again = Request::new().avoid(&avoid);
+    if let Some(k) = request.key() {
+        again = again.with_key(k);
+    }
+    inner.pick_with(&again)
+}
+
 /// A uniform number in `[0, 1)` from a uniform `u64`.
 #[inline]
 pub(crate) fn unit(r: u64) -> f64 {

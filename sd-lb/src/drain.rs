@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sd_core::{BoxError, Endpoint, Factory, Instance, Snapshot};
 
-use crate::balancer::{value_ptr, Balancer, Feedback, Outcome, Picked, Request};
+use crate::balancer::{pick_avoiding, value_ptr, Balancer, Feedback, Outcome, Picked, Request};
 use crate::error::LbError;
 
 /// An endpoint value made by a [`DrainFactory`]: the inner factory's value and the count of
@@ -221,18 +221,7 @@ where
         let mut closing = [0usize; REDRAWS];
         let mut n = 0;
         loop {
-            let picked = if n == 0 {
-                self.inner.pick_with(request)?
-            } else {
-                let avoid = |e: &Endpoint<Drained<E>>| {
-                    request.avoids(e) || closing[..n].contains(&value_ptr(e))
-                };
-                let mut again = Request::new().avoid(&avoid);
-                if let Some(k) = request.key() {
-                    again = again.with_key(k);
-                }
-                self.inner.pick_with(&again)?
-            };
+            let picked = pick_avoiding(&self.inner, request, &closing[..n])?;
             let state = &picked.endpoint().value().state;
             state.count.fetch_add(1, Ordering::SeqCst);
             let hook = self.hook.clone() as Arc<dyn Feedback<Drained<E>>>;

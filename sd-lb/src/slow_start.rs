@@ -9,7 +9,9 @@ use std::time::Duration;
 use arc_swap::Guard;
 use sd_core::{Endpoint, Snapshot};
 
-use crate::balancer::{thread_random, unit, value_ptr as ptr, Balancer, Clock, Picked, Request};
+use crate::balancer::{
+    pick_avoiding, thread_random, unit, value_ptr as ptr, Balancer, Clock, Picked, Request,
+};
 use crate::derived::{Derived, PerSnapshot};
 use crate::error::{InvalidOption, LbError};
 
@@ -350,16 +352,7 @@ where
         let mut rejected = [0usize; REDRAWS];
         let mut n = 0;
         loop {
-            let picked = if n == 0 {
-                self.inner.pick_with(request)?
-            } else {
-                let avoid = |e: &Endpoint<E>| request.avoids(e) || rejected[..n].contains(&ptr(e));
-                let mut again = Request::new().avoid(&avoid);
-                if let Some(k) = request.key() {
-                    again = again.with_key(k);
-                }
-                self.inner.pick_with(&again)?
-            };
+            let picked = pick_avoiding(&self.inner, request, &rejected[..n])?;
             if n == REDRAWS {
                 return Ok(picked);
             }

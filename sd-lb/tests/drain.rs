@@ -49,6 +49,16 @@ fn endpointer(closes: &Ports) -> Arc<DefaultEndpointer<Drained<u16>>> {
     ep
 }
 
+/// A request held on the endpoint `port` (picks until one lands there).
+fn pick_on<B: Balancer<Drained<u16>>>(lb: &B, port: u16) -> sd_lb::Picked<Drained<u16>> {
+    loop {
+        let p = lb.pick_with(&Request::new()).unwrap();
+        if ***p.endpoint() == port {
+            return p;
+        }
+    }
+}
+
 /// Lets spawned drain tasks run.
 async fn settle() {
     for _ in 0..10 {
@@ -102,12 +112,7 @@ async fn close_runs_at_the_drain_timeout() {
     let closes = Ports::default();
     let ep = endpointer(&closes);
     let lb = Drain::new(P2c::pending_requests(ep.clone()));
-    let stuck = loop {
-        let p = lb.pick_with(&Request::new()).unwrap();
-        if ***p.endpoint() == 2 {
-            break p;
-        }
-    };
+    let stuck = pick_on(&lb, 2);
     ep.apply(set([1, 3]));
     settle().await;
     tokio::time::advance(TIMEOUT - Duration::from_millis(1)).await;
@@ -142,12 +147,7 @@ async fn idle_endpoints_close_at_once_and_cancellations_release() {
         [1],
         "nothing in flight: closed during the update"
     );
-    let on_2 = loop {
-        let p = lb.pick_with(&Request::new()).unwrap();
-        if ***p.endpoint() == 2 {
-            break p;
-        }
-    };
+    let on_2 = pick_on(&lb, 2);
     ep.close().await;
     settle().await;
     assert_eq!(closes.closed(), [1, 3], "2 drains");

@@ -149,15 +149,15 @@ fn picks_do_not_allocate() {
     });
 
     // Slow start while ten new endpoints warm up (a rejected pick is picked again).
-    let warm = |inner| {
+    fn warm<B: Balancer<u64>>(inner: B) -> SlowStart<B, u64> {
         SlowStart::new(
             inner,
             SlowStartConfig::new(std::time::Duration::from_secs(3600)),
         )
         .unwrap()
-    };
+    }
     let ss_rr = warm(Box::new(RoundRobin::new(ep.clone())) as Box<dyn Balancer<u64>>);
-    let ss_p2c = warm(Box::new(P2c::pending_requests(ep.clone())));
+    let ss_p2c = warm(P2c::pending_requests(ep.clone()));
     ep.apply(Event::instances(
         (1..=110)
             .map(|p| {
@@ -173,6 +173,9 @@ fn picks_do_not_allocate() {
         *ss_rr.pick().unwrap()
     });
     ss_p2c.pick().unwrap();
+    // The table rebuild that pick started runs on another thread: wait for it, so that no
+    // pick below sees the update again.
+    ss_p2c.inner().refresh();
     assert_eq!(ss_p2c.warming(), 10);
     count("slow start over p2c, warming", || {
         let p = ss_p2c.pick_with(&Request::new()).unwrap();

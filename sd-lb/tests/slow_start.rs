@@ -2,10 +2,13 @@
 //! round robin, weighted, random and P2C, and under outlier ejection); the first set is not
 //! slow-started; first-seen times survive updates. Time is tokio's paused clock.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use sd_core::{BoxError, DefaultEndpointer, Endpoint, Event, Instance, InstanceCache};
+use common::find;
+use sd_core::{BoxError, DefaultEndpointer, Event, Instance, InstanceCache};
 use sd_lb::{
     Balancer, Clock, Outlier, OutlierConfig, P2c, Random, Request, RoundRobin, SlowStart,
     SlowStartConfig, Weighted,
@@ -34,15 +37,6 @@ fn slow<B: Balancer<u16>>(inner: B, config: SlowStartConfig) -> SlowStart<B, u16
     SlowStart::new(inner, config).unwrap().clock(Clock::tokio())
 }
 
-fn endpoint<B: Balancer<u16>>(lb: &B, port: u16) -> Endpoint<u16> {
-    lb.snapshot()
-        .all()
-        .iter()
-        .find(|e| ***e == port)
-        .unwrap()
-        .clone()
-}
-
 /// The share of `picks` picks that went to `port` (each pick's guard is dropped at once).
 fn share<B: Balancer<u16>>(lb: &B, port: u16, picks: usize) -> f64 {
     let hits = (0..picks)
@@ -57,7 +51,7 @@ async fn the_first_set_is_not_slow_started() {
     ep.apply(set(1..=4, |_| 1));
     let lb = slow(RoundRobin::new(ep.clone()), SlowStartConfig::new(WINDOW));
     for p in 1..=4 {
-        assert_eq!(lb.factor(&endpoint(&lb, p)), 1.0);
+        assert_eq!(lb.factor(&find(&lb, p)), 1.0);
         assert!((share(&lb, p, 4000) - 0.25).abs() < 1e-9);
     }
     assert_eq!(lb.warming(), 0);
@@ -70,7 +64,7 @@ async fn the_first_set_is_not_slow_started() {
     ep.apply(set(1..=4, |_| 1));
     lb.pick().unwrap();
     assert_eq!(lb.warming(), 0);
-    assert_eq!(lb.factor(&endpoint(&lb, 1)), 1.0);
+    assert_eq!(lb.factor(&find(&lb, 1)), 1.0);
 }
 
 /// The share of a new endpoint follows `factor / (n - 1 + factor)` over the window with
@@ -118,7 +112,7 @@ async fn aggression_and_the_floor_shape_the_factor() {
     for lb in [&fast, &late, &floor] {
         lb.pick().unwrap();
     }
-    let new = endpoint(&fast, 4);
+    let new = find(&fast, 4);
     assert_eq!(late.factor(&new), 0.0, "no floor: nothing at first");
     assert_eq!(floor.factor(&new), 0.3);
     tokio::time::advance(WINDOW / 4).await;
@@ -159,27 +153,23 @@ async fn first_seen_survives_updates_and_a_return_starts_again() {
     // Another endpoint joins and every weight changes: port 4 stays half-way.
     ep.apply(set(1..=5, |_| 2));
     lb.pick().unwrap();
-    assert!((lb.factor(&endpoint(&lb, 4)) - 0.5).abs() < 1e-9);
-    assert_eq!(lb.factor(&endpoint(&lb, 5)), 0.1);
-    assert_eq!(lb.factor(&endpoint(&lb, 1)), 1.0);
+    assert!((lb.factor(&find(&lb, 4)) - 0.5).abs() < 1e-9);
+    assert_eq!(lb.factor(&find(&lb, 5)), 0.1);
+    assert_eq!(lb.factor(&find(&lb, 1)), 1.0);
     // Port 4 leaves and comes back: new again.
     ep.apply(set([1, 2, 3, 5], |_| 2));
     lb.pick().unwrap();
     ep.apply(set(1..=5, |_| 2));
     lb.pick().unwrap();
-    assert_eq!(lb.factor(&endpoint(&lb, 4)), 0.1);
+    assert_eq!(lb.factor(&find(&lb, 4)), 0.1);
     // An empty set in between leaves the record alone.
     tokio::time::advance(WINDOW / 4).await;
     ep.apply(set([], |_| 1));
     assert!(lb.pick().is_err());
     ep.apply(set(1..=5, |_| 2));
     lb.pick().unwrap();
-    assert!((lb.factor(&endpoint(&lb, 4)) - 0.25).abs() < 1e-9);
-    assert_eq!(
-        lb.factor(&endpoint(&lb, 1)),
-        1.0,
-        "not new after the empty set"
-    );
+    assert!((lb.factor(&find(&lb, 4)) - 0.25).abs() < 1e-9);
+    assert_eq!(lb.factor(&find(&lb, 1)), 1.0, "not new after the empty set");
 }
 
 /// With weighted round robin, random and P2C inside, a new endpoint gets about `factor ×`
