@@ -20,6 +20,9 @@
 //! endpoint), every new endpoint at the 10 % floor of a one-hour ramp, so most of its turns
 //! are picked again.
 //!
+//! `drain_rr` is round robin under [`Drain`] (in-flight counting for graceful drain), the
+//! guard dropped at once (one thread only).
+//!
 //! `zone_*` wrap them in [`ZoneAware`] for a caller in zone a (a fifth of the endpoints):
 //! `zone_rr_local` keeps every request local (callers spread like the endpoints);
 //! `zone_p2c_inflight_spill` is told half the callers are in zone a, so 40 % of the picks
@@ -32,8 +35,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, Instance, InstanceCache};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, SlowStart,
-    SlowStartConfig, Weighted, ZoneAware,
+    Balancer, ConsistentHash, Drain, DrainFactory, LocalRoundRobin, P2c, Random, Request,
+    RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 
 const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
@@ -210,6 +213,26 @@ fn run_pick_only(c: &mut Criterion, name: &str, make: impl Fn(Ep) -> P2c<Ep, u64
     g.finish();
 }
 
+/// `Drain` over round robin: endpoints made by a `DrainFactory`, each pick counted in flight
+/// until its guard drops.
+fn run_drain(c: &mut Criterion) {
+    let mut one = c.benchmark_group("drain_rr/1thread");
+    for n in SIZES {
+        let src = InstanceCache::new();
+        let factory = DrainFactory::new(
+            |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
+            Duration::from_secs(30),
+        );
+        let ep = Arc::new(DefaultEndpointer::new(&src, factory));
+        ep.apply(instances(n));
+        let lb = Drain::new(RoundRobin::new(ep));
+        one.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(***lb.pick_with(&Request::new()).unwrap().endpoint()))
+        });
+    }
+    one.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -242,6 +265,7 @@ fn bench(c: &mut Criterion) {
     run(c, "slow_start_p2c_inflight_warming", |ep| {
         Guarded(warming(&ep, P2c::pending_requests(ep.clone())))
     });
+    run_drain(c);
     run(c, "zone_rr_local", |ep| {
         Plain(ZoneAware::new(RoundRobin::new(ep), "a"))
     });
