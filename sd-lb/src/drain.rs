@@ -139,7 +139,9 @@ where
 /// dropped), or when the drain timeout has passed, whichever comes first (a task on the
 /// current tokio runtime; without one it closes at once). A pick that lands on a closing
 /// endpoint (it read the set just before the update) is made again with it avoided, so no
-/// request starts on an endpoint whose close may have run. The same applies when the whole
+/// request starts on an endpoint whose close may have run (after three closing endpoints
+/// in a row — three updates racing one pick — the fourth pick is used whatever it is). The
+/// same applies when the whole
 /// endpointer closes: every endpoint drains.
 ///
 /// **Composes** with every balancer and wrapper (put `Drain` outermost, or anywhere: it
