@@ -87,7 +87,7 @@ impl SlowStartConfig {
 ///
 /// **How.** The inner balancer picks as usual; when it picks an endpoint in slow start, the
 /// pick is kept with probability `factor`, and otherwise made again with that endpoint
-/// avoided (up to four times; the fourth pick is kept whatever it is). So the endpoint gets
+/// avoided (at most three more picks; the fourth is kept whatever it is). So the endpoint gets
 /// `factor ×` the share the inner balancer would give it: with round robin, random or
 /// weighted, an endpoint whose fair share is `1/n` gets `factor/n`. This works the same way
 /// over every balancer ([`RoundRobin`](crate::RoundRobin), [`Weighted`](crate::Weighted),
