@@ -88,8 +88,10 @@ impl SlowStartConfig {
 /// **How.** The inner balancer picks as usual; when it picks an endpoint in slow start, the
 /// pick is kept with probability `factor`, and otherwise made again with that endpoint
 /// avoided (at most three more picks; the fourth is kept whatever it is). So the endpoint gets
-/// `factor ×` the share the inner balancer would give it: with round robin, random or
-/// weighted, an endpoint whose fair share is `1/n` gets `factor/n`. This works the same way
+/// about `factor ×` the share the inner balancer would give it: an endpoint whose fair share
+/// is `1/n` gets between `factor / n` (random) and `factor / (n − 1 + factor)`, the share of
+/// its weight scaled by `factor` (round robin, whose rotation a rejected turn moves on).
+/// This works the same way
 /// over every balancer ([`RoundRobin`](crate::RoundRobin), [`Weighted`](crate::Weighted),
 /// [`Random`](crate::Random), [`P2c`](crate::P2c)), with health preferences and with
 /// [`Outlier`](crate::Outlier) ejection (in either order: the avoided endpoints of the
