@@ -79,6 +79,48 @@ impl Default for Backoff {
     }
 }
 
+/// A registry's request to wait before the next request: the HTTP `Retry-After` of a 429 or
+/// 503 answer, carried as the source of an [`Error::Unavailable`](crate::Error::Unavailable)
+/// by [`Error::with_retry_after`](crate::Error::with_retry_after).
+///
+/// The watch loop ([`WatchedInstancer`](crate::WatchedInstancer)) waits after such a failure
+/// the longer of its backoff delay and this wait, the wait capped at the backoff's
+/// [`max`](Backoff::max) (1 min by default): a registry cannot park a client for an hour,
+/// and a client never comes back sooner than it was asked to (up to that cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl std::fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the registry asked to retry after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for RetryAfter {}
+
+/// The wait an HTTP `Retry-After` header value asks for, at `now`: delay-seconds (`120`) or
+/// an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`, zero when it has passed). `None` when the
+/// value is neither.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use sd_core::backoff::retry_after;
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+/// assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+/// assert_eq!(retry_after("Sun, 09 Sep 2001 01:47:00 GMT", now), Some(Duration::from_secs(140)));
+/// assert_eq!(retry_after("Sun, 09 Sep 2001 01:00:00 GMT", now), Some(Duration::ZERO));
+/// assert_eq!(retry_after("soon", now), None);
+/// ```
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // A number too large for u64 is as good as forever: the loop caps it anyway.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, for poll intervals.
 ///
 /// `spread` is clamped to at most 1; a spread that is zero, negative or not a number (NaN,

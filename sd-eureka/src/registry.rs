@@ -74,6 +74,7 @@ impl EurekaRegistry {
     /// | `vip` | `true`: instancers look the service name up as a VIP address (`/vips/{name}`) instead of an app name | `false` |
     /// | `timeout` | timeout of each request, per server | `10s` |
     /// | `passing` | make every instancer passing-only (status `UP`) | `false` |
+    /// | `max_body` | largest answer body read, in bytes (at least 65536) | 67108864 (64 MiB) |
     ///
     /// The host defaults to `127.0.0.1` and the port to 8761. Errors name the bad part and
     /// never show the password.
@@ -104,6 +105,10 @@ impl EurekaRegistry {
                 return Err(u.error("option timeout must be greater than 0"));
             }
             config.timeout = timeout;
+        }
+        if let Some(max_body) = u.number::<usize>("max_body")? {
+            // The range is checked once, by Client::new.
+            config.max_body = max_body;
         }
         let poll = u.duration("poll")?.unwrap_or(DEFAULT_POLL);
         if poll < MIN_POLL {
