@@ -577,10 +577,16 @@ async fn read_json(
             }
             Ok(None) => break,
             Err(e) => {
-                return Outcome::Next(Error::unavailable(
-                    BACKEND,
-                    format!("{what} at {base}: reading the answer: {}", error_chain(&e)),
-                ))
+                let message = format!("{what} at {base}: reading the answer: {}", error_chain(&e));
+                // A body that stalls past the request timeout.
+                return Outcome::Next(if e.is_timeout() {
+                    Error::Timeout {
+                        backend: BACKEND,
+                        message,
+                    }
+                } else {
+                    Error::unavailable(BACKEND, message)
+                });
             }
         }
     }
@@ -612,8 +618,9 @@ async fn body_prefix(mut resp: Response, limit: usize) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// A failure status as an error: 400/401/403/404/409 are [`Error::Rejected`] (retrying the
-/// same request will not help), anything else [`Error::Unavailable`]. At most
+/// A failure status as an error: a 4xx other than 429 is [`Error::Rejected`] (retrying the
+/// same request will not help), anything else (429 Too Many Requests, 5xx, a redirect)
+/// [`Error::Unavailable`]. At most
 /// [`MAX_ERROR_BODY`] bytes of the body are read.
 ///
 /// A `Retry-After` (on a 429 or 503, typically) travels with an [`Error::Unavailable`]
@@ -645,7 +652,8 @@ async fn status_error(what: &str, base: &Url, resp: Response) -> Error {
     if let Some(delay) = retry_after {
         message.push_str(&format!(" (Retry-After: {delay:?})"));
     }
-    if status.is_client_error() {
+    // 429 Too Many Requests is the one 4xx that waiting fixes.
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
         Error::Rejected {
             backend: BACKEND,
             message,
