@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::{LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use sd_core::backoff::FailureHints;
 use sd_core::{Error, Health, Instance, RegistryUrl, Result, Secret};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Serialize;
@@ -450,30 +452,20 @@ async fn error_body(mut resp: Response) -> String {
 /// it): the error names where it pointed.
 async fn status_error(what: &str, resp: Response) -> Error {
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| sd_core::backoff::retry_after(v, std::time::SystemTime::now()));
-    let location = status
-        .is_redirection()
-        .then(|| resp.headers().get(reqwest::header::LOCATION).cloned())
-        .flatten();
+    let headers = resp.headers();
+    let hints = FailureHints::new(
+        headers.get(RETRY_AFTER).map(|v| v.as_bytes()),
+        status
+            .is_redirection()
+            .then(|| headers.get(LOCATION).map(|v| v.as_bytes()))
+            .flatten(),
+    );
     let body = error_body(resp).await;
     let mut message = format!("{what}: HTTP {status}: {}", truncate(&body));
     if status == StatusCode::BAD_REQUEST && body.contains("HTTP request to an HTTPS server") {
         message.push_str(" (the agent speaks HTTPS: use tls=true, or ca= for a private CA)");
     }
-    if let Some(location) = location {
-        message.push_str(&format!(
-            " (a redirect to {}, not followed: the ACL token would go with it; \
-             give the agent's own address)",
-            truncate(&String::from_utf8_lossy(location.as_bytes()))
-        ));
-    }
-    if let Some(delay) = retry_after {
-        message.push_str(&format!(" (Retry-After: {delay:?})"));
-    }
+    message.push_str(&hints.note("the ACL token would go with it; give the agent's own address"));
     match status {
         StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             Error::Rejected {
@@ -481,10 +473,7 @@ async fn status_error(what: &str, resp: Response) -> Error {
                 message,
             }
         }
-        _ => match retry_after {
-            Some(delay) => Error::unavailable(BACKEND, message).with_retry_after(delay),
-            None => Error::unavailable(BACKEND, message),
-        },
+        _ => hints.apply(Error::unavailable(BACKEND, message)),
     }
 }
 

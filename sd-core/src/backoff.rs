@@ -107,7 +107,8 @@ impl std::error::Error for RetryAfter {}
 /// use sd_core::backoff::retry_after;
 /// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
 /// assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
-/// assert_eq!(retry_after("Sun, 09 Sep 2001 01:47:00 GMT", now), Some(Duration::from_secs(140)));
+/// // `now` is Sun, 09 Sep 2001 01:46:40 GMT.
+/// assert_eq!(retry_after("Sun, 09 Sep 2001 01:47:00 GMT", now), Some(Duration::from_secs(20)));
 /// assert_eq!(retry_after("Sun, 09 Sep 2001 01:00:00 GMT", now), Some(Duration::ZERO));
 /// assert_eq!(retry_after("soon", now), None);
 /// ```
@@ -119,6 +120,69 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> 
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// What an HTTP backend's failure answer says beyond its status: the wait its `Retry-After`
+/// asks for, and where a redirect pointed (redirects are never followed: a credential
+/// would go with them). Read from the raw header values, so the HTTP backends share it
+/// whatever their HTTP library.
+///
+/// ```
+/// use std::time::Duration;
+/// use sd_core::backoff::FailureHints;
+/// use sd_core::Error;
+/// let hints = FailureHints::new(Some(b"3"), Some(b"http://elsewhere/"));
+/// assert_eq!(hints.retry_after, Some(Duration::from_secs(3)));
+/// assert_eq!(
+///     hints.note("give the server's own address"),
+///     " (a redirect to http://elsewhere/, not followed: give the server's own address) (Retry-After: 3s)"
+/// );
+/// let e = hints.apply(Error::unavailable("x", "HTTP 503"));
+/// assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureHints {
+    /// The wait the `Retry-After` header asks for ([`retry_after`], at the time of reading).
+    pub retry_after: Option<Duration>,
+    /// The `Location` of a redirect (at most 200 bytes of it, lossily decoded).
+    pub location: Option<String>,
+}
+
+impl FailureHints {
+    /// The hints in a failure answer's `Retry-After` and (for a 3xx) `Location` header values.
+    pub fn new(retry_after: Option<&[u8]>, location: Option<&[u8]>) -> Self {
+        FailureHints {
+            retry_after: retry_after
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| self::retry_after(v, std::time::SystemTime::now())),
+            location: location
+                .map(|l| String::from_utf8_lossy(&l[..l.len().min(200)]).into_owned()),
+        }
+    }
+
+    /// What to add to the error message: where a redirect pointed and that it was not
+    /// followed (with `advice`), and the wait asked for. Empty when there is neither.
+    pub fn note(&self, advice: &str) -> String {
+        let mut note = String::new();
+        if let Some(location) = &self.location {
+            note.push_str(&format!(
+                " (a redirect to {location}, not followed: {advice})"
+            ));
+        }
+        if let Some(delay) = self.retry_after {
+            note.push_str(&format!(" (Retry-After: {delay:?})"));
+        }
+        note
+    }
+
+    /// `error` carrying the wait asked for, if any ([`crate::Error::with_retry_after`]).
+    pub fn apply(&self, error: crate::Error) -> crate::Error {
+        match self.retry_after {
+            Some(delay) => error.with_retry_after(delay),
+            None => error,
+        }
+    }
 }
 
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, for poll intervals.

@@ -629,29 +629,22 @@ async fn body_prefix(mut resp: Response, limit: usize) -> String {
 /// pointed.
 async fn status_error(what: &str, base: &Url, resp: Response) -> Error {
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| sd_core::backoff::retry_after(v, std::time::SystemTime::now()));
-    let location = status
-        .is_redirection()
-        .then(|| resp.headers().get(reqwest::header::LOCATION).cloned())
-        .flatten();
+    let headers = resp.headers();
+    let hints = sd_core::backoff::FailureHints::new(
+        headers
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|v| v.as_bytes()),
+        status
+            .is_redirection()
+            .then(|| headers.get(reqwest::header::LOCATION).map(|v| v.as_bytes()))
+            .flatten(),
+    );
     let body = body_prefix(resp, MAX_ERROR_BODY).await;
     let mut message = format!("{what} at {base}: HTTP {status}: {}", quote(&body));
     if status == StatusCode::UNAUTHORIZED {
         message.push_str(" (the server wants credentials: give user= and password_env=)");
     }
-    if let Some(location) = location {
-        message.push_str(&format!(
-            " (a redirect to {}, not followed: give the server's own address)",
-            quote(&String::from_utf8_lossy(location.as_bytes()))
-        ));
-    }
-    if let Some(delay) = retry_after {
-        message.push_str(&format!(" (Retry-After: {delay:?})"));
-    }
+    message.push_str(&hints.note("give the server's own address"));
     // 429 Too Many Requests is the one 4xx that waiting fixes.
     if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
         Error::Rejected {
@@ -659,10 +652,7 @@ async fn status_error(what: &str, base: &Url, resp: Response) -> Error {
             message,
         }
     } else {
-        match retry_after {
-            Some(delay) => Error::unavailable(BACKEND, message).with_retry_after(delay),
-            None => Error::unavailable(BACKEND, message),
-        }
+        hints.apply(Error::unavailable(BACKEND, message))
     }
 }
 

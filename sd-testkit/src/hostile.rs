@@ -762,3 +762,183 @@ pub fn table(outcomes: &[Outcome]) -> String {
     }
     t
 }
+
+/// The set [`run_cases`] serves before each bad phase.
+pub const BEFORE: &[&str] = &["10.0.0.1:80"];
+
+/// The set [`run_cases`] serves after each bad phase (a change from [`BEFORE`]).
+pub const AFTER: &[&str] = &["10.0.0.2:80", "10.0.0.3:80"];
+
+/// The most requests allowed in the first [`WINDOW`] of an error phase for a client with
+/// go-kit's backoff (10 ms doubling, jittered ×0.5..1.5: about ten requests in 3 s); one
+/// that retried at once would send hundreds.
+pub const BACKOFF_BOUND: usize = 15;
+
+/// [`Expect::Error`] predicate: an [`sd_core::Error::Malformed`].
+pub fn is_malformed(e: &sd_core::Error) -> bool {
+    matches!(e, sd_core::Error::Malformed { .. })
+}
+
+/// [`Expect::Error`] predicate: an [`sd_core::Error::Unavailable`].
+pub fn is_unavailable(e: &sd_core::Error) -> bool {
+    matches!(e, sd_core::Error::Unavailable { .. })
+}
+
+/// [`Expect::Error`] predicate: an [`sd_core::Error::Timeout`].
+pub fn is_timeout(e: &sd_core::Error) -> bool {
+    matches!(e, sd_core::Error::Timeout { .. })
+}
+
+/// The failure statuses every HTTP backend must publish as [`sd_core::Error::Unavailable`]
+/// and back off from: 500, 503 and 429 without `Retry-After` (at most [`BACKOFF_BOUND`]
+/// requests in the window), and with one of 2 s (seconds) or 5 s (an HTTP date): at most
+/// 2 requests in the 3 s window. `with` adds what the backend needs on every answer.
+pub fn status_cases(with: fn(Reply) -> Reply) -> Vec<Case> {
+    let case = |name, reply, needle, max_requests| Case {
+        name,
+        reply: with(reply),
+        expect: Expect::Error(is_unavailable, needle),
+        max_requests,
+    };
+    vec![
+        case(
+            "HTTP 500",
+            Reply::status(500, None),
+            "HTTP 500",
+            BACKOFF_BOUND,
+        ),
+        case(
+            "HTTP 503",
+            Reply::status(503, None),
+            "HTTP 503",
+            BACKOFF_BOUND,
+        ),
+        case(
+            "HTTP 429",
+            Reply::status(429, None),
+            "HTTP 429",
+            BACKOFF_BOUND,
+        ),
+        case(
+            "HTTP 503, Retry-After: 2",
+            Reply::status(503, Some("2")),
+            "Retry-After: 2s",
+            2,
+        ),
+        case(
+            "HTTP 429, Retry-After: 2",
+            Reply::status(429, Some("2")),
+            "Retry-After: 2s",
+            2,
+        ),
+        case(
+            "HTTP 503, Retry-After: an HTTP date 5 s ahead",
+            Reply::status(503, None).retry_at(Duration::from_secs(5)),
+            "Retry-After",
+            2,
+        ),
+    ]
+}
+
+/// A 302 and a 307 to `location` (another host): an [`sd_core::Error::Unavailable`] saying
+/// "not followed". Check the target with [`assert_untouched`].
+pub fn redirect_cases(location: &str) -> Vec<Case> {
+    let case = |name, status| Case {
+        name,
+        reply: Reply {
+            status,
+            ..Reply::redirect(location)
+        },
+        expect: Expect::Error(is_unavailable, "not followed"),
+        max_requests: BACKOFF_BOUND,
+    };
+    vec![
+        case("302 to another host", 302),
+        case("307 to another host", 307),
+    ]
+}
+
+/// A 50 MB body (declared, then chunked) and an endless one, each an
+/// [`sd_core::Error::Malformed`] naming the client's cap ("...-byte cap"), and a body that
+/// stalls after
+/// `stall_prefix`, which must be `stalled`. `with` adds what the backend needs on every
+/// answer. Check the outcomes with [`assert_bodies_bounded`].
+pub fn body_cases(with: fn(Reply) -> Reply, stall_prefix: &str, stalled: Expect) -> Vec<Case> {
+    let needle = "-byte cap";
+    let case = |name, reply, expect| Case {
+        name,
+        reply: with(reply),
+        expect,
+        max_requests: BACKOFF_BOUND,
+    };
+    vec![
+        case(
+            "50 MB body, Content-Length",
+            Reply::huge(50_000_000, true),
+            Expect::Error(is_malformed, needle),
+        ),
+        case(
+            "50 MB body, chunked",
+            Reply::huge(50_000_000, false),
+            Expect::Error(is_malformed, needle),
+        ),
+        case(
+            "a body that never ends",
+            Reply::endless(),
+            Expect::Error(is_malformed, needle),
+        ),
+        case(
+            "a body that stalls mid-way",
+            Reply::stall_mid_body(stall_prefix),
+            stalled,
+        ),
+    ]
+}
+
+/// The outcomes of [`body_cases`] stayed bounded: less than 16 MiB allocated at once in
+/// every phase (the body is 50 MB or endless), and less than 16 MiB written per request by
+/// the server (the client hung up at its cap; the rest is what the kernel's socket buffers
+/// took).
+pub fn assert_bodies_bounded(outcomes: &[Outcome]) {
+    for o in outcomes {
+        assert!(
+            o.peak_bytes < 16 << 20,
+            "{}: peak {} bytes",
+            o.name,
+            o.peak_bytes
+        );
+        let per_request = o.body_bytes / o.phase_requests.max(1) as u64;
+        assert!(
+            per_request < 16 << 20,
+            "{}: {per_request} bytes sent per request",
+            o.name
+        );
+    }
+}
+
+/// `target` (the other host of [`redirect_cases`]) received no request at all, so no
+/// credential either.
+pub fn assert_untouched(target: &HostileServer) {
+    let got = target.requests();
+    assert!(
+        got.is_empty(),
+        "the redirect target received {} requests: {got:?}",
+        got.len()
+    );
+}
+
+/// Runs `cases` one after the other with [`run_case`] between [`BEFORE`] and [`AFTER`],
+/// prints the [`table`] and returns the outcomes.
+pub async fn run_cases(
+    server: &HostileServer,
+    instancer: &dyn sd_core::Instancer,
+    good: &dyn Fn(&[&str]) -> Reply,
+    cases: &[Case],
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for case in cases {
+        outcomes.push(run_case(server, instancer, good, BEFORE, AFTER, case).await);
+    }
+    eprintln!("{}", table(&outcomes));
+    outcomes
+}
