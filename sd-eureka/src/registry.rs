@@ -281,7 +281,7 @@ mod tests {
     fn every_option_is_read() {
         std::env::set_var("SD_EUREKA_REGISTRY_TEST_PASSWORD", "pw0");
         let r = EurekaRegistry::from_url(
-            "eureka://10.1.2.3:8762,[::1],h3/eureka/v2/?tls=1&user=sd&password_env=SD_EUREKA_REGISTRY_TEST_PASSWORD&poll=1s&renew=5s&lease=15s&vip=true&timeout=500ms&passing=true",
+            "eureka://10.1.2.3:8762,[::1],h3/eureka/v2/?tls=1&user=sd&password_env=SD_EUREKA_REGISTRY_TEST_PASSWORD&poll=1s&renew=5s&lease=15s&vip=true&timeout=500ms&passing=true&max_body=1048576",
         )
         .unwrap();
         assert_eq!(
@@ -296,6 +296,7 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("sd"));
         assert_eq!(c.password.as_ref().unwrap().expose(), "pw0");
         assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.max_body, 1 << 20);
         assert_eq!(r.poll_interval(), Duration::from_secs(1));
         assert_eq!(
             r.default_lease(),
@@ -318,6 +319,7 @@ mod tests {
         let r = EurekaRegistry::from_url("eureka://h:1/").unwrap();
         assert_eq!(servers(&r), ["http://h:1/eureka"]);
         assert_eq!(r.client().config().timeout, crate::DEFAULT_TIMEOUT);
+        assert_eq!(r.client().config().max_body, crate::MAX_BODY);
     }
 
     #[test]
@@ -334,6 +336,8 @@ mod tests {
             ("eureka://h?user=a:b&password=x", "no ':'"),
             ("eureka://h:99999", "bad port"),
             ("eureka://h?tls=maybe", "not a boolean"),
+            ("eureka://h?max_body=1000", "below the minimum of 65536 bytes"),
+            ("eureka://h?max_body=lots", "max_body"),
             (
                 "eureka://h?user=u&password_env=SD_EUREKA_SURELY_UNSET",
                 "SD_EUREKA_SURELY_UNSET is not set",
