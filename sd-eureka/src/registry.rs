@@ -336,7 +336,10 @@ mod tests {
             ("eureka://h?user=a:b&password=x", "no ':'"),
             ("eureka://h:99999", "bad port"),
             ("eureka://h?tls=maybe", "not a boolean"),
-            ("eureka://h?max_body=1000", "below the minimum of 65536 bytes"),
+            (
+                "eureka://h?max_body=1000",
+                "below the minimum of 65536 bytes",
+            ),
             ("eureka://h?max_body=lots", "max_body"),
             (
                 "eureka://h?user=u&password_env=SD_EUREKA_SURELY_UNSET",
