@@ -37,6 +37,17 @@ fn addr_of(i: u32) -> String {
     format!("10.1.{}.{}:{}", i / 256, i % 256, 1000 + i)
 }
 
+/// The sorted addresses of the children `keep` accepts, and the seed's.
+fn expected(keep: impl Fn(u32) -> bool) -> Vec<String> {
+    let mut want: Vec<String> = (0..N)
+        .filter(|&i| keep(i))
+        .map(addr_of)
+        .chain(["10.9.0.1:1".to_string()])
+        .collect();
+    want.sort();
+    want
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_2000_children_while_watching_ends_exact() {
     let addr = require!(Server::Zk);
@@ -74,12 +85,7 @@ async fn a_burst_of_2000_children_while_watching_ends_exact() {
         r.unwrap();
     }
     let written = started.elapsed();
-    let mut want: Vec<String> = (0..N)
-        .filter(|i| i % HUGE_EVERY != 0)
-        .map(addr_of)
-        .chain(["10.9.0.1:1".to_string()])
-        .collect();
-    want.sort();
+    let want = expected(|i| i % HUGE_EVERY != 0);
     let set = wait_set(&mut sub, BURST_BOUND, "the burst", |s| {
         s.len() == want.len()
     })
@@ -103,12 +109,7 @@ async fn a_burst_of_2000_children_while_watching_ends_exact() {
     for r in futures::future::join_all(deletes).await {
         r.unwrap();
     }
-    let mut want: Vec<String> = (0..N)
-        .filter(|i| i % 2 == 1)
-        .map(addr_of)
-        .chain(["10.9.0.1:1".to_string()])
-        .collect();
-    want.sort();
+    let want = expected(|i| i % 2 == 1);
     let set = wait_set(&mut sub, BURST_BOUND, "after the deletes", |s| {
         s.len() == want.len()
     })
