@@ -141,4 +141,21 @@ impl Capabilities {
         self.list_services = true;
         self
     }
+
+    /// What both `self` and `other` can do: each capability is kept only when both declare
+    /// it. A composed registry (`failover:`, `merge:`) declares what all its members can.
+    #[must_use]
+    pub const fn intersection(self, other: Capabilities) -> Self {
+        Capabilities {
+            registration: self.registration && other.registration,
+            ids: self.ids && other.ids,
+            expiry: self.expiry && other.expiry,
+            tags: self.tags && other.tags,
+            metadata: self.metadata && other.metadata,
+            weight: self.weight && other.weight,
+            health: self.health && other.health,
+            server_side_filtering: self.server_side_filtering && other.server_side_filtering,
+            list_services: self.list_services && other.list_services,
+        }
+    }
 }

@@ -403,13 +403,17 @@ pub const TRANSPORT_OPTIONS: &[&str] = &[
     "create_parents",
 ];
 
+/// Schemes of registries held in the process, where empty-set protection is off unless
+/// asked for (`protect=true`): an empty answer from them is always the truth.
+pub const LOCAL_SCHEMES: &[&str] = &["memory", "static"];
+
 /// The options every registry URL accepts, whatever the backend: read once, here, and taken
 /// out of the URL before the backend parses it (`sdkit::connect` does this).
 ///
 /// | option | meaning |
 /// |---|---|
 /// | `cache=/dir` | keep a last-known-good snapshot per instancer in `/dir` ([`crate::lkg`]) |
-/// | `protect=true` / `protect=<hold>` / `protect=false` | empty-set protection with the default hold (30 s), another hold, or none ([`crate::protect`]) |
+/// | `protect=true` / `protect=<hold>` / `protect=false` | empty-set protection with the default hold (30 s), another hold, or none ([`crate::protect`]); on by default except for [`LOCAL_SCHEMES`] |
 ///
 /// ```
 /// use sd_core::config::CommonOptions;
@@ -419,23 +423,35 @@ pub const TRANSPORT_OPTIONS: &[&str] = &[
 /// assert!(CommonOptions::split("consul://h?cache=").is_err());
 /// let (_, common) = CommonOptions::split("etcd://h?protect=10s").unwrap();
 /// assert_eq!(common.protect.unwrap().hold_time(), std::time::Duration::from_secs(10));
+/// // On by default for a registry over the network, off for the in-process one:
+/// assert!(CommonOptions::split("etcd://h").unwrap().1.protect.is_some());
+/// assert!(CommonOptions::split("etcd://h?protect=false").unwrap().1.protect.is_none());
+/// assert!(CommonOptions::split("memory://m").unwrap().1.protect.is_none());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct CommonOptions {
     /// The directory of the last-known-good snapshots (`cache=`), if any.
     pub cache: Option<PathBuf>,
-    /// Empty-set protection (`protect=`), if on.
+    /// Empty-set protection (`protect=`), if on (on by default, see [`CommonOptions::split`]).
     pub protect: Option<crate::protect::EmptySetProtection>,
 }
 
 impl CommonOptions {
     /// Takes the common options out of `url`: returns the URL without them (the rest as
     /// written) and their values. Fails on an empty or repeated common option.
+    ///
+    /// Empty-set protection is **on by default** (30 s hold) for every registry reached over
+    /// the network, off for [`LOCAL_SCHEMES`] (the in-process `memory://` and the fixed
+    /// `static://` cannot glitch); `protect=` overrides either way.
     pub fn split(url: &str) -> Result<(String, CommonOptions)> {
         let url = url.trim();
         let (head, parts) = split_query(url);
         let mut common = CommonOptions::default();
+        let scheme = head.split_once("://").map_or("", |(scheme, _)| scheme);
+        if !LOCAL_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+            common.protect = Some(crate::protect::EmptySetProtection::default());
+        }
         let mut rest = Vec::new();
         let mut seen = BTreeSet::new();
         for part in parts {
@@ -514,8 +530,16 @@ impl fmt::Display for RegistryUrl {
 /// use sd_core::config::redact;
 /// assert_eq!(redact("etcd://root:hunter2@10.0.0.1:2379?token=x"), "etcd://***@10.0.0.1:2379?token=***");
 /// assert_eq!(redact("admin:hunter2@consul.internal:8500"), "***@consul.internal:8500");
+/// // A composed URL, member by member:
+/// assert_eq!(
+///     redact("failover:consul://a:8500?token=x,etcd://u:p@b:2379"),
+///     "failover:consul://a:8500?token=***,etcd://***@b:2379"
+/// );
 /// ```
 pub fn redact(s: &str) -> String {
+    if let Some(redacted) = per_member(s, redact) {
+        return redacted;
+    }
     let (head, parts) = split_query(s);
     render(&hide_userinfo(head), &parts, |p| is_secret_key(&p.key))
 }
@@ -523,8 +547,19 @@ pub fn redact(s: &str) -> String {
 /// `s` with credentials in the authority and the value of every option hidden: for errors
 /// met before the options are read, when a mistyped secret option cannot be told apart.
 fn redact_all_values(s: &str) -> String {
+    if let Some(redacted) = per_member(s, redact_all_values) {
+        return redacted;
+    }
     let (head, parts) = split_query(s);
     render(&hide_userinfo(head), &parts, |_| true)
+}
+
+/// A composed URL (`failover:a,b`, `merge:a,b`) with `f` applied to each member; `None`
+/// when `s` is not one.
+fn per_member(s: &str, f: fn(&str) -> String) -> Option<String> {
+    let (composition, members) = crate::compose::split_lenient(s)?;
+    let members: Vec<String> = members.into_iter().map(f).collect();
+    Some(format!("{composition}:{}", members.join(",")))
 }
 
 /// `head` (a URL without its query) with any userinfo in its authority replaced by `***`.

@@ -1,5 +1,6 @@
-//! What the instancer decorators of sdkit ([`crate::lkg`], [`crate::protect`]) share: an
-//! inner instancer, a task following it, and the cache the task publishes into.
+//! What the instancer decorators of sdkit ([`crate::lkg`], [`crate::protect`],
+//! [`crate::compose`]) share: the inner instancers, a task following them, and the cache the
+//! task publishes into.
 
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use crate::task::BackgroundTask;
 /// last of them, it cancels the task and closes the output.
 pub(crate) struct Followed {
     pub(crate) out: Arc<InstanceCache>,
-    pub(crate) inner: Arc<dyn Instancer>,
+    /// The instancers followed (one, or a composed registry's members).
+    pub(crate) inner: Vec<Arc<dyn Instancer>>,
     pub(crate) task: BackgroundTask,
 }
 
@@ -28,9 +30,9 @@ impl Followed {
         self.out.subscribe().keeping(self.clone())
     }
 
-    /// Stops the inner instancer and the follower; idempotent.
+    /// Stops the inner instancers (all at once) and the follower; idempotent.
     pub(crate) async fn stop(&self) {
-        self.inner.stop().await;
+        futures::future::join_all(self.inner.iter().map(|i| i.stop())).await;
         self.task.stop().await;
         self.out.close();
     }

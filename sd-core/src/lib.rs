@@ -44,6 +44,7 @@
 pub mod backoff;
 pub mod cache;
 pub mod capabilities;
+pub mod compose;
 pub mod config;
 pub mod endpoint;
 pub mod endpointer;

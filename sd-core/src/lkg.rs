@@ -627,7 +627,7 @@ pub struct DiskCachedInstancer {
 impl fmt::Debug for DiskCachedInstancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiskCachedInstancer")
-            .field("inner", &self.watch.inner)
+            .field("inner", &self.watch.inner[0])
             .field("path", &self.path)
             .finish()
     }
@@ -673,7 +673,11 @@ impl DiskCachedInstancer {
             }
         });
         DiskCachedInstancer {
-            watch: Arc::new(Followed { out, inner, task }),
+            watch: Arc::new(Followed {
+                out,
+                inner: vec![inner],
+                task,
+            }),
             path,
         }
     }

@@ -72,6 +72,26 @@ pub fn reregistered(backend: &'static str, service: &str) {
     let _ = (backend, service);
 }
 
+/// Counts a sudden shrink held back by empty-set protection
+/// (`sdkit_instancer_shrinks_held_total`, [`crate::protect`]).
+pub(crate) fn shrink_held(service: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("sdkit_instancer_shrinks_held_total", "service" => service.to_string())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = service;
+}
+
+/// Counts a failover instancer moving to another member's set
+/// (`sdkit_failover_switches_total`, [`crate::compose`]).
+pub(crate) fn failover_switched(service: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("sdkit_failover_switches_total", "service" => service.to_string())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = service;
+}
+
 /// Counts a registration or deregistration attempt and its outcome.
 fn count_registration(backend: &'static str, service: &str, op: &'static str, ok: bool) {
     #[cfg(feature = "metrics")]

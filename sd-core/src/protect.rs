@@ -147,6 +147,7 @@ impl Guard {
                             answer: set,
                             until: deadline_after(self.config.hold),
                         });
+                        crate::observe::shrink_held(&self.name);
                         survive(|| {
                             tracing::warn!(instancer = %self.name, was, now, hold = ?self.config.hold,
                                 "registry answered with a sudden shrink: keeping the previous set (stale) until a second answer confirms it or the hold ends")
@@ -207,7 +208,7 @@ pub struct ProtectedInstancer {
 impl fmt::Debug for ProtectedInstancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProtectedInstancer")
-            .field("inner", &self.watch.inner)
+            .field("inner", &self.watch.inner[0])
             .finish()
     }
 }
@@ -271,7 +272,11 @@ impl ProtectedInstancer {
             }
         });
         ProtectedInstancer {
-            watch: Arc::new(Followed { out, inner, task }),
+            watch: Arc::new(Followed {
+                out,
+                inner: vec![inner],
+                task,
+            }),
         }
     }
 

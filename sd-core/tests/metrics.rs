@@ -354,3 +354,53 @@ async fn memory_registry_counts_registrations_reregistrations_and_instances() {
     }
     instancer.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn held_shrinks_and_failover_switches_are_counted() {
+    use sd_core::compose::{ComposedInstancer, Composition};
+    use sd_core::protect::{EmptySetProtection, ProtectedInstancer};
+    use sd_core::{Event, InstanceCache};
+    let service = "metrics-compose-protect";
+    let held = || {
+        counter(
+            "sdkit_instancer_shrinks_held_total",
+            &[("service", service)],
+        )
+    };
+    let switches = || counter("sdkit_failover_switches_total", &[("service", service)]);
+    recorder();
+
+    let inner = Arc::new(InstanceCache::new());
+    inner.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    let p = ProtectedInstancer::start_named(inner.clone(), EmptySetProtection::default(), service);
+    let mut sub = p.subscribe();
+    sub.next().await;
+    inner.update(Event::instances(Vec::<Instance>::new()));
+    sub.next().await;
+    assert_eq!(held(), 1);
+    p.stop().await;
+
+    let (a, b) = (
+        Arc::new(InstanceCache::new()),
+        Arc::new(InstanceCache::new()),
+    );
+    a.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    b.update(Event::instances(vec![Instance::new("10.0.0.2", 80)]));
+    let c = ComposedInstancer::start(
+        Composition::Failover,
+        service,
+        vec![
+            ("a".to_string(), a.clone() as Arc<dyn Instancer>),
+            ("b".to_string(), b.clone() as Arc<dyn Instancer>),
+        ],
+    );
+    let mut sub = c.subscribe();
+    sub.next().await;
+    assert_eq!(switches(), 0, "the first choice is not a switch");
+    a.update(Event::Error(Error::unavailable("a", "down")));
+    sub.next().await;
+    a.update(Event::instances(vec![Instance::new("10.0.0.1", 80)]));
+    sub.next().await;
+    assert_eq!(switches(), 2, "to b and back to a");
+    c.stop().await;
+}

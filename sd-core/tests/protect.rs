@@ -207,7 +207,13 @@ fn the_protect_option() {
             .protect
             .map(|p| p.hold_time())
     };
-    assert_eq!(hold("consul://h"), None);
+    // On by default over the network, off in-process, and a switch either way.
+    assert_eq!(hold("consul://h"), Some(Duration::from_secs(30)));
+    assert_eq!(hold("etcd://h?dc=a"), Some(Duration::from_secs(30)));
+    assert_eq!(hold("memory://m"), None);
+    assert_eq!(hold("static://10.0.0.1:80"), None);
+    assert_eq!(hold("memory://m?protect=2s"), Some(Duration::from_secs(2)));
+    assert_eq!(hold("consul://h?protect=false"), None);
     assert_eq!(hold("consul://h?protect"), Some(Duration::from_secs(30)));
     assert_eq!(
         hold("consul://h?protect=true"),

@@ -95,7 +95,20 @@ pub const SCHEMES: &[&str] = &[
 /// registry cannot be reached at start ([`lkg`]; the registry is wrapped in a
 /// [`DiskCachedRegistry`](lkg::DiskCachedRegistry)); `protect=true` (or `protect=<hold>`)
 /// holds back a sudden empty answer until the registry confirms it or the hold (30 s by
-/// default) ends ([`protect`]; off by default).
+/// default) ends ([`protect`]; **on by default** for every registry over the network, off
+/// for `memory://` and `static://`; `protect=false` turns it off).
+///
+/// Registries compose by URL ([`compose`]): `failover:URL,URL,...` serves the first member
+/// whose set is fresh and switches back when it returns; `merge:URL,URL,...` serves the
+/// union, each instance naming its member in metadata ([`compose::SOURCE_META`]). Each
+/// member is any URL above, with its own options; registration goes to every member.
+///
+/// ```
+/// let registry = sdkit::connect("merge:memory://old,memory://new").unwrap();
+/// assert_eq!(registry.scheme(), "merge");
+/// let err = sdkit::connect("failover:consul://a:8500").unwrap_err().to_string();
+/// assert!(err.contains("needs at least two registry URLs"), "{err}");
+/// ```
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -109,6 +122,30 @@ pub const SCHEMES: &[&str] = &[
 /// # }).unwrap();
 /// ```
 pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
+    let registry = match compose::parse(url)? {
+        Some((composition, urls)) => {
+            let mut members = Vec::with_capacity(urls.len());
+            for (n, member) in urls.iter().enumerate() {
+                let registry = connect_one(member).map_err(|e| match e {
+                    Error::Config(m) => {
+                        Error::Config(format!("{composition}: member {}: {m}", n + 1))
+                    }
+                    other => other,
+                })?;
+                members.push(compose::Member::new(
+                    compose::member_label(member),
+                    registry,
+                ));
+            }
+            Arc::new(compose::ComposedRegistry::new(composition, members)?)
+        }
+        None => connect_one(url)?,
+    };
+    Ok(Arc::new(ObservedRegistry::new(registry)))
+}
+
+/// One registry URL (not composed), with its common options applied.
+fn connect_one(url: &str) -> Result<Arc<dyn Registry>> {
     let (url, common) = CommonOptions::split(url)?;
     let mut registry = open(&url)?;
     // Protection inside the disk cache: a held-back shrink is never written to disk.
@@ -123,7 +160,7 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             identity,
         ));
     }
-    Ok(Arc::new(ObservedRegistry::new(registry)))
+    Ok(registry)
 }
 
 /// [`connect`] without the [`ObservedRegistry`] around it nor the common options.
