@@ -318,3 +318,79 @@ async fn attack19_stopping_failover_through_connect_does_not_switch() {
         "stop() switched to Consul in rounds {switched:?}; switch warnings logged: {warned}"
     );
 }
+
+/// `ComposedRegistry::instancer`'s rustdoc: "Starts an instancer on every member at once (so
+/// a slow or unreachable member does not delay the others)". But it `join_all`s the
+/// members. `instancer()` calls (sd-core/src/compose/mod.rs:332-334), and every backend's
+/// `instancer()` runs its first round before returning (`WatchedInstancer::start`,
+/// sd-core/src/watch_loop.rs:283-288): a standby that accepts connections and answers
+/// nothing (a black-holed host, here a stalled proxy) delays the failover instancer, and so
+/// the application's start, by the standby's request timeout (Consul's default 10 s), while
+/// the primary answered in milliseconds.
+#[tokio::test]
+async fn attack19_a_stalled_standby_does_not_delay_the_failover_instancer() {
+    let consul = require!(Server::Consul);
+    let _lock = shared(Server::Consul);
+    let proxy = sd_testkit::proxy::Proxy::start(&consul).await;
+    proxy.stall();
+    let registry = sdkit::connect(&format!(
+        "failover:consul://{consul},consul://{}",
+        proxy.addr
+    ))
+    .unwrap();
+    let service = unique_name("a19-stalled-standby");
+    let started = std::time::Instant::now();
+    let instancer = tokio::time::timeout(
+        BOUND,
+        registry.instancer(&ServiceQuery::new(service.as_str())),
+    )
+    .await
+    .expect("instancer() within 30 s")
+    .unwrap();
+    let took = started.elapsed();
+    let state = instancer.subscribe().current();
+    instancer.stop().await;
+    assert!(
+        took < Duration::from_secs(3),
+        "instancer() of failover:<answering primary>,<stalled standby> took {took:?} \
+         (state then: {state:?})"
+    );
+}
+
+/// The same for registration: `register` "succeeds when at least one member accepted;
+/// members that could not be reached are retried in the background" (RegisterIn::All's
+/// rustdoc), but `register_all` awaits every member's `register()` together
+/// (sd-core/src/compose/registrar.rs:94-95): with a stalled standby, `register()` returns
+/// only after the standby's request timeout, although the primary accepted at once.
+#[tokio::test]
+async fn attack19_a_stalled_member_does_not_delay_register() {
+    let consul = require!(Server::Consul);
+    let _lock = shared(Server::Consul);
+    let proxy = sd_testkit::proxy::Proxy::start(&consul).await;
+    proxy.stall();
+    let registry = sdkit::connect(&format!(
+        "failover:consul://{consul},consul://{}",
+        proxy.addr
+    ))
+    .unwrap();
+    let service = unique_name("a19-stalled-register");
+    let registrar = registry
+        .registrar(Registration::new(
+            service.as_str(),
+            Instance::builder("127.0.0.1", 24941).id("a19-r").build(),
+        ))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(BOUND, registrar.register())
+        .await
+        .expect("register() within 30 s");
+    let took = started.elapsed();
+    proxy.restore();
+    registrar.deregister().await.ok();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "register() through failover:<accepting primary>,<stalled standby> took {took:?}"
+    );
+}
