@@ -812,3 +812,107 @@ async fn attack19_random_bursts_never_lose_an_update() {
 fn unavailable_event() -> Event {
     Event::Error(Error::unavailable("test", "down"))
 }
+
+/// A registry whose instancer is a cache the test keeps (to watch who holds it), or that
+/// rejects every query.
+#[derive(Debug)]
+struct Kept {
+    cache: Option<Arc<InstanceCache>>,
+}
+
+#[async_trait]
+impl Registry for Kept {
+    fn scheme(&self) -> &'static str {
+        "kept"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+    }
+    async fn instancer(&self, _: &ServiceQuery) -> sd_core::Result<Arc<dyn Instancer>> {
+        match &self.cache {
+            Some(c) => Ok(c.clone()),
+            None => Err(Error::config("kept: no such service")),
+        }
+    }
+    async fn registrar(&self, _: Registration) -> sd_core::Result<Arc<dyn Registrar>> {
+        Err(Error::config("kept: read-only"))
+    }
+}
+
+/// Through `ComposedRegistry::instancer`: a composed instancer dropped without `stop`, after
+/// its subscription is dropped too, lets go of every member instancer; a member that
+/// rejects the query makes the call fail and the members already started are stopped.
+/// (Holds.)
+#[tokio::test(start_paused = true)]
+async fn attack19_dropped_composed_instancer_releases_members_and_failed_start_stops_them() {
+    let a = Arc::new(InstanceCache::new());
+    let b = Arc::new(InstanceCache::new());
+    a.update(Event::instances(vec![inst("10.0.0.1")]));
+    b.update(Event::instances(vec![inst("10.0.0.2")]));
+    let composed = ComposedRegistry::new(
+        Composition::Merge,
+        vec![
+            Member::new(
+                "kept://a",
+                Arc::new(Kept {
+                    cache: Some(a.clone()),
+                }),
+            ),
+            Member::new(
+                "kept://b",
+                Arc::new(Kept {
+                    cache: Some(b.clone()),
+                }),
+            ),
+        ],
+    )
+    .unwrap();
+    let i = composed.instancer(&ServiceQuery::new("web")).await.unwrap();
+    let mut sub = i.subscribe();
+    assert_eq!(sub.next().await.unwrap().addrs().len(), 2);
+    drop(i);
+    // The subscription keeps it running.
+    a.update(Event::instances(vec![inst("10.0.0.3")]));
+    assert_eq!(
+        sub.next().await.unwrap().addrs(),
+        ["10.0.0.2:80", "10.0.0.3:80"]
+    );
+    drop(sub);
+    for _ in 0..100 {
+        if Arc::strong_count(&a) == 2 && Arc::strong_count(&b) == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Held by the test and by its `Kept` registry only.
+    assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (2, 2));
+    assert!(!a.is_closed(), "dropping does not stop a shared member");
+
+    let c = Arc::new(InstanceCache::new());
+    let failing = ComposedRegistry::new(
+        Composition::Failover,
+        vec![
+            Member::new(
+                "kept://c",
+                Arc::new(Kept {
+                    cache: Some(c.clone()),
+                }),
+            ),
+            Member::new("kept://none", Arc::new(Kept { cache: None })),
+        ],
+    )
+    .unwrap();
+    let e = failing
+        .instancer(&ServiceQuery::new("web"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kept://none") && e.contains("no such service"),
+        "{e}"
+    );
+    assert!(
+        c.is_closed(),
+        "the member started for the failed call is stopped"
+    );
+}
