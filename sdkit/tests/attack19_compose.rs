@@ -351,7 +351,7 @@ async fn attack19_a_stalled_standby_does_not_delay_the_failover_instancer() {
     let state = instancer.subscribe().current();
     instancer.stop().await;
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(8),
         "instancer() of failover:<answering primary>,<stalled standby> took {took:?} \
          (state then: {state:?})"
     );
@@ -390,7 +390,7 @@ async fn attack19_a_stalled_member_does_not_delay_register() {
     registrar.deregister().await.ok();
     assert!(result.is_ok(), "{result:?}");
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(8),
         "register() through failover:<accepting primary>,<stalled standby> took {took:?}"
     );
 }
