@@ -591,7 +591,7 @@ pub(crate) fn is_passing<E>(endpoint: &Endpoint<E>) -> bool {
 /// assert!(PanicThreshold::percent(150.0).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub struct PanicThreshold(f64);
+pub struct PanicThreshold(f64); // percent, 0 to 100
 
 impl PanicThreshold {
     /// Never panic while an endpoint is healthy.
@@ -605,25 +605,27 @@ impl PanicThreshold {
                 format!("{percent} % given; must be 0 to 100 (0 turns panic mode off)"),
             ));
         }
-        Ok(PanicThreshold(percent / 100.0))
+        Ok(PanicThreshold(percent))
     }
 
     /// The threshold in percent.
     pub fn as_percent(&self) -> f64 {
-        self.0 * 100.0
+        self.0
     }
 
     /// Whether `healthy` endpoints out of `total` are too few: use them all.
     #[inline]
     pub fn panics(&self, healthy: usize, total: usize) -> bool {
-        total > 0 && (healthy == 0 || (healthy as f64) < self.0 * total as f64)
+        // `healthy × 100 < percent × total`, kept in percent: both sides are exact for
+        // any realistic count (a fraction `percent / 100` is not: 0.28 × 25 = 7.000…01).
+        total > 0 && (healthy == 0 || (healthy as f64) * 100.0 < self.0 * total as f64)
     }
 }
 
 impl Default for PanicThreshold {
     /// 50 %, as Envoy.
     fn default() -> Self {
-        PanicThreshold(0.5)
+        PanicThreshold(50.0)
     }
 }
 

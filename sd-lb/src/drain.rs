@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use sd_core::{BoxError, Endpoint, Factory, Instance, Snapshot};
 
-use crate::balancer::{pick_avoiding, value_ptr, Balancer, Feedback, Outcome, Picked, Request};
+use crate::balancer::{
+    fallback_index, pick_avoiding, thread_random, value_ptr, Balancer, Feedback, Outcome, Picked,
+    Request,
+};
 use crate::error::LbError;
 
 /// An endpoint value made by a [`DrainFactory`]: the inner factory's value and the count of
@@ -95,16 +98,21 @@ where
             self.inner.close(instance, &endpoint.value);
             return;
         }
-        let (inner, value, inst) = (self.inner.clone(), endpoint.value.clone(), instance.clone());
+        // The inner close, run exactly once: by the wait below, or by the guard's drop when
+        // the wait never gets to run it (its runtime shut down, or no runtime at all).
+        let close = CloseOnce {
+            inner: Some((self.inner.clone(), endpoint.value.clone(), instance.clone())),
+        };
         let timeout = self.timeout;
         let wait = async move {
+            let mut close = close;
             let drained = tokio::time::timeout(timeout, async {
                 while state.count.load(Ordering::SeqCst) > 0 {
                     state.zero.notified().await;
                 }
             })
             .await;
-            if drained.is_err() {
+            if let (Err(_), Some((_, _, inst))) = (drained, &close.inner) {
                 tracing::info!(
                     instance = %inst,
                     in_flight = state.count.load(Ordering::SeqCst),
@@ -112,19 +120,47 @@ where
                     "drain: timeout, closing the endpoint with requests in flight"
                 );
             }
-            inner.close(&inst, &value);
+            close.run();
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                // If the runtime shuts down before the wait ends, the task (and with it the
+                // guard) is dropped: the guard's drop closes the endpoint then.
                 rt.spawn(wait);
             }
             Err(_) => {
                 tracing::warn!("drain: no tokio runtime to wait on; closing the endpoint at once");
-                // `wait` owns the value; without a runtime it cannot run: close directly.
+                // Dropping the never-polled wait drops the guard, which closes.
                 drop(wait);
-                self.inner.close(instance, &endpoint.value);
             }
         }
+    }
+}
+
+/// A deferred inner close that runs exactly once: when [`run`](CloseOnce::run) is called, or
+/// when it is dropped without having run (the drain task was dropped: its runtime shut down
+/// mid-drain, or there was no runtime to wait on). Either way the endpoint's inner close is
+/// never lost and never doubled.
+struct CloseOnce<F: Factory<E>, E> {
+    inner: Option<(Arc<F>, Arc<E>, Instance)>,
+}
+
+impl<F: Factory<E>, E> CloseOnce<F, E> {
+    fn run(&mut self) {
+        if let Some((factory, value, instance)) = self.inner.take() {
+            factory.close(&instance, &value);
+        }
+    }
+}
+
+impl<F: Factory<E>, E> Drop for CloseOnce<F, E> {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            tracing::debug!(
+                "drain: the wait was dropped before it ended; closing the endpoint now"
+            );
+        }
+        self.run();
     }
 }
 
@@ -138,11 +174,18 @@ where
 /// when the last request picked on it has finished (its [`Picked`] guard reported or
 /// dropped), or when the drain timeout has passed, whichever comes first (a task on the
 /// current tokio runtime; without one it closes at once). A pick that lands on a closing
-/// endpoint (it read the set just before the update) is made again with it avoided, so no
-/// request starts on an endpoint whose close may have run (after three closing endpoints
-/// in a row — three updates racing one pick — the fourth pick is used whatever it is). The
-/// same applies when the whole
-/// endpointer closes: every endpoint drains.
+/// endpoint (it read the set just before the update, or it still serves its previous view
+/// while its table is rebuilt, as [`P2c`](crate::P2c), [`Weighted`](crate::Weighted) and
+/// [`ConsistentHash`](crate::ConsistentHash) do after an update) is made again with it
+/// avoided; after three closing endpoints in a row, a cold `O(N)` choice among the endpoints
+/// of the inner balancer's current snapshot that are not closing takes over (that request
+/// is then not load-tracked by the inner balancer). A request starts on a closing endpoint
+/// only when the current set holds no other endpoint (it then holds the close back like any
+/// request in flight, up to the timeout). The same applies when the whole endpointer
+/// closes: every endpoint drains.
+///
+/// If the runtime the drain waits on shuts down before the wait ends (or there is no
+/// runtime), the inner close runs then, at once: exactly once per endpoint in every case.
 ///
 /// **Composes** with every balancer and wrapper (put `Drain` outermost, or anywhere: it
 /// only adds an outcome receiver); a plain [`pick`](Balancer::pick) counts as finished at
@@ -228,10 +271,14 @@ where
             state.count.fetch_add(1, Ordering::SeqCst);
             let hook = self.hook.clone() as Arc<dyn Feedback<Drained<E>>>;
             let picked = picked.and_then(hook);
-            if !picked.endpoint().value().is_closing() || n == REDRAWS {
-                // (After `REDRAWS` closing endpoints in a row the set has changed under
-                // us several times; the last one is used, its close waits for it.)
+            if !picked.endpoint().value().is_closing() {
                 return Ok(picked);
+            }
+            if n == REDRAWS {
+                // The inner balancer keeps landing on closing endpoints: it serves a
+                // previous view (a load-aware table rebuilt in the background after a
+                // replacement of the whole set), or several updates raced this pick.
+                return Ok(open_instead(&self.inner, &self.hook, request, picked));
             }
             closing[n] = value_ptr(picked.endpoint());
             n += 1;
@@ -246,6 +293,56 @@ where
     fn panic_threshold(&self) -> crate::PanicThreshold {
         self.inner.panic_threshold()
     }
+}
+
+/// The cold way out of [`pick_with`](Balancer::pick_with) when every redraw landed on a
+/// closing endpoint: a choice, `O(N)` and without allocation, among the endpoints of the
+/// inner balancer's current snapshot that are not closing (passing ones first, then those
+/// the request does not avoid, uniformly; see `fallback_index`). `last` (a closing
+/// endpoint, already counted) is returned only when the current set holds no other
+/// endpoint. The endpoint chosen here is not tracked by the inner balancer (its load
+/// feedback misses this one request).
+#[cold]
+fn open_instead<B, E>(
+    inner: &B,
+    hook: &Arc<Release>,
+    request: &Request<'_, Drained<E>>,
+    last: Picked<Drained<E>>,
+) -> Picked<Drained<E>>
+where
+    B: Balancer<Drained<E>>,
+    E: Send + Sync + 'static,
+{
+    let snapshot = inner.snapshot();
+    let Ok(list) = snapshot.get() else {
+        return last;
+    };
+    let avoid = |e: &Endpoint<Drained<E>>| e.value().is_closing() || request.avoids(e);
+    let open = Request::new().avoid(&avoid);
+    let threshold = inner.panic_threshold();
+    let first = (!list.is_empty())
+        .then(|| &list[fallback_index(list, thread_random(), &open, false, threshold)]);
+    // The fallback chooses among every endpoint when the request avoids all the open
+    // ones: an open endpoint the request avoids still beats a closing one.
+    let candidates = first
+        .into_iter()
+        .chain(list.iter().filter(|e| !e.value().is_closing()));
+    for endpoint in candidates {
+        let state = &endpoint.value().state;
+        if state.closing.load(Ordering::SeqCst) {
+            continue;
+        }
+        // Increment, then check again (as `pick_with`): a close that began in between
+        // may already have run.
+        state.count.fetch_add(1, Ordering::SeqCst);
+        let hook = hook.clone() as Arc<dyn Feedback<Drained<E>>>;
+        let picked = Picked::new(endpoint.clone()).and_then(hook);
+        if !state.closing.load(Ordering::SeqCst) {
+            drop(last.into_endpoint());
+            return picked;
+        }
+    }
+    last
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for Drain<B> {

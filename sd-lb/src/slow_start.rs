@@ -3,7 +3,7 @@
 //! flooded the moment discovery announces it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::Guard;
@@ -106,8 +106,11 @@ impl SlowStartConfig {
 /// does not restart the ramp). Endpoints of the **first non-empty set** the wrapper sees are
 /// *not* slow-started (Envoy's rule: only hosts added after the first update), so a client
 /// that starts does not ramp its whole fleet. An endpoint that leaves and comes back is new
-/// again. The first set is the one present when the wrapper is built, or, if that is
-/// empty (discovery has not answered yet), the first non-empty one. An empty set (e.g. a deploy that briefly had no instances) leaves the record as it
+/// again: a pick that sees it missing forgets it, and a new endpoint value under a known key
+/// (the endpointer made it again: the instance restarted) starts a new ramp even when no pick
+/// happened while it was away. The first set is the one present when the wrapper is built, or, if that is
+/// empty (discovery has not answered yet), the first non-empty one. An empty set seen by a
+/// pick (e.g. a deploy that briefly had no instances) leaves the record as it
 /// is. "First seen" is the first pick after the update that brought the endpoint (picks
 /// notice updates; without picks there is nothing to ramp).
 ///
@@ -150,7 +153,7 @@ pub struct SlowStart<B, E: 'static> {
     exponent: f64,
     min_factor: f64,
     clock: Clock,
-    warm: PerSnapshot<Warming, Book, E>,
+    warm: PerSnapshot<Warming, Book<E>, E>,
 }
 
 /// The endpoints in slow start in one snapshot.
@@ -175,12 +178,27 @@ impl Warming {
 }
 
 /// First-seen times by instance key, kept across updates.
-#[derive(Default)]
-struct Book {
+struct Book<E> {
     /// A non-empty set was seen (its endpoints are not slow-started).
     started: bool,
-    /// `None`: in the first set (never slow-started).
-    seen: HashMap<(String, String), Option<u64>>,
+    /// The endpoint value last seen under the key, and its first-seen time (`None`: in the
+    /// first set, never slow-started). The value tells a restarted instance (removed and
+    /// added back between two updates this saw: the endpointer made a new value) from one
+    /// that stayed; held weakly, so its address is not reused while it is compared.
+    seen: HashMap<(String, String), (Weak<E>, Option<u64>)>,
+    /// An empty set was seen since the last non-empty one: every value was made again, and
+    /// the records are kept whatever the values (a set that briefly had no instances).
+    emptied: bool,
+}
+
+impl<E> Default for Book<E> {
+    fn default() -> Self {
+        Book {
+            started: false,
+            seen: HashMap::new(),
+            emptied: false,
+        }
+    }
 }
 
 /// Picks redrawn at most, after a rejected one.
@@ -287,23 +305,35 @@ impl<B: Balancer<E>, E: Send + Sync + 'static> SlowStart<B, E> {
     }
 }
 
-impl Book {
-    /// Records the first-seen times of `list` (seen at `now` unless known, or in the first
-    /// set) and returns its endpoints in slow start.
-    fn update<E>(&mut self, list: &[Endpoint<E>], now: u64, window: u64) -> Warming {
-        if !list.is_empty() {
+impl<E> Book<E> {
+    /// Records the first-seen times of `list` (seen at `now` unless known with the same
+    /// endpoint value, or in the first set) and returns its endpoints in slow start.
+    fn update(&mut self, list: &[Endpoint<E>], now: u64, window: u64) -> Warming {
+        if list.is_empty() {
+            self.emptied = true;
+        } else {
             let first = !self.started;
             self.started = true;
+            let emptied = std::mem::take(&mut self.emptied);
             let mut seen = HashMap::with_capacity(list.len());
             for e in list {
                 let (addr, id) = e.instance().key();
                 let key = (addr.to_owned(), id.to_owned());
                 let at = match self.seen.get(&key) {
-                    Some(&at) => at,
+                    // The same endpoint value: the instance stayed (or the set was empty in
+                    // between, which the record survives).
+                    Some((value, at))
+                        if emptied || std::ptr::eq(value.as_ptr(), Arc::as_ptr(e.value_arc())) =>
+                    {
+                        *at
+                    }
+                    // A new value under a known key: the instance restarted (it left and
+                    // came back between two updates seen here); new again.
+                    Some(_) => Some(now),
                     None if first => None,
                     None => Some(now),
                 };
-                seen.insert(key, at);
+                seen.insert(key, (Arc::downgrade(e.value_arc()), at));
             }
             self.seen = seen;
         }
@@ -316,8 +346,7 @@ impl Book {
                 let at = self
                     .seen
                     .get(&(addr.to_owned(), id.to_owned()))
-                    .copied()
-                    .flatten()?;
+                    .and_then(|&(_, at)| at)?;
                 let end = at.saturating_add(window);
                 (end > now).then(|| {
                     until = until.max(end);

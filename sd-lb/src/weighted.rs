@@ -138,9 +138,11 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Schedule {
 /// The endpoint to use when the scheduled one `i` is avoided: up to
 /// [`REDRAWS`](crate::balancer::REDRAWS) draws of a random
 /// schedule position (so the avoided share spreads over the others in proportion to their
-/// weights), then a uniform choice among the accepted eligible endpoints; the scheduled one
+/// weights), then a choice among the accepted eligible endpoints, still in proportion to
+/// their weights (`O(N)`: the draws miss when the accepted ones are a small share of the
+/// weight, e.g. a small local zone of [`ZoneAware`](crate::ZoneAware)); the scheduled one
 /// when every eligible endpoint is avoided (never a zero-weight endpoint while a positive
-/// one exists).
+/// one exists). No allocation.
 #[cold]
 fn redraw<E>(list: &[Endpoint<E>], s: &Schedule, i: usize, request: &Request<'_, E>) -> usize {
     let mut r = thread_random();
@@ -151,15 +153,28 @@ fn redraw<E>(list: &[Endpoint<E>], s: &Schedule, i: usize, request: &Request<'_,
             return j;
         }
     }
-    let ok = |j: &usize| s.eligible[*j] && !request.avoids(&list[*j]);
-    let accepted = (0..list.len()).filter(ok).count();
+    // The instance's weight (the schedule holds it divided by a common factor and maybe
+    // scaled: the same proportions); 1 when every weight was 0 (all taken equally).
+    let weight = |j: usize| -> u64 {
+        if s.eligible[j] && !request.avoids(&list[j]) {
+            (list[j].instance().weight() as u64).max(1)
+        } else {
+            0
+        }
+    };
+    let accepted: u64 = (0..list.len()).map(weight).sum();
     if accepted == 0 {
         return i;
     }
-    (0..list.len())
-        .filter(ok)
-        .nth(bounded(splitmix(r), accepted))
-        .unwrap_or(i)
+    let mut x = ((splitmix(r) as u128 * accepted as u128) >> 64) as u64;
+    for j in 0..list.len() {
+        let w = weight(j);
+        if x < w {
+            return j;
+        }
+        x -= w;
+    }
+    i
 }
 
 impl<E, P> Balancer<E> for Weighted<P, E>
