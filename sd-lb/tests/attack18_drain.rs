@@ -203,3 +203,33 @@ async fn an_instance_back_while_its_old_endpoint_drains_gets_a_new_endpoint() {
     settle().await;
     assert_eq!(conns.closed(), vec![(1, 0)]);
 }
+
+/// The fix of the first finding, over the other balancers that serve their previous view
+/// while rebuilding (`Weighted`, `ConsistentHash`, keyed picks included): right after a
+/// full replacement every pick lands on a new, open endpoint.
+#[tokio::test]
+async fn after_a_full_replacement_weighted_and_hash_picks_land_on_open_endpoints() {
+    use sd_lb::{ConsistentHash, Weighted};
+    fn check<B: Balancer<Drained<(u16, u64)>>>(lb: &Drain<B>, conns: &Conns, what: &str) {
+        for k in 0..50u64 {
+            let picked = lb.pick_with(&Request::new().with_key(k)).unwrap();
+            let value = **picked.endpoint().value();
+            assert!(
+                !conns.closed().contains(&value) && !picked.endpoint().value().is_closing(),
+                "{what}: picked {value:?}, closed: {:?}",
+                conns.closed()
+            );
+            assert!(value.0 >= 10, "{what}: an old endpoint {value:?}");
+        }
+    }
+    let conns = Conns::default();
+    let ep = endpointer(&conns, 0..3);
+    let weighted = Drain::new(Weighted::new(ep.clone()));
+    let hash = Drain::new(ConsistentHash::new(ep.clone()));
+    weighted.inner().refresh();
+    hash.inner().refresh();
+    ep.apply(set(10..13));
+    assert_eq!(conns.closed().len(), 3, "idle endpoints close at once");
+    check(&weighted, &conns, "weighted");
+    check(&hash, &conns, "consistent hash");
+}
