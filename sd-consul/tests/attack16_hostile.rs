@@ -1,0 +1,458 @@
+//! Attack on issue 16 §2 (hostile registries), Consul client: what the shipped hostile table
+//! does not cover.
+//!
+//! - an *error* body (503) that stalls in the answer to a blocking query;
+//! - a good body that trickles in a byte at a time, each byte just inside `timeout`;
+//! - a body under `max_body` that `agent_service` turns into a JSON tree many times its size;
+//! - a redirect of the registration `PUT` (the registrar's path);
+//! - a `Location` that echoes the token back (it ends up in the error message);
+//! - `Retry-After` values that are hostile (parser edge cases).
+//!
+//! Run: `cargo test -p sd-consul --test attack16_hostile -- --nocapture --test-threads=1`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use sd_consul::{Client, ClientConfig, ConsulInstancer};
+use sd_core::{Event, Instancer, Secret, ServiceQuery};
+use sd_testkit::hostile::{Body, HostileServer, Reply};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[global_allocator]
+static ALLOC: sd_testkit::CountingAllocator = sd_testkit::CountingAllocator;
+
+/// One test at a time: allocation peaks are process-wide.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TOKEN: &str = "attack16-token-77c0de";
+const CAP: usize = 1 << 20;
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+fn entry(addr: &str) -> serde_json::Value {
+    let (host, port) = addr.split_once(':').unwrap();
+    json!({
+        "Node": {"Node": "n1", "Address": "10.9.9.9", "Datacenter": "dc1"},
+        "Service": {"ID": addr, "Service": "web", "Tags": [], "Address": host,
+                    "Port": port.parse::<u16>().unwrap()},
+        "Checks": [{"Status": "passing"}]
+    })
+}
+
+fn good(addrs: &[&str]) -> Reply {
+    static INDEX: AtomicU64 = AtomicU64::new(1000);
+    let index = INDEX.fetch_add(1000, Ordering::Relaxed);
+    let body: Vec<_> = addrs.iter().map(|a| entry(a)).collect();
+    Reply::json(200, json!(body).to_string()).header("X-Consul-Index", index.to_string())
+}
+
+fn client(addr: &str) -> Client {
+    Client::new(
+        ClientConfig::new(addr)
+            .token(Secret::new(TOKEN))
+            .timeout(TIMEOUT)
+            .max_body(CAP),
+    )
+    .unwrap()
+}
+
+/// Waits at most `deadline` for an event `want` accepts; the time it took.
+async fn wait_for(
+    sub: &mut sd_core::Subscription,
+    deadline: Duration,
+    want: impl Fn(&Event) -> bool,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    tokio::time::timeout(deadline, async {
+        // Bounded by the deadline.
+        loop {
+            match sub.next().await {
+                Some(e) if want(&e) => return,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| t0.elapsed())
+}
+
+fn is_set(addr: &'static str) -> impl Fn(&Event) -> bool {
+    move |e| e.addrs() == [addr.to_string()]
+}
+
+fn is_error(e: &Event) -> bool {
+    matches!(e, Event::Error(_))
+}
+
+/// The deadline for noticing a stall: 20 times the configured `timeout` (500 ms), or
+/// `ATTACK16_NOTICE_SECS` (to measure how long it really takes).
+fn notice() -> Duration {
+    std::env::var("ATTACK16_NOTICE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_secs)
+}
+
+/// Control: a *good* answer (200) that stalls mid-body in a blocking query is noticed
+/// within about `timeout` (the fix of 074de36 holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_a_good_body_that_stalls_in_a_blocking_query_is_noticed() {
+    let _serial = SERIAL.lock().await;
+    let server = HostileServer::start(good(&["10.0.0.1:80"])).await;
+    let instancer =
+        ConsulInstancer::start(client(&server.addr().to_string()), ServiceQuery::new("web")).await;
+    let mut sub = instancer.subscribe();
+    assert!(wait_for(&mut sub, notice(), is_set("10.0.0.1:80"))
+        .await
+        .is_some());
+    // Let the next (blocking, index > 0) query be sent.
+    assert!(server.wait_requests(2, notice()).await);
+    server.set(Reply::stall_mid_body(r#"[{"Node": "#).header("X-Consul-Index", "99999999"));
+    let took = wait_for(&mut sub, notice(), is_error).await;
+    eprintln!("good body stalled: error after {took:?}");
+    assert!(took.is_some(), "a stalled 200 body was not noticed");
+    instancer.stop().await;
+}
+
+/// FINDING: a 503 whose *error body* stalls, in the answer to a blocking query, goes
+/// unnoticed for `wait + wait/16 + timeout` (64 s with the default 60 s wait): the per-piece
+/// stall timeout is only in `Client::read_body` (sd-consul/src/client.rs:833-873), while
+/// `status_error` reads the body with `error_body` (client.rs:432-445), a plain
+/// `resp.chunk().await` loop bounded only by the blocking query's whole timeout
+/// (client.rs:739-741). The instancer publishes nothing (no error, endpointer not flagged)
+/// for over a minute: the very defect 074de36 claims fixed ("a body stalling in the answer to
+/// a blocking query went unnoticed for wait + wait/16 + timeout"), through the error path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_body_that_stalls_in_a_blocking_query_is_noticed() {
+    let _serial = SERIAL.lock().await;
+    let server = HostileServer::start(good(&["10.0.0.1:80"])).await;
+    let instancer =
+        ConsulInstancer::start(client(&server.addr().to_string()), ServiceQuery::new("web")).await;
+    let mut sub = instancer.subscribe();
+    assert!(wait_for(&mut sub, notice(), is_set("10.0.0.1:80"))
+        .await
+        .is_some());
+    assert!(server.wait_requests(2, notice()).await);
+    let prefix = b"agent overloaded, ".to_vec();
+    server.set(Reply {
+        status: 503,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        body: Body::StallMidBody {
+            declared: prefix.len() as u64 + 1000,
+            prefix,
+        },
+        retry_at: None,
+    });
+    let took = wait_for(&mut sub, notice(), is_error).await;
+    eprintln!("503 error body stalled: error after {took:?}");
+    assert!(
+        took.is_some(),
+        "a 503 whose body stalls was not published within {:?} (timeout is {TIMEOUT:?}): \
+         the error body of a blocking query has no stall timeout",
+        notice()
+    );
+    instancer.stop().await;
+}
+
+/// A server that answers the first request with `first` (complete) and every later one with
+/// a 200 whose `Content-Length` is `len` and whose body comes one byte every `gap`.
+async fn trickle_server(
+    first: String,
+    len: usize,
+    gap: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut n = 0u32;
+        // Bounded: the test aborts this task; at most 100 connections.
+        while n < 100 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            n += 1;
+            let first = first.clone();
+            let nth = n;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut head = Vec::new();
+                // Bounded: at most 64 KiB of head.
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                if nth == 1 {
+                    let _ = s
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                 X-Consul-Index: 5\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                                first.len(),
+                                first
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             X-Consul-Index: 9\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n["
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                // Bounded: `len` bytes, one per gap.
+                for _ in 1..len {
+                    tokio::time::sleep(gap).await;
+                    if s.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// FINDING (minor, hang bounded by the blocking timeout): a 200 body that trickles in one
+/// byte every 300 ms (inside the 500 ms per-piece `timeout`) keeps the instancer blind for
+/// `wait + wait/16 + timeout` (64 s here): `read_body` times each piece
+/// (sd-consul/src/client.rs:852), never the body as a whole, so "a stalled read times out"
+/// (issue 16 §2) holds for a stop, not for a slow drip. The body is 1 000 bytes: it
+/// would take 300 s, so the 64 s request timeout ends it, not the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_just_inside_the_timeout_is_cut_off() {
+    let _serial = SERIAL.lock().await;
+    let first = json!([entry("10.0.0.1:80")]).to_string();
+    let (addr, task) = trickle_server(first, 1000, Duration::from_millis(300)).await;
+    let instancer =
+        ConsulInstancer::start(client(&addr.to_string()), ServiceQuery::new("web")).await;
+    let mut sub = instancer.subscribe();
+    assert!(wait_for(&mut sub, notice(), is_set("10.0.0.1:80"))
+        .await
+        .is_some());
+    let took = wait_for(&mut sub, notice(), is_error).await;
+    eprintln!("trickling body: error after {took:?}");
+    instancer.stop().await;
+    task.abort();
+    assert!(
+        took.is_some(),
+        "a body trickling one byte per 300 ms (timeout {TIMEOUT:?}) was not cut off within \
+         {:?}: only the gap between pieces is timed",
+        notice()
+    );
+}
+
+/// FINDING: `agent_service` (the registrar's check of its own registration,
+/// sd-consul/src/registrar.rs:265) parses an answer under `max_body` into a
+/// `serde_json::Value` (sd-consul/src/client.rs:1001): each 2-byte `0,` becomes a 32-byte
+/// `Value`, so a body of 1 MiB (the cap) costs 16+ MiB at once, and one of the default cap
+/// (32 MiB) over 512 MiB. The health path avoids this on purpose (entry-by-entry decoding,
+/// `MIN_ENTRY_BYTES`); the other reads do not. Bound asserted: less than
+/// 4 times the body (the testkit's
+/// `assert_bodies_bounded` allows 16 MiB for a 1 MiB cap: 17 MiB measured exceeds that too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_service_answer_under_the_cap_is_not_a_sixteen_fold_allocation() {
+    let _serial = SERIAL.lock().await;
+    let mut body = String::with_capacity(CAP);
+    body.push_str(r#"{"ID":"x","Service":"web","Tags":["#);
+    // Bounded: up to the cap.
+    while body.len() + 8 < CAP {
+        body.push_str("0,");
+    }
+    body.push_str("0]}");
+    assert!(body.len() <= CAP);
+    let server = HostileServer::start(Reply::json(200, body.clone())).await;
+    let c = client(&server.addr().to_string());
+    drop(body);
+    let start = sd_testkit::alloc::reset_peak();
+    let got = c.agent_service("x").await.unwrap();
+    let peak = sd_testkit::alloc::peak_live_bytes() - start;
+    drop(got);
+    eprintln!(
+        "agent_service: body {} bytes, peak {:.1} MiB ({:.1}x the body)",
+        CAP,
+        peak as f64 / f64::from(1 << 20),
+        peak as f64 / CAP as f64
+    );
+    assert!(
+        peak < 4 * CAP as i64,
+        "a {CAP}-byte answer (within max_body) allocated {peak} bytes at once ({:.1}x)",
+        peak as f64 / CAP as f64
+    );
+}
+
+/// Held up: a 307/308 to another host on the registration `PUT` (the registrar's path) is
+/// not followed: the other host gets nothing, so neither the token nor the registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_of_the_registration_put_is_not_followed() {
+    let _serial = SERIAL.lock().await;
+    let elsewhere = HostileServer::start(Reply::json(200, "")).await;
+    for status in [301u16, 302, 307, 308] {
+        let server = HostileServer::start(Reply {
+            status,
+            ..Reply::redirect(format!(
+                "http://{}/v1/agent/service/register",
+                elsewhere.addr()
+            ))
+        })
+        .await;
+        let c = client(&server.addr().to_string());
+        let e = c
+            .register(&json!({"ID": "a1", "Name": "web", "Port": 80}))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("not followed"), "{status}: {text}");
+        assert!(!text.contains(TOKEN), "{status}: {text}");
+        // The deregistration PUT: not followed either.
+        let e = c.deregister("a1").await.unwrap_err();
+        assert!(e.to_string().contains("not followed"), "{status}: {e}");
+    }
+    assert_eq!(elsewhere.count(), 0, "{:?}", elsewhere.requests());
+}
+
+/// FINDING (minor, secret in an error): the `Location` of a redirect is quoted verbatim in
+/// the error (sd-core/src/backoff.rs:159-160 keeps it, 168-171 `FailureHints::note` quotes it), which the watch loop
+/// logs at WARN and publishes to every subscriber. A redirector that echoes the request's
+/// `X-Consul-Token` into the `Location` (some auth proxies put the credential they were
+/// given into a login or callback URL) puts the ACL token in logs and in
+/// `Endpointer::endpoints().last_error()`; issue 16 §4 wants no secret in any error
+/// message. The client knows its token: it could redact it (and userinfo) from `Location`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_echoing_the_token_does_not_put_it_in_the_error() {
+    let _serial = SERIAL.lock().await;
+    let server = HostileServer::start(Reply::json(200, "")).await;
+    server.set_fn(|req| {
+        let token = req.header("X-Consul-Token").unwrap_or("none").to_string();
+        Reply::redirect(format!("https://login.example/cb?token={token}"))
+    });
+    let e = client(&server.addr().to_string())
+        .health_service("web", None, false, 0)
+        .await
+        .unwrap_err();
+    let text = format!("{e} / {e:?}");
+    eprintln!("{text}");
+    assert!(text.contains("not followed"), "{text}");
+    assert!(
+        !text.contains(TOKEN),
+        "the ACL token is in the error message: {text}"
+    );
+}
+
+/// Held up: hostile `Retry-After` values parse to nothing or to a bounded wait, and the
+/// watch loop caps the wait at the backoff cap.
+#[test]
+fn hostile_retry_after_values() {
+    use sd_core::backoff::retry_after;
+    let now = SystemTime::now();
+    for v in [
+        "", " ", "-1", "+5", "1.5", "1e9", "0x10", "soon", "2 s", "\u{661}", "NaN",
+    ] {
+        assert_eq!(retry_after(v, now), None, "{v:?}");
+    }
+    assert_eq!(
+        retry_after("99999999999999999999999999", now),
+        Some(Duration::from_secs(u64::MAX))
+    );
+    assert_eq!(retry_after("0", now), Some(Duration::ZERO));
+    assert_eq!(
+        retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
+        Some(Duration::ZERO)
+    );
+    let far = retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+    assert!(far > Duration::from_secs(200 * 365 * 86400));
+    // The FailureHints of a huge value apply to Unavailable only.
+    let hints = sd_core::backoff::FailureHints::new(Some(b"99999999999999999999999"), None);
+    let e = hints.apply(sd_core::Error::unavailable("consul", "x"));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(u64::MAX)));
+    let r = hints.apply(sd_core::Error::malformed("consul", "x"));
+    assert_eq!(r.retry_after(), None);
+}
+
+/// Held up: a 503 with `Retry-After` of 10^20 s (and one dated in year 9999) does not park
+/// the instancer past the backoff cap (here 1 s): requests keep coming, and recovery is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retry_after_is_capped_at_the_backoff_cap() {
+    let _serial = SERIAL.lock().await;
+    for value in ["100000000000000000000", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        let server = HostileServer::start(good(&["10.0.0.1:80"])).await;
+        let instancer = ConsulInstancer::start_with_backoff(
+            client(&server.addr().to_string()),
+            ServiceQuery::new("web"),
+            sd_core::Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
+        )
+        .await;
+        let mut sub = instancer.subscribe();
+        assert!(wait_for(&mut sub, notice(), is_set("10.0.0.1:80"))
+            .await
+            .is_some());
+        server.set(Reply::status(503, Some(value)));
+        assert!(wait_for(&mut sub, notice(), is_error).await.is_some());
+        server.set(good(&["10.0.0.2:80"]));
+        let took = wait_for(&mut sub, notice(), is_set("10.0.0.2:80")).await;
+        eprintln!("Retry-After {value}: recovered after {took:?}");
+        assert!(took.is_some(), "Retry-After {value} parked the instancer");
+        instancer.stop().await;
+    }
+}
+
+/// FINDING (minor): a `Retry-After` given as an HTTP date makes every failed round a *new*
+/// error: the wait is computed at the time of reading (sd-core/src/backoff.rs:158) and
+/// printed into the message with sub-second digits (`FailureHints::note`,
+/// backoff.rs:174: "(Retry-After: 734.5ms)"), and errors compare by message
+/// (sd-core/src/error.rs:197-201), so the instance cache's suppression of a repeated
+/// identical error never applies: every subscriber is woken, and the watch loop logs a
+/// WARN, for each 503 of the same outage. With `Retry-After: 1` (seconds) the same outage
+/// is one error event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dated_retry_after_does_not_republish_the_same_outage() {
+    let _serial = SERIAL.lock().await;
+    let mut counts = Vec::new();
+    for dated in [false, true] {
+        let server = HostileServer::start(good(&["10.0.0.1:80"])).await;
+        let instancer = ConsulInstancer::start_with_backoff(
+            client(&server.addr().to_string()),
+            ServiceQuery::new("web"),
+            sd_core::Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
+        )
+        .await;
+        let mut sub = instancer.subscribe();
+        assert!(wait_for(&mut sub, notice(), is_set("10.0.0.1:80"))
+            .await
+            .is_some());
+        server.set(if dated {
+            Reply::status(503, None).retry_at(Duration::from_secs(1))
+        } else {
+            Reply::status(503, Some("1"))
+        });
+        let mut errors = Vec::new();
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        // Bounded by `end`.
+        while let Ok(Some(e)) = tokio::time::timeout_at(end, sub.next()).await {
+            if let Event::Error(e) = e {
+                errors.push(e.to_string());
+            }
+        }
+        eprintln!(
+            "dated {dated}: {} error events in 5 s, {} requests: {errors:#?}",
+            errors.len(),
+            server.count()
+        );
+        counts.push(errors.len());
+        instancer.stop().await;
+    }
+    assert_eq!(counts[0], 1, "Retry-After: 1 gives one error event");
+    assert!(
+        counts[1] <= 1,
+        "one outage with a dated Retry-After was published {} times",
+        counts[1]
+    );
+}
