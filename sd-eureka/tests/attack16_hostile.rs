@@ -236,3 +236,56 @@ async fn a_location_with_the_credentials_does_not_put_them_in_the_error() {
         "the password is in the error: {text}"
     );
 }
+
+/// Held up: a 200 whose body trickles in one byte every 100 ms (no gap long enough for a
+/// per-read timeout) is cut off by the whole-request timeout (500 ms): a `Timeout` well
+/// within 10 s, unlike Consul's blocking query (see sd-consul/tests/attack16_hostile.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_is_cut_off_by_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        // Bounded: at most 20 connections; the test aborts this task.
+        for _ in 0..20 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut head = Vec::new();
+                // Bounded: at most 64 KiB of head.
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                          Content-Length: 1000\r\nConnection: close\r\n\r\n{",
+                    )
+                    .await;
+                // Bounded: 999 bytes.
+                for _ in 1..1000 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if s.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        client(&[addr.to_string()]).app("WEB"),
+    )
+    .await;
+    task.abort();
+    eprintln!("trickle: {got:?} after {:?}", t0.elapsed());
+    let e = got.expect("cut off within 10 s").unwrap_err();
+    assert!(matches!(e, sd_core::Error::Timeout { .. }), "{e}");
+}
