@@ -485,3 +485,38 @@ async fn retry_after_is_carried_by_the_ttl_heartbeat_errors_too() {
         "Retry-After: 7 not carried: {missing:#?}"
     );
 }
+
+/// The service listing (`catalog_services`, what `Registry::list_services` and the CLI's
+/// listing call) under `max_body`: how much it allocates at once for a 1 MiB answer of
+/// short distinct names. Bound asserted as for `agent_service`: less than 4 times the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_listing_under_the_cap_is_not_a_many_fold_allocation() {
+    let _serial = SERIAL.lock().await;
+    let mut body = String::with_capacity(CAP);
+    body.push('{');
+    let mut i = 0u32;
+    // Bounded: up to the cap.
+    while body.len() + 16 < CAP {
+        body.push_str(&format!("\"{i:x}\":0,"));
+        i += 1;
+    }
+    body.push_str("\"end\":0}");
+    let server = HostileServer::start(Reply::json(200, body.clone())).await;
+    let c = client(&server.addr().to_string());
+    drop(body);
+    let start = sd_testkit::alloc::reset_peak();
+    let got = c.catalog_services().await.unwrap();
+    let peak = sd_testkit::alloc::peak_live_bytes() - start;
+    let n = got.len();
+    drop(got);
+    eprintln!(
+        "catalog_services: body {CAP} bytes, {n} names, peak {:.1} MiB ({:.1}x the body)",
+        peak as f64 / f64::from(1 << 20),
+        peak as f64 / CAP as f64
+    );
+    assert!(
+        peak < 4 * CAP as i64,
+        "a {CAP}-byte listing (within max_body) allocated {peak} bytes at once ({:.1}x)",
+        peak as f64 / CAP as f64
+    );
+}
