@@ -520,3 +520,59 @@ async fn a_catalog_listing_under_the_cap_is_not_a_many_fold_allocation() {
         peak as f64 / CAP as f64
     );
 }
+
+/// FINDING (doc claim false, memory): the health answer (the instancer's path, decoded
+/// entry by entry) with ONE entry under `max_body` whose `Tags` are 1-byte strings (`"a",`:
+/// 4 bytes of body, a 24-byte `String` plus its heap byte) and whose `Meta` has short distinct
+/// keys keeps about 8 times the body in that one instance (9x at peak). `MIN_ENTRY_BYTES`
+/// (sd-consul/src/client.rs:76-82) limits the number of entries, and its rustdoc says "This
+/// bounds what the decoded instances of one answer can cost, whatever the entries are";
+/// docs/CONSUL.md ("Bounded reads") says "an answer costs its body plus the instances kept,
+/// whatever its entries". Neither holds for the tags and metadata inside an entry: under
+/// the default 32 MiB cap, one agent answer can make an instancer hold about 256 MiB (more
+/// in real malloc terms: each 1-byte tag is a separate heap block). Bound asserted: less
+/// than 4 times the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_entry_of_tiny_tags_and_meta_is_not_a_many_fold_allocation() {
+    let _serial = SERIAL.lock().await;
+    let mut tags = String::with_capacity(CAP / 2);
+    // Bounded: half the cap.
+    while tags.len() + 8 < CAP / 2 {
+        tags.push_str("\"a\",");
+    }
+    tags.push_str("\"b\"");
+    let mut meta = String::with_capacity(CAP / 2);
+    let mut i = 0u32;
+    // Bounded: half the cap.
+    while meta.len() + 32 < CAP / 2 - 400 {
+        meta.push_str(&format!("\"{i:x}\":\"\","));
+        i += 1;
+    }
+    meta.push_str("\"end\":\"\"");
+    let body = format!(
+        r#"[{{"Node":{{"Node":"n1","Address":"10.9.9.9"}},"Service":{{"ID":"x","Service":"web","Address":"10.0.0.1","Port":80,"Tags":[{tags}],"Meta":{{{meta}}}}},"Checks":[]}}]"#
+    );
+    assert!(body.len() <= CAP, "{}", body.len());
+    let server =
+        HostileServer::start(Reply::json(200, body.clone()).header("X-Consul-Index", "7")).await;
+    let c = client(&server.addr().to_string());
+    let len = body.len();
+    drop((body, tags, meta));
+    let start = sd_testkit::alloc::reset_peak();
+    let got = c.health_service("web", None, false, 0).await.unwrap();
+    let peak = sd_testkit::alloc::peak_live_bytes() - start;
+    let kept = sd_testkit::alloc::live_bytes() - start;
+    let n = got.instances.len();
+    drop(got);
+    eprintln!(
+        "health: body {len} bytes, {n} instance(s), peak {:.1} MiB ({:.1}x), kept {:.1} MiB",
+        peak as f64 / f64::from(1 << 20),
+        peak as f64 / len as f64,
+        kept as f64 / f64::from(1 << 20),
+    );
+    assert!(
+        peak < 4 * CAP as i64,
+        "a {len}-byte health answer allocated {peak} bytes at once ({:.1}x)",
+        peak as f64 / len as f64
+    );
+}
