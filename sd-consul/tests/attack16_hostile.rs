@@ -576,3 +576,75 @@ async fn a_health_entry_of_tiny_tags_and_meta_is_not_a_many_fold_allocation() {
         peak as f64 / len as f64
     );
 }
+
+/// Held up: a `Location` of 60 KB, cut by the 200-byte quote in the middle of a multi-byte
+/// character, or a relative one, is an error of bounded length, no panic, nothing followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_locations_are_quoted_bounded_and_not_followed() {
+    let _serial = SERIAL.lock().await;
+    let long = format!("http://x/{}", "\u{e9}".repeat(30_000));
+    for location in [long.as_str(), "/v1/health/service/web?x=1", "", "//evil:1/"] {
+        let server = HostileServer::start(Reply {
+            status: 307,
+            ..Reply::redirect(location)
+        })
+        .await;
+        let e = client(&server.addr().to_string())
+            .health_service("web", None, false, 0)
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(matches!(e, sd_core::Error::Unavailable { .. }), "{text}");
+        assert_eq!(server.count(), 1, "{location:.40}: followed to itself?");
+    }
+}
+
+/// Held up: a chunked 200 whose chunk-size line is absurd (larger than u64, or 2^63 with a
+/// few bytes after it) is an error, not a panic or an allocation of the declared size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_chunk_sizes_are_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    for size_line in ["1ffffffffffffffffffff", "7fffffffffffffff", "5;x=y", "zz"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let line = size_line.to_string();
+        let task = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 8192];
+            let mut head = Vec::new();
+            // Bounded: at most 64 KiB of head.
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => head.extend_from_slice(&buf[..k]),
+                }
+            }
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 3\r\n\
+                         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{line}\r\n[    "
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let _ = s.shutdown().await;
+        });
+        let start = sd_testkit::alloc::reset_peak();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            client(&addr.to_string()).health_service("web", None, false, 0),
+        )
+        .await
+        .expect("an answer within 10 s");
+        let peak = sd_testkit::alloc::peak_live_bytes() - start;
+        task.abort();
+        eprintln!("chunk size {size_line}: {got:?}, peak {peak}");
+        assert!(got.is_err(), "{size_line}: {got:?}");
+        assert!(peak < 4 * CAP as i64, "{size_line}: peak {peak}");
+    }
+}
