@@ -69,6 +69,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// [`ClientConfig::max_body`] or the URL option `max_body=` (bytes).
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
 
+/// A body must arrive whole within this many times [`ClientConfig::timeout`] (each piece
+/// within one `timeout` of the one before): see [`Client::health_service`].
+pub const BODY_TIMEOUTS: u32 = 4;
+
 /// The smallest body cap [`ClientConfig::max_body`] accepts (64 KiB).
 pub const MIN_MAX_BODY: usize = 64 << 10;
 
@@ -429,18 +433,32 @@ fn truncate(s: &str) -> String {
 
 /// The start of an error body: only what an error message quotes (and one byte more, to
 /// know that there was more) is read; the rest of the body is never downloaded.
-async fn error_body(mut resp: Response) -> String {
+///
+/// The whole read is bounded by `stall` ([`ClientConfig::timeout`]): an error body that
+/// stalls (in the answer to a blocking query, whose request timeout is the whole
+/// `wait + wait/16 + timeout`) ends the read then, with what came so far and a note saying
+/// so, and the error is reported at once.
+async fn error_body(mut resp: Response, stall: Duration) -> String {
     let mut body = Vec::new();
-    while body.len() <= MAX_BODY_IN_ERROR {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_BODY_IN_ERROR + 1 - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    let read = tokio::time::timeout(stall, async {
+        while body.len() <= MAX_BODY_IN_ERROR {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_BODY_IN_ERROR + 1 - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                _ => break,
             }
-            _ => break,
         }
+    })
+    .await;
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if read.is_err() {
+        text.push_str(&format!(
+            " (the error body stalled: not complete after {stall:?})"
+        ));
     }
-    String::from_utf8_lossy(&body).into_owned()
+    text
 }
 
 /// Turns a failure status into an error: 400/401/403 are [`Error::Rejected`] (retrying the
@@ -450,7 +468,9 @@ async fn error_body(mut resp: Response) -> String {
 /// ([`Error::with_retry_after`]): the watch loop then waits at least that long (up to its
 /// backoff cap) before the next query. A redirect is not followed (the token would go with
 /// it): the error names where it pointed.
-async fn status_error(what: &str, resp: Response) -> Error {
+///
+/// The error body is read for at most `stall` ([`ClientConfig::timeout`]).
+async fn status_error(what: &str, resp: Response, stall: Duration) -> Error {
     let status = resp.status();
     let headers = resp.headers();
     let hints = FailureHints::new(
@@ -460,7 +480,7 @@ async fn status_error(what: &str, resp: Response) -> Error {
             .then(|| headers.get(LOCATION).map(|v| v.as_bytes()))
             .flatten(),
     );
-    let body = error_body(resp).await;
+    let body = error_body(resp, stall).await;
     let mut message = format!("{what}: HTTP {status}: {}", truncate(&body));
     if status == StatusCode::BAD_REQUEST && body.contains("HTTP request to an HTTPS server") {
         message.push_str(" (the agent speaks HTTPS: use tls=true, or ca= for a private CA)");
@@ -786,7 +806,7 @@ impl Client {
             .await
             .map_err(|e| transport_error(&what, e))?;
         if !resp.status().is_success() {
-            return Err(status_error(&what, resp).await);
+            return Err(status_error(&what, resp, self.inner.config.timeout).await);
         }
         let index = match resp.headers().get("X-Consul-Index") {
             None => {
@@ -829,7 +849,10 @@ impl Client {
     /// Each piece of the body must arrive within [`ClientConfig::timeout`] of the one
     /// before: an answer that stalls mid-body is an [`Error::Timeout`] then, not after the
     /// whole `wait + wait/16 + timeout` of a blocking query (the agent sends the headers
-    /// only when it answers, so the body follows at once).
+    /// only when it answers, so the body follows at once). And the whole body must arrive
+    /// within [`BODY_TIMEOUTS`] times [`ClientConfig::timeout`]: a body that trickles in,
+    /// each piece just inside the timeout, is an [`Error::Timeout`] then. (A non-blocking
+    /// request must be complete, body included, within one `timeout` anyway.)
     async fn read_body(&self, mut resp: Response, what: &str) -> Result<Vec<u8>> {
         let limit = self.inner.config.max_body;
         let stall = self.inner.config.timeout;
@@ -847,18 +870,36 @@ impl Client {
             return Err(too_large(format!("{len} bytes")));
         }
         let mut body = Vec::with_capacity(declared.map_or(0, |l| l as usize));
+        // `None` (no deadline) when it is too far to represent ("no timeout").
+        let deadline = tokio::time::Instant::now().checked_add(stall.saturating_mul(BODY_TIMEOUTS));
         // Bounded: each turn adds a chunk, and the body is capped at `limit`.
         loop {
-            let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
+            let wait = match deadline {
+                Some(deadline) => {
+                    stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                }
+                None => stall,
+            };
+            let chunk = match tokio::time::timeout(wait, resp.chunk()).await {
                 Ok(read) => read.map_err(|e| transport_error(what, e))?,
                 Err(_) => {
                     return Err(Error::Timeout {
                         backend: BACKEND,
-                        message: format!(
-                            "{what}: the answer stalled: no data for {stall:?} after {} bytes \
-                             of the body (ClientConfig::timeout, URL option timeout=)",
-                            body.len()
-                        ),
+                        message: if wait < stall {
+                            format!(
+                                "{what}: the answer is too slow: {} bytes of the body in \
+                                 {:?} ({BODY_TIMEOUTS} times ClientConfig::timeout, URL \
+                                 option timeout=)",
+                                body.len(),
+                                stall.saturating_mul(BODY_TIMEOUTS)
+                            )
+                        } else {
+                            format!(
+                                "{what}: the answer stalled: no data for {stall:?} after {} \
+                                 bytes of the body (ClientConfig::timeout, URL option timeout=)",
+                                body.len()
+                            )
+                        },
                     })
                 }
             };
@@ -908,7 +949,7 @@ impl Client {
             Err(RegisterFailed {
                 // The agent refused it (4xx); a 5xx may come from a proxy that forwarded it.
                 maybe_applied: !status.is_client_error(),
-                error: status_error(what, resp).await,
+                error: status_error(what, resp, self.inner.config.timeout).await,
             })
         }
     }
@@ -937,7 +978,7 @@ impl Client {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(status_error(&what, resp).await),
+            _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
         }
     }
 
@@ -971,16 +1012,23 @@ impl Client {
         if status == StatusCode::NOT_FOUND {
             return Ok(CheckUpdate::Unknown);
         }
-        let body = error_body(resp).await;
+        let hints = FailureHints::new(resp.headers().get(RETRY_AFTER).map(|v| v.as_bytes()), None);
+        let body = error_body(resp, self.inner.config.timeout).await;
         if status == StatusCode::INTERNAL_SERVER_ERROR
             && (body.contains("does not have associated TTL") || body.contains("Unknown check"))
         {
             return Ok(CheckUpdate::Unknown);
         }
-        Err(Error::unavailable(
+        // The wait a 429 or 503 asks for travels with the error, as for every other
+        // request ([`Error::retry_after`]).
+        Err(hints.apply(Error::unavailable(
             BACKEND,
-            format!("{what}: HTTP {status}: {}", truncate(&body)),
-        ))
+            format!(
+                "{what}: HTTP {status}: {}{}",
+                truncate(&body),
+                hints.note("")
+            ),
+        )))
     }
 
     /// Marks a TTL check passing: [`update_ttl`](Self::update_ttl) with [`Health::Passing`].
@@ -1003,7 +1051,7 @@ impl Client {
                 Ok(Some(v))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(status_error(&what, resp).await),
+            _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
         }
     }
 
@@ -1024,7 +1072,7 @@ impl Client {
             .await
             .map_err(|e| transport_error(what, e))?;
         if !resp.status().is_success() {
-            return Err(status_error(what, resp).await);
+            return Err(status_error(what, resp, self.inner.config.timeout).await);
         }
         let body = self.read_body(resp, what).await?;
         // `{"name": ["tag", ...], ...}`: only the keys matter.
@@ -1041,7 +1089,7 @@ impl Client {
             .agent_call(Method::GET, &["agent", "checks"], what)
             .await?;
         if !resp.status().is_success() {
-            return Err(status_error(what, resp).await);
+            return Err(status_error(what, resp, self.inner.config.timeout).await);
         }
         let body = self.read_body(resp, what).await?;
         match serde_json::from_slice::<serde_json::Value>(&body) {
