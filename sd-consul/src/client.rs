@@ -81,8 +81,12 @@ pub const MIN_MAX_BODY: usize = 64 << 10;
 ///
 /// A real entry, with its node, service and at least the node's `serfHealth` check, is
 /// over a kilobyte; an answer with more, smaller, entries is an [`Error::Malformed`]
-/// error. This bounds what the decoded instances of one answer can cost, whatever the
-/// entries are (the body cap alone does not: `[1,1,1,...]` is two bytes an entry).
+/// error. This bounds the number of instances one answer can make (the body cap alone
+/// does not: `[1,1,1,...]` is two bytes an entry), not what their tags and metadata
+/// cost: they are kept as they came, and a 1-byte tag (`"a",`, 4 bytes of body) is a
+/// 24-byte `String` plus its byte, so an entry of tiny tags and metadata holds about 9
+/// times its body at peak (under 12 times; lower [`ClientConfig::max_body`] if that
+/// matters).
 pub const MIN_ENTRY_BYTES: usize = 256;
 
 /// At most this many reasons for skipped entries are kept per answer (and logged by the
@@ -1038,7 +1042,11 @@ impl Client {
 
     /// `GET /v1/agent/service/<id>`: the agent's view of a local service, `None` when the
     /// agent does not know it.
-    pub async fn agent_service(&self, id: &str) -> Result<Option<serde_json::Value>> {
+    ///
+    /// The answer (at most [`ClientConfig::max_body`] bytes) is checked to be a JSON object
+    /// and kept as text ([`AgentService`]), not decoded into a JSON tree: a tree costs up to
+    /// 17 times the body (`[0,0,...]`: each 2-byte `0,` is a 32-byte value).
+    pub async fn agent_service(&self, id: &str) -> Result<Option<AgentService>> {
         let what = format!("agent service lookup of {id:?}");
         let resp = self
             .agent_call(Method::GET, &["agent", "service", id], &what)
@@ -1046,9 +1054,15 @@ impl Client {
         match resp.status() {
             s if s.is_success() => {
                 let body = self.read_body(resp, &what).await?;
-                let v = serde_json::from_slice(&body)
+                let raw: Box<RawValue> = serde_json::from_slice(&body)
                     .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
-                Ok(Some(v))
+                if !raw.get().starts_with('{') {
+                    return Err(Error::malformed(
+                        BACKEND,
+                        format!("{what}: expected an object, got {}", truncate(raw.get())),
+                    ));
+                }
+                Ok(Some(AgentService(raw)))
             }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
@@ -1058,7 +1072,9 @@ impl Client {
     /// `GET /v1/catalog/services`: the names of the services of the catalog (of the
     /// configured datacenter, namespace and partition), sorted. The body is read up to
     /// [`ClientConfig::max_body`] bytes; an answer that is not an object of service names is
-    /// an [`Error::Malformed`].
+    /// an [`Error::Malformed`]. The names are collected as they are read (the tags are
+    /// skipped unread): at most the body plus about 3 times it for the shortest names
+    /// (`"a":[],`: a 24-byte `String` per 6 bytes of body).
     pub async fn catalog_services(&self) -> Result<Vec<String>> {
         let what = "catalog services listing";
         let resp = self
@@ -1075,14 +1091,27 @@ impl Client {
             return Err(status_error(what, resp, self.inner.config.timeout).await);
         }
         let body = self.read_body(resp, what).await?;
-        // `{"name": ["tag", ...], ...}`: only the keys matter.
-        let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
-            serde_json::from_slice(&body)
-                .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
-        Ok(map.into_keys().collect())
+        // `{"name": ["tag", ...], ...}`: only the keys matter, collected straight into the
+        // list (no map, no tree of the values).
+        let decode = |seed: ServiceNames| {
+            let mut d = serde_json::Deserializer::from_slice(&body);
+            seed.deserialize(&mut d)
+                .and_then(|v| d.end().map(|()| v))
+                .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))
+        };
+        let (count, _) = decode(ServiceNames(None))?;
+        let (_, mut names) = decode(ServiceNames(Some(count)))?;
+        drop(body);
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     /// `GET /v1/agent/checks`: the agent's local checks, keyed by check id.
+    ///
+    /// Decoded into a JSON tree, which may cost up to 17 times the body (at most
+    /// [`ClientConfig::max_body`]): this reads the local agent's own checks (the registrar's
+    /// tests and tools), not an answer the watch loop reads again and again.
     pub async fn agent_checks(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
         let what = "agent checks listing";
         let resp = self
@@ -1103,6 +1132,78 @@ impl Client {
             )),
             Err(e) => Err(Error::malformed(BACKEND, format!("{what}: {e}"))),
         }
+    }
+}
+
+/// The agent's view of one local service ([`Client::agent_service`]): its JSON object as
+/// the agent sent it, checked to be JSON, not decoded.
+#[derive(Debug, Clone)]
+pub struct AgentService(Box<RawValue>);
+
+impl AgentService {
+    /// The JSON object as the agent sent it.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Decodes the object into `T` (pick the fields needed: a whole JSON tree may cost many
+    /// times the body).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.0.get())
+            .map_err(|e| Error::malformed(BACKEND, format!("agent service: {e}")))
+    }
+}
+
+impl PartialEq for AgentService {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl Eq for AgentService {}
+
+/// Reads the keys of a `/v1/catalog/services` object (the values skipped unread): with
+/// `None`, only counts them (allocating nothing); with `Some(count)`, collects them into a
+/// list of exactly that capacity (no growth: a growing list holds three times its size
+/// while it moves).
+struct ServiceNames(Option<usize>);
+
+impl<'de> DeserializeSeed<'de> for ServiceNames {
+    type Value = (usize, Vec<String>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ServiceNames {
+    type Value = (usize, Vec<String>);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of service names")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut count = 0;
+        let mut names = Vec::with_capacity(self.0.unwrap_or(0));
+        // Bounded: by the body, itself capped at `max_body`.
+        loop {
+            if self.0.is_some() {
+                // Never more than counted (the same body): no growth.
+                if names.len() == names.capacity() {
+                    break;
+                }
+                let Some(name) = map.next_key::<String>()? else {
+                    break;
+                };
+                names.push(name);
+            } else if map.next_key::<serde::de::IgnoredAny>()?.is_none() {
+                break;
+            }
+            map.next_value::<serde::de::IgnoredAny>()?;
+            count += 1;
+        }
+        Ok((count, names))
     }
 }
 

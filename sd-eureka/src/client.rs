@@ -65,7 +65,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default cap on the size of an answer body, 64 MiB (a full registry of tens of
 /// thousands of instances fits); a larger answer is an [`Error::Malformed`] instead of an
-/// unbounded allocation, and is not read further. Set another with
+/// unbounded allocation, and is not read further. Within the cap, an answer is parsed into
+/// a `serde_json::Value` tree, which may cost up to about 18 times the body for a
+/// pathological one (`[0,0,...]`); lower the cap if that matters. Set another with
 /// [`ClientConfig::max_body`] or the URL option `max_body=` (bytes).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
