@@ -69,6 +69,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// [`ClientConfig::max_body`] or the URL option `max_body=` (bytes).
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
 
+/// A body must arrive whole within this many times [`ClientConfig::timeout`] (each piece
+/// within one `timeout` of the one before): see [`Client::health_service`].
+pub const BODY_TIMEOUTS: u32 = 4;
+
 /// The smallest body cap [`ClientConfig::max_body`] accepts (64 KiB).
 pub const MIN_MAX_BODY: usize = 64 << 10;
 
@@ -77,8 +81,12 @@ pub const MIN_MAX_BODY: usize = 64 << 10;
 ///
 /// A real entry, with its node, service and at least the node's `serfHealth` check, is
 /// over a kilobyte; an answer with more, smaller, entries is an [`Error::Malformed`]
-/// error. This bounds what the decoded instances of one answer can cost, whatever the
-/// entries are (the body cap alone does not: `[1,1,1,...]` is two bytes an entry).
+/// error. This bounds the number of instances one answer can make (the body cap alone
+/// does not: `[1,1,1,...]` is two bytes an entry), not what their tags and metadata
+/// cost: they are kept as they came, and a 1-byte tag (`"a",`, 4 bytes of body) is a
+/// 24-byte `String` plus its byte, so an entry of tiny tags and metadata holds about 9
+/// times its body at peak (under 12 times; lower [`ClientConfig::max_body`] if that
+/// matters).
 pub const MIN_ENTRY_BYTES: usize = 256;
 
 /// At most this many reasons for skipped entries are kept per answer (and logged by the
@@ -429,18 +437,32 @@ fn truncate(s: &str) -> String {
 
 /// The start of an error body: only what an error message quotes (and one byte more, to
 /// know that there was more) is read; the rest of the body is never downloaded.
-async fn error_body(mut resp: Response) -> String {
+///
+/// The whole read is bounded by `stall` ([`ClientConfig::timeout`]): an error body that
+/// stalls (in the answer to a blocking query, whose request timeout is the whole
+/// `wait + wait/16 + timeout`) ends the read then, with what came so far and a note saying
+/// so, and the error is reported at once.
+async fn error_body(mut resp: Response, stall: Duration) -> String {
     let mut body = Vec::new();
-    while body.len() <= MAX_BODY_IN_ERROR {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_BODY_IN_ERROR + 1 - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    let read = tokio::time::timeout(stall, async {
+        while body.len() <= MAX_BODY_IN_ERROR {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_BODY_IN_ERROR + 1 - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                _ => break,
             }
-            _ => break,
         }
+    })
+    .await;
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if read.is_err() {
+        text.push_str(&format!(
+            " (the error body stalled: not complete after {stall:?})"
+        ));
     }
-    String::from_utf8_lossy(&body).into_owned()
+    text
 }
 
 /// Turns a failure status into an error: 400/401/403 are [`Error::Rejected`] (retrying the
@@ -450,7 +472,9 @@ async fn error_body(mut resp: Response) -> String {
 /// ([`Error::with_retry_after`]): the watch loop then waits at least that long (up to its
 /// backoff cap) before the next query. A redirect is not followed (the token would go with
 /// it): the error names where it pointed.
-async fn status_error(what: &str, resp: Response) -> Error {
+///
+/// The error body is read for at most `stall` ([`ClientConfig::timeout`]).
+async fn status_error(what: &str, resp: Response, stall: Duration) -> Error {
     let status = resp.status();
     let headers = resp.headers();
     let hints = FailureHints::new(
@@ -460,7 +484,7 @@ async fn status_error(what: &str, resp: Response) -> Error {
             .then(|| headers.get(LOCATION).map(|v| v.as_bytes()))
             .flatten(),
     );
-    let body = error_body(resp).await;
+    let body = error_body(resp, stall).await;
     let mut message = format!("{what}: HTTP {status}: {}", truncate(&body));
     if status == StatusCode::BAD_REQUEST && body.contains("HTTP request to an HTTPS server") {
         message.push_str(" (the agent speaks HTTPS: use tls=true, or ca= for a private CA)");
@@ -786,7 +810,7 @@ impl Client {
             .await
             .map_err(|e| transport_error(&what, e))?;
         if !resp.status().is_success() {
-            return Err(status_error(&what, resp).await);
+            return Err(status_error(&what, resp, self.inner.config.timeout).await);
         }
         let index = match resp.headers().get("X-Consul-Index") {
             None => {
@@ -829,7 +853,10 @@ impl Client {
     /// Each piece of the body must arrive within [`ClientConfig::timeout`] of the one
     /// before: an answer that stalls mid-body is an [`Error::Timeout`] then, not after the
     /// whole `wait + wait/16 + timeout` of a blocking query (the agent sends the headers
-    /// only when it answers, so the body follows at once).
+    /// only when it answers, so the body follows at once). And the whole body must arrive
+    /// within [`BODY_TIMEOUTS`] times [`ClientConfig::timeout`]: a body that trickles in,
+    /// each piece just inside the timeout, is an [`Error::Timeout`] then. (A non-blocking
+    /// request must be complete, body included, within one `timeout` anyway.)
     async fn read_body(&self, mut resp: Response, what: &str) -> Result<Vec<u8>> {
         let limit = self.inner.config.max_body;
         let stall = self.inner.config.timeout;
@@ -847,18 +874,36 @@ impl Client {
             return Err(too_large(format!("{len} bytes")));
         }
         let mut body = Vec::with_capacity(declared.map_or(0, |l| l as usize));
+        // `None` (no deadline) when it is too far to represent ("no timeout").
+        let deadline = tokio::time::Instant::now().checked_add(stall.saturating_mul(BODY_TIMEOUTS));
         // Bounded: each turn adds a chunk, and the body is capped at `limit`.
         loop {
-            let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
+            let wait = match deadline {
+                Some(deadline) => {
+                    stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                }
+                None => stall,
+            };
+            let chunk = match tokio::time::timeout(wait, resp.chunk()).await {
                 Ok(read) => read.map_err(|e| transport_error(what, e))?,
                 Err(_) => {
                     return Err(Error::Timeout {
                         backend: BACKEND,
-                        message: format!(
-                            "{what}: the answer stalled: no data for {stall:?} after {} bytes \
-                             of the body (ClientConfig::timeout, URL option timeout=)",
-                            body.len()
-                        ),
+                        message: if wait < stall {
+                            format!(
+                                "{what}: the answer is too slow: {} bytes of the body in \
+                                 {:?} ({BODY_TIMEOUTS} times ClientConfig::timeout, URL \
+                                 option timeout=)",
+                                body.len(),
+                                stall.saturating_mul(BODY_TIMEOUTS)
+                            )
+                        } else {
+                            format!(
+                                "{what}: the answer stalled: no data for {stall:?} after {} \
+                                 bytes of the body (ClientConfig::timeout, URL option timeout=)",
+                                body.len()
+                            )
+                        },
                     })
                 }
             };
@@ -908,7 +953,7 @@ impl Client {
             Err(RegisterFailed {
                 // The agent refused it (4xx); a 5xx may come from a proxy that forwarded it.
                 maybe_applied: !status.is_client_error(),
-                error: status_error(what, resp).await,
+                error: status_error(what, resp, self.inner.config.timeout).await,
             })
         }
     }
@@ -937,7 +982,7 @@ impl Client {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(status_error(&what, resp).await),
+            _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
         }
     }
 
@@ -971,16 +1016,23 @@ impl Client {
         if status == StatusCode::NOT_FOUND {
             return Ok(CheckUpdate::Unknown);
         }
-        let body = error_body(resp).await;
+        let hints = FailureHints::new(resp.headers().get(RETRY_AFTER).map(|v| v.as_bytes()), None);
+        let body = error_body(resp, self.inner.config.timeout).await;
         if status == StatusCode::INTERNAL_SERVER_ERROR
             && (body.contains("does not have associated TTL") || body.contains("Unknown check"))
         {
             return Ok(CheckUpdate::Unknown);
         }
-        Err(Error::unavailable(
+        // The wait a 429 or 503 asks for travels with the error, as for every other
+        // request ([`Error::retry_after`]).
+        Err(hints.apply(Error::unavailable(
             BACKEND,
-            format!("{what}: HTTP {status}: {}", truncate(&body)),
-        ))
+            format!(
+                "{what}: HTTP {status}: {}{}",
+                truncate(&body),
+                hints.note("")
+            ),
+        )))
     }
 
     /// Marks a TTL check passing: [`update_ttl`](Self::update_ttl) with [`Health::Passing`].
@@ -990,7 +1042,11 @@ impl Client {
 
     /// `GET /v1/agent/service/<id>`: the agent's view of a local service, `None` when the
     /// agent does not know it.
-    pub async fn agent_service(&self, id: &str) -> Result<Option<serde_json::Value>> {
+    ///
+    /// The answer (at most [`ClientConfig::max_body`] bytes) is checked to be a JSON object
+    /// and kept as text ([`AgentService`]), not decoded into a JSON tree: a tree costs up to
+    /// 17 times the body (`[0,0,...]`: each 2-byte `0,` is a 32-byte value).
+    pub async fn agent_service(&self, id: &str) -> Result<Option<AgentService>> {
         let what = format!("agent service lookup of {id:?}");
         let resp = self
             .agent_call(Method::GET, &["agent", "service", id], &what)
@@ -998,19 +1054,27 @@ impl Client {
         match resp.status() {
             s if s.is_success() => {
                 let body = self.read_body(resp, &what).await?;
-                let v = serde_json::from_slice(&body)
+                let raw: Box<RawValue> = serde_json::from_slice(&body)
                     .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
-                Ok(Some(v))
+                if !raw.get().starts_with('{') {
+                    return Err(Error::malformed(
+                        BACKEND,
+                        format!("{what}: expected an object, got {}", truncate(raw.get())),
+                    ));
+                }
+                Ok(Some(AgentService(raw)))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(status_error(&what, resp).await),
+            _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
         }
     }
 
     /// `GET /v1/catalog/services`: the names of the services of the catalog (of the
     /// configured datacenter, namespace and partition), sorted. The body is read up to
     /// [`ClientConfig::max_body`] bytes; an answer that is not an object of service names is
-    /// an [`Error::Malformed`].
+    /// an [`Error::Malformed`]. The names are collected as they are read (the tags are
+    /// skipped unread): at most the body plus about 3 times it for the shortest names
+    /// (`"a":[],`: a 24-byte `String` per 6 bytes of body).
     pub async fn catalog_services(&self) -> Result<Vec<String>> {
         let what = "catalog services listing";
         let resp = self
@@ -1024,24 +1088,37 @@ impl Client {
             .await
             .map_err(|e| transport_error(what, e))?;
         if !resp.status().is_success() {
-            return Err(status_error(what, resp).await);
+            return Err(status_error(what, resp, self.inner.config.timeout).await);
         }
         let body = self.read_body(resp, what).await?;
-        // `{"name": ["tag", ...], ...}`: only the keys matter.
-        let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
-            serde_json::from_slice(&body)
-                .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))?;
-        Ok(map.into_keys().collect())
+        // `{"name": ["tag", ...], ...}`: only the keys matter, collected straight into the
+        // list (no map, no tree of the values).
+        let decode = |seed: ServiceNames| {
+            let mut d = serde_json::Deserializer::from_slice(&body);
+            seed.deserialize(&mut d)
+                .and_then(|v| d.end().map(|()| v))
+                .map_err(|e| Error::malformed(BACKEND, format!("{what}: {e}")))
+        };
+        let (count, _) = decode(ServiceNames(None))?;
+        let (_, mut names) = decode(ServiceNames(Some(count)))?;
+        drop(body);
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     /// `GET /v1/agent/checks`: the agent's local checks, keyed by check id.
+    ///
+    /// Decoded into a JSON tree, which may cost up to 17 times the body (at most
+    /// [`ClientConfig::max_body`]): this reads the local agent's own checks (the registrar's
+    /// tests and tools), not an answer the watch loop reads again and again.
     pub async fn agent_checks(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
         let what = "agent checks listing";
         let resp = self
             .agent_call(Method::GET, &["agent", "checks"], what)
             .await?;
         if !resp.status().is_success() {
-            return Err(status_error(what, resp).await);
+            return Err(status_error(what, resp, self.inner.config.timeout).await);
         }
         let body = self.read_body(resp, what).await?;
         match serde_json::from_slice::<serde_json::Value>(&body) {
@@ -1055,6 +1132,78 @@ impl Client {
             )),
             Err(e) => Err(Error::malformed(BACKEND, format!("{what}: {e}"))),
         }
+    }
+}
+
+/// The agent's view of one local service ([`Client::agent_service`]): its JSON object as
+/// the agent sent it, checked to be JSON, not decoded.
+#[derive(Debug, Clone)]
+pub struct AgentService(Box<RawValue>);
+
+impl AgentService {
+    /// The JSON object as the agent sent it.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Decodes the object into `T` (pick the fields needed: a whole JSON tree may cost many
+    /// times the body).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.0.get())
+            .map_err(|e| Error::malformed(BACKEND, format!("agent service: {e}")))
+    }
+}
+
+impl PartialEq for AgentService {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl Eq for AgentService {}
+
+/// Reads the keys of a `/v1/catalog/services` object (the values skipped unread): with
+/// `None`, only counts them (allocating nothing); with `Some(count)`, collects them into a
+/// list of exactly that capacity (no growth: a growing list holds three times its size
+/// while it moves).
+struct ServiceNames(Option<usize>);
+
+impl<'de> DeserializeSeed<'de> for ServiceNames {
+    type Value = (usize, Vec<String>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ServiceNames {
+    type Value = (usize, Vec<String>);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of service names")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut count = 0;
+        let mut names = Vec::with_capacity(self.0.unwrap_or(0));
+        // Bounded: by the body, itself capped at `max_body`.
+        loop {
+            if self.0.is_some() {
+                // Never more than counted (the same body): no growth.
+                if names.len() == names.capacity() {
+                    break;
+                }
+                let Some(name) = map.next_key::<String>()? else {
+                    break;
+                };
+                names.push(name);
+            } else if map.next_key::<serde::de::IgnoredAny>()?.is_none() {
+                break;
+            }
+            map.next_value::<serde::de::IgnoredAny>()?;
+            count += 1;
+        }
+        Ok((count, names))
     }
 }
 

@@ -101,9 +101,10 @@ pub mod fuzzing {
 }
 
 pub use client::{
-    check_status, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed, BACKEND,
-    DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT, FILTERED_BY_ACLS_HEADER,
-    MAX_SKIP_REASONS, MAX_WAIT, MIN_ENTRY_BYTES, MIN_MAX_BODY, TOKEN_HEADER,
+    check_status, AgentService, CheckUpdate, Client, ClientConfig, HealthAnswer, RegisterFailed,
+    BACKEND, BODY_TIMEOUTS, DEFAULT_MAX_BODY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_WAIT,
+    FILTERED_BY_ACLS_HEADER, MAX_SKIP_REASONS, MAX_WAIT, MIN_ENTRY_BYTES, MIN_MAX_BODY,
+    TOKEN_HEADER,
 };
 pub use instancer::{
     entry_to_instance, tag_lowercase, ConsulInstancer, HealthSource, META_DATACENTER, META_NODE,

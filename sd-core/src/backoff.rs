@@ -139,25 +139,74 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> 
 /// );
 /// let e = hints.apply(Error::unavailable("x", "HTTP 503"));
 /// assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+/// // Credentials, query and fragment of a `Location` are never quoted.
+/// let hints = FailureHints::new(None, Some(b"https://u:pw@login.example:8443/cb?token=t#f"));
+/// assert_eq!(hints.location.as_deref(), Some("https://login.example:8443/cb"));
+/// // A dated `Retry-After` is carried, but its wait (different at each read) is not quoted:
+/// // the same outage keeps the same message.
+/// let hints = FailureHints::new(Some(b"Fri, 31 Dec 9999 23:59:59 GMT"), None);
+/// assert!(hints.retry_after.is_some());
+/// assert_eq!(hints.note(""), " (Retry-After: an HTTP date)");
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FailureHints {
     /// The wait the `Retry-After` header asks for ([`retry_after`], at the time of reading).
     pub retry_after: Option<Duration>,
-    /// The `Location` of a redirect (at most 200 bytes of it, lossily decoded).
+    /// The `Location` of a redirect, without what may carry a secret (userinfo, query and
+    /// fragment are left out: at most `scheme://host:port/path`), at most 200 bytes of it,
+    /// lossily decoded.
     pub location: Option<String>,
+    /// The `Retry-After` was an HTTP date: its wait depends on when it was read, so
+    /// [`note`](Self::note) does not quote it.
+    dated: bool,
+}
+
+/// `location` without userinfo, query and fragment (where a credential or a token would
+/// be), cut to at most 200 bytes on a character boundary.
+fn redact_location(location: &[u8]) -> String {
+    let text = String::from_utf8_lossy(location);
+    let text = text.trim();
+    // Query and fragment: everything from the first `?` or `#`.
+    let text = &text[..text.find(['?', '#']).unwrap_or(text.len())];
+    // Userinfo: in the authority (after `scheme://` or a leading `//`), up to its last `@`.
+    let (scheme, rest) = match text.find("//") {
+        Some(i)
+            if text[..i]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.:".contains(&b)) =>
+        {
+            text.split_at(i + 2)
+        }
+        _ => ("", text),
+    };
+    let rest = if scheme.is_empty() {
+        rest
+    } else {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => &rest[at + 1..],
+            None => rest,
+        }
+    };
+    let mut out = format!("{scheme}{rest}");
+    let mut end = out.len().min(200);
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out
 }
 
 impl FailureHints {
     /// The hints in a failure answer's `Retry-After` and (for a 3xx) `Location` header values.
     pub fn new(retry_after: Option<&[u8]>, location: Option<&[u8]>) -> Self {
+        let retry_after = retry_after.and_then(|v| std::str::from_utf8(v).ok());
         FailureHints {
+            dated: retry_after.is_some_and(|v| !v.trim().bytes().all(|b| b.is_ascii_digit())),
             retry_after: retry_after
-                .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| self::retry_after(v, std::time::SystemTime::now())),
-            location: location
-                .map(|l| String::from_utf8_lossy(&l[..l.len().min(200)]).into_owned()),
+            location: location.map(redact_location),
         }
     }
 
@@ -170,8 +219,12 @@ impl FailureHints {
                 " (a redirect to {location}, not followed: {advice})"
             ));
         }
-        if let Some(delay) = self.retry_after {
-            note.push_str(&format!(" (Retry-After: {delay:?})"));
+        // The wait of a dated `Retry-After` changes with the time of reading: quoted, it
+        // would make each round of one outage a new error (errors compare by message).
+        match self.retry_after {
+            Some(_) if self.dated => note.push_str(" (Retry-After: an HTTP date)"),
+            Some(delay) => note.push_str(&format!(" (Retry-After: {delay:?})")),
+            None => {}
         }
         note
     }

@@ -65,7 +65,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default cap on the size of an answer body, 64 MiB (a full registry of tens of
 /// thousands of instances fits); a larger answer is an [`Error::Malformed`] instead of an
-/// unbounded allocation, and is not read further. Set another with
+/// unbounded allocation, and is not read further. Within the cap, an answer is parsed into
+/// a `serde_json::Value` tree, which may cost up to about 18 times the body for a
+/// pathological one (`[0,0,...]`); lower the cap if that matters. Set another with
 /// [`ClientConfig::max_body`] or the URL option `max_body=` (bytes).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
@@ -535,8 +537,8 @@ fn annotate(e: Error, suffix: &str) -> Error {
 }
 
 /// Reads a read's answer: 404 is `None`, 2xx is the JSON document (at most `max_body`
-/// bytes, [`ClientConfig::max_body`]); 403 and an unreadable, oversized or unparseable body
-/// go to the next server; any other status is a final error.
+/// bytes, [`ClientConfig::max_body`]); 403, 429, a redirect and an unreadable, oversized or
+/// unparseable body go to the next server; any other status is a final error.
 async fn read_json(
     what: &str,
     base: Url,
@@ -545,7 +547,14 @@ async fn read_json(
 ) -> Outcome<Option<serde_json::Value>> {
     match resp.status() {
         StatusCode::NOT_FOUND => return Outcome::Answer(None),
-        StatusCode::FORBIDDEN => return Outcome::Next(status_error(what, &base, resp).await),
+        // 403, 429 ("this server, not now") and a redirect (not followed) are about this
+        // server: the next one may answer.
+        s if s == StatusCode::FORBIDDEN
+            || s == StatusCode::TOO_MANY_REQUESTS
+            || s.is_redirection() =>
+        {
+            return Outcome::Next(status_error(what, &base, resp).await)
+        }
         s if !s.is_success() => return Outcome::Final(status_error(what, &base, resp).await),
         _ => {}
     }
