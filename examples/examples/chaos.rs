@@ -25,7 +25,7 @@
 //!   instance id (so the client can only reach it through discovery). At least one instance
 //!   is always up, except in the rare "every instance down" fault (2 s), whose failures are
 //!   counted apart;
-//! - a checker that, every second while the registry is up, queries the registry directly
+//! - a checker that, twice a second while the registry is up, queries the registry directly
 //!   (a fresh instancer on a second connection, without empty-set protection) and counts
 //!   **registrations lost**: an instance that is up and whose registration was accepted,
 //!   but that the registry does not list.
@@ -259,6 +259,7 @@ struct Service {
 
 /// What the fault loop, the checker and the recovery wait share.
 struct World {
+    backend: Backend,
     service: String,
     ttl: Duration,
     registry: Arc<dyn Registry>,
@@ -301,9 +302,13 @@ impl World {
             .id(id)
             .meta("index", index.to_string())
             .build();
-        let registration = Registration::new(&self.service, instance)
-            .check(HealthCheck::Ttl(self.ttl))
-            .deregister_critical_after(Duration::from_secs(60));
+        let mut registration =
+            Registration::new(&self.service, instance).check(HealthCheck::Ttl(self.ttl));
+        if self.backend == Backend::Consul {
+            // Consul's own option (the others refuse it): the agent reaps a crashed
+            // instance's critical entry after a minute.
+            registration = registration.deregister_critical_after(Duration::from_secs(60));
+        }
         let registrar = self.registry.registrar(registration).await?;
         let guard = tokio::time::timeout(
             Duration::from_secs(30),
@@ -449,9 +454,9 @@ async fn check_registrations(
 ) {
     let _token = TaskToken::new(&world.tasks);
     let query = ServiceQuery::new(&world.service);
-    // Bounded: one sample a second, until told to stop (the run itself is bounded).
+    // Bounded: two samples a second, until told to stop (the run itself is bounded).
     while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         if !world.registry_up.load(Ordering::SeqCst) {
             continue;
         }
@@ -649,6 +654,7 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
     let service = sd_testkit::unique_name("chaos");
     let ttl = Duration::from_secs(3);
     let world = Arc::new(World {
+        backend,
         service: service.clone(),
         ttl,
         registry: registry.clone(),
