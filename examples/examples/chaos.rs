@@ -51,8 +51,8 @@ use rand::{Rng, SeedableRng};
 use sd_lb::{Retry, RoundRobin};
 use sd_testkit::{PauseGuard, Server};
 use sdkit::{
-    BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, HealthCheck, Instance, Instancer,
-    Registration, RegistrationGuard, Registry, ServiceQuery,
+    BoxError, DefaultEndpointer, Endpointer, Event, HealthCheck, Instance, Instancer, Registration,
+    RegistrationGuard, Registry, ServiceQuery,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -366,7 +366,7 @@ impl World {
 // ---------------------------------------------------------------------------------------
 // The client and its traffic.
 
-type Client = Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>;
+type Client = examples::RetriedHttp;
 
 #[derive(Default)]
 struct Traffic {
@@ -391,25 +391,11 @@ async fn one_request(
     let _token = TaskToken::new(&world.tasks);
     let outages = world.outages.load(Ordering::SeqCst);
     let up_at_start = world.up.load(Ordering::SeqCst);
-    let attempts = AtomicUsize::new(0);
-    let result = client
-        .call(|ep: Endpoint<String>| {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            let http = http.clone();
-            async move {
-                http.get(ep.as_str())
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await
-            }
-        })
-        .await;
+    let (result, attempts) = examples::retried_get(&client, &http).await;
     let no_instance = up_at_start == 0
         || world.up.load(Ordering::SeqCst) == 0
         || world.outages.load(Ordering::SeqCst) != outages;
-    let attempts = attempts.into_inner() as u64;
+    let attempts = attempts as u64;
     let mut t = traffic.lock().unwrap_or_else(|e| e.into_inner());
     t.attempts_beyond_first += attempts.saturating_sub(1);
     if attempts > 1 {
@@ -689,16 +675,7 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
     }
 
     // The client.
-    let instancer = registry
-        .instancer(&ServiceQuery::new(&service).passing_only(true))
-        .await?;
-    let endpointer = Arc::new(
-        DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
-            Ok(format!("http://{}/", i.addr()))
-        })
-        .name(service.clone())
-        .build(),
-    );
+    let (instancer, endpointer) = examples::discover_http(&registry, &service).await?;
     let client = Arc::new(
         Retry::new(RoundRobin::new(endpointer.clone()))
             .max_attempts(args.instances + 1)
