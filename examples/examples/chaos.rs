@@ -23,8 +23,9 @@
 //!   an instance crashed (its server and connections aborted, its registration abandoned
 //!   without deregistering) and restarted 1–6 s later on a **new port** with the same
 //!   instance id (so the client can only reach it through discovery). At least one instance
-//!   is always up, except in the rare "every instance down" fault (2 s), whose failures are
-//!   counted apart;
+//!   is always up, except in the rare "every instance down" fault (2 s): failures from then
+//!   until the client lists one of the restarted instances (on their new ports) are counted
+//!   apart, as "no instance up";
 //! - a checker that, twice a second while the registry is up, queries the registry directly
 //!   (a fresh instancer on a second connection, without empty-set protection) and counts
 //!   **registrations lost**: an instance that is up and whose registration was accepted,
@@ -268,6 +269,9 @@ struct World {
     up: AtomicUsize,
     /// Bumped every time no instance at all is up.
     outages: AtomicU64,
+    /// Set from an "every instance down" fault until the client lists a live instance
+    /// again: the restarted instances listen on new ports, which only discovery can tell.
+    undiscovered: AtomicBool,
     /// Addresses of instances that are up and whose registration the registry accepted.
     registered: Mutex<BTreeMap<usize, String>>,
     /// False while the registry is killed or frozen.
@@ -391,8 +395,11 @@ async fn one_request(
     let _token = TaskToken::new(&world.tasks);
     let outages = world.outages.load(Ordering::SeqCst);
     let up_at_start = world.up.load(Ordering::SeqCst);
+    let undiscovered_at_start = world.undiscovered.load(Ordering::SeqCst);
     let (result, attempts) = examples::retried_get(&client, &http).await;
     let no_instance = up_at_start == 0
+        || undiscovered_at_start
+        || world.undiscovered.load(Ordering::SeqCst)
         || world.up.load(Ordering::SeqCst) == 0
         || world.outages.load(Ordering::SeqCst) != outages;
     let attempts = attempts as u64;
@@ -536,6 +543,32 @@ async fn wait_recovered(world: &World, endpointer: &DefaultEndpointer<String>) -
     None
 }
 
+/// Waits (up to [`RECOVERY_LIMIT`]) until the client's endpointer lists at least one
+/// instance that is up and registered; returns how long that took.
+async fn wait_until_listed(
+    world: &World,
+    endpointer: &DefaultEndpointer<String>,
+) -> Option<Duration> {
+    let from = Instant::now();
+    while from.elapsed() < RECOVERY_LIMIT {
+        let live: BTreeSet<String> = world
+            .registered()
+            .values()
+            .map(|a| format!("http://{a}/"))
+            .collect();
+        if endpointer
+            .endpoints()
+            .all()
+            .iter()
+            .any(|e| live.contains(e.as_str()))
+        {
+            return Some(from.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -658,6 +691,7 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
         ),
         up: AtomicUsize::new(0),
         outages: AtomicU64::new(0),
+        undiscovered: AtomicBool::new(false),
         registered: Mutex::new(BTreeMap::new()),
         registry_up: AtomicBool::new(true),
         tasks: Arc::new(HarnessTasks::default()),
@@ -805,11 +839,19 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
         } else {
             let _ = writeln!(schedule, "t={at:.1}s crash every instance for 2 s");
             faults.all_down += 1;
+            world.undiscovered.store(true, Ordering::SeqCst);
             for i in 0..args.instances {
                 world.crash(i, Duration::from_secs(2)).await;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             world.restart_due(true, &mut faults.errors).await;
+            let rediscovered = wait_until_listed(&world, &endpointer).await;
+            world.undiscovered.store(false, Ordering::SeqCst);
+            let _ = writeln!(
+                schedule,
+                "    client lists a live instance again after {}",
+                rediscovered.map_or("more than 60 s".to_string(), secs)
+            );
         }
     }
 
