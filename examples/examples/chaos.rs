@@ -348,8 +348,10 @@ impl World {
         }
     }
 
-    /// Restarts the crashed instances whose time has come; returns errors as text.
-    async fn restart_due(&self, all: bool, errors: &mut Vec<String>) {
+    /// Restarts the crashed instances whose time has come (every one that is down with
+    /// `all`). A restart whose registration fails is undone and tried again 1 s later; the
+    /// failure is added to `refused`.
+    async fn restart_due(&self, all: bool, refused: &mut Vec<String>) {
         let now = Instant::now();
         let due: Vec<usize> = self
             .lock()
@@ -359,9 +361,9 @@ impl World {
             .collect();
         for index in due {
             if let Err(e) = self.start(index).await {
-                errors.push(format!("restart of instance {index}: {e}"));
-                // Try again later.
-                self.lock()[index].restart_at = Some(Instant::now() + Duration::from_secs(1));
+                refused.push(format!("instance {index}: {e}"));
+                // Down again, and tried again later.
+                self.crash(index, Duration::from_secs(1)).await;
             }
         }
     }
@@ -605,6 +607,8 @@ struct Faults {
     all_down: u32,
     recoveries: Vec<Duration>,
     not_recovered: u32,
+    /// Registrations of restarted instances that failed (each retried 1 s later).
+    refused: Vec<String>,
     errors: Vec<String>,
 }
 
@@ -786,7 +790,7 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
         // 2–5 s between faults, restarting crashed instances whose time has come meanwhile.
         let pause_until = Instant::now() + step_ms(&mut rng, 2000, 5000);
         while Instant::now() < pause_until.min(deadline) {
-            world.restart_due(false, &mut faults.errors).await;
+            world.restart_due(false, &mut faults.refused).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if Instant::now() >= deadline {
@@ -844,7 +848,7 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
                 world.crash(i, Duration::from_secs(2)).await;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
-            world.restart_due(true, &mut faults.errors).await;
+            world.restart_due(true, &mut faults.refused).await;
             let rediscovered = wait_until_listed(&world, &endpointer).await;
             world.undiscovered.store(false, Ordering::SeqCst);
             let _ = writeln!(
@@ -855,8 +859,20 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
         }
     }
 
-    // Back to every instance up, then the end figures while the traffic still runs.
-    world.restart_due(true, &mut faults.errors).await;
+    // Back to every instance up (bounded: 30 tries), then the end figures while the traffic
+    // still runs.
+    for _ in 0..30 {
+        world.restart_due(true, &mut faults.refused).await;
+        if world.up.load(Ordering::SeqCst) == args.instances {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if world.up.load(Ordering::SeqCst) != args.instances {
+        faults
+            .errors
+            .push("not every instance could be restarted and registered at the end".into());
+    }
     let final_recovery = wait_recovered(&world, &endpointer).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_end = rss_kib();
@@ -995,8 +1011,20 @@ async fn run(args: &Args, addr: &str) -> Result<(String, bool), BoxError> {
         .map(|(k, v)| format!("{}={v}", k.rsplit('-').next().unwrap_or(k)))
         .collect();
     let _ = writeln!(out, "| answers per instance | {} |", answered.join(" "));
+    let _ = writeln!(
+        out,
+        "| registrations refused at an instance restart (retried) | {} |",
+        faults.refused.len()
+    );
     if !t.first_errors.is_empty() {
         let _ = writeln!(out, "\nfirst failures:\n{}", t.first_errors.join("\n"));
+    }
+    if !faults.refused.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nregistrations refused (retried 1 s later):\n{}",
+            faults.refused.join("\n")
+        );
     }
     if !faults.errors.is_empty() {
         let _ = writeln!(out, "\nharness errors:\n{}", faults.errors.join("\n"));
