@@ -523,26 +523,13 @@ async fn check_registrations(
 // Recovery: the client's endpointer fresh again and listing every instance that is up.
 
 async fn wait_recovered(world: &World, endpointer: &DefaultEndpointer<String>) -> Option<Duration> {
-    let from = Instant::now();
-    while from.elapsed() < RECOVERY_LIMIT {
-        let want: BTreeSet<String> = world
-            .registered()
-            .values()
-            .map(|a| format!("http://{a}/"))
-            .collect();
-        let snapshot = endpointer.endpoints();
-        let have: BTreeSet<String> = snapshot
-            .all()
-            .iter()
-            .map(|e| e.as_str().to_string())
-            .collect();
-        if !snapshot.is_stale() && snapshot.last_error().is_none() && want.is_subset(&have) {
-            return Some(from.elapsed());
-        }
-        drop(snapshot);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
+    wait_for_client(world, endpointer, |snapshot, live| {
+        let have: BTreeSet<&str> = snapshot.all().iter().map(|e| e.as_str()).collect();
+        !snapshot.is_stale()
+            && snapshot.last_error().is_none()
+            && live.iter().all(|l| have.contains(l.as_str()))
+    })
+    .await
 }
 
 /// Waits (up to [`RECOVERY_LIMIT`]) until the client's endpointer lists at least one
@@ -551,6 +538,19 @@ async fn wait_until_listed(
     world: &World,
     endpointer: &DefaultEndpointer<String>,
 ) -> Option<Duration> {
+    wait_for_client(world, endpointer, |snapshot, live| {
+        snapshot.all().iter().any(|e| live.contains(e.as_str()))
+    })
+    .await
+}
+
+/// Polls (every 20 ms, up to [`RECOVERY_LIMIT`]) until `done` holds for the endpointer's
+/// state and the URLs of the instances that are up and registered; returns how long it took.
+async fn wait_for_client(
+    world: &World,
+    endpointer: &DefaultEndpointer<String>,
+    done: impl Fn(&sdkit::Endpoints<String>, &BTreeSet<String>) -> bool,
+) -> Option<Duration> {
     let from = Instant::now();
     while from.elapsed() < RECOVERY_LIMIT {
         let live: BTreeSet<String> = world
@@ -558,12 +558,7 @@ async fn wait_until_listed(
             .values()
             .map(|a| format!("http://{a}/"))
             .collect();
-        if endpointer
-            .endpoints()
-            .all()
-            .iter()
-            .any(|e| live.contains(e.as_str()))
-        {
+        if done(&endpointer.endpoints(), &live) {
             return Some(from.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
