@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::{LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use sd_core::backoff::FailureHints;
 use sd_core::{Error, Health, Instance, RegistryUrl, Result, Secret};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Serialize;
@@ -443,13 +445,27 @@ async fn error_body(mut resp: Response) -> String {
 
 /// Turns a failure status into an error: 400/401/403 are [`Error::Rejected`] (retrying the
 /// same request will not help), anything else [`Error::Unavailable`].
+///
+/// A `Retry-After` (on a 429 or 503, typically) travels with the error
+/// ([`Error::with_retry_after`]): the watch loop then waits at least that long (up to its
+/// backoff cap) before the next query. A redirect is not followed (the token would go with
+/// it): the error names where it pointed.
 async fn status_error(what: &str, resp: Response) -> Error {
     let status = resp.status();
+    let headers = resp.headers();
+    let hints = FailureHints::new(
+        headers.get(RETRY_AFTER).map(|v| v.as_bytes()),
+        status
+            .is_redirection()
+            .then(|| headers.get(LOCATION).map(|v| v.as_bytes()))
+            .flatten(),
+    );
     let body = error_body(resp).await;
     let mut message = format!("{what}: HTTP {status}: {}", truncate(&body));
     if status == StatusCode::BAD_REQUEST && body.contains("HTTP request to an HTTPS server") {
         message.push_str(" (the agent speaks HTTPS: use tls=true, or ca= for a private CA)");
     }
+    message.push_str(&hints.note("the ACL token would go with it; give the agent's own address"));
     match status {
         StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             Error::Rejected {
@@ -457,7 +473,7 @@ async fn status_error(what: &str, resp: Response) -> Error {
                 message,
             }
         }
-        _ => Error::unavailable(BACKEND, message),
+        _ => hints.apply(Error::unavailable(BACKEND, message)),
     }
 }
 
@@ -600,9 +616,13 @@ impl Client {
         }
         // No proxy, whatever HTTP_PROXY / HTTPS_PROXY / ALL_PROXY say: the agent is local
         // by design, and a proxy would see every request and the X-Consul-Token header.
+        // No redirect is followed either: the X-Consul-Token header is not one reqwest
+        // strips on a cross-host redirect, so following one would hand the token to
+        // whatever host the answer names. A 3xx is an error saying where it pointed.
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout)
             .tcp_nodelay(true);
         if let Some(ca) = &config.ca_file {
@@ -805,8 +825,14 @@ impl Client {
     /// Reads a body of at most [`ClientConfig::max_body`] bytes: a larger one (by its
     /// `Content-Length`, or counted while reading a chunked one) is an [`Error::Malformed`]
     /// and the rest is not read (the connection is dropped).
+    ///
+    /// Each piece of the body must arrive within [`ClientConfig::timeout`] of the one
+    /// before: an answer that stalls mid-body is an [`Error::Timeout`] then, not after the
+    /// whole `wait + wait/16 + timeout` of a blocking query (the agent sends the headers
+    /// only when it answers, so the body follows at once).
     async fn read_body(&self, mut resp: Response, what: &str) -> Result<Vec<u8>> {
         let limit = self.inner.config.max_body;
+        let stall = self.inner.config.timeout;
         let too_large = |size: String| {
             Error::malformed(
                 BACKEND,
@@ -821,7 +847,22 @@ impl Client {
             return Err(too_large(format!("{len} bytes")));
         }
         let mut body = Vec::with_capacity(declared.map_or(0, |l| l as usize));
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(what, e))? {
+        // Bounded: each turn adds a chunk, and the body is capped at `limit`.
+        loop {
+            let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
+                Ok(read) => read.map_err(|e| transport_error(what, e))?,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        backend: BACKEND,
+                        message: format!(
+                            "{what}: the answer stalled: no data for {stall:?} after {} bytes \
+                             of the body (ClientConfig::timeout, URL option timeout=)",
+                            body.len()
+                        ),
+                    })
+                }
+            };
+            let Some(chunk) = chunk else { break };
             if body.len() + chunk.len() > limit {
                 return Err(too_large("larger".to_string()));
             }

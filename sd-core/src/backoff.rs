@@ -79,6 +79,112 @@ impl Default for Backoff {
     }
 }
 
+/// A registry's request to wait before the next request: the HTTP `Retry-After` of a 429 or
+/// 503 answer, carried as the source of an [`Error::Unavailable`](crate::Error::Unavailable)
+/// by [`Error::with_retry_after`](crate::Error::with_retry_after).
+///
+/// The watch loop ([`WatchedInstancer`](crate::WatchedInstancer)) waits after such a failure
+/// the longer of its backoff delay and this wait, the wait capped at the backoff's
+/// [`max`](Backoff::max) (1 min by default): a registry cannot park a client for an hour,
+/// and a client never comes back sooner than it was asked to (up to that cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl std::fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the registry asked to retry after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for RetryAfter {}
+
+/// The wait an HTTP `Retry-After` header value asks for, at `now`: delay-seconds (`120`) or
+/// an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`, zero when it has passed). `None` when the
+/// value is neither.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use sd_core::backoff::retry_after;
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+/// assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+/// // `now` is Sun, 09 Sep 2001 01:46:40 GMT.
+/// assert_eq!(retry_after("Sun, 09 Sep 2001 01:47:00 GMT", now), Some(Duration::from_secs(20)));
+/// assert_eq!(retry_after("Sun, 09 Sep 2001 01:00:00 GMT", now), Some(Duration::ZERO));
+/// assert_eq!(retry_after("soon", now), None);
+/// ```
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // A number too large for u64 is as good as forever: the loop caps it anyway.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// What an HTTP backend's failure answer says beyond its status: the wait its `Retry-After`
+/// asks for, and where a redirect pointed (redirects are never followed: a credential
+/// would go with them). Read from the raw header values, so the HTTP backends share it
+/// whatever their HTTP library.
+///
+/// ```
+/// use std::time::Duration;
+/// use sd_core::backoff::FailureHints;
+/// use sd_core::Error;
+/// let hints = FailureHints::new(Some(b"3"), Some(b"http://elsewhere/"));
+/// assert_eq!(hints.retry_after, Some(Duration::from_secs(3)));
+/// assert_eq!(
+///     hints.note("give the server's own address"),
+///     " (a redirect to http://elsewhere/, not followed: give the server's own address) (Retry-After: 3s)"
+/// );
+/// let e = hints.apply(Error::unavailable("x", "HTTP 503"));
+/// assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureHints {
+    /// The wait the `Retry-After` header asks for ([`retry_after`], at the time of reading).
+    pub retry_after: Option<Duration>,
+    /// The `Location` of a redirect (at most 200 bytes of it, lossily decoded).
+    pub location: Option<String>,
+}
+
+impl FailureHints {
+    /// The hints in a failure answer's `Retry-After` and (for a 3xx) `Location` header values.
+    pub fn new(retry_after: Option<&[u8]>, location: Option<&[u8]>) -> Self {
+        FailureHints {
+            retry_after: retry_after
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| self::retry_after(v, std::time::SystemTime::now())),
+            location: location
+                .map(|l| String::from_utf8_lossy(&l[..l.len().min(200)]).into_owned()),
+        }
+    }
+
+    /// What to add to the error message: where a redirect pointed and that it was not
+    /// followed (with `advice`), and the wait asked for. Empty when there is neither.
+    pub fn note(&self, advice: &str) -> String {
+        let mut note = String::new();
+        if let Some(location) = &self.location {
+            note.push_str(&format!(
+                " (a redirect to {location}, not followed: {advice})"
+            ));
+        }
+        if let Some(delay) = self.retry_after {
+            note.push_str(&format!(" (Retry-After: {delay:?})"));
+        }
+        note
+    }
+
+    /// `error` carrying the wait asked for, if any ([`crate::Error::with_retry_after`]).
+    pub fn apply(&self, error: crate::Error) -> crate::Error {
+        match self.retry_after {
+            Some(delay) => error.with_retry_after(delay),
+            None => error,
+        }
+    }
+}
+
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, for poll intervals.
 ///
 /// `spread` is clamped to at most 1; a spread that is zero, negative or not a number (NaN,

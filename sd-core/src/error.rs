@@ -112,6 +112,45 @@ impl Error {
         Error::Config(message.into())
     }
 
+    /// The same error carrying the registry's request to wait `delay` before the next
+    /// request (an HTTP `Retry-After`, parsed by [`crate::backoff::retry_after`]): for an
+    /// [`Error::Unavailable`], a [`RetryAfter`](crate::backoff::RetryAfter) becomes its
+    /// source (replacing any other); other kinds are returned as they are. The watch loop
+    /// reads it back with [`retry_after`](Self::retry_after).
+    pub fn with_retry_after(self, delay: std::time::Duration) -> Self {
+        match self {
+            Error::Unavailable {
+                backend, message, ..
+            } => Error::Unavailable {
+                backend,
+                message,
+                source: Some(Arc::new(crate::backoff::RetryAfter(delay))),
+            },
+            other => other,
+        }
+    }
+
+    /// The wait the registry asked for with this error ([`with_retry_after`](Self::with_retry_after)),
+    /// if any: found anywhere in the source chain of an [`Error::Unavailable`].
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let Error::Unavailable {
+            source: Some(source),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        // Bounded by the length of the chain, which is finite.
+        while let Some(e) = cause {
+            if let Some(r) = e.downcast_ref::<crate::backoff::RetryAfter>() {
+                return Some(r.0);
+            }
+            cause = e.source();
+        }
+        None
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -30,10 +30,12 @@ impl Followed {
         self.out.subscribe().keeping(self.clone())
     }
 
-    /// Stops the inner instancers (all at once) and the follower; idempotent.
+    /// Stops the follower, then the inner instancers (all at once); idempotent. The
+    /// follower goes first: it must not see the inner instancers end and publish that
+    /// (a composed instancer would fail over to a member being stopped with the rest).
     pub(crate) async fn stop(&self) {
-        futures::future::join_all(self.inner.iter().map(|i| i.stop())).await;
         self.task.stop().await;
+        futures::future::join_all(self.inner.iter().map(|i| i.stop())).await;
         self.out.close();
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use crate::error::Error;
 
 /// The health a registry reports for an instance.
@@ -42,16 +44,58 @@ impl Health {
     }
 }
 
+/// An instance's fields, compact: the address and the id share one string, stored inline
+/// when they are short (up to 24 bytes together, e.g. `10.0.0.1:8080` and a short id), so
+/// a typical instance is one allocation of 64 bytes; the host is a slice of the address;
+/// tags and metadata, often empty, sit behind one optional pointer.
 #[derive(PartialEq, Eq, Hash)]
 struct Data {
-    addr: String,
-    id: String,
-    host: String,
+    /// The address (`host:port`, IPv6 bracketed) followed by the id.
+    text: CompactString,
+    /// `text[..addr_len]` is the address, `text[addr_len..]` the id.
+    addr_len: u32,
+    /// `text[host_start..host_start + host_len]` is the host (1 for a bracketed IPv6).
+    host_start: u8,
+    host_len: u32,
     port: u16,
+    health: Health,
+    weight: u32,
+    /// Tags and metadata; `None` when both are empty (never `Some` of two empty ones, so
+    /// the derived equality is the fields' equality).
+    extra: Option<Box<Extra>>,
+}
+
+/// The fields most instances do not have.
+#[derive(PartialEq, Eq, Hash)]
+struct Extra {
     tags: Vec<String>,
     meta: BTreeMap<String, String>,
-    weight: u32,
-    health: Health,
+}
+
+/// What [`Instance::meta`] returns for an instance without metadata.
+static NO_META: BTreeMap<String, String> = BTreeMap::new();
+
+impl Data {
+    fn addr(&self) -> &str {
+        &self.text[..self.addr_len as usize]
+    }
+
+    fn id(&self) -> &str {
+        &self.text[self.addr_len as usize..]
+    }
+
+    fn host(&self) -> &str {
+        let start = self.host_start as usize;
+        &self.text[start..start + self.host_len as usize]
+    }
+
+    fn tags(&self) -> &[String] {
+        self.extra.as_ref().map_or(&[], |e| &e.tags)
+    }
+
+    fn meta(&self) -> &BTreeMap<String, String> {
+        self.extra.as_ref().map_or(&NO_META, |e| &e.meta)
+    }
 }
 
 /// One instance of a service: where it is and what the registry says about it.
@@ -60,6 +104,10 @@ struct Data {
 /// increment, and two clones compare equal in one pointer comparison. Build one with
 /// [`Instance::new`] or [`Instance::builder`], or parse a go-kit style `host:port` string
 /// with [`Instance::parse`].
+///
+/// Compact: a typical instance (an IPv4 address and a short id, no tags or metadata) is
+/// one allocation of 64 bytes (`size_of` of its record: 48 bytes), the address and id
+/// stored inline up to 24 bytes together.
 ///
 /// Its [`addr`](Instance::addr) is the go-kit instance string: `host:port`, with IPv6 hosts
 /// bracketed (`[::1]:80`). Instances order by `addr`, then `id`, then the rest, so every
@@ -145,18 +193,18 @@ impl Instance {
 
     /// The go-kit instance string: `host:port`, IPv6 bracketed.
     pub fn addr(&self) -> &str {
-        &self.0.addr
+        self.0.addr()
     }
 
     /// The registry's id for this instance (Consul service ID, Eureka instanceId, the
     /// etcd key or znode name); empty when the registry has none (DNS, static).
     pub fn id(&self) -> &str {
-        &self.0.id
+        self.0.id()
     }
 
     /// The host, without brackets.
     pub fn host(&self) -> &str {
-        &self.0.host
+        self.0.host()
     }
 
     /// The port.
@@ -166,17 +214,17 @@ impl Instance {
 
     /// The tags, as the registry gave them.
     pub fn tags(&self) -> &[String] {
-        &self.0.tags
+        self.0.tags()
     }
 
     /// Whether the instance has `tag`.
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.0.tags.iter().any(|t| t == tag)
+        self.0.tags().iter().any(|t| t == tag)
     }
 
     /// String metadata (Consul `Meta`, Eureka `metadata`, node and datacenter, ...).
     pub fn meta(&self) -> &BTreeMap<String, String> {
-        &self.0.meta
+        self.0.meta()
     }
 
     /// The relative weight for weighted balancers; 0 means "only if nothing else".
@@ -192,7 +240,7 @@ impl Instance {
     /// The socket address, when the host is an IP literal.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         self.0
-            .host
+            .host()
             .parse::<IpAddr>()
             .ok()
             .map(|ip| SocketAddr::new(ip, self.0.port))
@@ -204,7 +252,7 @@ impl Instance {
     /// `host:port`) are two instances; a change of tags, metadata, weight or health keeps the
     /// identity, so the endpoint built for it survives.
     pub fn key(&self) -> (&str, &str) {
-        (&self.0.addr, &self.0.id)
+        (self.0.addr(), self.0.id())
     }
 
     /// Whether two handles share the same allocation (a fast path for equality).
@@ -215,11 +263,11 @@ impl Instance {
     /// A builder pre-filled with this instance's fields.
     pub fn to_builder(&self) -> InstanceBuilder {
         InstanceBuilder {
-            host: self.0.host.clone(),
+            host: self.0.host().to_string(),
             port: self.0.port,
-            id: self.0.id.clone(),
-            tags: self.0.tags.clone(),
-            meta: self.0.meta.clone(),
+            id: self.0.id().to_string(),
+            tags: self.0.tags().to_vec(),
+            meta: self.0.meta().clone(),
             weight: self.0.weight,
             health: self.0.health,
         }
@@ -287,6 +335,40 @@ pub fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// A port as decimal text, without allocating.
+fn itoa_port(port: u16) -> PortText {
+    let mut buf = [0u8; 5];
+    let mut n = port;
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    PortText { buf, start }
+}
+
+/// The text of [`itoa_port`].
+struct PortText {
+    buf: [u8; 5],
+    start: usize,
+}
+
+impl PortText {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits were written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+/// `n` as a `u32`: string lengths past 4 GiB cannot be held, so saturating never matters.
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Builds an [`Instance`]; see [`Instance::builder`].
 #[derive(Clone, Debug)]
 #[must_use]
@@ -337,15 +419,40 @@ impl InstanceBuilder {
     }
     /// Finishes the instance.
     pub fn build(self) -> Instance {
+        let bracketed = self.host.contains(':');
+        let port = itoa_port(self.port);
+        // The exact length: a capacity over 24 bytes would put even a short text on the heap.
+        let len =
+            self.host.len() + 2 * usize::from(bracketed) + 1 + port.as_str().len() + self.id.len();
+        let mut text = CompactString::with_capacity(len);
+        if bracketed {
+            text.push('[');
+        }
+        text.push_str(&self.host);
+        if bracketed {
+            text.push(']');
+        }
+        text.push(':');
+        text.push_str(port.as_str());
+        let addr_len = text.len();
+        text.push_str(&self.id);
+        let extra = if self.tags.is_empty() && self.meta.is_empty() {
+            None
+        } else {
+            Some(Box::new(Extra {
+                tags: self.tags,
+                meta: self.meta,
+            }))
+        };
         Instance(Arc::new(Data {
-            addr: join_host_port(&self.host, self.port),
-            id: self.id,
-            host: self.host,
+            text,
+            addr_len: to_u32(addr_len),
+            host_start: u8::from(bracketed),
+            host_len: to_u32(self.host.len()),
             port: self.port,
-            tags: self.tags,
-            meta: self.meta,
-            weight: self.weight,
             health: self.health,
+            weight: self.weight,
+            extra,
         }))
     }
 }
@@ -370,11 +477,11 @@ impl Ord for Instance {
             return Ordering::Equal;
         }
         let (a, b) = (&*self.0, &*other.0);
-        a.addr
-            .cmp(&b.addr)
-            .then_with(|| a.id.cmp(&b.id))
-            .then_with(|| a.tags.cmp(&b.tags))
-            .then_with(|| a.meta.cmp(&b.meta))
+        a.addr()
+            .cmp(b.addr())
+            .then_with(|| a.id().cmp(b.id()))
+            .then_with(|| a.tags().cmp(b.tags()))
+            .then_with(|| a.meta().cmp(b.meta()))
             .then_with(|| a.weight.cmp(&b.weight))
             .then_with(|| a.health.cmp(&b.health))
     }
@@ -388,7 +495,7 @@ impl PartialOrd for Instance {
 
 impl fmt::Display for Instance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.addr)
+        f.write_str(self.0.addr())
     }
 }
 
@@ -396,15 +503,15 @@ impl fmt::Debug for Instance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &*self.0;
         let mut s = f.debug_struct("Instance");
-        s.field("addr", &d.addr);
-        if !d.id.is_empty() {
-            s.field("id", &d.id);
+        s.field("addr", &d.addr());
+        if !d.id().is_empty() {
+            s.field("id", &d.id());
         }
-        if !d.tags.is_empty() {
-            s.field("tags", &d.tags);
+        if !d.tags().is_empty() {
+            s.field("tags", &d.tags());
         }
-        if !d.meta.is_empty() {
-            s.field("meta", &d.meta);
+        if !d.meta().is_empty() {
+            s.field("meta", d.meta());
         }
         s.field("weight", &d.weight)
             .field("health", &d.health)
@@ -415,6 +522,27 @@ impl fmt::Debug for Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_is_compact() {
+        assert_eq!(std::mem::size_of::<Data>(), 48);
+        let i = Instance::builder("10.0.0.1", 8080)
+            .id("web-1234567") // 13 + 11 = 24 bytes
+            .build();
+        assert_eq!(i.addr(), "10.0.0.1:8080");
+        assert_eq!(i.id(), "web-1234567");
+        assert!(!i.0.text.is_heap_allocated(), "address and id inline");
+        assert!(i.0.extra.is_none());
+        let long = Instance::builder("::1", 80)
+            .id("0123456789-0123456789-0123456789")
+            .build();
+        assert_eq!((long.addr(), long.host()), ("[::1]:80", "::1"));
+        assert_eq!(long.id(), "0123456789-0123456789-0123456789");
+        // Tags or metadata given and then emptied: no extra record (equality stays exact).
+        let plain = Instance::builder("h", 1).tags(Vec::<String>::new()).build();
+        assert!(plain.0.extra.is_none());
+        assert_eq!(plain, Instance::new("h", 1));
+    }
 
     #[test]
     fn addr_formats_match_gokit() {

@@ -8,7 +8,9 @@
 //! - a [`Step::Publish`] publishes the set and resets the backoff, then waits the poll
 //!   interval, if any;
 //! - a [`Step::Fail`] publishes the error **at once** (go-kit publishes it only after the
-//!   backoff sleep, CONSUL-6.2) and backs off;
+//!   backoff sleep, CONSUL-6.2) and backs off; when the error carries the registry's
+//!   `Retry-After` ([`Error::retry_after`]), the wait is the longer of the backoff delay and
+//!   that (capped at the backoff's cap);
 //! - a [`Step::Skip`] publishes nothing and backs off (go-kit's "index is not sane").
 //!
 //! Stopping cancels the round in flight (dropping its future aborts the HTTP request or
@@ -269,6 +271,25 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// The wait a failed round's error asks for (an HTTP `Retry-After`, see
+/// [`Error::retry_after`]).
+fn retry_hint(step: &Step) -> Option<Duration> {
+    match step {
+        Step::Fail(e) => e.retry_after(),
+        _ => None,
+    }
+}
+
+/// The wait after a failed round: the backoff's next delay, or the registry's
+/// `Retry-After` when longer, capped at the backoff's cap.
+fn failure_delay(cfg: &mut LoopConfig, hint: Option<Duration>) -> Duration {
+    let delay = cfg.backoff.next_delay();
+    match hint {
+        Some(asked) => delay.max(asked.min(cfg.backoff.max())),
+        None => delay,
+    }
+}
+
 /// The wait after a successful round: the source's own, else the configured interval.
 fn next_interval<S: Source>(source: &S, cfg: &LoopConfig) -> Option<Duration> {
     source
@@ -284,6 +305,7 @@ impl WatchedInstancer {
         let cache = Arc::new(InstanceCache::new());
         let mut metrics = LoopMetrics::new(config.backend, config.service_label());
         let first = round(&mut source, &config).await;
+        let first_hint = retry_hint(&first);
         // The first read finds registrations, not changes: no propagation delay.
         let first_failed = publish(&cache, &config, &mut metrics, first, None);
         let loop_cache = cache.clone();
@@ -296,7 +318,7 @@ impl WatchedInstancer {
             // A set has been published: later changes are changes.
             let mut primed = !first_failed;
             let mut wait = if first_failed {
-                Some(cfg.backoff.next_delay())
+                Some(failure_delay(cfg, first_hint))
             } else {
                 next_interval(&source, cfg)
             };
@@ -314,8 +336,9 @@ impl WatchedInstancer {
                     return;
                 }
                 let changed_at = if primed { source.changed_at() } else { None };
+                let hint = retry_hint(&step);
                 wait = if publish(&loop_cache, cfg, &mut metrics, step, changed_at) {
-                    Some(cfg.backoff.next_delay())
+                    Some(failure_delay(cfg, hint))
                 } else {
                     primed = true;
                     cfg.backoff.reset();

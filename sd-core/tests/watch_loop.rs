@@ -240,3 +240,67 @@ async fn stop_interrupts_backoff() {
     assert_eq!(tokio::time::Instant::now(), t0);
     assert_eq!(rounds.load(Ordering::SeqCst), 1);
 }
+
+/// Issue 16 (hostile registries): a failure carrying the registry's `Retry-After` waits at
+/// least that long (capped at the backoff's cap) before the next round; one without it keeps
+/// the backoff's own delay; the first round's hint counts too.
+#[tokio::test(start_paused = true)]
+async fn retry_after_stretches_the_backoff_up_to_its_cap() {
+    let busy = |secs: u64| {
+        Step::Fail(
+            Error::unavailable("test", "HTTP 503").with_retry_after(Duration::from_secs(secs)),
+        )
+    };
+    let (src, _, times) = script(vec![
+        busy(5),
+        busy(7),
+        busy(3600),
+        Step::Fail(Error::unavailable("test", "HTTP 500")),
+        pub_(&["a:1"]),
+    ]);
+    let inst = WatchedInstancer::start(src, cfg()).await;
+    let mut sub = inst.subscribe();
+    let end = tokio::time::Instant::now() + Duration::from_secs(600);
+    // Bounded: five scripted rounds, then the source blocks.
+    while tokio::time::Instant::now() < end {
+        if let Some(Event::Instances(_)) =
+            tokio::time::timeout(Duration::from_secs(600), sub.next())
+                .await
+                .ok()
+                .flatten()
+        {
+            break;
+        }
+    }
+    let times = times.lock().unwrap().clone();
+    // Five scripted rounds, then one that blocks.
+    assert_eq!(times.len(), 6, "{times:?}");
+    let gaps: Vec<Duration> = times[..5].windows(2).map(|w| w[1] - w[0]).collect();
+    // Backoff alone is 10 ms, 20 ms, 40 ms, 80 ms (x 0.5..1.5): the asked-for waits win.
+    assert!(gaps[0] >= Duration::from_secs(5), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_secs(7), "{gaps:?}");
+    // An hour is capped at the backoff's cap (60 s).
+    assert!(
+        gaps[2] >= Duration::from_secs(60) && gaps[2] < Duration::from_secs(61),
+        "{gaps:?}"
+    );
+    // No Retry-After: the backoff's own delay (base 80 ms, jittered).
+    assert!(gaps[3] < Duration::from_millis(200), "{gaps:?}");
+    inst.stop().await;
+}
+
+#[test]
+fn retry_after_travels_with_unavailable_errors_only() {
+    let d = Duration::from_secs(9);
+    let e = Error::unavailable("test", "HTTP 429").with_retry_after(d);
+    assert_eq!(e.retry_after(), Some(d));
+    // The message, and so equality (which the cache uses), is unchanged.
+    assert_eq!(e, Error::unavailable("test", "HTTP 429"));
+    assert_eq!(Error::unavailable("test", "x").retry_after(), None);
+    assert_eq!(
+        Error::malformed("test", "x")
+            .with_retry_after(d)
+            .retry_after(),
+        None
+    );
+}

@@ -1,7 +1,8 @@
 //! The password never appears in logs: every `tracing` event (TRACE level, all targets, so
 //! tonic's, h2's and hyper's too) is captured while registries built from
 //! `etcd://...?user=sdkit&password_env=VAR` authenticate, register, renew the lease, discover,
-//! deregister, and fail with a wrong password on the real `etcd-secure` server (TLS with
+//! deregister, lose the path to the server and recover (through a proxy that cuts every
+//! connection), and fail with a wrong password on the real `etcd-secure` server (TLS with
 //! client certificates, auth on). Then neither password appears in the logs, nor in the
 //! `Debug` of anything involved.
 //!
@@ -87,6 +88,31 @@ fn no_password_in_logs_or_debug_output() {
             .expect("re-registered")
             .unwrap();
         wait_for_set(&mut sub, "back", |s| s.len() == 1).await;
+
+        // Fail and recover: a registry reaching the server through a proxy loses the path
+        // (its watch fails and reconnecting is refused) and gets it back (it connects and
+        // authenticates again).
+        let proxy = sd_testkit::proxy::Proxy::start(&addr).await;
+        let via = EtcdRegistry::from_url(&format!(
+            "etcd://{}?prefix={prefix}&user=sdkit&password_env={PASSWORD_VAR}{tls}&timeout=2s",
+            proxy.addr
+        ))
+        .unwrap();
+        let via_instancer = via
+            .instancer(&ServiceQuery::new(service.as_str()))
+            .await
+            .unwrap();
+        let mut via_sub = via_instancer.subscribe();
+        wait_for_set(&mut via_sub, "seen through the proxy", |s| s.len() == 1).await;
+        proxy.cut();
+        let cut_err = common::wait_for_error(&mut via_sub, "the path is cut").await;
+        proxy.restore();
+        wait_for_set(&mut via_sub, "recovered through the proxy", |s| {
+            s.len() == 1
+        })
+        .await;
+        debug.push_str(&format!("{via:?} {via_instancer:?} {cut_err:?} {cut_err} "));
+        via_instancer.stop().await;
 
         let wrong = EtcdRegistry::from_url(&wrong_url).unwrap();
         let wrong_registrar = wrong

@@ -63,9 +63,14 @@ pub const DEFAULT_PATH: &str = "/eureka";
 /// The default timeout of each request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest answer body read (a full registry of tens of thousands of instances fits);
-/// a larger one is an [`Error::Malformed`] instead of an unbounded allocation.
+/// The default cap on the size of an answer body, 64 MiB (a full registry of tens of
+/// thousands of instances fits); a larger answer is an [`Error::Malformed`] instead of an
+/// unbounded allocation, and is not read further. Set another with
+/// [`ClientConfig::max_body`] or the URL option `max_body=` (bytes).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The smallest body cap [`ClientConfig::max_body`] accepts (64 KiB).
+pub const MIN_MAX_BODY: usize = 64 << 10;
 
 /// The most of an error answer's body that is read (to quote it in the error).
 pub const MAX_ERROR_BODY: usize = 4096;
@@ -86,6 +91,9 @@ pub struct ClientConfig {
     pub user: Option<String>,
     /// The basic-auth password.
     pub password: Option<Secret>,
+    /// The largest answer body read, in bytes ([`MAX_BODY`] by default, at least
+    /// [`MIN_MAX_BODY`]); a larger answer is an [`Error::Malformed`] and is not read further.
+    pub max_body: usize,
 }
 
 impl ClientConfig {
@@ -101,7 +109,16 @@ impl ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             user: None,
             password: None,
+            max_body: MAX_BODY,
         }
+    }
+
+    /// Caps the size of an answer body, in bytes (at least [`MIN_MAX_BODY`]; checked by
+    /// [`Client::new`]). The default is [`MAX_BODY`].
+    #[must_use]
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     /// Sets the request timeout.
@@ -231,9 +248,20 @@ impl Client {
         if config.timeout.is_zero() {
             return Err(Error::config("eureka: the timeout must be greater than 0"));
         }
+        if config.max_body < MIN_MAX_BODY {
+            return Err(Error::config(format!(
+                "eureka: max_body {} bytes is below the minimum of {MIN_MAX_BODY} bytes \
+                 (ClientConfig::max_body, URL option max_body=)",
+                config.max_body
+            )));
+        }
+        // No redirect is followed: a server (or whatever answers in its place) must not be
+        // able to send the client, and the credentials of a same-host redirect, elsewhere.
+        // A 3xx is an error naming where it pointed.
         let http = reqwest::Client::builder()
             .use_rustls_tls()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout)
             .timeout(config.timeout)
             .tcp_nodelay(true)
@@ -460,7 +488,7 @@ impl Client {
         self.send_with(
             what,
             |b| self.request(b, Method::GET, segments),
-            |base, resp| read_json(what, base, resp),
+            |base, resp| read_json(what, base, resp, self.inner.config.max_body),
         )
         .await
     }
@@ -506,13 +534,14 @@ fn annotate(e: Error, suffix: &str) -> Error {
     }
 }
 
-/// Reads a read's answer: 404 is `None`, 2xx is the JSON document (at most [`MAX_BODY`]
-/// bytes); 403 and an unreadable or unparseable body go to the next server; any other status
-/// is a final error.
+/// Reads a read's answer: 404 is `None`, 2xx is the JSON document (at most `max_body`
+/// bytes, [`ClientConfig::max_body`]); 403 and an unreadable, oversized or unparseable body
+/// go to the next server; any other status is a final error.
 async fn read_json(
     what: &str,
     base: Url,
     mut resp: Response,
+    max_body: usize,
 ) -> Outcome<Option<serde_json::Value>> {
     match resp.status() {
         StatusCode::NOT_FOUND => return Outcome::Answer(None),
@@ -520,24 +549,44 @@ async fn read_json(
         s if !s.is_success() => return Outcome::Final(status_error(what, &base, resp).await),
         _ => {}
     }
+    let too_large = || {
+        Outcome::Next(Error::malformed(
+            BACKEND,
+            format!(
+                "{what} at {base}: the answer is larger than the {max_body}-byte cap \
+                 (raise it with ClientConfig::max_body or the URL option max_body=)"
+            ),
+        ))
+    };
+    if resp
+        .content_length()
+        .is_some_and(|len| len > max_body as u64)
+    {
+        return too_large();
+    }
     let mut body = Vec::new();
+    // Bounded: each turn adds a chunk, and the body is capped at `max_body`; the request's
+    // timeout bounds a body that stalls.
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Outcome::Next(Error::malformed(
-                        BACKEND,
-                        format!("{what} at {base}: the answer is larger than {MAX_BODY} bytes"),
-                    ));
+                if body.len() + chunk.len() > max_body {
+                    return too_large();
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
             Err(e) => {
-                return Outcome::Next(Error::unavailable(
-                    BACKEND,
-                    format!("{what} at {base}: reading the answer: {}", error_chain(&e)),
-                ))
+                let message = format!("{what} at {base}: reading the answer: {}", error_chain(&e));
+                // A body that stalls past the request timeout.
+                return Outcome::Next(if e.is_timeout() {
+                    Error::Timeout {
+                        backend: BACKEND,
+                        message,
+                    }
+                } else {
+                    Error::unavailable(BACKEND, message)
+                });
             }
         }
     }
@@ -569,23 +618,41 @@ async fn body_prefix(mut resp: Response, limit: usize) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// A failure status as an error: 400/401/403/404/409 are [`Error::Rejected`] (retrying the
-/// same request will not help), anything else [`Error::Unavailable`]. At most
+/// A failure status as an error: a 4xx other than 429 is [`Error::Rejected`] (retrying the
+/// same request will not help), anything else (429 Too Many Requests, 5xx, a redirect)
+/// [`Error::Unavailable`]. At most
 /// [`MAX_ERROR_BODY`] bytes of the body are read.
+///
+/// A `Retry-After` (on a 429 or 503, typically) travels with an [`Error::Unavailable`]
+/// ([`Error::with_retry_after`]): the watch loop then waits at least that long (up to its
+/// backoff cap) before the next poll. A redirect is not followed: the error names where it
+/// pointed.
 async fn status_error(what: &str, base: &Url, resp: Response) -> Error {
     let status = resp.status();
+    let headers = resp.headers();
+    let hints = sd_core::backoff::FailureHints::new(
+        headers
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|v| v.as_bytes()),
+        status
+            .is_redirection()
+            .then(|| headers.get(reqwest::header::LOCATION).map(|v| v.as_bytes()))
+            .flatten(),
+    );
     let body = body_prefix(resp, MAX_ERROR_BODY).await;
     let mut message = format!("{what} at {base}: HTTP {status}: {}", quote(&body));
     if status == StatusCode::UNAUTHORIZED {
         message.push_str(" (the server wants credentials: give user= and password_env=)");
     }
-    if status.is_client_error() {
+    message.push_str(&hints.note("give the server's own address"));
+    // 429 Too Many Requests is the one 4xx that waiting fixes.
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
         Error::Rejected {
             backend: BACKEND,
             message,
         }
     } else {
-        Error::unavailable(BACKEND, message)
+        hints.apply(Error::unavailable(BACKEND, message))
     }
 }
 

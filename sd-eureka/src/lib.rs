@@ -73,7 +73,7 @@ pub mod registry;
 
 pub use client::{
     Client, ClientConfig, InstanceUpdate, BACKEND, DEFAULT_PATH, DEFAULT_PORT, DEFAULT_TIMEOUT,
-    MAX_BODY,
+    MAX_BODY, MIN_MAX_BODY,
 };
 pub use instancer::{
     instance_from_json, start_instancer, status_health, AppSource, EurekaInstancer, Target,

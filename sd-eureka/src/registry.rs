@@ -74,6 +74,7 @@ impl EurekaRegistry {
     /// | `vip` | `true`: instancers look the service name up as a VIP address (`/vips/{name}`) instead of an app name | `false` |
     /// | `timeout` | timeout of each request, per server | `10s` |
     /// | `passing` | make every instancer passing-only (status `UP`) | `false` |
+    /// | `max_body` | largest answer body read, in bytes (at least 65536) | 67108864 (64 MiB) |
     ///
     /// The host defaults to `127.0.0.1` and the port to 8761. Errors name the bad part and
     /// never show the password.
@@ -104,6 +105,10 @@ impl EurekaRegistry {
                 return Err(u.error("option timeout must be greater than 0"));
             }
             config.timeout = timeout;
+        }
+        if let Some(max_body) = u.number::<usize>("max_body")? {
+            // The range is checked once, by Client::new.
+            config.max_body = max_body;
         }
         let poll = u.duration("poll")?.unwrap_or(DEFAULT_POLL);
         if poll < MIN_POLL {
@@ -276,7 +281,7 @@ mod tests {
     fn every_option_is_read() {
         std::env::set_var("SD_EUREKA_REGISTRY_TEST_PASSWORD", "pw0");
         let r = EurekaRegistry::from_url(
-            "eureka://10.1.2.3:8762,[::1],h3/eureka/v2/?tls=1&user=sd&password_env=SD_EUREKA_REGISTRY_TEST_PASSWORD&poll=1s&renew=5s&lease=15s&vip=true&timeout=500ms&passing=true",
+            "eureka://10.1.2.3:8762,[::1],h3/eureka/v2/?tls=1&user=sd&password_env=SD_EUREKA_REGISTRY_TEST_PASSWORD&poll=1s&renew=5s&lease=15s&vip=true&timeout=500ms&passing=true&max_body=1048576",
         )
         .unwrap();
         assert_eq!(
@@ -291,6 +296,7 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("sd"));
         assert_eq!(c.password.as_ref().unwrap().expose(), "pw0");
         assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.max_body, 1 << 20);
         assert_eq!(r.poll_interval(), Duration::from_secs(1));
         assert_eq!(
             r.default_lease(),
@@ -313,6 +319,7 @@ mod tests {
         let r = EurekaRegistry::from_url("eureka://h:1/").unwrap();
         assert_eq!(servers(&r), ["http://h:1/eureka"]);
         assert_eq!(r.client().config().timeout, crate::DEFAULT_TIMEOUT);
+        assert_eq!(r.client().config().max_body, crate::MAX_BODY);
     }
 
     #[test]
@@ -329,6 +336,11 @@ mod tests {
             ("eureka://h?user=a:b&password=x", "no ':'"),
             ("eureka://h:99999", "bad port"),
             ("eureka://h?tls=maybe", "not a boolean"),
+            (
+                "eureka://h?max_body=1000",
+                "below the minimum of 65536 bytes",
+            ),
+            ("eureka://h?max_body=lots", "max_body"),
             (
                 "eureka://h?user=u&password_env=SD_EUREKA_SURELY_UNSET",
                 "SD_EUREKA_SURELY_UNSET is not set",

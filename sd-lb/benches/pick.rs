@@ -14,15 +14,29 @@
 //! balancers (P2C draws by weight: a binary search over cumulative weights);
 //! `p2c_inflight_unweighted*` is the same P2C with `ignore_weights()` (uniform draws, the
 //! cost of any set whose weights are all equal).
+//!
+//! `slow_start_*` wrap round robin and P2C in [`SlowStart`]: `_idle` with nothing warming
+//! (the wrapper's fixed cost), `_warming` right after the set grew by a tenth (at least one
+//! endpoint), every new endpoint at the 10 % floor of a one-hour ramp, so most of its turns
+//! are picked again.
+//!
+//! `drain_rr` is round robin under [`Drain`] (in-flight counting for graceful drain), the
+//! guard dropped at once (one thread only).
+//!
+//! `zone_*` wrap them in [`ZoneAware`] for a caller in zone a (a fifth of the endpoints):
+//! `zone_rr_local` keeps every request local (callers spread like the endpoints);
+//! `zone_p2c_inflight_spill` is told half the callers are in zone a, so 40 % of the picks
+//! stay local and the rest spill to b and c. Below 6 endpoints there is no zone preference.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use sd_core::{BoxError, DefaultEndpointer, Event, Instance, InstanceCache};
+use sd_core::{BoxError, DefaultEndpointer, Endpointer, Event, Instance, InstanceCache};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
+    Balancer, ConsistentHash, Drain, DrainFactory, LocalRoundRobin, P2c, Random, Request,
+    RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 
 const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
@@ -35,7 +49,13 @@ fn endpointer(n: usize) -> Ep {
         &src,
         |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
     ));
-    ep.apply(Event::instances(
+    ep.apply(instances(n));
+    ep
+}
+
+/// `n` instances `10.x.y.z:8080` with weights 1 to 4, in zones a (a fifth), b and c.
+fn instances(n: usize) -> Event {
+    Event::instances(
         (0..n)
             .map(|i| {
                 Instance::builder(
@@ -43,11 +63,21 @@ fn endpointer(n: usize) -> Ep {
                     8080,
                 )
                 .weight(1 + (i % 4) as u32)
+                .meta("zone", ["a", "b", "c", "b", "c"][i % 5])
                 .build()
             })
             .collect::<Vec<_>>(),
-    ));
-    ep
+    )
+}
+
+/// `inner` under slow start (a one-hour window), after `ep` grew by a tenth (at least one):
+/// the new endpoints are warming up while the benchmark runs.
+fn warming<B: Balancer<u64>>(ep: &Ep, inner: B) -> SlowStart<B, u64> {
+    let lb = SlowStart::new(inner, SlowStartConfig::new(Duration::from_secs(3600))).unwrap();
+    let n = ep.endpoints().all().len();
+    ep.apply(instances(n + (n / 10).max(1)));
+    lb.pick().unwrap();
+    lb
 }
 
 /// A picker: something that can be cloned into each thread and picks once per call.
@@ -183,6 +213,26 @@ fn run_pick_only(c: &mut Criterion, name: &str, make: impl Fn(Ep) -> P2c<Ep, u64
     g.finish();
 }
 
+/// `Drain` over round robin: endpoints made by a `DrainFactory`, each pick counted in flight
+/// until its guard drops.
+fn run_drain(c: &mut Criterion) {
+    let mut one = c.benchmark_group("drain_rr/1thread");
+    for n in SIZES {
+        let src = InstanceCache::new();
+        let factory = DrainFactory::new(
+            |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
+            Duration::from_secs(30),
+        );
+        let ep = Arc::new(DefaultEndpointer::new(&src, factory));
+        ep.apply(instances(n));
+        let lb = Drain::new(RoundRobin::new(ep));
+        one.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(***lb.pick_with(&Request::new()).unwrap().endpoint()))
+        });
+    }
+    one.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -205,6 +255,28 @@ fn bench(c: &mut Criterion) {
     });
     run_pick_only(c, "p2c_peak_ewma_pick_only", P2c::peak_ewma);
     run(c, "consistent_hash", |ep| Keyed(ConsistentHash::new(ep)));
+    run(c, "slow_start_rr_idle", |ep| {
+        let cfg = SlowStartConfig::new(Duration::from_secs(3600));
+        Plain(SlowStart::new(RoundRobin::new(ep), cfg).unwrap())
+    });
+    run(c, "slow_start_rr_warming", |ep| {
+        Plain(warming(&ep, RoundRobin::new(ep.clone())))
+    });
+    run(c, "slow_start_p2c_inflight_warming", |ep| {
+        Guarded(warming(&ep, P2c::pending_requests(ep.clone())))
+    });
+    run_drain(c);
+    run(c, "zone_rr_local", |ep| {
+        Plain(ZoneAware::new(RoundRobin::new(ep), "a"))
+    });
+    run(c, "zone_p2c_inflight_spill", |ep| {
+        let callers = [("a", 2.0), ("b", 1.0), ("c", 1.0)];
+        Guarded(
+            ZoneAware::new(P2c::pending_requests(ep), "a")
+                .callers(callers)
+                .unwrap(),
+        )
+    });
 }
 
 criterion_group! {

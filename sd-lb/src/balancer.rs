@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arc_swap::{ArcSwap, Guard};
 use sd_core::{Changes, Endpoint, Endpointer, Endpoints, Health, Snapshot};
 
-use crate::error::LbError;
+use crate::error::{InvalidOption, LbError};
 
 /// Picks one endpoint per request from an endpointer's current snapshot.
 ///
@@ -18,10 +18,12 @@ use crate::error::LbError;
 /// there are no endpoints it returns [`LbError::NoEndpoints`].
 ///
 /// **Health.** Every balancer prefers endpoints whose instance is
-/// [`Health::Passing`](sd_core::Health::Passing): while at least one endpoint passes, the
-/// others (warning, critical, unknown) are never picked; when none passes, every endpoint is
-/// used (Envoy's panic mode: a registry that marks everything critical must not take the
-/// service down). Backends without health report every instance as passing.
+/// [`Health::Passing`](sd_core::Health::Passing): while enough endpoints pass, the others
+/// (warning, critical, unknown) are never picked; when fewer than the balancer's
+/// [`PanicThreshold`] (default 50 %) pass, and always when none passes, every endpoint is
+/// used (Envoy's panic mode: a registry that marks most of the service critical must not
+/// pile all the traffic on the few left, nor take the service down). Backends without
+/// health report every instance as passing.
 ///
 /// A pick never waits for a lock and makes no allocation, except the first pick after an
 /// update, which starts the rebuild (a thread, or for round robin and random the new list
@@ -52,6 +54,13 @@ pub trait Balancer<E: 'static>: Send + Sync {
 
     /// The current snapshot of the endpointer this balancer picks from.
     fn snapshot(&self) -> Snapshot<E>;
+
+    /// The share of healthy endpoints under which this balancer uses every endpoint (see
+    /// [`PanicThreshold`]); wrappers report their inner balancer's. The default is
+    /// [`PanicThreshold::default`] (50 %).
+    fn panic_threshold(&self) -> PanicThreshold {
+        PanicThreshold::default()
+    }
 }
 
 impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Arc<B> {
@@ -63,6 +72,9 @@ impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Arc<B> {
     }
     fn snapshot(&self) -> Snapshot<E> {
         (**self).snapshot()
+    }
+    fn panic_threshold(&self) -> PanicThreshold {
+        (**self).panic_threshold()
     }
 }
 
@@ -76,6 +88,9 @@ impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for &B {
     fn snapshot(&self) -> Snapshot<E> {
         (**self).snapshot()
     }
+    fn panic_threshold(&self) -> PanicThreshold {
+        (**self).panic_threshold()
+    }
 }
 
 impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Box<B> {
@@ -87,6 +102,9 @@ impl<E: 'static, B: Balancer<E> + ?Sized> Balancer<E> for Box<B> {
     }
     fn snapshot(&self) -> Snapshot<E> {
         (**self).snapshot()
+    }
+    fn panic_threshold(&self) -> PanicThreshold {
+        (**self).panic_threshold()
     }
 }
 
@@ -552,11 +570,87 @@ pub(crate) fn is_passing<E>(endpoint: &Endpoint<E>) -> bool {
     endpoint.instance().health() == Health::Passing
 }
 
+/// Envoy's panic threshold: when fewer than this share of the endpoints are healthy, a
+/// balancer stops preferring the healthy ones and uses every endpoint, so that the few
+/// healthy ones are not overloaded by the traffic of all (a health check that fails
+/// everywhere at once, a registry marking most of the service critical).
+///
+/// Healthy means [`Health::Passing`](sd_core::Health::Passing) for a balancer, and also not
+/// ejected for [`Outlier`](crate::Outlier), which uses its inner balancer's threshold (see
+/// there). The default is 50 % (Envoy's); [`PanicThreshold::OFF`] (0 %) keeps preferring
+/// healthy endpoints however few they are. With no healthy endpoint at all every endpoint
+/// is used whatever the threshold: a balancer never fails while there are endpoints.
+///
+/// ```
+/// use sd_lb::PanicThreshold;
+/// let t = PanicThreshold::percent(30.0).unwrap();
+/// assert!(t.panics(2, 10)); // 20 % healthy: use all 10
+/// assert!(!t.panics(3, 10)); // 30 %: prefer the 3
+/// assert!(!PanicThreshold::OFF.panics(1, 10));
+/// assert!(PanicThreshold::OFF.panics(0, 10));
+/// assert!(PanicThreshold::percent(150.0).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct PanicThreshold(f64);
+
+impl PanicThreshold {
+    /// Never panic while an endpoint is healthy.
+    pub const OFF: PanicThreshold = PanicThreshold(0.0);
+
+    /// A threshold of `percent` % (0 to 100; 0 is [`OFF`](PanicThreshold::OFF)).
+    pub fn percent(percent: f64) -> Result<Self, InvalidOption> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(InvalidOption::new(
+                "panic threshold",
+                format!("{percent} % given; must be 0 to 100 (0 turns panic mode off)"),
+            ));
+        }
+        Ok(PanicThreshold(percent / 100.0))
+    }
+
+    /// The threshold in percent.
+    pub fn as_percent(&self) -> f64 {
+        self.0 * 100.0
+    }
+
+    /// Whether `healthy` endpoints out of `total` are too few: use them all.
+    #[inline]
+    pub fn panics(&self, healthy: usize, total: usize) -> bool {
+        total > 0 && (healthy == 0 || (healthy as f64) < self.0 * total as f64)
+    }
+}
+
+impl Default for PanicThreshold {
+    /// 50 %, as Envoy.
+    fn default() -> Self {
+        PanicThreshold(0.5)
+    }
+}
+
+/// The builder every balancer with a derived view has: `with_panic_threshold`, over the
+/// balancer's `Viewed` field `$view` and its `endpointer` field.
+macro_rules! panic_threshold_builder {
+    ($view:ident) => {
+        /// Uses every endpoint when fewer than `threshold` of them pass their health checks
+        /// (see [`PanicThreshold`](crate::PanicThreshold); the default is 50 %). Set it
+        /// before use: the state is rederived now, on this thread.
+        pub fn with_panic_threshold(mut self, threshold: crate::PanicThreshold) -> Self {
+            self.$view.set_threshold(threshold, &self.endpointer);
+            self
+        }
+    };
+}
+pub(crate) use panic_threshold_builder;
+
 /// The indices of the endpoints a pick prefers: the passing ones, when some but not all
-/// endpoints pass; `None` (use every endpoint) when all pass or none does (panic mode).
-pub(crate) fn preferred_of<E>(list: &[Endpoint<E>]) -> Option<Box<[u32]>> {
+/// endpoints pass; `None` (use every endpoint) when all pass, or when too few do
+/// (`threshold`, panic mode).
+pub(crate) fn preferred_of<E>(
+    list: &[Endpoint<E>],
+    threshold: PanicThreshold,
+) -> Option<Box<[u32]>> {
     let passing = list.iter().filter(|e| is_passing(e)).count();
-    if passing == 0 || passing == list.len() {
+    if passing == list.len() || threshold.panics(passing, list.len()) {
         return None;
     }
     Some(
@@ -619,9 +713,16 @@ pub(crate) fn first_accepted<E>(
 /// [`first_accepted`] drawing from `r` (for seeded balancers and for consistent hashing,
 /// whose fall-through must be the same in every client). `start` is known to be avoided.
 ///
-/// A few uniform redraws among the candidates (rejection sampling: uniform among the
-/// accepted ones, and one or two draws suffice while most are accepted), then, when most are
-/// avoided, a count of the accepted ones and a uniform choice of one of them. No allocation.
+/// Up to [`REDRAWS`] uniform redraws among the candidates (rejection sampling: uniform among
+/// the accepted ones; one or two draws suffice while most are accepted, about `1 / share`
+/// when only a share is, e.g. one zone of [`ZoneAware`](crate::ZoneAware)), then, when
+/// nearly all are avoided, a count of the accepted ones and a uniform choice of one of them
+/// (`O(N)`). No allocation.
+/// Random redraws an avoided pick makes before it counts the accepted endpoints (`O(N)`):
+/// with a fifth of the endpoints accepted, the count is needed once in 1 / 0.8^32 ≈ 1 300
+/// picks.
+pub(crate) const REDRAWS: usize = 32;
+
 #[cold]
 pub(crate) fn redraw_accepted<E>(
     list: &[Endpoint<E>],
@@ -631,7 +732,7 @@ pub(crate) fn redraw_accepted<E>(
     mut r: u64,
 ) -> usize {
     let n = cands.len();
-    for _ in 0..4 {
+    for _ in 0..REDRAWS {
         r = splitmix(r);
         let i = cands.at(bounded(r, n));
         if !req.avoids(&list[i]) {
@@ -653,18 +754,21 @@ pub(crate) fn redraw_accepted<E>(
 /// A pick over a snapshot for which no derived table exists yet (between an update and the
 /// end of the first rebuild, when the previous table has nothing to serve): O(N), no
 /// allocation, a function of `r`. It follows the same preferences as a table: passing
-/// endpoints first (all when none passes), then endpoints the request does not avoid (all
-/// when it avoids every one), in proportion to [`Instance::weight`](sd_core::Instance::weight)
-/// when `weighted` (equally when every weight is 0).
+/// endpoints first (all when too few pass, `threshold`), then endpoints the request does not
+/// avoid (all when it avoids every one), in proportion to
+/// [`Instance::weight`](sd_core::Instance::weight) when `weighted` (equally when every
+/// weight is 0).
 #[cold]
 pub(crate) fn fallback_index<E>(
     list: &[Endpoint<E>],
     r: u64,
     req: &Request<'_, E>,
     weighted: bool,
+    threshold: PanicThreshold,
 ) -> usize {
-    let any_passing = list.iter().any(is_passing);
-    let tier = |e: &Endpoint<E>| !any_passing || is_passing(e);
+    let passing = list.iter().filter(|e| is_passing(e)).count();
+    let panic = threshold.panics(passing, list.len());
+    let tier = |e: &Endpoint<E>| panic || is_passing(e);
     let any_accepted = list.iter().any(|e| tier(e) && !req.avoids(e));
     let ok = |e: &Endpoint<E>| tier(e) && (!any_accepted || !req.avoids(e));
     let weight = |e: &Endpoint<E>| {
@@ -700,11 +804,45 @@ pub(crate) fn pick_fallback<E>(
     r: u64,
     req: &Request<'_, E>,
     weighted: bool,
+    threshold: PanicThreshold,
 ) -> Result<Picked<E>, LbError> {
     let list = endpoints_of(snap)?;
     Ok(Picked::new(
-        list[fallback_index(list, r, req, weighted)].clone(),
+        list[fallback_index(list, r, req, weighted, threshold)].clone(),
     ))
+}
+
+/// Picks from `inner` for `request`, also avoiding the endpoints whose value pointers are
+/// in `extra` (those a wrapper has just turned down): the redraw of
+/// [`SlowStart`](crate::SlowStart) and
+/// [`Drain`](crate::Drain). The request's key is kept.
+pub(crate) fn pick_avoiding<E: 'static, B: Balancer<E> + ?Sized>(
+    inner: &B,
+    request: &Request<'_, E>,
+    extra: &[usize],
+) -> Result<Picked<E>, LbError> {
+    if extra.is_empty() {
+        return inner.pick_with(request);
+    }
+    let avoid = |e: &Endpoint<E>| request.avoids(e) || extra.contains(&value_ptr(e));
+    let mut again = Request::new().avoid(&avoid);
+    if let Some(k) = request.key() {
+        again = again.with_key(k);
+    }
+    inner.pick_with(&again)
+}
+
+/// A uniform number in `[0, 1)` from a uniform `u64`.
+#[inline]
+pub(crate) fn unit(r: u64) -> f64 {
+    (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// The address of `endpoint`'s value: what identifies an endpoint across snapshots (the
+/// endpointer keeps the value while the instance stays).
+#[inline]
+pub(crate) fn value_ptr<E>(endpoint: &Endpoint<E>) -> usize {
+    Arc::as_ptr(endpoint.value_arc()) as usize
 }
 
 /// Maps a uniform `u64` to `0..n` without division (Lemire).
@@ -814,6 +952,7 @@ struct Shared<T, E: 'static> {
     /// Numbers the subscriptions (see [`subscribe`]).
     subscriptions: AtomicU64,
     background: bool,
+    threshold: PanicThreshold,
     build: Box<Build<T, E>>,
 }
 
@@ -840,13 +979,18 @@ impl<T, E: 'static> View<T, E> {
         matches!(self.snapshot.get(), Ok(l) if !l.is_empty())
     }
 
-    fn make(sub: Subscribed<E>, build: &Build<T, E>, old: Option<&T>) -> Self {
+    fn make(
+        sub: Subscribed<E>,
+        build: &Build<T, E>,
+        old: Option<&T>,
+        threshold: PanicThreshold,
+    ) -> Self {
         let Subscribed {
             changes,
             snapshot,
             seq,
         } = sub;
-        let preferred = preferred_of(snapshot.all());
+        let preferred = preferred_of(snapshot.all(), threshold);
         let value = build(snapshot.all(), preferred.as_deref(), old);
         View {
             snapshot,
@@ -913,14 +1057,52 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
         let first = subscribe(&subscriptions, endpointer);
         Viewed {
             shared: Arc::new(Shared {
-                view: ArcSwap::from_pointee(View::make(first, &*build, None)),
+                view: ArcSwap::from_pointee(View::make(
+                    first,
+                    &*build,
+                    None,
+                    PanicThreshold::default(),
+                )),
                 rebuild: Mutex::new(()),
                 building: AtomicBool::new(false),
                 subscriptions,
                 background,
+                threshold: PanicThreshold::default(),
                 build,
             }),
         }
+    }
+
+    /// Sets the panic threshold and rederives the state with it (at construction: the state
+    /// is not shared yet).
+    pub(crate) fn set_threshold<P: Endpointer<E> + ?Sized>(
+        &mut self,
+        threshold: PanicThreshold,
+        endpointer: &P,
+    ) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.threshold = threshold;
+            let sub = subscribe(&shared.subscriptions, endpointer);
+            let old = shared.view.load_full();
+            let next = View::make(sub, &*shared.build, Some(&old.value), threshold);
+            shared.view.store(Arc::new(next));
+        }
+    }
+
+    /// Replaces this state with `next` (a balancer's option changed how it is derived),
+    /// keeping the panic threshold.
+    pub(crate) fn replace<P: Endpointer<E> + ?Sized>(&mut self, next: Self, endpointer: &P) {
+        let threshold = self.threshold();
+        *self = next;
+        if threshold != self.threshold() {
+            self.set_threshold(threshold, endpointer);
+        }
+    }
+
+    /// The panic threshold.
+    #[inline]
+    pub(crate) fn threshold(&self) -> PanicThreshold {
+        self.shared.threshold
     }
 
     /// What a pick uses now; see [`Viewed`].
@@ -973,7 +1155,12 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
             return Some(old);
         }
         let sub = subscribe(&self.shared.subscriptions, endpointer);
-        let next = Arc::new(View::make(sub, &*self.shared.build, Some(&old.value)));
+        let next = Arc::new(View::make(
+            sub,
+            &*self.shared.build,
+            Some(&old.value),
+            self.shared.threshold,
+        ));
         self.shared.view.store(next.clone());
         Some(Guard::from_inner(next))
     }
@@ -996,7 +1183,7 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
                 // A refresh got there first.
                 return;
             }
-            let next = View::make(sub, &*shared.build, Some(&old.value));
+            let next = View::make(sub, &*shared.build, Some(&old.value), shared.threshold);
             shared.view.store(Arc::new(next));
         };
         if let Err(e) = std::thread::Builder::new()
@@ -1026,7 +1213,12 @@ impl<T: Send + Sync + 'static, E: Send + Sync + 'static> Viewed<T, E> {
         if std::ptr::eq::<Endpoints<E>>(&*old.snapshot, &*sub.snapshot) {
             return;
         }
-        let next = View::make(sub, &*self.shared.build, Some(&old.value));
+        let next = View::make(
+            sub,
+            &*self.shared.build,
+            Some(&old.value),
+            self.shared.threshold,
+        );
         self.shared.view.store(Arc::new(next));
     }
 

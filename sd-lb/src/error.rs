@@ -230,3 +230,24 @@ pub struct AttemptTimeout(pub Duration);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("retry budget exhausted")]
 pub struct BudgetExhausted;
+
+/// An option of a balancer or wrapper ([`SlowStart`](crate::SlowStart),
+/// [`ZoneAware`](crate::ZoneAware), [`PanicThreshold`](crate::PanicThreshold)) is out of
+/// range; the message says which one and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid option {option}: {reason}")]
+pub struct InvalidOption {
+    /// The option.
+    pub option: &'static str,
+    /// What is wrong with it and what it accepts.
+    pub reason: String,
+}
+
+impl InvalidOption {
+    pub(crate) fn new(option: &'static str, reason: impl Into<String>) -> Self {
+        InvalidOption {
+            option,
+            reason: reason.into(),
+        }
+    }
+}

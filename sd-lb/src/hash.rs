@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, hash_key, pick_fallback, redraw_accepted, splitmix, thread_random,
-    Balancer, Cands, Current, Picked, Request, Viewed,
+    bounded, endpoints_of, hash_key, panic_threshold_builder, pick_fallback, redraw_accepted,
+    splitmix, thread_random, Balancer, Cands, Current, PanicThreshold, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -40,7 +40,8 @@ use crate::error::LbError;
 /// share.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, the table holds the passing ones only, so the keys of a failing
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the table holds the passing ones only, so the keys of a failing
 /// endpoint move to the others (the same way in every client that sees the same health).
 ///
 /// **Table size tiers.** `M` depends only on N, in doubling tiers: 65 537 slots for up to
@@ -92,6 +93,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> ConsistentHash<P, E> {
         }
     }
 
+    panic_threshold_builder!(table);
+
     fn view(endpointer: &P, weights: bool) -> Viewed<Table, E> {
         Viewed::new(endpointer, true, move |l, preferred, _| {
             build(l, preferred, weights)
@@ -104,7 +107,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> ConsistentHash<P, E> {
     /// of a service must make the same choice, or they map keys differently.
     pub fn ignore_weights(mut self) -> Self {
         self.weights = false;
-        self.table = Self::view(&self.endpointer, false);
+        let next = Self::view(&self.endpointer, false);
+        self.table.replace(next, &self.endpointer);
         self
     }
 
@@ -258,7 +262,15 @@ where
         let key = request.key().unwrap_or_else(thread_random);
         let table = match self.table.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, splitmix(key), request, self.weights),
+            Current::Fallback(s) => {
+                return pick_fallback(
+                    &s,
+                    splitmix(key),
+                    request,
+                    self.weights,
+                    self.table.threshold(),
+                )
+            }
         };
         let list = endpoints_of(&table.snapshot)?;
         let slots = &table.value.slots;
@@ -285,6 +297,10 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.table.threshold()
     }
 }
 

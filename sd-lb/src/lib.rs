@@ -13,6 +13,9 @@
 //! | [`P2c`] | the less loaded (per unit of weight) of two distinct random endpoints, drawn by weight: in-flight requests or peak-EWMA latency |
 //! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
 //! | [`Outlier`] | wraps any balancer: ejects endpoints that fail repeatedly |
+//! | [`SlowStart`] | wraps any balancer: a new endpoint's share ramps up over a window |
+//! | [`ZoneAware`] | wraps any balancer: prefers the caller's zone, spills the share it cannot take |
+//! | [`Drain`] | wraps any balancer: counts in-flight requests so that a removed endpoint's close waits for them ([`DrainFactory`]) |
 //! | [`RefuseStale`] | wraps any balancer: fails picks while the endpoints are stale for too long |
 //!
 //! [`Subset`] wraps an endpointer instead: each client uses a stable, deterministic subset of
@@ -24,7 +27,8 @@
 //!
 //! Every balancer returns the endpointer's discovery error unchanged and
 //! [`LbError::NoEndpoints`] when there is nothing to pick (go-kit LB-1), prefers endpoints
-//! whose instance passes its health checks (all of them when none passes), and builds its
+//! whose instance passes its health checks (all of them when fewer than the [`PanicThreshold`],
+//! 50 % by default, pass), and builds its
 //! tables off the request path; a pick never waits for a lock and makes no allocation, except
 //! the first pick after an update, which starts the rebuild (the details are on [`Balancer`]). [`Balancer::pick_with`] returns a [`Picked`] guard that feeds the
 //! request's outcome back to P2C and outlier ejection, even when it is just dropped.
@@ -71,6 +75,8 @@
 #![warn(missing_docs)]
 
 mod balancer;
+mod derived;
+mod drain;
 pub mod error;
 mod hash;
 mod local;
@@ -80,16 +86,23 @@ mod p2c;
 mod random;
 mod retry;
 mod round_robin;
+mod slow_start;
 mod stale;
 mod subset;
 pub mod tower;
 mod weighted;
+mod zone;
 
 /// Retry budgets, from tower: [`Retry::budget`] takes any [`Budget`]; [`TpsBudget`] is
 /// Finagle's (a share of recent requests plus a floor per second).
 pub use ::tower::retry::budget::{Budget, TpsBudget};
-pub use balancer::{hash_key, Avoid, Balancer, Clock, Feedback, Outcome, Picked, Request};
-pub use error::{AttemptTimeout, BudgetExhausted, LbError, RetryError, RetryErrorKind, Timeout};
+pub use balancer::{
+    hash_key, Avoid, Balancer, Clock, Feedback, Outcome, PanicThreshold, Picked, Request,
+};
+pub use drain::{Drain, DrainFactory, Drained};
+pub use error::{
+    AttemptTimeout, BudgetExhausted, InvalidOption, LbError, RetryError, RetryErrorKind, Timeout,
+};
 pub use hash::ConsistentHash;
 pub use local::LocalRoundRobin;
 #[cfg(feature = "metrics")]
@@ -99,6 +112,8 @@ pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
 pub use round_robin::RoundRobin;
+pub use slow_start::{SlowStart, SlowStartConfig};
 pub use stale::RefuseStale;
 pub use subset::Subset;
 pub use weighted::Weighted;
+pub use zone::ZoneAware;

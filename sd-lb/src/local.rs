@@ -2,7 +2,7 @@
 
 use sd_core::{Changes, Endpoint, Endpointer, Snapshot};
 
-use crate::balancer::{endpoints_of, preferred_of, Cands};
+use crate::balancer::{endpoints_of, preferred_of, Cands, PanicThreshold};
 use crate::error::LbError;
 
 /// Round robin with its own cached snapshot and counter, for hot loops.
@@ -16,7 +16,8 @@ use crate::error::LbError;
 /// It is `Send` but picks through `&mut self`: make one per thread or task.
 ///
 /// Health (see [`Balancer`](crate::Balancer)): when some endpoints are
-/// [`Passing`](sd_core::Health::Passing) and some are not, the rotation runs over the passing
+/// [`Passing`](sd_core::Health::Passing) and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the rotation runs over the passing
 /// ones only (the handle lists them when it reloads: one linear scan of the new set, on the
 /// picking thread, once per update).
 ///
@@ -34,6 +35,7 @@ pub struct LocalRoundRobin<P, E: 'static> {
     changes: Changes,
     snapshot: Snapshot<E>,
     preferred: Option<Box<[u32]>>,
+    threshold: PanicThreshold,
     counter: u64,
 }
 
@@ -46,10 +48,19 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
         LocalRoundRobin {
             endpointer,
             changes,
-            preferred: preferred_of(snapshot.all()),
+            preferred: preferred_of(snapshot.all(), PanicThreshold::default()),
             snapshot,
+            threshold: PanicThreshold::default(),
             counter: 0,
         }
+    }
+
+    /// Uses every endpoint when fewer than `threshold` of them pass their health checks
+    /// (see [`PanicThreshold`]; the default is 50 %).
+    pub fn with_panic_threshold(mut self, threshold: PanicThreshold) -> Self {
+        self.threshold = threshold;
+        self.preferred = preferred_of(self.snapshot.all(), threshold);
+        self
     }
 
     /// Picks the next endpoint (LB-1 errors as every balancer).
@@ -69,7 +80,7 @@ impl<P: Endpointer<E>, E: 'static> LocalRoundRobin<P, E> {
     fn reload(&mut self) {
         self.changes.mark_seen();
         self.snapshot = self.endpointer.endpoints().detach();
-        self.preferred = preferred_of(self.snapshot.all());
+        self.preferred = preferred_of(self.snapshot.all(), self.threshold);
     }
 }
 

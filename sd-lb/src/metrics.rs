@@ -129,6 +129,10 @@ mod on {
         fn snapshot(&self) -> Snapshot<E> {
             self.inner.snapshot()
         }
+
+        fn panic_threshold(&self) -> crate::PanicThreshold {
+            self.inner.panic_threshold()
+        }
     }
 }
 

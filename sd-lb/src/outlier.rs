@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sd_core::{Endpoint, Snapshot};
+use sd_core::{Endpoint, Endpoints, Snapshot};
 
-use crate::balancer::{Balancer, Clock, Feedback, Outcome, Picked, Request};
+use crate::balancer::{
+    is_passing, value_ptr, Balancer, Clock, Feedback, Outcome, PanicThreshold, Picked, Request,
+};
 use crate::error::LbError;
 use crate::metrics::Meter;
 
@@ -58,7 +60,7 @@ fn nanos(d: Duration) -> u64 {
 /// The ejected endpoints, by value pointer, with their return time.
 type EjectedList = Vec<(usize, u64)>;
 
-struct State<E> {
+struct State<E: 'static> {
     config: OutlierConfig,
     clock: Clock,
     /// How many entries `ejected` holds (0: the pick path does nothing extra).
@@ -72,6 +74,18 @@ struct State<E> {
     total: Box<dyn Fn() -> usize + Send + Sync>,
     /// Counts ejections (nothing without the `metrics` feature).
     meter: Meter,
+    /// The last panic decision (see [`State::panics`]).
+    memo: Mutex<Option<Memo<E>>>,
+}
+
+/// A panic decision and what it was made from.
+struct Memo<E: 'static> {
+    /// Held, so that the pointer comparisons cannot see a reused address.
+    snapshot: Snapshot<E>,
+    list: Arc<EjectedList>,
+    /// The decision holds until the first of the listed ejections ends.
+    until: u64,
+    panic: bool,
 }
 
 /// Wraps any [`Balancer`] with outlier ejection.
@@ -80,7 +94,13 @@ struct State<E> {
 /// endpoint is ejected for `base_ejection × (number of times it was ejected)`, capped at
 /// `max_ejection`; it comes back on its own when that time has passed. At most
 /// [`max_ejected_share`](OutlierConfig::max_ejected_share) of the endpoints are ejected at
-/// once. Outcomes come from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them);
+/// once. **Panic mode**: when fewer than the inner balancer's
+/// [`panic_threshold`](Balancer::panic_threshold) (default 50 %) of the endpoints are healthy
+/// — passing their health checks and not ejected — ejections are ignored and the ejected
+/// endpoints serve again (among the endpoints the inner balancer prefers), so the few
+/// healthy ones are not overloaded; with the default cap (half of the endpoints) ejections
+/// alone cannot cause it, only ejections on top of failing health checks. Outcomes come
+/// from the [`Picked`] guards (as [`Retry`](crate::Retry) reports them);
 /// a [timeout](Outcome::Timeout) counts as a failure (a request cut off by `Retry`'s
 /// overall timeout, or by a timeout layer outside [`PickLayer`](crate::tower::PickLayer)).
 ///
@@ -130,6 +150,7 @@ impl<B: Balancer<E> + 'static, E: Send + Sync + 'static> Outlier<B, E> {
                 prune_at: AtomicUsize::new(PRUNE_MIN),
                 total: Box::new(move || weak.upgrade().map_or(0, |b| b.snapshot().all().len())),
                 meter: Meter::default(),
+                memo: Mutex::new(None),
             }),
         }
     }
@@ -180,7 +201,58 @@ impl<B: Balancer<E> + 'static, E: Send + Sync + 'static> Outlier<B, E> {
     }
 }
 
-impl<E> State<E> {
+impl<E: 'static> State<E> {
+    /// Whether too few endpoints of `snapshot` are healthy — passing (as the balancers see
+    /// it) and not ejected in `list` — for `threshold`: then ejections are ignored (panic
+    /// mode). Remembered per snapshot and ejected list until an ejection ends; computed
+    /// (O(N × ejected)) only while something is ejected, and without remembering when
+    /// another thread holds the memo (never waits, never allocates).
+    fn panics(
+        &self,
+        snapshot: Snapshot<E>,
+        list: &Arc<EjectedList>,
+        threshold: PanicThreshold,
+        now: u64,
+    ) -> bool {
+        let mut memo = match self.memo.try_lock() {
+            Ok(m) => Some(m),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(Some(m)) = memo.as_deref() {
+            if std::ptr::eq::<Endpoints<E>>(&*m.snapshot, &*snapshot)
+                && Arc::ptr_eq(&m.list, list)
+                && now < m.until
+            {
+                return m.panic;
+            }
+        }
+        let all = snapshot.all();
+        let healthy = all
+            .iter()
+            .filter(|e| {
+                let p = value_ptr(e);
+                is_passing(e) && !list.iter().any(|&(q, until)| q == p && until > now)
+            })
+            .count();
+        let panic = threshold.panics(healthy, all.len());
+        if let Some(m) = memo.as_deref_mut() {
+            let until = list
+                .iter()
+                .map(|&(_, until)| until)
+                .filter(|&u| u > now)
+                .min()
+                .unwrap_or(0);
+            *m = Some(Memo {
+                snapshot: snapshot.detach(),
+                list: list.clone(),
+                until,
+                panic,
+            });
+        }
+        panic
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Entry<E>>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -313,6 +385,14 @@ where
             }
             return Ok(self.inner.pick_with(request)?.and_then(hook));
         }
+        let threshold = self.inner.panic_threshold();
+        if self
+            .state
+            .panics(self.inner.snapshot(), &list, threshold, now)
+        {
+            // Too few healthy endpoints: the ejected ones serve too (panic mode).
+            return Ok(self.inner.pick_with(request)?.and_then(hook));
+        }
         let avoid = |e: &Endpoint<E>| {
             let ptr = Arc::as_ptr(e.value_arc()) as usize;
             request.avoids(e) || list.iter().any(|&(p, until)| p == ptr && until > now)
@@ -330,6 +410,10 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.inner.snapshot()
+    }
+
+    fn panic_threshold(&self) -> crate::PanicThreshold {
+        self.inner.panic_threshold()
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, pick_fallback, redraw_accepted, splitmix, thread_random, Balancer,
-    Cands, Clock, Current, Feedback, Outcome, Picked, Request, Viewed,
+    bounded, endpoints_of, panic_threshold_builder, pick_fallback, redraw_accepted, splitmix,
+    thread_random, Balancer, Cands, Clock, Current, Feedback, Outcome, PanicThreshold, Picked,
+    Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -311,7 +312,8 @@ impl Sampler {
 }
 
 /// The endpoint to use in place of candidate index `start` (in the list), which the request
-/// avoids or which duplicates the other choice (`skip`): a few weighted draws, then a
+/// avoids or which duplicates the other choice (`skip`): up to
+/// [`REDRAWS`](crate::balancer::REDRAWS) weighted draws, then a
 /// weighted choice among the accepted candidates of positive weight other than `skip`;
 /// `start` when there is none. No allocation.
 #[cold]
@@ -325,7 +327,7 @@ fn redraw_weighted<E>(
     mut r: u64,
 ) -> usize {
     let ok = |i: usize| Some(i) != skip && !request.avoids(&list[i]);
-    for _ in 0..4 {
+    for _ in 0..crate::balancer::REDRAWS {
         r = splitmix(r);
         let i = cands.at(s.draw(r));
         if ok(i) {
@@ -387,7 +389,8 @@ fn redraw_weighted<E>(
 /// has nothing to serve, a uniform pick over the new set that is not load-tracked.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, both choices are drawn among the passing ones.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), both choices are drawn among the passing ones.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -481,6 +484,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
         }
     }
 
+    panic_threshold_builder!(view);
+
     fn view(endpointer: &P, load: Load, clock: Clock, weights: bool) -> Viewed<Table<E>, E> {
         Viewed::new(endpointer, true, move |list, preferred, old| {
             build_table(list, preferred, old, load, clock, weights)
@@ -501,7 +506,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
-        self.view = Self::view(&self.endpointer, self.load, clock, self.weights);
+        let next = Self::view(&self.endpointer, self.load, clock, self.weights);
+        self.view.replace(next, &self.endpointer);
         self
     }
 
@@ -513,7 +519,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> P2c<P, E> {
     /// behave the same.
     pub fn ignore_weights(mut self) -> Self {
         self.weights = false;
-        self.view = Self::view(&self.endpointer, self.load, self.clock, false);
+        let next = Self::view(&self.endpointer, self.load, self.clock, false);
+        self.view.replace(next, &self.endpointer);
         self
     }
 
@@ -578,7 +585,15 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let view = match self.view.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, self.random(), request, self.weights),
+            Current::Fallback(s) => {
+                return pick_fallback(
+                    &s,
+                    self.random(),
+                    request,
+                    self.weights,
+                    self.view.threshold(),
+                )
+            }
         };
         let list = endpoints_of(&view.snapshot)?;
         let slots = &view.value.slots;
@@ -652,6 +667,10 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.view.threshold()
     }
 }
 

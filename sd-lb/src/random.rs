@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, pick_fallback, redraw_accepted, splitmix, thread_random, Balancer,
-    Current, Picked, Request, Viewed,
+    bounded, endpoints_of, panic_threshold_builder, pick_fallback, redraw_accepted, splitmix,
+    thread_random, Balancer, Current, PanicThreshold, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -17,7 +17,8 @@ use crate::error::LbError;
 /// test sees the same picks on every run (go-kit LB-3's seed, without its data race).
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, it draws among the passing ones only.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), it draws among the passing ones only.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -43,6 +44,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> Random<P, E> {
             seeded: None,
         }
     }
+
+    panic_threshold_builder!(view);
 
     /// A random balancer whose sequence is fixed by `seed`.
     pub fn with_seed(endpointer: P, seed: u64) -> Self {
@@ -82,16 +85,23 @@ where
                 let c = v.cands();
                 Ok(list[c.at(bounded(self.next(), c.len()))].clone())
             }
-            Current::Fallback(s) => {
-                pick_fallback(&s, self.next(), &Request::new(), false).map(Picked::into_endpoint)
-            }
+            Current::Fallback(s) => pick_fallback(
+                &s,
+                self.next(),
+                &Request::new(),
+                false,
+                self.view.threshold(),
+            )
+            .map(Picked::into_endpoint),
         }
     }
 
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let v = match self.view.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, self.next(), request, false),
+            Current::Fallback(s) => {
+                return pick_fallback(&s, self.next(), request, false, self.view.threshold())
+            }
         };
         let list = endpoints_of(&v.snapshot)?;
         let c = v.cands();
@@ -105,5 +115,9 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.view.threshold()
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    endpoints_of, first_accepted, pick_fallback, thread_random, Balancer, Current, PaddedCounter,
-    Picked, Request, Viewed,
+    endpoints_of, first_accepted, panic_threshold_builder, pick_fallback, thread_random, Balancer,
+    Current, PaddedCounter, PanicThreshold, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -24,7 +24,8 @@ use crate::error::LbError;
 /// them). Both take one `arc-swap` load per pick and no lock or allocation.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, the rotation runs over the passing ones only.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the rotation runs over the passing ones only.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -120,6 +121,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
         }
     }
 
+    panic_threshold_builder!(view);
+
     /// Round robin with one counter per thread (see [`RoundRobin`]).
     pub fn per_thread(endpointer: P) -> Self {
         RoundRobin {
@@ -167,8 +170,14 @@ where
                 let c = v.cands();
                 Ok(list[c.at((self.next() % c.len() as u64) as usize)].clone())
             }
-            Current::Fallback(s) => pick_fallback(&s, thread_random(), &Request::new(), false)
-                .map(Picked::into_endpoint),
+            Current::Fallback(s) => pick_fallback(
+                &s,
+                thread_random(),
+                &Request::new(),
+                false,
+                self.view.threshold(),
+            )
+            .map(Picked::into_endpoint),
         }
     }
 
@@ -181,11 +190,17 @@ where
                 let i = first_accepted(list, c, i, request);
                 Ok(Picked::new(list[i].clone()))
             }
-            Current::Fallback(s) => pick_fallback(&s, thread_random(), request, false),
+            Current::Fallback(s) => {
+                pick_fallback(&s, thread_random(), request, false, self.view.threshold())
+            }
         }
     }
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.view.threshold()
     }
 }

@@ -87,4 +87,8 @@ impl<E: 'static, B: Balancer<E>> Balancer<E> for RefuseStale<B> {
     fn snapshot(&self) -> Snapshot<E> {
         self.inner.snapshot()
     }
+
+    fn panic_threshold(&self) -> crate::PanicThreshold {
+        self.inner.panic_threshold()
+    }
 }

@@ -32,7 +32,7 @@ use futures::Stream;
 use sd_core::{BoxError, Changes, DefaultEndpointer, Endpoint, Endpointer, Factory, Instancer};
 use std::sync::Arc;
 
-use crate::balancer::{preferred_of, Balancer, Cands, Outcome, Request, Running};
+use crate::balancer::{preferred_of, Balancer, Cands, Outcome, PanicThreshold, Request, Running};
 
 /// The key of a discovered service: the instance's `(addr, id)`.
 pub type Key = (String, String);
@@ -48,7 +48,8 @@ type Waiting = Pin<Box<dyn Future<Output = (Changes, bool)> + Send>>;
 /// and an instance whose endpoint value was rebuilt is inserted again (tower replaces it).
 /// It follows the balancers' health rule (see [`Balancer`]): while some endpoints are
 /// [`Passing`](sd_core::Health::Passing), only those are published (one that stops passing
-/// is removed, and inserted again when it passes); when none passes, all are. An
+/// is removed, and inserted again when it passes); when fewer than the default
+/// [`PanicThreshold`] (50 %) pass, all are. An
 /// endpointer in an error state keeps serving its last good endpoints, so nothing changes;
 /// one whose endpoints were invalidated (`invalidate_on_error`) reads as empty, removing
 /// every service. Errors are logged, not yielded, because a discovery error is fatal to
@@ -113,8 +114,9 @@ impl<P: Endpointer<E>, E: Clone + Send + Sync + 'static> Discover<P, E> {
             }
         };
         let stopped = matches!(snap.get(), Err(sd_core::Error::Stopped));
-        // The balancers' health rule: the passing endpoints, or all when none passes.
-        let preferred = preferred_of(list);
+        // The balancers' health rule: the passing endpoints, or all when fewer than half
+        // pass (the default panic threshold).
+        let preferred = preferred_of(list, PanicThreshold::default());
         let cands = Cands::new(list.len(), preferred.as_deref());
         let mut next: HashMap<Key, Endpoint<E>> = HashMap::with_capacity(cands.len());
         for ep in (0..cands.len()).map(|k| &list[cands.at(k)]) {

@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use sd_core::{Endpoint, Endpointer, Snapshot};
 
 use crate::balancer::{
-    bounded, endpoints_of, pick_fallback, splitmix, thread_random, Balancer, Current,
-    PaddedCounter, Picked, Request, Viewed,
+    bounded, endpoints_of, panic_threshold_builder, pick_fallback, splitmix, thread_random,
+    Balancer, Current, PaddedCounter, PanicThreshold, Picked, Request, Viewed,
 };
 use crate::error::LbError;
 
@@ -26,7 +26,8 @@ use crate::error::LbError;
 /// [`refresh`](Weighted::refresh).
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
-/// and some are not, the schedule holds the passing ones only.
+/// and some are not (and no fewer pass than the [panic
+/// threshold](crate::PanicThreshold)), the schedule holds the passing ones only.
 ///
 /// An endpoint of weight 0 is never picked while one with a positive weight exists; when
 /// every weight is 0, all are picked equally.
@@ -68,6 +69,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> Weighted<P, E> {
             _e: PhantomData,
         }
     }
+
+    panic_threshold_builder!(schedule);
 
     /// Brings the schedule up to date with the endpointer now, on this thread (waiting for a
     /// background rebuild in progress). Picks never need this; it is for warming up after an
@@ -132,7 +135,8 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Schedule {
     }
 }
 
-/// The endpoint to use when the scheduled one `i` is avoided: a few draws of a random
+/// The endpoint to use when the scheduled one `i` is avoided: up to
+/// [`REDRAWS`](crate::balancer::REDRAWS) draws of a random
 /// schedule position (so the avoided share spreads over the others in proportion to their
 /// weights), then a uniform choice among the accepted eligible endpoints; the scheduled one
 /// when every eligible endpoint is avoided (never a zero-weight endpoint while a positive
@@ -140,7 +144,7 @@ fn build<E>(list: &[Endpoint<E>], preferred: Option<&[u32]>) -> Schedule {
 #[cold]
 fn redraw<E>(list: &[Endpoint<E>], s: &Schedule, i: usize, request: &Request<'_, E>) -> usize {
     let mut r = thread_random();
-    for _ in 0..4 {
+    for _ in 0..crate::balancer::REDRAWS {
         r = splitmix(r);
         let j = s.order[bounded(r, s.order.len())] as usize;
         if !request.avoids(&list[j]) {
@@ -168,8 +172,14 @@ where
         let s = match self.schedule.get(&self.endpointer) {
             Current::View(v) => v,
             Current::Fallback(s) => {
-                return pick_fallback(&s, thread_random(), &Request::new(), true)
-                    .map(Picked::into_endpoint)
+                return pick_fallback(
+                    &s,
+                    thread_random(),
+                    &Request::new(),
+                    true,
+                    self.schedule.threshold(),
+                )
+                .map(Picked::into_endpoint)
             }
         };
         let list = endpoints_of(&s.snapshot)?;
@@ -181,7 +191,15 @@ where
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
         let s = match self.schedule.get(&self.endpointer) {
             Current::View(v) => v,
-            Current::Fallback(s) => return pick_fallback(&s, thread_random(), request, true),
+            Current::Fallback(s) => {
+                return pick_fallback(
+                    &s,
+                    thread_random(),
+                    request,
+                    true,
+                    self.schedule.threshold(),
+                )
+            }
         };
         let list = endpoints_of(&s.snapshot)?;
         let order = &s.value.order;
@@ -195,5 +213,9 @@ where
 
     fn snapshot(&self) -> Snapshot<E> {
         self.endpointer.endpoints()
+    }
+
+    fn panic_threshold(&self) -> PanicThreshold {
+        self.schedule.threshold()
     }
 }

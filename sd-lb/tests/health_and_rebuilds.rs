@@ -6,9 +6,11 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use proptest::prelude::*;
 use sd_core::{DefaultEndpointer, Event, FixedEndpointer, Health, Instance};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
+    Balancer, ConsistentHash, LocalRoundRobin, P2c, PanicThreshold, Random, Request, RoundRobin,
+    Weighted,
 };
 
 /// A runtime (for the endpointer's tasks) and an empty endpointer fed by hand.
@@ -104,24 +106,48 @@ fn mixed(health: [Health; 5]) -> Arc<FixedEndpointer<u16>> {
     )))
 }
 
-fn all_balancers(ep: &Arc<FixedEndpointer<u16>>) -> Vec<(&'static str, Box<dyn Balancer<u16>>)> {
+fn all_balancers(
+    ep: &Arc<FixedEndpointer<u16>>,
+    t: PanicThreshold,
+) -> Vec<(&'static str, Box<dyn Balancer<u16>>)> {
     vec![
-        ("round robin", Box::new(RoundRobin::new(ep.clone()))),
+        (
+            "round robin",
+            Box::new(RoundRobin::new(ep.clone()).with_panic_threshold(t)),
+        ),
         (
             "round robin per thread",
-            Box::new(RoundRobin::per_thread(ep.clone())),
+            Box::new(RoundRobin::per_thread(ep.clone()).with_panic_threshold(t)),
         ),
-        ("random", Box::new(Random::with_seed(ep.clone(), 3))),
-        ("weighted", Box::new(Weighted::new(ep.clone()))),
+        (
+            "random",
+            Box::new(Random::with_seed(ep.clone(), 3).with_panic_threshold(t)),
+        ),
+        (
+            "weighted",
+            Box::new(Weighted::new(ep.clone()).with_panic_threshold(t)),
+        ),
         (
             "p2c pending",
-            Box::new(P2c::pending_requests(ep.clone()).seed(4)),
+            Box::new(
+                P2c::pending_requests(ep.clone())
+                    .with_panic_threshold(t)
+                    .seed(4),
+            ),
         ),
         (
             "p2c peak ewma",
-            Box::new(P2c::peak_ewma(ep.clone()).seed(5)),
+            Box::new(P2c::peak_ewma(ep.clone()).with_panic_threshold(t).seed(5)),
         ),
-        ("hash", Box::new(ConsistentHash::new(ep.clone()))),
+        (
+            "hash",
+            // Set before `ignore_weights`, which rebuilds the table: the threshold stays.
+            Box::new(
+                ConsistentHash::new(ep.clone())
+                    .with_panic_threshold(t)
+                    .ignore_weights(),
+            ),
+        ),
     ]
 }
 
@@ -134,21 +160,22 @@ fn counts(b: &dyn Balancer<u16>) -> [usize; 5] {
 }
 
 /// Regression (issue 9, item 11): round robin, random and P2C sent traffic to a critical
-/// instance when `passing_only` was off. Every balancer now prefers passing endpoints.
+/// instance when `passing_only` was off. Every balancer now prefers passing endpoints (here
+/// 2 of 5, with panic mode off: see the panic tests below for the default).
 #[test]
 fn every_balancer_prefers_passing_endpoints() {
     use Health::*;
     let ep = mixed([Passing, Passing, Critical, Warning, Unknown]);
-    for (name, b) in all_balancers(&ep) {
+    for (name, b) in all_balancers(&ep, PanicThreshold::OFF) {
         let c = counts(&*b);
         assert_eq!(c[2..], [0, 0, 0], "{name}: {c:?}");
         assert!(c[0] > 0 && c[1] > 0, "{name}: {c:?}");
     }
-    let mut local = LocalRoundRobin::new(ep.clone());
+    let mut local = LocalRoundRobin::new(ep.clone()).with_panic_threshold(PanicThreshold::OFF);
     let picks: Vec<u16> = (0..6).map(|_| **local.pick().unwrap()).collect();
     assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
     // Round robin rotates strictly over the passing ones.
-    let rr = RoundRobin::new(ep.clone());
+    let rr = RoundRobin::new(ep.clone()).with_panic_threshold(PanicThreshold::OFF);
     let picks: Vec<u16> = (0..6).map(|_| *rr.pick().unwrap()).collect();
     assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
 }
@@ -159,13 +186,74 @@ fn every_balancer_prefers_passing_endpoints() {
 fn every_balancer_uses_all_endpoints_when_none_passes() {
     use Health::*;
     let ep = mixed([Critical, Critical, Critical, Warning, Unknown]);
-    for (name, b) in all_balancers(&ep) {
+    for (name, b) in all_balancers(&ep, PanicThreshold::OFF)
+        .into_iter()
+        .chain(all_balancers(&ep, PanicThreshold::default()))
+    {
         let c = counts(&*b);
         assert!(c.iter().all(|&n| n > 0), "{name}: {c:?}");
     }
     let mut local = LocalRoundRobin::new(ep.clone());
     let picks: Vec<u16> = (0..5).map(|_| **local.pick().unwrap()).collect();
     assert_eq!(picks, [0, 1, 2, 3, 4]);
+}
+
+/// Panic threshold (default 50 %): with 2 of 5 passing every balancer uses all five; with 3
+/// of 5 only the passing ones; a threshold of 70 % panics at 3 of 5 too.
+#[test]
+fn below_the_panic_threshold_every_endpoint_is_used() {
+    use Health::*;
+    let two = mixed([Passing, Passing, Critical, Warning, Unknown]);
+    let three = mixed([Passing, Passing, Passing, Warning, Unknown]);
+    let t70 = PanicThreshold::percent(70.0).unwrap();
+    for (ep, t, panic) in [
+        (&two, PanicThreshold::default(), true),
+        (&three, PanicThreshold::default(), false),
+        (&three, t70, true),
+    ] {
+        for (name, b) in all_balancers(ep, t) {
+            assert_eq!(b.panic_threshold(), t, "{name}");
+            let c = counts(&*b);
+            if panic {
+                assert!(c.iter().all(|&n| n > 0), "{name}, {t:?}: {c:?}");
+            } else {
+                assert_eq!(c[3..], [0, 0], "{name}, {t:?}: {c:?}");
+            }
+        }
+        let mut local = LocalRoundRobin::new(ep.clone()).with_panic_threshold(t);
+        let picked: std::collections::BTreeSet<u16> =
+            (0..10).map(|_| **local.pick().unwrap()).collect();
+        assert_eq!(picked.len(), if panic { 5 } else { 3 }, "local, {t:?}");
+    }
+    assert!(PanicThreshold::percent(-1.0).is_err());
+    assert!(PanicThreshold::percent(f64::NAN).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// For any mix of health and any threshold, round robin uses exactly the passing
+    /// endpoints, or every endpoint when fewer than the threshold pass (or none does).
+    #[test]
+    fn the_panic_rule_holds_for_any_health_mix(
+        passing in proptest::collection::vec(any::<bool>(), 1..40),
+        percent in 0u32..=100,
+    ) {
+        let ep = Arc::new(FixedEndpointer::new(passing.iter().enumerate().map(|(i, &p)| {
+            let h = if p { Health::Passing } else { Health::Critical };
+            (Instance::builder("10.0.0.1", 1000 + i as u16).health(h).build(), i as u16)
+        })));
+        let t = PanicThreshold::percent(percent as f64).unwrap();
+        let rr = RoundRobin::new(ep.clone()).with_panic_threshold(t);
+        let n = passing.len();
+        let used: std::collections::BTreeSet<u16> = (0..2 * n).map(|_| *rr.pick().unwrap()).collect();
+        let healthy = passing.iter().filter(|p| **p).count();
+        let panic = healthy == 0 || (healthy as f64) * 100.0 < percent as f64 * n as f64;
+        let want: std::collections::BTreeSet<u16> = (0..n as u16)
+            .filter(|&i| panic || passing[i as usize])
+            .collect();
+        prop_assert_eq!(used, want);
+    }
 }
 
 /// Health changes on update: an endpoint that turns critical stops getting traffic once the

@@ -1,11 +1,17 @@
 //! A pick makes no allocation: a counting global allocator observes 100 000 picks of round
 //! robin (both counters and the local handle), random, P2C (both loads, with its completion
 //! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
-//! two choices distinct), weighted and consistent hashing (weighted and not).
+//! two choices distinct), weighted and consistent hashing (weighted and not), slow start
+//! over round robin and P2C while endpoints warm up, outlier ejection in panic mode, and
+//! zone-aware routing (all local, and spilling), and drain's in-flight counting.
 
-use sd_core::{BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, FixedInstancer, Instance};
+use sd_core::{
+    BoxError, DefaultEndpointer, Endpoint, Endpointer, Event, Factory, FixedEndpointer,
+    FixedInstancer, Health, Instance,
+};
 use sd_lb::{
-    Balancer, ConsistentHash, LocalRoundRobin, P2c, Random, Request, RoundRobin, Weighted,
+    Balancer, ConsistentHash, Drain, DrainFactory, LocalRoundRobin, Outlier, OutlierConfig, P2c,
+    Random, Request, RoundRobin, SlowStart, SlowStartConfig, Weighted, ZoneAware,
 };
 
 use sd_testkit::alloc::thread_allocs;
@@ -140,5 +146,113 @@ fn picks_do_not_allocate() {
             .pick_with(&Request::new().with_key(k))
             .unwrap()
             .endpoint()
+    });
+
+    // Slow start while ten new endpoints warm up (a rejected pick is picked again).
+    fn warm<B: Balancer<u64>>(inner: B) -> SlowStart<B, u64> {
+        SlowStart::new(
+            inner,
+            SlowStartConfig::new(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap()
+    }
+    let ss_rr = warm(Box::new(RoundRobin::new(ep.clone())) as Box<dyn Balancer<u64>>);
+    let ss_p2c = warm(P2c::pending_requests(ep.clone()));
+    ep.apply(Event::instances(
+        (1..=110)
+            .map(|p| {
+                Instance::builder("10.0.0.1", p)
+                    .weight(1 + p as u32 % 3)
+                    .build()
+            })
+            .collect::<Vec<_>>(),
+    ));
+    ss_rr.pick().unwrap();
+    assert_eq!(ss_rr.warming(), 10);
+    count("slow start over round robin, warming", || {
+        *ss_rr.pick().unwrap()
+    });
+    ss_p2c.pick().unwrap();
+    // The table rebuild that pick started runs on another thread: wait for it, so that no
+    // pick below sees the update again.
+    ss_p2c.inner().refresh();
+    assert_eq!(ss_p2c.warming(), 10);
+    count("slow start over p2c, warming", || {
+        let p = ss_p2c.pick_with(&Request::new()).unwrap();
+        let v = **p.endpoint();
+        p.success();
+        v
+    });
+
+    // Outlier ejection in panic mode (4 of 10 critical, 2 ejected: 40 % healthy), whose
+    // decision is remembered per snapshot and ejected list.
+    let ten = std::sync::Arc::new(FixedEndpointer::new((0..10u16).map(|i| {
+        let h = if i < 4 {
+            Health::Critical
+        } else {
+            Health::Passing
+        };
+        let inst = Instance::builder("10.0.0.1", 1000 + i).health(h).build();
+        (inst, i as u64 + 1)
+    })));
+    let config = OutlierConfig {
+        consecutive_failures: 1,
+        ..Default::default()
+    };
+    let outlier = Outlier::new(RoundRobin::new(ten), config);
+    let mut ejected = 0;
+    while ejected < 2 {
+        let p = outlier.pick_with(&Request::new()).unwrap();
+        if **p.endpoint() >= 5 + ejected {
+            p.failure();
+            ejected += 1;
+        } else {
+            p.success();
+        }
+    }
+    assert_eq!(outlier.ejected_count(), 2);
+    count("outlier in panic mode", || {
+        **outlier.pick_with(&Request::new()).unwrap().endpoint()
+    });
+
+    // Zone-aware routing that spills (zone a: 20 % of the endpoints, half the callers).
+    let zoned = std::sync::Arc::new(FixedEndpointer::new((0..20u16).map(|i| {
+        let z = ["a", "b", "c", "b", "c"][i as usize % 5];
+        let inst = Instance::builder("10.0.0.1", 1000 + i)
+            .meta("zone", z)
+            .build();
+        (inst, i as u64 + 1)
+    })));
+    let zone = ZoneAware::new(P2c::pending_requests(zoned.clone()), "a")
+        .callers([("a", 2.0), ("b", 1.0), ("c", 1.0)])
+        .unwrap();
+    assert!((zone.local_share() - 0.4).abs() < 1e-9);
+    count("zone-aware over p2c, spilling", || {
+        let p = zone.pick_with(&Request::new()).unwrap();
+        let v = **p.endpoint();
+        p.success();
+        v
+    });
+    let zone = ZoneAware::new(RoundRobin::new(zoned), "a");
+    count("zone-aware over round robin, all local", || {
+        *zone.pick().unwrap()
+    });
+
+    // In-flight counting for graceful drain.
+    let factory = DrainFactory::new(
+        |i: &Instance| -> Result<u64, BoxError> { Ok(i.port() as u64) },
+        std::time::Duration::from_secs(30),
+    );
+    let drained = std::sync::Arc::new(FixedEndpointer::new((1..=10u16).map(|p| {
+        let i = Instance::new("10.0.0.1", p);
+        let v = factory.make(&i).unwrap();
+        (i, v)
+    })));
+    let drain = Drain::new(RoundRobin::new(drained));
+    count("drain over round robin", || {
+        let p = drain.pick_with(&Request::new()).unwrap();
+        let v = ***p.endpoint();
+        p.success();
+        v
     });
 }

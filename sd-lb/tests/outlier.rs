@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fixed;
+use common::{find, fixed};
 use sd_core::{BoxError, Endpoint, Instance};
 use sd_lb::{
     Balancer, Clock, ConsistentHash, Feedback, Outcome, Outlier, OutlierConfig, P2c, Picked,
@@ -36,15 +36,6 @@ fn traffic<B: Balancer<u16>>(lb: &B, n: usize, bad: &[u16]) -> Vec<usize> {
         }
     }
     c
-}
-
-fn find<B: Balancer<u16>>(lb: &B, v: u16) -> Endpoint<u16> {
-    lb.snapshot()
-        .all()
-        .iter()
-        .find(|e| ***e == v)
-        .unwrap()
-        .clone()
 }
 
 #[tokio::test(start_paused = true)]

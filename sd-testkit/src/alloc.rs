@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 static TOTAL: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicI64 = AtomicI64::new(0);
+static PEAK: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
     // A const-initialised `Cell` needs no allocation of its own.
@@ -43,7 +44,8 @@ pub struct CountingAllocator;
 
 fn count(bytes: i64) {
     TOTAL.fetch_add(1, Relaxed);
-    LIVE.fetch_add(bytes, Relaxed);
+    let live = LIVE.fetch_add(bytes, Relaxed) + bytes;
+    PEAK.fetch_max(live, Relaxed);
     // `try_with`: the slot may already be gone while a thread is being torn down.
     let _ = THREAD.try_with(|c| c.set(c.get() + 1));
 }
@@ -82,4 +84,20 @@ pub fn total_allocs() -> u64 {
 /// overhead).
 pub fn live_bytes() -> i64 {
     LIVE.load(Relaxed)
+}
+
+/// The most bytes allocated at once by every thread since the last [`reset_peak`] (or the
+/// start), as [`live_bytes`] counts them.
+pub fn peak_live_bytes() -> i64 {
+    PEAK.load(Relaxed)
+}
+
+/// Restarts [`peak_live_bytes`] from the bytes allocated now; returns that starting point.
+///
+/// To measure what one piece of code costs at most, reset, run it, and subtract:
+/// `peak_live_bytes() - start`. Other threads allocating meanwhile count too.
+pub fn reset_peak() -> i64 {
+    let now = LIVE.load(Relaxed);
+    PEAK.store(now, Relaxed);
+    now
 }

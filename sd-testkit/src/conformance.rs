@@ -40,6 +40,7 @@
 //! | [`bulk_churn_final_set_is_exact`] | registration |
 //! | [`restart_keeps_last_good_and_recovers`] | registration, a [`Target::server`] to restart |
 //! | [`stop_is_idempotent_and_final`] | nothing |
+//! | [`dropped_instancers_end_their_work`] | nothing |
 //! | [`bad_entry_is_skipped_alone`] | registration, a [`Target::bad_entry`] hook |
 //! | [`services_are_listed`] | registration, list_services (without it: `Unsupported` is checked) |
 
@@ -1115,6 +1116,105 @@ pub async fn stop_is_idempotent_and_final(t: Target) {
     }
 }
 
+/// How many instancers [`dropped_instancers_end_their_work`] drops, and how many it has alive
+/// at once (well below Consul's 200 connections per client, which other tests share).
+const DROPPED_INSTANCERS: usize = 1_000;
+const DROPPED_BATCH: usize = 50;
+
+/// 1 000 instancers dropped **without** `stop()` end their background work (issue 16): once
+/// the registry is dropped too, the runtime's alive-task count returns to what it was
+/// before the registry was made (an instancer task that outlived its handles would still
+/// run: each holds its own reference to the client). Half of each batch is dropped before
+/// its subscription (the subscription keeps the instancer running until it goes too), half
+/// after. The task counts along the way and the process's thread count are printed.
+pub async fn dropped_instancers_end_their_work(t: Target) {
+    let service = crate::unique_name("cf-drop");
+    let query = ServiceQuery::new(&service);
+    // Warm-up: what the registry shares between instancers (a connection, a session)
+    // starts with the first one and stays; it is part of the baseline.
+    let warm = t.instancer(query.clone()).await;
+    let _ = tokio::time::timeout(t.deadline, warm.subscribe().next()).await;
+    drop(warm);
+    let warm = settled_tasks().await;
+    let threads_before = threads();
+    for batch in 0..DROPPED_INSTANCERS / DROPPED_BATCH {
+        let mut made = Vec::with_capacity(DROPPED_BATCH);
+        for _ in 0..DROPPED_BATCH {
+            made.push(t.instancer(query.clone()).await);
+        }
+        let mut subs = Vec::with_capacity(DROPPED_BATCH);
+        for instancer in &made {
+            let mut sub = instancer.subscribe();
+            // Each has reached its registry (or published its first error) before the drop.
+            let _ = tokio::time::timeout(t.deadline, sub.next()).await;
+            subs.push(sub);
+        }
+        for (i, (instancer, sub)) in made.into_iter().zip(subs).enumerate() {
+            if (i + batch) % 2 == 0 {
+                drop(instancer);
+                drop(sub);
+            } else {
+                drop(sub);
+                drop(instancer);
+            }
+        }
+    }
+    // With the registry still alive, what it shares (an HTTP client's idle pooled
+    // connections, each a task until its idle timeout) may outnumber the baseline; printed.
+    let with_registry = settled_tasks().await;
+    let (backend, before_registry) = (t.backend, t.baseline_tasks);
+    drop(t);
+    // Without the registry: every task of the instancers, and of the registry, has ended.
+    let baseline = before_registry.unwrap_or(warm);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = alive_tasks();
+        if alive <= baseline {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{backend}: {alive} tasks alive 60 s after dropping {DROPPED_INSTANCERS} instancers \
+             without stop() and their registry (baseline {baseline})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "conformance {backend}::dropped_instancers_end_their_work: {DROPPED_INSTANCERS} \
+         instancers dropped; tasks {warm} with the registry warm, {with_registry} after the \
+         drops with the registry alive, {} once the registry is dropped too (baseline \
+         {baseline}); threads {threads_before} before, {} after",
+        alive_tasks(),
+        threads()
+    );
+}
+
+/// The alive-task count once it has stopped falling (tasks of dropped work wind down).
+async fn settled_tasks() -> usize {
+    let mut last = alive_tasks();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = alive_tasks();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// The process's OS thread count (Linux `/proc/self/status`; 0 elsewhere).
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().ok()))
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
 /// An entry the backend cannot decode, written straight into the registry, is skipped alone:
 /// the good instances around it are published, and no error event poisons the set.
 pub async fn bad_entry_is_skipped_alone(t: Target) {
@@ -1268,6 +1368,7 @@ macro_rules! conformance {
             $crate::__conformance_test!($backend, $make, bulk_churn_final_set_is_exact);
             $crate::__conformance_test!($backend, $make, restart_keeps_last_good_and_recovers);
             $crate::__conformance_test!($backend, $make, stop_is_idempotent_and_final);
+            $crate::__conformance_test!($backend, $make, dropped_instancers_end_their_work);
             $crate::__conformance_test!($backend, $make, bad_entry_is_skipped_alone);
             $crate::__conformance_test!($backend, $make, services_are_listed);
         }

@@ -28,6 +28,9 @@
 //!   [`PauseGuard`], all implemented by running `scripts/registries <verb> <name>`.
 //! * [`CountingAllocator`] (module [`alloc`]): a counting global allocator for
 //!   zero-allocation tests (per-thread counts) and benchmarks (all threads, live bytes).
+//! * [`hostile::HostileServer`]: a scripted hostile HTTP/1.1 server on 127.0.0.1
+//!   (malformed, huge, endless and stalled bodies, 429/500/503 with `Retry-After`, redirects)
+//!   that records and counts the requests it gets.
 //! * [`exclusive`]: a cross-process lock so fault tests in different test binaries never
 //!   disturb the same server at the same time; [`shared`] lets a normal test opt in to
 //!   waiting while a fault test runs. Tests that take neither are never blocked.
@@ -50,6 +53,7 @@ pub mod alloc;
 pub mod conformance;
 mod control;
 mod env;
+pub mod hostile;
 mod lock;
 mod logs;
 mod names;

@@ -1,7 +1,9 @@
 //! Digest authentication and ACLs against the real server, with every `tracing` event
 //! captured (TRACE level, all targets, so the ZooKeeper library's too): the owner's
 //! credentials never appear in the logs nor in the `Debug` of anything involved; another
-//! client, with other credentials or none, can read the node but not delete it.
+//! client, with other credentials or none, can read the node but not delete it. The
+//! scenario registers, discovers, fails (a session ended while the path to the server is
+//! cut) and recovers (a new session, authenticated again, re-creates the node).
 //!
 //! A test binary of its own with a single test: it installs the global subscriber and sets
 //! environment variables before any other thread exists.
@@ -177,6 +179,40 @@ async fn run(addr: &str) {
         .unwrap_err();
     assert!(matches!(err, Error::Rejected { .. }), "{err}");
     assert_clean("error", &err);
+
+    // Fail and recover with the credentials set: a second owner registry reaches the server
+    // through a proxy; its session is ended from outside while the path is cut; it opens a
+    // new session (authenticating again) and re-creates its node.
+    let proxy = sd_testkit::proxy::Proxy::start(addr).await;
+    let via = ZkRegistry::from_url(&format!(
+        "zk://{}/sdkit-secure?session_timeout=2s&connect_timeout=5s&digest_env={OWNER_VAR}",
+        proxy.addr
+    ))
+    .unwrap();
+    let r2 = via
+        .zk_registrar(Registration::new(
+            service.as_str(),
+            Instance::builder("127.0.0.1", 9303).id("owned-2").build(),
+        ))
+        .unwrap();
+    r2.register().await.unwrap();
+    let before = r2.node_path().unwrap();
+    let mut recreated = r2.watch_recreations();
+    let sessions = via.client().sessions_opened();
+    common::expire_session(addr, &proxy, &via).await;
+    tokio::time::timeout(common::BOUND, recreated.wait_for(|n| *n >= 1))
+        .await
+        .expect("the registrar re-created its node")
+        .unwrap();
+    assert_ne!(r2.node_path().unwrap(), before, "a new node");
+    assert!(via.client().sessions_opened() > sessions, "a new session");
+    wait_for_set(&mut sub, "the re-created node", |s| {
+        by_id(s, "owned-2").is_some()
+    })
+    .await;
+    assert_clean("registry via the proxy", &via);
+    assert_clean("its registrar", &r2);
+    r2.deregister().await.unwrap();
 
     // The owner deletes it.
     r.deregister().await.unwrap();

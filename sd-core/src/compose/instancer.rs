@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
+use tokio::time::Instant;
 
 use super::{combine_errors, Composition, SOURCE_META};
 use crate::cache::{InstanceCache, Subscription};
@@ -15,7 +17,7 @@ use crate::event::{Event, InstanceSet};
 use crate::follow::Followed;
 use crate::freshness::{Freshness, StaleReason};
 use crate::instancer::Instancer;
-use crate::task::{survive, BackgroundTask};
+use crate::task::{deadline_after, survive, BackgroundTask};
 use crate::watch_loop::CloseOnDrop;
 
 /// What is known of one member.
@@ -114,6 +116,11 @@ fn older(a: Freshness, b: Freshness) -> Freshness {
 struct Combiner {
     composition: Composition,
     service: String,
+    /// Until the start deadline, a member that has not answered yet may still answer: the
+    /// members after it (failover) or the union (merge) wait for it. After it, such a
+    /// member counts as failed, as of `started`.
+    waiting: bool,
+    started: Instant,
     /// The member failover serves from (for logging switches).
     active: Option<usize>,
     out: Arc<InstanceCache>,
@@ -121,9 +128,12 @@ struct Combiner {
 
 impl Combiner {
     fn publish(&mut self, members: &[MemberState]) {
+        if self.waiting && members.iter().all(|m| m.event.is_some()) {
+            self.waiting = false;
+        }
         let chosen = match self.composition {
             Composition::Failover => self.failover(members),
-            Composition::Merge => merge(members),
+            Composition::Merge => self.merge(members),
         };
         match chosen {
             Some((Event::Error(e), _)) => {
@@ -137,7 +147,17 @@ impl Combiner {
     }
 
     fn failover(&mut self, members: &[MemberState]) -> Option<(Event, Freshness)> {
-        let fresh = members.iter().position(|m| m.fresh_set().is_some());
+        // The first fresh member, unless one before it has not answered yet and may still.
+        let mut fresh = None;
+        for (i, m) in members.iter().enumerate() {
+            if m.fresh_set().is_some() {
+                fresh = Some(i);
+                break;
+            }
+            if self.waiting && m.event.is_none() {
+                return None;
+            }
+        }
         let (index, event, freshness) = if let Some(i) = fresh {
             let set = members[i].fresh_set().cloned().unwrap_or_default();
             (i, Event::Instances(set), Freshness::Fresh)
@@ -168,28 +188,39 @@ impl Combiner {
         }
         Some((event, freshness))
     }
-}
 
-/// The union of every member's last set, stale (as of the oldest) while any member is not
-/// fresh; the members' errors when none has a set.
-fn merge(members: &[MemberState]) -> Option<(Event, Freshness)> {
-    let mut all = Vec::new();
-    let mut freshness = Freshness::Fresh;
-    let mut any_set = false;
-    for m in members {
-        if let Some((set, f)) = m.last_set() {
-            any_set = true;
-            all.extend(set.iter().cloned());
-            freshness = older(freshness, f);
-        } else if m.error().is_some() {
-            // A member that never answered: the union lacks its part.
-            freshness = older(freshness, m.freshness.clone());
+    /// The union of every member's last set, stale (as of the oldest) while any member is
+    /// not fresh or has not answered; the members' errors when none has a set. Nothing
+    /// while a member may still give its first answer.
+    fn merge(&self, members: &[MemberState]) -> Option<(Event, Freshness)> {
+        if self.waiting && members.iter().any(|m| m.event.is_none()) {
+            return None;
         }
+        let mut all = Vec::new();
+        let mut freshness = Freshness::Fresh;
+        let mut any_set = false;
+        for m in members {
+            if let Some((set, f)) = m.last_set() {
+                any_set = true;
+                all.extend(set.iter().cloned());
+                freshness = older(freshness, f);
+            } else if m.error().is_some() {
+                // A member that never answered: the union lacks its part.
+                freshness = older(freshness, m.freshness.clone());
+            } else if m.event.is_none() {
+                // Silent past the start deadline: counts as failed since the start.
+                let silent = Freshness::Stale {
+                    as_of: self.started,
+                    reason: StaleReason::Error,
+                };
+                freshness = older(freshness, silent);
+            }
+        }
+        if !any_set {
+            return no_set(Composition::Merge, members).map(|e| (e, Freshness::Fresh));
+        }
+        Some((Event::Instances(InstanceSet::new(all)), freshness))
     }
-    if !any_set {
-        return no_set(Composition::Merge, members).map(|e| (e, Freshness::Fresh));
-    }
-    Some((Event::Instances(InstanceSet::new(all)), freshness))
 }
 
 /// The error to publish when no member has a set: every member's error, or nothing while
@@ -202,7 +233,11 @@ fn no_set(composition: Composition, members: &[MemberState]) -> Option<Event> {
     if failures.is_empty() {
         return None;
     }
-    Some(Event::Error(combine_errors(composition, failures)))
+    Some(Event::Error(combine_errors(
+        composition,
+        "no member answered",
+        failures,
+    )))
 }
 
 /// The instancer of a [`ComposedRegistry`](super::ComposedRegistry): follows every member's
@@ -222,7 +257,8 @@ impl fmt::Debug for ComposedInstancer {
 }
 
 impl ComposedInstancer {
-    /// Follows `members` (label, instancer), in order, for `service` (a name for logs).
+    /// Follows `members` (label, instancer), in order, for `service` (a name for logs),
+    /// with the default start deadline ([`DEFAULT_START_TIMEOUT`](super::DEFAULT_START_TIMEOUT)).
     /// Applies their current states before returning.
     ///
     /// # Panics
@@ -232,10 +268,30 @@ impl ComposedInstancer {
         service: &str,
         members: Vec<(String, Arc<dyn Instancer>)>,
     ) -> Self {
+        Self::start_within(composition, service, members, super::DEFAULT_START_TIMEOUT)
+    }
+
+    /// [`start`](Self::start) with another start deadline: until it passes, a member that
+    /// has not published its first state may still do so, and the members after it
+    /// (failover) or the union (merge) wait for it; after it, such a member counts as
+    /// failed until it answers.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start_within(
+        composition: Composition,
+        service: &str,
+        members: Vec<(String, Arc<dyn Instancer>)>,
+        start_timeout: Duration,
+    ) -> Self {
         let out = Arc::new(InstanceCache::new());
+        let started = Instant::now();
+        let start_deadline = deadline_after(start_timeout);
         let mut combiner = Combiner {
             composition,
             service: service.to_string(),
+            waiting: true,
+            started,
             active: None,
             out: out.clone(),
         };
@@ -268,9 +324,13 @@ impl ComposedInstancer {
                 .boxed()
             }));
             loop {
+                let waiting = combiner.waiting;
                 tokio::select! {
                     biased;
                     _ = token.cancelled() => return,
+                    _ = tokio::time::sleep_until(start_deadline), if waiting => {
+                        combiner.waiting = false;
+                    }
                     next = updates.next() => match next {
                         Some((i, Some((event, freshness)))) => states[i].apply(event, freshness),
                         Some((i, None)) => states[i].stop(),

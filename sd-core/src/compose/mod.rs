@@ -54,11 +54,13 @@
 //! # }).unwrap();
 //! ```
 
+mod deferred;
 mod instancer;
 mod registrar;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -68,6 +70,7 @@ use crate::error::{Error, Result};
 use crate::instancer::Instancer;
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
+use crate::task::survive;
 
 pub use instancer::ComposedInstancer;
 pub use registrar::{ComposedRegistrar, RegisterIn};
@@ -121,11 +124,15 @@ pub fn split_lenient(url: &str) -> Option<(Composition, Vec<&str>)> {
     }
     let mut members = Vec::new();
     let mut start = 0;
+    // The `://` after each comma, found by one forward walk (not a search per comma, which
+    // is quadratic in a long host list); `is_scheme` stops at the first non-scheme byte,
+    // at the latest the next comma.
+    let mut schemes = rest.match_indices("://").map(|(k, _)| k).peekable();
     for (i, _) in rest.match_indices(',') {
-        let tail = &rest[i + 1..];
-        let boundary = tail
-            .find("://")
-            .is_some_and(|k| is_scheme(tail[..k].trim_start()));
+        while schemes.next_if(|k| *k <= i).is_some() {}
+        let boundary = schemes
+            .peek()
+            .is_some_and(|k| is_scheme(rest[i + 1..*k].trim_start()));
         if boundary {
             members.push(rest[start..i].trim());
             start = i + 1;
@@ -233,7 +240,13 @@ pub struct ComposedRegistry {
     composition: Composition,
     members: Vec<Member>,
     register_in: RegisterIn,
+    start_timeout: Duration,
 }
+
+/// How long a composed instancer waits for a member's first answer, and a composed
+/// `register` for the members still working once one has accepted, before going on
+/// without them (they join, or are retried, in the background): 1 s.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl ComposedRegistry {
     /// Composes `members` (at least one) in the order given: for [`Composition::Failover`]
@@ -248,7 +261,18 @@ impl ComposedRegistry {
             composition,
             members,
             register_in: RegisterIn::All,
+            start_timeout: DEFAULT_START_TIMEOUT,
         })
+    }
+
+    /// How long to wait for a slow member at start ([`DEFAULT_START_TIMEOUT`]): an
+    /// instancer waits this long for a member's first answer before serving without it (a
+    /// failover does not pass over a primary that may still answer within it), and
+    /// `register` this long for the other members once one has accepted.
+    #[must_use]
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
     }
 
     /// Where registrars register (default [`RegisterIn::All`]).
@@ -276,6 +300,10 @@ fn split_results<T>(
         match result {
             Ok(v) => out.push((member.label.clone(), v)),
             Err(e) if failure.is_none() => {
+                let e = match e {
+                    Error::Config(m) => m,
+                    other => other.to_string(),
+                };
                 failure = Some(Error::config(format!(
                     "{composition}: member {}: {e}",
                     member.label
@@ -289,18 +317,20 @@ fn split_results<T>(
 
 /// One error for the failures of several members: not transient (the caller should not
 /// retry) only when no member's failure is.
-pub(crate) fn combine_errors(composition: Composition, failures: Vec<(String, Error)>) -> Error {
+pub(crate) fn combine_errors(
+    composition: Composition,
+    what: &str,
+    failures: Vec<(String, Error)>,
+) -> Error {
     let transient = failures.iter().any(|(_, e)| e.is_transient());
     let message = failures
         .iter()
         .map(|(label, e)| format!("{label}: {e}"))
         .collect::<Vec<_>>()
         .join("; ");
+    let message = format!("{what}: {message}");
     if transient {
-        Error::unavailable(
-            composition.prefix(),
-            format!("no member answered: {message}"),
-        )
+        Error::unavailable(composition.prefix(), message)
     } else {
         Error::Rejected {
             backend: composition.prefix(),
@@ -315,8 +345,9 @@ impl Registry for ComposedRegistry {
         self.composition.prefix()
     }
 
-    /// What every member can do (with [`Capabilities::metadata`]: [`SOURCE_META`] is set
-    /// on every instance).
+    /// What every member can do: the intersection of the members' capabilities. (Every
+    /// instance carries [`SOURCE_META`] whatever the members declare; `metadata` still
+    /// says whether registered metadata round-trips through every member.)
     fn capabilities(&self) -> Capabilities {
         self.members
             .iter()
@@ -325,25 +356,43 @@ impl Registry for ComposedRegistry {
             .unwrap_or_default()
     }
 
-    /// Starts an instancer on every member at once (so a slow or unreachable member does
-    /// not delay the others); fails only when a member rejects the query itself (a service
-    /// name it cannot carry), naming the member.
+    /// Starts an instancer on every member at once, in the background, and returns within
+    /// the [start timeout](Self::start_timeout): a slow or unreachable member (its first
+    /// round can last its whole request timeout) does not delay the others, and joins when
+    /// it answers. Fails when a member rejects the query itself (a service name it cannot
+    /// carry) within that time, naming the member.
     async fn instancer(&self, query: &ServiceQuery) -> Result<Arc<dyn Instancer>> {
-        let started =
-            futures::future::join_all(self.members.iter().map(|m| m.registry.instancer(query)))
-                .await;
-        let (members, failure) = split_results(self.composition, &self.members, started);
-        if let Some(e) = failure {
-            // Those that did start are stopped: nothing is left running for a failed call.
-            for (_, instancer) in members {
-                instancer.stop().await;
+        let deferred: Vec<Arc<deferred::Deferred>> = self
+            .members
+            .iter()
+            .map(|m| Arc::new(deferred::Deferred::spawn(m.registry.clone(), query.clone())))
+            .collect();
+        let created = tokio::time::timeout(
+            self.start_timeout,
+            futures::future::join_all(deferred.iter().map(|d| d.created())),
+        )
+        .await;
+        if let Ok(results) = created {
+            let (_, failure) = split_results(self.composition, &self.members, results);
+            if let Some(e) = failure {
+                // Nothing is left running for a failed call.
+                for d in &deferred {
+                    d.stop().await;
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-        Ok(Arc::new(ComposedInstancer::start(
+        let members = self
+            .members
+            .iter()
+            .zip(deferred)
+            .map(|(m, d)| (m.label.clone(), d as Arc<dyn Instancer>))
+            .collect();
+        Ok(Arc::new(ComposedInstancer::start_within(
             self.composition,
             &query.service,
             members,
+            self.start_timeout,
         )))
     }
 
@@ -354,16 +403,34 @@ impl Registry for ComposedRegistry {
                 .map(|m| m.registry.registrar(registration.clone())),
         )
         .await;
-        let (members, failure) = split_results(self.composition, &self.members, made);
-        if let Some(e) = failure {
-            return Err(e);
+        // A member that cannot register at all (`static://`, DNS without a zone) is left
+        // out, said once; the call fails only when no member can.
+        let mut members = Vec::new();
+        let mut failures = Vec::new();
+        for (member, made) in self.members.iter().zip(made) {
+            match made {
+                Ok(r) => members.push((member.label.clone(), r)),
+                Err(e) => failures.push((member.label.clone(), e)),
+            }
         }
-        Ok(Arc::new(ComposedRegistrar::new(
-            self.composition,
-            registration,
-            members,
-            self.register_in,
-        )))
+        if members.is_empty() {
+            return Err(combine_errors(
+                self.composition,
+                "no member can register",
+                failures,
+            ));
+        }
+        for (label, e) in &failures {
+            survive(|| {
+                tracing::info!(composition = %self.composition, service = %registration.service,
+                    member = %label, reason = %e,
+                    "this member cannot register; registering in the others")
+            });
+        }
+        Ok(Arc::new(
+            ComposedRegistrar::new(self.composition, registration, members, self.register_in)
+                .start_timeout(self.start_timeout),
+        ))
     }
 
     /// Failover: the first member's list that can be read. Merge: the union of all
@@ -379,7 +446,11 @@ impl Registry for ComposedRegistry {
             }
         }
         if names.is_empty() && failures.len() == self.members.len() {
-            return Err(combine_errors(self.composition, failures));
+            return Err(combine_errors(
+                self.composition,
+                "no member could list its services",
+                failures,
+            ));
         }
         names.sort();
         names.dedup();

@@ -1,16 +1,19 @@
 //! The registrar of a composed registry: registers in every member (retrying those that
 //! cannot be reached) or in the first that accepts.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::{combine_errors, Composition};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::registrar::{Registrar, Registration};
-use crate::task::{sleep_or_cancel, survive, BackgroundTask};
+use crate::task::{deadline_after, sleep_or_cancel, survive, BackgroundTask};
 
 /// Where a composed registry's registrars register.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -18,8 +21,12 @@ use crate::task::{sleep_or_cancel, survive, BackgroundTask};
 pub enum RegisterIn {
     /// In every member (the default): clients of any member, or of a failover that has
     /// switched, find the instance. `register` succeeds when at least one member accepted;
-    /// members that could not be reached are retried in the background (with backoff)
+    /// it returns once every member has answered or, after the first acceptance, once the
+    /// start timeout (1 s) has passed, so a stalled member does not hold it up. Members
+    /// that failed or are still working go on in the background, retried with backoff,
     /// until they accept or `deregister` is called. It fails when no member accepted.
+    /// `deregister` asks every member (one whose registration was cut short may hold it)
+    /// and fails only when a member known to hold it could not remove it.
     #[default]
     All,
     /// In the first member, in order, that accepts: one registration, in the registry
@@ -45,7 +52,12 @@ pub struct ComposedRegistrar {
     registered: Arc<Mutex<Vec<bool>>>,
     /// The background retry of members that have not accepted yet (`RegisterIn::All`).
     retry: Mutex<Option<BackgroundTask>>,
+    /// How long `register` waits for the other members once one has accepted.
+    start_timeout: Duration,
 }
+
+/// One member's registration in flight: its index and outcome.
+type Attempt = Pin<Box<dyn Future<Output = (usize, Result<()>)> + Send>>;
 
 impl ComposedRegistrar {
     /// A registrar announcing `registration` through `members` (label, registrar).
@@ -64,7 +76,17 @@ impl ComposedRegistrar {
             op: tokio::sync::Mutex::new(()),
             registered: Arc::new(Mutex::new(vec![false; n])),
             retry: Mutex::new(None),
+            start_timeout: super::DEFAULT_START_TIMEOUT,
         }
+    }
+
+    /// How long `register` waits for the other members once one has accepted
+    /// ([`DEFAULT_START_TIMEOUT`](super::DEFAULT_START_TIMEOUT)); those still working go on
+    /// in the background.
+    #[must_use]
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
     }
 
     /// The labels of the members that hold the registration now (for diagnostics and tests).
@@ -90,54 +112,102 @@ impl ComposedRegistrar {
         lock(&self.retry).take()
     }
 
+    /// One member's registration, owning what it needs (so it can move to the background).
+    fn attempt(&self, i: usize) -> Attempt {
+        let registrar = self.members[i].1.clone();
+        Box::pin(async move { (i, registrar.register().await) })
+    }
+
+    /// Registers in every member at once. Returns when one has accepted and the others
+    /// have answered, or when the start timeout has passed since that first acceptance;
+    /// fails when none accepts. Members still working or that failed go on in the
+    /// background ([`Self::spawn_retry`]).
     async fn register_all(&self) -> Result<()> {
-        let results =
-            futures::future::join_all(self.members.iter().map(|(_, r)| r.register())).await;
+        let mut running: FuturesUnordered<Attempt> =
+            (0..self.members.len()).map(|i| self.attempt(i)).collect();
         let mut failures = Vec::new();
-        let mut pending = Vec::new();
-        for (i, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(()) => self.set_registered(i, true),
-                Err(e) => {
+        let mut failed = Vec::new();
+        let mut deadline = None;
+        loop {
+            let next = match deadline {
+                None => running.next().await,
+                Some(at) => match tokio::time::timeout_at(at, running.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                None => break,
+                Some((i, Ok(()))) => {
+                    self.set_registered(i, true);
+                    deadline.get_or_insert_with(|| deadline_after(self.start_timeout));
+                }
+                Some((i, Err(e))) => {
                     failures.push((self.members[i].0.clone(), e));
-                    pending.push(i);
+                    failed.push(i);
                 }
             }
         }
-        if failures.len() == self.members.len() {
-            return Err(combine_errors(self.composition, failures));
+        if deadline.is_none() {
+            return Err(combine_errors(
+                self.composition,
+                "no member accepted the registration",
+                failures,
+            ));
         }
-        if !failures.is_empty() {
+        if !failures.is_empty() || !running.is_empty() {
             let id = self.registration.instance_id();
-            let message = combine_errors(self.composition, failures).to_string();
+            let slow: Vec<String> = self
+                .registered()
+                .iter()
+                .zip(&self.members)
+                .filter(|(r, _)| !**r)
+                .map(|(_, (label, _))| label.clone())
+                .collect();
+            let message = if failures.is_empty() {
+                String::new()
+            } else {
+                combine_errors(self.composition, "failed", failures).to_string()
+            };
             survive(|| {
                 tracing::warn!(composition = %self.composition, service = %self.registration.service,
-                    id = %id, error = %message,
-                    "registered in some members only; retrying the others in the background")
+                    id = %id, pending = ?slow, error = %message,
+                    "registered in some members only; the others go on in the background")
             });
-            self.spawn_retry(pending);
+            self.spawn_retry(running, failed);
         }
         Ok(())
     }
 
-    /// Retries `pending` members until each accepts. The task holds the members'
-    /// registrars, not `self`: dropping the composed registrar cancels it.
-    fn spawn_retry(&self, pending: Vec<usize>) {
-        let members: Vec<(usize, String, Arc<dyn Registrar>)> = pending
-            .into_iter()
-            .map(|i| (i, self.members[i].0.clone(), self.members[i].1.clone()))
-            .collect();
+    /// Finishes the `running` registrations and retries the `failed` members (and those
+    /// of `running` that fail) with backoff until each accepts. The task holds the
+    /// members' registrars, not `self`: dropping the composed registrar cancels it, and
+    /// cancelling it drops the registrations in flight.
+    fn spawn_retry(&self, mut running: FuturesUnordered<Attempt>, mut failed: Vec<usize>) {
+        let members = self.members.clone();
         let service = self.registration.service.clone();
         let registered = self.registered.clone();
         let task = BackgroundTask::spawn(move |token| async move {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = token.cancelled() => return,
+                    next = running.next() => next,
+                };
+                match next {
+                    None => break,
+                    Some((i, Ok(()))) => lock(&registered)[i] = true,
+                    Some((i, Err(_))) => failed.push(i),
+                }
+            }
             let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-            let mut members = members;
-            while !members.is_empty() {
+            while !failed.is_empty() {
                 if !sleep_or_cancel(&token, backoff.next_delay()).await {
                     return;
                 }
                 let mut still = Vec::new();
-                for (i, label, registrar) in members {
+                for i in failed {
+                    let (label, registrar) = &members[i];
                     let result = tokio::select! {
                         biased;
                         _ = token.cancelled() => return,
@@ -156,11 +226,11 @@ impl ComposedRegistrar {
                                 tracing::debug!(service = %service, member = %label, error = %e,
                                     "member still does not accept the registration")
                             });
-                            still.push((i, label, registrar));
+                            still.push(i);
                         }
                     }
                 }
-                members = still;
+                failed = still;
             }
         });
         if let Some(old) = lock(&self.retry).replace(task) {
@@ -183,7 +253,11 @@ impl ComposedRegistrar {
                 Err(e) => failures.push((label.clone(), e)),
             }
         }
-        Err(combine_errors(self.composition, failures))
+        Err(combine_errors(
+            self.composition,
+            "no member accepted the registration",
+            failures,
+        ))
     }
 }
 
@@ -216,25 +290,37 @@ impl Registrar for ComposedRegistrar {
         if let Some(task) = self.take_retry() {
             task.stop().await;
         }
+        // Every member, whatever the mode: one whose registration was cut short (a timeout
+        // after the write, a cancelled `register`) may hold it without knowing.
         let registered = self.registered();
-        let targets: Vec<usize> = match self.register_in {
-            RegisterIn::All => (0..self.members.len()).collect(),
-            RegisterIn::First => (0..self.members.len()).filter(|i| registered[*i]).collect(),
-        };
         let results =
-            futures::future::join_all(targets.iter().map(|i| self.members[*i].1.deregister()))
-                .await;
+            futures::future::join_all(self.members.iter().map(|(_, r)| r.deregister())).await;
         let mut failures: Vec<(String, Error)> = Vec::new();
-        for (i, result) in targets.into_iter().zip(results) {
+        for (i, result) in results.into_iter().enumerate() {
             match result {
                 Ok(()) => self.set_registered(i, false),
-                Err(e) => failures.push((self.members[i].0.clone(), e)),
+                // A member that held the registration and could not remove it: an error.
+                Err(e) if registered[i] => failures.push((self.members[i].0.clone(), e)),
+                // A member that never accepted it most likely does not hold it: said, not
+                // failed (if it does, its own health check removes it).
+                Err(e) => {
+                    let label = &self.members[i].0;
+                    survive(|| {
+                        tracing::warn!(composition = %self.composition, service = %self.registration.service,
+                            member = %label, error = %e,
+                            "could not deregister from a member that had not accepted the registration")
+                    })
+                }
             }
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(combine_errors(self.composition, failures))
+            Err(combine_errors(
+                self.composition,
+                "deregistration failed",
+                failures,
+            ))
         }
     }
 

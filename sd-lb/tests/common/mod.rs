@@ -27,6 +27,16 @@ pub fn weighted(weights: &[u32]) -> Arc<FixedEndpointer<u16>> {
     )))
 }
 
+/// The endpoint of `lb`'s current snapshot whose value is `v`.
+pub fn find<B: Balancer<u16>>(lb: &B, v: u16) -> sd_core::Endpoint<u16> {
+    lb.snapshot()
+        .all()
+        .iter()
+        .find(|e| ***e == v)
+        .unwrap()
+        .clone()
+}
+
 /// `threads` threads pick `picks` times each from `balancer`, all at once; returns how often
 /// each endpoint value `0..n` was picked, summed over the threads.
 pub fn combined_counts<B: Balancer<u16> + ?Sized + 'static>(
