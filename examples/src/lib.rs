@@ -254,22 +254,13 @@ pub(crate) struct HttpClient {
     instancer: Arc<dyn sdkit::Instancer>,
     pub(crate) endpointer: Arc<DefaultEndpointer<String>>,
     http: reqwest::Client,
-    retry: Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>,
+    retry: RetriedHttp,
 }
 
 impl HttpClient {
     /// A client of `service`'s passing instances.
     pub(crate) async fn new(registry: &Arc<dyn Registry>, service: &str) -> Result<Self, BoxError> {
-        let instancer = registry
-            .instancer(&ServiceQuery::new(service).passing_only(true))
-            .await?;
-        let endpointer = Arc::new(
-            DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
-                Ok(format!("http://{}/", i.addr()))
-            })
-            .name(service.to_string())
-            .build(),
-        );
+        let (instancer, endpointer) = discover_http(registry, service).await?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(2))
@@ -288,23 +279,7 @@ impl HttpClient {
     /// `GET /` on a balanced, retried endpoint; returns the body (the answering service's
     /// name) and the number of attempts.
     pub(crate) async fn get(&self) -> (Result<String, BoxError>, usize) {
-        let attempts = std::sync::atomic::AtomicUsize::new(0);
-        let result = self
-            .retry
-            .call(|ep: Endpoint<String>| {
-                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let http = self.http.clone();
-                async move {
-                    http.get(ep.as_str())
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .text()
-                        .await
-                }
-            })
-            .await;
-        (result.map_err(Into::into), attempts.into_inner())
+        retried_get(&self.retry, &self.http).await
     }
 
     /// The reqwest client.
@@ -317,6 +292,54 @@ impl HttpClient {
         self.endpointer.close().await;
         self.instancer.stop().await;
     }
+}
+
+/// Discovery of `service`'s passing instances as `http://host:port/` endpoints: its
+/// instancer and the endpointer over it (close both when done).
+pub async fn discover_http(
+    registry: &Arc<dyn Registry>,
+    service: &str,
+) -> Result<(Arc<dyn sdkit::Instancer>, Arc<DefaultEndpointer<String>>), BoxError> {
+    let instancer = registry
+        .instancer(&ServiceQuery::new(service).passing_only(true))
+        .await?;
+    let endpointer = Arc::new(
+        DefaultEndpointer::builder(&instancer, |i: &Instance| -> Result<String, BoxError> {
+            Ok(format!("http://{}/", i.addr()))
+        })
+        .name(service.to_string())
+        .build(),
+    );
+    Ok((instancer, endpointer))
+}
+
+/// The examples' HTTP client stack: round robin over discovered `http://host:port/` URLs,
+/// with retry.
+pub type RetriedHttp = Retry<RoundRobin<Arc<DefaultEndpointer<String>>, String>>;
+
+/// `GET` on a balanced, retried endpoint (its value is the URL) through `http`; returns the
+/// body and the number of attempts made. The quickstart, the axum example and the chaos
+/// soak (`examples/chaos.rs`) all call their services this way.
+pub async fn retried_get(
+    retry: &RetriedHttp,
+    http: &reqwest::Client,
+) -> (Result<String, BoxError>, usize) {
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let result = retry
+        .call(|ep: Endpoint<String>| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let http = http.clone();
+            async move {
+                http.get(ep.as_str())
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await
+            }
+        })
+        .await;
+    (result.map_err(Into::into), attempts.into_inner())
 }
 
 impl Phase {
