@@ -1,7 +1,8 @@
 //! Empty-set protection: a registry that suddenly answers with an empty set (or, if asked,
 //! loses more than a given share of the instances at once) does not empty the client at
 //! once. The previous set is kept, published stale ([`StaleReason::Protected`]), until the
-//! shrink is confirmed by a second answer from the registry or a bounded time has passed.
+//! shrink is confirmed by a second answer from the registry, at least
+//! [`EmptySetProtection::confirm_after`] (5 s) later, or a bounded time has passed.
 //!
 //! A registry that loses its data (an agent restarted empty, a lease storm, a session
 //! expiry) would otherwise take every endpoint away for as long as it takes the registrants
@@ -31,7 +32,8 @@
 //! assert_eq!(event.addrs(), ["10.0.0.1:80"]); // the previous set, kept
 //! assert_eq!(freshness.reason(), Some(StaleReason::Protected));
 //!
-//! registry.update(Event::instances(Vec::<Instance>::new())); // the same answer again
+//! tokio::time::advance(std::time::Duration::from_secs(5)).await;
+//! registry.update(Event::instances(Vec::<Instance>::new())); // the same answer, 5 s later
 //! let (event, freshness) = sub.next_with_freshness().await.unwrap();
 //! assert!(event.addrs().is_empty()); // confirmed: the set is empty
 //! assert!(!freshness.is_stale());
@@ -63,6 +65,7 @@ use crate::watch_loop::CloseOnDrop;
 pub struct EmptySetProtection {
     hold: Duration,
     max_loss: Option<f64>,
+    confirm_after: Duration,
 }
 
 impl Default for EmptySetProtection {
@@ -70,6 +73,7 @@ impl Default for EmptySetProtection {
         EmptySetProtection {
             hold: Duration::from_secs(30),
             max_loss: None,
+            confirm_after: Duration::from_secs(5),
         }
     }
 }
@@ -92,6 +96,16 @@ impl EmptySetProtection {
         } else {
             share.clamp(0.0, 1.0)
         });
+        self
+    }
+
+    /// The least time between the shrink and an identical answer that confirms it
+    /// (default 5 s). An identical answer sooner does not confirm: a registry restarted
+    /// empty answers twice at once (a Consul agent's index starts again, and the client
+    /// asks again at once), before its registrants have had time to register again.
+    #[must_use]
+    pub fn confirm_after(mut self, d: Duration) -> Self {
+        self.confirm_after = d;
         self
     }
 
@@ -119,6 +133,8 @@ impl EmptySetProtection {
 struct Held {
     answer: InstanceSet,
     until: Instant,
+    /// An identical answer confirms it from this time on.
+    confirmable: Instant,
 }
 
 /// The follower's state.
@@ -146,6 +162,7 @@ impl Guard {
                         self.held = Some(Held {
                             answer: set,
                             until: deadline_after(self.config.hold),
+                            confirmable: deadline_after(self.config.confirm_after),
                         });
                         crate::observe::shrink_held(&self.name);
                         survive(|| {
@@ -186,7 +203,11 @@ impl Guard {
 
     /// The registry answered again without a change: the held shrink is confirmed.
     fn confirmed(&mut self) {
-        if let Some(held) = self.held.as_ref() {
+        if let Some(held) = self
+            .held
+            .as_ref()
+            .filter(|h| Instant::now() >= h.confirmable)
+        {
             let answer = held.answer.clone();
             self.publish(answer, "a second identical answer");
         }

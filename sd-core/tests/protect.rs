@@ -48,7 +48,15 @@ async fn an_empty_answer_is_held_until_a_second_answer_confirms_it() {
     );
     quiet(&mut sub).await;
 
-    // The registry says it again (an update that changes nothing upstream): confirmed.
+    // The registry says it again at once (a registry restarted empty answers twice in a
+    // row, before its registrants are back): not a confirmation.
+    assert!(
+        !inner.update(Event::instances(set(0))),
+        "suppressed upstream"
+    );
+    quiet(&mut sub).await;
+    // Again, 5 s after the shrink (an update that changes nothing upstream): confirmed.
+    tokio::time::advance(Duration::from_secs(4)).await;
     let start = tokio::time::Instant::now();
     assert!(
         !inner.update(Event::instances(set(0))),
@@ -188,6 +196,7 @@ async fn a_second_round_of_the_watch_loop_confirms() {
         Some(StaleReason::Protected)
     );
     quiet(&mut sub).await;
+    tokio::time::advance(Duration::from_secs(4)).await;
     tx.send(set(0)).await.unwrap();
     let start = tokio::time::Instant::now();
     assert_eq!(next(&mut sub).await, (0, Freshness::Fresh));
@@ -242,7 +251,10 @@ async fn a_held_shrink_is_not_written_to_disk() {
     let key = CacheKey::new("test", "r", &sd_core::ServiceQuery::new("web"));
     let inner = Arc::new(InstanceCache::new());
     inner.update(Event::instances(set(2)));
-    let p = ProtectedInstancer::start(inner.clone(), EmptySetProtection::default());
+    let p = ProtectedInstancer::start(
+        inner.clone(),
+        EmptySetProtection::default().confirm_after(Duration::ZERO),
+    );
     let d = DiskCachedInstancer::start(Arc::new(p), DiskCache::new(&dir), key.clone()).await;
     assert_eq!(DiskCache::new(&dir).load(&key).unwrap().instances.len(), 2);
     let mut sub = d.subscribe();

@@ -80,4 +80,4 @@ pub use instancer::{
     DEFAULT_POLL, META_HEALTH, META_SECURE, META_STATUS, META_TAGS,
 };
 pub use registrar::{EurekaRegistrar, Lease, Status, DEFAULT_LEASE, DEFAULT_RENEW};
-pub use registry::{EurekaRegistry, MIN_POLL};
+pub use registry::{default_backoff, EurekaRegistry, MIN_POLL};

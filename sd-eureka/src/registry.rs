@@ -17,6 +17,18 @@ use crate::registrar::{EurekaRegistrar, Lease};
 /// The shortest poll interval accepted (each poll is a full read of the app).
 pub const MIN_POLL: Duration = Duration::from_millis(100);
 
+/// The instancers' backoff after failures unless one is set: from 10 ms doubling up to the
+/// poll interval (at least 1 s, at most 1 min), so that once a server is back the client
+/// polls it again within about one poll interval, not after a backoff grown to a minute
+/// during a long outage (a Eureka server restart takes 25-30 s; the chaos soak measured
+/// 11-22 s recoveries with a 1 min cap and `poll=1s`).
+pub fn default_backoff(poll: Duration) -> Backoff {
+    Backoff::new(
+        Backoff::GOKIT_INITIAL,
+        poll.clamp(Duration::from_secs(1), Backoff::GOKIT_MAX),
+    )
+}
+
 /// One or more Eureka servers as an sdkit [`Registry`]: instancers poll an application,
 /// registrars register an instance and renew its lease.
 ///
@@ -39,7 +51,8 @@ pub struct EurekaRegistry {
     lease: Lease,
     by_vip: bool,
     passing_only: bool,
-    backoff: Backoff,
+    /// A backoff set by [`with_backoff`](Self::with_backoff); `None`: [`default_backoff`].
+    backoff: Option<Backoff>,
 }
 
 impl EurekaRegistry {
@@ -52,7 +65,7 @@ impl EurekaRegistry {
             lease: Lease::default(),
             by_vip: false,
             passing_only: false,
-            backoff: Backoff::default(),
+            backoff: None,
         }
     }
 
@@ -148,14 +161,15 @@ impl EurekaRegistry {
             lease,
             by_vip,
             passing_only,
-            backoff: Backoff::default(),
+            backoff: None,
         })
     }
 
-    /// Replaces the backoff of the instancers made from now on (default 10 ms .. 1 min).
+    /// Replaces the backoff of the instancers made from now on (default:
+    /// [`default_backoff`] of the poll interval).
     #[must_use]
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.backoff = Some(backoff);
         self
     }
 
@@ -207,7 +221,9 @@ impl EurekaRegistry {
             self.target(&query.service),
             query,
             self.poll,
-            self.backoff.clone(),
+            self.backoff
+                .clone()
+                .unwrap_or_else(|| default_backoff(self.poll)),
         )
         .await
     }
@@ -272,6 +288,18 @@ impl Registry for EurekaRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_backoff_stops_at_the_poll_interval() {
+        let max = |poll: u64| default_backoff(Duration::from_secs(poll)).max();
+        assert_eq!(max(1), Duration::from_secs(1));
+        assert_eq!(max(30), Duration::from_secs(30));
+        assert_eq!(max(600), Duration::from_secs(60), "at most a minute");
+        assert_eq!(
+            default_backoff(Duration::from_millis(100)).max(),
+            Duration::from_secs(1)
+        );
+    }
 
     fn servers(r: &EurekaRegistry) -> Vec<String> {
         r.client().servers().iter().map(|u| u.to_string()).collect()
