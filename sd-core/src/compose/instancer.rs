@@ -64,10 +64,7 @@ impl MemberState {
 
     fn stop(&mut self) {
         self.stopped = true;
-        self.freshness = match &self.freshness {
-            Freshness::Fresh => Freshness::stale_now(StaleReason::Stopped),
-            stale => stale.clone(),
-        };
+        self.freshness = self.freshness.after_stop();
     }
 
     /// The member's set, if the registry confirms it now (not stale, not after an error).
@@ -85,7 +82,7 @@ impl MemberState {
     fn last_set(&self) -> Option<(&InstanceSet, Freshness)> {
         let set = self.tagged.as_ref()?;
         let freshness = match (&self.event, &self.freshness) {
-            (Some(Event::Error(_)), Freshness::Fresh) => Freshness::stale_now(StaleReason::Error),
+            (Some(Event::Error(_)), f) => f.after_error(),
             (_, f) => f.clone(),
         };
         Some((set, freshness))
