@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
+    // The secret must only ride along as the option's value: an input that has the text
+    // elsewhere (in a host, say) shows it legitimately in an error (found by the fuzzer:
+    // `zookeeper://[::0<NUL>...fuzz-s3cr3t-value...]:218*g?...`, a bad host quoted whole).
+    if s.contains(SECRET) {
+        return;
+    }
     // The secret the checks look for rides along as a known option value.
     let with_secret = if s.contains('?') {
         format!("{s}&token={SECRET}")

@@ -23,6 +23,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +104,14 @@ pub const MAX_SKIP_REASONS: usize = 5;
 pub struct ClientConfig {
     /// The agent's `host:port` (`[v6]:port` for IPv6).
     pub address: String,
+    /// More agents (or servers), `host:port` each, to move to in turn when the current one
+    /// stops answering: the connection is refused or reset, or a request times out. Empty
+    /// by default: Consul recommends one local client agent, which follows the servers
+    /// itself. A blocking query resumes on the next one from the index it had (the index is
+    /// the cluster's raft index, the same on every server). Registrations are kept by the
+    /// agent they were made with: after a move the registrar finds its check unknown to the
+    /// new agent and registers there again (docs/TESTING.md, "Clusters").
+    pub fallback: Vec<String>,
     /// Talk HTTPS instead of HTTP. Implied by `ca_file` and `cert_file`.
     pub tls: bool,
     /// The datacenter to query (`?dc=`); the agent's own when `None`.
@@ -138,6 +147,7 @@ impl ClientConfig {
     pub fn new(address: impl Into<String>) -> Self {
         ClientConfig {
             address: address.into(),
+            fallback: Vec::new(),
             tls: false,
             datacenter: None,
             token: None,
@@ -151,6 +161,18 @@ impl ClientConfig {
             key_file: None,
             max_body: DEFAULT_MAX_BODY,
         }
+    }
+
+    /// Sets the agents (or servers) to move to when the current one stops answering (see
+    /// [`fallback`](Self::fallback)).
+    #[must_use]
+    pub fn fallback<I, S>(mut self, addresses: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fallback = addresses.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Sets the datacenter.
@@ -289,7 +311,10 @@ impl ClientConfig {
 
 struct Inner {
     http: reqwest::Client,
-    base: Url,
+    /// `address`, then each of `fallback`.
+    bases: Vec<Url>,
+    /// The index in `bases` of the agent requests go to.
+    current: AtomicUsize,
     config: ClientConfig,
 }
 
@@ -303,7 +328,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.inner.config;
         f.debug_struct("Client")
-            .field("base", &self.inner.base.as_str())
+            .field("base", &self.base_url().as_str())
             .field("datacenter", &c.datacenter)
             .field("namespace", &c.namespace)
             .field("partition", &c.partition)
@@ -403,6 +428,33 @@ fn tls_hint(msg: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// `scheme://address/`, or a configuration error saying what is wrong with `address`.
+fn base_url(scheme: &str, address: &str) -> Result<Url> {
+    if address.trim().is_empty() {
+        return Err(Error::config("consul: empty agent address"));
+    }
+    let base = Url::parse(&format!("{scheme}://{address}/")).map_err(|e| {
+        Error::config(format!(
+            "consul: bad agent address {address:?}: {e} (expected host:port)"
+        ))
+    })?;
+    if base.path() != "/" || base.query().is_some() || base.host_str().is_none() {
+        return Err(Error::config(format!(
+            "consul: bad agent address {address:?} (expected host:port)"
+        )));
+    }
+    Ok(base)
+}
+
+/// `host:port` of a base URL, for logs.
+fn host_port(base: &Url) -> String {
+    format!(
+        "{}:{}",
+        base.host_str().unwrap_or_default(),
+        base.port_or_known_default().unwrap_or_default()
+    )
 }
 
 fn transport_error(what: &str, e: reqwest::Error) -> Error {
@@ -616,21 +668,10 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Self> {
         config.validate()?;
         let scheme = if config.uses_tls() { "https" } else { "http" };
-        if config.address.trim().is_empty() {
-            return Err(Error::config("consul: empty agent address"));
-        }
-        let base = Url::parse(&format!("{scheme}://{}/", config.address)).map_err(|e| {
-            Error::config(format!(
-                "consul: bad agent address {:?}: {e} (expected host:port)",
-                config.address
-            ))
-        })?;
-        if base.path() != "/" || base.query().is_some() || base.host_str().is_none() {
-            return Err(Error::config(format!(
-                "consul: bad agent address {:?} (expected host:port)",
-                config.address
-            )));
-        }
+        let bases = std::iter::once(&config.address)
+            .chain(&config.fallback)
+            .map(|address| base_url(scheme, address))
+            .collect::<Result<Vec<Url>>>()?;
         if let Some(token) = &config.token {
             if reqwest::header::HeaderValue::from_str(token.expose()).is_err() {
                 return Err(Error::config(
@@ -686,7 +727,12 @@ impl Client {
             .build()
             .map_err(|e| Error::config(format!("consul: cannot build HTTP client: {e}")))?;
         Ok(Client {
-            inner: Arc::new(Inner { http, base, config }),
+            inner: Arc::new(Inner {
+                http,
+                bases,
+                current: AtomicUsize::new(0),
+                config,
+            }),
         })
     }
 
@@ -695,14 +741,53 @@ impl Client {
         &self.inner.config
     }
 
-    /// The base URL of the agent (`http://host:port/`).
+    /// The base URL of the agent requests go to now (`http://host:port/`): the configured
+    /// address, or after a move the [`fallback`](ClientConfig::fallback) in use.
     pub fn base_url(&self) -> &Url {
-        &self.inner.base
+        let i = self.inner.current.load(Ordering::Relaxed);
+        &self.inner.bases[i % self.inner.bases.len()]
     }
 
-    /// `base` + `/v1/<segments>`, each segment percent-encoded.
-    fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.inner.base.clone();
+    /// A transport failure of a request to `what`: with fallback agents, moves to the next
+    /// one when the request went to the current one (a failure seen by several requests at
+    /// once moves once).
+    fn transport_error(&self, what: &str, e: reqwest::Error) -> Error {
+        let n = self.inner.bases.len();
+        if n > 1 {
+            let i = self.inner.current.load(Ordering::Relaxed) % n;
+            let used = &self.inner.bases[i];
+            let same = e.url().is_some_and(|u| {
+                u.host_str() == used.host_str()
+                    && u.port_or_known_default() == used.port_or_known_default()
+            });
+            if same
+                && self
+                    .inner
+                    .current
+                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(backend = BACKEND, from = %host_port(used),
+                    to = %host_port(&self.inner.bases[(i + 1) % n]),
+                    "agent stopped answering; moving to the next address");
+            }
+        }
+        transport_error(what, e)
+    }
+
+    /// How many agents the client knows: the address and its fallback.
+    pub fn agents(&self) -> usize {
+        self.inner.bases.len()
+    }
+
+    /// The index (in `address`, then `fallback`) of the agent requests go to now.
+    pub fn current_agent(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed) % self.inner.bases.len()
+    }
+
+    /// `base` of agent `agent` + `/v1/<segments>`, each segment percent-encoded.
+    fn url_at(&self, agent: usize, segments: &[&str]) -> Url {
+        let mut url = self.inner.bases[agent % self.inner.bases.len()].clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.clear().push("v1").extend(segments);
         }
@@ -718,8 +803,20 @@ impl Client {
         with_dc: bool,
         timeout: Duration,
     ) -> RequestBuilder {
+        self.request_at(self.current_agent(), method, segments, with_dc, timeout)
+    }
+
+    /// [`request`](Self::request) to agent `agent`, whichever is current.
+    fn request_at(
+        &self,
+        agent: usize,
+        method: Method,
+        segments: &[&str],
+        with_dc: bool,
+        timeout: Duration,
+    ) -> RequestBuilder {
         let c = &self.inner.config;
-        let mut url = self.url(segments);
+        let mut url = self.url_at(agent, segments);
         {
             let mut q = url.query_pairs_mut();
             if with_dc {
@@ -808,7 +905,7 @@ impl Client {
             .health_request(service, tag, passing, index)
             .send()
             .await
-            .map_err(|e| transport_error(&what, e))?;
+            .map_err(|e| self.transport_error(&what, e))?;
         if !resp.status().is_success() {
             return Err(status_error(&what, resp, self.inner.config.timeout).await);
         }
@@ -885,7 +982,7 @@ impl Client {
                 None => stall,
             };
             let chunk = match tokio::time::timeout(wait, resp.chunk()).await {
-                Ok(read) => read.map_err(|e| transport_error(what, e))?,
+                Ok(read) => read.map_err(|e| self.transport_error(what, e))?,
                 Err(_) => {
                     return Err(Error::Timeout {
                         backend: BACKEND,
@@ -944,7 +1041,7 @@ impl Client {
                 // Only a connection that was never made certainly carried nothing: a
                 // timeout or a reset may come after the agent applied the request.
                 maybe_applied: !e.is_connect(),
-                error: transport_error(what, e),
+                error: self.transport_error(what, e),
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -969,16 +1066,30 @@ impl Client {
         self.request(method, path, false, self.inner.config.timeout)
             .send()
             .await
-            .map_err(|e| transport_error(what, e))
+            .map_err(|e| self.transport_error(what, e))
     }
 
     /// `PUT /v1/agent/service/deregister/<id>`. Returns `false` when the agent did not know
     /// the service (not an error: deregistration is idempotent).
     pub async fn deregister(&self, id: &str) -> Result<bool> {
+        self.deregister_at(self.current_agent(), id).await
+    }
+
+    /// [`deregister`](Self::deregister) at agent `agent` (an index in `address`, then
+    /// `fallback`), whichever is current; a failure there does not move the client.
+    pub async fn deregister_at(&self, agent: usize, id: &str) -> Result<bool> {
         let what = format!("deregistration of {id:?}");
         let resp = self
-            .agent_call(Method::PUT, &["agent", "service", "deregister", id], &what)
-            .await?;
+            .request_at(
+                agent,
+                Method::PUT,
+                &["agent", "service", "deregister", id],
+                false,
+                self.inner.config.timeout,
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, e))?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -1008,7 +1119,7 @@ impl Client {
             .json(&body)
             .send()
             .await
-            .map_err(|e| transport_error(&what, e))?;
+            .map_err(|e| self.transport_error(&what, e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(CheckUpdate::Updated);
@@ -1086,7 +1197,7 @@ impl Client {
             )
             .send()
             .await
-            .map_err(|e| transport_error(what, e))?;
+            .map_err(|e| self.transport_error(what, e))?;
         if !resp.status().is_success() {
             return Err(status_error(what, resp, self.inner.config.timeout).await);
         }

@@ -243,9 +243,22 @@ struct Shared {
     body: ServiceBody,
     check_id: Option<String>,
     reregistrations: watch::Sender<u64>,
+    /// The agents (indexes in the client's address, then fallback) a registration may have
+    /// reached: with fallback agents, a move registers again on the next one, and
+    /// `deregister` must remove it from each.
+    agents: std::sync::Mutex<std::collections::BTreeSet<usize>>,
 }
 
 impl Shared {
+    /// Notes that a registration may reach the current agent (called before sending it).
+    fn note_agent(&self) {
+        let agent = self.client.current_agent();
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent);
+    }
+
     /// The health the TTL check reports: the registered instance's.
     fn health(&self) -> Health {
         self.registration.instance.health()
@@ -273,6 +286,7 @@ impl KeepAlive for Shared {
                 id = %self.body.id,
                 "the agent lost the registration (restart or external deregistration); registering again"
             );
+            self.note_agent();
             self.client.register(&self.body).await?;
             self.reregistrations.send_modify(|n| *n += 1);
             sd_core::observe::reregistered(BACKEND, &self.body.name);
@@ -355,6 +369,7 @@ impl ConsulRegistrar {
                 body,
                 check_id,
                 reregistrations: watch::channel(0).0,
+                agents: Default::default(),
             }),
             period,
             state: Mutex::new(State::default()),
@@ -422,6 +437,7 @@ impl Registrar for ConsulRegistrar {
         // deregistration: a register() that times out, or is cancelled (this future
         // dropped), may have been applied by the agent all the same.
         state.registered = true;
+        self.shared.note_agent();
         if let Err(failed) = self.shared.client.register_reporting(body).await {
             let e = failed.error;
             state.registered = was_registered || failed.maybe_applied;
@@ -471,9 +487,41 @@ impl Registrar for ConsulRegistrar {
             return Ok(());
         }
         let body = &self.shared.body;
+        // Every other agent the registration may have reached first, best effort: one that
+        // is down keeps it until its check has been critical for the deregister-after time
+        // (a TTL check) and Consul removes it.
+        let current = self.shared.client.current_agent();
+        let others: Vec<usize> = self
+            .shared
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .filter(|&a| a != current)
+            .collect();
+        for agent in others {
+            match self.shared.client.deregister_at(agent, &body.id).await {
+                Ok(_) => {
+                    self.shared
+                        .agents
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&agent);
+                }
+                Err(e) => tracing::warn!(backend = BACKEND, service = %body.name, id = %body.id,
+                    agent, error = %e, "could not deregister at an earlier agent; Consul removes \
+                    it there once its check has been critical for the deregister-after time"),
+            }
+        }
         match self.shared.client.deregister(&body.id).await {
             Ok(_) => {
                 state.registered = false;
+                self.shared
+                    .agents
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&current);
                 tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
                     address = %self.shared.registration.instance.addr(), action = "deregister");
                 Ok(())

@@ -65,8 +65,11 @@ impl ConsulRegistry {
     /// | `cert`, `key` | client certificate and key PEM files for mutual TLS (implies `tls`) | none |
     /// | `passing` | make every instancer passing-only | `false` |
     ///
-    /// The host defaults to `127.0.0.1` and the port to 8500. Errors name the bad part and
-    /// never show the token.
+    /// The host defaults to `127.0.0.1` and the port to 8500. Several hosts
+    /// (`consul://a:8500,b:8500,c:8500`) make the first the agent and the others its
+    /// [`fallback`](crate::ClientConfig::fallback), tried in turn when the current one stops
+    /// answering: for talking to servers directly, without a local client agent. Errors name
+    /// the bad part and never show the token.
     pub fn from_url(url: &str) -> Result<Self> {
         let mut u = RegistryUrl::parse(url)?;
         if u.scheme() != "consul" {
@@ -78,15 +81,18 @@ impl ConsulRegistry {
                 u.path()
             )));
         }
-        let address =
-            match u.host_ports(DEFAULT_PORT)?.as_slice() {
-                [] => join_host_port("127.0.0.1", DEFAULT_PORT),
-                [(h, p)] => join_host_port(h, *p),
-                _ => return Err(u.error(
-                    "consul:// takes one agent address (talk to the local agent, not to servers)",
-                )),
-            };
-        let mut config = ClientConfig::new(address);
+        // The first address is used; the others are the fallback, in order, when it stops
+        // answering (ClientConfig::fallback).
+        let mut addresses: Vec<String> = u
+            .host_ports(DEFAULT_PORT)?
+            .iter()
+            .map(|(h, p)| join_host_port(h, *p))
+            .collect();
+        if addresses.is_empty() {
+            addresses.push(join_host_port("127.0.0.1", DEFAULT_PORT));
+        }
+        let fallback = addresses.split_off(1);
+        let mut config = ClientConfig::new(addresses.remove(0)).fallback(fallback);
         config.datacenter = u.string("dc")?;
         config.token = u.secret("token")?;
         config.namespace = u.string("ns")?;
@@ -232,6 +238,10 @@ mod tests {
         assert_eq!(r.client().base_url().as_str(), "http://[::1]:8500/");
         let r = ConsulRegistry::from_url("consul://agent.local?tls=true").unwrap();
         assert_eq!(r.client().base_url().as_str(), "https://agent.local:8500/");
+        let r = ConsulRegistry::from_url("consul://a:1,b,[::1]:3").unwrap();
+        assert_eq!(r.client().config().address, "a:1");
+        assert_eq!(r.client().config().fallback, ["b:8500", "[::1]:3"]);
+        assert_eq!(r.client().base_url().as_str(), "http://a:1/");
         assert_eq!(r.client().config().wait, crate::DEFAULT_WAIT);
     }
 
@@ -246,7 +256,6 @@ mod tests {
             ("consul://h?wait=10", "missing unit"),
             ("consul://h?timeout=0s", "greater than 0"),
             ("consul://h/path", "takes no path"),
-            ("consul://a:1,b:2", "one agent address"),
             ("consul://h?cert=/x.pem", "cert and key go together"),
             ("consul://h?ca=/nonexistent/ca.pem", "cannot read CA file"),
             (

@@ -63,8 +63,8 @@ pub enum ControlError {
     Failed {
         /// The verb, e.g. `restart`.
         verb: &'static str,
-        /// The server it was applied to.
-        server: Server,
+        /// The server (or cluster member, or cluster) it was applied to.
+        server: String,
         /// The script's exit status.
         status: ExitStatus,
         /// The script's standard error (it names the log file to look at).
@@ -74,7 +74,7 @@ pub enum ControlError {
 
 /// The verbs of `scripts/registries` used here.
 #[derive(Clone, Copy)]
-enum Verb {
+pub(crate) enum Verb {
     Kill,
     Pause,
     Resume,
@@ -98,11 +98,11 @@ impl Verb {
     }
 }
 
-fn command(verb: Verb, server: Server) -> std::process::Command {
+fn command(verb: Verb, server: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(script_path())
         .arg(verb.as_str())
-        .arg(server.name())
+        .arg(server)
         .current_dir(repo_root())
         .stdin(Stdio::null());
     cmd
@@ -110,7 +110,7 @@ fn command(verb: Verb, server: Server) -> std::process::Command {
 
 fn finish(
     verb: Verb,
-    server: Server,
+    server: &str,
     output: std::io::Result<std::process::Output>,
 ) -> Result<(), ControlError> {
     let output = output.map_err(|source| ControlError::Spawn {
@@ -125,25 +125,51 @@ fn finish(
     } else {
         Err(ControlError::Failed {
             verb: verb.as_str(),
-            server,
+            server: server.to_string(),
             status: output.status,
             stderr: stderr.trim().to_string(),
         })
     }
 }
 
-async fn run(verb: Verb, server: Server) -> Result<(), ControlError> {
+pub(crate) async fn run(verb: Verb, server: &str) -> Result<(), ControlError> {
     let output = tokio::process::Command::from(command(verb, server))
         .output()
         .await;
     finish(verb, server, output)
 }
 
-fn run_blocking(verb: Verb, server: Server) -> Result<(), ControlError> {
+/// Runs `scripts/registries <args>` and returns what it printed on stdout.
+pub(crate) async fn run_output(args: &[&str]) -> Result<String, ControlError> {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script_path())
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null());
+    let output = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .map_err(|source| ControlError::Spawn {
+            script: script_path(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(ControlError::Failed {
+            verb: "run",
+            server: args.join(" "),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+pub(crate) fn run_blocking(verb: Verb, server: &str) -> Result<(), ControlError> {
     finish(verb, server, command(verb, server).output())
 }
 
-pub(crate) fn heal_blocking(server: Server) -> Result<(), ControlError> {
+pub(crate) fn heal_blocking(server: &str) -> Result<(), ControlError> {
     run_blocking(Verb::Heal, server)
 }
 
@@ -151,7 +177,7 @@ pub(crate) fn heal_blocking(server: Server) -> Result<(), ControlError> {
 ///
 /// Hold [`exclusive`](crate::exclusive) while doing this.
 pub async fn kill(server: Server) -> Result<(), ControlError> {
-    run(Verb::Kill, server).await
+    run(Verb::Kill, server.name()).await
 }
 
 /// Freezes `server` with SIGSTOP: its sockets stay open but it answers nothing, like a
@@ -159,13 +185,13 @@ pub async fn kill(server: Server) -> Result<(), ControlError> {
 ///
 /// Hold [`exclusive`](crate::exclusive) while doing this.
 pub async fn pause(server: Server) -> Result<(), ControlError> {
-    run(Verb::Pause, server).await
+    run(Verb::Pause, server.name()).await
 }
 
 /// Resumes a server frozen by [`pause`] (SIGCONT). Use [`wait_ready`] to wait until it
 /// answers again.
 pub async fn resume(server: Server) -> Result<(), ControlError> {
-    run(Verb::Resume, server).await
+    run(Verb::Resume, server.name()).await
 }
 
 /// Stops `server` (SIGTERM, SIGKILL after 15 s) and starts it again on the same ports,
@@ -174,7 +200,7 @@ pub async fn resume(server: Server) -> Result<(), ControlError> {
 ///
 /// Hold [`exclusive`](crate::exclusive) while doing this.
 pub async fn restart(server: Server) -> Result<(), ControlError> {
-    run(Verb::Restart, server).await
+    run(Verb::Restart, server.name()).await
 }
 
 /// Like [`restart`], but the server comes back **without its data** (`scripts/registries
@@ -183,13 +209,13 @@ pub async fn restart(server: Server) -> Result<(), ControlError> {
 ///
 /// Hold [`exclusive`](crate::exclusive) while doing this.
 pub async fn restart_empty(server: Server) -> Result<(), ControlError> {
-    run(Verb::Reset, server).await
+    run(Verb::Reset, server.name()).await
 }
 
 /// Waits until `server` answers its readiness probe (bounded by the script's
 /// `SD_REGISTRIES_TIMEOUT`, 120 s by default). Fails at once if the process is dead.
 pub async fn wait_ready(server: Server) -> Result<(), ControlError> {
-    run(Verb::Wait, server).await
+    run(Verb::Wait, server.name()).await
 }
 
 /// A paused server that is resumed when this guard is dropped, so a failing (panicking)
@@ -238,7 +264,7 @@ impl Drop for PauseGuard {
     /// Resumes the server with a short blocking call if [`PauseGuard::resume`] was not used.
     fn drop(&mut self) {
         if self.paused {
-            if let Err(e) = run_blocking(Verb::Resume, self.server) {
+            if let Err(e) = run_blocking(Verb::Resume, self.server.name()) {
                 eprintln!("sd-testkit: could not resume {} on drop: {e}", self.server);
             }
         }

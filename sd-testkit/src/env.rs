@@ -173,21 +173,34 @@ pub fn integration_required() -> bool {
 ///   that skipped: `sd-testkit: SKIPPED (not run): N integration tests of this test binary`.
 #[track_caller]
 pub fn require(server: Server) -> Option<String> {
-    let name = server.env_var();
+    require_var(
+        server.name(),
+        server.env_var(),
+        std::panic::Location::caller(),
+    )
+}
+
+/// [`require()`] for anything `scripts/registries up <name>` starts and describes with the
+/// variable `env_var` (a server or a cluster).
+pub(crate) fn require_var(
+    name: &'static str,
+    env_var: &'static str,
+    at: &'static std::panic::Location<'static>,
+) -> Option<String> {
     match decide(
-        std::env::var(name).ok().as_deref(),
+        std::env::var(env_var).ok().as_deref(),
         std::env::var(INTEGRATION_ENV).ok().as_deref(),
     ) {
         Decision::Available(v) => Some(v),
         Decision::Skip => {
-            skip_notice(server, std::panic::Location::caller());
+            skip_notice(name, env_var, at);
             None
         }
-        Decision::Start => match start_on_demand(server) {
+        Decision::Start => match start_on_demand(name, env_var) {
             Ok(addr) => Some(addr),
             Err(e) => panic!(
-                "{name} is not set and starting the {server} server on demand failed: {e}\n\
-                 (run `scripts/registries up {server}` to see why, or set {INTEGRATION_ENV}=0 \
+                "{env_var} is not set and starting {name} on demand failed: {e}\n\
+                 (run `scripts/registries up {name}` to see why, or set {INTEGRATION_ENV}=0 \
                  to skip integration tests)"
             ),
         },
@@ -245,7 +258,7 @@ extern "C" fn skip_summary_at_exit() {
         .write_all(skip_summary(tests).as_bytes());
 }
 
-fn skip_notice(server: Server, at: &std::panic::Location<'_>) {
+fn skip_notice(server: &str, env_var: &str, at: &std::panic::Location<'_>) {
     use std::io::Write;
     static HEADLINE: AtomicBool = AtomicBool::new(false);
     record_skip();
@@ -260,7 +273,7 @@ fn skip_notice(server: Server, at: &std::panic::Location<'_>) {
     out.push_str(&format!(
         "SKIPPED (not run): integration test at {at} needs {server} ({} not set, \
          {INTEGRATION_ENV}=0)\n",
-        server.env_var()
+        env_var
     ));
     // Straight to the process's stderr: the test harness captures `eprintln!` of passing
     // tests, which would make a skipped test look like one that ran.
@@ -268,38 +281,38 @@ fn skip_notice(server: Server, at: &std::panic::Location<'_>) {
 }
 
 /// Starts `server` with `scripts/registries up <name>` (once per process), records the
-/// `export` lines it prints, and returns the server's address.
-fn start_on_demand(server: Server) -> Result<String, String> {
+/// `export` lines it prints, and returns the value of `env_var` among them.
+fn start_on_demand(server: &'static str, env_var: &'static str) -> Result<String, String> {
     use std::io::Write;
-    static STARTED: OnceLock<Mutex<HashMap<Server, Result<String, String>>>> = OnceLock::new();
+    type Started = HashMap<&'static str, Result<String, String>>;
+    static STARTED: OnceLock<Mutex<Started>> = OnceLock::new();
     static BANNER: AtomicBool = AtomicBool::new(false);
     let mut started = lock(STARTED.get_or_init(Default::default));
-    if let Some(done) = started.get(&server) {
+    if let Some(done) = started.get(server) {
         return done.clone();
     }
     if !BANNER.swap(true, Ordering::Relaxed) {
         let _ = std::io::stderr().lock().write_all(
             format!(
-                "sd-testkit: {} is not set: starting {server} on 127.0.0.1 with `scripts/registries \
+                "sd-testkit: {env_var} is not set: starting {server} on 127.0.0.1 with `scripts/registries \
                  up {server}` (the first run on a machine installs and builds it and can take \
                  several minutes; progress follows; the server stays up for later runs until \
-                 `scripts/registries down`; {INTEGRATION_ENV}=0 skips integration tests instead)\n",
-                server.env_var()
+                 `scripts/registries down`; {INTEGRATION_ENV}=0 skips integration tests instead)\n"
             )
             .as_bytes(),
         );
     }
-    let result = run_up(server);
+    let result = run_up(server, env_var);
     started.insert(server, result.clone());
     result
 }
 
-fn run_up(server: Server) -> Result<String, String> {
+fn run_up(server: &str, env_var: &str) -> Result<String, String> {
     let script = crate::script_path();
     let out = std::process::Command::new("bash")
         .arg(&script)
         .arg("up")
-        .arg(server.name())
+        .arg(server)
         .env_remove("SD_REGISTRIES")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -314,14 +327,9 @@ fn run_up(server: Server) -> Result<String, String> {
         ));
     }
     let vars = parse_exports(&String::from_utf8_lossy(&out.stdout));
-    let addr = vars.get(server.env_var()).cloned();
+    let addr = vars.get(env_var).cloned();
     lock(started_vars()).extend(vars);
-    addr.ok_or_else(|| {
-        format!(
-            "`scripts/registries up {server}` did not print {}",
-            server.env_var()
-        )
-    })
+    addr.ok_or_else(|| format!("`scripts/registries up {server}` did not print {env_var}"))
 }
 
 /// Parses `export NAME=VALUE` lines (values optionally single- or double-quoted).

@@ -26,6 +26,9 @@
 //! * Fault injection: [`kill`], [`pause`], [`resume`], [`restart`], [`restart_empty`],
 //!   [`wait_ready`] and the
 //!   [`PauseGuard`], all implemented by running `scripts/registries <verb> <name>`.
+//! * [`cluster`](mod@cluster): the three-member clusters (etcd, ZooKeeper, Consul) and the
+//!   two Eureka peers of `scripts/registries`: their addresses, faults on one member,
+//!   the current leader, and a cluster-wide fault-test lock.
 //! * [`CountingAllocator`] (module [`alloc`]): a counting global allocator for
 //!   zero-allocation tests (per-thread counts) and benchmarks (all threads, live bytes).
 //! * [`hostile::HostileServer`]: a scripted hostile HTTP/1.1 server on 127.0.0.1
@@ -50,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod cluster;
 pub mod conformance;
 mod control;
 mod env;

@@ -29,7 +29,7 @@ impl ExclusiveGuard {
 
 impl Drop for ExclusiveGuard {
     fn drop(&mut self) {
-        if let Err(e) = heal_blocking(self.server) {
+        if let Err(e) = heal_blocking(self.server.name()) {
             eprintln!(
                 "sd-testkit: could not heal {} after a fault test: {e}",
                 self.server
@@ -56,21 +56,24 @@ impl SharedGuard {
 
 /// Path of the lock file for `server`: `<machine dir>/locks/<name>.lock`, machine-wide
 /// because the server is (every checkout uses the one on the fixed port).
-pub(crate) fn lock_path(server: Server) -> PathBuf {
-    machine_dir()
-        .join("locks")
-        .join(format!("{}.lock", server.name()))
+#[cfg(test)]
+fn lock_path(server: Server) -> PathBuf {
+    lock_path_named(server.name())
+}
+
+fn lock_path_named(name: &str) -> PathBuf {
+    machine_dir().join("locks").join(format!("{name}.lock"))
 }
 
 /// The lock files taken, in this order: the machine-wide one, then (if it is another file)
 /// `<registries dir>/locks/<name>.lock`, where sd-testkit before the machine-wide locks took
 /// it, so that checkouts not updated yet sharing one `SD_REGISTRIES_DIR` still exclude and
 /// are excluded. A fixed order, so two holders never wait for each other in a cycle.
-fn lock_paths(server: Server) -> Vec<PathBuf> {
-    let mut paths = vec![lock_path(server)];
+fn lock_paths(server: &str) -> Vec<PathBuf> {
+    let mut paths = vec![lock_path_named(server)];
     let legacy = registries_dir()
         .join("locks")
-        .join(format!("{}.lock", server.name()));
+        .join(format!("{server}.lock"));
     if !paths.contains(&legacy) {
         paths.push(legacy);
     }
@@ -93,7 +96,7 @@ fn open_lock_file(path: &std::path::Path) -> File {
 type LockFn = fn(&File) -> std::io::Result<()>;
 
 /// Opens and locks every file of [`lock_paths`] in order, saying so when it has to wait.
-fn lock_all(server: Server, exclusive: bool) -> Vec<File> {
+pub(crate) fn lock_all(server: &str, exclusive: bool) -> Vec<File> {
     lock_paths(server)
         .into_iter()
         .map(|path| {
@@ -146,7 +149,7 @@ fn lock_all(server: Server, exclusive: bool) -> Vec<File> {
 pub fn exclusive(server: Server) -> ExclusiveGuard {
     ExclusiveGuard {
         server,
-        _files: lock_all(server, true),
+        _files: lock_all(server.name(), true),
     }
 }
 
@@ -163,7 +166,7 @@ pub fn exclusive(server: Server) -> ExclusiveGuard {
 pub fn shared(server: Server) -> SharedGuard {
     SharedGuard {
         server,
-        _files: lock_all(server, false),
+        _files: lock_all(server.name(), false),
     }
 }
 
@@ -180,7 +183,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.ends_with("locks/etcd.lock"));
         assert!(a.starts_with(machine_dir()));
-        let all = lock_paths(Server::Etcd);
+        let all = lock_paths(Server::Etcd.name());
         assert_eq!(all[0], a, "the machine-wide lock first");
         assert!(all.len() <= 2 && all.iter().all(|p| p.ends_with("locks/etcd.lock")));
     }
