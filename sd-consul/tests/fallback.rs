@@ -29,9 +29,8 @@ fn agent_replies() -> impl Fn(&sd_testkit::hostile::Request) -> Reply + Send + S
         if r.target.starts_with("/v1/agent/check/update/") {
             // This agent never saw the registration's check: the registration is lost.
             Reply::status(404, None)
-        } else if r.target.starts_with("/v1/agent/service/deregister/") {
-            Reply::json(200, "")
-        } else if r.target.starts_with("/v1/agent/service/register") {
+        } else if r.target.starts_with("/v1/agent/service/") {
+            // register, deregister
             Reply::json(200, "")
         } else {
             Reply::json(200, "[]").header("X-Consul-Index", "7")
