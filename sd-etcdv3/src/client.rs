@@ -264,7 +264,11 @@ fn tls_options(c: &ClientConfig) -> Result<Option<TlsOptions>> {
 /// Whether `e` says the endpoint could not be reached (as opposed to an answer from etcd).
 fn is_transport(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        // Cancelled: a request on an HTTP/2 connection that broke under it (the member died:
+        // "operation was canceled"); this client never cancels a request it still waits for.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+        }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
@@ -374,6 +378,25 @@ impl KeepAliveStream {
                 message: format!("lease keep-alive: no answer within {timeout:?}"),
             }),
         }
+    }
+}
+
+/// A watch etcd has confirmed ([`Client::watch_prefix`]).
+pub struct ConfirmedWatch {
+    /// The watch's responses (the confirmation already read).
+    pub stream: WatchStream,
+    /// The store's revision when the watch was confirmed (0 if the answer had no header).
+    pub revision: i64,
+    /// The id of the cluster that confirmed it (0 if the answer had no header).
+    pub cluster_id: u64,
+}
+
+impl fmt::Debug for ConfirmedWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfirmedWatch")
+            .field("revision", &self.revision)
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -694,7 +717,7 @@ impl Client {
         &self,
         dir: &str,
         start_revision: i64,
-    ) -> Result<std::result::Result<WatchStream, i64>> {
+    ) -> Result<std::result::Result<ConfirmedWatch, i64>> {
         let (stream, first) = self
             .call("watch", |c| async move {
                 let options = WatchOptions::new()
@@ -714,7 +737,16 @@ impl Client {
             Some(first) if first.canceled() && first.compact_revision() > 0 => {
                 Ok(Err(first.compact_revision()))
             }
-            Some(first) if first.created() && !first.canceled() => Ok(Ok(stream)),
+            Some(first) if first.created() && !first.canceled() => {
+                let (revision, cluster_id) = first
+                    .header()
+                    .map_or((0, 0), |h| (h.revision(), h.cluster_id()));
+                Ok(Ok(ConfirmedWatch {
+                    stream,
+                    revision,
+                    cluster_id,
+                }))
+            }
             Some(first) => Err(Error::Unavailable {
                 backend: BACKEND,
                 message: format!(

@@ -149,6 +149,7 @@ pub type AfterGet = Arc<dyn Fn(i64) -> Pin<Box<dyn Future<Output = ()> + Send>> 
 pub struct SourceStats {
     full_reads: AtomicU64,
     events: AtomicU64,
+    resumes: AtomicU64,
 }
 
 impl SourceStats {
@@ -161,6 +162,12 @@ impl SourceStats {
     /// How many watch events (puts and deletes) were applied one by one.
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// How many times a watch that ended (its endpoint died, the stream broke) was resumed
+    /// from the last revision seen, on the same cluster, without reading the directory again.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
     }
 }
 
@@ -182,6 +189,11 @@ pub struct PrefixSource {
     /// A stream message read while coalescing that ends or cancels the watch.
     pending: Option<Result<Option<WatchResponse>, etcd_client::Error>>,
     quick_restarts: u32,
+    /// The revision up to which every change under `dir` is applied: the read's, then each
+    /// event's.
+    revision: i64,
+    /// The cluster the watch was confirmed by.
+    cluster_id: Option<u64>,
     after_get: Option<AfterGet>,
     stats: Arc<SourceStats>,
 }
@@ -209,6 +221,8 @@ impl PrefixSource {
             watch: None,
             pending: None,
             quick_restarts: 0,
+            revision: 0,
+            cluster_id: None,
             after_get: None,
             stats: Arc::new(SourceStats::default()),
         }
@@ -270,6 +284,7 @@ impl PrefixSource {
                 return Step::Skip(format!("get answered without a sane revision ({revision})"));
             }
             self.stats.full_reads.fetch_add(1, Ordering::Relaxed);
+            self.revision = revision;
             let mut entries = BTreeMap::new();
             for kv in &kvs {
                 if let Some(i) = self.decode(&kv.key, &kv.value) {
@@ -281,7 +296,10 @@ impl PrefixSource {
                 hook(revision).await;
             }
             match self.client.watch_prefix(&self.dir, revision + 1).await {
-                Ok(Ok(stream)) => self.watch = Some(stream),
+                Ok(Ok(w)) => {
+                    self.cluster_id = Some(w.cluster_id);
+                    self.watch = Some(w.stream);
+                }
                 Ok(Err(compacted)) if attempts < 3 => {
                     tracing::debug!(backend = BACKEND, dir = %self.dir, revision, compacted,
                         "revision compacted before the watch started; reading again");
@@ -297,6 +315,44 @@ impl PrefixSource {
             }
             tracing::debug!(backend = BACKEND, dir = %self.dir, revision, keys = kvs.len(), "read and watching");
             return Step::Publish(self.current());
+        }
+    }
+
+    /// The watch's stream ended or broke (its endpoint died, the connection was cut):
+    /// watches again from the revision after the last one applied, on whichever endpoint the
+    /// client uses now, without reading the directory again. Only when etcd confirms the watch
+    /// as the same cluster (same id) at a revision not behind the one applied — not a server
+    /// that lost its data and started counting again — and the revision is not compacted;
+    /// otherwise (and after [`QUICK_RESTARTS`] resumes in a row without an event) `false`,
+    /// and the caller reads again.
+    async fn resume(&mut self, why: &str) -> bool {
+        self.watch = None;
+        self.pending = None;
+        if self.revision <= 0 || self.cluster_id.is_none() || self.quick_restarts >= QUICK_RESTARTS
+        {
+            return false;
+        }
+        match self.client.watch_prefix(&self.dir, self.revision + 1).await {
+            Ok(Ok(w)) if Some(w.cluster_id) == self.cluster_id && w.revision >= self.revision => {
+                self.quick_restarts += 1;
+                self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why,
+                    from = self.revision + 1, "watch ended; resumed from the last revision");
+                self.watch = Some(w.stream);
+                true
+            }
+            Ok(Ok(w)) => {
+                tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why,
+                    cluster_id = w.cluster_id, revision = w.revision, applied = self.revision,
+                    "watch ended; the endpoint is another cluster or behind: reading again");
+                false
+            }
+            Ok(Err(_compacted)) => false,
+            Err(e) => {
+                tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, error = %e,
+                    "watch ended; resuming failed: reading again");
+                false
+            }
         }
     }
 
@@ -364,8 +420,20 @@ impl Source for PrefixSource {
                 None => stream.message().await,
             };
             let resp = match next {
-                Err(e) => return self.rewatch(format!("watch: {e}")).await,
-                Ok(None) => return self.rewatch("the watch stream ended".into()).await,
+                Err(e) => {
+                    let why = format!("watch: {e}");
+                    if self.resume(&why).await {
+                        continue;
+                    }
+                    return self.rewatch(why).await;
+                }
+                Ok(None) => {
+                    let why = "the watch stream ended";
+                    if self.resume(why).await {
+                        continue;
+                    }
+                    return self.rewatch(why.into()).await;
+                }
                 Ok(Some(resp)) => resp,
             };
             if resp.canceled() {
@@ -417,6 +485,7 @@ impl PrefixSource {
     fn apply(&mut self, resp: &WatchResponse) {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
+            self.revision = self.revision.max(kv.mod_revision());
             let key = String::from_utf8_lossy(kv.key());
             match ev.event_type() {
                 EventType::Put => match self.decode(&key, kv.value()) {

@@ -105,7 +105,7 @@ pub mod fuzzing {
 }
 
 pub use client::{
-    Client, ClientConfig, Entry, KeepAliveStream, BACKEND, DEFAULT_DIAL_TIMEOUT,
+    Client, ClientConfig, ConfirmedWatch, Entry, KeepAliveStream, BACKEND, DEFAULT_DIAL_TIMEOUT,
     DEFAULT_KEEP_ALIVE, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
     MAX_TIMEOUT,
 };

@@ -1,0 +1,101 @@
+//! Against the three-member `etcd-cluster` of `scripts/registries` (issue 20): when the
+//! member an instancer watches through dies, the watch resumes on another member from the
+//! last revision it applied — no second read of the directory, no change lost — and a
+//! server that lost its data (revision behind) is read again instead.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ids, wait_for_set_within};
+use sd_core::{Instancer, ServiceQuery};
+use sd_etcdv3::EtcdRegistry;
+use sd_testkit::cluster::{self, Cluster, Member};
+use sd_testkit::unique_name;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn leader() -> Member {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(m) = cluster::leader(Cluster::Etcd).await.unwrap() {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no etcd leader within {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_a_watch_resumes_on_another_member_from_the_last_revision() {
+    let Some(mut addrs) = cluster::require(Cluster::Etcd) else {
+        return;
+    };
+    let _lock = cluster::exclusive(Cluster::Etcd);
+    for m in Cluster::Etcd.members() {
+        m.wait_ready().await.unwrap();
+    }
+    let victim = leader().await;
+    // The instancer's client talks to the leader first; the writer to the others.
+    addrs.rotate_left(victim.index() - 1);
+    let prefix = format!("/sdtest/{}", unique_name("etcd-cluster-resume"));
+    let watcher = EtcdRegistry::from_url(&format!(
+        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
+        addrs.join(",")
+    ))
+    .unwrap();
+    let writer = EtcdRegistry::from_url(&format!(
+        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
+        addrs[1], addrs[2]
+    ))
+    .unwrap();
+    let service = unique_name("resume");
+    let dir = writer.client().service_dir(&service);
+    writer
+        .client()
+        .put(&format!("{dir}a"), b"10.0.0.1:80", 0)
+        .await
+        .unwrap();
+    let instancer = watcher
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    let mut sub = instancer.subscribe();
+    wait_for_set_within(&mut sub, "a", BOUND, |s| s.len() == 1).await;
+    assert_eq!(instancer.stats().full_reads(), 1);
+
+    victim.kill().await.unwrap();
+    // Changes while the watch is moving: all arrive, in order, from the watch alone.
+    let deadline = Instant::now() + BOUND;
+    for (key, value) in [("b", "10.0.0.2:80"), ("c", "10.0.0.3:80")] {
+        while let Err(e) = writer
+            .client()
+            .put(&format!("{dir}{key}"), value.as_bytes(), 0)
+            .await
+        {
+            assert!(Instant::now() < deadline, "put {key}: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    writer.client().delete(&format!("{dir}a")).await.unwrap();
+    let set =
+        wait_for_set_within(&mut sub, "b and c, a gone", BOUND, |s| ids(s) == ["b", "c"]).await;
+    assert_eq!(ids(&set), ["b", "c"]);
+    let stats = instancer.stats();
+    assert!(
+        stats.resumes() >= 1,
+        "the watch was resumed, not re-read: {} resumes, {} full reads",
+        stats.resumes(),
+        stats.full_reads()
+    );
+    assert_eq!(
+        stats.full_reads(),
+        1,
+        "the directory was read only once: the watch resumed from its revision"
+    );
+    assert_eq!(stats.events(), 3, "each change arrived once, by the watch");
+
+    victim.restart().await.unwrap();
+    instancer.stop().await;
+    writer.client().delete(&format!("{dir}b")).await.unwrap();
+    writer.client().delete(&format!("{dir}c")).await.unwrap();
+}
