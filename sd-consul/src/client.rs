@@ -315,6 +315,9 @@ struct Inner {
     bases: Vec<Url>,
     /// The index in `bases` of the agent requests go to.
     current: AtomicUsize,
+    /// Counts the moves to the next agent: a blocking query in flight at the agent the
+    /// client left gives up at once (it would otherwise wait its whole `wait` there).
+    moves: tokio::sync::watch::Sender<u64>,
     config: ClientConfig,
 }
 
@@ -440,6 +443,14 @@ fn base_url(scheme: &str, address: &str) -> Result<Url> {
             "consul: bad agent address {address:?}: {e} (expected host:port)"
         ))
     })?;
+    if !base.username().is_empty() || base.password().is_some() {
+        // Not quoted: it holds a credential. Consul takes an ACL token, not HTTP userinfo.
+        return Err(Error::config(
+            "consul: an agent address holds a user name or password (user:password@host); \
+             give host:port, and the ACL token as the token (ClientConfig::token, URL option \
+             token_env=)",
+        ));
+    }
     if base.path() != "/" || base.query().is_some() || base.host_str().is_none() {
         return Err(Error::config(format!(
             "consul: bad agent address {address:?} (expected host:port)"
@@ -731,6 +742,7 @@ impl Client {
                 http,
                 bases,
                 current: AtomicUsize::new(0),
+                moves: tokio::sync::watch::channel(0).0,
                 config,
             }),
         })
@@ -749,30 +761,53 @@ impl Client {
     }
 
     /// A transport failure of a request to `what`: with fallback agents, moves to the next
-    /// one when the request went to the current one (a failure seen by several requests at
-    /// once moves once).
+    /// one when the request went to the current one ([`failed_at`](Self::failed_at)).
     fn transport_error(&self, what: &str, e: reqwest::Error) -> Error {
-        let n = self.inner.bases.len();
-        if n > 1 {
-            let i = self.inner.current.load(Ordering::Relaxed) % n;
-            let used = &self.inner.bases[i];
-            let same = e.url().is_some_and(|u| {
-                u.host_str() == used.host_str()
-                    && u.port_or_known_default() == used.port_or_known_default()
-            });
-            if same
-                && self
-                    .inner
-                    .current
-                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                tracing::warn!(backend = BACKEND, from = %host_port(used),
-                    to = %host_port(&self.inner.bases[(i + 1) % n]),
-                    "agent stopped answering; moving to the next address");
-            }
-        }
+        self.failed_at(e.url());
         transport_error(what, e)
+    }
+
+    /// An answer that is not a success: with fallback agents, a 5xx (`500 No cluster
+    /// leader` from a server cut from its quorum, a client agent that lost its servers)
+    /// moves to the next one like a transport failure.
+    async fn status_error(&self, what: &str, resp: Response) -> Error {
+        if resp.status().is_server_error() {
+            self.failed_at(Some(resp.url()));
+        }
+        status_error(what, resp, self.inner.config.timeout).await
+    }
+
+    /// With fallback agents, moves to the next one when `url` is at the current one (a
+    /// failure seen by several requests at once moves once; one from an agent the client
+    /// has left does not move it again).
+    fn failed_at(&self, url: Option<&Url>) {
+        let n = self.inner.bases.len();
+        if n < 2 {
+            return;
+        }
+        let i = self.inner.current.load(Ordering::Relaxed) % n;
+        let used = &self.inner.bases[i];
+        let same = url.is_some_and(|u| {
+            u.host_str() == used.host_str()
+                && u.port_or_known_default() == used.port_or_known_default()
+        });
+        if same
+            && self
+                .inner
+                .current
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.inner.moves.send_modify(|m| *m += 1);
+            tracing::warn!(backend = BACKEND, from = %host_port(used),
+                to = %host_port(&self.inner.bases[(i + 1) % n]),
+                "agent stopped answering; moving to the next address");
+        }
+    }
+
+    /// The `host:port` of agent `agent` (an index in `address`, then `fallback`).
+    pub fn agent_address(&self, agent: usize) -> String {
+        host_port(&self.inner.bases[agent % self.inner.bases.len()])
     }
 
     /// How many agents the client knows: the address and its fallback.
@@ -893,7 +928,35 @@ impl Client {
     /// Fails with [`Error::Malformed`] when the body is not a JSON array, is larger than the
     /// cap, has more than one entry per [`MIN_ENTRY_BYTES`] of the cap, or the
     /// `X-Consul-Index` header is missing or not a number.
+    ///
+    /// With fallback agents, a query in flight when the client moves to the next agent (on
+    /// another request's failure) ends at once with [`Error::Unavailable`], so the caller
+    /// asks the new agent from the same index instead of waiting out `wait` at the old one.
     pub async fn health_service(
+        &self,
+        service: &str,
+        tag: Option<&str>,
+        passing: bool,
+        index: u64,
+    ) -> Result<HealthAnswer> {
+        if self.inner.bases.len() < 2 {
+            return self.health_service_here(service, tag, passing, index).await;
+        }
+        let mut moves = self.inner.moves.subscribe();
+        tokio::select! {
+            answer = self.health_service_here(service, tag, passing, index) => answer,
+            _ = moves.changed() => Err(Error::unavailable(
+                BACKEND,
+                format!(
+                    "health query for service {service:?}: the client moved to {}; asking there",
+                    host_port(self.base_url())
+                ),
+            )),
+        }
+    }
+
+    /// [`health_service`](Self::health_service) at the current agent.
+    async fn health_service_here(
         &self,
         service: &str,
         tag: Option<&str>,
@@ -907,7 +970,7 @@ impl Client {
             .await
             .map_err(|e| self.transport_error(&what, e))?;
         if !resp.status().is_success() {
-            return Err(status_error(&what, resp, self.inner.config.timeout).await);
+            return Err(self.status_error(&what, resp).await);
         }
         let index = match resp.headers().get("X-Consul-Index") {
             None => {
@@ -1050,7 +1113,7 @@ impl Client {
             Err(RegisterFailed {
                 // The agent refused it (4xx); a 5xx may come from a proxy that forwarded it.
                 maybe_applied: !status.is_client_error(),
-                error: status_error(what, resp, self.inner.config.timeout).await,
+                error: self.status_error(what, resp).await,
             })
         }
     }
@@ -1093,7 +1156,7 @@ impl Client {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
+            _ => Err(self.status_error(&what, resp).await),
         }
     }
 
@@ -1176,7 +1239,7 @@ impl Client {
                 Ok(Some(AgentService(raw)))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(status_error(&what, resp, self.inner.config.timeout).await),
+            _ => Err(self.status_error(&what, resp).await),
         }
     }
 
@@ -1199,7 +1262,7 @@ impl Client {
             .await
             .map_err(|e| self.transport_error(what, e))?;
         if !resp.status().is_success() {
-            return Err(status_error(what, resp, self.inner.config.timeout).await);
+            return Err(self.status_error(what, resp).await);
         }
         let body = self.read_body(resp, what).await?;
         // `{"name": ["tag", ...], ...}`: only the keys matter, collected straight into the
@@ -1229,7 +1292,7 @@ impl Client {
             .agent_call(Method::GET, &["agent", "checks"], what)
             .await?;
         if !resp.status().is_success() {
-            return Err(status_error(what, resp, self.inner.config.timeout).await);
+            return Err(self.status_error(what, resp).await);
         }
         let body = self.read_body(resp, what).await?;
         match serde_json::from_slice::<serde_json::Value>(&body) {

@@ -487,20 +487,26 @@ impl Registrar for ConsulRegistrar {
             return Ok(());
         }
         let body = &self.shared.body;
-        // Every other agent the registration may have reached first, best effort: one that
-        // is down keeps it until its check has been critical for the deregister-after time
-        // (a TTL check) and Consul removes it.
-        let current = self.shared.client.current_agent();
-        let others: Vec<usize> = self
+        // Every agent the registration may have reached (with fallback agents, a move
+        // registered it again at the next one), and the current one. The heartbeat task is
+        // stopped, so nothing registers it anywhere meanwhile. An agent that cannot be
+        // reached stays in the set, `deregister` fails naming it, and a retry goes there
+        // again: a registration left at an agent that comes back would be restored from its
+        // data directory and served.
+        let mut agents: Vec<usize> = self
             .shared
             .agents
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .copied()
-            .filter(|&a| a != current)
             .collect();
-        for agent in others {
+        let current = self.shared.client.current_agent();
+        if !agents.contains(&current) {
+            agents.push(current);
+        }
+        let mut failed = Vec::new();
+        for agent in agents {
             match self.shared.client.deregister_at(agent, &body.id).await {
                 Ok(_) => {
                     self.shared
@@ -509,29 +515,36 @@ impl Registrar for ConsulRegistrar {
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&agent);
                 }
-                Err(e) => tracing::warn!(backend = BACKEND, service = %body.name, id = %body.id,
-                    agent, error = %e, "could not deregister at an earlier agent; Consul removes \
-                    it there once its check has been critical for the deregister-after time"),
+                Err(e) => failed.push((agent, e)),
             }
         }
-        match self.shared.client.deregister(&body.id).await {
-            Ok(_) => {
-                state.registered = false;
-                self.shared
-                    .agents
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&current);
-                tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
-                    address = %self.shared.registration.instance.addr(), action = "deregister");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(backend = BACKEND, service = %body.name, id = %body.id, error = %e,
-                    "deregister failed; heartbeats stopped, call deregister again to retry");
-                Err(e)
-            }
+        if failed.is_empty() {
+            state.registered = false;
+            tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
+                address = %self.shared.registration.instance.addr(), action = "deregister");
+            return Ok(());
         }
+        for (agent, e) in &failed {
+            tracing::warn!(backend = BACKEND, service = %body.name, id = %body.id,
+                agent = %self.shared.client.agent_address(*agent), error = %e,
+                "deregister failed there; heartbeats stopped, call deregister again to retry");
+        }
+        if failed.len() == 1 && self.shared.client.agents() == 1 {
+            return Err(failed.remove(0).1);
+        }
+        let not_reached: Vec<String> = failed
+            .iter()
+            .map(|(agent, e)| format!("{} ({e})", self.shared.client.agent_address(*agent)))
+            .collect();
+        Err(sd_core::Error::unavailable(
+            BACKEND,
+            format!(
+                "deregistration of {:?}: not reached at {}; the registration may still be held \
+                 there: call deregister again",
+                body.id,
+                not_reached.join(", ")
+            ),
+        ))
     }
 
     fn registration(&self) -> &Registration {

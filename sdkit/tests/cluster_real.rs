@@ -131,6 +131,7 @@ fn factory(i: &Instance) -> Result<String, BoxError> {
 /// from it every 2 ms, which records every pick that found no endpoint.
 struct Live {
     cluster: &'static str,
+    url: String,
     registry: Arc<dyn Registry>,
     service: String,
     base: Arc<dyn Registrar>,
@@ -183,6 +184,7 @@ impl Live {
         let duplicates = Arc::new(AtomicU64::new(0));
         let mut live = Live {
             cluster: v.label(),
+            url: url.clone(),
             registry,
             service,
             base,
@@ -334,14 +336,48 @@ impl Live {
         );
     }
 
+    /// Stops the client and deregisters; then a fresh client without empty-set protection
+    /// must find nothing left of the service anywhere in the cluster (Consul's catalog lists
+    /// every node's copy: a registration left at an agent the client moved away from shows).
     async fn finish(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks.drain(..) {
             t.await.unwrap();
         }
-        let _ = self.base.deregister().await;
+        let deregistered = self.base.deregister().await;
         self.endpointer.close().await;
         self.instancer.stop().await;
+        assert!(
+            deregistered.is_ok(),
+            "{}: deregister: {deregistered:?}",
+            self.cluster
+        );
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        let fresh = sdkit::connect(&format!("{}{sep}protect=false", self.url)).unwrap();
+        let check = fresh
+            .instancer(&ServiceQuery::new(self.service.as_str()))
+            .await
+            .unwrap();
+        let mut sub = check.subscribe();
+        let mut last = Vec::new();
+        let empty = tokio::time::timeout(BOUND, async {
+            while let Some(event) = sub.next().await {
+                if event.as_instances().is_some() {
+                    last = event.addrs();
+                    if last.is_empty() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        check.stop().await;
+        assert!(
+            empty.is_ok(),
+            "{}: {} still registered after deregister: {last:?}",
+            self.cluster,
+            self.service
+        );
     }
 }
 
