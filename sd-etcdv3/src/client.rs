@@ -319,6 +319,8 @@ struct Inner {
     conn: Mutex<Option<(usize, etcd_client::Client)>>,
     /// The endpoint to connect to next.
     next: AtomicUsize,
+    /// Counts the moves to another endpoint after a failure ([`Client::moves`]).
+    moves: tokio::sync::watch::Sender<u64>,
 }
 
 /// A client for one etcd cluster. Clones share the connection.
@@ -452,6 +454,7 @@ impl Client {
                 tls,
                 conn: Mutex::new(None),
                 next: AtomicUsize::new(0),
+                moves: tokio::sync::watch::channel(0).0,
             }),
         })
     }
@@ -485,6 +488,14 @@ impl Client {
             "http"
         };
         format!("{scheme}://{}", self.inner.config.endpoints[i])
+    }
+
+    /// Changes each time the client gives up the connection to an endpoint after a failure
+    /// (a request failed at the transport level or timed out there) and moves to the next
+    /// one. A watch still open on the old connection (streams keep their connection) is
+    /// then likely on a dead or frozen member: the instancer resumes it on the new one.
+    pub fn moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.moves.subscribe()
     }
 
     /// The connected etcd client: connects (and authenticates) on first use, and after a
@@ -548,6 +559,7 @@ impl Client {
         if matches!(conn.as_ref(), Some((j, _)) if *j == i) {
             *conn = None;
             self.inner.next.store(i + 1, Ordering::Relaxed);
+            self.inner.moves.send_modify(|m| *m += 1);
             if self.inner.config.endpoints.len() > 1 {
                 tracing::debug!(backend = BACKEND, endpoint = %self.inner.config.endpoints[i],
                     "endpoint failed; moving to the next one");

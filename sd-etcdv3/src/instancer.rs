@@ -194,6 +194,8 @@ pub struct PrefixSource {
     revision: i64,
     /// The cluster the watch was confirmed by.
     cluster_id: Option<u64>,
+    /// The client's moves to another endpoint ([`Client::moves`]).
+    moves: tokio::sync::watch::Receiver<u64>,
     after_get: Option<AfterGet>,
     stats: Arc<SourceStats>,
 }
@@ -212,6 +214,7 @@ impl fmt::Debug for PrefixSource {
 impl PrefixSource {
     /// A source for `query` under `client`'s prefix.
     pub fn new(client: Client, query: ServiceQuery) -> Self {
+        let moves = client.moves();
         let dir = client.service_dir(&query.service);
         PrefixSource {
             client,
@@ -223,6 +226,7 @@ impl PrefixSource {
             quick_restarts: 0,
             revision: 0,
             cluster_id: None,
+            moves,
             after_get: None,
             stats: Arc::new(SourceStats::default()),
         }
@@ -336,6 +340,9 @@ impl PrefixSource {
             Ok(Ok(w)) if Some(w.cluster_id) == self.cluster_id && w.revision >= self.revision => {
                 self.quick_restarts += 1;
                 self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                // A move made while resuming (the old endpoint failing once more) is the
+                // move this resume answers.
+                self.moves.borrow_and_update();
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why,
                     from = self.revision + 1, "watch ended; resumed from the last revision");
                 self.watch = Some(w.stream);
@@ -417,7 +424,21 @@ impl Source for PrefixSource {
             };
             let next = match self.pending.take() {
                 Some(next) => next,
-                None => stream.message().await,
+                None => {
+                    tokio::select! {
+                        next = stream.message() => next,
+                        // Another request found the endpoint dead or frozen and the client
+                        // moved: this watch is probably on that endpoint too. Resume it on
+                        // the new one (a frozen member would hold it until keep-alive).
+                        _ = self.moves.changed() => {
+                            let why = "the client moved to another endpoint";
+                            if self.resume(why).await {
+                                continue;
+                            }
+                            return self.rewatch(why.into()).await;
+                        }
+                    }
+                }
             };
             let resp = match next {
                 Err(e) => {

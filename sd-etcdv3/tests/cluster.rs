@@ -99,3 +99,68 @@ async fn fault_a_watch_resumes_on_another_member_from_the_last_revision() {
     writer.client().delete(&format!("{dir}b")).await.unwrap();
     writer.client().delete(&format!("{dir}c")).await.unwrap();
 }
+
+/// A frozen member holds a watch open and silent (only gRPC keep-alive would notice, here
+/// set to two minutes): when another request of the same client times out there and the
+/// client moves, the watch resumes on the new endpoint at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_a_watch_on_a_frozen_member_follows_the_client_when_it_moves() {
+    let Some(mut addrs) = cluster::require(Cluster::Etcd) else {
+        return;
+    };
+    let _lock = cluster::exclusive(Cluster::Etcd);
+    for m in Cluster::Etcd.members() {
+        m.wait_ready().await.unwrap();
+    }
+    let victim = leader().await;
+    addrs.rotate_left(victim.index() - 1);
+    let prefix = format!("/sdtest/{}", unique_name("etcd-cluster-frozen"));
+    let client = EtcdRegistry::from_url(&format!(
+        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s&keep_alive=120s",
+        addrs.join(",")
+    ))
+    .unwrap();
+    let service = unique_name("frozen");
+    let dir = client.client().service_dir(&service);
+    client
+        .client()
+        .put(&format!("{dir}a"), b"10.0.0.1:80", 0)
+        .await
+        .unwrap();
+    let instancer = client
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    let mut sub = instancer.subscribe();
+    wait_for_set_within(&mut sub, "a", BOUND, |s| s.len() == 1).await;
+
+    victim.pause().await.unwrap();
+    // The same client writes: the first attempt times out at the frozen member and moves
+    // the client; the write is retried (as an application would) on the next member.
+    let deadline = Instant::now() + BOUND;
+    while let Err(e) = client
+        .client()
+        .put(&format!("{dir}b"), b"10.0.0.2:80", 0)
+        .await
+    {
+        assert!(Instant::now() < deadline, "put b: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Well within the keep-alive's two minutes: the watch followed the move.
+    let set = wait_for_set_within(
+        &mut sub,
+        "b, by the resumed watch",
+        Duration::from_secs(40),
+        |s| s.len() == 2,
+    )
+    .await;
+    assert_eq!(ids(&set), ["a", "b"]);
+    let stats = instancer.stats();
+    assert!(stats.resumes() >= 1, "resumed: {}", stats.resumes());
+    assert_eq!(stats.full_reads(), 1, "no second read");
+    victim.resume().await.unwrap();
+    victim.wait_ready().await.unwrap();
+    instancer.stop().await;
+    for k in ["a", "b"] {
+        client.client().delete(&format!("{dir}{k}")).await.unwrap();
+    }
+}
