@@ -3,7 +3,7 @@
 //!
 //! Each member is its own process with its own ports and data directory, started and
 //! stopped like the single servers (`scripts/registries up etcd-cluster`). A test that
-//! injects faults holds [`exclusive_cluster`] for its whole run; on drop the guard heals
+//! injects faults holds [`exclusive`] for its whole run; on drop the guard heals
 //! every member (resumes the paused, restarts the killed) and waits until each is ready.
 //!
 //! ```no_run
