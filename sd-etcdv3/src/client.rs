@@ -319,8 +319,9 @@ struct Inner {
     conn: Mutex<Option<(usize, etcd_client::Client)>>,
     /// The endpoint to connect to next.
     next: AtomicUsize,
-    /// Counts the moves to another endpoint after a failure ([`Client::moves`]).
-    moves: tokio::sync::watch::Sender<u64>,
+    /// The moves to another endpoint after a failure: how many, and the endpoint given up
+    /// last ([`Client::moves`]).
+    moves: tokio::sync::watch::Sender<(u64, usize)>,
 }
 
 /// A client for one etcd cluster. Clones share the connection.
@@ -391,6 +392,8 @@ pub struct ConfirmedWatch {
     pub revision: i64,
     /// The id of the cluster that confirmed it (0 if the answer had no header).
     pub cluster_id: u64,
+    /// The index of the endpoint the client was connected to when etcd confirmed it.
+    pub endpoint: Option<usize>,
 }
 
 impl fmt::Debug for ConfirmedWatch {
@@ -398,6 +401,7 @@ impl fmt::Debug for ConfirmedWatch {
         f.debug_struct("ConfirmedWatch")
             .field("revision", &self.revision)
             .field("cluster_id", &self.cluster_id)
+            .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -412,6 +416,8 @@ pub struct Entry {
     pub raw_key: Vec<u8>,
     /// The value bytes.
     pub value: Vec<u8>,
+    /// The revision of the key's last change.
+    pub mod_revision: i64,
 }
 
 impl Client {
@@ -454,7 +460,7 @@ impl Client {
                 tls,
                 conn: Mutex::new(None),
                 next: AtomicUsize::new(0),
-                moves: tokio::sync::watch::channel(0).0,
+                moves: tokio::sync::watch::channel((0, usize::MAX)).0,
             }),
         })
     }
@@ -492,10 +498,16 @@ impl Client {
 
     /// Changes each time the client gives up the connection to an endpoint after a failure
     /// (a request failed at the transport level or timed out there) and moves to the next
-    /// one. A watch still open on the old connection (streams keep their connection) is
-    /// then likely on a dead or frozen member: the instancer resumes it on the new one.
-    pub fn moves(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// one: how many moves so far, and the index of the endpoint given up last. A watch
+    /// still open on that endpoint (streams keep their connection) is then likely on a dead
+    /// or frozen member: the instancer resumes it on the new one.
+    pub fn moves(&self) -> tokio::sync::watch::Receiver<(u64, usize)> {
         self.inner.moves.subscribe()
+    }
+
+    /// The index of the endpoint the client is connected to now, if it is connected.
+    pub async fn connected_endpoint(&self) -> Option<usize> {
+        self.inner.conn.lock().await.as_ref().map(|(i, _)| *i)
     }
 
     /// The connected etcd client: connects (and authenticates) on first use, and after a
@@ -559,7 +571,7 @@ impl Client {
         if matches!(conn.as_ref(), Some((j, _)) if *j == i) {
             *conn = None;
             self.inner.next.store(i + 1, Ordering::Relaxed);
-            self.inner.moves.send_modify(|m| *m += 1);
+            self.inner.moves.send_modify(|m| *m = (m.0 + 1, i));
             if self.inner.config.endpoints.len() > 1 {
                 tracing::debug!(backend = BACKEND, endpoint = %self.inner.config.endpoints[i],
                     "endpoint failed; moving to the next one");
@@ -577,6 +589,8 @@ impl Client {
     {
         let timeout = self.inner.config.timeout;
         let endpoints = self.inner.config.endpoints.len();
+        // The endpoint the request in flight went to: the one a timeout gives up.
+        let used = AtomicUsize::new(usize::MAX);
         let run = async {
             let mut attempt = 0;
             loop {
@@ -586,6 +600,7 @@ impl Client {
                     Err(e) if e.is_transient() && attempt < endpoints => continue,
                     Err(e) => return Err(e),
                 };
+                used.store(i, Ordering::Relaxed);
                 match f(client).await {
                     Ok(v) => return Ok(v),
                     Err(e) if is_transport(&e) => {
@@ -602,10 +617,11 @@ impl Client {
         match answer {
             Ok(r) => r,
             Err(_) => {
-                // A frozen endpoint: try another one next time.
-                // A `let` statement, so the lock is released before `fail_over` takes it.
-                let current = self.inner.conn.lock().await.as_ref().map(|(i, _)| *i);
-                if let Some(i) = current {
+                // A frozen endpoint: try another one next time. Only the endpoint this
+                // request went to (`fail_over` does nothing if the client has left it
+                // already): another request may have just connected elsewhere.
+                let i = used.load(Ordering::Relaxed);
+                if i != usize::MAX {
                     self.fail_over(i).await;
                 }
                 Err(Error::Timeout {
@@ -634,9 +650,39 @@ impl Client {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
                 raw_key: kv.key().to_vec(),
                 value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
             })
             .collect();
         Ok((revision, entries))
+    }
+
+    /// The keys under `dir` as they were at `revision`, each with the revision of its last
+    /// change then (keys only: no value is transferred), sorted by key. Fails when that
+    /// revision is compacted or not reached yet.
+    pub async fn keys_at(&self, dir: &str, revision: i64) -> Result<Vec<(Vec<u8>, i64)>> {
+        let resp = self
+            .call("get", |c| async move {
+                c.kv_client()
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .get(
+                        dir,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only()
+                                .with_revision(revision),
+                        ),
+                    )
+                    .await
+            })
+            .await?;
+        let mut keys: Vec<(Vec<u8>, i64)> = resp
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+            .collect();
+        keys.sort_unstable();
+        Ok(keys)
     }
 
     /// The services under the prefix: the distinct first path segments of the keys under
@@ -757,6 +803,7 @@ impl Client {
                     stream,
                     revision,
                     cluster_id,
+                    endpoint: self.connected_endpoint().await,
                 }))
             }
             Some(first) => Err(Error::Unavailable {

@@ -195,7 +195,12 @@ pub struct PrefixSource {
     /// The cluster the watch was confirmed by.
     cluster_id: Option<u64>,
     /// The client's moves to another endpoint ([`Client::moves`]).
-    moves: tokio::sync::watch::Receiver<u64>,
+    moves: tokio::sync::watch::Receiver<(u64, usize)>,
+    /// The endpoint the watch was confirmed on.
+    watch_endpoint: Option<usize>,
+    /// Every key under `dir` (decodable or not) and the revision of its last change: what
+    /// a resume checks the server still has at `revision`.
+    mod_revs: BTreeMap<Vec<u8>, i64>,
     after_get: Option<AfterGet>,
     stats: Arc<SourceStats>,
 }
@@ -227,6 +232,8 @@ impl PrefixSource {
             revision: 0,
             cluster_id: None,
             moves,
+            watch_endpoint: None,
+            mod_revs: BTreeMap::new(),
             after_get: None,
             stats: Arc::new(SourceStats::default()),
         }
@@ -296,12 +303,19 @@ impl PrefixSource {
                 }
             }
             self.entries = entries;
+            self.mod_revs = kvs
+                .iter()
+                .map(|kv| (kv.raw_key.clone(), kv.mod_revision))
+                .collect();
             if let Some(hook) = &self.after_get {
                 hook(revision).await;
             }
+            // Moves made until now (this read's own included) are answered by this watch.
+            self.moves.borrow_and_update();
             match self.client.watch_prefix(&self.dir, revision + 1).await {
                 Ok(Ok(w)) => {
                     self.cluster_id = Some(w.cluster_id);
+                    self.watch_endpoint = w.endpoint;
                     self.watch = Some(w.stream);
                 }
                 Ok(Err(compacted)) if attempts < 3 => {
@@ -336,15 +350,39 @@ impl PrefixSource {
         {
             return false;
         }
+        // The same store? A server that lost its data and was written past our revision
+        // since has the same cluster id (etcd derives it from the peer URLs and the token)
+        // and accepts the watch: only its history tells. Its keys at our revision, with the
+        // revisions of their last changes, must be exactly the ones we hold (keys only: no
+        // value is read). A compacted or future revision fails here too: read again.
+        self.moves.borrow_and_update();
+        match self.client.keys_at(&self.dir, self.revision).await {
+            Ok(keys)
+                if keys.len() == self.mod_revs.len()
+                    && keys
+                        .iter()
+                        .zip(&self.mod_revs)
+                        .all(|((k, r), (k2, r2))| k == k2 && r == r2) => {}
+            Ok(_) => {
+                tracing::warn!(backend = BACKEND, dir = %self.dir, reason = %why,
+                    revision = self.revision,
+                    "watch ended; the endpoint's history differs from what was applied (a \
+                     server that lost its data?): reading again");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, error = %e,
+                    "watch ended; cannot check the history at the applied revision: reading again");
+                return false;
+            }
+        }
         match self.client.watch_prefix(&self.dir, self.revision + 1).await {
             Ok(Ok(w)) if Some(w.cluster_id) == self.cluster_id && w.revision >= self.revision => {
                 self.quick_restarts += 1;
                 self.stats.resumes.fetch_add(1, Ordering::Relaxed);
-                // A move made while resuming (the old endpoint failing once more) is the
-                // move this resume answers.
-                self.moves.borrow_and_update();
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why,
                     from = self.revision + 1, "watch ended; resumed from the last revision");
+                self.watch_endpoint = w.endpoint;
                 self.watch = Some(w.stream);
                 true
             }
@@ -431,6 +469,10 @@ impl Source for PrefixSource {
                         // moved: this watch is probably on that endpoint too. Resume it on
                         // the new one (a frozen member would hold it until keep-alive).
                         _ = self.moves.changed() => {
+                            let (_, given_up) = *self.moves.borrow_and_update();
+                            if self.watch_endpoint.is_some_and(|e| e != given_up) {
+                                continue; // another endpoint was given up: not this watch's
+                            }
                             let why = "the client moved to another endpoint";
                             if self.resume(why).await {
                                 continue;
@@ -507,6 +549,14 @@ impl PrefixSource {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             self.revision = self.revision.max(kv.mod_revision());
+            match ev.event_type() {
+                EventType::Put => {
+                    self.mod_revs.insert(kv.key().to_vec(), kv.mod_revision());
+                }
+                EventType::Delete => {
+                    self.mod_revs.remove(kv.key());
+                }
+            }
             let key = String::from_utf8_lossy(kv.key());
             match ev.event_type() {
                 EventType::Put => match self.decode(&key, kv.value()) {
