@@ -119,15 +119,18 @@ fn a_member_restarted_under_flock_inherits_the_lock() {
         .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "restarted {member}");
-    // The member's pid, from the pid file the script keeps.
-    let dir = sd_testkit::registries_dir();
-    let pidfile = format!("{}/{member}/pid", dir.display());
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap_or_else(|e| panic!("{pidfile}: {e}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    // The member's pid, from the script's "<member> ready after ... (pid N)" (its pid file
+    // is in the runtime dir of whichever checkout started the cluster).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pid = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("{member} ready after")))
+        .filter_map(|l| {
+            l.rsplit_once("(pid ")
+                .map(|(_, p)| p.trim_end_matches(')').to_string())
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("no pid for {member} in: {stderr}"));
     let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
