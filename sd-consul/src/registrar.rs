@@ -250,13 +250,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// The agents a registration may have reached (a panic while it was held changes
+    /// nothing in it: the set is used as it is).
+    fn agents(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<usize>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Notes that a registration may reach the current agent (called before sending it).
     fn note_agent(&self) {
         let agent = self.client.current_agent();
-        self.agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(agent);
+        self.agents().insert(agent);
     }
 
     /// The health the TTL check reports: the registered instance's.
@@ -493,14 +496,7 @@ impl Registrar for ConsulRegistrar {
         // reached stays in the set, `deregister` fails naming it, and a retry goes there
         // again: a registration left at an agent that comes back would be restored from its
         // data directory and served.
-        let mut agents: Vec<usize> = self
-            .shared
-            .agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let mut agents: Vec<usize> = self.shared.agents().iter().copied().collect();
         let current = self.shared.client.current_agent();
         if !agents.contains(&current) {
             agents.push(current);
@@ -509,11 +505,7 @@ impl Registrar for ConsulRegistrar {
         for agent in agents {
             match self.shared.client.deregister_at(agent, &body.id).await {
                 Ok(_) => {
-                    self.shared
-                        .agents
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&agent);
+                    self.shared.agents().remove(&agent);
                 }
                 Err(e) => failed.push((agent, e)),
             }
