@@ -72,6 +72,25 @@ ROWS = [
     ("memory", "bytes_per_instance", "memory: resident bytes/instance, {n} instances", "bytes"),
     ("memory", "heap_bytes_per_instance", "memory: heap bytes/instance, {n} instances", "bytes"),
 ]
+# Scale (scale.rs / scale.go): {n} services × 20 instances, an instancer + endpointer each,
+# all on one client.
+# "etcd_scale_shared" is ours only: a bench prototype of one watch shared by every instancer.
+for _scen, _name, _lfl in (
+        ("consul_scale", "Consul", True), ("etcd_scale", "etcd 3.4", True),
+        ("etcd_scale_shared:etcd_scale", "etcd 3.4 (ours: one shared prefix watch, a bench "
+         "prototype; go-kit: a watch per instancer)", False)):
+    _what = f"{_name} scale, {{n}} services × 20 instances watched at once"
+    ROWS += [r + (_lfl,) for r in [
+        (_scen, "rss_bytes", f"{_what}: resident memory after freeing (Go: GC + FreeOSMemory; ours: malloc_trim)", "mb"),
+        (_scen, "rss_raw_bytes", f"{_what}: resident memory as is", "mb"),
+        (_scen, "heap_bytes", f"{_what}: live heap (Go: HeapAlloc, goroutine stacks not counted)", "mb"),
+        (_scen, "cpu_ms_per_s", f"{_what}: CPU at rest (user + sys)", "cpu"),
+        (_scen, "start_ns", f"{_what}: time to start them all until every endpointer serves its 20", "time"),
+        (_scen, "p50_ns", f"{_what}: one service changed (an instance added or removed) → its endpointer, p50", "time"),
+        (_scen, "p99_ns", f"{_what}: one service changed → its endpointer, p99", "time"),
+        (_scen, "request_p50_ns", f"{_what}: the registry write alone (part of the above), p50", "time"),
+        (_scen, "sockets", f"{_what}: sockets open at rest", "count"),
+    ]]
 
 
 def fmt(v, kind):
@@ -83,6 +102,12 @@ def fmt(v, kind):
         if v >= 1e3:
             return f"{v / 1e3:.1f} µs"
         return f"{v:.1f} ns"
+    if kind == "mb":
+        return f"{v / 1e6:.1f} MB"
+    if kind == "cpu":
+        return f"{v:.3f} ms/s"
+    if kind == "count":
+        return f"{v:.0f}"
     if kind == "allocs":
         return "0" if v < 0.005 else f"{v:.2f}" if v < 10 else f"{v:.0f}"
     return f"{v:.0f} B"

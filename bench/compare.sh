@@ -20,6 +20,12 @@
 # scenario likewise uses SD_TEST_EUREKA or the running Eureka server; its go-kit side is
 # bench/gokit-eureka (a module of its own: fargo), and each round takes about 25 s a side
 # (20 changes, polling every second).
+# The scale scenarios (issue 17; not in the default list: about 1 min a side each) watch
+# 1 000 services × 20 instances at once through the same Consul agent ("consul_scale") or
+# etcd server ("etcd_scale"): resident memory, CPU at rest, time to apply a change to one
+# service (bench/rust/src/scenarios/scale.rs says how); SD_SCALE_IDLE_S sets the idle
+# window (10 s). "etcd_scale_shared" runs ours only, with a bench prototype of one prefix
+# watch shared by every instancer, and is compared with go-kit's etcd_scale.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute, plus
 # about 4 min for Eureka (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
@@ -119,7 +125,7 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,etcd,/,/g; s/,dns,/,/g; s/,eureka,/,/g; s/^,*//; s/,*$//')"
+MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,etcd,/,/g; s/,dns,/,/g; s/,eureka,/,/g; s/,consul_scale,/,/g; s/,etcd_scale,/,/g; s/,etcd_scale_shared,/,/g; s/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
@@ -127,6 +133,9 @@ if [[ ",$SCENARIOS," == *",etcd,"* ]]; then EXTRA+=(etcd); fi
 if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",eureka,"* ]]; then EXTRA+=(eureka); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
+if [[ ",$SCENARIOS," == *",consul_scale,"* ]]; then EXTRA+=(consul_scale); fi
+if [[ ",$SCENARIOS," == *",etcd_scale,"* ]]; then EXTRA+=(etcd_scale); fi
+if [[ ",$SCENARIOS," == *",etcd_scale_shared,"* ]]; then EXTRA+=(etcd_scale_shared); fi
 LOCKS="${SD_REGISTRIES_DIR:-$ROOT/target/registries}/locks"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -146,15 +155,18 @@ run() {
     # go-kit's Eureka side is a program of its own (bench/gokit-eureka).
     [ "$list" = eureka ] && [ "$side" = gokit ] && bin="$GOEUREKA"
     local cmd=("$bin" -scenarios "$list")
+    local reg="${list%%_*}"  # the scale scenarios hold their registry's lock
+    # etcd_scale_shared is a prototype of ours, compared with go-kit's etcd_scale.
+    [ "$list" = etcd_scale_shared ] && [ "$side" = gokit ] && return 0
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
-    if { [ "$list" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
+    if { [ "$reg" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
         || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
-        || { [ "$list" = etcd ] && [ -n "${SD_TEST_ETCD:-}" ]; } \
+        || { [ "$reg" = etcd ] && [ -n "${SD_TEST_ETCD:-}" ]; } \
         || { [ "$list" = dns ] && [ -n "${SD_TEST_DNS:-}" ]; } \
         || { [ "$list" = eureka ] && [ -n "${SD_TEST_EUREKA:-}" ]; }; then
         if command -v flock >/dev/null; then
             mkdir -p "$LOCKS"
-            cmd=(flock --shared -w 120 "$LOCKS/$list.lock" "${cmd[@]}")
+            cmd=(flock --shared -w 120 "$LOCKS/$reg.lock" "${cmd[@]}")
         fi
     fi
     local err

@@ -47,6 +47,13 @@ type result struct {
 	Note             string  `json:"note,omitempty"`
 	RequestP50Ns     float64 `json:"request_p50_ns,omitempty"`
 	Skipped          string  `json:"skipped,omitempty"`
+	// Scale scenarios (scale.go); pointers so that a 0 is still printed.
+	RssBytes    *float64 `json:"rss_bytes,omitempty"`
+	RssRawBytes *float64 `json:"rss_raw_bytes,omitempty"`
+	HeapBytes   *float64 `json:"heap_bytes,omitempty"`
+	CPUMsPerS   *float64 `json:"cpu_ms_per_s,omitempty"`
+	StartNs     *float64 `json:"start_ns,omitempty"`
+	Sockets     *int     `json:"sockets,omitempty"`
 }
 
 func emit(r result) {
@@ -298,7 +305,7 @@ func memory(n int) {
 }
 
 func main() {
-	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk,dns")
+	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk,dns,consul_scale,etcd_scale")
 	quick := flag.Bool("quick", false, "fewer iterations (smoke test)")
 	flag.Parse()
 	scale := 1
@@ -337,6 +344,10 @@ func main() {
 			etcdPropagation(200 / scale)
 		case "dns":
 			dnsPropagation(40/scale + 4)
+		case "consul_scale":
+			consulScaleRun(*quick)
+		case "etcd_scale":
+			etcdScaleRun(*quick)
 		case "":
 		default:
 			fmt.Fprintln(os.Stderr, "unknown scenario", s)

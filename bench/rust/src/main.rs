@@ -8,7 +8,7 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka] [--quick]`;
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,consul_scale,etcd_scale,etcd_scale_shared] [--quick]`;
 //! the extra scenario `breakdown` prints where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
@@ -47,6 +47,23 @@ pub struct Record {
     pub request_p50_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Scale scenarios: resident bytes after returning freed memory, and as is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_raw_bytes: Option<f64>,
+    /// Scale scenarios: live heap bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_bytes: Option<f64>,
+    /// Scale scenarios: CPU time per second at rest, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms_per_s: Option<f64>,
+    /// Scale scenarios: time to start every instancer until all serve their first set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_ns: Option<f64>,
+    /// Scale scenarios: sockets open at rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<usize>,
 }
 
 impl Record {
@@ -91,7 +108,7 @@ fn main() -> ExitCode {
             "--quick" | "-quick" => quick = true,
             "--help" | "-h" => {
                 eprintln!(
-                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,breakdown] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,consul_scale,etcd_scale,etcd_scale_shared,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -118,6 +135,9 @@ fn main() -> ExitCode {
             "etcd" => scenarios::registries::run_etcd(scale),
             "dns" => scenarios::dnssrv::run(scale),
             "eureka" => scenarios::eureka::run(scale),
+            "consul_scale" => scenarios::scale::run_consul(scale),
+            "etcd_scale" => scenarios::scale::run_etcd(scale, false),
+            "etcd_scale_shared" => scenarios::scale::run_etcd(scale, true),
             "" => Ok(()),
             other => Err(format!("unknown scenario {other:?}")),
         };

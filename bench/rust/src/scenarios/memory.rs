@@ -13,7 +13,8 @@ extern "C" {
     fn malloc_trim(pad: usize) -> i32;
 }
 
-fn settle() {
+/// Returns freed heap memory to the OS (Go: `debug.FreeOSMemory`).
+pub fn settle() {
     // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
     unsafe {
         malloc_trim(0);

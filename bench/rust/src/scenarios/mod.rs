@@ -7,6 +7,7 @@ pub mod lbextra;
 pub mod memory;
 pub mod pick;
 pub mod registries;
+pub mod scale;
 pub mod update;
 
 use sd_core::{BoxError, Instance};

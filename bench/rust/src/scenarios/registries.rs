@@ -28,12 +28,11 @@ use sd_zk::ZkRegistry;
 use super::percentiles;
 use crate::Record;
 
-fn skip(scenario: &'static str, why: String) -> Result<(), String> {
+fn skip(scenario: &'static str, why: String) {
     eprintln!("sdkit {scenario} scenario skipped: {why}");
     let mut r = Record::new(scenario, 0, 1);
     r.skipped = Some(why);
     r.emit();
-    Ok(())
 }
 
 /// The Consul scenario.
@@ -65,20 +64,17 @@ pub fn run_etcd(scale: usize) -> Result<(), String> {
     })
 }
 
-fn registry_propagation(
-    scenario: &'static str,
-    env: &str,
-    scale: usize,
-    make: impl Fn(&str) -> Result<Arc<dyn Registry>, String>,
-) -> Result<(), String> {
-    let changes = 200 / scale;
+/// The registry address in `env` if it is set and reachable; otherwise the scenario is
+/// reported as skipped (a "skipped" record) and `None` returned.
+pub fn registry_addr(scenario: &'static str, env: &str) -> Option<String> {
     let addr = match std::env::var(env) {
         Ok(a) if !a.is_empty() => a,
         _ => {
-            return skip(
+            skip(
                 scenario,
                 format!("{env} is not set (run: eval \"$(scripts/registries up)\")"),
-            )
+            );
+            return None;
         }
     };
     let reachable = addr
@@ -87,10 +83,28 @@ fn registry_propagation(
         .and_then(|mut a| a.next())
         .map(|sa| TcpStream::connect_timeout(&sa, Duration::from_secs(1)));
     match reachable {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => return skip(scenario, format!("{addr} is not reachable: {e}")),
-        None => return skip(scenario, format!("{env}={addr:?} is not host:port")),
+        Some(Ok(_)) => Some(addr),
+        Some(Err(e)) => {
+            skip(scenario, format!("{addr} is not reachable: {e}"));
+            None
+        }
+        None => {
+            skip(scenario, format!("{env}={addr:?} is not host:port"));
+            None
+        }
     }
+}
+
+fn registry_propagation(
+    scenario: &'static str,
+    env: &str,
+    scale: usize,
+    make: impl Fn(&str) -> Result<Arc<dyn Registry>, String>,
+) -> Result<(), String> {
+    let changes = 200 / scale;
+    let Some(addr) = registry_addr(scenario, env) else {
+        return Ok(());
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
