@@ -22,13 +22,8 @@ import (
 // the instancer and, once the instancer has broadcast an event, checks Endpoints() in a
 // runtime.Gosched loop until the endpointer's goroutine has applied it.
 func consulPropagation(changes int) {
-	addr, ok := registryAddr("consul", "SD_TEST_CONSUL")
+	api, ok := consulAPI("consul")
 	if !ok {
-		return
-	}
-	api, err := consulapi.NewClient(&consulapi.Config{Address: addr})
-	if err != nil {
-		skipScenario("consul", err.Error())
 		return
 	}
 	client := consul.NewClient(api)
@@ -45,6 +40,21 @@ func consulPropagation(changes int) {
 func skipScenario(scenario, why string) {
 	fmt.Fprintln(os.Stderr, "gokit", scenario, "scenario skipped:", why)
 	emit(result{Scenario: scenario, Threads: 1, Skipped: why})
+}
+
+// consulAPI returns a consul/api client for the agent at SD_TEST_CONSUL if it is set and
+// reachable; otherwise it reports the scenario as skipped and returns false.
+func consulAPI(scenario string) (*consulapi.Client, bool) {
+	addr, ok := registryAddr(scenario, "SD_TEST_CONSUL")
+	if !ok {
+		return nil, false
+	}
+	api, err := consulapi.NewClient(&consulapi.Config{Address: addr})
+	if err != nil {
+		skipScenario(scenario, err.Error())
+		return nil, false
+	}
+	return api, true
 }
 
 // registryAddr returns the registry address in env if it is set and reachable; otherwise it
@@ -110,16 +120,25 @@ func propagate(name string, instancer sd.Instancer, changes int, apply func(regi
 	return lat, req
 }
 
-// awaitEndpoints waits (at most 10 s, else exits) until ep serves `want` endpoints, woken by
-// the instancer's events on `events` (a channel of the benchmark's own, registered on the
-// instancer), then drops the events of this change so the channel never fills (a full
-// channel would block go-kit's broadcast, and with it the endpointer).
+// awaitEndpoints waits (at most 10 s, else exits) until ep serves `want` endpoints (see
+// awaitCount).
 func awaitEndpoints(ep sd.Endpointer, events chan sd.Event, want int, what string, change int) {
+	if !awaitCount(ep, events, want, 10*time.Second) {
+		fmt.Fprintln(os.Stderr, what+": change", change, "not seen within 10 s")
+		os.Exit(1)
+	}
+}
+
+// awaitCount waits (at most `limit`) until ep serves `want` endpoints, woken by the
+// instancer's events on `events` (a channel of the benchmark's own, registered on the
+// instancer), then drops the events of this change so the channel never fills (a full
+// channel would block go-kit's broadcast, and with it the endpointer). False on timeout.
+func awaitCount(ep sd.Endpointer, events chan sd.Event, want int, limit time.Duration) bool {
 	reflects := func() bool {
 		eps, err := ep.Endpoints()
 		return err == nil && len(eps) == want
 	}
-	timeout := time.After(10 * time.Second)
+	timeout := time.After(limit)
 	for !reflects() {
 		select {
 		case <-events:
@@ -128,11 +147,11 @@ func awaitEndpoints(ep sd.Endpointer, events chan sd.Event, want int, what strin
 				runtime.Gosched()
 			}
 		case <-timeout:
-			fmt.Fprintln(os.Stderr, what+": change", change, "not seen within 10 s")
-			os.Exit(1)
+			return false
 		}
 	}
 	for len(events) > 0 {
 		<-events
 	}
+	return true
 }

@@ -123,10 +123,9 @@ func measureScale(scenario string, b scaleBackend, p scaleParams) error {
 		debug.FreeOSMemory()
 	}
 	settle()
+	r0, t0 := rss(), time.Now()
 	var h0, h1 runtime.MemStats
 	runtime.ReadMemStats(&h0)
-	r0 := rss()
-	t0 := time.Now()
 	instancers := make([]sd.Instancer, 0, p.services)
 	endpointers := make([]*sd.DefaultEndpointer, 0, p.services)
 	defer func() {
@@ -202,7 +201,7 @@ func measureScale(scenario string, b scaleBackend, p scaleParams) error {
 				return err
 			}
 			req = append(req, float64(time.Since(t).Nanoseconds()))
-			if !awaitCount(endpointers[k], events, want) {
+			if !awaitCount(endpointers[k], events, want, scaleWait) {
 				instancers[k].Deregister(events)
 				return fmt.Errorf("service %d: endpointer never served %d endpoints", k, want)
 			}
@@ -219,30 +218,6 @@ func measureScale(scenario string, b scaleBackend, p scaleParams) error {
 		HeapBytes: f(float64(int64(h1.HeapAlloc) - int64(h0.HeapAlloc))),
 		CPUMsPerS: f(cpu), StartNs: f(float64(start.Nanoseconds())), Sockets: &sockets})
 	return nil
-}
-
-// awaitCount waits (at most scaleWait) until ep serves want endpoints, woken by the
-// instancer's events (see awaitEndpoints), and drops the events of this change.
-func awaitCount(ep sd.Endpointer, events chan sd.Event, want int) bool {
-	reflects := func() bool {
-		eps, err := ep.Endpoints()
-		return err == nil && len(eps) == want
-	}
-	timeout := time.After(scaleWait)
-	for !reflects() {
-		select {
-		case <-events:
-			for j := 0; j < 100_000 && !reflects(); j++ {
-				runtime.Gosched()
-			}
-		case <-timeout:
-			return false
-		}
-	}
-	for len(events) > 0 {
-		<-events
-	}
-	return true
 }
 
 // Consul: the instances are registered in the catalog on 20 nodes of this run, through
@@ -338,13 +313,8 @@ func (c *consulScale) cleanup() error {
 }
 
 func consulScaleRun(quick bool) {
-	addr, ok := registryAddr("consul_scale", "SD_TEST_CONSUL")
+	api, ok := consulAPI("consul_scale")
 	if !ok {
-		return
-	}
-	api, err := consulapi.NewClient(&consulapi.Config{Address: addr})
-	if err != nil {
-		skipScenario("consul_scale", err.Error())
 		return
 	}
 	b := &consulScale{api: api, client: consul.NewClient(api), run: strconv.Itoa(os.Getpid())}
