@@ -47,9 +47,10 @@ pub struct Record {
     pub request_p50_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
-    /// Scale scenarios: resident bytes after returning freed memory, and as is.
+    /// Scale scenarios: resident bytes after returning freed memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<f64>,
+    /// Scale scenarios: resident bytes as is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_raw_bytes: Option<f64>,
     /// Scale scenarios: live heap bytes.
