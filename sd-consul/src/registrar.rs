@@ -272,7 +272,8 @@ impl Shared {
 /// is running. It lets `deregister` stop a task that is between rounds (nearly always: a
 /// round takes a request or two every period) at once, without waiting for the task to see
 /// its cancellation and end: once the gate is closed with no round running, the task can
-/// send nothing more. A round in flight (which may be registering again) is waited for.
+/// send nothing more. A task with a round in flight is stopped as before: cancelled (the
+/// round is dropped), and waited for until it has ended.
 #[derive(Default)]
 struct Gate(std::sync::Mutex<GateState>);
 
@@ -555,9 +556,10 @@ impl Registrar for ConsulRegistrar {
         if let Some((task, gate)) = state.task.take() {
             // Between rounds, closing the gate is enough: the task can send nothing more,
             // and ends on its own once it sees the cancellation (waiting for that was a
-            // hand-off between tasks on every deregistration: issue 17). A round in flight
-            // (it may be registering again) is waited for, so that it cannot land after the
-            // deregistration.
+            // hand-off between tasks on every deregistration: issue 17). With a round in
+            // flight the task is stopped as before: the round is cancelled and the task
+            // waited for until it has ended, so it sends nothing after this. (A request the
+            // round had already written may still reach the agent: a known limit.)
             if gate.close() {
                 task.cancel();
             } else {
