@@ -12,7 +12,8 @@ of the other), or when the two sides' ranges do not overlap; a tie when the medi
 within ±5 %; otherwise the rounds disagree, and the column says which side most rounds
 favour with the median ratio, without calling it a win. Bold only for a clear result on a
 like-for-like row: a row that compares another API of ours (LocalRoundRobin, the per-thread
-RoundRobin) is never bold. With --docs,
+RoundRobin) is never bold. When the `updatescale` sweep ran, a second table follows: the
+cost of one update per N, and that cost divided by N (see scale_table()). With --docs,
 the table replaces the text between the markers
 <!-- gokit-compare:begin --> and <!-- gokit-compare:end --> in that file.
 """
@@ -54,9 +55,23 @@ ROWS = [
     ("fanout", "p50_ns", "fan-out: {n} instances to {threads} subscribers, p50", "time"),
     ("fanout", "p99_ns", "fan-out: {n} instances to {threads} subscribers, p99", "time"),
     ("fanout", "allocs_per_op", "fan-out: allocations per publish ({n} instances)", "allocs"),
+    ("update_scale", "ns_per_op", "update sweep (`updatescale`), endpointer step only: one change in {n}", "time"),
+    ("update_scale", "allocs_per_op", "update sweep, endpointer step only: allocations per update ({n})", "allocs"),
+    ("update_path_scale", "p50_ns", "update sweep, whole path: one change in {n}, registry answer → endpointer, p50", "time"),
+    ("update_path_scale", "p99_ns", "update sweep, whole path: one change in {n}, p99", "time"),
+    ("update_path_scale", "allocs_per_op", "update sweep, whole path: allocations per update ({n})", "allocs"),
     ("consul", "p50_ns", "Consul: register/deregister → endpointer, p50", "time"),
     ("consul", "p99_ns", "Consul: register/deregister → endpointer, p99", "time"),
     ("consul", "request_p50_ns", "Consul: the agent request alone (part of the above), p50", "time"),
+    ("consul_request", "p50_ns", "Consul agent request alone (`consulreq`: register/deregister PUT, no watch; ours through `ConsulRegistrar`, go-kit's `consul.Client`), p50", "time"),
+    ("consul_request", "p99_ns", "Consul agent request alone (`consulreq`), p99", "time"),
+    ("consul_request_client:consul_request", "p50_ns", "Consul agent request alone, ours through `sd_consul::Client` (no registrar) vs go-kit's `consul.Client`, p50", "time"),
+    ("consul_request_raw", "p50_ns", "Consul agent request alone, a bare HTTP client (reqwest / net/http), p50", "time"),
+    ("consul_request", "cpu_ns_per_op", "Consul agent request alone: CPU time of the client process per request (all threads; `ConsulRegistrar` / `consul.Client`)", "time"),
+    ("consul_request_client:consul_request", "cpu_ns_per_op", "Consul agent request alone: CPU time per request, ours through `sd_consul::Client`", "time"),
+    ("consul_request_raw", "cpu_ns_per_op", "Consul agent request alone: CPU time per request, bare HTTP client", "time"),
+    ("consul_request", "slices_per_op", "Consul agent request alone: thread wake-ups per request in the client process (`ConsulRegistrar` / `consul.Client`)", "allocs"),
+    ("consul_request_raw", "slices_per_op", "Consul agent request alone: thread wake-ups per request, bare HTTP client", "allocs"),
     ("zk", "p50_ns", "ZooKeeper: node created/deleted → endpointer, p50 (ours through `ZkRegistrar`, go-kit's through a plain connection: its registrar cannot deregister, ZK-6)", "time"),
     ("zk", "p99_ns", "ZooKeeper: node created/deleted → endpointer, p99", "time"),
     ("zk", "request_p50_ns", "ZooKeeper: the create/delete call alone (part of the above; ours also sets a watch on the node), p50", "time"),
@@ -222,6 +237,38 @@ def table(data, skipped):
     return "\n".join(out), rounds
 
 
+def scale_table(data):
+    """The cost of one update as N grows (the `updatescale` sweep): per N, the medians of the
+    whole path (p50) and of the endpointer step, and each divided by N (ns per instance: a
+    flat column is linear growth). Empty when the sweep was not run."""
+    ns = sorted(n for (sc, n, _t) in data if sc == "update_path_scale")
+    if not ns:
+        return ""
+
+    def med(scenario, n, metric, impl):
+        vals = data.get((scenario, n, 1), {}).get(metric, {}).get(impl, [])
+        return statistics.median(vals) if vals else None
+
+    def per(v, n):
+        return "—" if v is None else f"{v / n:,.1f} ns".replace(",", " ")
+
+    out = [
+        "| N | whole path p50: go-kit | sdkit | per instance: go-kit | sdkit "
+        "| endpointer step: go-kit | sdkit | per instance: go-kit | sdkit "
+        "| allocations per instance (whole path): go-kit | sdkit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in ns:
+        pg, ps = (med("update_path_scale", n, "p50_ns", i) for i in ("gokit", "sdkit"))
+        sg, ss = (med("update_scale", n, "ns_per_op", i) for i in ("gokit", "sdkit"))
+        ag, as_ = (med("update_path_scale", n, "allocs_per_op", i) for i in ("gokit", "sdkit"))
+        alloc = lambda v: "—" if v is None else f"{v / n:.2f}"
+        out.append(f"| {n:,} | {fmt(pg, 'time')} | {fmt(ps, 'time')} | {per(pg, n)} | {per(ps, n)} "
+                   f"| {fmt(sg, 'time')} | {fmt(ss, 'time')} | {per(sg, n)} | {per(ss, n)} "
+                   f"| {alloc(ag)} | {alloc(as_)} |".replace(",", " "))
+    return "\n".join(out)
+
+
 def main():
     args = sys.argv[1:]
     if not args:
@@ -231,6 +278,10 @@ def main():
     text, rounds = table(data, skipped)
     print(text)
     print(f"\n(median of {rounds} rounds per side; the last column is min–max over the rounds)")
+    scale = scale_table(data)
+    if scale:
+        print("\nCost of one update as N grows (`updatescale`; medians; per instance = time ÷ N):\n")
+        print(scale)
     if "--docs" in args:
         docs = args[args.index("--docs") + 1]
         header = ""

@@ -6,10 +6,10 @@
 # Builds both sides (Go with `go build`; Rust with `cargo build --profile bench`: the release
 # profile plus the workspace's lto = true and codegen-units = 1, as for the criterion benches,
 # since Go inlines across packages too), runs them interleaved (go-kit, sdkit, go-kit, sdkit,
-# ...; N rounds, default 5; memory, Consul and ZooKeeper in fresh processes of their own), then prints a
-# markdown table of the medians with go-kit's figure, ours, the ratio and the range over the
-# rounds. --write-docs also puts the table, with the date, the machine and this command, into
-# docs/BENCHMARKS.md (section "go-kit comparison").
+# ...; N rounds, default 5; memory, the registry scenarios and the scale sweeps in fresh
+# processes of their own), then prints a markdown table of the medians with go-kit's figure,
+# ours, the ratio and the range over the rounds. --write-docs also puts the table, with the
+# date, the machine and this command, into docs/BENCHMARKS.md (section "go-kit comparison").
 #
 # The ZooKeeper scenario runs against SD_TEST_ZK, or else the server scripts/registries is
 # running, like the Consul one; the etcd one likewise against SD_TEST_ETCD (etcd 3.4).
@@ -26,6 +26,16 @@
 # service (bench/rust/src/scenarios/scale.rs says how); SD_SCALE_IDLE_S sets the idle
 # window (10 s). "etcd_scale_shared" runs ours only, with a bench prototype of one prefix
 # watch shared by every instancer, and is compared with go-kit's etcd_scale.
+# "consulreq" (default) times the Consul agent request alone against the same agent, under
+# the same lock: 1 000 register/deregister pairs per client (ours through ConsulRegistrar,
+# sd_consul::Client and a bare reqwest client; go-kit's consul.Client and a bare net/http
+# client), with the client's CPU time and thread wake-ups per request; about 5 s a side.
+# Not in the default list, for the time they take (go-kit about 15-45 s a round and up to
+# 190 MB resident at N = 100 000; sdkit about 8 s): "updatescale", the cost of one update
+# (endpointer step and whole path) at N = 10, 100, 1 000, 10 000 and 100 000, with a
+# "cost vs N" table (time ÷ N per instance) printed under the main one; "fanoutscale", the
+# fan-out at 10 000 instances (100 subscribers). Add them with --scenarios, e.g.
+# --scenarios updatescale,fanoutscale.
 # Raw JSON lines are kept in target/bench-compare/. A full run takes about a minute, plus
 # about 4 min for Eureka (longer
 # if it has to wait for another suite's fault test to give the Consul agent back).
@@ -37,7 +47,7 @@ ROUNDS=5
 QUICK=""
 WRITE_DOCS=""
 BUILD=1
-SCENARIOS="pick,random,retry,update,fanout,consul,zk,etcd,dns,eureka,memory"
+SCENARIOS="pick,random,retry,update,fanout,consul,consulreq,zk,etcd,dns,eureka,memory"
 COMMAND="bench/compare.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -47,7 +57,7 @@ while [ $# -gt 0 ]; do
         --write-docs) WRITE_DOCS=1; shift ;;
         --no-build) BUILD=""; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -116,7 +126,7 @@ if [ -z "${SD_TEST_DNS:-}" ] && [[ ",$SCENARIOS," == *",dns,"* ]]; then
     echo "[compare] SD_TEST_DNS not set: the DNS SRV scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
 fi
-if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul,"* ]]; then
+if [ -z "${SD_TEST_CONSUL:-}" ] && [[ ",$SCENARIOS," == *",consul"* ]]; then
     echo "[compare] SD_TEST_CONSUL not set: the Consul scenario will be skipped" \
          "(eval \"\$(scripts/registries up)\" first)" >&2
 fi
@@ -125,13 +135,20 @@ fi
 # blur the RSS reading; Consul under the registries harness's shared lock, so that a fault
 # test of another suite (which kills or pauses the agent under the exclusive lock) cannot
 # run in the middle of it.
-MAIN="$(echo ",$SCENARIOS," | sed 's/,memory,/,/g; s/,consul,/,/g; s/,zk,/,/g; s/,etcd,/,/g; s/,dns,/,/g; s/,eureka,/,/g; s/,consul_scale,/,/g; s/,etcd_scale,/,/g; s/,etcd_scale_shared,/,/g; s/^,*//; s/,*$//')"
+MAIN=",$SCENARIOS,"
+for own in memory consul consulreq zk etcd dns eureka updatescale fanoutscale consul_scale etcd_scale etcd_scale_shared; do
+    MAIN="${MAIN//,$own,/,}"
+done
+MAIN="$(echo "$MAIN" | sed 's/^,*//; s/,*$//')"
 EXTRA=()
 if [[ ",$SCENARIOS," == *",consul,"* ]]; then EXTRA+=(consul); fi
+if [[ ",$SCENARIOS," == *",consulreq,"* ]]; then EXTRA+=(consulreq); fi
 if [[ ",$SCENARIOS," == *",zk,"* ]]; then EXTRA+=(zk); fi
 if [[ ",$SCENARIOS," == *",etcd,"* ]]; then EXTRA+=(etcd); fi
 if [[ ",$SCENARIOS," == *",dns,"* ]]; then EXTRA+=(dns); fi
 if [[ ",$SCENARIOS," == *",eureka,"* ]]; then EXTRA+=(eureka); fi
+if [[ ",$SCENARIOS," == *",updatescale,"* ]]; then EXTRA+=(updatescale); fi
+if [[ ",$SCENARIOS," == *",fanoutscale,"* ]]; then EXTRA+=(fanoutscale); fi
 if [[ ",$SCENARIOS," == *",memory,"* ]]; then EXTRA+=(memory); fi
 if [[ ",$SCENARIOS," == *",consul_scale,"* ]]; then EXTRA+=(consul_scale); fi
 if [[ ",$SCENARIOS," == *",etcd_scale,"* ]]; then EXTRA+=(etcd_scale); fi
@@ -159,6 +176,8 @@ run() {
     # etcd_scale_shared is a prototype of ours, compared with go-kit's etcd_scale.
     [ "$list" = etcd_scale_shared ] && [ "$side" = gokit ] && return 0
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
+    # consulreq uses the same agent as consul, under the same lock.
+    [ "$list" = consulreq ] && reg=consul
     if { [ "$reg" = consul ] && [ -n "${SD_TEST_CONSUL:-}" ]; } \
         || { [ "$list" = zk ] && [ -n "${SD_TEST_ZK:-}" ]; } \
         || { [ "$reg" = etcd ] && [ -n "${SD_TEST_ETCD:-}" ]; } \

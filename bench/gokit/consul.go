@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"time"
@@ -154,4 +158,126 @@ func awaitCount(ep sd.Endpointer, events chan sd.Event, want int, limit time.Dur
 		<-events
 	}
 	return true
+}
+
+// consulRequest times the agent request alone (scenario "consulreq"): `pairs`
+// registrations and deregistrations of one instance in turn, no instancer running. Two
+// clients in interleaved blocks of 50 pairs: go-kit's consul.Client over consul/api
+// ("consul_request", the request row of the consul scenario by itself) and a bare
+// net/http client sending the same two PUTs ("consul_request_raw"). The Rust side
+// (bench/rust/src/scenarios/consulreq.rs) does the same with ConsulRegistrar, its Client and
+// a bare reqwest client.
+func consulRequest(pairs int) {
+	const block = 50
+	if pairs < block {
+		pairs = block
+	}
+	addr, ok := registryAddr("consul_request", "SD_TEST_CONSUL")
+	if !ok {
+		return
+	}
+	api, err := consulapi.NewClient(&consulapi.Config{Address: addr})
+	if err != nil {
+		skipScenario("consul_request", err.Error())
+		return
+	}
+	client := consul.NewClient(api)
+	service := fmt.Sprintf("sdbench-gokit-req-%d-%d", os.Getpid(), time.Now().UnixNano())
+	reg := &consulapi.AgentServiceRegistration{ID: service + "-1", Name: service, Address: "127.0.0.1", Port: 18080}
+	body, err := json.Marshal(reg)
+	if err != nil {
+		skipScenario("consul_request", err.Error())
+		return
+	}
+	raw := &http.Client{Timeout: 10 * time.Second}
+	put := func(url string, b []byte) error {
+		req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(b))
+		if err != nil {
+			return err
+		}
+		resp, err := raw.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("raw request: HTTP %d", resp.StatusCode)
+		}
+		return nil
+	}
+	registerURL := "http://" + addr + "/v1/agent/service/register"
+	deregisterURL := "http://" + addr + "/v1/agent/service/deregister/" + reg.ID
+	var times [2][]float64
+	var cpu [2][2]uint64
+	for b := 0; b < pairs/block+1; b++ {
+		for k := range times {
+			run0, slices0 := processCPU()
+			for i := 0; i < 2*block; i++ {
+				register := i%2 == 0
+				t0 := time.Now()
+				var err error
+				switch {
+				case k == 0 && register:
+					err = client.Register(reg)
+				case k == 0:
+					err = client.Deregister(reg)
+				case register:
+					err = put(registerURL, body)
+				default:
+					err = put(deregisterURL, nil)
+				}
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "consul_request:", err)
+					os.Exit(1)
+				}
+				if b > 0 { // the first block of each warms up
+					times[k] = append(times[k], float64(time.Since(t0).Nanoseconds()))
+				}
+			}
+			if b > 0 {
+				run1, slices1 := processCPU()
+				cpu[k][0] += run1 - run0
+				cpu[k][1] += slices1 - slices0
+			}
+		}
+	}
+	_ = client.Deregister(reg)
+	for k, name := range []string{"consul_request", "consul_request_raw"} {
+		p50, p99 := percentiles(times[k])
+		// The requests alternate: registrations at even indexes, deregistrations at odd.
+		var half [2][]float64
+		for i, v := range times[k] {
+			half[i%2] = append(half[i%2], v)
+		}
+		reg, _ := percentiles(half[0])
+		dereg, _ := percentiles(half[1])
+		ops := float64(max(len(times[k]), 1))
+		emit(result{Scenario: name, N: 1, Threads: 1, Ops: len(times[k]), NsPerOp: p50, P50Ns: p50, P99Ns: p99,
+			RegisterP50Ns: reg, DeregisterP50Ns: dereg,
+			CPUNsPerOp: float64(cpu[k][0]) / ops, SlicesPerOp: float64(cpu[k][1]) / ops})
+	}
+}
+
+// processCPU returns the CPU time (ns) and the times put on a CPU so far, summed over the
+// threads of this process (/proc/self/task/*/schedstat: run time, wait time, timeslices),
+// as on the Rust side; zeros where unreadable.
+func processCPU() (uint64, uint64) {
+	var run, slices uint64
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return 0, 0
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		var r, w, s uint64
+		if n, _ := fmt.Sscan(string(b), &r, &w, &s); n == 3 {
+			run += r
+			slices += s
+		}
+	}
+	return run, slices
 }

@@ -46,6 +46,10 @@ type result struct {
 	HeapPerInstance  float64 `json:"heap_bytes_per_instance,omitempty"`
 	Note             string  `json:"note,omitempty"`
 	RequestP50Ns     float64 `json:"request_p50_ns,omitempty"`
+	CPUNsPerOp       float64 `json:"cpu_ns_per_op,omitempty"`
+	SlicesPerOp      float64 `json:"slices_per_op,omitempty"`
+	RegisterP50Ns    float64 `json:"register_p50_ns,omitempty"`
+	DeregisterP50Ns  float64 `json:"deregister_p50_ns,omitempty"`
 	Skipped          string  `json:"skipped,omitempty"`
 	// Scale scenarios (scale.go); pointers so that a 0 is still printed.
 	RssBytes    *float64 `json:"rss_bytes,omitempty"`
@@ -164,7 +168,7 @@ func (c chanInstancer) Stop()                       {}
 // events on the endpointer's own goroutine, reading an unbuffered channel; a send completes
 // once the previous update is done, so `updates` sends followed by one cheap fence event
 // (an error event: logged and ignored without InvalidateOnError) time `updates` updates.
-func update(n, updates int) {
+func update(scenario string, n, updates int) {
 	src := chanInstancer{ch: make(chan chan<- sd.Event, 1)}
 	ep := sd.NewEndpointer(src, factory, log.NewNopLogger())
 	defer ep.Close()
@@ -197,7 +201,7 @@ func update(n, updates int) {
 	ch <- fence
 	d := time.Since(t0)
 	m1 := mallocs()
-	emit(result{Scenario: "update", N: n, Threads: 1, Ops: updates,
+	emit(result{Scenario: scenario, N: n, Threads: 1, Ops: updates,
 		NsPerOp:     float64(d.Nanoseconds()) / float64(updates),
 		AllocsPerOp: float64(m1-m0) / float64(updates)})
 }
@@ -305,7 +309,7 @@ func memory(n int) {
 }
 
 func main() {
-	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk,dns,consul_scale,etcd_scale")
+	scenarios := flag.String("scenarios", "pick,random,retry,update,fanout", "comma-separated: pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,updatescale,fanoutscale,consulreq,consul_scale,etcd_scale")
 	quick := flag.Bool("quick", false, "fewer iterations (smoke test)")
 	flag.Parse()
 	scale := 1
@@ -328,16 +332,26 @@ func main() {
 			retry(false, 200_000/scale)
 			retry(true, 200_000/scale)
 		case "update":
-			update(10_000, 200/scale+10)
-			updatePath(10_000, 100/scale+5)
+			update("update", 10_000, 200/scale+10)
+			updatePath("update_path", 10_000, 100/scale+5)
+		case "updatescale":
+			// The cost of one update as the set grows (sweep.go; the same counts as the Rust side).
+			for _, n := range sweep {
+				update("update_scale", n, stepUpdates(n)/scale+10)
+				updatePath("update_path_scale", n, pathRounds(n)/scale+5)
+			}
 		case "fanout":
 			for _, n := range []int{10, 1000} {
 				fanout(n, 100, 400/scale+10)
 			}
+		case "fanoutscale":
+			fanout(10_000, 100, 200/scale+10)
 		case "memory":
 			memory(100_000)
 		case "consul":
 			consulPropagation(200 / scale)
+		case "consulreq":
+			consulRequest(1000 / scale)
 		case "zk":
 			zkPropagation(200 / scale)
 		case "etcd":

@@ -44,3 +44,16 @@ func TestAddrMatchesRustSide(t *testing.T) {
 		t.Fatalf("addr(257) = %q", got)
 	}
 }
+
+// The sweep's counts are the Rust side's (sweep.rs, the_sweep_runs_the_go_sides_counts).
+func TestScaleRoundsMatchRustSide(t *testing.T) {
+	want := map[int][2]int{10: {2000, 1000}, 100: {2000, 1000}, 1000: {2000, 1000}, 10_000: {200, 100}, 100_000: {20, 20}}
+	if len(sweep) != len(want) {
+		t.Fatalf("sweep = %v", sweep)
+	}
+	for _, n := range sweep {
+		if got := [2]int{stepUpdates(n), pathRounds(n)}; got != want[n] {
+			t.Errorf("n=%d: got %v, want %v", n, got, want[n])
+		}
+	}
+}

@@ -19,7 +19,7 @@ import (
 // endpointer rebuilds its endpoints. The factory signals when it is asked for the new
 // instance; the endpointer holds its write lock while it runs, so the Endpoints() call that
 // follows returns once the update is complete.
-func updatePath(n, rounds int) {
+func updatePath(scenario string, n, rounds int) {
 	src := newSRVSource(n)
 	defer src.in.Stop()
 	in := src.in
@@ -63,6 +63,6 @@ func updatePath(n, rounds int) {
 	}
 	m1 := mallocs()
 	p50, p99 := percentiles(lat)
-	emit(result{Scenario: "update_path", N: n, Threads: 1, Ops: rounds, NsPerOp: p50, P50Ns: p50, P99Ns: p99,
+	emit(result{Scenario: scenario, N: n, Threads: 1, Ops: rounds, NsPerOp: p50, P50Ns: p50, P99Ns: p99,
 		AllocsPerOp: float64(m1-m0) / float64(rounds)})
 }

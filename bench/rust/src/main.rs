@@ -8,8 +8,11 @@
 //! {"impl":"sdkit","scenario":"pick","n":10,"threads":1,"ns_per_op":..,"allocs_per_op":..}
 //! ```
 //!
-//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,consul_scale,etcd_scale,etcd_scale_shared] [--quick]`;
-//! the extra scenario `breakdown` prints where the sdkit update path spends its time.
+//! Usage: `sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,updatescale,fanoutscale,consulreq,consul_scale,etcd_scale,etcd_scale_shared] [--quick]`;
+//! `updatescale` and `fanoutscale` are the scale sweeps (`scenarios::sweep`), `consulreq` the
+//! Consul agent request alone (`scenarios::consulreq`), `consul_scale`/`etcd_scale` 1 000
+//! services watched at once (`scenarios::scale`); the extra scenario `breakdown` prints
+//! where the sdkit update path spends its time.
 //! Allocations are counted by a counting global allocator (every thread).
 
 mod alloc;
@@ -45,6 +48,14 @@ pub struct Record {
     pub heap_bytes_per_instance: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_p50_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_op: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slices_per_op: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_p50_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deregister_p50_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// Scale scenarios: resident bytes after returning freed memory.
@@ -109,7 +120,7 @@ fn main() -> ExitCode {
             "--quick" | "-quick" => quick = true,
             "--help" | "-h" => {
                 eprintln!(
-                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,consul_scale,etcd_scale,etcd_scale_shared,breakdown] [--quick]"
+                    "usage: sd-compare [--scenarios pick,random,retry,update,fanout,memory,consul,zk,etcd,dns,eureka,updatescale,fanoutscale,consulreq,consul_scale,etcd_scale,etcd_scale_shared,breakdown] [--quick]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -129,9 +140,12 @@ fn main() -> ExitCode {
                 scenarios::update::run(scale).and_then(|()| scenarios::update::run_path(scale))
             }
             "fanout" => scenarios::fanout::run(scale),
+            "fanoutscale" => scenarios::sweep::fanout(scale),
+            "updatescale" => scenarios::sweep::updates(scale),
             "breakdown" => scenarios::update::breakdown(scale),
             "memory" => scenarios::memory::run(),
             "consul" => scenarios::registries::run(scale),
+            "consulreq" => scenarios::consulreq::run(scale),
             "zk" => scenarios::registries::run_zk(scale),
             "etcd" => scenarios::registries::run_etcd(scale),
             "dns" => scenarios::dnssrv::run(scale),

@@ -31,7 +31,7 @@ pub fn build(answer: &[(String, u16)]) -> InstanceSet {
         .collect()
 }
 
-fn one(n: usize, subs: usize, rounds: usize) -> Result<(), String> {
+pub fn one(n: usize, subs: usize, rounds: usize) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

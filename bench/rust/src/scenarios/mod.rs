@@ -1,5 +1,6 @@
 //! The scenarios, each mirroring the function of the same name in `bench/gokit/main.go`.
 
+pub mod consulreq;
 pub mod dnssrv;
 pub mod eureka;
 pub mod fanout;
@@ -8,6 +9,7 @@ pub mod memory;
 pub mod pick;
 pub mod registries;
 pub mod scale;
+pub mod sweep;
 pub mod update;
 
 use sd_core::{BoxError, Instance};
@@ -57,6 +59,23 @@ pub fn current_thread() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// The default multi-thread tokio runtime (what a service runs its clients on).
+pub fn multi_thread() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// A service name unique to this run: `<prefix>-<pid>-<ns since the epoch>`.
+pub fn unique_service(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sd_consul::ConsulRegistry;
 use sd_core::Registry;
@@ -25,7 +25,7 @@ use sd_etcdv3::EtcdRegistry;
 use sd_testkit::propagation::propagation;
 use sd_zk::ZkRegistry;
 
-use super::percentiles;
+use super::{multi_thread, percentiles, unique_service};
 use crate::Record;
 
 fn skip(scenario: &'static str, why: String) {
@@ -64,9 +64,9 @@ pub fn run_etcd(scale: usize) -> Result<(), String> {
     })
 }
 
-/// The registry address in `env` if it is set and reachable; otherwise the scenario is
-/// reported as skipped (a "skipped" record) and `None` returned.
-pub fn registry_addr(scenario: &'static str, env: &str) -> Option<String> {
+/// The registry address in `env` if it is set and reachable; otherwise reports `scenario`
+/// as skipped (one JSON line) and returns `None`.
+pub fn registry_addr(scenario: &'static str, env: &str) -> Result<Option<String>, String> {
     let addr = match std::env::var(env) {
         Ok(a) if !a.is_empty() => a,
         _ => {
@@ -74,7 +74,7 @@ pub fn registry_addr(scenario: &'static str, env: &str) -> Option<String> {
                 scenario,
                 format!("{env} is not set (run: eval \"$(scripts/registries up)\")"),
             );
-            return None;
+            return Ok(None);
         }
     };
     let reachable = addr
@@ -83,16 +83,11 @@ pub fn registry_addr(scenario: &'static str, env: &str) -> Option<String> {
         .and_then(|mut a| a.next())
         .map(|sa| TcpStream::connect_timeout(&sa, Duration::from_secs(1)));
     match reachable {
-        Some(Ok(_)) => Some(addr),
-        Some(Err(e)) => {
-            skip(scenario, format!("{addr} is not reachable: {e}"));
-            None
-        }
-        None => {
-            skip(scenario, format!("{env}={addr:?} is not host:port"));
-            None
-        }
+        Some(Ok(_)) => return Ok(Some(addr)),
+        Some(Err(e)) => skip(scenario, format!("{addr} is not reachable: {e}")),
+        None => skip(scenario, format!("{env}={addr:?} is not host:port")),
     }
+    Ok(None)
 }
 
 fn registry_propagation(
@@ -102,20 +97,13 @@ fn registry_propagation(
     make: impl Fn(&str) -> Result<Arc<dyn Registry>, String>,
 ) -> Result<(), String> {
     let changes = 200 / scale;
-    let Some(addr) = registry_addr(scenario, env) else {
+    let Some(addr) = registry_addr(scenario, env)? else {
         return Ok(());
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let rt = multi_thread()?;
     let _guard = rt.enter();
     let registry = make(&addr)?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let service = format!("sdbench-sdkit-{}-{nanos}", std::process::id());
+    let service = unique_service("sdbench-sdkit");
     let timeout = Duration::from_secs(10);
     rt.block_on(propagation(
         &*registry,

@@ -392,7 +392,7 @@ impl Backend for Consul {
 
 /// The Consul scale scenario.
 pub fn run_consul(scale: usize) -> Result<(), String> {
-    let Some(addr) = super::registries::registry_addr("consul_scale", "SD_TEST_CONSUL") else {
+    let Some(addr) = super::registries::registry_addr("consul_scale", "SD_TEST_CONSUL")? else {
         return Ok(());
     };
     let rt = runtime()?;
@@ -631,7 +631,7 @@ pub fn run_etcd(scale: usize, shared: bool) -> Result<(), String> {
     } else {
         "etcd_scale"
     };
-    let Some(addr) = super::registries::registry_addr(scenario, "SD_TEST_ETCD") else {
+    let Some(addr) = super::registries::registry_addr(scenario, "SD_TEST_ETCD")? else {
         return Ok(());
     };
     let rt = runtime()?;

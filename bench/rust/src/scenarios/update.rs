@@ -13,8 +13,11 @@ use super::{current_thread, factory, instances, percentiles};
 use crate::{alloc, Record};
 
 pub fn run(scale: usize) -> Result<(), String> {
-    let n = 10_000;
-    let updates = 2000 / scale + 10;
+    step_n("update", 10_000, 2000 / scale + 10)
+}
+
+/// The endpointer step for `n` instances, `updates` timed updates, emitted as `scenario`.
+pub fn step_n(scenario: &'static str, n: usize, updates: usize) -> Result<(), String> {
     let rt = current_thread()?;
     let _guard = rt.enter();
     let src = InstanceCache::new();
@@ -47,7 +50,7 @@ pub fn run(scale: usize) -> Result<(), String> {
         return Err("endpointer lost instances".into());
     }
     drop(snap);
-    let mut r = Record::new("update", n, 1);
+    let mut r = Record::new(scenario, n, 1);
     r.ops = Some(updates);
     r.ns_per_op = Some(d.as_nanos() as f64 / updates as f64);
     r.allocs_per_op = (m1 - m0) as f64 / updates as f64;
@@ -61,8 +64,11 @@ pub fn run(scale: usize) -> Result<(), String> {
 /// cache on its own task) rebuilds and publishes its snapshot. A task waiting on
 /// `Endpointer::changes` takes t1. Mirrors `updatePath` in bench/gokit.
 pub fn run_path(scale: usize) -> Result<(), String> {
-    let n = 10_000;
-    let rounds = 100 / scale + 5;
+    path_n("update_path", 10_000, 100 / scale + 5)
+}
+
+/// The whole update path for `n` instances, `rounds` timed updates, emitted as `scenario`.
+pub fn path_n(scenario: &'static str, n: usize, rounds: usize) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,7 +141,7 @@ pub fn run_path(scale: usize) -> Result<(), String> {
         ep.close().await;
     });
     let (p50, p99) = percentiles(&lat);
-    let mut rec = Record::new("update_path", n, 1);
+    let mut rec = Record::new(scenario, n, 1);
     rec.ops = Some(rounds);
     rec.ns_per_op = Some(p50);
     rec.p50_ns = Some(p50);
