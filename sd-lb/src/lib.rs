@@ -111,7 +111,7 @@ pub use outlier::{Outlier, OutlierConfig};
 pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
-pub use round_robin::RoundRobin;
+pub use round_robin::{EndpointRef, RoundRobin};
 pub use slow_start::{SlowStart, SlowStartConfig};
 pub use stale::RefuseStale;
 pub use subset::Subset;
