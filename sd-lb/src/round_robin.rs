@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
 use arc_swap::Guard;
-use sd_core::{Endpoint, Endpointer, Snapshot};
+use sd_core::{Changes, Endpoint, Endpointer, Snapshot, Status};
 
 use crate::balancer::{
     endpoints_of, first_accepted, panic_threshold_builder, pick_fallback, thread_random, Balancer,
@@ -107,7 +107,7 @@ struct Entry {
     alive: Weak<()>,
     /// The next position in this thread's rotation (per-thread mode).
     next: usize,
-    /// An `Rc<Arc<View<(), E>>>` of the balancer's `E`.
+    /// An `Rc<Local<E>>` of the balancer's `E`.
     view: Rc<dyn Any>,
 }
 
@@ -126,8 +126,36 @@ thread_local! {
     };
 }
 
-/// A cached view of one balancer on one thread.
-type Cached<E> = Rc<Arc<View<(), E>>>;
+/// What a thread caches for one balancer, and what an [`EndpointRef`] holds.
+enum Local<E: 'static> {
+    /// The balancer's view.
+    View {
+        view: Arc<View<(), E>>,
+        /// The view's notifier (marked seen when its snapshot was taken).
+        changes: Changes,
+        /// The candidates a pick rotates over when the snapshot's status cannot change
+        /// without a new version (every status but `Invalidating`, whose deadline passes with
+        /// time) and there are some; 0 otherwise: such picks take the slow path, which reports
+        /// the status's error or the empty set.
+        fast: usize,
+    },
+    /// An endpoint picked outside any view (before the balancer has one that can serve).
+    One(Endpoint<E>),
+}
+
+impl<E: 'static> Local<E> {
+    fn of(view: Arc<View<(), E>>) -> Self {
+        let fast = match view.snapshot.status() {
+            Status::Pending | Status::Current | Status::Stale(_) => view.cands().len(),
+            _ => 0,
+        };
+        Local::View {
+            changes: view.changes.clone(),
+            view,
+            fast,
+        }
+    }
+}
 
 /// An endpoint picked by [`RoundRobin::pick`], borrowed from the picking thread's cached
 /// snapshot: dereferences to the [`Endpoint`].
@@ -149,32 +177,25 @@ type Cached<E> = Rc<Arc<View<(), E>>>;
 /// let owned: Endpoint<&str> = picked.into_endpoint();
 /// assert_eq!(*owned, "a");
 /// ```
-pub struct EndpointRef<E: 'static>(Held<E>);
-
-enum Held<E: 'static> {
-    /// Index `index` of the cached view's snapshot.
-    Cached { view: Cached<E>, index: usize },
-    /// Picked outside the cache (no view to serve yet, or no thread cache to be had).
-    Owned(Endpoint<E>),
+pub struct EndpointRef<E: 'static> {
+    local: Rc<Local<E>>,
+    index: usize,
 }
 
 impl<E: 'static> EndpointRef<E> {
     /// The endpoint.
     #[inline]
     pub fn endpoint(&self) -> &Endpoint<E> {
-        match &self.0 {
-            Held::Cached { view, index } => &view.snapshot.all()[*index],
-            Held::Owned(e) => e,
+        match &*self.local {
+            Local::View { view, .. } => &view.snapshot.all()[self.index],
+            Local::One(e) => e,
         }
     }
 
     /// An owned endpoint (one reference-count increment), releasing the snapshot.
     #[inline]
     pub fn into_endpoint(self) -> Endpoint<E> {
-        match self.0 {
-            Held::Cached { view, index } => view.snapshot.all()[index].clone(),
-            Held::Owned(e) => e,
-        }
+        self.endpoint().clone()
     }
 
     /// An owned endpoint (one reference-count increment).
@@ -194,13 +215,10 @@ impl<E: 'static> Deref for EndpointRef<E> {
 
 impl<E: 'static> Clone for EndpointRef<E> {
     fn clone(&self) -> Self {
-        EndpointRef(match &self.0 {
-            Held::Cached { view, index } => Held::Cached {
-                view: view.clone(),
-                index: *index,
-            },
-            Held::Owned(e) => Held::Owned(e.clone()),
-        })
+        EndpointRef {
+            local: self.local.clone(),
+            index: self.index,
+        }
     }
 }
 
@@ -261,36 +279,42 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
     /// shared balancer; [`Balancer::pick`] is the same pick returning an owned endpoint.
     #[inline]
     pub fn pick(&self) -> Result<EndpointRef<E>, LbError> {
-        self.locate(&Request::new())
-    }
-
-    /// [`pick`](Self::pick); `request` is used only when the balancer has no view to serve
-    /// yet (the fallback pick then avoids what the request avoids).
-    #[inline]
-    fn locate(&self, request: &Request<'_, E>) -> Result<EndpointRef<E>, LbError> {
-        let hit = TABLE.try_with(|t| {
-            let mut t = t.try_borrow_mut().ok()?;
-            let e = t.entries.iter_mut().find(|e| e.id == self.id)?;
-            let view = e.view.clone().downcast::<Arc<View<(), E>>>().ok()?;
-            if view.changes.has_changed() {
-                return None;
-            }
-            Some(self.choose(view, Some(&mut e.next)))
-        });
-        match hit {
-            Ok(Some(picked)) => picked,
-            _ => self.refresh_and_pick(request),
+        match self.cached() {
+            Some(picked) => Ok(picked),
+            None => self.refresh_and_pick(&Request::new()),
         }
     }
 
-    /// The pick from `view`, advancing `next` (this thread's rotation) or, when `strict` or
-    /// without a thread entry, the shared counter.
+    /// The pick from this thread's entry, when it is there, up to date and has candidates
+    /// (see [`Local`]); `None` sends the pick to the slow path.
     #[inline]
-    fn choose(&self, view: Cached<E>, next: Option<&mut usize>) -> Result<EndpointRef<E>, LbError> {
-        endpoints_of(&view.snapshot)?;
-        let c = view.cands();
-        let n = c.len();
-        let k = match next {
+    fn cached(&self) -> Option<EndpointRef<E>> {
+        TABLE
+            .try_with(|t| {
+                let mut t = t.try_borrow_mut().ok()?;
+                let e = t.entries.iter_mut().find(|e| e.id == self.id)?;
+                let local = e.view.clone().downcast::<Local<E>>().ok()?;
+                let index = match &*local {
+                    Local::View {
+                        view,
+                        changes,
+                        fast,
+                    } if *fast > 0 && !changes.has_changed() => {
+                        view.cands().at(self.turn(*fast, Some(&mut e.next)))
+                    }
+                    _ => return None,
+                };
+                Some(EndpointRef { local, index })
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The next position among `n` candidates: this thread's rotation (`next`), or the
+    /// shared counter when `strict` or without a thread entry.
+    #[inline]
+    fn turn(&self, n: usize, next: Option<&mut usize>) -> usize {
+        match next {
             Some(next) if !self.strict => {
                 let mut k = *next;
                 if k >= n {
@@ -301,14 +325,13 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
                 k
             }
             _ => (self.counter.next() % n as u64) as usize,
-        };
-        let index = c.at(k);
-        Ok(EndpointRef(Held::Cached { view, index }))
+        }
     }
 
-    /// The slow path: no entry on this thread, or the endpointer changed since it was made.
-    /// Brings the balancer's view up to date (the first pick after an update lists the
-    /// passing endpoints), stores it in this thread's entry and picks.
+    /// The slow path: no entry on this thread, the endpointer changed since it was made, or
+    /// the snapshot has an error, no endpoints or a deadline. Brings the balancer's view up
+    /// to date (the first pick after an update lists the passing endpoints), stores it in
+    /// this thread's entry and picks.
     #[cold]
     #[inline(never)]
     fn refresh_and_pick(&self, request: &Request<'_, E>) -> Result<EndpointRef<E>, LbError> {
@@ -316,6 +339,8 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
             Current::View(v) => Guard::into_inner(v),
             Current::Fallback(s) => return self.fallback(&s, request),
         };
+        endpoints_of(&current.snapshot)?;
+        let n = current.cands().len();
         // Entries taken out of the table are dropped after it is released: dropping a
         // snapshot runs the endpoints' destructors, which may pick again.
         let mut dropped: Vec<Entry> = Vec::new();
@@ -328,26 +353,33 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
                     None => self.insert(&mut t, &mut dropped),
                 };
                 let e = &mut t.entries[at];
-                let view = match e.view.clone().downcast::<Arc<View<(), E>>>() {
-                    Ok(v) if Arc::ptr_eq(&v, &current) => v,
+                let local = match e.view.clone().downcast::<Local<E>>() {
+                    Ok(l) if matches!(&*l, Local::View { view, .. } if Arc::ptr_eq(view, &current)) => l,
                     _ => {
-                        let v: Cached<E> = Rc::new(current.clone());
-                        replaced = Some(std::mem::replace(&mut e.view, v.clone()));
-                        v
+                        let l = Rc::new(Local::of(current.clone()));
+                        replaced = Some(std::mem::replace(&mut e.view, l.clone()));
+                        l
                     }
                 };
-                Some(self.choose(view, Some(&mut e.next)))
+                let index = current.cands().at(self.turn(n, Some(&mut e.next)));
+                Some(EndpointRef { local, index })
             })
             .ok()
             .flatten();
         drop(dropped);
         drop(replaced);
-        match picked {
+        Ok(match picked {
             Some(p) => p,
             // No thread cache (the thread is ending, or a pick from inside this thread's
             // cache update): pick uncached, on the shared counter.
-            None => self.choose(Rc::new(current), None),
-        }
+            None => {
+                let index = current.cands().at(self.turn(n, None));
+                EndpointRef {
+                    local: Rc::new(Local::of(current)),
+                    index,
+                }
+            }
+        })
     }
 
     /// Makes this balancer's entry in `t` (sweeping out entries of dropped balancers, then
@@ -391,8 +423,12 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
         s: &Snapshot<E>,
         request: &Request<'_, E>,
     ) -> Result<EndpointRef<E>, LbError> {
-        pick_fallback(s, thread_random(), request, false, self.view.threshold())
-            .map(|p| EndpointRef(Held::Owned(p.into_endpoint())))
+        pick_fallback(s, thread_random(), request, false, self.view.threshold()).map(|p| {
+            EndpointRef {
+                local: Rc::new(Local::One(p.into_endpoint())),
+                index: 0,
+            }
+        })
     }
 }
 
@@ -416,13 +452,16 @@ where
     }
 
     fn pick_with(&self, request: &Request<'_, E>) -> Result<Picked<E>, LbError> {
-        let picked = self.locate(request)?;
-        Ok(Picked::new(match picked.0 {
-            Held::Cached { view, index } => {
+        let picked = match self.cached() {
+            Some(p) => p,
+            None => self.refresh_and_pick(request)?,
+        };
+        Ok(Picked::new(match &*picked.local {
+            Local::View { view, .. } => {
                 let list = view.snapshot.all();
-                list[first_accepted(list, view.cands(), index, request)].clone()
+                list[first_accepted(list, view.cands(), picked.index, request)].clone()
             }
-            Held::Owned(e) => e,
+            Local::One(e) => e.clone(),
         }))
     }
 
