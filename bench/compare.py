@@ -11,9 +11,9 @@ rounds are interleaved, go-kit then sdkit, so round i of one side is paired with
 of the other), or when the two sides' ranges do not overlap; a tie when the median ratio is
 within ±5 %; otherwise the rounds disagree, and the column says which side most rounds
 favour with the median ratio, without calling it a win. Bold only for a clear result on a
-like-for-like row: a row that compares another API of ours (LocalRoundRobin, the per-thread
-RoundRobin) is never bold. When the `updatescale` sweep ran, a second table follows: the
-cost of one update per N, and that cost divided by N (see scale_table()). With --docs,
+like-for-like row: a row that compares another API of ours (LocalRoundRobin) is never bold.
+When the `updatescale` sweep ran, a second table follows: the cost of one update per N, and
+that cost divided by N (see scale_table()). With --docs,
 the table replaces the text between the markers
 <!-- gokit-compare:begin --> and <!-- gokit-compare:end --> in that file.
 """
@@ -31,10 +31,12 @@ END = "<!-- gokit-compare:end -->"
 # go-kit's: they are shown for what that design buys, and never bold.
 ROWS = [
     ("pick", "ns_per_op",
-     "pick, round robin (ours: `RoundRobin::new`), N={n}, {threads} thread{s}: ns/pick", "time"),
-    ("pick_per_thread:pick", "ns_per_op",
-     "pick, ours `RoundRobin::per_thread` (a counter per thread: not like for like) vs "
-     "go-kit's round robin, N={n}, {threads} thread{s}", "time", False),
+     "pick, round robin as users call it (ours: `RoundRobin::new` + `pick`, a rotation per "
+     "thread, the endpoint borrowed; go-kit: `lb.NewRoundRobin`, a shared counter), N={n}, "
+     "{threads} thread{s}: ns/pick", "time"),
+    ("pick_strict:pick", "ns_per_op",
+     "pick, strict round robin, one shared counter on both sides (ours: `RoundRobin::strict`), "
+     "N={n}, {threads} thread{s}: ns/pick", "time"),
     ("pick_local:pick", "ns_per_op",
      "pick, ours `LocalRoundRobin` (a handle per thread, returns a reference: not like for "
      "like) vs go-kit's round robin, N={n}, {threads} thread{s}", "time", False),

@@ -6,7 +6,13 @@
 //! Each figure is the time of one pick on one thread (for two threads: wall time of the
 //! concurrent run divided by the picks of one thread). A pick returns an owned `Endpoint`
 //! (one reference-count increment and decrement) except `rr_local`, which returns a
-//! reference. The `p2c_*` figures include ending the request (dropping the guard), which is
+//! reference, and `rr_shared` and `rr_strict`, which call `RoundRobin::pick` (what users
+//! call on a `RoundRobin`): an `EndpointRef` borrowed from the thread's cached snapshot.
+//! `rr_shared` is `RoundRobin::new` (a rotation per thread, the default), `rr_strict` is
+//! `RoundRobin::strict` (go-kit's shared counter), `rr_shared_owned` is `RoundRobin::new`
+//! through `Balancer::pick` (an owned endpoint, what `Retry` and the tower adapters use).
+//! (Until 2026-12 `rr_shared` was go-kit's shared counter returning an owned endpoint and
+//! `rr_per_thread` the per-thread counter, both through an `arc-swap` load per pick.) The `p2c_*` figures include ending the request (dropping the guard), which is
 //! where peak-EWMA reads the clock a second time; `p2c_*_pick_only` time the pick alone.
 //! Consistent hashing picks a different key each time.
 //!
@@ -90,6 +96,15 @@ impl<B: Balancer<u64>> Picker for Plain<B> {
     #[inline]
     fn pick_once(&self, _: u64) -> u64 {
         *self.0.pick().unwrap()
+    }
+}
+
+/// `RoundRobin::pick` itself: the endpoint borrowed from the thread's cached snapshot.
+struct Borrowed(RoundRobin<Ep, u64>);
+impl Picker for Borrowed {
+    #[inline]
+    fn pick_once(&self, _: u64) -> u64 {
+        **self.0.pick().unwrap()
     }
 }
 
@@ -239,8 +254,9 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    run(c, "rr_shared", |ep| Plain(RoundRobin::new(ep)));
-    run(c, "rr_per_thread", |ep| Plain(RoundRobin::per_thread(ep)));
+    run(c, "rr_shared", |ep| Borrowed(RoundRobin::new(ep)));
+    run(c, "rr_shared_owned", |ep| Plain(RoundRobin::new(ep)));
+    run(c, "rr_strict", |ep| Borrowed(RoundRobin::strict(ep)));
     run_local(c);
     run(c, "random", |ep| Plain(Random::new(ep)));
     run(c, "weighted", |ep| Plain(Weighted::new(ep)));

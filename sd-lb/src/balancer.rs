@@ -961,7 +961,9 @@ struct Shared<T, E: 'static> {
 /// One snapshot and the state derived from it.
 pub(crate) struct View<T, E: 'static> {
     pub(crate) snapshot: Snapshot<E>,
-    changes: Changes,
+    /// Marked seen when the snapshot was taken: [`Changes::has_changed`] tells whether the
+    /// endpointer has published a newer state since (what a per-thread cache checks).
+    pub(crate) changes: Changes,
     /// The number of the subscription the snapshot came from (see [`subscribe`]).
     seq: u64,
     /// See [`preferred_of`].

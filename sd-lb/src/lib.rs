@@ -6,8 +6,8 @@
 //!
 //! | balancer | picks |
 //! |---|---|
-//! | [`RoundRobin`] | in turn (go-kit's shared counter, or [`RoundRobin::per_thread`]) |
-//! | [`LocalRoundRobin`] | in turn, from a cached snapshot: the fastest pick, one handle per thread |
+//! | [`RoundRobin`] | in turn: a rotation per thread ([`RoundRobin::new`], the default), or go-kit's strict shared counter ([`RoundRobin::strict`]); its own [`pick`](RoundRobin::pick) borrows the endpoint from a per-thread cache ([`EndpointRef`]) |
+//! | [`LocalRoundRobin`] | in turn, from a cached snapshot: a handle per thread or task, `&mut self` |
 //! | [`Random`] | uniformly at random (seedable) |
 //! | [`Weighted`] | smooth weighted round robin over instance weights |
 //! | [`P2c`] | the less loaded (per unit of weight) of two distinct random endpoints, drawn by weight: in-flight requests or peak-EWMA latency |
@@ -111,7 +111,7 @@ pub use outlier::{Outlier, OutlierConfig};
 pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
-pub use round_robin::RoundRobin;
+pub use round_robin::{EndpointRef, RoundRobin};
 pub use slow_start::{SlowStart, SlowStartConfig};
 pub use stale::RefuseStale;
 pub use subset::Subset;

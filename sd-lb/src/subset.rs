@@ -55,13 +55,13 @@ use crate::balancer::{hash_key, splitmix};
 /// ```
 /// use std::sync::Arc;
 /// use sd_core::{Endpointer, FixedEndpointer, Instance};
-/// use sd_lb::{Balancer, RoundRobin, Subset};
+/// use sd_lb::{RoundRobin, Subset};
 /// let all = Arc::new(FixedEndpointer::new((0..30).map(|p| (Instance::new("10.0.0.1", 1000 + p), p))));
 /// // Client 7 of the fleet talks to 5 of the 30 endpoints.
 /// let mine = Arc::new(Subset::new(all.clone(), 7, 5));
 /// assert_eq!(mine.endpoints().all().len(), 5);
 /// let rr = RoundRobin::new(mine.clone());
-/// let picked = *rr.pick().unwrap();
+/// let picked = **rr.pick().unwrap();
 /// assert!(mine.endpoints().all().iter().any(|e| **e == picked));
 /// // The same inputs give the same subset in every process.
 /// let again = Subset::new(all, 7, 5);

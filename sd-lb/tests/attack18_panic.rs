@@ -35,7 +35,7 @@ fn exactly_the_threshold_passing_is_not_panic() {
         (Instance::builder("10.0.0.1", 1000 + i).health(h).build(), i)
     })));
     let rr = RoundRobin::new(ep).with_panic_threshold(PanicThreshold::percent(28.0).unwrap());
-    let critical = (0..250).filter(|_| *rr.pick().unwrap() >= 7).count();
+    let critical = (0..250).filter(|_| **rr.pick().unwrap() >= 7).count();
     assert!(
         wrong.is_empty() && critical == 0,
         "exactly at the threshold treated as panic (percent, healthy, total): {wrong:?}; \

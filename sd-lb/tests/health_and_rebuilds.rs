@@ -116,8 +116,8 @@ fn all_balancers(
             Box::new(RoundRobin::new(ep.clone()).with_panic_threshold(t)),
         ),
         (
-            "round robin per thread",
-            Box::new(RoundRobin::per_thread(ep.clone()).with_panic_threshold(t)),
+            "round robin strict",
+            Box::new(RoundRobin::strict(ep.clone()).with_panic_threshold(t)),
         ),
         (
             "random",
@@ -176,7 +176,7 @@ fn every_balancer_prefers_passing_endpoints() {
     assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
     // Round robin rotates strictly over the passing ones.
     let rr = RoundRobin::new(ep.clone()).with_panic_threshold(PanicThreshold::OFF);
-    let picks: Vec<u16> = (0..6).map(|_| *rr.pick().unwrap()).collect();
+    let picks: Vec<u16> = (0..6).map(|_| **rr.pick().unwrap()).collect();
     assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
 }
 
@@ -246,7 +246,7 @@ proptest! {
         let t = PanicThreshold::percent(percent as f64).unwrap();
         let rr = RoundRobin::new(ep.clone()).with_panic_threshold(t);
         let n = passing.len();
-        let used: std::collections::BTreeSet<u16> = (0..2 * n).map(|_| *rr.pick().unwrap()).collect();
+        let used: std::collections::BTreeSet<u16> = (0..2 * n).map(|_| **rr.pick().unwrap()).collect();
         let healthy = passing.iter().filter(|p| **p).count();
         let panic = healthy == 0 || (healthy as f64) * 100.0 < percent as f64 * n as f64;
         let want: std::collections::BTreeSet<u16> = (0..n as u16)
@@ -283,14 +283,14 @@ fn health_changes_are_followed_on_update() {
     };
     assert!(owners(&hash).contains(&2));
     ep.apply(set(true));
-    assert!((0..10).all(|_| *rr.pick().unwrap() == 1));
+    assert!((0..10).all(|_| **rr.pick().unwrap() == 1));
     hash.refresh();
     assert!(owners(&hash).iter().all(|&p| p == 1));
     ep.apply(set(false));
     hash.refresh();
     assert!(owners(&hash).contains(&2));
     assert_eq!(
-        (0..10).filter(|_| *rr.pick().unwrap() == 2).count(),
+        (0..10).filter(|_| **rr.pick().unwrap() == 2).count(),
         5,
         "back in the rotation"
     );

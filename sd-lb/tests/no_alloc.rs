@@ -1,5 +1,5 @@
 //! A pick makes no allocation: a counting global allocator observes 100 000 picks of round
-//! robin (both counters and the local handle), random, P2C (both loads, with its completion
+//! robin (both rotations, borrowed and owned picks and the local handle), random, P2C (both loads, with its completion
 //! guard; weighted and with equal weights; with an avoided endpoint, whose redraws keep the
 //! two choices distinct), weighted and consistent hashing (weighted and not), slow start
 //! over round robin and P2C while endpoints warm up, outlier ejection in panic mode, and
@@ -74,9 +74,13 @@ fn picks_do_not_allocate() {
     let _ = ep.endpoints();
 
     let rr = RoundRobin::new(ep.clone());
-    count("round robin", || *rr.pick().unwrap());
-    let rr = RoundRobin::per_thread(ep.clone());
-    count("round robin per thread", || *rr.pick().unwrap());
+    count("round robin", || **rr.pick().unwrap());
+    count("round robin, owned", || *Balancer::pick(&rr).unwrap());
+    let rr = RoundRobin::strict(ep.clone());
+    count("round robin strict", || **rr.pick().unwrap());
+    count("round robin strict, owned", || {
+        *Balancer::pick(&rr).unwrap()
+    });
     let mut local = LocalRoundRobin::new(ep.clone());
     count("local round robin", || **local.pick().unwrap());
     let random = Random::new(ep.clone());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sd_core::{
     BoxError, DefaultEndpointer, Endpointer, Event, FixedEndpointer, Instance, InstanceCache,
 };
-use sd_lb::{Balancer, RoundRobin, Subset};
+use sd_lb::{RoundRobin, Subset};
 
 /// Endpoints `10.0.<i/256>.<i%256>:8080` for the given indices; values are the indices.
 fn fleet(ids: impl IntoIterator<Item = u32>) -> Arc<FixedEndpointer<u32>> {
@@ -207,7 +207,7 @@ async fn balancer_on_a_subset_follows_updates() {
         "{before:?} → {after:?}"
     );
     for _ in 0..20 {
-        let p = *rr.pick().unwrap();
+        let p = **rr.pick().unwrap();
         assert!(after.contains(&p), "{p} not in {after:?}");
     }
     // An error event: the last good subset stays, and the status says why.

@@ -1,11 +1,17 @@
 //! Scenario 1: round robin pick over an endpointer with N = 10 and 1 000 endpoints, on 1
 //! thread and on 2 threads in parallel (go-kit: `sd.NewEndpointer` + `lb.NewRoundRobin`).
 //!
-//! - `pick` is `sd_lb::RoundRobin::new`, go-kit's semantics: one balancer shared by the
-//!   threads, one shared counter, a strict rotation across threads.
-//! - `pick_per_thread` is `RoundRobin::per_thread`: one shared balancer, a counter per thread.
+//! - `pick` is `sd_lb::RoundRobin::new` and `RoundRobin::pick`, what users call: one
+//!   balancer shared by the threads, a rotation per thread (the default since 2026-12), the
+//!   endpoint borrowed from the thread's cached snapshot (`EndpointRef`).
+//! - `pick_strict` is `RoundRobin::strict`, go-kit's semantics (LB-2): one shared counter,
+//!   a strict rotation across threads; the like-for-like row for go-kit's shared counter.
 //! - `pick_local` is `sd_lb::LocalRoundRobin`, one handle per thread with a cached snapshot,
 //!   returning the endpoint by reference.
+//!
+//! (Until 2026-12 `pick` was the strict shared counter returning an owned `Endpoint`, and a
+//! `pick_per_thread` row measured `RoundRobin::per_thread`, which the per-thread default
+//! replaced.)
 //!
 //! Each pick does the same work as the Go loop (`e, err := rr.Endpoint(); if err == nil &&
 //! e != nil { ok++ }`): pick, count a success, keep the endpoint opaque (`black_box`),
@@ -21,7 +27,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use sd_core::{DefaultEndpointer, FixedInstancer, Instance};
-use sd_lb::{Balancer, LocalRoundRobin, RoundRobin};
+use sd_lb::{LocalRoundRobin, RoundRobin};
 
 use super::{current_thread, factory, instances};
 use crate::{alloc, Record};
@@ -40,9 +46,9 @@ pub fn run(scale: usize) -> Result<(), String> {
             measure("pick", n, threads, iters, || {
                 || shared.pick().map(black_box).is_ok()
             })?;
-            let per_thread = RoundRobin::per_thread(ep.clone());
-            measure("pick_per_thread", n, threads, iters, || {
-                || per_thread.pick().map(black_box).is_ok()
+            let strict = RoundRobin::strict(ep.clone());
+            measure("pick_strict", n, threads, iters, || {
+                || strict.pick().map(black_box).is_ok()
             })?;
             measure("pick_local", n, threads, iters, || {
                 let mut rr = LocalRoundRobin::new(ep.clone());
