@@ -30,7 +30,7 @@ use std::time::Duration;
 use reqwest::header::{LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use sd_core::backoff::FailureHints;
-use sd_core::{Error, Health, Instance, RegistryUrl, Result, Secret};
+use sd_core::{Error, Health, Instance, InstanceReuse, RegistryUrl, Result, Secret};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -578,9 +578,13 @@ pub(crate) struct Decoded {
 /// is borrowed from the body as raw JSON text (no allocation), converted into an
 /// [`Instance`] or skipped with its reason, and dropped before the next one is read. So
 /// what an answer costs is its body plus the instances kept, never a copy per entry.
+///
+/// With an [`InstanceReuse`] (a watch's), an entry byte-identical to one of the previous
+/// answer's gets that answer's instance back without being decoded.
 struct EntriesSeed<'a> {
     max_entries: usize,
     out: &'a mut Decoded,
+    reuse: Option<&'a mut InstanceReuse>,
 }
 
 impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
@@ -603,7 +607,7 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
         let mut n = 0usize;
         while let Some(entry) = seq.next_element::<&'de RawValue>()? {
             n += 1;
@@ -611,7 +615,13 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
                 self.out.too_many = true;
                 return Err(serde::de::Error::custom("too many entries"));
             }
-            match crate::instancer::entry_to_instance(entry) {
+            let decoded = match self.reuse.as_deref_mut() {
+                Some(reuse) => reuse.instance(entry.get().as_bytes(), || {
+                    crate::instancer::entry_to_instance(entry)
+                }),
+                None => crate::instancer::entry_to_instance(entry),
+            };
+            match decoded {
                 Ok(instance) => self.out.instances.push(instance),
                 Err(reason) => {
                     self.out.skipped += 1;
@@ -631,9 +641,14 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
 /// what is wrong and the start of the body, when the body is not a JSON array (or `null`)
 /// or has too many entries. The one decoder of [`Client::health_service`]; the fuzz target
 /// `consul_health` calls it through [`crate::fuzzing`].
+///
+/// With `reuse` (a watch's [`InstanceReuse`]), entries the previous answer had byte for
+/// byte are not decoded again: they get the previous instances back. A body that fails
+/// makes `reuse` forget everything (the next answer is decoded in full).
 pub(crate) fn decode_health_body(
     body: &[u8],
     max_body: usize,
+    mut reuse: Option<&mut InstanceReuse>,
 ) -> std::result::Result<Decoded, String> {
     let max_entries = (max_body / MIN_ENTRY_BYTES).max(1);
     let mut decoded = Decoded::default();
@@ -641,9 +656,16 @@ pub(crate) fn decode_health_body(
     let result = EntriesSeed {
         max_entries,
         out: &mut decoded,
+        reuse: reuse.as_deref_mut(),
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
+    if let Some(reuse) = reuse {
+        match result {
+            Ok(()) => reuse.finish(),
+            Err(_) => reuse.clear(),
+        }
+    }
     if let Err(e) = result {
         let problem = if decoded.too_many {
             format!(
@@ -939,12 +961,43 @@ impl Client {
         passing: bool,
         index: u64,
     ) -> Result<HealthAnswer> {
+        self.health_service_with(service, tag, passing, index, None)
+            .await
+    }
+
+    /// [`health_service`](Self::health_service), decoding through `reuse`: the entries of
+    /// the answer that the previous answer decoded through it had byte for byte are not
+    /// decoded again, they get the previous [`Instance`] handles back (see
+    /// [`InstanceReuse`]). A watch keeps one `InstanceReuse` for all its queries, as
+    /// [`HealthSource`](crate::HealthSource) does.
+    pub async fn health_service_reusing(
+        &self,
+        service: &str,
+        tag: Option<&str>,
+        passing: bool,
+        index: u64,
+        reuse: &mut InstanceReuse,
+    ) -> Result<HealthAnswer> {
+        self.health_service_with(service, tag, passing, index, Some(reuse))
+            .await
+    }
+
+    async fn health_service_with(
+        &self,
+        service: &str,
+        tag: Option<&str>,
+        passing: bool,
+        index: u64,
+        reuse: Option<&mut InstanceReuse>,
+    ) -> Result<HealthAnswer> {
         if self.inner.bases.len() < 2 {
-            return self.health_service_here(service, tag, passing, index).await;
+            return self
+                .health_service_here(service, tag, passing, index, reuse)
+                .await;
         }
         let mut moves = self.inner.moves.subscribe();
         tokio::select! {
-            answer = self.health_service_here(service, tag, passing, index) => answer,
+            answer = self.health_service_here(service, tag, passing, index, reuse) => answer,
             _ = moves.changed() => Err(Error::unavailable(
                 BACKEND,
                 format!(
@@ -962,6 +1015,7 @@ impl Client {
         tag: Option<&str>,
         passing: bool,
         index: u64,
+        reuse: Option<&mut InstanceReuse>,
     ) -> Result<HealthAnswer> {
         let what = format!("health query for service {service:?}");
         let resp = self
@@ -995,7 +1049,7 @@ impl Client {
             .get(FILTERED_BY_ACLS_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = self.read_body(resp, &what).await?;
-        let decoded = decode_health_body(&body, self.inner.config.max_body)
+        let decoded = decode_health_body(&body, self.inner.config.max_body, reuse)
             .map_err(|problem| Error::malformed(BACKEND, format!("{what}: {problem}")))?;
         Ok(HealthAnswer {
             index,

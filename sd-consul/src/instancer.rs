@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
-    Backoff, Event, Health, Instance, Instancer, LoopConfig, ServiceQuery, Source, Step,
-    Subscription, WatchedInstancer,
+    Backoff, Event, Health, Instance, InstanceReuse, Instancer, LoopConfig, ServiceQuery, Source,
+    Step, Subscription, WatchedInstancer,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -254,6 +254,10 @@ pub struct HealthSource {
     last: Option<Vec<Instance>>,
     /// Whether an index going backwards was logged at `warn` already.
     warned_backwards: bool,
+    /// The previous answer's entries: an entry unchanged byte for byte is not decoded
+    /// again, it keeps its instance handle (so the cache and the endpointer see it
+    /// unchanged in one pointer comparison).
+    reuse: InstanceReuse,
     filtered_by_acls: Arc<AtomicBool>,
     warned_acls: bool,
 }
@@ -284,6 +288,7 @@ impl HealthSource {
             not_before: None,
             last: None,
             warned_backwards: false,
+            reuse: InstanceReuse::new(),
             filtered_by_acls: Arc::new(AtomicBool::new(false)),
             warned_acls: false,
         }
@@ -366,11 +371,12 @@ impl Source for HealthSource {
             let tag = self.query.tags.first().map(String::as_str);
             let answer = self
                 .client
-                .health_service(
+                .health_service_reusing(
                     &self.query.service,
                     tag,
                     self.query.passing_only,
                     self.index,
+                    &mut self.reuse,
                 )
                 .await;
             return match answer {
@@ -598,6 +604,140 @@ mod tests {
             let err = entry_to_instance(&v).unwrap_err();
             assert!(err.contains(why), "{v}: {err}");
         }
+    }
+
+    /// Decodes `entries` as one answer body through `reuse`.
+    fn decode_with(
+        reuse: &mut InstanceReuse,
+        entries: &[serde_json::Value],
+    ) -> crate::client::Decoded {
+        let body = serde_json::to_vec(entries).unwrap();
+        crate::client::decode_health_body(&body, 1 << 20, Some(reuse)).unwrap()
+    }
+
+    fn entry_json(i: usize) -> serde_json::Value {
+        json!({
+            "Node": {"Node": format!("n{i}"), "Address": format!("10.0.1.{i}"), "Datacenter": "dc1"},
+            "Service": {"ID": format!("web-{i}"), "Service": "web", "Tags": ["a"], "Address": format!("10.0.0.{i}"),
+                        "Port": 8080, "Meta": {"version": "2"}, "Weights": {"Passing": 10, "Warning": 3}},
+            "Checks": [{"Status": "passing"}],
+        })
+    }
+
+    /// A change to one entry's JSON, and whether an instance shows it.
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    type Seen = Box<dyn Fn(&Instance) -> bool>;
+
+    /// With a watch's `InstanceReuse`, an unchanged entry keeps its instance handle and a
+    /// change to any field of one entry is seen in that entry alone: address (service or
+    /// node), port, id, tags, meta, weight, health, node, datacenter.
+    #[test]
+    fn reuse_keeps_unchanged_entries_and_sees_every_change() {
+        let base: Vec<serde_json::Value> = (1..=5).map(entry_json).collect();
+        let changes: Vec<(&str, Change, Seen)> = vec![
+            (
+                "service address",
+                Box::new(|e| e["Service"]["Address"] = json!("10.9.9.9")),
+                Box::new(|i| i.host() == "10.9.9.9"),
+            ),
+            (
+                "node address",
+                Box::new(|e| {
+                    e["Service"]["Address"] = json!("");
+                    e["Node"]["Address"] = json!("10.8.8.8")
+                }),
+                Box::new(|i| i.host() == "10.8.8.8"),
+            ),
+            (
+                "port",
+                Box::new(|e| e["Service"]["Port"] = json!(8081)),
+                Box::new(|i| i.port() == 8081),
+            ),
+            (
+                "id",
+                Box::new(|e| e["Service"]["ID"] = json!("web-x")),
+                Box::new(|i| i.id() == "web-x"),
+            ),
+            (
+                "tags",
+                Box::new(|e| e["Service"]["Tags"] = json!(["a", "b"])),
+                Box::new(|i| i.tags() == ["a", "b"]),
+            ),
+            (
+                "meta",
+                Box::new(|e| e["Service"]["Meta"]["version"] = json!("3")),
+                Box::new(|i| i.meta()["version"] == "3"),
+            ),
+            (
+                "weight",
+                Box::new(|e| e["Service"]["Weights"]["Passing"] = json!(11)),
+                Box::new(|i| i.weight() == 11),
+            ),
+            (
+                "health",
+                Box::new(|e| e["Checks"][0]["Status"] = json!("critical")),
+                Box::new(|i| i.health() == Health::Critical),
+            ),
+            (
+                "node",
+                Box::new(|e| e["Node"]["Node"] = json!("other")),
+                Box::new(|i| i.meta()[META_NODE] == "other"),
+            ),
+            (
+                "datacenter",
+                Box::new(|e| e["Node"]["Datacenter"] = json!("dc2")),
+                Box::new(|i| i.meta()[META_DATACENTER] == "dc2"),
+            ),
+        ];
+        for (what, change, seen) in changes {
+            let mut reuse = InstanceReuse::new();
+            let first = decode_with(&mut reuse, &base).instances;
+            let mut changed = base.clone();
+            change(&mut changed[2]);
+            let second = decode_with(&mut reuse, &changed).instances;
+            assert_eq!(second.len(), 5, "{what}");
+            for k in [0, 1, 3, 4] {
+                assert!(
+                    Instance::ptr_eq(&first[k], &second[k]),
+                    "{what}: entry {k} kept"
+                );
+            }
+            assert!(!Instance::ptr_eq(&first[2], &second[2]), "{what}");
+            assert!(seen(&second[2]), "{what}: {:?}", second[2]);
+            assert!(!seen(&first[2]), "{what}");
+            assert_eq!(
+                second[2],
+                entry_to_instance(&raw(&changed[2])).unwrap(),
+                "{what}"
+            );
+            // And back: the original entry is decoded again, equal to the first.
+            let third = decode_with(&mut reuse, &base).instances;
+            assert_eq!(third[2], first[2], "{what}");
+            assert!(Instance::ptr_eq(&third[0], &first[0]), "{what}");
+        }
+    }
+
+    /// With reuse, a malformed entry is still skipped alone, with its reason, on every
+    /// answer; a body that fails makes the next answer decode in full.
+    #[test]
+    fn reuse_skips_a_bad_entry_alone_every_time() {
+        let mut reuse = InstanceReuse::new();
+        let mut entries: Vec<serde_json::Value> = (1..=3).map(entry_json).collect();
+        entries[1]["Service"]["Port"] = json!(0);
+        for _ in 0..2 {
+            let d = decode_with(&mut reuse, &entries);
+            assert_eq!((d.instances.len(), d.skipped), (2, 1));
+            assert!(d.skip_reasons[0].contains("port 0"), "{:?}", d.skip_reasons);
+        }
+        let kept = decode_with(&mut reuse, &entries).instances;
+        assert!(crate::client::decode_health_body(b"[{}, 7", 1 << 20, Some(&mut reuse)).is_err());
+        assert!(reuse.is_empty(), "a failed body forgets");
+        let again = decode_with(&mut reuse, &entries).instances;
+        assert_eq!(again, kept);
+        assert!(
+            !Instance::ptr_eq(&again[0], &kept[0]),
+            "decoded anew after the failure"
+        );
     }
 
     mod fuzz {

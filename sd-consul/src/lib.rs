@@ -95,7 +95,7 @@ pub mod fuzzing {
         body: &[u8],
         max_body: usize,
     ) -> Result<(Vec<Instance>, usize, Vec<String>), String> {
-        crate::client::decode_health_body(body, max_body)
+        crate::client::decode_health_body(body, max_body, None)
             .map(|d| (d.instances, d.skipped, d.skip_reasons))
     }
 }

@@ -40,69 +40,78 @@ where
     }
 }
 
-struct Inner<E> {
+/// An endpoint made by a [`Factory`], with the instance it was made for.
+///
+/// Cloning is two reference-count increments (the instance's and the value's). It
+/// dereferences to `E`.
+///
+/// Compact: an endpoint is the two handles and nothing else. Its only allocation is the
+/// value's `Arc` (the value inline in it); the instance is the handle the instance set
+/// already holds. When only an instance's attributes change (same key, new tags, metadata,
+/// weight or health), the endpointer describes the endpoint anew by pairing the same value
+/// with the new instance: no allocation, and the factory does not run again
+/// ([`same_value`](Self::same_value) holds across it).
+pub struct Endpoint<E> {
     instance: Instance,
     value: Arc<E>,
 }
 
-/// An endpoint made by a [`Factory`], with the instance it was made for.
-///
-/// Cloning is a reference-count increment. It dereferences to `E`.
-pub struct Endpoint<E>(Arc<Inner<E>>);
-
 impl<E> Endpoint<E> {
     /// Wraps a value made for `instance`.
     pub fn new(instance: Instance, value: E) -> Self {
-        Endpoint(Arc::new(Inner {
+        Endpoint {
             instance,
             value: Arc::new(value),
-        }))
+        }
     }
 
     /// The same endpoint value, described by an updated instance (same key, new metadata).
     pub(crate) fn with_instance(&self, instance: Instance) -> Self {
-        Endpoint(Arc::new(Inner {
+        Endpoint {
             instance,
-            value: self.0.value.clone(),
-        }))
+            value: self.value.clone(),
+        }
     }
 
     /// The instance this endpoint serves.
     pub fn instance(&self) -> &Instance {
-        &self.0.instance
+        &self.instance
     }
 
     /// The endpoint value.
     pub fn value(&self) -> &E {
-        &self.0.value
+        &self.value
     }
 
     /// The endpoint value as a shared handle.
     pub fn value_arc(&self) -> &Arc<E> {
-        &self.0.value
+        &self.value
     }
 
     /// Whether two endpoints share the same value (the factory ran once for both).
     pub fn same_value(a: &Self, b: &Self) -> bool {
-        Arc::ptr_eq(&a.0.value, &b.0.value)
+        Arc::ptr_eq(&a.value, &b.value)
     }
 }
 
 impl<E> Clone for Endpoint<E> {
     fn clone(&self) -> Self {
-        Endpoint(self.0.clone())
+        Endpoint {
+            instance: self.instance.clone(),
+            value: self.value.clone(),
+        }
     }
 }
 
 impl<E> Deref for Endpoint<E> {
     type Target = E;
     fn deref(&self) -> &E {
-        &self.0.value
+        &self.value
     }
 }
 
 impl<E> fmt::Debug for Endpoint<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Endpoint").field(&self.0.instance).finish()
+        f.debug_tuple("Endpoint").field(&self.instance).finish()
     }
 }

@@ -22,7 +22,10 @@ impl InstanceSet {
     ///
     /// Returns the set and how many entries were collapsed, so a backend can log them.
     pub fn new_counting(mut instances: Vec<Instance>) -> (Self, usize) {
-        instances.sort();
+        // Registry answers usually come in a stable order: one pass tells a sorted one.
+        if !instances.windows(2).all(|w| w[0] <= w[1]) {
+            sort(&mut instances);
+        }
         let before = instances.len();
         instances.dedup_by(|later, kept| {
             if later.key() != kept.key() {
@@ -63,9 +66,20 @@ impl InstanceSet {
     /// `self` equals `previous` (nothing to publish).
     pub(crate) fn canonicalize(&self, previous: &InstanceSet) -> Option<InstanceSet> {
         let mut reused = 0;
-        let mut out = Vec::with_capacity(self.0.len());
+        // Built only once an instance needs the previous handle: when the new set already
+        // carries the previous handles (a backend decoding through an
+        // `InstanceReuse`), the set is published as it is, without a copy.
+        let mut out: Option<Vec<Instance>> = None;
         let mut old = previous.0.iter().peekable();
-        for inst in self.0.iter() {
+        for (k, inst) in self.0.iter().enumerate() {
+            // The same handle: one pointer comparison.
+            if let Some(o) = old.next_if(|o| Instance::ptr_eq(o, inst)) {
+                reused += 1;
+                if let Some(out) = out.as_mut() {
+                    out.push(o.clone());
+                }
+                continue;
+            }
             // One comparison per pair: both sets are strictly increasing (keys are unique).
             let mut same = None;
             while let Some(o) = old.peek() {
@@ -83,15 +97,27 @@ impl InstanceSet {
             match same {
                 Some(o) => {
                     reused += 1;
-                    out.push(o.clone());
+                    out.get_or_insert_with(|| {
+                        let mut v = Vec::with_capacity(self.0.len());
+                        v.extend_from_slice(&self.0[..k]);
+                        v
+                    })
+                    .push(o.clone());
                 }
-                None => out.push(inst.clone()),
+                None => {
+                    if let Some(out) = out.as_mut() {
+                        out.push(inst.clone());
+                    }
+                }
             }
         }
         if reused == self.0.len() && reused == previous.0.len() {
             return None;
         }
-        Some(InstanceSet(out.into()))
+        Some(match out {
+            Some(v) => InstanceSet(v.into()),
+            None => self.clone(),
+        })
     }
 }
 
@@ -112,6 +138,32 @@ impl FromIterator<Instance> for InstanceSet {
     fn from_iter<I: IntoIterator<Item = Instance>>(iter: I) -> Self {
         Self::new(iter.into_iter().collect())
     }
+}
+
+/// Sorts `instances` as `sort` does, without chasing a pointer per comparison: each
+/// instance's first 16 address bytes are read once into an inline key, the keys are sorted,
+/// and only instances whose keys tie are compared in full. (The key orders as the address
+/// does: bytes past an address's end count as 0, and a tie falls back to the full order.)
+fn sort(instances: &mut Vec<Instance>) {
+    if instances.len() < 64 {
+        instances.sort();
+        return;
+    }
+    let mut keyed: Vec<(u128, Instance)> = instances
+        .drain(..)
+        .map(|i| (addr_prefix(i.addr()), i))
+        .collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    instances.extend(keyed.into_iter().map(|(_, i)| i));
+}
+
+/// The first 16 bytes of `addr`, big-endian, zero-padded: `a < b` for two keys implies
+/// the same order of the addresses.
+fn addr_prefix(addr: &str) -> u128 {
+    let mut b = [0u8; 16];
+    let n = addr.len().min(16);
+    b[..n].copy_from_slice(&addr.as_bytes()[..n]);
+    u128::from_be_bytes(b)
 }
 
 /// What an [`Instancer`](crate::Instancer) publishes: the complete current set, or an error.
@@ -163,5 +215,86 @@ impl From<Result<Vec<Instance>, Error>> for Event {
             Ok(v) => Event::instances(v),
             Err(e) => Event::Error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::Health;
+    use proptest::prelude::*;
+
+    fn arb_instance() -> impl Strategy<Value = Instance> {
+        (
+            // Hosts sharing long prefixes, so that the 16-byte keys tie often.
+            prop_oneof![
+                "10\\.0\\.[0-9]{1,2}\\.[0-9]{1,2}",
+                "svc-[ab]{0,3}\\.example\\.internal",
+                "[a-c]{0,20}",
+                Just("fe80::1".to_string()),
+            ],
+            prop_oneof![Just(80u16), Just(8080), 1u16..3],
+            "[xy]{0,2}",
+            0u32..3,
+            prop_oneof![Just(Health::Passing), Just(Health::Critical)],
+        )
+            .prop_map(|(h, p, id, w, health)| {
+                Instance::builder(h, p)
+                    .id(id)
+                    .weight(w)
+                    .health(health)
+                    .build()
+            })
+    }
+
+    proptest! {
+        /// The keyed sort gives exactly the order of `sort` (equal instances are equal).
+        #[test]
+        fn keyed_sort_is_the_full_order(v in prop::collection::vec(arb_instance(), 0..300)) {
+            let mut want = v.clone();
+            want.sort();
+            let mut got = v;
+            sort(&mut got);
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_sorted_answer_is_kept_and_an_unsorted_one_is_sorted() {
+        let v: Vec<Instance> = (0..200)
+            .map(|i| Instance::new(format!("10.0.{}.{}", i / 100, i % 100), 80))
+            .collect();
+        let mut sorted = v.clone();
+        sorted.sort();
+        let set = InstanceSet::new(v);
+        assert_eq!(set.as_slice(), sorted.as_slice());
+        assert_eq!(
+            InstanceSet::new(sorted.clone()).as_slice(),
+            sorted.as_slice()
+        );
+    }
+
+    /// A new set that already carries the previous handles (decoded through an
+    /// `InstanceReuse`) is published as it is, not copied; one built afresh gets the
+    /// previous handles for its unchanged instances.
+    #[test]
+    fn canonicalize_copies_only_when_it_must() {
+        let old: InstanceSet = (1..=5)
+            .map(|i| Instance::new(format!("10.0.0.{i}"), 80))
+            .collect();
+        let mut v = old.to_vec();
+        v[2] = Instance::new("10.0.0.3", 81);
+        let reused = InstanceSet::new(v);
+        let merged = reused.canonicalize(&old).unwrap();
+        assert!(InstanceSet::ptr_eq(&merged, &reused), "no copy");
+        let fresh: InstanceSet = reused.iter().map(|i| i.to_builder().build()).collect();
+        let merged = fresh.canonicalize(&old).unwrap();
+        assert!(!InstanceSet::ptr_eq(&merged, &fresh));
+        for (k, i) in merged.iter().enumerate() {
+            assert_eq!(Instance::ptr_eq(i, &old[k]), k != 2, "{k}");
+        }
+        assert_eq!(merged, reused);
+        assert!(old.canonicalize(&old).is_none());
+        assert!(fresh.canonicalize(&reused).is_none());
     }
 }

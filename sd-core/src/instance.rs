@@ -46,47 +46,66 @@ impl Health {
 
 /// An instance's fields, compact: the address and the id share one string, stored inline
 /// when they are short (up to 24 bytes together, e.g. `10.0.0.1:8080` and a short id), so
-/// a typical instance is one allocation of 64 bytes; the host is a slice of the address;
-/// tags and metadata, often empty, sit behind one optional pointer.
+/// a typical instance is one allocation of 56 bytes (a 64-byte chunk with glibc's malloc);
+/// the host is a slice of the address; tags and metadata, often empty, sit behind one
+/// optional pointer, and so does the length of an address longer than [`LONG_ADDR`] bytes.
 #[derive(PartialEq, Eq, Hash)]
 struct Data {
     /// The address (`host:port`, IPv6 bracketed) followed by the id.
     text: CompactString,
-    /// `text[..addr_len]` is the address, `text[addr_len..]` the id.
-    addr_len: u32,
-    /// `text[host_start..host_start + host_len]` is the host (1 for a bracketed IPv6).
-    host_start: u8,
-    host_len: u32,
+    /// Tags, metadata and the length of a long address; `None` when there are none (never
+    /// `Some` of empty ones, so the derived equality is the fields' equality).
+    extra: Option<Box<Extra>>,
+    weight: u32,
     port: u16,
     health: Health,
-    weight: u32,
-    /// Tags and metadata; `None` when both are empty (never `Some` of two empty ones, so
-    /// the derived equality is the fields' equality).
-    extra: Option<Box<Extra>>,
+    /// `text[..addr_len]` is the address, `text[addr_len..]` the id; [`LONG_ADDR`] means
+    /// the address is at least that long and its length is `extra.addr_len`.
+    addr_len: u8,
 }
+
+/// The `addr_len` of an address of `LONG_ADDR` bytes or more (longer than any DNS name with
+/// a port): its length is kept in the [`Extra`] record.
+const LONG_ADDR: u8 = u8::MAX;
 
 /// The fields most instances do not have.
 #[derive(PartialEq, Eq, Hash)]
 struct Extra {
     tags: Vec<String>,
     meta: BTreeMap<String, String>,
+    /// The address length when it is [`LONG_ADDR`] bytes or more, else 0.
+    addr_len: u32,
 }
 
 /// What [`Instance::meta`] returns for an instance without metadata.
 static NO_META: BTreeMap<String, String> = BTreeMap::new();
 
 impl Data {
+    fn addr_len(&self) -> usize {
+        match (self.addr_len, &self.extra) {
+            (LONG_ADDR, Some(e)) => e.addr_len as usize,
+            (n, _) => usize::from(n),
+        }
+    }
+
     fn addr(&self) -> &str {
-        &self.text[..self.addr_len as usize]
+        &self.text[..self.addr_len()]
     }
 
     fn id(&self) -> &str {
-        &self.text[self.addr_len as usize..]
+        &self.text[self.addr_len()..]
     }
 
     fn host(&self) -> &str {
-        let start = self.host_start as usize;
-        &self.text[start..start + self.host_len as usize]
+        let addr = self.addr();
+        // `host:port` or `[host]:port`: the port has no ':', a plain host has none either
+        // (a host with one is bracketed).
+        let host = &addr[..addr.rfind(':').unwrap_or(addr.len())];
+        if host.contains(':') {
+            &host[1..host.len() - 1]
+        } else {
+            host
+        }
     }
 
     fn tags(&self) -> &[String] {
@@ -106,8 +125,8 @@ impl Data {
 /// with [`Instance::parse`].
 ///
 /// Compact: a typical instance (an IPv4 address and a short id, no tags or metadata) is
-/// one allocation of 64 bytes (`size_of` of its record: 48 bytes), the address and id
-/// stored inline up to 24 bytes together.
+/// one allocation of 56 bytes (`size_of` of its record: 40 bytes, plus the two reference
+/// counts), the address and id stored inline up to 24 bytes together.
 ///
 /// Its [`addr`](Instance::addr) is the go-kit instance string: `host:port`, with IPv6 hosts
 /// bracketed (`[::1]:80`). Instances order by `addr`, then `id`, then the rest, so every
@@ -436,23 +455,26 @@ impl InstanceBuilder {
         text.push_str(port.as_str());
         let addr_len = text.len();
         text.push_str(&self.id);
-        let extra = if self.tags.is_empty() && self.meta.is_empty() {
+        let (short_len, long_len) = match u8::try_from(addr_len) {
+            Ok(n) if n < LONG_ADDR => (n, 0),
+            _ => (LONG_ADDR, to_u32(addr_len)),
+        };
+        let extra = if self.tags.is_empty() && self.meta.is_empty() && long_len == 0 {
             None
         } else {
             Some(Box::new(Extra {
                 tags: self.tags,
                 meta: self.meta,
+                addr_len: long_len,
             }))
         };
         Instance(Arc::new(Data {
             text,
-            addr_len: to_u32(addr_len),
-            host_start: u8::from(bracketed),
-            host_len: to_u32(self.host.len()),
+            extra,
+            weight: self.weight,
             port: self.port,
             health: self.health,
-            weight: self.weight,
-            extra,
+            addr_len: short_len,
         }))
     }
 }
@@ -525,7 +547,9 @@ mod tests {
 
     #[test]
     fn the_record_is_compact() {
-        assert_eq!(std::mem::size_of::<Data>(), 48);
+        // 40 bytes plus the two reference counts: a 56-byte request, which glibc's malloc
+        // serves from a 64-byte chunk (a 64-byte request would take 80).
+        assert_eq!(std::mem::size_of::<Data>(), 40);
         let i = Instance::builder("10.0.0.1", 8080)
             .id("web-1234567") // 13 + 11 = 24 bytes
             .build();
@@ -542,6 +566,49 @@ mod tests {
         let plain = Instance::builder("h", 1).tags(Vec::<String>::new()).build();
         assert!(plain.0.extra.is_none());
         assert_eq!(plain, Instance::new("h", 1));
+    }
+
+    /// An address of 255 bytes or more keeps its length in the extra record; every field
+    /// still reads back, equality and order still hold, at every length around the limit.
+    #[test]
+    fn long_addresses_read_back() {
+        for len in [250, 252, 253, 254, 255, 256, 300, 70_000] {
+            let host = "h".repeat(len);
+            let i = Instance::builder(host.clone(), 8080).id("id").build();
+            assert_eq!(i.host(), host);
+            assert_eq!(i.addr(), format!("{host}:8080"));
+            assert_eq!(i.id(), "id");
+            assert_eq!(i.port(), 8080);
+            assert!(i.tags().is_empty() && i.meta().is_empty());
+            let long = i.addr().len() >= usize::from(LONG_ADDR);
+            assert_eq!(i.0.extra.is_some(), long, "{len}");
+            assert_eq!(Instance::parse(i.addr()).unwrap().addr(), i.addr());
+            assert_eq!(i, i.to_builder().build());
+            // The same text split elsewhere is another instance.
+            let other = Instance::builder(host.clone(), 808).id("0id").build();
+            assert_eq!(i.0.text, other.0.text);
+            assert_ne!(i, other);
+            assert_ne!(i.cmp(&other), Ordering::Equal);
+            let v6 = Instance::builder(format!("{}::1", "a:".repeat(len / 2)), 1).build();
+            assert!(v6.addr().starts_with('[') && v6.host().ends_with("::1"));
+        }
+    }
+
+    /// The host is read back from the address in every shape the builder can make.
+    #[test]
+    fn host_reads_back() {
+        for (host, addr, back) in [
+            ("", ":1", ""),
+            ("[x", "[x:1", "[x"),
+            ("x]", "x]:1", "x]"),
+            ("[[x]]", "[x]:1", "[x]"),
+            (":", "[:]:1", ":"),
+            ("fe80::1%eth0", "[fe80::1%eth0]:1", "fe80::1%eth0"),
+            ("[::1]", "[::1]:1", "::1"),
+        ] {
+            let i = Instance::builder(host, 1).id("i:d]").build();
+            assert_eq!((i.addr(), i.host(), i.id()), (addr, back, "i:d]"), "{host}");
+        }
     }
 
     #[test]

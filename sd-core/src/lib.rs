@@ -61,6 +61,7 @@ pub mod observe;
 pub mod protect;
 pub mod registrar;
 pub mod registry;
+pub mod reuse;
 pub mod static_registry;
 pub mod task;
 pub mod watch_loop;
@@ -86,6 +87,7 @@ pub use registrar::{
     HealthCheck, Registrar, Registration, RegistrationGuard, MAX_REGISTRATION_DURATION,
 };
 pub use registry::{Registry, ServiceQuery};
+pub use reuse::InstanceReuse;
 pub use static_registry::StaticRegistry;
 pub use task::BackgroundTask;
 pub use watch_loop::{LoopConfig, Source, Step, WatchedInstancer};

@@ -7,7 +7,11 @@
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use sd_core::{DefaultEndpointer, Endpointer, Event, Instance, InstanceCache, InstanceSet};
+use std::convert::Infallible;
+
+use sd_core::{
+    DefaultEndpointer, Endpointer, Event, Instance, InstanceCache, InstanceReuse, InstanceSet,
+};
 
 use super::{current_thread, factory, instances, percentiles};
 use crate::{alloc, Record};
@@ -58,11 +62,40 @@ pub fn step_n(scenario: &'static str, n: usize, updates: usize) -> Result<(), St
     Ok(())
 }
 
+/// Decodes a registry answer (SRV-like records: target and port, as go-kit's side gets them
+/// from its lookup) as a backend does: each record through the watch's `InstanceReuse`,
+/// keyed by the record's raw form (its fields' bytes), so an unchanged record gets the
+/// previous answer's instance back and only a changed one is built; then the set.
+pub fn decode(answer: &[(String, u16)], reuse: &mut InstanceReuse) -> InstanceSet {
+    InstanceSet::new(decode_records(answer, reuse))
+}
+
+/// The instances of [`decode`], in the answer's order.
+fn decode_records(answer: &[(String, u16)], reuse: &mut InstanceReuse) -> Vec<Instance> {
+    let mut raw = Vec::with_capacity(64);
+    let v = answer
+        .iter()
+        .map(|(h, p)| {
+            raw.clear();
+            raw.extend_from_slice(&p.to_be_bytes());
+            raw.extend_from_slice(h.as_bytes());
+            let built = reuse.instance(&raw, || Ok::<_, Infallible>(Instance::new(h.as_str(), *p)));
+            match built {
+                Ok(i) => i,
+                Err(never) => match never {},
+            }
+        })
+        .collect();
+    reuse.finish();
+    v
+}
+
 /// Scenario 2b: the whole update path. One record changed in a registry answer of 10 000;
-/// the time from the answer in hand to the endpointer serving the new set: the instances
-/// are built, the `InstanceCache` compares and publishes, and the endpointer (following the
-/// cache on its own task) rebuilds and publishes its snapshot. A task waiting on
-/// `Endpointer::changes` takes t1. Mirrors `updatePath` in bench/gokit.
+/// the time from the answer in hand to the endpointer serving the new set: the answer is
+/// decoded as a backend does ([`decode`]: only the changed record is built), the
+/// `InstanceCache` compares and publishes, and the endpointer (following the cache on its
+/// own task) rebuilds and publishes its snapshot. A task waiting on `Endpointer::changes`
+/// takes t1. Mirrors `updatePath` in bench/gokit.
 pub fn run_path(scale: usize) -> Result<(), String> {
     path_n("update_path", 10_000, 100 / scale + 5)
 }
@@ -81,7 +114,8 @@ pub fn path_n(scenario: &'static str, n: usize, rounds: usize) -> Result<(), Str
     };
     let answers = [answer(0), answer(1)];
     let cache = Arc::new(InstanceCache::new());
-    cache.update(Event::Instances(super::fanout::build(&answers[0])));
+    let mut reuse = InstanceReuse::new();
+    cache.update(Event::Instances(decode(&answers[0], &mut reuse)));
     let ep = DefaultEndpointer::new(&*cache, factory);
 
     let (done_tx, done_rx) = mpsc::channel::<Instant>();
@@ -100,7 +134,7 @@ pub fn path_n(scenario: &'static str, n: usize, rounds: usize) -> Result<(), Str
         rt.spawn(async move {
             while let Some(k) = go_rx.recv().await {
                 let t0 = Instant::now();
-                cache.update(Event::Instances(super::fanout::build(&answers[k])));
+                cache.update(Event::Instances(decode(&answers[k], &mut reuse)));
                 if t0_tx.send(t0).is_err() {
                     return;
                 }
@@ -152,10 +186,11 @@ pub fn path_n(scenario: &'static str, n: usize, rounds: usize) -> Result<(), Str
 }
 
 /// Where the whole update path's time goes on the sdkit side (not part of the comparison
-/// table): building 10 000 instances from a registry answer, `InstanceSet::new` (sort and
-/// dedup), `InstanceCache::update` (the merge against the previous set), dropping the fresh
-/// duplicates the merge replaced by the old handles, and the endpointer's apply. Medians
-/// over 50 updates, one change each, on one thread.
+/// table): decoding the 10 000 records of a registry answer as [`decode`] does (through
+/// the watch's `InstanceReuse`: one instance built, the others handed back), then
+/// `InstanceSet::new` (sort check and dedup), `InstanceCache::update` (the merge against
+/// the previous set), dropping what the update replaced, and the endpointer's apply.
+/// Medians over 50 updates, one change each, on one thread.
 pub fn breakdown(scale: usize) -> Result<(), String> {
     let n = 10_000;
     let rounds = 50 / scale + 5;
@@ -168,17 +203,15 @@ pub fn breakdown(scale: usize) -> Result<(), String> {
     };
     let answers = [answer(0), answer(1)];
     let cache = InstanceCache::new();
-    cache.update(Event::Instances(super::fanout::build(&answers[0])));
+    let mut reuse = InstanceReuse::new();
+    cache.update(Event::Instances(decode(&answers[0], &mut reuse)));
     let ep = DefaultEndpointer::new(&cache, factory);
     let mut sub = cache.subscribe();
     let _ = sub.try_next();
     let mut parts: [Vec<f64>; 5] = Default::default();
     for r in 1..=rounds {
         let t0 = Instant::now();
-        let v: Vec<Instance> = answers[r % 2]
-            .iter()
-            .map(|(h, p)| Instance::new(h.clone(), *p))
-            .collect();
+        let v = decode_records(&answers[r % 2], &mut reuse);
         let t1 = Instant::now();
         let set = InstanceSet::new(v);
         let fresh = set.clone();
@@ -202,10 +235,10 @@ pub fn breakdown(scale: usize) -> Result<(), String> {
         "scenario": "update_path_breakdown",
         "n": n,
         "threads": 1,
-        "build_instances_ns": med(&parts[0]),
+        "decode_with_reuse_ns": med(&parts[0]),
         "instance_set_new_ns": med(&parts[1]),
         "cache_update_ns": med(&parts[2]),
-        "drop_fresh_duplicates_ns": med(&parts[3]),
+        "drop_replaced_ns": med(&parts[3]),
         "endpointer_apply_ns": med(&parts[4]),
     });
     println!("{line}");
