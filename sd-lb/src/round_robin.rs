@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
 use arc_swap::Guard;
-use sd_core::{Changes, Endpoint, Endpointer, Snapshot, Status};
+use sd_core::{Changes, Endpoint, Endpointer, Endpoints, Snapshot, Status};
 
 use crate::balancer::{
     endpoints_of, first_accepted, panic_threshold_builder, pick_fallback, thread_random, Balancer,
@@ -339,7 +339,19 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
     #[inline(never)]
     fn refresh_and_pick(&self, request: &Request<'_, E>) -> Result<EndpointRef<E>, LbError> {
         let current: Arc<View<(), E>> = match self.view.get(&self.endpointer) {
-            Current::View(v) => Guard::into_inner(v),
+            Current::View(v) => {
+                if v.changes.has_changed() {
+                    // The view is older than the endpointer's state: another thread is
+                    // rebuilding it (this one could not take the rebuild lock). Pick from the
+                    // newer snapshot directly (one linear scan) rather than serve the
+                    // previous set after the update is visible.
+                    let cur = self.endpointer.endpoints();
+                    if !std::ptr::eq::<Endpoints<E>>(&*cur, &*v.snapshot) {
+                        return self.fallback(&cur, request);
+                    }
+                }
+                Guard::into_inner(v)
+            }
             Current::Fallback(s) => return self.fallback(&s, request),
         };
         endpoints_of(&current.snapshot)?;
