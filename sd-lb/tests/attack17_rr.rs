@@ -511,9 +511,11 @@ type FixedRr = RoundRobin<Arc<FixedEndpointer<u16>>, u16>;
 
 /// An endpoint value whose destructor picks from its own balancer (if still alive) and from
 /// another one, counting the successful picks.
+type PickyRr = RoundRobin<Arc<DefaultEndpointer<Picky>>, Picky>;
+
 struct Picky {
     port: u16,
-    own: Arc<OnceLock<Weak<RoundRobin<Arc<DefaultEndpointer<Picky>>, Picky>>>>,
+    own: Arc<OnceLock<Weak<PickyRr>>>,
     other: Arc<FixedRr>,
     others: Arc<Vec<FixedRr>>,
     picks: Arc<AtomicUsize>,
@@ -539,38 +541,29 @@ impl Drop for Picky {
 struct PickyWorld {
     rt: tokio::runtime::Runtime,
     ep: Arc<DefaultEndpointer<Picky>>,
-    rr: Arc<RoundRobin<Arc<DefaultEndpointer<Picky>>, Picky>>,
+    rr: Arc<PickyRr>,
     picks: Arc<AtomicUsize>,
 }
 
 fn picky_world() -> PickyWorld {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let own = Arc::new(OnceLock::new());
     let other = Arc::new(RoundRobin::new(fixed(3)));
     let others: Arc<Vec<FixedRr>> =
         Arc::new((0..18).map(|i| RoundRobin::new(fixed(1 + i))).collect());
     let picks = Arc::new(AtomicUsize::new(0));
-    let ep = {
-        let _rt = rt.enter();
-        let (own, other, others, picks) =
-            (own.clone(), other.clone(), others.clone(), picks.clone());
-        Arc::new(DefaultEndpointer::new(
-            &InstanceCache::new(),
-            move |i: &Instance| -> Result<Picky, BoxError> {
-                // A pick inside the factory, too.
-                assert!(RoundRobin::pick(&*other).is_ok());
-                Ok(Picky {
-                    port: i.port(),
-                    own: own.clone(),
-                    other: other.clone(),
-                    others: others.clone(),
-                    picks: picks.clone(),
-                })
-            },
-        ))
+    let (rt, ep) = {
+        let (own, picks) = (own.clone(), picks.clone());
+        common::hand_fed(move |i| {
+            // A pick inside the factory, too.
+            assert!(RoundRobin::pick(&*other).is_ok());
+            Picky {
+                port: i.port(),
+                own: own.clone(),
+                other: other.clone(),
+                others: others.clone(),
+                picks: picks.clone(),
+            }
+        })
     };
     let rr = Arc::new(RoundRobin::new(ep.clone()));
     own.set(Arc::downgrade(&rr)).ok().unwrap();
@@ -786,17 +779,7 @@ fn a_panicking_endpoint_destructor_run_by_a_pick() {
             }
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ep = {
-        let _rt = rt.enter();
-        Arc::new(DefaultEndpointer::new(
-            &InstanceCache::new(),
-            |i: &Instance| -> Result<Bomb, BoxError> { Ok(Bomb(i.port())) },
-        ))
-    };
+    let (rt, ep) = common::hand_fed(|i| Bomb(i.port()));
     ep.apply(ports(&[1]));
     let rr = RoundRobin::new(ep.clone());
     assert_eq!(rr.pick().unwrap().0, 1);
@@ -913,7 +896,7 @@ fn tokio_multi_thread_tasks() {
 // Method resolution and allocations.
 
 /// The docs' warning about `Arc<RoundRobin>`: with `Balancer` in scope, `arc.pick()` is the
-/// trait's (owned) pick; so is `boxed.pick()` and `(&arc).pick()`; `RoundRobin::pick(&arc)`
+/// trait's (owned) pick; so are `boxed.pick()` and a `&Arc`'s; `RoundRobin::pick(&arc)`
 /// and `(*arc).pick()` borrow. (Checked by the types: this compiles only if so.)
 #[test]
 fn method_resolution_on_smart_pointers() {
@@ -922,12 +905,14 @@ fn method_resolution_on_smart_pointers() {
     let owned: Result<Endpoint<u16>, LbError> = arc.pick();
     let boxed = Box::new(RoundRobin::new(fixed(2)));
     let owned_too: Result<Endpoint<u16>, LbError> = boxed.pick();
-    let via_ref: Result<Endpoint<u16>, LbError> = (&arc).pick();
+    let arc_ref: &Arc<_> = &arc;
+    let via_ref: Result<Endpoint<u16>, LbError> = arc_ref.pick();
     let borrowed: Result<sd_lb::EndpointRef<u16>, LbError> = RoundRobin::pick(&arc);
     let borrowed_too: Result<sd_lb::EndpointRef<u16>, LbError> = (*arc).pick();
     let plain = RoundRobin::new(fixed(2));
     let inherent: Result<sd_lb::EndpointRef<u16>, LbError> = plain.pick();
-    let by_ref: Result<sd_lb::EndpointRef<u16>, LbError> = (&plain).pick();
+    let plain_ref = &plain;
+    let by_ref: Result<sd_lb::EndpointRef<u16>, LbError> = plain_ref.pick();
     assert!(owned.is_ok() && owned_too.is_ok() && via_ref.is_ok());
     assert!(borrowed.is_ok() && borrowed_too.is_ok() && inherent.is_ok() && by_ref.is_ok());
 }
