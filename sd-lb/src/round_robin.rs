@@ -43,8 +43,8 @@ use crate::error::LbError;
 /// thread. The [`Balancer`] trait's [`pick`](Balancer::pick) and
 /// [`pick_with`](Balancer::pick_with) (used by [`Retry`](crate::Retry), the tower adapters
 /// and every wrapper) return owned endpoints as before. Note that method-call syntax picks
-/// the trait's method for an `Arc<RoundRobin>` when [`Balancer`] is in scope: write
-/// `RoundRobin::pick(&rr)` there for the borrowing pick.
+/// the trait's method for an `Arc<RoundRobin>` (also a `Box` or a `&Arc`) when [`Balancer`]
+/// is in scope: write `RoundRobin::pick(&rr)` there for the borrowing pick.
 ///
 /// **The per-thread cache.** Each thread keeps, per balancer it picks from (up to 16 at a
 /// time), the balancer's current view (snapshot and list of passing endpoints) and its
