@@ -34,7 +34,8 @@ use crate::error::{InvalidOption, LbError};
 /// has nothing to serve, pick simply from the new set, so they never report "no endpoints"
 /// while there are some. [`RoundRobin`](crate::RoundRobin) and [`Random`](crate::Random) list
 /// the passing endpoints on the first pick after an update (one linear scan, under a
-/// `try_lock`ed mutex; other threads meanwhile use the previous list).
+/// `try_lock`ed mutex; other threads meanwhile use the previous list, except round robin's,
+/// which pick from the new snapshot directly: one linear scan each, never the previous set).
 /// [`Outlier`](crate::Outlier) clones an `Arc` per pick and takes a mutex for each reported
 /// outcome (not for dropped guards or plain [`pick`](Balancer::pick)s).
 ///

@@ -418,7 +418,9 @@ fn redraw_weighted<E>(
 /// one whatever their weights. An endpoint of weight 0 is never picked while one of positive weight can be;
 /// when every candidate weighs 0, all count as 1. When all candidates have the same weight
 /// (the usual case) both draws are uniform, as in unweighted P2C, at the same cost; with
-/// different weights a draw is a binary search over cumulative weights (`O(log N)`).
+/// different weights a draw looks its candidate up in a guide table over the cumulative
+/// weights (two reads; a binary search within one bucket, `O(log N)` at worst, when a few
+/// weights are far above the mean).
 /// [`ignore_weights`](P2c::ignore_weights) restores plain P2C.
 ///
 /// **State across updates.** Each endpoint's statistics are keyed by the endpoint itself
@@ -768,6 +770,93 @@ mod tests {
                 assert_eq!(s.at(x), want, "x {x} over {} weights", weights.len());
             }
             assert!(s.guide.len() <= weights.len() + 2, "{}", s.guide.len());
+        }
+    }
+
+    /// Every `x` that can matter for `weights`: random draws, both sides of every cumulative
+    /// boundary and of every bucket edge.
+    fn probes(s: &Sampler, draws: &[u64]) -> Vec<u64> {
+        let total = s.total();
+        let mut xs: Vec<u64> = draws
+            .iter()
+            .map(|&r| ((r as u128 * total as u128) >> 64) as u64)
+            .collect();
+        for &c in s.cum.iter() {
+            xs.extend([c.saturating_sub(1), c].into_iter().filter(|&x| x < total));
+        }
+        for b in 0..s.guide.len() as u64 {
+            let x = b.checked_shl(s.shift).unwrap_or(u64::MAX);
+            xs.extend([x.saturating_sub(1), x].into_iter().filter(|&x| x < total));
+        }
+        xs
+    }
+
+    /// Attack (issue 17 review): the guide table against a binary search on hostile instance
+    /// weights (`u32` values: 0, 1, `u32::MAX`, one huge among 10 000 tiny, zeros between),
+    /// every boundary probed; the second draw never repeats the first nor picks a zero weight.
+    #[test]
+    fn sampler_guide_agrees_on_hostile_weights() {
+        const MAX: u64 = u32::MAX as u64;
+        let mut sets: Vec<Vec<u64>> = vec![vec![0, MAX], vec![MAX, 0, 0], vec![MAX, MAX - 1]];
+        for at in [0, 5_000, 9_999] {
+            let mut w = vec![1u64; 10_000];
+            w[at] = MAX;
+            sets.push(w);
+        }
+        let mut w = vec![0u64; 10_000];
+        w[0] = MAX;
+        w[9_999] = 1;
+        sets.push(w);
+        sets.push((0..10_000).map(|i| [0, 1, MAX, 7][i % 4]).collect());
+        let mut r = 11u64;
+        let draws: Vec<u64> = (0..4_000)
+            .map(|_| {
+                r = splitmix(r);
+                r
+            })
+            .collect();
+        for weights in sets {
+            let s = Sampler::new(&weights).unwrap();
+            for x in probes(&s, &draws) {
+                assert_eq!(s.at(x), s.cum.partition_point(|&c| c <= x), "x {x}");
+            }
+            assert!(s.guide.len() <= weights.len() + 2);
+            if s.positive >= 2 {
+                for &r in &draws {
+                    let k = s.draw(r);
+                    let o = s.draw_other(splitmix(r), k);
+                    assert!(o != k && s.weight(k) > 0 && s.weight(o) > 0, "{k} {o}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sampler_guide_agrees_on_any_u32_weights(
+            weights in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(0u64),
+                    proptest::strategy::Just(1u64),
+                    proptest::strategy::Just(u32::MAX as u64),
+                    0..=u32::MAX as u64,
+                ],
+                1..120,
+            ),
+            draws in proptest::collection::vec(proptest::prelude::any::<u64>(), 32),
+        ) {
+            if let Some(s) = Sampler::new(&weights) {
+                for x in probes(&s, &draws) {
+                    proptest::prop_assert_eq!(s.at(x), s.cum.partition_point(|&c| c <= x));
+                }
+                if s.positive >= 2 {
+                    for &r in &draws {
+                        let k = s.draw(r);
+                        let o = s.draw_other(splitmix(r), k);
+                        proptest::prop_assert!(o != k && s.weight(k) > 0 && s.weight(o) > 0);
+                    }
+                }
+            }
         }
     }
 

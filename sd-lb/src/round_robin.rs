@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
 use arc_swap::Guard;
-use sd_core::{Changes, Endpoint, Endpointer, Snapshot, Status};
+use sd_core::{Changes, Endpoint, Endpointer, Endpoints, Snapshot, Status};
 
 use crate::balancer::{
     endpoints_of, first_accepted, panic_threshold_builder, pick_fallback, thread_random, Balancer,
@@ -43,8 +43,8 @@ use crate::error::LbError;
 /// thread. The [`Balancer`] trait's [`pick`](Balancer::pick) and
 /// [`pick_with`](Balancer::pick_with) (used by [`Retry`](crate::Retry), the tower adapters
 /// and every wrapper) return owned endpoints as before. Note that method-call syntax picks
-/// the trait's method for an `Arc<RoundRobin>` when [`Balancer`] is in scope: write
-/// `RoundRobin::pick(&rr)` there for the borrowing pick.
+/// the trait's method for an `Arc<RoundRobin>` (also a `Box` or a `&Arc`) when [`Balancer`]
+/// is in scope: write `RoundRobin::pick(&rr)` there for the borrowing pick.
 ///
 /// **The per-thread cache.** Each thread keeps, per balancer it picks from (up to 16 at a
 /// time), the balancer's current view (snapshot and list of passing endpoints) and its
@@ -52,12 +52,15 @@ use crate::error::LbError;
 /// [`Changes::has_changed`](sd_core::Changes::has_changed)), so an update is seen by the
 /// very next pick on every thread, and picks by index: no `arc-swap` load, no atomic
 /// read-modify-write (except `strict`'s counter), no allocation. The first pick on a thread
-/// and the first after an update refresh the entry (one small allocation); a thread that
+/// and the first after an update refresh the entry (one small allocation; a thread's very
+/// first pick also allocates its table of 16 entries); a thread that
 /// picks from more than 16 balancers in turn evicts entries and refreshes on each pick (its
 /// rotation then restarts from the balancer's shared start counter, which keeps the picks
 /// even). A thread's entry holds the snapshot it last used until the thread picks from that
 /// balancer again, the entry is evicted, or the thread ends; entries of dropped balancers are
-/// removed at the thread's next refresh.
+/// removed at the thread's next refresh (of any of its entries). A thread that stops picking
+/// (an idle worker) thus keeps up to 16 snapshots, with their endpoints' values, until it
+/// ends, even after their balancers and endpointers are dropped.
 ///
 /// Health (see [`Balancer`]): when some endpoints are [`Passing`](sd_core::Health::Passing)
 /// and some are not (and no fewer pass than the [panic
@@ -336,7 +339,19 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
     #[inline(never)]
     fn refresh_and_pick(&self, request: &Request<'_, E>) -> Result<EndpointRef<E>, LbError> {
         let current: Arc<View<(), E>> = match self.view.get(&self.endpointer) {
-            Current::View(v) => Guard::into_inner(v),
+            Current::View(v) => {
+                if v.changes.has_changed() {
+                    // The view is older than the endpointer's state: another thread is
+                    // rebuilding it (this one could not take the rebuild lock). Pick from the
+                    // newer snapshot directly (one linear scan) rather than serve the
+                    // previous set after the update is visible.
+                    let cur = self.endpointer.endpoints();
+                    if !std::ptr::eq::<Endpoints<E>>(&*cur, &*v.snapshot) {
+                        return self.fallback(&cur, request);
+                    }
+                }
+                Guard::into_inner(v)
+            }
             Current::Fallback(s) => return self.fallback(&s, request),
         };
         endpoints_of(&current.snapshot)?;
@@ -348,19 +363,26 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
         let picked = TABLE
             .try_with(|t| {
                 let mut t = t.try_borrow_mut().ok()?;
-                let at = match t.entries.iter().position(|e| e.id == self.id) {
-                    Some(at) => at,
-                    None => self.insert(&mut t, &mut dropped),
-                };
-                let e = &mut t.entries[at];
-                let local = match e.view.clone().downcast::<Local<E>>() {
-                    Ok(l) if matches!(&*l, Local::View { view, .. } if Arc::ptr_eq(view, &current)) => l,
-                    _ => {
-                        let l = Rc::new(Local::of(current.clone()));
-                        replaced = Some(std::mem::replace(&mut e.view, l.clone()));
-                        l
+                sweep(&mut t, &mut dropped);
+                let fresh = || Rc::new(Local::of(current.clone()));
+                let (at, local) = match t.entries.iter().position(|e| e.id == self.id) {
+                    Some(at) => {
+                        let e = &mut t.entries[at];
+                        match e.view.clone().downcast::<Local<E>>() {
+                            Ok(l) if matches!(&*l, Local::View { view, .. } if Arc::ptr_eq(view, &current)) => (at, l),
+                            _ => {
+                                let l = fresh();
+                                replaced = Some(std::mem::replace(&mut e.view, l.clone()));
+                                (at, l)
+                            }
+                        }
+                    }
+                    None => {
+                        let l = fresh();
+                        (self.insert(&mut t, l.clone(), &mut dropped), l)
                     }
                 };
+                let e = &mut t.entries[at];
                 let index = current.cands().at(self.turn(n, Some(&mut e.next)));
                 Some(EndpointRef { local, index })
             })
@@ -382,18 +404,11 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
         })
     }
 
-    /// Makes this balancer's entry in `t` (sweeping out entries of dropped balancers, then
-    /// replacing one in turn if the table is full) and returns its position.
+    /// Makes this balancer's entry in `t`, holding `view` (replacing one in turn if the
+    /// table is full), and returns its position. The thread's first entry allocates the
+    /// whole table at once.
     #[cold]
-    fn insert(&self, t: &mut Table, dropped: &mut Vec<Entry>) -> usize {
-        let mut i = 0;
-        while i < t.entries.len() {
-            if t.entries[i].alive.strong_count() == 0 {
-                dropped.push(t.entries.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
+    fn insert(&self, t: &mut Table, view: Rc<dyn Any>, dropped: &mut Vec<Entry>) -> usize {
         let entry = Entry {
             id: self.id,
             alive: Arc::downgrade(&self.alive),
@@ -403,9 +418,10 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
             } else {
                 self.counter.next() as usize
             },
-            view: Rc::new(()),
+            view,
         };
         if t.entries.len() < WAYS {
+            t.entries.reserve_exact(WAYS - t.entries.len());
             t.entries.push(entry);
             t.entries.len() - 1
         } else {
@@ -429,6 +445,19 @@ impl<P: Endpointer<E>, E: Send + Sync + 'static> RoundRobin<P, E> {
                 index: 0,
             }
         })
+    }
+}
+
+/// Moves the entries of dropped balancers out of `t` into `dropped` (dropped by the caller
+/// once the table is released: their snapshots' destructors may pick again).
+fn sweep(t: &mut Table, dropped: &mut Vec<Entry>) {
+    let mut i = 0;
+    while i < t.entries.len() {
+        if t.entries[i].alive.strong_count() == 0 {
+            dropped.push(t.entries.swap_remove(i));
+        } else {
+            i += 1;
+        }
     }
 }
 

@@ -324,8 +324,8 @@ fn an_update_is_seen_by_the_next_pick_on_every_thread() {
             })
             .collect();
         ep.apply(set(&[3, 4]));
-        // One thread after the other (a thread racing another's rebuild of the passing list
-        // may use the previous list for that pick: documented on `Balancer`).
+        // One thread after the other (a thread racing another's rebuild picks from the new
+        // snapshot directly: tests/attack17_rr.rs, no_stale_pick_while_another_thread_...).
         for (go, told, t) in threads {
             go.send(()).unwrap();
             let after = told.recv().unwrap();
