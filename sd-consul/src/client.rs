@@ -966,7 +966,7 @@ impl Client {
     }
 
     /// [`health_service`](Self::health_service), decoding through `reuse`: the entries of
-    /// the answer that the previous answer decoded through it had byte for byte are not
+    /// the answer that the previous answer decoded through it had (same fingerprint) are not
     /// decoded again, they get the previous [`Instance`] handles back (see
     /// [`InstanceReuse`]). A watch keeps one `InstanceReuse` for all its queries, as
     /// [`HealthSource`](crate::HealthSource) does.

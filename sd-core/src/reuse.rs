@@ -22,13 +22,13 @@ use crate::instance::Instance;
 /// `finish` makes what this answer decoded the previous answer of the next one (entries
 /// that left are forgotten, and their instances dropped unless published).
 ///
-/// A changed entry is never served as the old one: the previous entry must have exactly the
-/// same bytes (compared in full after the hash matches; a hash collision only costs that
-/// comparison). An entry that fails to decode is not remembered: it is decoded (and fails,
+/// A changed entry is not served as the old one: the previous entry must have the same
+/// fingerprint, two independently seeded 64-bit hashes of the raw bytes (a changed entry
+/// passes for the old one only if both collide at once, about one chance in 2^128). An entry that fails to decode is not remembered: it is decoded (and fails,
 /// alone) again next time.
 ///
-/// What it holds: the raw bytes of the previous answer's entries, in one buffer, and one
-/// slot (24 bytes) and one instance handle per entry.
+/// What it holds: one slot (24 bytes: the fingerprint and the instance handle) and one
+/// hash-table index per entry of the previous answer; not the raw bytes.
 ///
 /// ```
 /// use sd_core::{Instance, InstanceReuse};
@@ -49,65 +49,68 @@ pub struct InstanceReuse {
     /// The entries of the answer being decoded.
     next: Table,
     hasher: foldhash::fast::RandomState,
+    /// Seeded independently of `hasher`: the fingerprint's second half.
+    checker: foldhash::quality::RandomState,
 }
 
-/// Entries by their raw form: the bytes in one buffer, a slot per entry, a hash table of
-/// slot indexes.
+/// An entry's fingerprint: two independently seeded 64-bit hashes of its raw form (the
+/// first also places it in the hash table). Two different raw forms share a fingerprint
+/// only if both hashes collide at once: about one chance in 2^128 per pair of entries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    hash: u64,
+    check: u64,
+}
+
+/// Entries by the fingerprint of their raw form: a slot per entry, a hash table of slot
+/// indexes. The raw bytes themselves are not kept (at 1 000 watched services they would
+/// be tens of megabytes).
 #[derive(Default)]
 struct Table {
-    bytes: Vec<u8>,
     slots: Vec<Slot>,
     index: HashTable<u32>,
 }
 
 struct Slot {
-    hash: u64,
-    start: usize,
-    len: usize,
+    fp: Fingerprint,
     /// `None` once handed over to the next answer.
     instance: Option<Instance>,
 }
 
 impl Table {
-    /// The slot of the entry whose raw form is `raw` (each raw form has at most one).
-    fn slot(&self, hash: u64, raw: &[u8]) -> Option<usize> {
-        let i = self.index.find(hash, |&i| {
-            let s = &self.slots[i as usize];
-            s.hash == hash && self.bytes.get(s.start..s.start + s.len) == Some(raw)
-        })?;
+    /// The slot of the entry with fingerprint `fp` (each fingerprint has at most one).
+    fn slot(&self, fp: Fingerprint) -> Option<usize> {
+        let i = self
+            .index
+            .find(fp.hash, |&i| self.slots[i as usize].fp == fp)?;
         Some(*i as usize)
     }
 
-    fn find(&self, hash: u64, raw: &[u8]) -> Option<&Instance> {
-        self.slots[self.slot(hash, raw)?].instance.as_ref()
+    fn find(&self, fp: Fingerprint) -> Option<&Instance> {
+        self.slots[self.slot(fp)?].instance.as_ref()
     }
 
-    /// Hands the instance of `raw` over (moved, not cloned: it is needed once per answer).
-    fn take(&mut self, hash: u64, raw: &[u8]) -> Option<Instance> {
-        let i = self.slot(hash, raw)?;
+    /// Hands the instance of `fp` over (moved, not cloned: it is needed once per answer).
+    fn take(&mut self, fp: Fingerprint) -> Option<Instance> {
+        let i = self.slot(fp)?;
         self.slots[i].instance.take()
     }
 
-    /// Remembers a raw form that is not in the table yet.
-    fn insert(&mut self, hash: u64, raw: &[u8], instance: Instance) {
+    /// Remembers a fingerprint that is not in the table yet.
+    fn insert(&mut self, fp: Fingerprint, instance: Instance) {
         let Ok(i) = u32::try_from(self.slots.len()) else {
             return;
         };
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(raw);
         self.slots.push(Slot {
-            hash,
-            start,
-            len: raw.len(),
+            fp,
             instance: Some(instance),
         });
         let slots = &self.slots;
         self.index
-            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+            .insert_unique(fp.hash, i, |&j| slots[j as usize].fp.hash);
     }
 
     fn clear(&mut self) {
-        self.bytes.clear();
         self.slots.clear();
         self.index.clear();
     }
@@ -120,26 +123,29 @@ impl InstanceReuse {
     }
 
     /// The instance of the entry whose raw form is `raw`: the previous answer's handle when
-    /// it had an entry with exactly these bytes, else what `decode` makes of it (an error
-    /// is returned as is, and the entry is not remembered).
+    /// it had an entry with the same fingerprint (see above), else what `decode` makes of
+    /// it (an error is returned as is, and the entry is not remembered).
     pub fn instance<E>(
         &mut self,
         raw: &[u8],
         decode: impl FnOnce() -> Result<Instance, E>,
     ) -> Result<Instance, E> {
-        let hash = self.hasher.hash_one(raw);
+        let fp = Fingerprint {
+            hash: self.hasher.hash_one(raw),
+            check: self.checker.hash_one(raw),
+        };
         // One probe for an unchanged entry: its handle moves from the previous answer's
         // table to this one's.
-        if let Some(old) = self.prev.take(hash, raw) {
-            self.next.insert(hash, raw, old.clone());
+        if let Some(old) = self.prev.take(fp) {
+            self.next.insert(fp, old.clone());
             return Ok(old);
         }
         // The same entry twice in one answer: one slot, one instance.
-        if let Some(seen) = self.next.find(hash, raw) {
+        if let Some(seen) = self.next.find(fp) {
             return Ok(seen.clone());
         }
         let instance = decode()?;
-        self.next.insert(hash, raw, instance.clone());
+        self.next.insert(fp, instance.clone());
         Ok(instance)
     }
 
@@ -150,10 +156,7 @@ impl InstanceReuse {
         self.next.clear();
         // Keep no more room than the answers need (a large answer once does not hold its
         // memory for ever).
-        let (bytes, slots) = (self.prev.bytes.len(), self.prev.slots.len());
-        if self.next.bytes.capacity() > 2 * bytes + 4096 {
-            self.next.bytes.shrink_to(bytes);
-        }
+        let slots = self.prev.slots.len();
         if self.next.slots.capacity() > 2 * slots + 64 {
             self.next.slots.shrink_to(slots);
             self.next.index.shrink_to(slots, |_| 0);
@@ -183,7 +186,6 @@ impl std::fmt::Debug for InstanceReuse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstanceReuse")
             .field("entries", &self.prev.slots.len())
-            .field("bytes", &self.prev.bytes.len())
             .finish()
     }
 }
@@ -304,18 +306,19 @@ mod tests {
         assert_eq!(n.get(), 4, "cleared: decoded again");
     }
 
-    /// Entries whose hashes collide are told apart by their bytes: with a hasher that
-    /// gives every entry the same hash, every entry still gets its own instance.
+    /// Entries whose first hashes collide are told apart by the second: each keeps its own
+    /// instance.
     #[test]
-    fn colliding_hashes_are_told_apart_by_the_bytes() {
+    fn colliding_hashes_are_told_apart_by_the_check() {
         let mut t = Table::default();
         let x = Instance::new("10.0.0.1", 80);
         let y = Instance::new("10.0.0.2", 80);
-        t.insert(7, b"x", x.clone());
-        t.insert(7, b"y", y.clone());
-        assert!(Instance::ptr_eq(t.find(7, b"x").unwrap(), &x));
-        assert!(Instance::ptr_eq(t.find(7, b"y").unwrap(), &y));
-        assert!(t.find(7, b"z").is_none());
-        assert!(t.find(8, b"x").is_none());
+        let fp = |check| Fingerprint { hash: 7, check };
+        t.insert(fp(1), x.clone());
+        t.insert(fp(2), y.clone());
+        assert!(Instance::ptr_eq(t.find(fp(1)).unwrap(), &x));
+        assert!(Instance::ptr_eq(t.find(fp(2)).unwrap(), &y));
+        assert!(t.find(fp(3)).is_none());
+        assert!(t.find(Fingerprint { hash: 8, check: 1 }).is_none());
     }
 }
