@@ -356,7 +356,7 @@ fn reuse_same_entries_other_order() {
 fn after_a_failed_answer_the_fast_path_comes_back() {
     let raws: Vec<String> = (0..5).map(|k| format!("10.0.0.{k}:80")).collect();
     let mut reuse = InstanceReuse::new();
-    let mut answer = |raws: &[String], reuse: &mut InstanceReuse| -> InstanceSet {
+    let answer = |raws: &[String], reuse: &mut InstanceReuse| -> InstanceSet {
         let v = raws
             .iter()
             .map(|r| reuse.instance(r.as_bytes(), || Instance::parse(r)).unwrap())
@@ -376,4 +376,108 @@ fn after_a_failed_answer_the_fast_path_comes_back() {
         InstanceSet::ptr_eq(&set_of(cache.state()), &new),
         "the set was copied: the reuse's handles are not the published ones"
     );
+}
+
+/// `Endpoint` as two handles: under flapping attributes (same key), the value is kept
+/// (`same_value`, no new `make`), each endpoint's instance is the published instance (no
+/// instance/value mismatch), and `close` runs exactly once per value made, with a departure
+/// and a return in the middle.
+#[tokio::test]
+async fn endpoints_under_flapping_attributes() {
+    use sd_core::{BoxError, DefaultEndpointer, Endpoint, Endpointer, Factory};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct F {
+        made: Arc<AtomicUsize>,
+        closed: Arc<Mutex<Vec<usize>>>,
+    }
+    impl Factory<usize> for F {
+        fn make(&self, _: &Instance) -> Result<usize, BoxError> {
+            Ok(self.made.fetch_add(1, Ordering::SeqCst))
+        }
+        fn close(&self, _: &Instance, v: &usize) {
+            self.closed.lock().unwrap().push(*v);
+        }
+    }
+
+    let cache = InstanceCache::new();
+    let inst = |w: u32, h: Health| {
+        Instance::builder("::1", 80)
+            .id("a")
+            .weight(w)
+            .health(h)
+            .tags(if w % 2 == 0 { ["x", "y"] } else { ["y", "x"] })
+            .build()
+    };
+    let other = Instance::new("10.0.0.1", 80);
+    cache.update(Event::instances(vec![
+        inst(1, Health::Passing),
+        other.clone(),
+    ]));
+    let f = F::default();
+    let ep = DefaultEndpointer::new(&cache, f.clone());
+    let first: Endpoint<usize> = ep
+        .endpoints()
+        .get()
+        .unwrap()
+        .iter()
+        .find(|e| e.instance().id() == "a")
+        .unwrap()
+        .clone();
+    let mut made_values = 1;
+    for round in 0..40u32 {
+        let h = [Health::Passing, Health::Warning, Health::Critical][round as usize % 3];
+        let want = inst(round % 3, h);
+        let gone = round == 20;
+        let mut v = vec![other.clone()];
+        if !gone {
+            v.push(want.clone());
+        }
+        cache.update(Event::instances(v));
+        let mut changes = ep.changes();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let snap = ep.endpoints();
+                let all = snap.get().unwrap();
+                let a = all.iter().find(|e| e.instance().id() == "a");
+                let ok = match a {
+                    None => gone,
+                    Some(e) => !gone && *e.instance() == want,
+                };
+                if ok {
+                    break;
+                }
+                changes.changed().await;
+            }
+        })
+        .await
+        .expect("endpointer reached the state");
+        if round == 21 {
+            made_values += 1;
+        }
+        let snap = ep.endpoints();
+        let all = snap.get().unwrap();
+        // The published instances and the endpoints' instances agree, handle for handle.
+        let published = set_of(cache.state());
+        for e in all.iter() {
+            let p = published
+                .iter()
+                .find(|p| p.key() == e.instance().key())
+                .unwrap();
+            assert!(Instance::ptr_eq(p, e.instance()), "round {round}");
+        }
+        if let Some(a) = all.iter().find(|e| e.instance().id() == "a") {
+            assert_eq!(Endpoint::same_value(a, &first), round < 20, "round {round}");
+            assert_eq!(*a.instance(), want);
+        }
+    }
+    // `other` and the two values made for "a".
+    assert_eq!(f.made.load(Ordering::SeqCst), 1 + made_values);
+    assert_eq!(f.closed.lock().unwrap().as_slice(), [*first.value()]);
+    ep.close().await;
+    let mut closed = f.closed.lock().unwrap().clone();
+    closed.sort();
+    assert_eq!(closed, [0, 1, 2], "each value closed exactly once");
 }
