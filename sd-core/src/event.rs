@@ -95,6 +95,14 @@ impl InstanceSet {
                 }
             }
             match same {
+                // The same handle found past entries that left: nothing to replace (a
+                // departure must not make the set be copied).
+                Some(o) if Instance::ptr_eq(o, inst) => {
+                    reused += 1;
+                    if let Some(out) = out.as_mut() {
+                        out.push(o.clone());
+                    }
+                }
                 Some(o) => {
                     reused += 1;
                     out.get_or_insert_with(|| {

@@ -14,8 +14,8 @@ use hashbrown::HashTable;
 
 use crate::instance::Instance;
 
-/// Remembers the instances decoded from the previous answer of one watch, by the exact raw
-/// form of their entries, and hands them back for entries that did not change.
+/// Remembers the instances decoded from the previous answer of one watch, by a fingerprint
+/// of the raw form of their entries, and hands them back for entries that did not change.
 ///
 /// One per watch (the previous answer is that watch's). An answer is decoded between two
 /// calls to [`finish`](Self::finish): each entry through [`instance`](Self::instance), then
@@ -23,9 +23,11 @@ use crate::instance::Instance;
 /// that left are forgotten, and their instances dropped unless published).
 ///
 /// A changed entry is not served as the old one: the previous entry must have the same
-/// fingerprint, two independently seeded 64-bit hashes of the raw bytes (a changed entry
-/// passes for the old one only if both collide at once, about one chance in 2^128). An entry that fails to decode is not remembered: it is decoded (and fails,
-/// alone) again next time.
+/// fingerprint, two 64-bit foldhash hashes of the raw bytes with different per-hasher seeds
+/// (they share foldhash's process-wide seed, so they are not fully independent: a changed
+/// entry passes for the old one only if both collide at once, heuristically about one
+/// chance in 2^128, not a proven bound). An entry that fails to decode is not remembered:
+/// it is decoded (and fails, alone) again next time.
 ///
 /// What it holds: one slot (24 bytes: the fingerprint and the instance handle) and one
 /// hash-table index per entry of the previous answer; not the raw bytes.
@@ -49,13 +51,14 @@ pub struct InstanceReuse {
     /// The entries of the answer being decoded.
     next: Table,
     hasher: foldhash::fast::RandomState,
-    /// Seeded independently of `hasher`: the fingerprint's second half.
+    /// Another per-hasher seed than `hasher`'s (the process-wide seed is shared): the
+    /// fingerprint's second half.
     checker: foldhash::quality::RandomState,
 }
 
-/// An entry's fingerprint: two independently seeded 64-bit hashes of its raw form (the
+/// An entry's fingerprint: two differently seeded 64-bit hashes of its raw form (the
 /// first also places it in the hash table). Two different raw forms share a fingerprint
-/// only if both hashes collide at once: about one chance in 2^128 per pair of entries.
+/// only if both hashes collide at once: heuristically about one chance in 2^128 per pair.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     hash: u64,
