@@ -72,15 +72,8 @@ impl InstanceSet {
         let mut out: Option<Vec<Instance>> = None;
         let mut old = previous.0.iter().peekable();
         for (k, inst) in self.0.iter().enumerate() {
-            // The same handle: one pointer comparison.
-            if let Some(o) = old.next_if(|o| Instance::ptr_eq(o, inst)) {
-                reused += 1;
-                if let Some(out) = out.as_mut() {
-                    out.push(o.clone());
-                }
-                continue;
-            }
             // One comparison per pair: both sets are strictly increasing (keys are unique).
+            // The same handle compares in one pointer comparison (`Instance::cmp`).
             let mut same = None;
             while let Some(o) = old.peek() {
                 match (*o).cmp(inst) {
@@ -95,8 +88,8 @@ impl InstanceSet {
                 }
             }
             match same {
-                // The same handle found past entries that left: nothing to replace (a
-                // departure must not make the set be copied).
+                // The same handle (also past entries that left): nothing to replace, so
+                // nothing to copy.
                 Some(o) if Instance::ptr_eq(o, inst) => {
                     reused += 1;
                     if let Some(out) = out.as_mut() {
