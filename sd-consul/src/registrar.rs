@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
-    spawn_keepalive, BackgroundTask, Error, Health, HealthCheck, KeepAlive, KeepAliveConfig,
+    spawn_keepalive, Error, Health, HealthCheck, KeepAlive, KeepAliveConfig, KeepAliveTask,
     Registrar, Registration, Result,
 };
 use serde::Serialize;
@@ -268,74 +268,10 @@ impl Shared {
     }
 }
 
-/// The gate of one keep-alive task: whether it may still start a round, and whether a round
-/// is running. It lets `deregister` stop a task that is between rounds (nearly always: a
-/// round takes a request or two every period) at once, without waiting for the task to see
-/// its cancellation and end: once the gate is closed with no round running, the task can
-/// send nothing more. A task with a round in flight is stopped as before: cancelled (the
-/// round is dropped), and waited for until it has ended.
-#[derive(Default)]
-struct Gate(std::sync::Mutex<GateState>);
-
-#[derive(Default)]
-struct GateState {
-    running: bool,
-    closed: bool,
-}
-
-impl Gate {
-    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Starts a round, unless the gate is closed; the round lasts as long as the guard.
-    fn enter(&self) -> Option<Round<'_>> {
-        let mut state = self.state();
-        if state.closed {
-            return None;
-        }
-        state.running = true;
-        Some(Round(self))
-    }
-
-    /// Closes the gate: no round starts any more. Whether no round is running either (then
-    /// the task will send nothing more).
-    fn close(&self) -> bool {
-        let mut state = self.state();
-        state.closed = true;
-        !state.running
-    }
-}
-
-/// A keep-alive round in progress (ends when dropped: finished, or cancelled mid-way).
-struct Round<'a>(&'a Gate);
-
-impl Drop for Round<'_> {
-    fn drop(&mut self) {
-        self.0.state().running = false;
-    }
-}
-
-/// One keep-alive task's view of the registration: its rounds pass through its gate.
-struct Gated {
-    shared: Arc<Shared>,
-    gate: Arc<Gate>,
-}
-
 /// One round of sd-core's shared keep-alive loop ([`spawn_keepalive`]: every period, retries
-/// backing off from 100 ms up to the period, cancelled by `deregister`).
+/// backing off from 100 ms up to the period, stopped by `deregister`).
 #[async_trait]
-impl KeepAlive for Gated {
-    /// Nothing once `deregister` has closed the gate; else [`Shared::keep_alive`].
-    async fn keep_alive(&self) -> Result<()> {
-        let Some(_round) = self.gate.enter() else {
-            return Ok(());
-        };
-        self.shared.keep_alive().await
-    }
-}
-
-impl Shared {
+impl KeepAlive for Shared {
     /// Heartbeat (TTL check) or presence check; registers again when the agent lost it.
     async fn keep_alive(&self) -> Result<()> {
         let lost = match &self.check_id {
@@ -371,8 +307,8 @@ impl Shared {
 #[derive(Default)]
 struct State {
     registered: bool,
-    /// The keep-alive task and its gate.
-    task: Option<(BackgroundTask, Arc<Gate>)>,
+    /// The keep-alive task.
+    task: Option<KeepAliveTask>,
 }
 
 /// Registers one instance with the local Consul agent and keeps it registered.
@@ -484,19 +420,14 @@ impl ConsulRegistrar {
         serde_json::to_value(&self.shared.body).unwrap_or_default()
     }
 
-    fn spawn_maintenance(&self) -> (BackgroundTask, Arc<Gate>) {
+    fn spawn_maintenance(&self) -> KeepAliveTask {
         let config = KeepAliveConfig::new(
             BACKEND,
             format!("{}/{}", self.shared.body.name, self.shared.body.id),
             self.period,
         )
         .service(self.shared.body.name.clone());
-        let gate = Arc::new(Gate::default());
-        let keeper = Gated {
-            shared: self.shared.clone(),
-            gate: gate.clone(),
-        };
-        (spawn_keepalive(Arc::new(keeper), config), gate)
+        spawn_keepalive(self.shared.clone(), config)
     }
 }
 
@@ -522,11 +453,7 @@ impl Registrar for ConsulRegistrar {
                 } else { "" });
             return Err(e);
         }
-        if state
-            .task
-            .as_ref()
-            .map_or(true, |(task, _)| task.is_finished())
-        {
+        if state.task.as_ref().map_or(true, KeepAliveTask::is_finished) {
             state.task = Some(self.spawn_maintenance());
         }
         tracing::info!(backend = BACKEND, service = %body.name, tags = ?body.tags,
@@ -553,18 +480,12 @@ impl Registrar for ConsulRegistrar {
 
     async fn deregister(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        if let Some((task, gate)) = state.task.take() {
-            // Between rounds, closing the gate is enough: the task can send nothing more,
-            // and ends on its own once it sees the cancellation (waiting for that was a
-            // hand-off between tasks on every deregistration: issue 17). With a round in
-            // flight the task is stopped as before: the round is cancelled and the task
-            // waited for until it has ended, so it sends nothing after this. (A request the
-            // round had already written may still reach the agent: a known limit.)
-            if gate.close() {
-                task.cancel();
-            } else {
-                task.stop().await;
-            }
+        if let Some(task) = state.task.take() {
+            // Between rounds this returns at once (the loop's gate is closed: it can send
+            // nothing more); with a round in flight, the round is cancelled and waited for.
+            // (A request the round had already written may still reach the agent: a known
+            // limit.)
+            task.stop().await;
         }
         if !state.registered {
             return Ok(());
@@ -714,21 +635,6 @@ mod tests {
             assert!(matches!(err, Error::Config(_)), "{err}");
             assert!(err.to_string().contains(needle), "{err}");
         }
-    }
-
-    /// Issue 17: `deregister` waits for the keep-alive task only when a round is running.
-    #[test]
-    fn the_gate_says_whether_a_round_runs_and_lets_none_start_once_closed() {
-        let gate = Gate::default();
-        assert!(gate.close(), "no round ran: closing is enough");
-        assert!(gate.enter().is_none(), "a closed gate lets no round start");
-
-        let gate = Gate::default();
-        let round = gate.enter().expect("an open gate lets a round start");
-        assert!(!gate.close(), "a round is running: it must be waited for");
-        assert!(gate.enter().is_none());
-        drop(round); // the round ends (or its future is dropped)
-        assert!(gate.close());
     }
 
     #[test]

@@ -14,8 +14,13 @@
 //! registration is not given up to its TTL because of one failed heartbeat). A round that
 //! panics (a backend bug, a `tracing` layer that panics on a log line) counts as a failed
 //! round, and the loop's own log line is written with a panic in it caught, so the loop
-//! survives both. Stopping the returned [`BackgroundTask`] cancels the round in flight and
-//! any wait.
+//! survives both.
+//!
+//! Stopping the returned [`KeepAliveTask`] ends the loop so that it sends nothing more: a
+//! loop waiting between rounds (nearly always: a round takes a request or two every period)
+//! is shut at once through its gate, without waiting for the task to be scheduled and see its
+//! cancellation; a round in flight is cancelled (dropped) and waited for until it has ended.
+//! A deregistration therefore costs no hand-off between tasks in the common case.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,6 +34,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::observe::KeepAliveMetrics;
 use crate::task::{panic_message, sleep_or_cancel, survive, BackgroundTask};
+use tokio_util::sync::CancellationToken;
 
 /// One round of keeping a registration alive.
 #[async_trait]
@@ -89,6 +95,95 @@ impl KeepAliveConfig {
     }
 }
 
+/// A running keep-alive loop, from [`spawn_keepalive`]. Dropping it cancels the loop
+/// without waiting (like [`BackgroundTask`]).
+#[derive(Debug)]
+pub struct KeepAliveTask {
+    task: BackgroundTask,
+    gate: Arc<Gate>,
+}
+
+impl KeepAliveTask {
+    /// Ends the loop; when this returns, the loop sends nothing more to the registry.
+    ///
+    /// Between rounds (the common case) this closes the loop's gate and returns at once: no
+    /// round can start any more, and the task ends on its own when it is next scheduled.
+    /// With a round in flight the round is cancelled and the task waited for until it has
+    /// ended. (A request the round had already written may still reach the registry: a
+    /// cancelled future cannot recall bytes sent.) Idempotent.
+    pub async fn stop(&self) {
+        if self.gate.close() {
+            self.task.cancel();
+        } else {
+            self.task.stop().await;
+        }
+    }
+
+    /// Cancels without waiting; no round starts after this returns, but one in flight may
+    /// still finish its request.
+    pub fn cancel(&self) {
+        self.gate.close();
+        self.task.cancel();
+    }
+
+    /// Whether the loop has ended, or has been stopped and can start no round any more.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished() || self.gate.is_shut()
+    }
+}
+
+/// The gate of one keep-alive loop: whether it may still start a round, and whether a round
+/// is running. Closing it with no round running means the loop can send nothing more.
+#[derive(Debug, Default)]
+struct Gate(std::sync::Mutex<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    running: bool,
+    closed: bool,
+}
+
+impl Gate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The lock is held for a flag update only, never across user code: no poisoning in
+        // practice, and a poisoned flag pair is still meaningful.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a round, unless the gate is closed; the round lasts as long as the guard.
+    fn enter(&self) -> Option<Round<'_>> {
+        let mut state = self.state();
+        if state.closed {
+            return None;
+        }
+        state.running = true;
+        Some(Round(self))
+    }
+
+    /// Closes the gate: no round starts any more. Returns whether no round is running
+    /// either (then the loop will send nothing more).
+    fn close(&self) -> bool {
+        let mut state = self.state();
+        state.closed = true;
+        !state.running
+    }
+
+    /// Closed with no round running.
+    fn is_shut(&self) -> bool {
+        let state = self.state();
+        state.closed && !state.running
+    }
+}
+
+/// A keep-alive round in progress (ends when dropped: finished, or cancelled mid-way).
+struct Round<'a>(&'a Gate);
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        self.0.state().running = false;
+    }
+}
+
 /// Runs `keeper` every `config.period` until the returned task is stopped or dropped.
 ///
 /// # Panics
@@ -120,49 +215,67 @@ impl KeepAliveConfig {
 pub fn spawn_keepalive<K: KeepAlive + ?Sized>(
     keeper: Arc<K>,
     config: KeepAliveConfig,
-) -> BackgroundTask {
+) -> KeepAliveTask {
     let metrics = KeepAliveMetrics::new(config.backend, config.service_label());
-    BackgroundTask::spawn(move |token| async move {
-        let mut backoff = Backoff::new(config.retry_initial, config.period);
-        let mut delay = config.period;
-        loop {
-            if !sleep_or_cancel(&token, delay).await {
-                return;
-            }
-            // A panicking round (a backend bug, or a `tracing` layer that panics while the
-            // round logs) fails that round; it must not end the loop, or the registration
-            // lapses while its registrar lives.
-            let span = tracing::debug_span!(
-                "sdkit.keepalive",
-                backend = config.backend,
-                service = config.service_label(),
-                outcome = tracing::field::Empty
-            );
-            let outcome = tokio::select! {
-                _ = token.cancelled() => return,
-                r = AssertUnwindSafe(keeper.keep_alive().instrument(span.clone())).catch_unwind() => r.unwrap_or_else(|panic| {
-                    Err(Error::unavailable(config.backend,
-                        format!("keep-alive round panicked: {}", panic_message(&*panic))))
-                }),
-            };
-            metrics.round(outcome.is_ok());
-            survive(|| {
-                span.record("outcome", crate::observe::outcome(&outcome));
-            });
-            delay = match outcome {
-                Ok(()) => {
-                    backoff.reset();
-                    config.period
-                }
-                Err(e) => {
-                    let d = backoff.next_delay();
-                    survive(|| {
-                        tracing::warn!(backend = config.backend, target = %config.target,
-                            error = %e, retry_in = ?d, "keep-alive failed")
-                    });
-                    d
-                }
-            };
+    let gate = Arc::new(Gate::default());
+    let loop_gate = gate.clone();
+    let task = BackgroundTask::spawn(move |token| run(keeper, config, metrics, loop_gate, token));
+    KeepAliveTask { task, gate }
+}
+
+/// The loop of [`spawn_keepalive`].
+async fn run<K: KeepAlive + ?Sized>(
+    keeper: Arc<K>,
+    config: KeepAliveConfig,
+    metrics: KeepAliveMetrics,
+    gate: Arc<Gate>,
+    token: CancellationToken,
+) {
+    let mut backoff = Backoff::new(config.retry_initial, config.period);
+    let mut delay = config.period;
+    loop {
+        if !sleep_or_cancel(&token, delay).await {
+            return;
         }
-    })
+        // Closed by `stop` while the loop waited: nothing more may be sent.
+        let Some(round) = gate.enter() else {
+            return;
+        };
+        // A panicking round (a backend bug, or a `tracing` layer that panics while the
+        // round logs) fails that round; it must not end the loop, or the registration
+        // lapses while its registrar lives.
+        let span = tracing::debug_span!(
+            "sdkit.keepalive",
+            backend = config.backend,
+            service = config.service_label(),
+            outcome = tracing::field::Empty
+        );
+        let outcome = tokio::select! {
+            _ = token.cancelled() => return,
+            r = AssertUnwindSafe(keeper.keep_alive().instrument(span.clone())).catch_unwind() => r.unwrap_or_else(|panic| {
+                Err(Error::unavailable(config.backend,
+                    format!("keep-alive round panicked: {}", panic_message(&*panic))))
+            }),
+        };
+        // The round's requests are over: `stop` need not wait for the logging below.
+        drop(round);
+        metrics.round(outcome.is_ok());
+        survive(|| {
+            span.record("outcome", crate::observe::outcome(&outcome));
+        });
+        delay = match outcome {
+            Ok(()) => {
+                backoff.reset();
+                config.period
+            }
+            Err(e) => {
+                let d = backoff.next_delay();
+                survive(|| {
+                    tracing::warn!(backend = config.backend, target = %config.target,
+                        error = %e, retry_in = ?d, "keep-alive failed")
+                });
+                d
+            }
+        };
+    }
 }

@@ -80,7 +80,7 @@ pub use event::{Event, InstanceSet};
 pub use freshness::{Freshness, StaleReason};
 pub use instance::{Health, Instance, InstanceBuilder};
 pub use instancer::{FixedInstancer, Instancer};
-pub use keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
+pub use keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig, KeepAliveTask};
 pub use memory::{MemoryInstancer, MemoryRegistrar, MemoryRegistry};
 pub use observe::ObservedRegistry;
 pub use registrar::{

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::event::{Event, InstanceSet};
 use crate::instance::Instance;
 use crate::instancer::Instancer;
-use crate::keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig};
+use crate::keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig, KeepAliveTask};
 use crate::observe::LoopMetrics;
 use crate::registrar::{Registrar, Registration};
 use crate::registry::{Registry, ServiceQuery};
@@ -638,7 +638,7 @@ pub struct MemoryRegistrar {
     /// The heartbeat task while registered with a TTL. The async lock is held for the whole
     /// of `register` and `deregister`, so the two never interleave (a deregister racing a
     /// register could otherwise leave a heartbeat that re-inserts the entry for good).
-    heartbeat: tokio::sync::Mutex<Option<BackgroundTask>>,
+    heartbeat: tokio::sync::Mutex<Option<KeepAliveTask>>,
 }
 
 impl fmt::Debug for MemoryRegistrar {

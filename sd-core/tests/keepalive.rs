@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use sd_core::{spawn_keepalive, Error, KeepAlive, KeepAliveConfig, Result};
 use tokio::time::Instant;
 
@@ -79,6 +80,110 @@ async fn stop_cancels_a_hanging_round() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     task.stop().await;
     assert!(task.is_finished());
+}
+
+/// Counts its rounds; a round waits for a permit when `hold` is set, and records its end
+/// (finished or dropped mid-way).
+struct Counted {
+    started: std::sync::atomic::AtomicUsize,
+    ended: std::sync::atomic::AtomicUsize,
+    hold: Option<tokio::sync::Semaphore>,
+}
+
+impl Counted {
+    fn new(hold: bool) -> Arc<Self> {
+        Arc::new(Counted {
+            started: Default::default(),
+            ended: Default::default(),
+            hold: hold.then(|| tokio::sync::Semaphore::new(0)),
+        })
+    }
+    fn started(&self) -> usize {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Marks the round's end when dropped, whether it finished or was cancelled.
+struct EndOnDrop<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl KeepAlive for Counted {
+    async fn keep_alive(&self) -> Result<()> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _end = EndOnDrop(&self.ended);
+        if let Some(hold) = &self.hold {
+            hold.acquire().await.expect("never closed").forget();
+        }
+        Ok(())
+    }
+}
+
+/// Issue 17: stopping a loop that waits between rounds needs no hand-off to its task (it
+/// completes on its first poll), and no round starts afterwards, even when the loop's timer
+/// was already due when `stop` ran (then the loop's `select!` between its sleep and its
+/// cancellation could take either branch: only the gate keeps the round from starting).
+#[tokio::test(start_paused = true)]
+async fn stop_between_rounds_is_immediate_and_no_round_follows() {
+    let period = Duration::from_secs(1);
+    for _ in 0..32 {
+        let keeper = Counted::new(false);
+        let task = spawn_keepalive(
+            keeper.clone(),
+            KeepAliveConfig::new("test", "svc/1", period),
+        );
+        tokio::task::yield_now().await; // the loop waits for its first period
+                                        // The timer becomes due, but the loop's task has not run since.
+        tokio::time::advance(period).await;
+        assert_eq!(keeper.started(), 0, "the loop has not been polled since");
+        assert!(
+            task.stop().now_or_never().is_some(),
+            "between rounds, stop needs no hand-off"
+        );
+        assert!(task.is_finished(), "stopped: no round can start");
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(period * 5).await;
+        assert_eq!(keeper.started(), 0, "a round started after stop returned");
+    }
+}
+
+/// A round in flight is waited for: `stop` returns only once the round has ended (here:
+/// cancelled, so dropped mid-way), and no later round starts.
+#[tokio::test(start_paused = true)]
+async fn stop_during_a_round_waits_until_it_has_ended() {
+    let period = Duration::from_secs(1);
+    let keeper = Counted::new(true);
+    let task = spawn_keepalive(
+        keeper.clone(),
+        KeepAliveConfig::new("test", "svc/1", period),
+    );
+    tokio::time::sleep(period + Duration::from_millis(1)).await;
+    assert_eq!(
+        (keeper.started(), keeper.ended()),
+        (1, 0),
+        "a round is in flight"
+    );
+    let mut stop = Box::pin(task.stop());
+    assert!(
+        (&mut stop).now_or_never().is_none(),
+        "a round runs: stop must wait for it"
+    );
+    stop.await;
+    assert_eq!(keeper.ended(), 1, "stop returned before the round ended");
+    keeper.hold.as_ref().unwrap().add_permits(10);
+    tokio::time::sleep(period * 5).await;
+    assert_eq!(keeper.started(), 1, "a round started after stop returned");
 }
 
 #[test]

@@ -41,7 +41,7 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet};
 use sd_core::{
-    spawn_keepalive, BackgroundTask, Error, HealthCheck, KeepAlive, KeepAliveConfig, Registrar,
+    spawn_keepalive, Error, HealthCheck, KeepAlive, KeepAliveConfig, KeepAliveTask, Registrar,
     Registration, Result,
 };
 use tokio::sync::Mutex;
@@ -309,7 +309,7 @@ pub struct DnsRegistrar {
     shared: Arc<Shared>,
     registration: Registration,
     period: Duration,
-    task: Mutex<Option<BackgroundTask>>,
+    task: Mutex<Option<KeepAliveTask>>,
 }
 
 impl fmt::Debug for DnsRegistrar {

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
-    spawn_keepalive, BackgroundTask, Error, HealthCheck, KeepAlive, KeepAliveConfig, Registrar,
+    spawn_keepalive, Error, HealthCheck, KeepAlive, KeepAliveConfig, KeepAliveTask, Registrar,
     Registration, Result,
 };
 use tokio::sync::{watch, Mutex};
@@ -215,7 +215,7 @@ impl KeepAlive for Shared {
 #[derive(Default)]
 struct State {
     registered: bool,
-    task: Option<BackgroundTask>,
+    task: Option<KeepAliveTask>,
 }
 
 /// Registers one instance in etcd under a lease and keeps it registered.
@@ -390,11 +390,7 @@ impl Registrar for EtcdRegistrar {
             }
         };
         state.registered = true;
-        if state
-            .task
-            .as_ref()
-            .map_or(true, BackgroundTask::is_finished)
-        {
+        if state.task.as_ref().map_or(true, KeepAliveTask::is_finished) {
             let config = KeepAliveConfig::new(BACKEND, self.shared.key.clone(), self.period)
                 .service(self.shared.registration.service.clone());
             state.task = Some(spawn_keepalive(self.shared.clone(), config));

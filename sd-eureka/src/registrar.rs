@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sd_core::{
-    spawn_keepalive, BackgroundTask, Error, Health, HealthCheck, KeepAlive, KeepAliveConfig,
+    spawn_keepalive, Error, Health, HealthCheck, KeepAlive, KeepAliveConfig, KeepAliveTask,
     Registrar, Registration, Result,
 };
 use serde::Serialize;
@@ -348,7 +348,7 @@ impl KeepAlive for Shared {
 #[derive(Default)]
 struct State {
     registered: bool,
-    task: Option<BackgroundTask>,
+    task: Option<KeepAliveTask>,
 }
 
 /// Registers one instance with Eureka and keeps its lease renewed.
@@ -511,7 +511,7 @@ impl EurekaRegistrar {
         }
     }
 
-    fn spawn_renewals(&self) -> BackgroundTask {
+    fn spawn_renewals(&self) -> KeepAliveTask {
         let config = KeepAliveConfig::new(
             BACKEND,
             format!("{}/{}", self.shared.body.app, self.shared.body.instance_id),
@@ -534,11 +534,7 @@ impl Registrar for EurekaRegistrar {
             return Err(e);
         }
         state.registered = true;
-        if state
-            .task
-            .as_ref()
-            .map_or(true, BackgroundTask::is_finished)
-        {
+        if state.task.as_ref().map_or(true, KeepAliveTask::is_finished) {
             state.task = Some(self.spawn_renewals());
         }
         tracing::info!(backend = BACKEND, app = %body.app, id = %body.instance_id,
