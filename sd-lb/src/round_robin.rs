@@ -43,7 +43,7 @@ use crate::thread_view::{Choose, EndpointRef, ThreadView};
 /// is in scope: write `RoundRobin::pick(&rr)` there for the borrowing pick.
 ///
 /// **The per-thread cache.** Each thread keeps, per balancer it picks from (up to 16 at a
-/// time), the balancer's current view (snapshot and list of passing endpoints) and its
+/// time, shared with [`Random`](crate::Random)'s borrowing pick), the balancer's current view (snapshot and list of passing endpoints) and its
 /// counter. A pick finds that entry, checks the endpointer's version (one atomic load,
 /// [`Changes::has_changed`](sd_core::Changes::has_changed)), so an update is seen by the
 /// very next pick on every thread, and picks by index: no `arc-swap` load, no atomic

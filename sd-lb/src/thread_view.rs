@@ -411,6 +411,7 @@ impl<E: Send + Sync + 'static> ThreadView<E> {
         // Entries taken out of the table are dropped after it is released: dropping a
         // snapshot runs the endpoints' destructors, which may pick again.
         let mut dropped: Vec<Entry> = Vec::new();
+        let mut replaced: Option<Entry> = None;
         let picked = TABLE
             .try_with(|t| {
                 if t.busy.replace(true) {
@@ -431,7 +432,7 @@ impl<E: Send + Sync + 'static> ThreadView<E> {
                         if !matches!(&l.keep, Keep::View(v, _) if Arc::ptr_eq(v, &current)) {
                             // The rotation (or generator) goes on with the new view.
                             let fresh = self.entry(Local::of(current.clone()), e.state.get());
-                            dropped.push(std::mem::replace(&mut entries[at], fresh));
+                            replaced = Some(std::mem::replace(&mut entries[at], fresh));
                         }
                         at
                     }
@@ -454,6 +455,7 @@ impl<E: Send + Sync + 'static> ThreadView<E> {
             .ok()
             .flatten();
         drop(dropped);
+        drop(replaced);
         Ok(match picked {
             Some(p) => p,
             // No thread cache (the thread is ending, or a pick from inside this thread's
@@ -494,7 +496,12 @@ impl<E: Send + Sync + 'static> ThreadView<E> {
 
 /// Adds `entry` to `entries` (replacing one in turn if the table is full) and returns its
 /// position. The thread's first entry allocates the whole table at once.
-fn insert(entries: &mut Vec<Entry>, hand: &Cell<usize>, entry: Entry, dropped: &mut Vec<Entry>) -> usize {
+fn insert(
+    entries: &mut Vec<Entry>,
+    hand: &Cell<usize>,
+    entry: Entry,
+    dropped: &mut Vec<Entry>,
+) -> usize {
     if entries.len() < WAYS {
         entries.reserve_exact(WAYS - entries.len());
         entries.push(entry);
