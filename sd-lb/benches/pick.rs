@@ -11,6 +11,8 @@
 //! `rr_shared` is `RoundRobin::new` (a rotation per thread, the default), `rr_strict` is
 //! `RoundRobin::strict` (go-kit's shared counter), `rr_shared_owned` is `RoundRobin::new`
 //! through `Balancer::pick` (an owned endpoint, what `Retry` and the tower adapters use).
+//! `random` is `Random::pick` (borrowed from the same per-thread cache, since 2026-12-02;
+//! before, an owned endpoint), `random_owned` the same through `Balancer::pick`.
 //! (Until 2026-12 `rr_shared` was go-kit's shared counter returning an owned endpoint and
 //! `rr_per_thread` the per-thread counter, both through an `arc-swap` load per pick.) The `p2c_*` figures include ending the request (dropping the guard), which is
 //! where peak-EWMA reads the clock a second time; `p2c_*_pick_only` time the pick alone.
@@ -102,6 +104,15 @@ impl<B: Balancer<u64>> Picker for Plain<B> {
 /// `RoundRobin::pick` itself: the endpoint borrowed from the thread's cached snapshot.
 struct Borrowed(RoundRobin<Ep, u64>);
 impl Picker for Borrowed {
+    #[inline]
+    fn pick_once(&self, _: u64) -> u64 {
+        **self.0.pick().unwrap()
+    }
+}
+
+/// `Random::pick` itself: borrowed from the same per-thread cache.
+struct BorrowedRandom(Random<Ep, u64>);
+impl Picker for BorrowedRandom {
     #[inline]
     fn pick_once(&self, _: u64) -> u64 {
         **self.0.pick().unwrap()
@@ -258,7 +269,8 @@ fn bench(c: &mut Criterion) {
     run(c, "rr_shared_owned", |ep| Plain(RoundRobin::new(ep)));
     run(c, "rr_strict", |ep| Borrowed(RoundRobin::strict(ep)));
     run_local(c);
-    run(c, "random", |ep| Plain(Random::new(ep)));
+    run(c, "random", |ep| BorrowedRandom(Random::new(ep)));
+    run(c, "random_owned", |ep| Plain(Random::new(ep)));
     run(c, "weighted", |ep| Plain(Weighted::new(ep)));
     run(c, "p2c_inflight", |ep| Guarded(P2c::pending_requests(ep)));
     run(c, "p2c_peak_ewma", |ep| Guarded(P2c::peak_ewma(ep)));

@@ -687,6 +687,12 @@ impl<'a> Cands<'a> {
         }
     }
 
+    /// The preferred endpoints' indices, `None` when every endpoint is a candidate.
+    #[inline]
+    pub(crate) fn preferred(&self) -> Option<&'a [u32]> {
+        self.preferred
+    }
+
     #[inline]
     pub(crate) fn at(&self, k: usize) -> usize {
         match self.preferred {

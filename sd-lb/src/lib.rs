@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`RoundRobin`] | in turn: a rotation per thread ([`RoundRobin::new`], the default), or go-kit's strict shared counter ([`RoundRobin::strict`]); its own [`pick`](RoundRobin::pick) borrows the endpoint from a per-thread cache ([`EndpointRef`]) |
 //! | [`LocalRoundRobin`] | in turn, from a cached snapshot: a handle per thread or task, `&mut self` |
-//! | [`Random`] | uniformly at random (seedable) |
+//! | [`Random`] | uniformly at random (seedable); its own [`pick`](Random::pick) borrows as round robin's |
 //! | [`Weighted`] | smooth weighted round robin over instance weights |
 //! | [`P2c`] | the less loaded (per unit of weight) of two distinct random endpoints, drawn by weight: in-flight requests or peak-EWMA latency |
 //! | [`ConsistentHash`] | the owner of a request key (Maglev, table share ∝ weight) |
@@ -89,6 +89,7 @@ mod round_robin;
 mod slow_start;
 mod stale;
 mod subset;
+mod thread_view;
 pub mod tower;
 mod weighted;
 mod zone;
@@ -111,9 +112,10 @@ pub use outlier::{Outlier, OutlierConfig};
 pub use p2c::{EndpointLoad, Load, P2c};
 pub use random::Random;
 pub use retry::{Decision, Retry};
-pub use round_robin::{EndpointRef, RoundRobin};
+pub use round_robin::RoundRobin;
 pub use slow_start::{SlowStart, SlowStartConfig};
 pub use stale::RefuseStale;
 pub use subset::Subset;
+pub use thread_view::EndpointRef;
 pub use weighted::Weighted;
 pub use zone::ZoneAware;

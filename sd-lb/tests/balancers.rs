@@ -32,23 +32,23 @@ fn lb3_random_is_uniform_and_seeded_sequences_repeat() {
         let r = Random::with_seed(fixed(10), seed);
         let mut c = [0usize; 10];
         for _ in 0..100_000 {
-            c[*r.pick().unwrap() as usize] += 1;
+            c[**r.pick().unwrap() as usize] += 1;
         }
         let x = chi2(&c, &[10_000.0; 10]);
         assert!(x < 27.9, "seed {seed}: chi2 {x:.1} {c:?}");
     }
     let a: Vec<u16> = {
         let r = Random::with_seed(fixed(10), 99);
-        (0..50).map(|_| *r.pick().unwrap()).collect()
+        (0..50).map(|_| **r.pick().unwrap()).collect()
     };
     let b: Vec<u16> = {
         let r = Random::with_seed(fixed(10), 99);
-        (0..50).map(|_| *r.pick().unwrap()).collect()
+        (0..50).map(|_| **r.pick().unwrap()).collect()
     };
     assert_eq!(a, b);
     let c: Vec<u16> = {
         let r = Random::with_seed(fixed(10), 100);
-        (0..50).map(|_| *r.pick().unwrap()).collect()
+        (0..50).map(|_| **r.pick().unwrap()).collect()
     };
     assert_ne!(a, c);
 

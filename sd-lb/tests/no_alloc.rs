@@ -84,9 +84,11 @@ fn picks_do_not_allocate() {
     let mut local = LocalRoundRobin::new(ep.clone());
     count("local round robin", || **local.pick().unwrap());
     let random = Random::new(ep.clone());
-    count("random", || *random.pick().unwrap());
+    count("random", || **random.pick().unwrap());
+    count("random, owned", || *Balancer::pick(&random).unwrap());
     let seeded = Random::with_seed(ep.clone(), 1);
-    count("random seeded", || *seeded.pick().unwrap());
+    count("random seeded", || **seeded.pick().unwrap());
+    count("random seeded, owned", || *Balancer::pick(&seeded).unwrap());
     let p2c = P2c::pending_requests(ep.clone());
     count("p2c in-flight", || {
         let p = p2c.pick_with(&Request::new()).unwrap();

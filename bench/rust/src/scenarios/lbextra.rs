@@ -2,7 +2,9 @@
 //!
 //! - `random`: `sd_lb::Random::with_seed` over a `DefaultEndpointer`, one thread (go-kit's
 //!   random balancer is not safe on two). Like the Go loop, a pick is counted and the
-//!   endpoint kept opaque (`black_box`), never read through.
+//!   endpoint kept opaque (`black_box`), never read through. The pick is `Random::pick`, the
+//!   endpoint borrowed from the thread's cached view (an `EndpointRef`, as the round-robin
+//!   rows' `RoundRobin::pick`; until 2026-12-02 an owned `Endpoint`, two reference counts).
 //! - `retry`: `sd_lb::Retry` (3 attempts, 1 s timeout, as `lb.Retry(3, time.Second, ..)`)
 //!   over `RoundRobin::new`, called in a loop on a current-thread runtime; the endpoints
 //!   answer at once. `retry_one_down`: one of the two instances fails every call, so half
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sd_core::{DefaultEndpointer, Endpoint, FixedInstancer, Instance};
-use sd_lb::{Balancer, Random, Retry, RoundRobin};
+use sd_lb::{Random, Retry, RoundRobin};
 
 use super::{current_thread, factory, instances};
 use crate::{alloc, Record};
@@ -28,7 +30,7 @@ pub fn random(scale: usize) -> Result<(), String> {
         let r = Random::with_seed(ep, 42);
         let run = |count: usize| {
             (0..count)
-                .filter(|_| r.pick().map(black_box).is_ok())
+                .filter(|_| Random::pick(&r).map(black_box).is_ok())
                 .count()
         };
         run(iters / 10);
