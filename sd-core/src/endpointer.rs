@@ -549,18 +549,16 @@ impl<E: 'static> Shared<E> {
     }
 
     /// Publishes `st.owned` with `status`. The snapshot shares the list (one reference-count
-    /// increment); the previous snapshot's list lives until its last reader lets go, and
-    /// when that is this call, it is freed after subscribers are told of the new state.
+    /// increment); the previous snapshot's list lives until its last reader lets go.
     fn publish(&self, st: &mut State<E>, status: Status) {
         st.version += 1;
-        let replaced = self.current.swap(Arc::new(Endpoints::shared(
+        self.current.store(Arc::new(Endpoints::shared(
             st.owned.clone(),
             status,
             st.version,
             st.freshness.clone(),
         )));
         self.tx.send_replace(st.version);
-        drop(replaced);
     }
 
     /// Runs the factory for `inst`. A panic in it is caught and reported as a failure.
