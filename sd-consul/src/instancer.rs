@@ -321,9 +321,11 @@ impl HealthSource {
         self.index
     }
 
-    /// Keeps the instances with every tag after the first (the first was the agent's
-    /// filter), compared the way the agent compares it; logs the skipped entries.
-    fn instances(&self, answer: HealthAnswer) -> Vec<Instance> {
+    /// Sorts the instances (through the watch's `InstanceReuse`: the order of the last
+    /// answer's entries is remembered, so only new or changed entries are compared) and
+    /// keeps those with every tag after the first (the first was the agent's filter),
+    /// compared the way the agent compares it; logs the skipped entries.
+    fn instances(&mut self, answer: HealthAnswer) -> Vec<Instance> {
         for reason in &answer.skip_reasons {
             tracing::warn!(
                 backend = BACKEND,
@@ -342,6 +344,8 @@ impl HealthSource {
             );
         }
         let mut out = answer.instances;
+        // Before the filter: the reuse knows the answer's instances in the answer's order.
+        self.reuse.sort(&mut out);
         if !self.other_tags.is_empty() {
             out.retain(|i| {
                 self.other_tags
@@ -413,8 +417,7 @@ impl Source for HealthSource {
                     let unchanged_index = a.index == self.index;
                     self.index = a.index;
                     self.note_acl_filtering(a.filtered_by_acls);
-                    let mut set = self.instances(a);
-                    set.sort();
+                    let set = self.instances(a);
                     if unchanged_index || self.last.as_ref() == Some(&set) {
                         // Nothing changed (an early return): rate-limit the next query.
                         self.pace_from(sent);

@@ -22,9 +22,22 @@ impl InstanceSet {
     ///
     /// Returns the set and how many entries were collapsed, so a backend can log them.
     pub fn new_counting(mut instances: Vec<Instance>) -> (Self, usize) {
-        // Registry answers usually come in a stable order: one pass tells a sorted one.
-        if !instances.windows(2).all(|w| w[0] <= w[1]) {
+        // One pass tells a sorted answer (registry answers usually come in a stable order,
+        // and `InstanceReuse::sort` sorts one), and whether two neighbours share a key.
+        let mut repeats = false;
+        let sorted = instances.windows(2).all(|w| match key_order(&w[0], &w[1]) {
+            Ordering::Equal => {
+                repeats = true;
+                w[0] <= w[1]
+            }
+            o => o == Ordering::Less,
+        });
+        if !sorted {
             sort(&mut instances);
+            repeats = true;
+        }
+        if !repeats {
+            return (InstanceSet(instances.into()), 0);
         }
         let before = instances.len();
         instances.dedup_by(|later, kept| {
@@ -141,6 +154,15 @@ impl FromIterator<Instance> for InstanceSet {
     }
 }
 
+/// The order of two instances' keys (`(addr, id)`), which the full order refines: `Less`
+/// implies `a < b`, `Greater` implies `a > b`. The same handle answers `Equal` at once.
+fn key_order(a: &Instance, b: &Instance) -> Ordering {
+    if Instance::ptr_eq(a, b) {
+        return Ordering::Equal;
+    }
+    a.addr().cmp(b.addr()).then_with(|| a.id().cmp(b.id()))
+}
+
 /// Sorts `instances` as `sort` does, without chasing a pointer per comparison: each
 /// instance's first 16 address bytes are read once into an inline key, the keys are sorted,
 /// and only instances whose keys tie are compared in full. (The key orders as the address
@@ -156,6 +178,21 @@ fn sort(instances: &mut Vec<Instance>) {
         .collect();
     keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     instances.extend(keyed.into_iter().map(|(_, i)| i));
+}
+
+/// Sorts `order`, indexes into `instances`, into the order of the instances they point
+/// at, as [`sort`] sorts instances (on the inline address prefix first).
+pub(crate) fn sort_indexes(instances: &[Instance], order: &mut Vec<u32>) {
+    let mut keyed: Vec<(u128, u32)> = order
+        .iter()
+        .map(|&i| (addr_prefix(instances[i as usize].addr()), i))
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| instances[a.1 as usize].cmp(&instances[b.1 as usize]))
+    });
+    order.clear();
+    order.extend(keyed.iter().map(|k| k.1));
 }
 
 /// The first 16 bytes of `addr`, big-endian, zero-padded: `a < b` for two keys implies

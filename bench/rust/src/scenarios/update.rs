@@ -65,9 +65,13 @@ pub fn step_n(scenario: &'static str, n: usize, updates: usize) -> Result<(), St
 /// Decodes a registry answer (SRV-like records: target and port, as go-kit's side gets them
 /// from its lookup) as a backend does: each record through the watch's `InstanceReuse`,
 /// keyed by the record's raw form (its fields' bytes), so an unchanged record gets the
-/// previous answer's instance back and only a changed one is built; then the set.
+/// previous answer's instance back and only a changed one is built; then the set, sorted
+/// through the same `InstanceReuse` (its memory of the last answer's order: only the
+/// changed record is compared), as sd-consul's `HealthSource` does.
 pub fn decode(answer: &[(String, u16)], reuse: &mut InstanceReuse) -> InstanceSet {
-    InstanceSet::new(decode_records(answer, reuse))
+    let mut v = decode_records(answer, reuse);
+    reuse.sort(&mut v);
+    InstanceSet::new(v)
 }
 
 /// The instances of [`decode`], in the answer's order.
@@ -188,7 +192,8 @@ pub fn path_n(scenario: &'static str, n: usize, rounds: usize) -> Result<(), Str
 /// Where the whole update path's time goes on the sdkit side (not part of the comparison
 /// table): decoding the 10 000 records of a registry answer as [`decode`] does (through
 /// the watch's `InstanceReuse`: one instance built, the others handed back), then
-/// `InstanceSet::new` (sort check and dedup), `InstanceCache::update` (the merge against
+/// `InstanceReuse::sort` and `InstanceSet::new` (the order from the last answer's, the
+/// order check and dedup), `InstanceCache::update` (the merge against
 /// the previous set), dropping what the update replaced, and the endpointer's apply.
 /// Medians over 50 updates, one change each, on one thread.
 pub fn breakdown(scale: usize) -> Result<(), String> {
@@ -211,8 +216,9 @@ pub fn breakdown(scale: usize) -> Result<(), String> {
     let mut parts: [Vec<f64>; 5] = Default::default();
     for r in 1..=rounds {
         let t0 = Instant::now();
-        let v = decode_records(&answers[r % 2], &mut reuse);
+        let mut v = decode_records(&answers[r % 2], &mut reuse);
         let t1 = Instant::now();
+        reuse.sort(&mut v);
         let set = InstanceSet::new(v);
         let fresh = set.clone();
         let t2 = Instant::now();
