@@ -25,17 +25,13 @@
 //!
 //! Every endpointer is checked to serve exactly its 20 addresses before the measurement.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use sd_consul::{Client as ConsulClient, ClientConfig as ConsulConfig, ConsulInstancer};
-use sd_core::{
-    DefaultEndpointer, Endpointer, Event, Instance, InstanceCache, Instancer, ServiceQuery,
-    Subscription,
-};
-use sd_etcdv3::etcd_client::{DeleteOptions, EventType, PutOptions, Txn, TxnOp};
-use sd_etcdv3::{decode_value, Client as EtcdClient, ClientConfig as EtcdConfig, EtcdInstancer};
+use sd_core::{DefaultEndpointer, Endpointer, Instance, Instancer, ServiceQuery};
+use sd_etcdv3::etcd_client::{DeleteOptions, PutOptions, Txn, TxnOp};
+use sd_etcdv3::{Client as EtcdClient, ClientConfig as EtcdConfig, EtcdInstancer};
 use serde_json::json;
 
 use super::memory::{rss, settle};
