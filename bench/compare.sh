@@ -24,8 +24,8 @@
 # 1 000 services × 20 instances at once through the same Consul agent ("consul_scale") or
 # etcd server ("etcd_scale"): resident memory, CPU at rest, time to apply a change to one
 # service (bench/rust/src/scenarios/scale.rs says how); SD_SCALE_IDLE_S sets the idle
-# window (10 s). "etcd_scale_shared" runs ours only, with a bench prototype of one prefix
-# watch shared by every instancer, and is compared with go-kit's etcd_scale.
+# window (10 s). "etcd_scale_shared" runs ours only, every instancer on sd-etcdv3's shared
+# watch of the prefix (watch=shared), and is compared with go-kit's etcd_scale.
 # "consulreq" (default) times the Consul agent request alone against the same agent, under
 # the same lock: 1 000 register/deregister pairs per client (ours through ConsulRegistrar,
 # sd_consul::Client and a bare reqwest client; go-kit's consul.Client and a bare net/http
@@ -173,7 +173,7 @@ run() {
     [ "$list" = eureka ] && [ "$side" = gokit ] && bin="$GOEUREKA"
     local cmd=("$bin" -scenarios "$list")
     local reg="${list%%_*}"  # the scale scenarios hold their registry's lock
-    # etcd_scale_shared is a prototype of ours, compared with go-kit's etcd_scale.
+    # etcd_scale_shared is ours on the shared watch, compared with go-kit's etcd_scale.
     [ "$list" = etcd_scale_shared ] && [ "$side" = gokit ] && return 0
     [ -n "$QUICK" ] && [ "$list" != memory ] && cmd+=("$QUICK")
     # consulreq uses the same agent as consul, under the same lock.

@@ -322,6 +322,10 @@ struct Inner {
     /// The moves to another endpoint after a failure: how many, and the endpoint given up
     /// last ([`Client::moves`]).
     moves: tokio::sync::watch::Sender<(u64, usize)>,
+    /// The shared watch of the prefix, while an instancer holds it.
+    shared: std::sync::Mutex<std::sync::Weak<crate::shared::Hub>>,
+    /// The live instancers of this client (both kinds), for `WatchMode::Auto`.
+    live: Arc<AtomicUsize>,
 }
 
 /// A client for one etcd cluster. Clones share the connection.
@@ -461,6 +465,8 @@ impl Client {
                 conn: Mutex::new(None),
                 next: AtomicUsize::new(0),
                 moves: tokio::sync::watch::channel((0, usize::MAX)).0,
+                shared: std::sync::Mutex::new(std::sync::Weak::new()),
+                live: Arc::new(AtomicUsize::new(0)),
             }),
         })
     }
@@ -503,6 +509,35 @@ impl Client {
     /// or frozen member: the instancer resumes it on the new one.
     pub fn moves(&self) -> tokio::sync::watch::Receiver<(u64, usize)> {
         self.inner.moves.subscribe()
+    }
+
+    /// The shared watch of the prefix: the running one, or a new one (idle until the first
+    /// member joins). Must be called inside a tokio runtime.
+    pub(crate) fn shared_hub(&self) -> Arc<crate::shared::Hub> {
+        let mut slot = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hub) = slot.upgrade().filter(|h| !h.is_finished()) {
+            return hub;
+        }
+        let hub = crate::shared::Hub::start(self.clone());
+        *slot = Arc::downgrade(&hub);
+        hub
+    }
+
+    /// What the shared watch of this client (and its clones) has done, while it runs:
+    /// `None` when no instancer uses it (the last one stopped ends it).
+    pub fn shared_watch_stats(&self) -> Option<crate::shared::SharedWatchStats> {
+        let slot = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        slot.upgrade().map(|hub| hub.stats())
+    }
+
+    /// How many instancers of this client (and its clones) are live, of both
+    /// [`WatchMode`](crate::WatchMode)s.
+    pub fn live_instancers(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn live_guard(&self) -> crate::shared::LiveGuard {
+        crate::shared::LiveGuard::new(self.inner.live.clone())
     }
 
     /// The index of the endpoint the client is connected to now, if it is connected.

@@ -16,8 +16,11 @@
 //!    re-watches at once; only when that read fails is an error published, with the last
 //!    good set kept by subscribers, and the loop backs off (10 ms .. 1 min) and retries.
 //!
-//! Each instancer has its own watch: go-kit's registrar closes the watcher its instancer
-//! shares with it (E3-4, E3-5); here nothing is shared but the gRPC connection.
+//! A [`PrefixSource`] has its own watch of its directory. go-kit's registrar closes the
+//! watcher its instancer shares with it (E3-4, E3-5); here registrars never touch a watch.
+//! With many services, instancers can share one watch of the whole prefix instead
+//! ([`SharedSource`], [`EtcdInstancer::start_shared`], see
+//! [`shared`](crate::shared)).
 //!
 //! Values are decoded by [`decode_value`]: sdkit's JSON (the whole [`Instance`]), or go-kit's
 //! plain `host:port` / URL values (E3-9). A value that is neither is skipped alone, with the
@@ -40,6 +43,7 @@ use sd_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, BACKEND};
+use crate::shared::SharedSource;
 
 /// The JSON value sdkit writes for an instance (and reads back).
 ///
@@ -147,9 +151,9 @@ pub type AfterGet = Arc<dyn Fn(i64) -> Pin<Box<dyn Future<Output = ()> + Send>> 
 /// Counters of one instancer's work, shared with its [`EtcdInstancer`] handle.
 #[derive(Debug, Default)]
 pub struct SourceStats {
-    full_reads: AtomicU64,
-    events: AtomicU64,
-    resumes: AtomicU64,
+    pub(crate) full_reads: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) resumes: AtomicU64,
 }
 
 impl SourceStats {
@@ -203,6 +207,7 @@ pub struct PrefixSource {
     mod_revs: BTreeMap<Vec<u8>, i64>,
     after_get: Option<AfterGet>,
     stats: Arc<SourceStats>,
+    _live: crate::shared::LiveGuard,
 }
 
 impl fmt::Debug for PrefixSource {
@@ -221,6 +226,7 @@ impl PrefixSource {
     pub fn new(client: Client, query: ServiceQuery) -> Self {
         let moves = client.moves();
         let dir = client.service_dir(&query.service);
+        let live = client.live_guard();
         PrefixSource {
             client,
             query,
@@ -235,6 +241,7 @@ impl PrefixSource {
             watch_endpoint: None,
             mod_revs: BTreeMap::new(),
             after_get: None,
+            _live: live,
             stats: Arc::new(SourceStats::default()),
         }
     }
@@ -422,7 +429,7 @@ impl PrefixSource {
 
 /// `e` (from the re-read after a watch ended) with why the watch ended in front of its
 /// message, keeping its kind (an auth failure stays `Rejected`).
-fn with_context(e: sd_core::Error, why: &str) -> sd_core::Error {
+pub(crate) fn with_context(e: sd_core::Error, why: &str) -> sd_core::Error {
     use sd_core::Error;
     let message = |m: String| format!("{why}; reading again failed: {m}");
     match e {
@@ -597,13 +604,43 @@ impl PrefixSource {
 pub struct EtcdInstancer {
     inner: WatchedInstancer,
     stats: Arc<SourceStats>,
+    shared: bool,
 }
 
 impl EtcdInstancer {
-    /// Reads the directory, publishes the set, and starts watching, with go-kit's backoff
-    /// (10 ms .. 1 min, jittered) after failures.
+    /// Reads the directory, publishes the set, and starts watching it (a watch of its own,
+    /// [`WatchMode::Own`](crate::WatchMode::Own)), with go-kit's backoff (10 ms .. 1 min,
+    /// jittered) after failures.
     pub async fn start(client: Client, query: ServiceQuery) -> Self {
         Self::start_source(PrefixSource::new(client, query), Backoff::default()).await
+    }
+
+    /// Like [`start`](Self::start), on `client`'s shared watch of the whole prefix
+    /// ([`WatchMode::Shared`](crate::WatchMode::Shared), see [`shared`](crate::shared)):
+    /// joins it (opening it if this is the first instancer), reads the directory, publishes
+    /// the set.
+    pub async fn start_shared(client: Client, query: ServiceQuery) -> Self {
+        Self::start_shared_source(SharedSource::new(client, query), Backoff::default()).await
+    }
+
+    /// Runs `source` (e.g. one with an [`after_get`](SharedSource::after_get) hook) on its
+    /// client's shared watch, with `backoff` after failures.
+    pub async fn start_shared_source(source: SharedSource, backoff: Backoff) -> Self {
+        let target = if source.query.tags.is_empty() {
+            format!("{} (shared watch)", source.dir)
+        } else {
+            format!("{} tags={:?} (shared watch)", source.dir, source.query.tags)
+        };
+        let stats = source.stats();
+        let config = LoopConfig::new(BACKEND, target)
+            .service(source.query.service.clone())
+            .backoff(backoff);
+        let inner = WatchedInstancer::start(source, config).await;
+        EtcdInstancer {
+            inner,
+            stats,
+            shared: true,
+        }
     }
 
     /// Runs `source` (e.g. one with an [`after_get`](PrefixSource::after_get) hook) with
@@ -619,7 +656,11 @@ impl EtcdInstancer {
             .service(source.query.service.clone())
             .backoff(backoff);
         let inner = WatchedInstancer::start(source, config).await;
-        EtcdInstancer { inner, stats }
+        EtcdInstancer {
+            inner,
+            stats,
+            shared: false,
+        }
     }
 
     /// The current state.
@@ -630,6 +671,11 @@ impl EtcdInstancer {
     /// How much work the instancer has done (full reads, events applied).
     pub fn stats(&self) -> &SourceStats {
         &self.stats
+    }
+
+    /// Whether it is on its client's shared watch (else it has a watch of its own).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 }
 

@@ -4,7 +4,7 @@
 //! its directory of keys in etcd, and announce your own instance under a lease that the
 //! registrar keeps alive. It is go-kit's `sd/etcdv3` with its bugs fixed, on sd-consul's
 //! template: a [`client`], an [`instancer`] (a [`Source`](sd_core::Source) run on sd-core's
-//! shared watch loop), a [`registrar`] (its keep-alive on sd-core's
+//! shared watch loop), the [`shared`] watch of a client's prefix, a [`registrar`] (its keep-alive on sd-core's
 //! [`spawn_keepalive`](sd_core::spawn_keepalive)), and a [`registry`] that parses `etcd://`
 //! URLs.
 //!
@@ -66,9 +66,15 @@
 //! - A compacted or cancelled watch, or a broken stream, is followed by a new read and a new
 //!   watch at once; an error is published only if that read fails, and subscribers keep the
 //!   last good set. Reconnection backs off 10 ms .. 1 min.
-//! - One watch per instancer: go-kit's registrar closed the watch its instancer shared (E3-4,
-//!   E3-5). `stop()` ends the watch (go-kit leaked its goroutine and panicked when stopped
-//!   twice, E3-8).
+//! - A watch per instancer, or one watch of the whole prefix shared by a client's instancers
+//!   ([`shared`]: events routed by key, each instancer joining at an exact revision, a
+//!   broken stream resumed and a compaction re-read once for all). The default
+//!   ([`WatchMode::Auto`], URL option `watch`) gives the first [`DEFAULT_SHARED_AFTER`] live
+//!   instancers of a client a watch each and shares one among the others: few services
+//!   among many read and receive only their own keys, many services cost one watch.
+//!   go-kit's registrar closed the watch its instancer shared (E3-4, E3-5); here registrars
+//!   never touch one. `stop()` ends an instancer's watch, or its share of the shared one
+//!   (the last ends it); go-kit leaked its goroutine and panicked when stopped twice, E3-8.
 //! - The registrar's lease TTL is rounded up to whole seconds (go-kit truncated); it renews
 //!   the lease every third of the TTL and, when etcd lost the lease or the key, grants a new
 //!   lease and puts the key again (go-kit never did, kit#1043). Deregistration deletes the
@@ -83,6 +89,7 @@ pub mod client;
 pub mod instancer;
 pub mod registrar;
 pub mod registry;
+pub mod shared;
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API: no stability promise).
 ///
@@ -112,6 +119,9 @@ pub use client::{
 pub use instancer::{decode_value, AfterGet, EtcdInstancer, PrefixSource, SourceStats};
 pub use registrar::{lease_seconds, EtcdRegistrar, ValueFormat, DEFAULT_TTL, MAX_TTL};
 pub use registry::EtcdRegistry;
+pub use shared::{
+    SharedSource, SharedWatchStats, WatchMode, DEFAULT_SHARED_AFTER, MAX_SHARED_AFTER,
+};
 
 /// The etcd client library this backend is built on, for what it does not wrap
 /// (see [`Client::etcd`]).

@@ -14,6 +14,7 @@ use sd_core::{
 use crate::client::{Client, ClientConfig, DEFAULT_PORT, MAX_TIMEOUT};
 use crate::instancer::EtcdInstancer;
 use crate::registrar::{EtcdRegistrar, ValueFormat, DEFAULT_TTL, MAX_TTL};
+use crate::shared::{SharedSource, WatchMode, DEFAULT_SHARED_AFTER, MAX_SHARED_AFTER};
 
 /// An etcd v3 cluster as an sdkit [`Registry`]: instancers are get-then-watch directory
 /// watches, registrars put leased keys and keep the lease alive.
@@ -36,6 +37,7 @@ pub struct EtcdRegistry {
     format: ValueFormat,
     passing_only: bool,
     backoff: Backoff,
+    watch: WatchMode,
 }
 
 impl EtcdRegistry {
@@ -47,6 +49,7 @@ impl EtcdRegistry {
             format: ValueFormat::Json,
             passing_only: false,
             backoff: Backoff::default(),
+            watch: WatchMode::default(),
         }
     }
 
@@ -67,6 +70,8 @@ impl EtcdRegistry {
     /// | `ttl` | lease TTL of registrations without a TTL check, at least `1s`, at most `9000000000s` (etcd's longest lease) | `10s` |
     /// | `format` | value the registrar writes: `json` (the whole instance) or `plain` (go-kit's `host:port`) | `json` |
     /// | `passing` | make every instancer passing-only | `false` |
+    /// | `watch` | `own`: a watch per instancer (of its service's directory); `shared`: one watch of the whole prefix per client, its events routed by key to each instancer ([`shared`](crate::shared)); `auto`: shared once the client has `shared_after` live instancers | `auto` |
+    /// | `shared_after` | with `watch=auto` (only), the number of live instancers from which new ones share the watch, 1 ..= 1000000 | `16` |
     ///
     /// Hosts default to `127.0.0.1:2379`, ports to 2379; with several hosts the client
     /// connects to one at a time and moves to the next when it cannot reach it (no balancing). Errors name the bad part and never show the password.
@@ -153,6 +158,36 @@ impl EtcdRegistry {
             }
         };
         let passing_only = u.bool("passing")?.unwrap_or(false);
+        let shared_after = match u.string("shared_after")? {
+            None => None,
+            Some(n) => Some(
+                n.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_SHARED_AFTER).contains(n))
+                    .ok_or_else(|| {
+                        u.error(format!(
+                            "option shared_after={n:?}: give a number of instancers, 1 to {MAX_SHARED_AFTER}"
+                        ))
+                    })?,
+            ),
+        };
+        let watch = match (u.string("watch")?.as_deref(), shared_after) {
+            (None | Some("auto"), after) => WatchMode::Auto {
+                shared_after: after.unwrap_or(DEFAULT_SHARED_AFTER),
+            },
+            (Some(mode @ ("own" | "shared")), Some(_)) => {
+                return Err(u.error(format!(
+                    "option shared_after applies to watch=auto only, not watch={mode}"
+                )))
+            }
+            (Some("own"), None) => WatchMode::Own,
+            (Some("shared"), None) => WatchMode::Shared,
+            (Some(other), _) => {
+                return Err(u.error(format!(
+                    "option watch={other:?}: use own (a watch per instancer), shared (one watch of the prefix) or auto"
+                )))
+            }
+        };
         u.finish()?;
         if config.cert_file.is_some() != config.key_file.is_some() {
             return Err(
@@ -169,7 +204,21 @@ impl EtcdRegistry {
             format,
             passing_only,
             backoff: Backoff::default(),
+            watch,
         })
+    }
+
+    /// Sets which instancers share their client's watch of the whole prefix (the `watch`
+    /// and `shared_after` URL options). Fails on a `shared_after` of 0 or above
+    /// [`MAX_SHARED_AFTER`].
+    pub fn with_watch_mode(mut self, mode: WatchMode) -> Result<Self> {
+        self.watch = mode.validate()?;
+        Ok(self)
+    }
+
+    /// Which instancers share their client's watch of the whole prefix.
+    pub fn watch_mode(&self) -> WatchMode {
+        self.watch
     }
 
     /// Replaces the backoff of the instancers made from now on (default 10 ms .. 1 min).
@@ -208,10 +257,16 @@ impl EtcdRegistry {
         self.format
     }
 
-    /// Starts a typed [`EtcdInstancer`] (what [`Registry::instancer`] returns, boxed).
+    /// Starts a typed [`EtcdInstancer`] (what [`Registry::instancer`] returns, boxed): on
+    /// the client's shared watch or with a watch of its own, as the
+    /// [`watch_mode`](Self::watch_mode) says for the client's live instancers now.
     pub async fn etcd_instancer(&self, query: &ServiceQuery) -> EtcdInstancer {
         let mut query = query.clone();
         query.passing_only |= self.passing_only;
+        if self.watch.shares(self.client.live_instancers()) {
+            let source = SharedSource::new(self.client.clone(), query);
+            return EtcdInstancer::start_shared_source(source, self.backoff.clone()).await;
+        }
         let source = crate::instancer::PrefixSource::new(self.client.clone(), query);
         EtcdInstancer::start_source(source, self.backoff.clone()).await
     }
@@ -279,7 +334,8 @@ mod tests {
         std::env::set_var("SD_ETCD_REGISTRY_TEST_PASSWORD", "pa55");
         let r = EtcdRegistry::from_url(
             "etcdv3://10.1.2.3:2381,[::1],h?prefix=/sd/&user=svc&password_env=SD_ETCD_REGISTRY_TEST_PASSWORD\
-             &dial_timeout=1s&timeout=2s&keep_alive=4s&ttl=1500ms&format=plain&passing=true",
+             &dial_timeout=1s&timeout=2s&keep_alive=4s&ttl=1500ms&format=plain&passing=true\
+             &watch=auto&shared_after=3",
         )
         .unwrap();
         let c = r.client().config();
@@ -293,7 +349,23 @@ mod tests {
         assert_eq!(r.default_ttl(), Duration::from_millis(1500));
         assert_eq!(r.format(), ValueFormat::Plain);
         assert!(r.passing_only);
+        assert_eq!(r.watch_mode(), WatchMode::Auto { shared_after: 3 });
         assert!(!c.tls);
+        for (url, mode) in [
+            ("etcd://h?watch=own", WatchMode::Own),
+            ("etcd://h?watch=shared", WatchMode::Shared),
+            ("etcd://h?watch=auto", WatchMode::default()),
+        ] {
+            assert_eq!(
+                EtcdRegistry::from_url(url).unwrap().watch_mode(),
+                mode,
+                "{url}"
+            );
+        }
+        let plain = EtcdRegistry::from_url("etcd://h").unwrap();
+        assert!(plain
+            .with_watch_mode(WatchMode::Auto { shared_after: 0 })
+            .is_err());
         assert!(!r.capabilities().tags);
     }
 
@@ -305,6 +377,12 @@ mod tests {
         assert_eq!(c.prefix, "/services");
         assert_eq!(r.default_ttl(), DEFAULT_TTL);
         assert_eq!(r.format(), ValueFormat::Json);
+        assert_eq!(
+            r.watch_mode(),
+            WatchMode::Auto {
+                shared_after: DEFAULT_SHARED_AFTER
+            }
+        );
         let caps = r.capabilities();
         assert!(caps.registration && caps.ids && caps.expiry && caps.tags && caps.metadata);
         assert!(caps.weight && caps.health && !caps.server_side_filtering);
@@ -342,6 +420,12 @@ mod tests {
                 "SD_ETCD_SURELY_UNSET is not set",
             ),
             ("consul://h", "expected an etcd:// or etcdv3:// URL"),
+            ("etcd://h?watch=both", "use own"),
+            ("etcd://h?watch=own&shared_after=3", "watch=auto only"),
+            ("etcd://h?watch=shared&shared_after=3", "watch=auto only"),
+            ("etcd://h?shared_after=0", "1 to 1000000"),
+            ("etcd://h?shared_after=lots", "1 to 1000000"),
+            ("etcd://h?shared_after=1000001", "1 to 1000000"),
         ] {
             let err = EtcdRegistry::from_url(url).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{url}: {err}");

@@ -25,17 +25,13 @@
 //!
 //! Every endpointer is checked to serve exactly its 20 addresses before the measurement.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use sd_consul::{Client as ConsulClient, ClientConfig as ConsulConfig, ConsulInstancer};
-use sd_core::{
-    DefaultEndpointer, Endpointer, Event, Instance, InstanceCache, Instancer, ServiceQuery,
-    Subscription,
-};
-use sd_etcdv3::etcd_client::{DeleteOptions, EventType, PutOptions, Txn, TxnOp};
-use sd_etcdv3::{decode_value, Client as EtcdClient, ClientConfig as EtcdConfig, EtcdInstancer};
+use sd_core::{DefaultEndpointer, Endpointer, Instance, Instancer, ServiceQuery};
+use sd_etcdv3::etcd_client::{DeleteOptions, PutOptions, Txn, TxnOp};
+use sd_etcdv3::{Client as EtcdClient, ClientConfig as EtcdConfig, EtcdInstancer};
 use serde_json::json;
 
 use super::memory::{rss, settle};
@@ -503,128 +499,35 @@ async fn timeout<T, E: std::fmt::Display>(
         .map_err(|e| format!("{what}: {e}"))
 }
 
-/// The alternative to one watch per instancer, prototyped here only: one watch on the run's
-/// common parent prefix, demultiplexed into one cache per service, each followed by its
-/// endpointer. The first [`instancer`](Backend::instancer) call reads the whole prefix
-/// once and opens the one watch; the others hand out their service's cache. A prototype:
-/// no resynchronisation after a compaction or a broken stream (the watch task just ends).
-struct EtcdShared {
-    etcd: Etcd,
-    services: std::sync::atomic::AtomicUsize,
-    caches: tokio::sync::OnceCell<Vec<Arc<InstanceCache>>>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// One service's share of the shared watch.
-#[derive(Debug)]
-struct CacheInstancer(Arc<InstanceCache>);
-
-#[async_trait::async_trait]
-impl Instancer for CacheInstancer {
-    fn subscribe(&self) -> Subscription {
-        self.0.subscribe()
-    }
-    async fn stop(&self) {}
-}
-
-impl EtcdShared {
-    /// The service number and instance id of a key under the run's root, `<root>/s<i>/<id>`.
-    fn parse<'k>(root_dir: &str, key: &'k [u8]) -> Option<(usize, &'k str)> {
-        let rest = std::str::from_utf8(key.strip_prefix(root_dir.as_bytes())?).ok()?;
-        let (service, id) = rest.split_once('/')?;
-        Some((service.strip_prefix('s')?.parse().ok()?, id))
-    }
-
-    async fn start(&self) -> Result<Vec<Arc<InstanceCache>>, String> {
-        let services = self.services.load(std::sync::atomic::Ordering::Relaxed);
-        let root_dir = format!("{}/", self.etcd.root);
-        let client = &self.etcd.watcher;
-        let (revision, entries) = client
-            .get_prefix(&root_dir)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut sets: Vec<BTreeMap<Vec<u8>, Instance>> = vec![BTreeMap::new(); services];
-        for e in entries {
-            if let Some((i, id)) = Self::parse(&root_dir, &e.raw_key) {
-                if let (Some(set), Ok(instance)) = (sets.get_mut(i), decode_value(id, &e.value)) {
-                    set.insert(e.raw_key.clone(), instance);
-                }
-            }
-        }
-        let caches: Vec<Arc<InstanceCache>> = sets
-            .iter()
-            .map(|set| {
-                let cache = Arc::new(InstanceCache::new());
-                cache.update(Event::instances(set.values().cloned().collect::<Vec<_>>()));
-                cache
-            })
-            .collect();
-        let mut watch = match client.watch_prefix(&root_dir, revision + 1).await {
-            Ok(Ok(w)) => w.stream,
-            Ok(Err(_)) => return Err("shared watch: revision compacted".into()),
-            Err(e) => return Err(format!("shared watch: {e}")),
-        };
-        let published = caches.clone();
-        let task = tokio::spawn(async move {
-            while let Ok(Some(resp)) = watch.message().await {
-                let mut touched = BTreeSet::new();
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let Some((i, id)) = Self::parse(&root_dir, kv.key()) else {
-                        continue;
-                    };
-                    let Some(set) = sets.get_mut(i) else { continue };
-                    match ev.event_type() {
-                        EventType::Put => match decode_value(id, kv.value()) {
-                            Ok(instance) => set.insert(kv.key().to_vec(), instance),
-                            Err(_) => set.remove(kv.key()),
-                        },
-                        EventType::Delete => set.remove(kv.key()),
-                    };
-                    touched.insert(i);
-                }
-                for i in touched {
-                    let set = sets[i].values().cloned().collect::<Vec<_>>();
-                    published[i].update(Event::instances(set));
-                }
-            }
-        });
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-        Ok(caches)
-    }
-}
+/// The etcd scale scenario on sd-etcdv3's shared watch of the prefix
+/// ([`EtcdInstancer::start_shared`]): one watch of the run's common parent prefix, each
+/// instancer joining it for its service (its own directory read once, events routed by
+/// key), each followed by its endpointer.
+struct EtcdShared(Etcd);
 
 impl Backend for EtcdShared {
-    type Instancer = CacheInstancer;
+    type Instancer = EtcdInstancer;
 
     async fn setup(&self, services: usize) -> Result<(), String> {
-        self.services
-            .store(services, std::sync::atomic::Ordering::Relaxed);
-        self.etcd.setup(services).await
+        self.0.setup(services).await
     }
 
-    async fn instancer(&self, i: usize) -> Result<CacheInstancer, String> {
-        let caches = self.caches.get_or_try_init(|| self.start()).await?;
-        caches
-            .get(i)
-            .map(|c| CacheInstancer(c.clone()))
-            .ok_or_else(|| format!("no service {i}"))
+    async fn instancer(&self, i: usize) -> Result<EtcdInstancer, String> {
+        let query = ServiceQuery::new(format!("s{i}"));
+        Ok(EtcdInstancer::start_shared(self.0.watcher.clone(), query).await)
     }
 
     async fn change(&self, i: usize, add: bool) -> Result<(), String> {
-        self.etcd.change(i, add).await
+        self.0.change(i, add).await
     }
 
     async fn cleanup(&self) -> Result<(), String> {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-        self.etcd.cleanup().await
+        self.0.cleanup().await
     }
 }
 
-/// The etcd scale scenario: one watch per instancer (sd-etcdv3's design), or with `shared`
-/// the bench-only prototype of one shared watch ([`EtcdShared`]).
+/// The etcd scale scenario: one watch per instancer (`watch=own`), or with `shared` every
+/// instancer on sd-etcdv3's shared watch of the prefix ([`EtcdShared`], `watch=shared`).
 pub fn run_etcd(scale: usize, shared: bool) -> Result<(), String> {
     let scenario = if shared {
         "etcd_scale_shared"
@@ -647,13 +550,7 @@ pub fn run_etcd(scale: usize, shared: bool) -> Result<(), String> {
         lease: std::sync::Mutex::new(0),
     };
     if shared {
-        let backend = EtcdShared {
-            etcd: backend,
-            services: 0.into(),
-            caches: tokio::sync::OnceCell::new(),
-            task: std::sync::Mutex::new(None),
-        };
-        return run_on(scenario, &rt, backend, &params(scale));
+        return run_on(scenario, &rt, EtcdShared(backend), &params(scale));
     }
     run_on(scenario, &rt, backend, &params(scale))
 }
@@ -681,22 +578,6 @@ mod tests {
         // The same sequence as bench/gokit/scale_test.go (computed independently).
         assert_eq!(picks(1000, 5), [989, 574, 30, 260, 268]);
         assert!(picks(7, 100).iter().all(|&k| k < 7));
-    }
-
-    #[test]
-    fn shared_watch_keys_map_to_their_service() {
-        let root = "/sdbench-scale/42/";
-        assert_eq!(
-            EtcdShared::parse(root, b"/sdbench-scale/42/s17/n3"),
-            Some((17, "n3"))
-        );
-        assert_eq!(
-            EtcdShared::parse(root, b"/sdbench-scale/42/s0/extra"),
-            Some((0, "extra"))
-        );
-        assert_eq!(EtcdShared::parse(root, b"/sdbench-scale/43/s17/n3"), None);
-        assert_eq!(EtcdShared::parse(root, b"/sdbench-scale/42/s17"), None);
-        assert_eq!(EtcdShared::parse(root, b"/sdbench-scale/42/x17/n3"), None);
     }
 
     #[test]
