@@ -899,6 +899,20 @@ impl SharedSource {
                 self.stats.events.fetch_add(applied, Ordering::Relaxed);
                 Ok(applied > 0)
             }
+            Msg::Snapshot { revision, entries } if revision < self.revision => {
+                // The watch read the prefix before this member read its own directory
+                // (it joined meanwhile): the snapshot is older than the set, which must not
+                // go back. (Or the server lost its history.) Read the directory again, now:
+                // what the new watch delivers up to that read is skipped.
+                tracing::debug!(backend = BACKEND, dir = %self.dir, revision,
+                    applied = self.revision, "snapshot older than the set: reading again");
+                drop(entries);
+                if let Err(e) = self.read_own().await {
+                    self.member = None;
+                    return Err(e);
+                }
+                Ok(true)
+            }
             Msg::Snapshot { revision, entries } => {
                 self.load(revision, &entries);
                 Ok(true)
