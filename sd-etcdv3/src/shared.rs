@@ -313,6 +313,12 @@ pub(crate) fn service_of<'k>(root: &[u8], key: &'k [u8]) -> Option<&'k [u8]> {
     (slash > 0).then(|| &rest[..slash])
 }
 
+/// Whether the shared watch can route `service`'s keys: one non-empty path segment (the
+/// keys of `a/b` would be routed to `a`).
+pub(crate) fn routable(service: &str) -> bool {
+    !service.is_empty() && !service.contains('/')
+}
+
 type Members = HashMap<Vec<u8>, Vec<(u64, mpsc::UnboundedSender<Msg>)>>;
 
 /// The task of the shared watch.
@@ -842,6 +848,13 @@ impl SharedSource {
     }
 
     async fn join(&mut self) -> Step {
+        if !routable(&self.query.service) {
+            return Step::Fail(Error::config(format!(
+                "etcd: the shared watch routes keys by their first path segment: service \
+                 name {:?} must be one non-empty segment, without '/' (use a watch of its own)",
+                self.query.service
+            )));
+        }
         if self.hub.is_finished() {
             self.hub = self.client.shared_hub();
         }

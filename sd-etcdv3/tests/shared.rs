@@ -493,3 +493,35 @@ async fn a_snapshot_older_than_the_own_read_never_rewinds(server: Server) {
     common::delete_dir(&p.writer, &format!("{}/", p.writer.prefix())).await;
 }
 both_servers!(a_snapshot_older_than_the_own_read_never_rewinds);
+
+/// The typed [`EtcdRegistry::etcd_instancer`] takes any service name (the `Registry` entry
+/// point refuses `/`): a name of several path segments cannot be routed by the shared
+/// watch (keys go to their first segment), so it keeps a watch of its own and sees its
+/// changes; [`EtcdInstancer::start_shared`] with it publishes a clear error.
+async fn a_service_of_several_segments_is_not_lost_by_the_shared_watch(server: Server) {
+    let Some(addr) = addr(server) else { return };
+    let _lock = shared(server);
+    let reg = shared_registry(&addr, "segments");
+    let client = reg.client().clone();
+    let svc = format!("{}/b", unique_name("a"));
+    let dir = client.service_dir(&svc);
+    put(&client, &format!("{dir}x"), "10.0.0.1:1").await;
+    let i = reg.etcd_instancer(&ServiceQuery::new(svc.as_str())).await;
+    let mut sub = i.subscribe();
+    wait_for_set(&mut sub, "x", |s| ids(s) == ["x"]).await;
+    put(&client, &format!("{dir}y"), "10.0.0.2:2").await;
+    wait_for_set(&mut sub, "y by the watch", |s| ids(s) == ["x", "y"]).await;
+    i.stop().await;
+
+    let forced = EtcdInstancer::start_shared(client.clone(), ServiceQuery::new(svc.as_str())).await;
+    let Some(sd_core::Event::Error(err)) = forced.state() else {
+        panic!("a name the shared watch cannot route: {:?}", forced.state());
+    };
+    assert!(
+        matches!(err, sd_core::Error::Config(_)) && err.to_string().contains("'/'"),
+        "{err}"
+    );
+    forced.stop().await;
+    common::delete_dir(&client, &format!("{}/", client.prefix())).await;
+}
+both_servers!(a_service_of_several_segments_is_not_lost_by_the_shared_watch);
