@@ -24,8 +24,12 @@
 //! - **Re-reading.** When the revision is compacted, etcd cancels the watch, or resuming is
 //!   not possible, the prefix is read once at a revision R, watched again from R+1, and
 //!   every instancer is handed its directory as of R (a snapshot in the stream: nothing it
-//!   has not applied yet is lost). If that read fails, every instancer publishes the error
+//!   has not applied yet is lost; one that joined meanwhile and read its own directory after
+//!   R reads it again instead, so its set never goes back). If that read fails, every instancer publishes the error
 //!   (subscribers keep the last good set) and the watch retries with backoff (10 ms .. 1 min).
+//! - **One segment.** A service name must be one path segment (no `/`): the typed
+//!   [`EtcdRegistry::etcd_instancer`](crate::EtcdRegistry::etcd_instancer) gives another
+//!   name a watch of its own, and a [`SharedSource`] refuses it (a config error).
 //! - **Filters after routing.** Each instancer decodes its keys and applies its own query
 //!   (tags, passing-only) to its set; a value that does not decode is skipped alone, logged.
 //!
