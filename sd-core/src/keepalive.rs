@@ -96,7 +96,7 @@ impl KeepAliveConfig {
 }
 
 /// A running keep-alive loop, from [`spawn_keepalive`]. Dropping it cancels the loop
-/// without waiting (like [`BackgroundTask`]).
+/// without waiting, as [`cancel`](Self::cancel) does: no round starts after the drop.
 #[derive(Debug)]
 pub struct KeepAliveTask {
     task: BackgroundTask,
@@ -129,6 +129,15 @@ impl KeepAliveTask {
     /// Whether the loop has ended, or has been stopped and can start no round any more.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished() || self.gate.is_shut()
+    }
+}
+
+impl Drop for KeepAliveTask {
+    /// Like [`cancel`](Self::cancel): closes the gate too, so no round starts after the drop
+    /// (the task's own drop only cancels its token, which the loop's waits may see after a
+    /// timer that is due at the same time).
+    fn drop(&mut self) {
+        self.gate.close();
     }
 }
 

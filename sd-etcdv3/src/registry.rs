@@ -263,7 +263,11 @@ impl EtcdRegistry {
     pub async fn etcd_instancer(&self, query: &ServiceQuery) -> EtcdInstancer {
         let mut query = query.clone();
         query.passing_only |= self.passing_only;
-        if self.watch.shares(self.client.live_instancers()) {
+        // A name the shared watch cannot route (several path segments: only this typed
+        // entry point lets one through) keeps a watch of its own.
+        if self.watch.shares(self.client.live_instancers())
+            && crate::shared::routable(&query.service)
+        {
             let source = SharedSource::new(self.client.clone(), query);
             return EtcdInstancer::start_shared_source(source, self.backoff.clone()).await;
         }

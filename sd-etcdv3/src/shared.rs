@@ -24,8 +24,12 @@
 //! - **Re-reading.** When the revision is compacted, etcd cancels the watch, or resuming is
 //!   not possible, the prefix is read once at a revision R, watched again from R+1, and
 //!   every instancer is handed its directory as of R (a snapshot in the stream: nothing it
-//!   has not applied yet is lost). If that read fails, every instancer publishes the error
+//!   has not applied yet is lost; one that joined meanwhile and read its own directory after
+//!   R reads it again instead, so its set never goes back). If that read fails, every instancer publishes the error
 //!   (subscribers keep the last good set) and the watch retries with backoff (10 ms .. 1 min).
+//! - **One segment.** A service name must be one path segment (no `/`): the typed
+//!   [`EtcdRegistry::etcd_instancer`](crate::EtcdRegistry::etcd_instancer) gives another
+//!   name a watch of its own, and a [`SharedSource`] refuses it (a config error).
 //! - **Filters after routing.** Each instancer decodes its keys and applies its own query
 //!   (tags, passing-only) to its set; a value that does not decode is skipped alone, logged.
 //!
@@ -311,6 +315,12 @@ pub(crate) fn service_of<'k>(root: &[u8], key: &'k [u8]) -> Option<&'k [u8]> {
     let rest = key.strip_prefix(root)?;
     let slash = rest.iter().position(|&b| b == b'/')?;
     (slash > 0).then(|| &rest[..slash])
+}
+
+/// Whether the shared watch can route `service`'s keys: one non-empty path segment (the
+/// keys of `a/b` would be routed to `a`).
+pub(crate) fn routable(service: &str) -> bool {
+    !service.is_empty() && !service.contains('/')
 }
 
 type Members = HashMap<Vec<u8>, Vec<(u64, mpsc::UnboundedSender<Msg>)>>;
@@ -842,6 +852,13 @@ impl SharedSource {
     }
 
     async fn join(&mut self) -> Step {
+        if !routable(&self.query.service) {
+            return Step::Fail(Error::config(format!(
+                "etcd: the shared watch routes keys by their first path segment: service \
+                 name {:?} must be one non-empty segment, without '/' (use a watch of its own)",
+                self.query.service
+            )));
+        }
         if self.hub.is_finished() {
             self.hub = self.client.shared_hub();
         }
@@ -898,6 +915,20 @@ impl SharedSource {
                 }
                 self.stats.events.fetch_add(applied, Ordering::Relaxed);
                 Ok(applied > 0)
+            }
+            Msg::Snapshot { revision, entries } if revision < self.revision => {
+                // The watch read the prefix before this member read its own directory
+                // (it joined meanwhile): the snapshot is older than the set, which must not
+                // go back. (Or the server lost its history.) Read the directory again, now:
+                // what the new watch delivers up to that read is skipped.
+                tracing::debug!(backend = BACKEND, dir = %self.dir, revision,
+                    applied = self.revision, "snapshot older than the set: reading again");
+                drop(entries);
+                if let Err(e) = self.read_own().await {
+                    self.member = None;
+                    return Err(e);
+                }
+                Ok(true)
             }
             Msg::Snapshot { revision, entries } => {
                 self.load(revision, &entries);

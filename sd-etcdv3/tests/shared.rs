@@ -418,3 +418,110 @@ async fn auto_shares_beyond_the_threshold(server: Server) {
     i.stop().await;
 }
 both_servers!(auto_shares_beyond_the_threshold);
+
+/// A member that joined reads its own directory *after* the shared watch re-read the
+/// prefix (compaction): the snapshot the watch hands it is older than its own read. It must
+/// not replace the newer set with the older one (the set would go backwards) and then apply
+/// again the changes that were already in its read.
+async fn a_snapshot_older_than_the_own_read_never_rewinds(server: Server) {
+    let Some(addr) = addr(server) else { return };
+    // Compacts the server: run alone.
+    let _lock = sd_testkit::exclusive(server);
+    let p = Arc::new(pair(&addr, "rewind").await);
+    let mut s0 = p.instancers[0].subscribe();
+    let late = unique_name("late");
+    let late_dir = p.writer.service_dir(&late);
+    let hook_pair = p.clone();
+    let (hook_late, hook_dir) = (late.clone(), late_dir.clone());
+    let source = SharedSource::new(p.watcher.client().clone(), ServiceQuery::new(late.as_str()))
+        .after_join(Arc::new(move |_revision| {
+            let p = hook_pair.clone();
+            let (_late, dir) = (hook_late.clone(), hook_dir.clone());
+            Box::pin(async move {
+                // Joined. Make the watch lose its history and re-read the prefix at R1 ...
+                p.proxy.stall();
+                put(
+                    &p.writer,
+                    &p.writer.instance_key(&p.services[0], "b"),
+                    "10.0.0.2:2",
+                )
+                .await;
+                let mut raw = p.writer.etcd().await.unwrap();
+                let rev = raw.get("compaction-probe", None).await.unwrap();
+                raw.compact(rev.header().unwrap().revision(), None)
+                    .await
+                    .unwrap();
+                p.proxy.reset();
+                // ... (the other member got its snapshot: so did this one) ...
+                let mut s0 = p.instancers[0].subscribe();
+                wait_for_set(&mut s0, "b by the re-read", |s| ids(s) == ["a", "b"]).await;
+                // ... then write `k` (at R2 > R1): this member's own read includes it.
+                put(&p.writer, &format!("{dir}k"), "10.0.0.11:11").await;
+            })
+        }));
+    let i = EtcdInstancer::start_shared_source(source, Backoff::default()).await;
+    assert_eq!(
+        p.watcher.client().shared_watch_stats().unwrap().full_reads,
+        1
+    );
+    let mut sl = i.subscribe();
+    // The own read, then the snapshot handled (loaded, or a read again in its place): wait
+    // for the second read to be in, a condition, bounded.
+    let bound = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while i.stats().full_reads() < 2 {
+        assert!(
+            tokio::time::Instant::now() < bound,
+            "the snapshot never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // A later key: once it is in, every message before it was handled.
+    put(&p.writer, &format!("{late_dir}m"), "10.0.0.12:12").await;
+    let set = wait_for_set(&mut sl, "k and m", |s| ids(s) == ["k", "m"]).await;
+    assert_eq!(ids(&set), ["k", "m"]);
+    assert_eq!(
+        i.stats().events(),
+        1,
+        "only `m` is applied as an event: `k` was in the own read (the older snapshot \
+         must not rewind the set and make `k` apply again)"
+    );
+    wait_for_set(&mut s0, "a and b", |s| ids(s) == ["a", "b"]).await;
+    i.stop().await;
+    for i in &p.instancers {
+        i.stop().await;
+    }
+    common::delete_dir(&p.writer, &format!("{}/", p.writer.prefix())).await;
+}
+both_servers!(a_snapshot_older_than_the_own_read_never_rewinds);
+
+/// The typed [`EtcdRegistry::etcd_instancer`] takes any service name (the `Registry` entry
+/// point refuses `/`): a name of several path segments cannot be routed by the shared
+/// watch (keys go to their first segment), so it keeps a watch of its own and sees its
+/// changes; [`EtcdInstancer::start_shared`] with it publishes a clear error.
+async fn a_service_of_several_segments_is_not_lost_by_the_shared_watch(server: Server) {
+    let Some(addr) = addr(server) else { return };
+    let _lock = shared(server);
+    let reg = shared_registry(&addr, "segments");
+    let client = reg.client().clone();
+    let svc = format!("{}/b", unique_name("a"));
+    let dir = client.service_dir(&svc);
+    put(&client, &format!("{dir}x"), "10.0.0.1:1").await;
+    let i = reg.etcd_instancer(&ServiceQuery::new(svc.as_str())).await;
+    let mut sub = i.subscribe();
+    wait_for_set(&mut sub, "x", |s| ids(s) == ["x"]).await;
+    put(&client, &format!("{dir}y"), "10.0.0.2:2").await;
+    wait_for_set(&mut sub, "y by the watch", |s| ids(s) == ["x", "y"]).await;
+    i.stop().await;
+
+    let forced = EtcdInstancer::start_shared(client.clone(), ServiceQuery::new(svc.as_str())).await;
+    let Some(sd_core::Event::Error(err)) = forced.state() else {
+        panic!("a name the shared watch cannot route: {:?}", forced.state());
+    };
+    assert!(
+        matches!(err, sd_core::Error::Config(_)) && err.to_string().contains("'/'"),
+        "{err}"
+    );
+    forced.stop().await;
+    common::delete_dir(&client, &format!("{}/", client.prefix())).await;
+}
+both_servers!(a_service_of_several_segments_is_not_lost_by_the_shared_watch);
