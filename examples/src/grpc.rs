@@ -382,7 +382,7 @@ impl Client {
         let snap = sdkit::Endpointer::endpoints(&**endpointer);
         let list = snap.all();
         list.iter()
-            .filter(|ep| ep.instance().meta().get("name").map(String::as_str) == Some(name))
+            .filter(|ep| ep.instance().meta().get("name") == Some(name))
             .any(|ep| retry.balancer().is_ejected(ep))
     }
 }

@@ -559,9 +559,9 @@ mod tests {
         let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["passing", "passing"])).unwrap();
         assert_eq!(i.id(), "web-1");
         assert_eq!(i.tags(), ["a", "b"]);
-        assert_eq!(i.meta()["version"], "2");
-        assert_eq!(i.meta()[META_NODE], "n1");
-        assert_eq!(i.meta()[META_DATACENTER], "dc1");
+        assert_eq!(i.meta().get("version").unwrap(), "2");
+        assert_eq!(i.meta().get(META_NODE).unwrap(), "n1");
+        assert_eq!(i.meta().get(META_DATACENTER).unwrap(), "dc1");
         assert_eq!(i.health(), Health::Passing);
         assert_eq!(i.weight(), 10);
         let i = entry_to_instance(&entry("", "10.0.0.1", 80, &["passing", "warning"])).unwrap();
@@ -669,7 +669,7 @@ mod tests {
             (
                 "meta",
                 Box::new(|e| e["Service"]["Meta"]["version"] = json!("3")),
-                Box::new(|i| i.meta()["version"] == "3"),
+                Box::new(|i| i.meta().get("version").unwrap() == "3"),
             ),
             (
                 "weight",
@@ -684,12 +684,12 @@ mod tests {
             (
                 "node",
                 Box::new(|e| e["Node"]["Node"] = json!("other")),
-                Box::new(|i| i.meta()[META_NODE] == "other"),
+                Box::new(|i| i.meta().get(META_NODE).unwrap() == "other"),
             ),
             (
                 "datacenter",
                 Box::new(|e| e["Node"]["Datacenter"] = json!("dc2")),
-                Box::new(|i| i.meta()[META_DATACENTER] == "dc2"),
+                Box::new(|i| i.meta().get(META_DATACENTER).unwrap() == "dc2"),
             ),
         ];
         for (what, change, seen) in changes {

@@ -217,7 +217,7 @@ fn build_body(r: &Registration) -> Result<ServiceBody> {
         // The keys sdkit adds when reading (consul.node, consul.datacenter) are not
         // registrable: Consul rejects dots in Meta keys.
         .filter(|(k, _)| !k.starts_with("consul."))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     check_meta(&r.service, &meta)?;
     Ok(ServiceBody {

@@ -265,10 +265,10 @@ async fn datacenter_node_meta_and_weights_show_up_on_the_instance() {
     let set = wait_for_set(&mut sub, "registered", |s| !s.is_empty()).await;
     let i = by_id(&set, "m1").unwrap();
     assert_eq!(i.tags(), ["v2"]);
-    assert_eq!(i.meta()["version"], "2.1");
-    assert_eq!(i.meta()["zone"], "a");
-    assert_eq!(i.meta()[META_DATACENTER], "dc1");
-    assert_eq!(i.meta()[META_NODE], "sd-test");
+    assert_eq!(i.meta().get("version").unwrap(), "2.1");
+    assert_eq!(i.meta().get("zone").unwrap(), "a");
+    assert_eq!(i.meta().get(META_DATACENTER).unwrap(), "dc1");
+    assert_eq!(i.meta().get(META_NODE).unwrap(), "sd-test");
     assert_eq!((i.health(), i.weight()), (Health::Passing, 7));
 
     // Warning: the Warning weight applies; sdkit registers it as the weight, so it reads

@@ -1,7 +1,6 @@
 //! The typed service instance every backend produces.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,6 +8,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 
 use crate::error::Error;
+use crate::meta::Meta;
 
 /// The health a registry reports for an instance.
 ///
@@ -72,13 +72,13 @@ const LONG_ADDR: u8 = u8::MAX;
 #[derive(PartialEq, Eq, Hash)]
 struct Extra {
     tags: Vec<String>,
-    meta: BTreeMap<String, String>,
+    meta: Meta,
     /// The address length when it is [`LONG_ADDR`] bytes or more, else 0.
     addr_len: u32,
 }
 
 /// What [`Instance::meta`] returns for an instance without metadata.
-static NO_META: BTreeMap<String, String> = BTreeMap::new();
+static NO_META: std::sync::LazyLock<Meta> = std::sync::LazyLock::new(Meta::new);
 
 impl Data {
     fn addr_len(&self) -> usize {
@@ -112,7 +112,7 @@ impl Data {
         self.extra.as_ref().map_or(&[], |e| &e.tags)
     }
 
-    fn meta(&self) -> &BTreeMap<String, String> {
+    fn meta(&self) -> &Meta {
         self.extra.as_ref().map_or(&NO_META, |e| &e.meta)
     }
 }
@@ -164,7 +164,7 @@ impl Instance {
             port,
             id: String::new(),
             tags: Vec::new(),
-            meta: BTreeMap::new(),
+            meta: Vec::new(),
             weight: DEFAULT_WEIGHT,
             health: Health::Passing,
         }
@@ -242,7 +242,7 @@ impl Instance {
     }
 
     /// String metadata (Consul `Meta`, Eureka `metadata`, node and datacenter, ...).
-    pub fn meta(&self) -> &BTreeMap<String, String> {
+    pub fn meta(&self) -> &Meta {
         self.0.meta()
     }
 
@@ -286,7 +286,7 @@ impl Instance {
             port: self.0.port,
             id: self.0.id().to_string(),
             tags: self.0.tags().to_vec(),
-            meta: self.0.meta().clone(),
+            meta: self.0.meta().to_pairs(),
             weight: self.0.weight,
             health: self.0.health,
         }
@@ -396,7 +396,8 @@ pub struct InstanceBuilder {
     port: u16,
     id: String,
     tags: Vec<String>,
-    meta: BTreeMap<String, String>,
+    /// The pairs as given; sorted, and a repeated key's last value kept, by `build`.
+    meta: Vec<(String, String)>,
     weight: u32,
     health: Health,
 }
@@ -421,9 +422,9 @@ impl InstanceBuilder {
         self.tags = tags.into_iter().map(Into::into).collect();
         self
     }
-    /// Adds one metadata pair.
+    /// Adds one metadata pair (a key given again replaces its value).
     pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.meta.insert(key.into(), value.into());
+        self.meta.push((key.into(), value.into()));
         self
     }
     /// Sets the weight.
@@ -464,7 +465,7 @@ impl InstanceBuilder {
         } else {
             Some(Box::new(Extra {
                 tags: self.tags,
-                meta: self.meta,
+                meta: Meta::from_pairs(self.meta),
                 addr_len: long_len,
             }))
         };

@@ -57,6 +57,7 @@ pub mod instancer;
 pub mod keepalive;
 pub mod lkg;
 pub mod memory;
+pub mod meta;
 pub mod observe;
 pub mod protect;
 pub mod registrar;
@@ -82,6 +83,7 @@ pub use instance::{Health, Instance, InstanceBuilder};
 pub use instancer::{FixedInstancer, Instancer};
 pub use keepalive::{spawn_keepalive, KeepAlive, KeepAliveConfig, KeepAliveTask};
 pub use memory::{MemoryInstancer, MemoryRegistrar, MemoryRegistry};
+pub use meta::Meta;
 pub use observe::ObservedRegistry;
 pub use registrar::{
     HealthCheck, Registrar, Registration, RegistrationGuard, MAX_REGISTRATION_DURATION,

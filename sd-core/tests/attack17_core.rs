@@ -158,7 +158,7 @@ fn accessors_on_every_shape() {
                 assert_eq!(i.id(), id);
                 assert_eq!(i.key(), (addr.as_str(), id));
                 assert_eq!(i.tags(), ["b", "a"]);
-                assert_eq!(i.meta()["k"], "v");
+                assert_eq!(i.meta().get("k").unwrap(), "v");
                 assert_eq!((i.weight(), i.health()), (7, Health::Warning));
                 let plain = Instance::builder(host.clone(), port).id(id).build();
                 assert_eq!(plain.host(), kept);

@@ -24,7 +24,11 @@ fn inst(host: &str) -> Instance {
 fn sources(event: &Event) -> Vec<String> {
     event
         .as_instances()
-        .map(|set| set.iter().map(|i| i.meta()[SOURCE_META].clone()).collect())
+        .map(|set| {
+            set.iter()
+                .map(|i| i.meta().get(SOURCE_META).unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

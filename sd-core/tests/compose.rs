@@ -35,7 +35,12 @@ fn sourced(event: &Event) -> Vec<(String, String)> {
         .as_instances()
         .expect("a set")
         .iter()
-        .map(|i| (i.addr().to_string(), i.meta()[SOURCE_META].clone()))
+        .map(|i| {
+            (
+                i.addr().to_string(),
+                i.meta().get(SOURCE_META).unwrap().to_string(),
+            )
+        })
         .collect()
 }
 

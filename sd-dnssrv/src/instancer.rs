@@ -443,8 +443,8 @@ mod tests {
         assert_eq!(i.addr(), "127.0.0.1:8080");
         assert_eq!(i.weight(), 60);
         assert_eq!(i.id(), "a.example");
-        assert_eq!(i.meta()[META_TARGET], "a.example");
-        assert_eq!(i.meta()[META_PRIORITY], "10");
+        assert_eq!(i.meta().get(META_TARGET).unwrap(), "a.example");
+        assert_eq!(i.meta().get(META_PRIORITY).unwrap(), "10");
         let i = instance(&rec(1, 0, 80, "a.example"), "a.example");
         assert_eq!((i.addr(), i.weight()), ("a.example:80", 0));
     }

@@ -203,7 +203,7 @@ async fn priority_groups_and_weights() {
             (
                 i.addr().to_string(),
                 i.weight(),
-                i.meta()[META_PRIORITY].clone(),
+                i.meta().get(META_PRIORITY).unwrap().to_string(),
             )
         })
         .collect();
@@ -275,7 +275,7 @@ async fn targets_resolve_to_addresses() {
         "{state:?}"
     );
     for i in state.as_instances().unwrap().iter() {
-        assert_eq!(i.meta()[META_TARGET], format!("{svc}-a.{z}"));
+        assert_eq!(i.meta().get(META_TARGET).unwrap(), format!("{svc}-a.{z}"));
         assert_eq!(i.id(), format!("{svc}-a.{z}"));
         assert_eq!(i.weight(), 5);
     }

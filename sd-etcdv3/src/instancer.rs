@@ -701,7 +701,7 @@ mod tests {
         assert_eq!(i.addr(), "[::1]:8080");
         assert_eq!(i.id(), "web-1");
         assert_eq!(i.tags(), ["a", "b"]);
-        assert_eq!(i.meta()["zone"], "eu");
+        assert_eq!(i.meta().get("zone").unwrap(), "eu");
         assert_eq!(i.weight(), 7);
         assert_eq!(i.health(), Health::Warning);
         let i = decode_value("from-key", br#"{"host":"h","port":1}"#).unwrap();

@@ -75,7 +75,7 @@ pub(crate) fn encode_value(r: &Registration, id: &str, format: ValueFormat) -> V
                 port: i64::from(i.port()),
                 id: id.to_string(),
                 tags: i.tags().to_vec(),
-                meta: i.meta().clone(),
+                meta: i.meta().to_map(),
                 weight: i.weight(),
                 health: i.health().as_str().to_string(),
             };

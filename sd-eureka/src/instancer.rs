@@ -515,8 +515,8 @@ mod tests {
         assert_eq!(i.addr(), "10.0.0.1:8080");
         assert_eq!(i.id(), "web-1");
         assert_eq!(i.tags(), ["v2", "eu"]);
-        assert_eq!(i.meta()["zone"], "a");
-        assert_eq!(i.meta()[META_STATUS], "UP");
+        assert_eq!(i.meta().get("zone").unwrap(), "a");
+        assert_eq!(i.meta().get(META_STATUS).unwrap(), "UP");
         assert!(!i.meta().contains_key(META_TAGS));
         assert!(!i.meta().contains_key(META_SECURE));
         assert_eq!(i.health(), Health::Passing);
@@ -532,7 +532,7 @@ mod tests {
         let i = instance_from_json(&v).unwrap();
         assert_eq!(i.addr(), "web1.local:8443");
         assert_eq!(i.id(), "web1.local");
-        assert_eq!(i.meta()[META_SECURE], "true");
+        assert_eq!(i.meta().get(META_SECURE).unwrap(), "true");
         assert!(!i.meta().contains_key("@class"));
         assert!(i.tags().is_empty());
     }
@@ -551,7 +551,7 @@ mod tests {
             v["status"] = json!(status);
             let i = instance_from_json(&v).unwrap();
             assert_eq!(i.health(), health, "{status}");
-            assert_eq!(i.meta()[META_STATUS], status);
+            assert_eq!(i.meta().get(META_STATUS).unwrap(), status);
         }
         let mut v = info();
         v.as_object_mut().unwrap().remove("status");

@@ -212,7 +212,7 @@ fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody>
         .instance
         .meta()
         .keys()
-        .find(|k| [META_TAGS, META_HEALTH, "@class"].contains(&k.as_str()))
+        .find(|k| [META_TAGS, META_HEALTH, "@class"].contains(k))
     {
         return Err(Error::config(format!(
             "registration of {:?}: metadata key {k:?} is reserved (sdkit carries the tags in \
@@ -227,8 +227,8 @@ fn build_body(r: &Registration, lease: Lease, vip: &str) -> Result<InstanceBody>
         // The two keys sdkit's instancer adds when reading (eureka.status, eureka.secure)
         // describe the server's view and are not sent back, so an instance read from an
         // instancer can be registered again; every other key is sent as it is.
-        .filter(|(k, _)| k.as_str() != META_STATUS && k.as_str() != META_SECURE)
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| *k != META_STATUS && *k != META_SECURE)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     if !r.instance.tags().is_empty() {
         let tags = serde_json::to_string(r.instance.tags()).unwrap_or_default();

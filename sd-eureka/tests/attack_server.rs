@@ -58,7 +58,7 @@ async fn user_metadata_keys_round_trip_or_are_refused_never_dropped_silently() {
     instancer.stop().await;
     let missing: Vec<&str> = odd
         .iter()
-        .filter(|(k, v)| i.meta().get(*k).map(String::as_str) != Some(*v))
+        .filter(|(k, v)| i.meta().get(k) != Some(*v))
         .map(|(k, _)| *k)
         .collect();
     assert!(
@@ -106,9 +106,7 @@ async fn a_drained_instance_reads_as_critical_whatever_its_initial_health() {
     // Now drain it on purpose.
     registrar.set_status(Status::OutOfService).await.unwrap();
     let set = wait_for_set(&mut sub, "drained", |s| {
-        by_id(s, "w-1").is_some_and(|i| {
-            i.meta().get("eureka.status").map(String::as_str) == Some("OUT_OF_SERVICE")
-        })
+        by_id(s, "w-1").is_some_and(|i| i.meta().get("eureka.status") == Some("OUT_OF_SERVICE"))
     })
     .await;
     let h = by_id(&set, "w-1").unwrap().health();

@@ -72,7 +72,7 @@ async fn gokit_registrar_is_discovered_by_the_sdkit_instancer() {
     let i = by_id(&set, "gk-1").unwrap();
     assert_eq!(i.addr(), "127.0.0.1:28101");
     assert_eq!(i.health(), Health::Passing);
-    assert_eq!(i.meta()["gokit"], "true");
+    assert_eq!(i.meta().get("gokit").unwrap(), "true");
     assert!(i.tags().is_empty());
 
     // Closing its stdin makes the Go program deregister (go-kit's Deregister) and exit.

@@ -129,7 +129,7 @@ async fn run(addr: &str) {
         .expect("re-registered")
         .unwrap();
     wait_for_set(&mut sub, "back, out of service", |s| {
-        by_id(s, "l1").is_some_and(|i| i.meta()["eureka.status"] == "OUT_OF_SERVICE")
+        by_id(s, "l1").is_some_and(|i| i.meta().get("eureka.status").unwrap() == "OUT_OF_SERVICE")
     })
     .await;
     registrar.deregister().await.unwrap();

@@ -48,9 +48,9 @@ async fn register_discover_round_trip_and_deregister_to_an_empty_set() {
     let i = by_id(&set, "rt-1").unwrap();
     assert_eq!(i.addr(), "127.0.0.1:21001");
     assert_eq!(i.tags(), ["v2", "eu"]);
-    assert_eq!(i.meta()["zone"], "a");
-    assert_eq!(i.meta()["build.id"], "42");
-    assert_eq!(i.meta()[META_STATUS], "UP");
+    assert_eq!(i.meta().get("zone").unwrap(), "a");
+    assert_eq!(i.meta().get("build.id").unwrap(), "42");
+    assert_eq!(i.meta().get(META_STATUS).unwrap(), "UP");
     assert!(!i.meta().contains_key(META_SECURE));
     assert_eq!(i.health(), Health::Passing);
 
@@ -121,8 +121,9 @@ async fn out_of_service_and_down_are_left_out_by_passing_only_and_shown_otherwis
     let set = wait_for_set(&mut passing_sub, "only UP", |s| ids(s) == ["up"]).await;
     assert_eq!(set.len(), 1);
     let set = wait_for_set(&mut all_sub, "statuses shown", |s| {
-        by_id(s, "down").is_some_and(|i| i.meta()[META_STATUS] == "DOWN")
-            && by_id(s, "oos").is_some_and(|i| i.meta()[META_STATUS] == "OUT_OF_SERVICE")
+        by_id(s, "down").is_some_and(|i| i.meta().get(META_STATUS).unwrap() == "DOWN")
+            && by_id(s, "oos")
+                .is_some_and(|i| i.meta().get(META_STATUS).unwrap() == "OUT_OF_SERVICE")
     })
     .await;
     assert_eq!(set.len(), 3);
@@ -152,7 +153,11 @@ async fn out_of_service_and_down_are_left_out_by_passing_only_and_shown_otherwis
     .await;
     assert_eq!(by_id(&set, "starting").unwrap().health(), Health::Unknown);
     assert_eq!(
-        by_id(&set, "starting").unwrap().meta()[META_STATUS],
+        by_id(&set, "starting")
+            .unwrap()
+            .meta()
+            .get(META_STATUS)
+            .unwrap(),
         "STARTING"
     );
     let passing_now = passing.state().unwrap();

@@ -243,11 +243,7 @@ impl<B: Balancer<E>, E: Send + Sync + 'static> ZoneAware<B, E> {
         let mut names: Vec<&str> = Vec::new();
         let mut zone_of: Vec<(usize, u32)> = Vec::with_capacity(list.len());
         for e in list {
-            let z = e
-                .instance()
-                .meta()
-                .get(&self.key)
-                .map_or("", String::as_str);
+            let z = e.instance().meta().get(&self.key).unwrap_or("");
             let n = match names.iter().position(|&x| x == z) {
                 Some(n) => n,
                 None => {

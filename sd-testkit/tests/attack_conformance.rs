@@ -98,7 +98,7 @@ fn rebuild(i: &Instance, id: &str, keep_tags: bool) -> Instance {
         b = b.tags(i.tags().iter().cloned());
     }
     for (k, v) in i.meta() {
-        b = b.meta(k.clone(), v.clone());
+        b = b.meta(k, v);
     }
     b.build()
 }

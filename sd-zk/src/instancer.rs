@@ -111,7 +111,7 @@ impl InstanceJson {
             port: instance.port(),
             id: id.to_string(),
             tags: instance.tags().to_vec(),
-            meta: instance.meta().clone(),
+            meta: instance.meta().to_map(),
             weight: instance.weight(),
             health: instance.health().as_str().to_string(),
         }

@@ -48,7 +48,7 @@ async fn register_discover_deregister_round_trips_the_payload() {
     let i = by_id(&set, "b1").unwrap();
     assert_eq!(i.addr(), "127.0.0.1:9001");
     assert_eq!(i.tags(), ["blue"]);
-    assert_eq!(i.meta()["zone"], "z1");
+    assert_eq!(i.meta().get("zone").unwrap(), "z1");
     assert_eq!((i.weight(), i.health()), (3, Health::Passing));
 
     // The node is ephemeral and owned by the registry's session.

@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(r.instance.addr(), "127.0.0.1:8080");
         assert_eq!(r.instance.id(), "web-1");
         assert_eq!(r.instance.tags(), ["a", "b"]);
-        assert_eq!(r.instance.meta()["zone"], "eu");
+        assert_eq!(r.instance.meta().get("zone").unwrap(), "eu");
         assert_eq!(r.instance.weight(), 3);
         assert_eq!(r.ttl(), Some(Duration::from_secs(5)));
     }

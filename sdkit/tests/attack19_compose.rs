@@ -25,7 +25,11 @@ fn capture_logs() -> (LogCapture, tracing::subscriber::DefaultGuard) {
 fn sources(event: &Event) -> Vec<String> {
     event
         .as_instances()
-        .map(|s| s.iter().map(|i| i.meta()[SOURCE_META].clone()).collect())
+        .map(|s| {
+            s.iter()
+                .map(|i| i.meta().get(SOURCE_META).unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

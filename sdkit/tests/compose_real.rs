@@ -42,7 +42,7 @@ fn sources(event: &Event) -> Vec<(String, String)> {
         .map(|set| {
             set.iter()
                 .map(|i| {
-                    let source = &i.meta()[SOURCE_META];
+                    let source = &i.meta().get(SOURCE_META).unwrap();
                     let scheme = source.split("://").next().unwrap_or_default();
                     (i.addr().to_string(), scheme.to_string())
                 })

@@ -80,7 +80,7 @@ impl TowerStack {
                     if let Some(name) = i.meta().get("name") {
                         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                         seen.retain(|_, h| !h.is_gone());
-                        seen.insert(name.clone(), eject.handle());
+                        seen.insert(name.to_string(), eject.handle());
                     }
                     Ok(eject)
                 },

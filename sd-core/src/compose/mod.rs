@@ -48,7 +48,7 @@
 //! }
 //! assert_eq!(event.addrs(), ["10.0.0.1:80", "10.0.0.2:80"]);
 //! let set = event.as_instances().unwrap();
-//! assert_eq!(set[0].meta()[SOURCE_META], "memory://old");
+//! assert_eq!(set[0].meta().get(SOURCE_META), Some("memory://old"));
 //! instancer.stop().await;
 //! # Ok::<(), sd_core::Error>(())
 //! # }).unwrap();
