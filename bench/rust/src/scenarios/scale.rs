@@ -18,7 +18,9 @@
 //! - CPU at rest: `getrusage(RUSAGE_SELF)` user + system time over an idle window (10 s;
 //!   `SD_SCALE_IDLE_S` overrides it) that starts 2 s after the last endpointer is ready,
 //!   while every blocking query (Consul) or watch (etcd) is parked; with the sockets the
-//!   process has open;
+//!   process has open. Our Consul blocking queries wait the client's default (60 s;
+//!   `SD_SCALE_CONSUL_WAIT_S` sets another), go-kit's the agent's default (5 min): a window
+//!   longer than 60 s sees our queries come back empty and be asked again;
 //! - the time to apply a change to one service: an instance added to a random service
 //!   (then removed), from just before the registry request to that service's endpointer
 //!   serving 21 (then 20) endpoints; 50 services, so 100 changes.
@@ -397,7 +399,14 @@ pub fn run_consul(scale: usize) -> Result<(), String> {
         .no_proxy()
         .build()
         .map_err(|e| format!("http client: {e}"))?;
-    let client = ConsulClient::new(ConsulConfig::new(addr.clone())).map_err(|e| e.to_string())?;
+    let mut config = ConsulConfig::new(addr.clone());
+    if let Some(wait) = std::env::var("SD_SCALE_CONSUL_WAIT_S")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        config = config.wait(Duration::from_secs(wait));
+    }
+    let client = ConsulClient::new(config).map_err(|e| e.to_string())?;
     let backend = Consul {
         http,
         base: format!("http://{addr}"),
