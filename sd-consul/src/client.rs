@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{LOCATION, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, LOCATION, RETRY_AFTER,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use sd_core::backoff::FailureHints;
 use sd_core::{Error, Health, Instance, InstanceReuse, RegistryUrl, Result, Secret};
@@ -498,6 +500,57 @@ fn truncate(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// Whether the answer says its body is gzip (`Content-Encoding: gzip`, the only encoding
+/// asked for; any other is left as it came, and fails as JSON).
+fn is_gzip(resp: &Response) -> bool {
+    resp.headers()
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"gzip"))
+}
+
+/// Decodes a gzip body (one member or several, as Go's reader does) of at most `limit`
+/// decoded bytes: `Ok(None)` when it decodes to more (the rest is not decoded), `Err`
+/// when it is not gzip, is cut short, or has bytes after its last member.
+fn gunzip(packed: &[u8], limit: usize) -> std::result::Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let mut decoder = flate2::read::MultiGzDecoder::new(packed);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    // Bounded: each turn adds at least one byte to `out`, itself capped at `limit`.
+    loop {
+        let n = decoder.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(Some(out));
+        }
+        if out.len() + n > limit {
+            return Ok(None);
+        }
+        if out.capacity() - out.len() < n {
+            // Doubling, but never past the cap: the decoded body peaks at the cap.
+            let want = (out.len() + n).max(2 * out.capacity()).min(limit);
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// What the first bytes of a gzip error body decode to, at most `limit` bytes; what
+/// cannot be decoded (the body was cut, or is not gzip) is left out.
+fn gunzip_start(packed: &[u8], limit: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut decoder = flate2::read::GzDecoder::new(packed);
+    let mut out = vec![0u8; limit];
+    let mut len = 0;
+    while len < limit {
+        match decoder.read(&mut out[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    out.truncate(len);
+    out
+}
+
 /// The start of an error body: only what an error message quotes (and one byte more, to
 /// know that there was more) is read; the rest of the body is never downloaded.
 ///
@@ -506,6 +559,7 @@ fn truncate(s: &str) -> String {
 /// `wait + wait/16 + timeout`) ends the read then, with what came so far and a note saying
 /// so, and the error is reported at once.
 async fn error_body(mut resp: Response, stall: Duration) -> String {
+    let gzip = is_gzip(&resp);
     let mut body = Vec::new();
     let read = tokio::time::timeout(stall, async {
         while body.len() <= MAX_BODY_IN_ERROR {
@@ -519,6 +573,9 @@ async fn error_body(mut resp: Response, stall: Duration) -> String {
         }
     })
     .await;
+    if gzip {
+        body = gunzip_start(&body, MAX_BODY_IN_ERROR + 1);
+    }
     let mut text = String::from_utf8_lossy(&body).into_owned();
     if read.is_err() {
         text.push_str(&format!(
@@ -717,7 +774,12 @@ impl Client {
         // No redirect is followed either: the X-Consul-Token header is not one reqwest
         // strips on a cross-host redirect, so following one would hand the token to
         // whatever host the answer names. A 3xx is an error saying where it pointed.
+        // gzip is asked for (as Go's client does) and decoded by `read_body`, which counts
+        // the bytes on the wire and the decoded ones against the body cap.
+        let mut accept = HeaderMap::new();
+        accept.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         let mut builder = reqwest::Client::builder()
+            .default_headers(accept)
             .use_rustls_tls()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -1062,7 +1124,8 @@ impl Client {
 
     /// Reads a body of at most [`ClientConfig::max_body`] bytes: a larger one (by its
     /// `Content-Length`, or counted while reading a chunked one) is an [`Error::Malformed`]
-    /// and the rest is not read (the connection is dropped).
+    /// and the rest is not read (the connection is dropped). A gzip body is capped twice:
+    /// as it comes, and decoded (decoding stops at the cap).
     ///
     /// Each piece of the body must arrive within [`ClientConfig::timeout`] of the one
     /// before: an answer that stalls mid-body is an [`Error::Timeout`] then, not after the
@@ -1083,6 +1146,7 @@ impl Client {
                 ),
             )
         };
+        let gzip = is_gzip(&resp);
         let declared = resp.content_length();
         if let Some(len) = declared.filter(|&len| len > limit as u64) {
             return Err(too_large(format!("{len} bytes")));
@@ -1127,7 +1191,17 @@ impl Client {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        if !gzip {
+            return Ok(body);
+        }
+        match gunzip(&body, limit) {
+            Ok(Some(decoded)) => Ok(decoded),
+            Ok(None) => Err(too_large("larger decoded (gzip)".to_string())),
+            Err(problem) => Err(Error::malformed(
+                BACKEND,
+                format!("{what}: the gzip answer does not decode: {problem}"),
+            )),
+        }
     }
 
     /// `PUT /v1/agent/service/register` with `registration` as the JSON body (an upsert).
