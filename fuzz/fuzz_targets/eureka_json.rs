@@ -29,8 +29,8 @@ fn client() -> Client {
 fn server_view_removed(i: &Instance) -> Vec<(String, String)> {
     i.meta()
         .iter()
-        .filter(|(k, _)| k.as_str() != META_STATUS && k.as_str() != META_SECURE)
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| *k != META_STATUS && *k != META_SECURE)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
 
