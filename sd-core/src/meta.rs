@@ -24,7 +24,7 @@ use std::iter::FusedIterator;
 /// let m: Meta = [("zone", "a"), ("version", "2"), ("zone", "b")].into_iter().collect();
 /// assert_eq!(m.len(), 2);
 /// assert_eq!(m.get("zone"), Some("b"));
-/// assert_eq!(m["version"], "2");
+/// assert_eq!(&m["version"], "2"); // `m["k"]` is a `str`: compare it by reference
 /// assert_eq!(m.iter().collect::<Vec<_>>(), [("version", "2"), ("zone", "b")]);
 /// assert!(m.get("region").is_none());
 /// ```
