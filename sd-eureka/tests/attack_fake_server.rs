@@ -234,9 +234,13 @@ async fn a_first_server_answering_garbage_is_failed_over() {
 /// server then stays preferred (holds up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_first_server_fails_over_and_the_second_stays_preferred() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound and never listening: a connection is refused, and no other socket (another
+    // test's fake server) can take the port while this test runs. (A listener bound and
+    // dropped freed the port, which a concurrent test's server once took in CI, so the
+    // "dead" server answered and stayed preferred.)
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
     let b =
         Fake::start(|_, _| json_reply(200, &app_doc(vec![info("web-1", "10.0.0.1", 8080)]))).await;
     let r = EurekaRegistry::from_url(&format!(
@@ -258,6 +262,7 @@ async fn a_dead_first_server_fails_over_and_the_second_stays_preferred() {
         "the answering server is preferred"
     );
     inst.stop().await;
+    drop(dead);
 }
 
 /// Hostile bodies: deep nesting, wrong types, a body that is not an object, one bad instance
