@@ -4,9 +4,12 @@
 //! were not asked for, a body that is small decoded but larger than the cap on the wire,
 //! and the instancer keeping its last good set through a corrupt answer.
 
+mod common;
+
 use std::io::Write;
 use std::time::Duration;
 
+use common::gzip;
 use sd_consul::{Client, ClientConfig, ConsulInstancer};
 use sd_core::{Error, Event, Instancer, ServiceQuery, Subscription};
 use sd_testkit::hostile::{Body, HostileServer, Reply};
@@ -20,12 +23,6 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The longest any test waits for one expected event.
 const BOUND: Duration = Duration::from_secs(20);
-
-fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(body).unwrap();
-    e.finish().unwrap()
-}
 
 fn client(server: &HostileServer) -> Client {
     Client::new(
@@ -175,12 +172,9 @@ async fn gzip_on_a_failure_status_is_quoted_decoded_and_a_bomb_there_is_not_read
     assert!(err.to_string().contains("500"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gzip_body_that_stalls_times_out() {
-    // A valid gzip header and the start of the data, then nothing (the connection held).
-    let packed = gzip(&answer(&["10.0.0.1:80"; 50]));
-    let prefix = packed[..packed.len() / 2].to_vec();
-    let reply = Reply {
+/// A gzip 200 declaring `declared` bytes that sends `prefix` and then holds the connection.
+fn stalled_gzip(prefix: Vec<u8>, declared: usize) -> Reply {
+    Reply {
         status: 200,
         headers: vec![
             ("Content-Type".into(), "application/json".into()),
@@ -188,12 +182,19 @@ async fn a_gzip_body_that_stalls_times_out() {
             ("X-Consul-Index".into(), "7".into()),
         ],
         body: Body::StallMidBody {
-            declared: packed.len() as u64,
+            declared: declared as u64,
             prefix,
         },
         retry_at: None,
-    };
-    let server = HostileServer::start(reply).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_body_that_stalls_times_out() {
+    // A valid gzip header and the start of the data, then nothing (the connection held).
+    let packed = gzip(&answer(&["10.0.0.1:80"; 50]));
+    let prefix = packed[..packed.len() / 2].to_vec();
+    let server = HostileServer::start(stalled_gzip(prefix, packed.len())).await;
     let err = client(&server)
         .health_service("web", None, false, 0)
         .await
@@ -201,19 +202,7 @@ async fn a_gzip_body_that_stalls_times_out() {
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 
     // Only a gzip header, so nothing decoded ever comes out.
-    let reply = Reply {
-        status: 200,
-        headers: vec![
-            ("Content-Type".into(), "application/json".into()),
-            ("Content-Encoding".into(), "gzip".into()),
-            ("X-Consul-Index".into(), "7".into()),
-        ],
-        body: Body::StallMidBody {
-            declared: packed.len() as u64,
-            prefix: packed[..10].to_vec(),
-        },
-        retry_at: None,
-    };
+    let reply = stalled_gzip(packed[..10].to_vec(), packed.len());
     server.set(reply);
     let err = client(&server)
         .health_service("web", None, false, 0)

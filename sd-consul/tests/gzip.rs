@@ -9,62 +9,32 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::gzip;
 use sd_consul::{Client, ClientConfig};
 use sd_core::Error;
+use sd_testkit::hostile::{HostileServer, Reply};
 use sd_testkit::CountingAllocator;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
 
 const CAP: usize = 4 << 20;
 
-fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(body).unwrap();
-    e.finish().unwrap()
+/// Serves `body` with `Content-Encoding: gzip` to every request (it records the requests).
+async fn serve_gzip(body: Vec<u8>) -> HostileServer {
+    HostileServer::start(
+        Reply::json(200, body)
+            .header("Content-Encoding", "gzip")
+            .header("X-Consul-Index", "7"),
+    )
+    .await
 }
 
-/// Serves `body` with `Content-Encoding: gzip` to every request; the agent's address and
-/// the request heads it saw.
-async fn serve_gzip(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let (seen, body) = (heads.clone(), Arc::new(body));
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let (seen, b) = (seen.clone(), body.clone());
-            tokio::spawn(async move {
-                let Some(head) = common::http::read_request_head(&mut conn).await else {
-                    return;
-                };
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).to_lowercase());
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                     Content-Encoding: gzip\r\nX-Consul-Index: 7\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    b.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(&b).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    (addr, heads)
-}
-
-fn client(addr: String) -> Client {
+fn client(server: &HostileServer) -> Client {
     Client::new(
-        ClientConfig::new(addr)
+        ClientConfig::new(server.addr().to_string())
             .timeout(Duration::from_secs(60))
             .max_body(CAP),
     )
@@ -97,25 +67,28 @@ async fn gzip_is_asked_for_and_decoded_within_the_cap_counted_decoded() {
         plain.len(),
         packed.len()
     );
-    let (addr, heads) = serve_gzip(packed).await;
-    let answer = client(addr)
+    let server = serve_gzip(packed).await;
+    let answer = client(&server)
         .health_service("web", None, false, 0)
         .await
         .expect("a gzip answer is decoded");
     assert_eq!(answer.instances.len(), 20);
     assert_eq!(answer.instances[3].meta().get("v"), Some("1"));
-    let heads = heads.lock().unwrap().clone();
+    let requests = server.requests();
     assert!(
-        heads.iter().all(|h| h.contains("accept-encoding: gzip")),
-        "{heads:?}"
+        !requests.is_empty()
+            && requests
+                .iter()
+                .all(|r| r.header("Accept-Encoding") == Some("gzip")),
+        "{requests:?}"
     );
 
     // A gzip bomb: 64 MiB of JSON whitespace packed into some 64 KB. Refused at the cap
     // (decoded bytes counted), and what was read is not kept meanwhile beyond the cap.
     let bomb = gzip(&[b"[".as_slice(), &vec![b' '; 64 << 20], b"]"].concat());
     assert!(bomb.len() < 256 << 10, "{}", bomb.len());
-    let (addr, _) = serve_gzip(bomb).await;
-    let c = client(addr);
+    let server = serve_gzip(bomb).await;
+    let c = client(&server);
     let start = sd_testkit::alloc::reset_peak();
     let err = c
         .health_service("web", None, false, 0)
@@ -131,8 +104,8 @@ async fn gzip_is_asked_for_and_decoded_within_the_cap_counted_decoded() {
     );
 
     // A body that says gzip and is not: an error, no panic.
-    let (addr, _) = serve_gzip(b"this is not gzip at all".to_vec()).await;
-    let err = client(addr)
+    let server = serve_gzip(b"this is not gzip at all".to_vec()).await;
+    let err = client(&server)
         .health_service("web", None, false, 0)
         .await
         .expect_err("a corrupt gzip body");

@@ -195,3 +195,11 @@ pub async fn wait_agent_knows(client: &sd_consul::Client, id: &str, knows: bool)
         )
     });
 }
+
+/// `body` gzip-compressed (what an agent sends when asked for gzip).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(body).unwrap();
+    e.finish().unwrap()
+}
