@@ -11,10 +11,16 @@
 //! 2. Each later round waits for the next watch response and applies its events to the set
 //!    it holds (a put decodes one value, a delete removes one key): one changed key costs one
 //!    event's work, not a re-read of the directory.
-//! 3. When etcd cancels the watch because its revision was compacted, or the stream ends
-//!    (the endpoint died, the server restarted), the source reads the directory again and
-//!    re-watches at once; only when that read fails is an error published, with the last
-//!    good set kept by subscribers, and the loop backs off (10 ms .. 1 min) and retries.
+//! 3. When the stream ends or breaks (the endpoint died, the server restarted, the client
+//!    moved), the source resumes the watch from the revision after the last one applied,
+//!    on the same store (its history checked keys-only), without reading again. While etcd
+//!    cannot answer (no endpoint reachable, an election), the error is published, with the
+//!    last good set kept by subscribers, and the loop backs off (10 ms .. 1 min) and tries
+//!    to resume again; once it does, the set is published again.
+//! 4. When etcd cancels the watch because its revision was compacted, or the resume is
+//!    refused (another history, compacted, three resumes in a row without an event), the
+//!    source reads the directory again and re-watches at once; only when that read fails is
+//!    an error published, and the loop backs off and retries.
 //!
 //! A [`PrefixSource`] has its own watch of its directory. go-kit's registrar closes the
 //! watcher its instancer shares with it (E3-4, E3-5); here registrars never touch a watch.
@@ -182,6 +188,30 @@ const QUICK_RESTARTS: u32 = 3;
 /// At most this many already-arrived watch responses are applied together before publishing.
 const COALESCE_MAX: usize = 1024;
 
+/// What resuming a watch that ended came to (per instancer, and the shared watch).
+pub(crate) enum Resume {
+    /// Watching again from the revision after the last one applied.
+    Resumed,
+    /// The watch cannot resume (another store, compacted, flapping): read the directory.
+    Read,
+    /// etcd could not answer now; the revision applied is still good: try again later.
+    Later(sd_core::Error),
+}
+
+impl Resume {
+    /// Resuming failed on `e`. Only an unreachable or silent cluster (no member answering,
+    /// a timeout during an election) is worth another try later; anything else (an answer
+    /// too large, a rejection) would not pass by asking the same thing again: read.
+    pub(crate) fn after_error(e: sd_core::Error) -> Resume {
+        match e {
+            e @ (sd_core::Error::Unavailable { .. } | sd_core::Error::Timeout { .. }) => {
+                Resume::Later(e)
+            }
+            _ => Resume::Read,
+        }
+    }
+}
+
 /// One etcd directory watch as a [`Source`] (see the [module docs](self)).
 pub struct PrefixSource {
     client: Client,
@@ -202,6 +232,10 @@ pub struct PrefixSource {
     moves: tokio::sync::watch::Receiver<(u64, usize)>,
     /// The endpoint the watch was confirmed on.
     watch_endpoint: Option<usize>,
+    /// Why the watch ended, while resuming it failed on an error that may pass (no member
+    /// reachable, an election): the next round, after the loop's backoff, tries to resume
+    /// again before it reads the directory.
+    resume_retry: Option<String>,
     /// Every key under `dir` (decodable or not) and the revision of its last change: what
     /// a resume checks the server still has at `revision`.
     mod_revs: BTreeMap<Vec<u8>, i64>,
@@ -239,6 +273,7 @@ impl PrefixSource {
             cluster_id: None,
             moves,
             watch_endpoint: None,
+            resume_retry: None,
             mod_revs: BTreeMap::new(),
             after_get: None,
             _live: live,
@@ -348,15 +383,19 @@ impl PrefixSource {
     /// client uses now, without reading the directory again. Only when etcd confirms the watch
     /// as the same cluster (same id) at a revision not behind the one applied — not a server
     /// that lost its data and started counting again — and the revision is not compacted;
-    /// otherwise (and after [`QUICK_RESTARTS`] resumes in a row without an event) `false`,
-    /// and the caller reads again.
-    async fn resume(&mut self, why: &str) -> bool {
+    /// otherwise (and after [`QUICK_RESTARTS`] resumes in a row without an event)
+    /// [`Resume::Read`], and the caller reads again. When etcd cannot answer now (no member
+    /// reachable, a request timed out during an election), [`Resume::Later`]: reading would
+    /// fail the same way, and the revision stays good, so the next round tries to resume again.
+    async fn resume(&mut self, why: &str) -> Resume {
         self.watch = None;
         self.pending = None;
+        self.resume_retry = None;
         if self.revision <= 0 || self.cluster_id.is_none() || self.quick_restarts >= QUICK_RESTARTS
         {
-            return false;
+            return Resume::Read;
         }
+        let later = Resume::after_error;
         // The same store? A server that lost its data and was written past our revision
         // since has the same cluster id (etcd derives it from the peer URLs and the token)
         // and accepts the watch: only its history tells. Its keys at our revision, with the
@@ -375,12 +414,12 @@ impl PrefixSource {
                     revision = self.revision,
                     "watch ended; the endpoint's history differs from what was applied (a \
                      server that lost its data?): reading again");
-                return false;
+                return Resume::Read;
             }
             Err(e) => {
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, error = %e,
-                    "watch ended; cannot check the history at the applied revision: reading again");
-                return false;
+                    "watch ended; cannot check the history at the applied revision");
+                return later(e);
             }
         }
         match self.client.watch_prefix(&self.dir, self.revision + 1).await {
@@ -391,19 +430,34 @@ impl PrefixSource {
                     from = self.revision + 1, "watch ended; resumed from the last revision");
                 self.watch_endpoint = w.endpoint;
                 self.watch = Some(w.stream);
-                true
+                Resume::Resumed
             }
             Ok(Ok(w)) => {
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why,
                     cluster_id = w.cluster_id, revision = w.revision, applied = self.revision,
                     "watch ended; the endpoint is another cluster or behind: reading again");
-                false
+                Resume::Read
             }
-            Ok(Err(_compacted)) => false,
+            Ok(Err(_compacted)) => Resume::Read,
             Err(e) => {
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, error = %e,
-                    "watch ended; resuming failed: reading again");
-                false
+                    "watch ended; resuming failed");
+                later(e)
+            }
+        }
+    }
+
+    /// The watch ended for `why`: resumes it, or reads again, or — when etcd cannot answer
+    /// now — fails this round (the loop publishes the error and backs off) and tries to
+    /// resume again in the next.
+    async fn recover(&mut self, why: String) -> Option<Step> {
+        match self.resume(&why).await {
+            Resume::Resumed => None,
+            Resume::Read => Some(self.rewatch(why).await),
+            Resume::Later(e) => {
+                let step = Step::Fail(with_context(e, &why, "resuming the watch"));
+                self.resume_retry = Some(why);
+                Some(step)
             }
         }
     }
@@ -421,17 +475,17 @@ impl PrefixSource {
         }
         tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, "watch ended; reading again");
         match self.resync().await {
-            Step::Fail(e) => Step::Fail(with_context(e, &why)),
+            Step::Fail(e) => Step::Fail(with_context(e, &why, "reading again")),
             other => other,
         }
     }
 }
 
-/// `e` (from the re-read after a watch ended) with why the watch ended in front of its
-/// message, keeping its kind (an auth failure stays `Rejected`).
-pub(crate) fn with_context(e: sd_core::Error, why: &str) -> sd_core::Error {
+/// `e` (from what was tried, `what`, after a watch ended) with why the watch ended in front
+/// of its message, keeping its kind (an auth failure stays `Rejected`).
+pub(crate) fn with_context(e: sd_core::Error, why: &str, what: &str) -> sd_core::Error {
     use sd_core::Error;
-    let message = |m: String| format!("{why}; reading again failed: {m}");
+    let message = |m: String| format!("{why}; {what} failed: {m}");
     match e {
         Error::Unavailable {
             backend,
@@ -465,6 +519,14 @@ impl Source for PrefixSource {
     async fn next_step(&mut self) -> Step {
         loop {
             let Some(stream) = self.watch.as_mut() else {
+                if let Some(why) = self.resume_retry.take() {
+                    match self.recover(why).await {
+                        // The last round published an error: publish the set again (it
+                        // is unchanged) so subscribers see the recovery.
+                        None => return Step::Publish(self.current()),
+                        Some(step) => return step,
+                    }
+                }
                 return self.resync().await;
             };
             let next = match self.pending.take() {
@@ -481,29 +543,23 @@ impl Source for PrefixSource {
                                 continue; // another endpoint was given up: not this watch's
                             }
                             let why = "the client moved to another endpoint";
-                            if self.resume(why).await {
-                                continue;
+                            match self.recover(why.into()).await {
+                                None => continue,
+                                Some(step) => return step,
                             }
-                            return self.rewatch(why.into()).await;
                         }
                     }
                 }
             };
             let resp = match next {
-                Err(e) => {
-                    let why = format!("watch: {e}");
-                    if self.resume(&why).await {
-                        continue;
-                    }
-                    return self.rewatch(why).await;
-                }
-                Ok(None) => {
-                    let why = "the watch stream ended";
-                    if self.resume(why).await {
-                        continue;
-                    }
-                    return self.rewatch(why.into()).await;
-                }
+                Err(e) => match self.recover(format!("watch: {e}")).await {
+                    None => continue,
+                    Some(step) => return step,
+                },
+                Ok(None) => match self.recover("the watch stream ended".into()).await {
+                    None => continue,
+                    Some(step) => return step,
+                },
                 Ok(Some(resp)) => resp,
             };
             if resp.canceled() {

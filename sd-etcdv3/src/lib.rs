@@ -63,9 +63,11 @@
 //!   event to the set it holds (go-kit re-reads the prefix on every event, and its watch
 //!   starts after the read, so a change in between is lost). The prefix ends in `/`, so
 //!   `users` does not match `users-admin` (go-kit matched raw byte prefixes).
-//! - A compacted or cancelled watch, or a broken stream, is followed by a new read and a new
-//!   watch at once; an error is published only if that read fails, and subscribers keep the
-//!   last good set. Reconnection backs off 10 ms .. 1 min.
+//! - A broken stream is resumed from the revision after the last one applied, on the same
+//!   store, without a new read; while etcd cannot answer, the error is published and the
+//!   resume retried. A compacted or cancelled watch, or a refused resume, is followed by a
+//!   new read and a new watch at once; an error is published only if that read fails.
+//!   Subscribers keep the last good set. Reconnection backs off 10 ms .. 1 min.
 //! - A watch per instancer, or one watch of the whole prefix shared by a client's instancers
 //!   ([`shared`]: events routed by key, each instancer joining at an exact revision, a
 //!   broken stream resumed and a compaction re-read once for all). The default

@@ -20,7 +20,9 @@
 //!   cluster and not behind it, as the per-instancer watch does. Its history check is one
 //!   keys-only read of the prefix at that revision, handed to each instancer as the keys of
 //!   its directory in the stream's order: an instancer whose keys and revisions differ (a
-//!   server that lost its data) reads its own directory again, the others carry on.
+//!   server that lost its data) reads its own directory again, the others carry on. When
+//!   etcd cannot answer now (no endpoint reachable, an election), every instancer publishes
+//!   the error and the watch tries to resume again after the backoff, not to read.
 //! - **Re-reading.** When the revision is compacted, etcd cancels the watch, or resuming is
 //!   not possible, the prefix is read once at a revision R, watched again from R+1, and
 //!   every instancer is handed its directory as of R (a snapshot in the stream: nothing it
@@ -47,7 +49,7 @@ use sd_core::{Backoff, Error, Instance, Result, ServiceQuery, Source, Step};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, Entry, BACKEND};
-use crate::instancer::{decode_value, with_context, AfterGet, SourceStats};
+use crate::instancer::{decode_value, with_context, AfterGet, Resume, SourceStats};
 
 /// Instancers started with [`WatchMode::Auto`] use the shared watch once their client has
 /// this many live instancers: the first 16 keep a watch each (a process watching a few
@@ -232,6 +234,7 @@ impl Hub {
             quick_restarts: 0,
             backoff: Backoff::default(),
             retry_at: None,
+            resume_retry: None,
             last_error: None,
             counters: counters.clone(),
         };
@@ -339,8 +342,12 @@ struct Runner {
     moves: tokio::sync::watch::Receiver<(u64, usize)>,
     quick_restarts: u32,
     backoff: Backoff,
-    /// When the watch is lost with members waiting: when to read again.
+    /// When the watch is lost with members waiting: when to resume or read again.
     retry_at: Option<tokio::time::Instant>,
+    /// Why the watch ended, while resuming it failed on an error that may pass (no member
+    /// reachable, an election): at `retry_at`, or when an instancer joins, the watch tries
+    /// to resume again before it reads the prefix.
+    resume_retry: Option<String>,
     last_error: Option<Error>,
     counters: Arc<Counters>,
 }
@@ -356,7 +363,10 @@ impl Runner {
                     Some(at) => tokio::select! {
                         cmd = cmds.recv() => cmd,
                         _ = tokio::time::sleep_until(at) => {
-                            self.resync("retrying after a failure".into()).await;
+                            match self.resume_retry.take() {
+                                Some(why) => self.lost(why).await,
+                                None => self.resync("retrying after a failure".into()).await,
+                            }
                             continue;
                         }
                     },
@@ -399,6 +409,10 @@ impl Runner {
                 if self.watch.is_none() {
                     if self.members.is_empty() {
                         self.open().await;
+                    } else if let Some(why) = self.resume_retry.take() {
+                        // Members are waiting for the watch to resume: try it now (the new
+                        // member reads its own directory after joining either way).
+                        self.lost(why).await;
                     } else {
                         // Members are waiting for a re-read: try it now.
                         self.resync("a new member joined".into()).await;
@@ -542,36 +556,48 @@ impl Runner {
     }
 
     /// The stream broke, or the client moved: resume from the last revision if possible,
-    /// else read again.
+    /// else read again. When etcd cannot answer now (no member reachable, an election),
+    /// every member publishes the error and the watch tries to resume again after the
+    /// backoff: the revision delivered is still good, and a read would fail the same way.
     async fn lost(&mut self, why: String) {
         self.watch = None;
-        if self.resume(&why).await {
-            return;
+        self.resume_retry = None;
+        match self.resume(&why).await {
+            Resume::Resumed => {
+                self.retry_at = None;
+                self.last_error = None;
+                self.backoff.reset();
+            }
+            Resume::Read => self.restart(why).await,
+            Resume::Later(e) => {
+                self.fail(with_context(e, &why, "resuming the shared watch"));
+                self.resume_retry = Some(why);
+            }
         }
-        self.restart(why).await;
     }
 
     /// Resumes the watch from the revision after the last one delivered, when etcd confirms
     /// it as the same cluster, not behind, with the history held (see the module docs).
-    async fn resume(&mut self, why: &str) -> bool {
+    async fn resume(&mut self, why: &str) -> Resume {
         if self.revision <= 0 || self.cluster_id.is_none() || self.quick_restarts >= QUICK_RESTARTS
         {
-            return false;
+            return Resume::Read;
         }
         // The first requests after the connection broke under the stream can fail on the
         // broken connection: one more attempt, on a new one.
         for attempt in 0..2 {
             match self.try_resume(why).await {
-                Ok(resumed) => return resumed,
+                Ok(true) => return Resume::Resumed,
+                Ok(false) => return Resume::Read,
                 Err(e) if attempt == 0 && e.is_transient() => continue,
                 Err(e) => {
                     tracing::debug!(backend = BACKEND, prefix = %self.root, reason = %why, error = %e,
-                        "shared watch ended; resuming failed: reading again");
-                    return false;
+                        "shared watch ended; resuming failed");
+                    return Resume::after_error(e);
                 }
             }
         }
-        false
+        Resume::Read
     }
 
     /// One attempt of [`resume`](Self::resume): `Ok(false)` when etcd answered but the
@@ -642,7 +668,7 @@ impl Runner {
             self.retry_at = None;
             return;
         }
-        let failed = |e: Error| with_context(e, &why);
+        let failed = |e: Error| with_context(e, &why, "reading again");
         let (revision, entries) = match self.client.get_prefix(&self.root).await {
             Ok(r) if r.0 > 0 => r,
             Ok((r, _)) => {
@@ -726,6 +752,10 @@ pub struct SharedSource {
     revision: i64,
     /// Changes applied but not published yet (a failure came first).
     dirty: bool,
+    /// The last round failed (the watch was lost): the next message from the watch means it
+    /// is back, and the set is published again even when unchanged, so subscribers see the
+    /// recovery.
+    failed: bool,
     after_get: Option<AfterGet>,
     after_join: Option<AfterGet>,
     stats: Arc<SourceStats>,
@@ -763,6 +793,7 @@ impl SharedSource {
             mod_revs: BTreeMap::new(),
             revision: 0,
             dirty: false,
+            failed: false,
             after_get: None,
             after_join: None,
             stats: Arc::default(),
@@ -985,6 +1016,7 @@ impl Source for SharedSource {
                         // snapshot when it succeeds), or this member's own re-read did (it
                         // left: it joins again next round).
                         self.dirty = changed;
+                        self.failed = true;
                         return Step::Fail(e);
                     }
                 }
@@ -994,7 +1026,8 @@ impl Source for SharedSource {
                 }
                 next = self.member.as_mut().and_then(|m| m.rx.try_recv().ok());
             }
-            if changed {
+            if changed || self.failed {
+                self.failed = false;
                 return Step::Publish(self.current());
             }
         }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ids, wait_for_set_within};
+use common::{ids, wait_for_error, wait_for_set_within};
 use sd_core::{Instancer, ServiceQuery};
 use sd_etcdv3::EtcdRegistry;
 use sd_testkit::cluster::{self, Cluster, Member};
@@ -163,4 +163,110 @@ async fn fault_a_watch_on_a_frozen_member_follows_the_client_when_it_moves() {
     for k in ["a", "b"] {
         client.client().delete(&format!("{dir}{k}")).await.unwrap();
     }
+}
+
+/// The only member a watcher knows dies under its watch: every attempt to resume fails
+/// (connection refused) until the member is back. The failure is published (subscribers keep
+/// the last good set), and the watch keeps trying to *resume*, after the backoff, instead of
+/// giving up on the revision and reading the directory again: when the member returns, the
+/// changes made meanwhile (through the other members) arrive by the resumed watch, the
+/// directory having been read once, and the set is published again after the error. (The
+/// same happens when a resume's history check times out during an election.)
+async fn a_watch_resumes_when_its_only_member_returns(watch: &str) {
+    let Some(addrs) = cluster::require(Cluster::Etcd) else {
+        return;
+    };
+    let _lock = cluster::exclusive(Cluster::Etcd);
+    for m in Cluster::Etcd.members() {
+        m.wait_ready().await.unwrap();
+    }
+    let members = Cluster::Etcd.members();
+    let (victim, others) = (members[0], [&addrs[1], &addrs[2]]);
+    let prefix = format!("/sdtest/{}", unique_name("etcd-cluster-only-member"));
+    let watcher = EtcdRegistry::from_url(&format!(
+        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s&watch={watch}",
+        addrs[0]
+    ))
+    .unwrap();
+    let writer = EtcdRegistry::from_url(&format!(
+        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
+        others[0], others[1]
+    ))
+    .unwrap();
+    let service = unique_name("only");
+    let dir = writer.client().service_dir(&service);
+    writer
+        .client()
+        .put(&format!("{dir}a"), b"10.0.0.1:80", 0)
+        .await
+        .unwrap();
+    let instancer = watcher
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    assert_eq!(instancer.is_shared(), watch == "shared");
+    let mut sub = instancer.subscribe();
+    wait_for_set_within(&mut sub, "a", BOUND, |s| s.len() == 1).await;
+    assert_eq!(instancer.stats().full_reads(), 1);
+
+    victim.kill().await.unwrap();
+    // The watcher cannot reach etcd: an error is published.
+    wait_for_error(&mut sub, "the watcher's only member is down").await;
+    // Changes while the watcher's member is down, made through the others.
+    for (key, value) in [("b", "10.0.0.2:80"), ("c", "10.0.0.3:80")] {
+        writer
+            .client()
+            .put(&format!("{dir}{key}"), value.as_bytes(), 0)
+            .await
+            .unwrap();
+    }
+    writer.client().delete(&format!("{dir}a")).await.unwrap();
+    victim.restart().await.unwrap();
+    let set =
+        wait_for_set_within(&mut sub, "b and c, a gone", BOUND, |s| ids(s) == ["b", "c"]).await;
+    assert_eq!(ids(&set), ["b", "c"]);
+    let stats = instancer.stats();
+    assert!(
+        stats.resumes() >= 1,
+        "the watch was resumed, not re-read: {} resumes, {} full reads",
+        stats.resumes(),
+        stats.full_reads()
+    );
+    assert_eq!(
+        stats.full_reads(),
+        1,
+        "the directory was read only once: the watch resumed from its revision"
+    );
+    assert_eq!(stats.events(), 3, "each change arrived once, by the watch");
+    if watch == "shared" {
+        let shared = watcher.client().shared_watch_stats().unwrap();
+        assert_eq!(
+            shared.full_reads, 0,
+            "the prefix was never read: {shared:?}"
+        );
+        assert!(shared.resumes >= 1, "{shared:?}");
+    }
+
+    // The recovery with nothing changed is published too: the error does not linger.
+    victim.kill().await.unwrap();
+    wait_for_error(&mut sub, "the member is down again").await;
+    victim.restart().await.unwrap();
+    wait_for_set_within(&mut sub, "b and c again, after the error", BOUND, |s| {
+        ids(s) == ["b", "c"]
+    })
+    .await;
+    assert_eq!(instancer.stats().full_reads(), 1, "still read once");
+
+    instancer.stop().await;
+    writer.client().delete(&format!("{dir}b")).await.unwrap();
+    writer.client().delete(&format!("{dir}c")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_a_watch_resumes_when_its_only_member_returns() {
+    a_watch_resumes_when_its_only_member_returns("own").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_the_shared_watch_resumes_when_its_only_member_returns() {
+    a_watch_resumes_when_its_only_member_returns("shared").await;
 }
