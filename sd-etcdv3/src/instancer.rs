@@ -18,9 +18,11 @@
 //!    last good set kept by subscribers, and the loop backs off (10 ms .. 1 min) and tries
 //!    to resume again; once it does, the set is published again.
 //! 4. When etcd cancels the watch because its revision was compacted, or the resume is
-//!    refused (another history, compacted, three resumes in a row without an event), the
-//!    source reads the directory again and re-watches at once; only when that read fails is
-//!    an error published, and the loop backs off and retries.
+//!    refused (another history, compacted), the source reads the directory again and
+//!    re-watches at once; only when that read fails is an error published, and the loop
+//!    backs off and retries. After three resumes in a row without an event the source
+//!    reads again too, but only after a backoff (a server that ends every watch at once
+//!    is not hammered).
 //!
 //! A [`PrefixSource`] has its own watch of its directory. go-kit's registrar closes the
 //! watcher its instancer shares with it (E3-4, E3-5); here registrars never touch a watch.

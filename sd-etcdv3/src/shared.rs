@@ -22,7 +22,10 @@
 //!   its directory in the stream's order: an instancer whose keys and revisions differ (a
 //!   server that lost its data) reads its own directory again, the others carry on. When
 //!   etcd cannot answer now (no endpoint reachable, an election), every instancer publishes
-//!   the error and the watch tries to resume again after the backoff, not to read.
+//!   the error and the watch tries to resume again after the backoff, not to read. An
+//!   instancer handed several failures before its next round publishes only the last one
+//!   (a failure followed by another message is stale), so it follows the watch's recovery
+//!   at its next round, not one backoff per failure queued.
 //! - **Re-reading.** When the revision is compacted, etcd cancels the watch, or resuming is
 //!   not possible, the prefix is read once at a revision R, watched again from R+1, and
 //!   every instancer is handed its directory as of R (a snapshot in the stream: nothing it
@@ -176,7 +179,8 @@ pub(crate) enum Msg {
         revision: i64,
         keys: Arc<Vec<(Vec<u8>, i64)>>,
     },
-    /// The watch is lost and reading the prefix again failed: publish the error.
+    /// The watch is lost and resuming it or reading the prefix again failed: publish the
+    /// error (unless another message already follows it: then it is stale, and skipped).
     Failed(Error),
 }
 
@@ -752,9 +756,9 @@ pub struct SharedSource {
     revision: i64,
     /// Changes applied but not published yet (a failure came first).
     dirty: bool,
-    /// The last round failed (the watch was lost): the next message from the watch means it
-    /// is back, and the set is published again even when unchanged, so subscribers see the
-    /// recovery.
+    /// The last round failed (the watch was lost), or a stale failure was skipped: the next
+    /// message from the watch means it is back, and the set is published again even when
+    /// unchanged, so subscribers see the recovery.
     failed: bool,
     after_get: Option<AfterGet>,
     after_join: Option<AfterGet>,
@@ -1009,6 +1013,19 @@ impl Source for SharedSource {
             let mut next = Some(first);
             let mut handled = 0;
             while let Some(msg) = next.take() {
+                // A failure the watch has moved past (another message is queued after it:
+                // the watch is back, or failed again) is not published, only the last one:
+                // each published failure costs this member a backoff, and a member still
+                // working through a queue of them (the watch hands one to every member each
+                // time it fails, and joins during an outage make it try, and fail, more
+                // often) would publish the recovery minutes after the watch is back.
+                if matches!(msg, Msg::Failed(_)) {
+                    if let Some(later) = self.member.as_mut().and_then(|m| m.rx.try_recv().ok()) {
+                        self.failed = true;
+                        next = Some(later);
+                        continue;
+                    }
+                }
                 match self.handle(msg).await {
                     Ok(c) => changed |= c,
                     Err(e) => {
