@@ -138,6 +138,21 @@ async fn compaction_while_the_only_member_is_down_ends_in_a_read(watch: &str) {
     put(w, &format!("{dir}c"), "10.0.0.3:80").await;
     let compacted = compact_now(w).await;
     s.victim.restart().await.unwrap();
+    // Shared: another instancer joins now, while the watch still waits to retry its resume
+    // (or just after): whichever tries first finds the revision compacted; one read of the
+    // prefix either way.
+    let other_service = unique_name("compacted-joiner");
+    let other_dir = w.service_dir(&other_service);
+    let other = if watch == "shared" {
+        put(w, &format!("{other_dir}o"), "10.0.5.1:80").await;
+        Some(
+            s.watcher
+                .etcd_instancer(&ServiceQuery::new(other_service.as_str()))
+                .await,
+        )
+    } else {
+        None
+    };
 
     let set = wait_for_set_within(&mut sub, "b and c after the compaction", BOUND, |s| {
         ids(s) == ["b", "c"]
@@ -157,9 +172,14 @@ async fn compaction_while_the_only_member_is_down_ends_in_a_read(watch: &str) {
         2,
         "the compacted revision was read again once"
     );
-    if watch == "shared" {
+    if let Some(other) = &other {
+        let mut sub_o = other.subscribe();
+        wait_for_set_within(&mut sub_o, "the joiner's o", BOUND, |s| ids(s) == ["o"]).await;
         let shared = s.watcher.client().shared_watch_stats().unwrap();
         assert_eq!(shared.full_reads, 1, "one read of the prefix: {shared:?}");
+        assert_eq!(shared.members, 2, "{shared:?}");
+        stop_bounded(other, "the joiner").await;
+        delete(w, &format!("{other_dir}o")).await;
     }
     // The new watch works.
     put(w, &format!("{dir}d"), "10.0.0.4:80").await;
@@ -318,7 +338,17 @@ async fn fault_shared_member_recovers_without_draining_stale_failures() {
     }
     put(w, &format!("{da}a2"), "10.0.0.2:80").await;
     s.victim.restart().await.unwrap();
-    // The shared watch resumes (its own backoff is the default one)...
+    // The shared watch resumes at once when an instancer joins (its own backoff, after a
+    // dozen failures, may be a minute)...
+    let joiner = s
+        .watcher
+        .etcd_instancer(&ServiceQuery::new(format!("{sa}-joiner").as_str()))
+        .await;
+    assert!(
+        matches!(joiner.state(), Some(Event::Instances(_))),
+        "the joiner: {:?}",
+        joiner.state()
+    );
     let deadline = Instant::now() + BOUND;
     loop {
         let shared = s.watcher.client().shared_watch_stats().unwrap();
@@ -343,6 +373,7 @@ async fn fault_shared_member_recovers_without_draining_stale_failures() {
         resumed.elapsed()
     );
     assert_eq!(a.stats().full_reads(), 1, "A read its directory once");
+    stop_bounded(&joiner, "the joiner").await;
     stop_bounded(&a, "A").await;
     for k in ["a1", "a2"] {
         delete(w, &format!("{da}{k}")).await;
@@ -686,4 +717,73 @@ async fn fault_a_frozen_only_member_is_resumed_after_it_thaws_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_a_frozen_only_member_is_resumed_after_it_thaws_shared() {
     a_frozen_only_member_is_resumed_after_it_thaws("shared").await;
+}
+
+/// The leader dies under a shared watch whose client knows every member (the watch is on
+/// the leader): during the election the resume may be refused or time out (`Later`), and
+/// is tried again; the changes made meanwhile arrive by the resumed watch, the prefix never
+/// read (the own-watch case is `tests/cluster.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_the_shared_watch_on_the_leader_resumes_through_the_election() {
+    let Some(mut addrs) = cluster::require(Cluster::Etcd) else {
+        return;
+    };
+    let _lock = cluster::exclusive(Cluster::Etcd);
+    for m in Cluster::Etcd.members() {
+        m.wait_ready().await.unwrap();
+    }
+    let deadline = Instant::now() + BOUND;
+    let victim = loop {
+        if let Some(m) = cluster::leader(Cluster::Etcd).await.unwrap() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    addrs.rotate_left(victim.index() - 1);
+    let prefix = format!("/sdtest/{}", unique_name("attack-resume-leader"));
+    let watcher = EtcdRegistry::from_url(&format!(
+        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s&watch=shared",
+        addrs.join(",")
+    ))
+    .unwrap();
+    let writer = EtcdRegistry::from_url(&format!(
+        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
+        addrs[1], addrs[2]
+    ))
+    .unwrap();
+    let w = writer.client();
+    let service = unique_name("leader");
+    let dir = w.service_dir(&service);
+    put(w, &format!("{dir}a"), "10.0.0.1:80").await;
+    let instancer = watcher
+        .etcd_instancer(&ServiceQuery::new(service.as_str()))
+        .await;
+    assert!(instancer.is_shared());
+    let mut sub = instancer.subscribe();
+    wait_for_set_within(&mut sub, "a", BOUND, |s| ids(s) == ["a"]).await;
+    victim.kill().await.unwrap();
+    put(w, &format!("{dir}b"), "10.0.0.2:80").await;
+    delete(w, &format!("{dir}a")).await;
+    put(w, &format!("{dir}c"), "10.0.0.3:80").await;
+    wait_for_set_within(&mut sub, "b and c", BOUND, |s| ids(s) == ["b", "c"]).await;
+    let stats = instancer.stats();
+    let shared = watcher.client().shared_watch_stats().unwrap();
+    eprintln!(
+        "resumes {}, full reads {}, events {}; {shared:?}",
+        stats.resumes(),
+        stats.full_reads(),
+        stats.events()
+    );
+    assert_eq!(stats.full_reads(), 1, "read once");
+    assert_eq!(stats.events(), 3, "each change once");
+    assert_eq!(
+        shared.full_reads, 0,
+        "the prefix was never read: {shared:?}"
+    );
+    victim.restart().await.unwrap();
+    stop_bounded(&instancer, "the instancer").await;
+    for k in ["b", "c"] {
+        delete(w, &format!("{dir}{k}")).await;
+    }
 }

@@ -211,15 +211,23 @@ async fn a_watch_resumes_when_its_only_member_returns(watch: &str) {
     victim.kill().await.unwrap();
     // The watcher cannot reach etcd: an error is published.
     wait_for_error(&mut sub, "the watcher's only member is down").await;
-    // Changes while the watcher's member is down, made through the others.
+    // Changes while the watcher's member is down, made through the others (retried: when
+    // the member killed was the leader, a write can time out during the election).
+    let deadline = Instant::now() + BOUND;
     for (key, value) in [("b", "10.0.0.2:80"), ("c", "10.0.0.3:80")] {
-        writer
+        while let Err(e) = writer
             .client()
             .put(&format!("{dir}{key}"), value.as_bytes(), 0)
             .await
-            .unwrap();
+        {
+            assert!(Instant::now() < deadline, "put {key}: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    writer.client().delete(&format!("{dir}a")).await.unwrap();
+    while let Err(e) = writer.client().delete(&format!("{dir}a")).await {
+        assert!(Instant::now() < deadline, "delete a: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     victim.restart().await.unwrap();
     let set =
         wait_for_set_within(&mut sub, "b and c, a gone", BOUND, |s| ids(s) == ["b", "c"]).await;
