@@ -397,7 +397,6 @@ impl PrefixSource {
         {
             return Resume::Read;
         }
-        let later = Resume::after_error;
         // The same store? A server that lost its data and was written past our revision
         // since has the same cluster id (etcd derives it from the peer URLs and the token)
         // and accepts the watch: only its history tells. Its keys at our revision, with the
@@ -421,7 +420,7 @@ impl PrefixSource {
             Err(e) => {
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, error = %e,
                     "watch ended; cannot check the history at the applied revision");
-                return later(e);
+                return Resume::after_error(e);
             }
         }
         match self.client.watch_prefix(&self.dir, self.revision + 1).await {
@@ -444,7 +443,7 @@ impl PrefixSource {
             Err(e) => {
                 tracing::debug!(backend = BACKEND, dir = %self.dir, reason = %why, error = %e,
                     "watch ended; resuming failed");
-                later(e)
+                Resume::after_error(e)
             }
         }
     }
