@@ -2,77 +2,23 @@
 //! (`Resume::Later`) publishes the error and tries to resume again after the backoff,
 //! instead of reading the directory again; after such a failure the set is published again.
 //!
-//! Against the three-member `etcd-cluster` (the watcher knows one member only; faults
-//! through `sd_testkit::cluster`, healed by the cluster guard even when a test fails) and,
+//! Against the three-member `etcd-cluster` (the watcher knows one member only, a follower:
+//! `common::fault::only_member`; faults through `sd_testkit::cluster`, healed by the
+//! cluster guard even when a test fails) and,
 //! for a server that lost its data, the single `etcd` server.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ids, wait_for_error, wait_for_set_within};
+use common::fault::{cluster_registry, delete, leader, only_member, put, FAULT_BOUND as BOUND};
+use common::{ids, wait_for_error, wait_for_error_within, wait_for_set_within};
 use sd_core::{
     Backoff, BoxError, DefaultEndpointer, Endpointer, Event, Instance, Instancer, ServiceQuery,
 };
 use sd_etcdv3::{EtcdInstancer, EtcdRegistry};
-use sd_testkit::cluster::{self, Cluster, ClusterGuard, Member};
+use sd_testkit::cluster::{self, Cluster};
 use sd_testkit::{unique_name, Server};
-
-/// The longest any step waits (a hang guard, not a timing claim).
-const BOUND: Duration = Duration::from_secs(60);
-
-/// A watcher that knows only the first member, and a writer on the two others.
-struct Setup {
-    _lock: ClusterGuard,
-    victim: Member,
-    watcher: EtcdRegistry,
-    writer: EtcdRegistry,
-}
-
-async fn setup(what: &str, watch: &str, backoff: Option<Backoff>, extra: &str) -> Option<Setup> {
-    let addrs = cluster::require(Cluster::Etcd)?;
-    let lock = cluster::exclusive(Cluster::Etcd);
-    for m in Cluster::Etcd.members() {
-        m.wait_ready().await.unwrap();
-    }
-    let victim = Cluster::Etcd.members()[0];
-    let prefix = format!("/sdtest/{}", unique_name(what));
-    let mut watcher = EtcdRegistry::from_url(&format!(
-        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s&watch={watch}{extra}",
-        addrs[0]
-    ))
-    .unwrap();
-    if let Some(b) = backoff {
-        watcher = watcher.with_backoff(b);
-    }
-    let writer = EtcdRegistry::from_url(&format!(
-        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
-        addrs[1], addrs[2]
-    ))
-    .unwrap();
-    Some(Setup {
-        _lock: lock,
-        victim,
-        watcher,
-        writer,
-    })
-}
-
-async fn put(client: &sd_etcdv3::Client, key: &str, value: &str) {
-    let deadline = Instant::now() + BOUND;
-    while let Err(e) = client.put(key, value.as_bytes(), 0).await {
-        assert!(Instant::now() < deadline, "put {key}: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn delete(client: &sd_etcdv3::Client, key: &str) {
-    let deadline = Instant::now() + BOUND;
-    while let Err(e) = client.delete(key).await {
-        assert!(Instant::now() < deadline, "delete {key}: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Compacts the cluster up to its current revision (physical: waits until it is done).
 async fn compact_now(client: &sd_etcdv3::Client) -> i64 {
@@ -116,7 +62,7 @@ async fn store_ids(client: &sd_etcdv3::Client, dir: &str) -> Vec<String> {
 /// retried after the failure must find the revision compacted and read the directory again
 /// (ending with the store's set, and watching again), not keep trying to resume for ever.
 async fn compaction_while_the_only_member_is_down_ends_in_a_read(watch: &str) {
-    let Some(s) = setup("attack-resume-compact", watch, None, "").await else {
+    let Some(s) = only_member("attack-resume-compact", watch, None, "").await else {
         return;
     };
     let w = s.writer.client();
@@ -210,7 +156,7 @@ async fn fault_compaction_while_the_only_member_is_down_ends_in_a_read_shared() 
 /// (`shared_watch_stats()` is `None`), and a later instancer starts a new one that works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_shared_join_during_the_resume_retry_and_stop_all_during_it() {
-    let Some(s) = setup("attack-resume-join", "shared", None, "").await else {
+    let Some(s) = only_member("attack-resume-join", "shared", None, "").await else {
         return;
     };
     let w = s.writer.client();
@@ -307,7 +253,7 @@ async fn fault_shared_join_during_the_resume_retry_and_stop_all_during_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_shared_member_recovers_without_draining_stale_failures() {
     let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    let Some(s) = setup("attack-resume-stale", "shared", Some(backoff), "").await else {
+    let Some(s) = only_member("attack-resume-stale", "shared", Some(backoff), "").await else {
         return;
     };
     let w = s.writer.client();
@@ -384,7 +330,7 @@ async fn fault_shared_member_recovers_without_draining_stale_failures() {
 /// is a minute), and, in shared mode, ends the shared watch.
 async fn stop_during_the_backoff_of_a_failed_resume(watch: &str) {
     let backoff = Backoff::new(Duration::from_secs(60), Duration::from_secs(60));
-    let Some(s) = setup("attack-resume-stop", watch, Some(backoff), "").await else {
+    let Some(s) = only_member("attack-resume-stop", watch, Some(backoff), "").await else {
         return;
     };
     let w = s.writer.client();
@@ -525,7 +471,7 @@ fn served(endpointer: &DefaultEndpointer<String>) -> Vec<String> {
 /// resumed watch, the directory read once; after each return the endpointer serves the
 /// store's set and its error is cleared (the recovery is published).
 async fn a_flapping_member_loses_and_doubles_nothing(watch: &str) {
-    let Some(s) = setup("attack-resume-flap", watch, None, "").await else {
+    let Some(s) = only_member("attack-resume-flap", watch, None, "").await else {
         return;
     };
     let w = s.writer.client();
@@ -602,7 +548,7 @@ async fn fault_a_flapping_member_loses_and_doubles_nothing_shared() {
 /// opened afresh, with its directory as etcd holds it, and changes reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_shared_last_member_leaves_during_the_resume_retry_while_one_waits_to_join() {
-    let Some(s) = setup("attack-resume-leave", "shared", None, "").await else {
+    let Some(s) = only_member("attack-resume-leave", "shared", None, "").await else {
         return;
     };
     let w = s.writer.client();
@@ -665,7 +611,7 @@ async fn fault_shared_last_member_leaves_during_the_resume_retry_while_one_waits
 /// connection) and is retried after the backoff. Changes made meanwhile through the other
 /// members arrive by the resumed watch once the member thaws, read once, each once.
 async fn a_frozen_only_member_is_resumed_after_it_thaws(watch: &str) {
-    let Some(s) = setup("attack-resume-frozen", watch, None, "&keep_alive=2s").await else {
+    let Some(s) = only_member("attack-resume-frozen", watch, None, "&keep_alive=2s").await else {
         return;
     };
     let w = s.writer.client();
@@ -679,7 +625,7 @@ async fn a_frozen_only_member_is_resumed_after_it_thaws(watch: &str) {
     let mut sub = instancer.subscribe();
     wait_for_set_within(&mut sub, "a", BOUND, |s| ids(s) == ["a"]).await;
     s.victim.pause().await.unwrap();
-    let e = wait_for_set_or_error(&mut sub).await;
+    let e = wait_for_error_within(&mut sub, "the frozen member's error", BOUND).await;
     eprintln!("{watch}: {e}");
     put(w, &format!("{dir}b"), "10.0.0.2:80").await;
     delete(w, &format!("{dir}a")).await;
@@ -698,15 +644,6 @@ async fn a_frozen_only_member_is_resumed_after_it_thaws(watch: &str) {
     assert_eq!(stats.events(), 2, "each change once");
     stop_bounded(&instancer, "the instancer").await;
     delete(w, &format!("{dir}b")).await;
-}
-
-/// Waits (bounded) for the error published while the member is frozen; returns it.
-async fn wait_for_set_or_error(sub: &mut sd_core::Subscription) -> sd_core::Error {
-    sd_testkit::conformance::wait_error(sub, BOUND, "the frozen member's error").await;
-    match sub.current() {
-        Some(Event::Error(e)) => e,
-        other => panic!("not an error: {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -732,26 +669,11 @@ async fn fault_the_shared_watch_on_the_leader_resumes_through_the_election() {
     for m in Cluster::Etcd.members() {
         m.wait_ready().await.unwrap();
     }
-    let deadline = Instant::now() + BOUND;
-    let victim = loop {
-        if let Some(m) = cluster::leader(Cluster::Etcd).await.unwrap() {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let victim = leader().await;
     addrs.rotate_left(victim.index() - 1);
     let prefix = format!("/sdtest/{}", unique_name("attack-resume-leader"));
-    let watcher = EtcdRegistry::from_url(&format!(
-        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s&watch=shared",
-        addrs.join(",")
-    ))
-    .unwrap();
-    let writer = EtcdRegistry::from_url(&format!(
-        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
-        addrs[1], addrs[2]
-    ))
-    .unwrap();
+    let watcher = cluster_registry(&addrs, &prefix, "&watch=shared");
+    let writer = cluster_registry(&addrs[1..], &prefix, "");
     let w = writer.client();
     let service = unique_name("leader");
     let dir = w.service_dir(&service);

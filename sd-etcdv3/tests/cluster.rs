@@ -7,24 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fault::{
+    cluster_registry, delete_until, leader, only_member, put_until, FAULT_BOUND as BOUND,
+};
 use common::{ids, wait_for_error, wait_for_set_within};
 use sd_core::{Instancer, ServiceQuery};
-use sd_etcdv3::EtcdRegistry;
-use sd_testkit::cluster::{self, Cluster, Member};
+use sd_testkit::cluster::{self, Cluster};
 use sd_testkit::unique_name;
-
-const BOUND: Duration = Duration::from_secs(60);
-
-async fn leader() -> Member {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        if let Some(m) = cluster::leader(Cluster::Etcd).await.unwrap() {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "no etcd leader within {BOUND:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_a_watch_resumes_on_another_member_from_the_last_revision() {
@@ -39,16 +28,8 @@ async fn fault_a_watch_resumes_on_another_member_from_the_last_revision() {
     // The instancer's client talks to the leader first; the writer to the others.
     addrs.rotate_left(victim.index() - 1);
     let prefix = format!("/sdtest/{}", unique_name("etcd-cluster-resume"));
-    let watcher = EtcdRegistry::from_url(&format!(
-        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
-        addrs.join(",")
-    ))
-    .unwrap();
-    let writer = EtcdRegistry::from_url(&format!(
-        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
-        addrs[1], addrs[2]
-    ))
-    .unwrap();
+    let watcher = cluster_registry(&addrs, &prefix, "");
+    let writer = cluster_registry(&addrs[1..], &prefix, "");
     let service = unique_name("resume");
     let dir = writer.client().service_dir(&service);
     writer
@@ -67,14 +48,7 @@ async fn fault_a_watch_resumes_on_another_member_from_the_last_revision() {
     // Changes while the watch is moving: all arrive, in order, from the watch alone.
     let deadline = Instant::now() + BOUND;
     for (key, value) in [("b", "10.0.0.2:80"), ("c", "10.0.0.3:80")] {
-        while let Err(e) = writer
-            .client()
-            .put(&format!("{dir}{key}"), value.as_bytes(), 0)
-            .await
-        {
-            assert!(Instant::now() < deadline, "put {key}: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        put_until(writer.client(), &format!("{dir}{key}"), value, deadline).await;
     }
     writer.client().delete(&format!("{dir}a")).await.unwrap();
     let set =
@@ -115,11 +89,7 @@ async fn fault_a_watch_on_a_frozen_member_follows_the_client_when_it_moves() {
     let victim = leader().await;
     addrs.rotate_left(victim.index() - 1);
     let prefix = format!("/sdtest/{}", unique_name("etcd-cluster-frozen"));
-    let client = EtcdRegistry::from_url(&format!(
-        "etcd://{}?prefix={prefix}&timeout=2s&dial_timeout=1s&keep_alive=120s",
-        addrs.join(",")
-    ))
-    .unwrap();
+    let client = cluster_registry(&addrs, &prefix, "&keep_alive=120s");
     let service = unique_name("frozen");
     let dir = client.client().service_dir(&service);
     client
@@ -136,15 +106,13 @@ async fn fault_a_watch_on_a_frozen_member_follows_the_client_when_it_moves() {
     victim.pause().await.unwrap();
     // The same client writes: the first attempt times out at the frozen member and moves
     // the client; the write is retried (as an application would) on the next member.
-    let deadline = Instant::now() + BOUND;
-    while let Err(e) = client
-        .client()
-        .put(&format!("{dir}b"), b"10.0.0.2:80", 0)
-        .await
-    {
-        assert!(Instant::now() < deadline, "put b: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    put_until(
+        client.client(),
+        &format!("{dir}b"),
+        "10.0.0.2:80",
+        Instant::now() + BOUND,
+    )
+    .await;
     // Well within the keep-alive's two minutes: the watch followed the move.
     let set = wait_for_set_within(
         &mut sub,
@@ -173,33 +141,10 @@ async fn fault_a_watch_on_a_frozen_member_follows_the_client_when_it_moves() {
 /// directory having been read once, and the set is published again after the error. (The
 /// same happens when a resume's history check times out during an election.)
 async fn a_watch_resumes_when_its_only_member_returns(watch: &str) {
-    let Some(addrs) = cluster::require(Cluster::Etcd) else {
+    let Some(s) = only_member("etcd-cluster-only-member", watch, None, "").await else {
         return;
     };
-    let _lock = cluster::exclusive(Cluster::Etcd);
-    for m in Cluster::Etcd.members() {
-        m.wait_ready().await.unwrap();
-    }
-    // A follower: the writes through the others then need no election (a write that timed
-    // out during one and was retried might have been applied twice, two events).
-    let leading = leader().await;
-    let victim = Cluster::Etcd
-        .members()
-        .into_iter()
-        .find(|m| *m != leading)
-        .unwrap();
-    let mine = &addrs[victim.index() - 1];
-    let others: Vec<&String> = addrs.iter().filter(|a| *a != mine).collect();
-    let prefix = format!("/sdtest/{}", unique_name("etcd-cluster-only-member"));
-    let watcher = EtcdRegistry::from_url(&format!(
-        "etcd://{mine}?prefix={prefix}&timeout=2s&dial_timeout=1s&watch={watch}"
-    ))
-    .unwrap();
-    let writer = EtcdRegistry::from_url(&format!(
-        "etcd://{},{}?prefix={prefix}&timeout=2s&dial_timeout=1s",
-        others[0], others[1]
-    ))
-    .unwrap();
+    let (victim, watcher, writer) = (s.victim, &s.watcher, &s.writer);
     let service = unique_name("only");
     let dir = writer.client().service_dir(&service);
     writer
@@ -222,19 +167,9 @@ async fn a_watch_resumes_when_its_only_member_returns(watch: &str) {
     // case leadership moved meanwhile and a write met an election).
     let deadline = Instant::now() + BOUND;
     for (key, value) in [("b", "10.0.0.2:80"), ("c", "10.0.0.3:80")] {
-        while let Err(e) = writer
-            .client()
-            .put(&format!("{dir}{key}"), value.as_bytes(), 0)
-            .await
-        {
-            assert!(Instant::now() < deadline, "put {key}: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        put_until(writer.client(), &format!("{dir}{key}"), value, deadline).await;
     }
-    while let Err(e) = writer.client().delete(&format!("{dir}a")).await {
-        assert!(Instant::now() < deadline, "delete a: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    delete_until(writer.client(), &format!("{dir}a"), deadline).await;
     victim.restart().await.unwrap();
     let set =
         wait_for_set_within(&mut sub, "b and c, a gone", BOUND, |s| ids(s) == ["b", "c"]).await;

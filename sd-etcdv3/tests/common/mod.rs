@@ -8,6 +8,8 @@ use sd_etcdv3::EtcdRegistry;
 use sd_testkit::conformance::{wait_error, wait_set};
 use sd_testkit::{unique_name, Server};
 
+pub mod fault;
+
 /// The longest any test waits for one expected state (a hang guard, not a timing claim).
 pub const BOUND: Duration = Duration::from_secs(20);
 
@@ -65,9 +67,18 @@ pub async fn wait_for_set_within(
     wait_set(sub, bound, what, pred).await
 }
 
-/// Waits (bounded) for an error event; returns it.
+/// Waits (bounded by [`BOUND`]) for an error event; returns it.
 pub async fn wait_for_error(sub: &mut Subscription, what: &str) -> sd_core::Error {
-    wait_error(sub, BOUND, what).await;
+    wait_for_error_within(sub, what, BOUND).await
+}
+
+/// [`wait_for_error`] with another bound.
+pub async fn wait_for_error_within(
+    sub: &mut Subscription,
+    what: &str,
+    bound: Duration,
+) -> sd_core::Error {
+    wait_error(sub, bound, what).await;
     match sub.current() {
         Some(Event::Error(e)) => e,
         other => panic!("{what}: the error was replaced at once by {other:?}"),
